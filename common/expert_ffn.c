@@ -1,0 +1,118 @@
+/* Expert feed-forward math (see expert_ffn.h). Runs in workers (in-process
+ * backend) and expert servers. GEMMs go through moe_blas; the elementwise
+ * parts are fused into one pass each. */
+#include "expert_ffn.h"
+
+#include <string.h>
+
+#include "moe_blas.h"
+
+size_t expert_ffn_param_count(int D, int H)
+{
+    return (size_t)H * D + (size_t)H + (size_t)D * H + (size_t)D;
+}
+
+struct expert_ffn_params expert_ffn_view(float *block, int D, int H)
+{
+    struct expert_ffn_params p;
+    p.w1 = block;
+    p.b1 = p.w1 + (size_t)H * D;
+    p.w2 = p.b1 + H;
+    p.b2 = p.w2 + (size_t)D * H;
+    return p;
+}
+
+void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_ffn_params *p,
+                        int R, int D, int H)
+{
+    if (R <= 0)
+        return;
+    /* z = relu(x W1^T + b1): bias preloaded so the GEMM adds onto it. */
+    for (int r = 0; r < R; r++)
+        memcpy(z + (size_t)r * H, p->b1, sizeof(float) * (size_t)H);
+    moe_sgemm(false, true, R, H, D, 1.0f, x, D, p->w1, D, 1.0f, z, H);
+    for (size_t i = 0, n = (size_t)R * H; i < n; i++)
+        z[i] = z[i] > 0.0f ? z[i] : 0.0f;
+    for (int r = 0; r < R; r++)
+        memcpy(y + (size_t)r * D, p->b2, sizeof(float) * (size_t)D);
+    moe_sgemm(false, true, R, D, H, 1.0f, z, H, p->w2, H, 1.0f, y, D);
+}
+
+static void colsum_acc(float *out, const float *m, int R, int C)
+{
+    for (int r = 0; r < R; r++) {
+        const float *row = m + (size_t)r * C;
+        for (int c = 0; c < C; c++)
+            out[c] += row[c];
+    }
+}
+
+void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *dz_work,
+                         const float *dy, const float *x, const float *z,
+                         const struct expert_ffn_params *p, int R, int D, int H)
+{
+    if (R <= 0)
+        return;
+    /* dW2 += dy^T z; db2 += sum_r dy */
+    moe_sgemm(true, false, D, H, R, 1.0f, dy, D, z, H, 1.0f, dp->w2, H);
+    colsum_acc(dp->b2, dy, R, D);
+    /* dz = (dy W2) * [z > 0] */
+    moe_sgemm(false, false, R, H, D, 1.0f, dy, D, p->w2, H, 0.0f, dz_work, H);
+    for (size_t i = 0, n = (size_t)R * H; i < n; i++)
+        dz_work[i] = z[i] > 0.0f ? dz_work[i] : 0.0f;
+    colsum_acc(dp->b1, dz_work, R, H);
+    /* dW1 += dz^T x; dx = dz W1 */
+    moe_sgemm(true, false, H, D, R, 1.0f, dz_work, H, x, D, 1.0f, dp->w1, D);
+    moe_sgemm(false, false, R, D, H, 1.0f, dz_work, H, p->w1, D, 0.0f, dx, D);
+}
+
+void expert_ffn_forward_ref(float *y, float *z, const float *x, const struct expert_ffn_params *p,
+                            int R, int D, int H)
+{
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * D;
+        float *zr = z + (size_t)r * H;
+        for (int h = 0; h < H; h++) {
+            double s = p->b1[h];
+            for (int d = 0; d < D; d++)
+                s += (double)xr[d] * p->w1[(size_t)h * D + d];
+            zr[h] = s > 0 ? (float)s : 0.0f;
+        }
+        for (int d = 0; d < D; d++) {
+            double s = p->b2[d];
+            for (int h = 0; h < H; h++)
+                s += (double)zr[h] * p->w2[(size_t)d * H + h];
+            y[(size_t)r * D + d] = (float)s;
+        }
+    }
+}
+
+void expert_ffn_backward_ref(float *dx, const struct expert_ffn_params *dp, const float *dy,
+                             const float *x, const float *z, const struct expert_ffn_params *p,
+                             int R, int D, int H)
+{
+    for (int r = 0; r < R; r++) {
+        const float *dyr = dy + (size_t)r * D, *zr = z + (size_t)r * H, *xr = x + (size_t)r * D;
+        float *dxr = dx + (size_t)r * D;
+        for (int d = 0; d < D; d++)
+            dxr[d] = 0.0f;
+        for (int d = 0; d < D; d++) {
+            dp->b2[d] += dyr[d];
+            for (int h = 0; h < H; h++)
+                dp->w2[(size_t)d * H + h] += dyr[d] * zr[h];
+        }
+        for (int h = 0; h < H; h++) {
+            if (zr[h] <= 0.0f)
+                continue;
+            double s = 0;
+            for (int d = 0; d < D; d++)
+                s += (double)dyr[d] * p->w2[(size_t)d * H + h];
+            float dz = (float)s;
+            dp->b1[h] += dz;
+            for (int d = 0; d < D; d++) {
+                dp->w1[(size_t)h * D + d] += dz * xr[d];
+                dxr[d] += dz * p->w1[(size_t)h * D + d];
+            }
+        }
+    }
+}

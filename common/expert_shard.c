@@ -1,0 +1,250 @@
+/* Expert shard: storage, step cache and update (see expert_shard.h). */
+#include "expert_shard.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_err.h"
+#include "moe_rng.h"
+#include "moe_tensor.h"
+
+struct expert_shard {
+    int D, H, n;
+    int32_t *ids;       /* sorted */
+    size_t P, S;        /* params and optimizer floats per expert */
+    float *params, *grads, *opt;
+    int64_t *t;
+    struct moe_fadam_opts opts;
+    /* cache of the last forward */
+    int c_n;
+    int32_t *c_ids;
+    int *c_rows;
+    float *c_x, *c_z, *dz;
+    size_t c_rows_cap;  /* rows the x/z/dz buffers hold */
+    int c_n_cap;
+};
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64_t seed,
+                                 const struct moe_fadam_opts *opts)
+{
+    if (D <= 0 || H <= 0 || n < 0)
+        return NULL;
+    expert_shard_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->D = D;
+    s->H = H;
+    s->n = n;
+    s->opts = *opts;
+    s->P = expert_ffn_param_count(D, H);
+    s->S = moe_fadam_state_size((size_t)H, (size_t)D) + (size_t)H +
+           moe_fadam_state_size((size_t)D, (size_t)H) + (size_t)D;
+    size_t np, ns;
+    s->ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    s->t = calloc((size_t)(n ? n : 1), sizeof(int64_t));
+    if (!s->ids || !s->t || moe_size_mul(s->P, (size_t)n, &np) || moe_size_mul(s->S, (size_t)n, &ns))
+        goto fail;
+    s->params = moe_alloc_floats(np);
+    s->grads = moe_alloc_floats(np);
+    s->opt = moe_alloc_floats(ns);
+    if (!s->params || !s->grads || !s->opt)
+        goto fail;
+    memcpy(s->ids, ids, sizeof(int32_t) * (size_t)n);
+    qsort(s->ids, (size_t)n, sizeof(int32_t), cmp_i32);
+    for (int i = 1; i < n; i++)
+        if (s->ids[i] == s->ids[i - 1] || s->ids[i] < 0)
+            goto fail;
+    if (n > 0 && s->ids[0] < 0)
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        struct expert_ffn_params p = expert_ffn_view(s->params + s->P * (size_t)i, D, H);
+        char name[96];
+        const float b1 = 1.0f / sqrtf((float)D), b2 = 1.0f / sqrtf((float)H);
+        snprintf(name, sizeof name, "moe.experts.%d.w1.weight", s->ids[i]);
+        moe_rng_fill_uniform(p.w1, (size_t)H * D, name, seed, b1);
+        snprintf(name, sizeof name, "moe.experts.%d.w1.bias", s->ids[i]);
+        moe_rng_fill_uniform(p.b1, (size_t)H, name, seed, b1);
+        snprintf(name, sizeof name, "moe.experts.%d.w2.weight", s->ids[i]);
+        moe_rng_fill_uniform(p.w2, (size_t)D * H, name, seed, b2);
+        snprintf(name, sizeof name, "moe.experts.%d.w2.bias", s->ids[i]);
+        moe_rng_fill_uniform(p.b2, (size_t)D, name, seed, b2);
+    }
+    return s;
+fail:
+    expert_shard_destroy(&s);
+    return NULL;
+}
+
+void expert_shard_destroy(expert_shard_t **sp)
+{
+    if (!sp || !*sp)
+        return;
+    expert_shard_t *s = *sp;
+    free(s->ids);
+    free(s->t);
+    moe_free_floats(&s->params);
+    moe_free_floats(&s->grads);
+    moe_free_floats(&s->opt);
+    free(s->c_ids);
+    free(s->c_rows);
+    moe_free_floats(&s->c_x);
+    moe_free_floats(&s->c_z);
+    moe_free_floats(&s->dz);
+    free(s);
+    *sp = NULL;
+}
+
+int expert_shard_count(const expert_shard_t *s) { return s->n; }
+int32_t expert_shard_id(const expert_shard_t *s, int i) { return s->ids[i]; }
+
+int expert_shard_find(const expert_shard_t *s, int32_t id)
+{
+    int lo = 0, hi = s->n - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (s->ids[mid] == id)
+            return mid;
+        if (s->ids[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
+float *expert_shard_params(expert_shard_t *s, int i) { return s->params + s->P * (size_t)i; }
+float *expert_shard_grads(expert_shard_t *s, int i) { return s->grads + s->P * (size_t)i; }
+float *expert_shard_opt_state(expert_shard_t *s, int i) { return s->opt + s->S * (size_t)i; }
+int64_t *expert_shard_opt_step(expert_shard_t *s, int i) { return &s->t[i]; }
+size_t expert_shard_opt_state_size(const expert_shard_t *s) { return s->S; }
+
+/* Validates a batch layout; returns total rows through *total. */
+static int check_batch(const expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                       size_t *total)
+{
+    size_t sum = 0;
+    if (n < 0)
+        return MOE_ERR_RANGE;
+    for (int e = 0; e < n; e++) {
+        if (expert_shard_find(s, ids[e]) < 0)
+            return MOE_ERR_NOTFOUND;
+        if (rows[e] < 0 || moe_size_add(sum, (size_t)rows[e], &sum))
+            return MOE_ERR_RANGE;
+    }
+    *total = sum;
+    return 0;
+}
+
+static int reserve(expert_shard_t *s, int n, size_t rows)
+{
+    if (n > s->c_n_cap) {
+        int32_t *ids = realloc(s->c_ids, sizeof(int32_t) * (size_t)n);
+        if (!ids)
+            return MOE_ERR_NOMEM;
+        s->c_ids = ids;
+        int *r = realloc(s->c_rows, sizeof(int) * (size_t)n);
+        if (!r)
+            return MOE_ERR_NOMEM;
+        s->c_rows = r;
+        s->c_n_cap = n;
+    }
+    if (rows > s->c_rows_cap) {
+        size_t nx, nz;
+        if (moe_size_mul(rows, (size_t)s->D, &nx) || moe_size_mul(rows, (size_t)s->H, &nz))
+            return MOE_ERR_RANGE;
+        float *x = moe_alloc_floats(nx), *z = moe_alloc_floats(nz), *dz = moe_alloc_floats(nz);
+        if (!x || !z || !dz) {
+            moe_free_floats(&x);
+            moe_free_floats(&z);
+            moe_free_floats(&dz);
+            return MOE_ERR_NOMEM;
+        }
+        moe_free_floats(&s->c_x);
+        moe_free_floats(&s->c_z);
+        moe_free_floats(&s->dz);
+        s->c_x = x;
+        s->c_z = z;
+        s->dz = dz;
+        s->c_rows_cap = rows;
+    }
+    return 0;
+}
+
+int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                         const float *x, float *y)
+{
+    size_t total;
+    int rc = check_batch(s, n, ids, rows, &total);
+    if (rc)
+        return rc;
+    s->c_n = 0;
+    if ((rc = reserve(s, n, total)))
+        return rc;
+    memcpy(s->c_x, x, sizeof(float) * total * (size_t)s->D);
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        int li = expert_shard_find(s, ids[e]);
+        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
+        expert_ffn_forward(y + off * (size_t)s->D, s->c_z + off * (size_t)s->H,
+                           s->c_x + off * (size_t)s->D, &p, rows[e], s->D, s->H);
+        off += (size_t)rows[e];
+    }
+    memcpy(s->c_ids, ids, sizeof(int32_t) * (size_t)n);
+    memcpy(s->c_rows, rows, sizeof(int) * (size_t)n);
+    s->c_n = n;
+    return 0;
+}
+
+int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                          const float *dy, float *dx)
+{
+    if (n != s->c_n)
+        return MOE_ERR_STATE;
+    for (int e = 0; e < n; e++)
+        if (ids[e] != s->c_ids[e] || rows[e] != s->c_rows[e])
+            return MOE_ERR_STATE;
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        int li = expert_shard_find(s, ids[e]);
+        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
+        struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
+        expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D,
+                            s->c_x + off * (size_t)s->D, s->c_z + off * (size_t)s->H, &p,
+                            rows[e], s->D, s->H);
+        off += (size_t)rows[e];
+    }
+    return 0;
+}
+
+void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
+{
+    const size_t D = (size_t)s->D, H = (size_t)s->H;
+    for (int i = 0; i < s->n; i++) {
+        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, i), s->D, s->H);
+        struct expert_ffn_params g = expert_ffn_view(expert_shard_grads(s, i), s->D, s->H);
+        float *st = expert_shard_opt_state(s, i);
+        moe_fadam_update(p.w1, g.w1, st, H, D, t, lr, &s->opts);
+        st += moe_fadam_state_size(H, D);
+        moe_fadam_update(p.b1, g.b1, st, H, 0, t, lr, &s->opts);
+        st += H;
+        moe_fadam_update(p.w2, g.w2, st, D, H, t, lr, &s->opts);
+        st += moe_fadam_state_size(D, H);
+        moe_fadam_update(p.b2, g.b2, st, D, 0, t, lr, &s->opts);
+        s->t[i] = t;
+    }
+    expert_shard_zero_grad(s);
+    s->c_n = 0;
+}
+
+void expert_shard_zero_grad(expert_shard_t *s)
+{
+    memset(s->grads, 0, sizeof(float) * s->P * (size_t)s->n);
+}

@@ -1,0 +1,65 @@
+/* A shard of experts: their parameters, gradients and factored-Adam state,
+ * keyed by global expert id (DESIGN §2, §6). Used unchanged by the worker's
+ * in-process expert backend and by the expert-server daemon.
+ *
+ * A step is: expert_shard_forward() on a macro-batch (rows grouped by expert,
+ * in canonical row order), expert_shard_backward() on the gradients of the
+ * same layout, then expert_shard_apply() once every contribution is in.
+ * The shard keeps the forward inputs it needs until the backward. Buffers
+ * grow only when a batch larger than any before arrives. Not thread-safe. */
+#ifndef EXPERT_SHARD_H
+#define EXPERT_SHARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "expert_ffn.h"
+#include "moe_optim.h"
+
+typedef struct expert_shard expert_shard_t;
+
+/* Creates a shard holding experts `ids` (n, distinct, any order) of width
+ * D and hidden H, initialised from `seed` by name (moe.experts.E.w1.weight
+ * ...) so that an expert's initial values do not depend on its shard.
+ * Caller owns; NULL on bad arguments or allocation failure. */
+expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64_t seed,
+                                 const struct moe_fadam_opts *opts);
+void expert_shard_destroy(expert_shard_t **s);
+
+int expert_shard_count(const expert_shard_t *s);
+/* Global id of the i-th local expert (ids are kept sorted ascending). */
+int32_t expert_shard_id(const expert_shard_t *s, int i);
+/* Local index of global id, or -1. */
+int expert_shard_find(const expert_shard_t *s, int32_t id);
+
+/* Parameter block (w1|b1|w2|b2, expert_ffn_param_count floats), gradient
+ * block and optimizer state (fadam: w1 H+D, b1 H, w2 D+H, b2 D floats) of
+ * the i-th local expert, and its optimizer step count. Mutable: used by
+ * checkpoints and migration. */
+float *expert_shard_params(expert_shard_t *s, int i);
+float *expert_shard_grads(expert_shard_t *s, int i);
+float *expert_shard_opt_state(expert_shard_t *s, int i);
+int64_t *expert_shard_opt_step(expert_shard_t *s, int i);
+size_t expert_shard_opt_state_size(const expert_shard_t *s);
+
+/* Forward of a macro-batch: for e < n, rows[e] rows of experts ids[e] lie
+ * consecutively in x (sum rows, D); outputs go to y in the same layout.
+ * Keeps x and the hidden activations for the next backward. Returns 0,
+ * MOE_ERR_NOTFOUND for an id not in the shard, MOE_ERR_RANGE for a
+ * negative count, MOE_ERR_NOMEM. On error nothing is cached or changed. */
+int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                         const float *x, float *y);
+
+/* Backward for the batch of the last forward: the same (n, ids, rows) or
+ * MOE_ERR_STATE. dy holds gradients of y (already multiplied by gates);
+ * writes dx and accumulates weight gradients. */
+int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                          const float *dy, float *dx);
+
+/* Applies factored Adam to every expert of the shard at 1-based step t with
+ * learning rate lr, then zeroes the gradients and drops the forward cache. */
+void expert_shard_apply(expert_shard_t *s, int64_t t, double lr);
+
+void expert_shard_zero_grad(expert_shard_t *s);
+
+#endif

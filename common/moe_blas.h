@@ -1,0 +1,25 @@
+/* Matrix products for every process: OpenBLAS sgemm behind one row-major
+ * wrapper, and a naive reference kernel beside it that tests compare against.
+ *
+ * All matrices are row-major. C = alpha * op(A) op(B) + beta * C where op(A)
+ * is (M,K), op(B) is (K,N), C is (M,N); lda/ldb/ldc are row strides of the
+ * stored matrices. Thread count of OpenBLAS is set once per process with
+ * moe_blas_set_threads() and is part of the configuration (DESIGN §4). */
+#ifndef MOE_BLAS_H
+#define MOE_BLAS_H
+
+#include <stdbool.h>
+
+void moe_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+               int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* The same contract computed with plain loops (float accumulation in k
+ * order). Slow; for tests only. */
+void moe_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
+                   int lda, const float *b, int ldb, float beta, float *c, int ldc);
+
+/* Sets the OpenBLAS thread count (>= 1). Call from the main thread before
+ * any product. */
+void moe_blas_set_threads(int n);
+
+#endif

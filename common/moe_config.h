@@ -1,0 +1,56 @@
+/* Configuration: one option table per program, read from an INI file and
+ * from command-line flags (DESIGN §7).
+ *
+ * Every key `d_model` of the table is also the flag `--d-model`. Precedence:
+ * table default < INI file (given by --config PATH) < flags. INI sections
+ * group keys for people; a key is found by name whatever section it is in.
+ * Unknown keys, bad numbers and out-of-range values are errors that name the
+ * file and line or the flag. This module never prints or exits. */
+#ifndef MOE_CONFIG_H
+#define MOE_CONFIG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+enum moe_opt_type { MOE_OPT_INT, MOE_OPT_I64, MOE_OPT_DOUBLE, MOE_OPT_BOOL, MOE_OPT_STRING };
+
+struct moe_opt {
+    const char *key;     /* snake_case; the flag is --kebab-case */
+    const char *section; /* INI section the key is written under */
+    enum moe_opt_type type;
+    size_t offset;       /* offsetof(config struct, field) */
+    size_t size;         /* MOE_OPT_STRING: capacity of the char array */
+    double min, max;     /* inclusive bounds for numbers (ignored when min > max) */
+    const char *def;     /* default value as text */
+    const char *help;
+};
+
+/* Sets every field of `cfg` to its default. 0 or MOE_ERR_CONFIG (a bad
+ * default is a programmer error, reported anyway). */
+int moe_config_defaults(const struct moe_opt *table, size_t n, void *cfg, char *err, size_t errlen);
+
+/* Parses `value` into the field named `key`. `where` names the source in the
+ * error ("--lr" or "file.ini:12"). 0, MOE_ERR_NOTFOUND or MOE_ERR_CONFIG;
+ * on error the field is unchanged. */
+int moe_config_set(const struct moe_opt *table, size_t n, void *cfg, const char *key,
+                   const char *value, const char *where, char *err, size_t errlen);
+
+/* Reads an INI file into cfg. 0, MOE_ERR_IO (unreadable) or MOE_ERR_CONFIG. */
+int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
+                        char *err, size_t errlen);
+
+/* Defaults, then --config FILE if present, then every other flag
+ * (`--key value`, `--key=value`; a bool flag alone means true, `--no-key`
+ * false). Returns 0, 1 when --help was asked for, or a negative code.
+ * Positional arguments are errors. */
+int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int argc,
+                          char **argv, char *err, size_t errlen);
+
+/* Writes the whole configuration as INI, grouped by section. 0 or MOE_ERR_IO. */
+int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg, FILE *out);
+
+/* Prints usage and one line per option with its default. */
+void moe_config_print_help(const struct moe_opt *table, size_t n, FILE *out, const char *prog,
+                           const char *summary);
+
+#endif

@@ -1,0 +1,20 @@
+/* Error code sentences (see moe_err.h). */
+#include "moe_err.h"
+
+const char *moe_strerror(int err)
+{
+    switch (err) {
+    case MOE_OK: return "success";
+    case MOE_ERR_NOMEM: return "out of memory";
+    case MOE_ERR_IO: return "input/output error";
+    case MOE_ERR_FORMAT: return "malformed data";
+    case MOE_ERR_SHAPE: return "wrong tensor shape or dtype";
+    case MOE_ERR_CONFIG: return "invalid configuration";
+    case MOE_ERR_RANGE: return "size out of range";
+    case MOE_ERR_NOTFOUND: return "not found";
+    case MOE_ERR_VERSION: return "version mismatch";
+    case MOE_ERR_STATE: return "request does not fit the current state";
+    case MOE_ERR_EMPTY: return "empty input";
+    }
+    return "unknown error";
+}

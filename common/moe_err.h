@@ -1,0 +1,26 @@
+/* Error codes shared by every process of the MoE trainer.
+ *
+ * Functions return 0 on success or a negative MOE_ERR_* code; pointer
+ * functions return NULL. moe_strerror() gives a short English sentence.
+ * This file holds no state and does no I/O. */
+#ifndef MOE_ERR_H
+#define MOE_ERR_H
+
+enum moe_err {
+    MOE_OK = 0,
+    MOE_ERR_NOMEM = -1,      /* allocation failed */
+    MOE_ERR_IO = -2,         /* read, write, fsync or rename failed (see errno) */
+    MOE_ERR_FORMAT = -3,     /* a file or message is malformed */
+    MOE_ERR_SHAPE = -4,      /* a tensor has the wrong shape or dtype */
+    MOE_ERR_CONFIG = -5,     /* a configuration key or value is invalid */
+    MOE_ERR_RANGE = -6,      /* a size overflows or exceeds a limit */
+    MOE_ERR_NOTFOUND = -7,   /* a file, tensor or key does not exist */
+    MOE_ERR_VERSION = -8,    /* protocol or format version mismatch */
+    MOE_ERR_STATE = -9,      /* the request does not fit the current state */
+    MOE_ERR_EMPTY = -10,     /* an input that must have content is empty */
+};
+
+/* A static sentence describing `err`; never NULL. */
+const char *moe_strerror(int err);
+
+#endif

@@ -1,0 +1,141 @@
+/* Adam and factored Adam / Adafactor updates (see moe_optim.h). The sums
+ * that feed the statistics are taken in double, in index order, so that the
+ * result does not depend on vector width or threads. */
+#include "moe_optim.h"
+
+#include <math.h>
+
+double moe_lr_at(const struct moe_lr_schedule *s, int64_t t)
+{
+    if (t < 1)
+        t = 1;
+    if (s->warmup <= 0)
+        return s->lr;
+    double a = (double)t / (double)s->warmup;
+    double b = sqrt((double)s->warmup / (double)t);
+    return s->lr * (a < b ? a : b);
+}
+
+size_t moe_adam_state_size(size_t n) { return 2 * n; }
+
+void moe_adam_update(float *w, const float *g, float *state, size_t n, int64_t t, double lr,
+                     const struct moe_adam_opts *o)
+{
+    float *m = state, *v = state + n;
+    const float b1 = (float)o->beta1, b2 = (float)o->beta2;
+    const double bc1 = 1.0 - pow(o->beta1, (double)t);
+    const double bc2 = 1.0 - pow(o->beta2, (double)t);
+    /* Fold the bias corrections into one step size and one epsilon:
+     * lr * mhat / (sqrt(vhat) + eps) = step * m / (sqrt(v) + eps_hat). */
+    const float step = (float)(lr * sqrt(bc2) / bc1);
+    const float eps_hat = (float)(o->eps * sqrt(bc2));
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        w[i] -= step * m[i] / (sqrtf(v[i]) + eps_hat);
+    }
+}
+
+size_t moe_fadam_state_size(size_t rows, size_t cols) { return cols ? rows + cols : rows; }
+
+static double fadam_beta2(const struct moe_fadam_opts *o, int64_t t)
+{
+    return o->decay_pow > 0 ? 1.0 - pow((double)t, -o->decay_pow) : o->beta2;
+}
+
+static double rms(const float *x, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)x[i] * x[i];
+    return n ? sqrt(s / (double)n) : 0.0;
+}
+
+void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_t cols, int64_t t,
+                      double lr, const struct moe_fadam_opts *o)
+{
+    const double b2 = fadam_beta2(o, t);
+    /* With a fixed beta2 the running averages start at zero and are
+     * bias-corrected as in Adam; Adafactor's decay has beta2_1 = 0, which
+     * needs no correction. */
+    const double bc = o->decay_pow > 0 ? 1.0 : 1.0 - pow(o->beta2, (double)t);
+    const size_t n = cols ? rows * cols : rows;
+    double alpha = lr;
+    if (o->relative_step) {
+        double rho = fmin(1e-2, 1.0 / sqrt((double)t));
+        alpha = rho * fmax(o->eps2, rms(w, n));
+    }
+    const float fb2 = (float)b2;
+    float *R = state, *C = state + rows;
+
+    if (cols == 0) {
+        for (size_t i = 0; i < rows; i++)
+            R[i] = fb2 * R[i] + (1.0f - fb2) * (g[i] * g[i] + (float)o->eps1);
+    } else {
+        for (size_t i = 0; i < rows; i++) {
+            double s = 0;
+            const float *gr = g + i * cols;
+            for (size_t j = 0; j < cols; j++)
+                s += (double)gr[j] * gr[j];
+            R[i] = fb2 * R[i] + (1.0f - fb2) * (float)(s / (double)cols + o->eps1);
+        }
+        /* Column means: accumulate rows in order into C's update. */
+        const float scale = (1.0f - fb2) / (float)rows;
+        for (size_t j = 0; j < cols; j++)
+            C[j] *= fb2;
+        for (size_t i = 0; i < rows; i++) {
+            const float *gr = g + i * cols;
+            for (size_t j = 0; j < cols; j++)
+                C[j] += scale * (gr[j] * gr[j]);
+        }
+        if (o->eps1 != 0.0)
+            for (size_t j = 0; j < cols; j++)
+                C[j] += (1.0f - fb2) * (float)o->eps1;
+    }
+
+    /* U = g / (sqrt(V / bc) + eps), V = R C^T / mean(R) for matrices. */
+    double clip_scale = 1.0;
+    const float inv_bc = (float)(1.0 / bc);
+    const float eps = (float)o->eps;
+    if (o->clip > 0) {
+        double s = 0;
+        if (cols == 0) {
+            for (size_t i = 0; i < rows; i++) {
+                double u = g[i] / (sqrtf(R[i] * inv_bc) + eps);
+                s += u * u;
+            }
+        } else {
+            double rm = 0;
+            for (size_t i = 0; i < rows; i++)
+                rm += R[i];
+            rm /= (double)rows;
+            for (size_t i = 0; i < rows; i++) {
+                float ri = (rm > 0 ? (float)(R[i] / rm) : 0.0f) * inv_bc;
+                for (size_t j = 0; j < cols; j++) {
+                    double u = g[i * cols + j] / (sqrtf(ri * C[j]) + eps);
+                    s += u * u;
+                }
+            }
+        }
+        double r = n ? sqrt(s / (double)n) : 0.0;
+        clip_scale = 1.0 / fmax(1.0, r / o->clip);
+    }
+    const float step = (float)(alpha * clip_scale);
+    if (cols == 0) {
+        for (size_t i = 0; i < rows; i++)
+            w[i] -= step * g[i] / (sqrtf(R[i] * inv_bc) + eps);
+        return;
+    }
+    double rm = 0;
+    for (size_t i = 0; i < rows; i++)
+        rm += R[i];
+    rm /= (double)rows;
+    for (size_t i = 0; i < rows; i++) {
+        float ri = (rm > 0 ? (float)(R[i] / rm) : 0.0f) * inv_bc;
+        float *wr = w + i * cols;
+        const float *gr = g + i * cols;
+        for (size_t j = 0; j < cols; j++)
+            wr[j] -= step * gr[j] / (sqrtf(ri * C[j]) + eps);
+    }
+}

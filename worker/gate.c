@@ -1,0 +1,239 @@
+/* Noisy top-k gating and balancing losses (see gate.h). Runs in workers. */
+#include "gate.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "moe_blas.h"
+#include "moe_rng.h"
+
+#define GATE_NOISE_EPS 1e-2f
+#define CV_EPS 1e-10
+
+static inline int gate_m(const struct gate_dims *d) { return d->K + 1 < d->E ? d->K + 1 : d->E; }
+
+size_t gate_cache_floats(const struct gate_dims *d)
+{
+    size_t N = (size_t)d->N, E = (size_t)d->E;
+    return 5 * N * E + N * (size_t)gate_m(d) + N * (size_t)d->K;
+}
+
+size_t gate_cache_ints(const struct gate_dims *d)
+{
+    return (size_t)d->N * (size_t)gate_m(d) + (size_t)d->N * (size_t)d->K;
+}
+
+struct gate_cache gate_cache_view(float *fbuf, int32_t *ibuf, const struct gate_dims *d)
+{
+    size_t N = (size_t)d->N, E = (size_t)d->E, M = (size_t)gate_m(d);
+    struct gate_cache c;
+    c.clean = fbuf;
+    c.nl = c.clean + N * E;
+    c.std = c.nl + N * E;
+    c.H = c.std + N * E;
+    c.eps = c.H + N * E;
+    c.topv = c.eps + N * E;
+    c.gates = c.topv + N * M;
+    c.topi = ibuf;
+    c.idx = c.topi + N * M;
+    return c;
+}
+
+static inline float softplusf(float x)
+{
+    /* log(1 + e^x) without overflow */
+    return x > 0 ? x + log1pf(expf(-x)) : log1pf(expf(x));
+}
+
+static inline double phi_arg_denom(float s) { return 1.4142135623730951 * (double)s + 1e-20; }
+
+/* Top m of h (E values), descending; ties keep the lower index first. */
+static void top_m(int32_t *ti, float *tv, const float *h, int E, int m)
+{
+    int n = 0;
+    for (int i = 0; i < E; i++) {
+        float v = h[i];
+        if (n == m && !(v > tv[m - 1]))
+            continue;
+        int p = n < m ? n : m - 1;
+        /* strict > keeps earlier (lower) indices ahead on ties */
+        while (p > 0 && v > tv[p - 1]) {
+            tv[p] = tv[p - 1];
+            ti[p] = ti[p - 1];
+            p--;
+        }
+        tv[p] = v;
+        ti[p] = i;
+        if (n < m)
+            n++;
+    }
+}
+
+void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x, const float *w_g,
+                  const float *w_noise, const struct gate_dims *d)
+{
+    const int N = d->N, E = d->E, K = d->K, M = gate_m(d);
+    const bool smooth_load = d->train && K < E;
+    moe_sgemm(false, false, N, E, d->D, 1.0f, x, d->D, w_g, E, 0.0f, c->clean, E);
+    if (d->train)
+        moe_sgemm(false, false, N, E, d->D, 1.0f, x, d->D, w_noise, E, 0.0f, c->nl, E);
+    else
+        memset(c->nl, 0, sizeof(float) * (size_t)N * E);
+
+    for (int r = 0; r < N; r++) {
+        const size_t o = (size_t)r * E;
+        const float *cl = c->clean + o;
+        float *sd = c->std + o, *h = c->H + o;
+        for (int i = 0; i < E; i++) {
+            if (d->train) {
+                sd[i] = softplusf(c->nl[o + i]) + GATE_NOISE_EPS;
+                float eps = moe_rng_normal(d->seed, MOE_RNG_GATE_NOISE, (uint64_t)d->step,
+                                           (uint32_t)(d->row0 + r), (uint32_t)i);
+                c->eps[o + i] = eps;
+                h[i] = cl[i] + eps * sd[i];
+            } else {
+                c->eps[o + i] = 0.0f;
+                sd[i] = 0.0f;
+                h[i] = cl[i];
+            }
+        }
+        int32_t *ti = c->topi + (size_t)r * M;
+        float *tv = c->topv + (size_t)r * M;
+        top_m(ti, tv, h, E, M);
+
+        /* softmax over the top K */
+        float *g = c->gates + (size_t)r * K;
+        int32_t *id = c->idx + (size_t)r * K;
+        double sum = 0;
+        for (int j = 0; j < K; j++) {
+            double e = exp((double)tv[j] - (double)tv[0]);
+            g[j] = (float)e;
+            sum += e;
+        }
+        for (int j = 0; j < K; j++) {
+            g[j] = (float)(g[j] / sum);
+            id[j] = ti[j];
+            imp[ti[j]] += g[j];
+        }
+
+        if (smooth_load) {
+            const float thr_in = tv[K], thr_out = tv[K - 1];
+            for (int i = 0; i < E; i++) {
+                float thr = h[i] > thr_in ? thr_in : thr_out;
+                double z = (double)cl[i] - (double)thr;
+                double p = 0.5 * (1.0 + erf(z / phi_arg_denom(sd[i])));
+                load[i] += (float)p;
+            }
+        } else {
+            for (int j = 0; j < K; j++)
+                if (g[j] > 0.0f)
+                    load[ti[j]] += 1.0f;
+        }
+    }
+}
+
+double gate_cv_squared(const float *v, int n, float *dv)
+{
+    const double np = (double)n + CV_EPS;
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += v[i];
+    const double mean = s / np;
+    double var = 0, dsum = 0;
+    for (int i = 0; i < n; i++) {
+        double dlt = v[i] - mean;
+        var += dlt * dlt;
+        dsum += dlt;
+    }
+    var /= np;
+    const double den = mean * mean + CV_EPS;
+    if (dv) {
+        /* d var/d v_i = 2/N' (v_i - mean - sum_j (v_j - mean) / N');
+         * d mean/d v_i = 1/N'. */
+        for (int i = 0; i < n; i++) {
+            double dvar = 2.0 / np * ((v[i] - mean) - dsum / np);
+            dv[i] = (float)(dvar / den - var * 2.0 * mean / (den * den) / np);
+        }
+    }
+    return var / den;
+}
+
+double gate_balance_loss(const float *imp, const float *load, int E, double w_imp, double w_load,
+                         float *dimp, float *dload)
+{
+    double li = gate_cv_squared(imp, E, dimp);
+    double ll = gate_cv_squared(load, E, dload);
+    for (int i = 0; i < E; i++) {
+        dimp[i] = (float)(dimp[i] * w_imp);
+        dload[i] = (float)(dload[i] * w_load);
+    }
+    return w_imp * li + w_load * ll;
+}
+
+void gate_backward(float *dx, float *dw_g, float *dw_noise, float *work, const float *dgates,
+                   const float *dimp, const float *dload, const float *x, const float *w_g,
+                   const float *w_noise, const struct gate_cache *c, const struct gate_dims *d)
+{
+    const int N = d->N, E = d->E, K = d->K, M = gate_m(d), D = d->D;
+    const bool smooth_load = d->train && K < E;
+    float *dclean = work, *dnl = work + (size_t)N * E;
+    memset(work, 0, sizeof(float) * 2 * (size_t)N * E);
+
+    for (int r = 0; r < N; r++) {
+        const size_t o = (size_t)r * E;
+        const float *g = c->gates + (size_t)r * K;
+        const int32_t *ti = c->topi + (size_t)r * M;
+        const float *dgr = dgates + (size_t)r * K;
+        float *dcl = dclean + o, *dsd = dnl + o; /* dnl holds d std until the end */
+        /* dH accumulates into dcl (dH/dclean = 1) and into dsd via eps. */
+        float dh[E > 0 ? E : 1];
+        memset(dh, 0, sizeof(float) * (size_t)E);
+
+        /* gates: dG = dgates + dImportance; softmax backward onto top-k H */
+        double dot = 0;
+        float dgt[K > 0 ? K : 1];
+        for (int j = 0; j < K; j++) {
+            dgt[j] = dgr[j] + dimp[ti[j]];
+            dot += (double)g[j] * dgt[j];
+        }
+        for (int j = 0; j < K; j++)
+            dh[ti[j]] += (float)(g[j] * (dgt[j] - dot));
+
+        if (smooth_load) {
+            const float *cl = c->clean + o, *sd = c->std + o, *h = c->H + o;
+            const float thr_in = c->topv[(size_t)r * M + K], thr_out = c->topv[(size_t)r * M + K - 1];
+            for (int i = 0; i < E; i++) {
+                bool in = h[i] > thr_in;
+                float thr = in ? thr_in : thr_out;
+                int thr_idx = in ? ti[K] : ti[K - 1];
+                double den = phi_arg_denom(sd[i]);
+                double z = (double)cl[i] - (double)thr;
+                double u = z / den;
+                /* dPhi/du = exp(-u^2) / sqrt(pi) */
+                double du = (double)dload[i] * exp(-u * u) * 0.5641895835477563;
+                double dz = du / den;
+                dcl[i] += (float)dz;
+                dh[thr_idx] -= (float)dz;
+                dsd[i] += (float)(-du * z * 1.4142135623730951 / (den * den));
+            }
+        }
+        if (d->train) {
+            for (int i = 0; i < E; i++) {
+                dcl[i] += dh[i];
+                dsd[i] += dh[i] * c->eps[o + i];
+                /* std = softplus(nl) + eps: d std / d nl = sigmoid(nl) */
+                float s = 1.0f / (1.0f + expf(-c->nl[o + i]));
+                dsd[i] *= s;
+            }
+        } else {
+            for (int i = 0; i < E; i++)
+                dcl[i] += dh[i];
+        }
+    }
+    moe_sgemm(true, false, D, E, N, 1.0f, x, D, dclean, E, 1.0f, dw_g, E);
+    moe_sgemm(false, true, N, D, E, 1.0f, dclean, E, w_g, E, 1.0f, dx, D);
+    if (d->train) {
+        moe_sgemm(true, false, D, E, N, 1.0f, x, D, dnl, E, 1.0f, dw_noise, E);
+        moe_sgemm(false, true, N, D, E, 1.0f, dnl, E, w_noise, E, 1.0f, dx, D);
+    }
+}

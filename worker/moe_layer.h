@@ -1,0 +1,61 @@
+/* Sparse dispatch and linear combine of the MoE layer (worker process), and
+ * the expert backend interface behind which the experts live: in this
+ * process (expert_local.c) or on expert servers.
+ *
+ * Dispatch groups (row, slot) pairs by expert, rows ascending within each
+ * expert (tensor2tensor's SparseDispatcher order). Combine is
+ * y_r = sum_j G_rj E_idx(r,j)(x_r), summed in slot order j = 0..K-1. A slot
+ * whose gate is exactly 0 is not dispatched. */
+#ifndef MOE_LAYER_H
+#define MOE_LAYER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Experts reached through function pointers. Each call gets the experts
+ * with at least one row: ids[e] with rows[e] rows, consecutive in x. */
+struct moe_backend {
+    void *ctx;
+    /* 0 or a negative MOE_ERR_*; `what` receives a sentence on error. */
+    int (*forward)(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
+                   const float *x, float *y, char *what, size_t what_len);
+    int (*backward)(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
+                    const float *dy, float *dx, char *what, size_t what_len);
+    /* Applies the expert update of step t (1-based) with learning rate lr. */
+    int (*apply)(void *ctx, int64_t t, double lr, char *what, size_t what_len);
+};
+
+struct moe_dispatch {
+    int N, K, E, D;
+    int32_t *pos;   /* (N,K) packed row of each slot, -1 if not dispatched */
+    int *counts;    /* (E) rows per expert */
+    int32_t *ids;   /* experts with rows, ascending */
+    int *rows;      /* their row counts */
+    int n_active;
+    int32_t *src;   /* (N*K) source row of each packed row */
+    int total;      /* packed rows */
+    float *xe, *ye; /* (N*K, D) packed inputs and expert outputs */
+    float *dye, *dxe;
+};
+
+/* Storage: all of the above for given sizes. Returns 0 or MOE_ERR_NOMEM.
+ * Caller owns; free with moe_dispatch_free. */
+int moe_dispatch_init(struct moe_dispatch *m, int N, int K, int E, int D);
+void moe_dispatch_free(struct moe_dispatch *m);
+
+/* Builds the routing for `n` rows (n <= N) from the gate's slot experts
+ * idx (n,K) and gates (n,K), and gathers x (n,D) into xe. */
+void moe_dispatch_forward(struct moe_dispatch *m, int n, const int32_t *idx, const float *gates,
+                          const float *x);
+
+/* y (n,D) = sum_j gates[r,j] ye[pos[r,j]]; overwrites y. */
+void moe_combine_forward(float *y, const struct moe_dispatch *m, int n, const float *gates);
+
+/* From dy (n,D): dgates (n,K) (overwritten) and dye = gate * dy. */
+void moe_combine_backward(float *dgates, struct moe_dispatch *m, int n, const float *dy,
+                          const float *gates);
+
+/* dx (n,D) += dxe scattered back to the source rows, in slot order. */
+void moe_dispatch_backward(float *dx, const struct moe_dispatch *m, int n);
+
+#endif

@@ -1,0 +1,23 @@
+/* Output layer: logits = x W^T + b over the vocabulary, softmax and
+ * cross-entropy (worker process). W is (V,D), PyTorch's nn.Linear layout. */
+#ifndef SOFTMAX_XENT_H
+#define SOFTMAX_XENT_H
+
+#include <stdint.h>
+
+/* Computes probabilities into probs (N,V) and returns the sum over rows of
+ * -log p(target). Targets must be < V. */
+double softmax_xent_forward(float *probs, const float *x, const float *W, const float *b,
+                            const int32_t *targets, int N, int V, int D);
+
+/* Gradient of scale * (sum of -log p): turns probs into dlogits in place,
+ * accumulates dW, db and dx (+=). */
+void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const float *x,
+                           const float *W, const int32_t *targets, float scale, int N, int V,
+                           int D);
+
+/* exp for the softmax: a polynomial with range reduction that the compiler
+ * vectorises; relative error below 2e-7 on [-87, 88]. */
+float softmax_fast_expf(float x);
+
+#endif
