@@ -281,6 +281,12 @@ static void format_value(const struct moe_opt *o, const void *cfg, char *buf, si
 
 int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg, FILE *out)
 {
+    return moe_config_write_ini_except(table, n, cfg, out, NULL);
+}
+
+int moe_config_write_ini_except(const struct moe_opt *table, size_t n, const void *cfg, FILE *out,
+                                const char *skip)
+{
     const char *done[64];
     size_t ndone = 0;
     for (size_t i = 0; i < n; i++) {
@@ -288,7 +294,7 @@ int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg,
         bool seen = false;
         for (size_t j = 0; j < ndone; j++)
             seen |= strcmp(done[j], sec) == 0;
-        if (seen || ndone == 64)
+        if (seen || ndone == 64 || (skip && strcmp(sec, skip) == 0))
             continue;
         done[ndone++] = sec;
         fprintf(out, "%s[%s]\n", ndone > 1 ? "\n" : "", sec);

@@ -1,0 +1,191 @@
+/* Unit tests for worker/softmax_xent: the fast exp against expf over its
+ * whole documented range (relative error < 2e-7, exact at 0), and the
+ * forward pass (probabilities and the summed -log p(target)) against a
+ * naive computation in double, including logits large enough to overflow
+ * a softmax that did not subtract the maximum. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_tensor.h"
+#include "softmax_xent.h"
+#include "test_util.h"
+
+Suite *test_softmax_xent_suite(void);
+
+START_TEST(sx_fast_expf_accuracy)
+{
+    /* Dense sweep of [-87, 88] in steps of 2^-14 (2.9 million points, every
+     * one exactly representable), plus the end points. */
+    double worst = 0;
+    float worst_x = 0;
+    long count = 0;
+    for (long i = 0;; i++) {
+        const float x = -87.0f + (float)i * (1.0f / 16384.0f);
+        if (x > 88.0f)
+            break;
+        const float got = softmax_fast_expf(x), want = expf(x);
+        const double rel = fabs((double)got - want) / want;
+        if (!(rel <= worst)) {
+            worst = rel;
+            worst_x = x;
+        }
+        count++;
+    }
+    ck_assert_int_gt(count, 2800000);
+    ck_assert_msg(worst < 2e-7, "relative error %.3g at x = %.9g", worst, worst_x);
+    /* and at points between the grid, near 0 where softmax spends its time */
+    float u[100000];
+    tu_fill(u, 100000, 5, 1.0f);
+    for (int i = 0; i < 100000; i++) {
+        const float x = u[i] * (i % 2 ? 10.0f : 0.01f);
+        const double rel = fabs((double)softmax_fast_expf(x) - expf(x)) / expf(x);
+        ck_assert_msg(rel < 2e-7, "relative error %.3g at x = %.9g", rel, x);
+    }
+    ck_assert(softmax_fast_expf(0.0f) == 1.0f);
+    ck_assert(softmax_fast_expf(-0.0f) == 1.0f);
+    /* the ends stay finite and normal */
+    ck_assert(isnormal(softmax_fast_expf(-87.0f)) && isfinite(softmax_fast_expf(88.0f)));
+}
+END_TEST
+
+enum { N = 6, V = 13, D = 5 };
+
+struct sx {
+    float x[N * D], W[V * D], b[V], probs[N * V];
+    int32_t t[N];
+};
+
+static void sx_init(struct sx *s, float scale, uint32_t stream)
+{
+    tu_fill(s->x, N * D, stream, 1.0f);
+    tu_fill(s->W, V * D, stream + 1, scale);
+    tu_fill(s->b, V, stream + 2, scale);
+    const int32_t t[N] = {0, V - 1, 3, 7, 7, 12};
+    memcpy(s->t, t, sizeof t);
+}
+
+/* -sum log softmax(target) and the probabilities, in double. */
+static double naive(const struct sx *s, double *probs)
+{
+    double loss = 0;
+    for (int r = 0; r < N; r++) {
+        double z[V], mx = -INFINITY, sum = 0;
+        for (int v = 0; v < V; v++) {
+            z[v] = s->b[v];
+            for (int d = 0; d < D; d++)
+                z[v] += (double)s->x[r * D + d] * s->W[v * D + d];
+            mx = fmax(mx, z[v]);
+        }
+        for (int v = 0; v < V; v++)
+            sum += exp(z[v] - mx);
+        for (int v = 0; v < V; v++)
+            probs[r * V + v] = exp(z[v] - mx) / sum;
+        loss += mx + log(sum) - z[s->t[r]];
+    }
+    return loss;
+}
+
+static void check_forward(float scale, uint32_t stream)
+{
+    struct sx s;
+    sx_init(&s, scale, stream);
+    double pd[N * V];
+    const double want = naive(&s, pd);
+    const double got = softmax_xent_forward(s.probs, s.x, s.W, s.b, s.t, N, V, D);
+    ck_assert_msg(isfinite(got), "loss %g", got);
+    /* float logits of magnitude ~scale: absolute error ~ scale * 1e-6 */
+    ck_assert_msg(fabs(got - want) <= 1e-5 * fabs(want) + 1e-6 * scale * N,
+                  "scale %g: loss %.9g, expected %.9g", scale, got, want);
+    for (int r = 0; r < N; r++) {
+        double sum = 0;
+        for (int v = 0; v < V; v++) {
+            const double p = s.probs[r * V + v], q = pd[r * V + v];
+            ck_assert(p >= 0 && p <= 1);
+            ck_assert_msg(fabs(p - q) <= 1e-5 * q + 1e-6 * scale * q + 1e-30,
+                          "scale %g: p[%d][%d] = %.9g, expected %.9g", scale, r, v, p, q);
+            sum += p;
+        }
+        ck_assert_msg(fabs(sum - 1.0) < 1e-6, "row %d sums to %.9g", r, sum);
+    }
+}
+
+START_TEST(sx_forward_matches_naive)
+{
+    check_forward(0.5f, 10);
+    check_forward(3.0f, 20);
+    /* logits of several hundred: exp would overflow without the max shift */
+    check_forward(150.0f, 30);
+}
+END_TEST
+
+START_TEST(sx_forward_uniform_by_hand)
+{
+    /* W = 0, b = 0: every probability is 1/V and the loss is N log V. */
+    struct sx s;
+    sx_init(&s, 0.0f, 40);
+    memset(s.W, 0, sizeof s.W);
+    memset(s.b, 0, sizeof s.b);
+    const double loss = softmax_xent_forward(s.probs, s.x, s.W, s.b, s.t, N, V, D);
+    ck_assert(fabs(loss - N * log((double)V)) < 1e-12 * N * log((double)V));
+    for (int i = 0; i < N * V; i++)
+        ck_assert_float_eq_tol(s.probs[i], 1.0f / V, 1e-8f);
+    /* a bias of log 2 on the target's logit alone: p_t = 2 / (V + 1) */
+    s.b[3] = logf(2.0f);
+    const int32_t t3[N] = {3, 3, 3, 3, 3, 3};
+    memcpy(s.t, t3, sizeof t3);
+    const double l2 = softmax_xent_forward(s.probs, s.x, s.W, s.b, s.t, N, V, D);
+    ck_assert(fabs(l2 - N * -log(2.0 / (V + 1))) < 1e-6);
+    ck_assert_float_eq_tol(s.probs[3], 2.0f / (V + 1), 1e-7f);
+}
+END_TEST
+
+START_TEST(sx_backward_dlogits)
+{
+    /* After backward, probs holds scale * (p - onehot(target)); db is its
+     * column sum, added onto what was there. */
+    struct sx s;
+    sx_init(&s, 1.0f, 50);
+    softmax_xent_forward(s.probs, s.x, s.W, s.b, s.t, N, V, D);
+    float p0[N * V], db[V], dW[V * D] = {0}, dx[N * D] = {0};
+    memcpy(p0, s.probs, sizeof p0);
+    for (int v = 0; v < V; v++)
+        db[v] = 1.0f;
+    const float scale = 0.25f;
+    softmax_xent_backward(dx, dW, db, s.probs, s.x, s.W, s.t, scale, N, V, D);
+    for (int v = 0; v < V; v++) {
+        double col = 0;
+        for (int r = 0; r < N; r++) {
+            const float want = (p0[r * V + v] - (s.t[r] == v ? 1.0f : 0.0f)) * scale;
+            ck_assert_float_eq(s.probs[r * V + v], want);
+            col += want;
+        }
+        ck_assert(fabs(db[v] - (1.0 + col)) < 1e-6);
+    }
+    /* dx = dlogits W */
+    for (int r = 0; r < N; r++)
+        for (int d = 0; d < D; d++) {
+            double want = 0;
+            for (int v = 0; v < V; v++)
+                want += (double)s.probs[r * V + v] * s.W[v * D + d];
+            ck_assert(fabs(dx[r * D + d] - want) < 1e-6);
+        }
+}
+END_TEST
+
+Suite *test_softmax_xent_suite(void)
+{
+    Suite *s = suite_create("softmax_xent");
+    TCase *te = tcase_create("expf");
+    tcase_set_timeout(te, 60);
+    tcase_add_test(te, sx_fast_expf_accuracy);
+    suite_add_tcase(s, te);
+    TCase *tc = tcase_create("forward");
+    tcase_set_timeout(tc, 10);
+    tcase_add_test(tc, sx_forward_matches_naive);
+    tcase_add_test(tc, sx_forward_uniform_by_hand);
+    tcase_add_test(tc, sx_backward_dlogits);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,344 @@
+/* Checkpoint folders of the single-process trainer (see checkpoint.h). */
+#include "checkpoint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "moe_err.h"
+#include "moe_safetensors.h"
+
+#define NAME_LEN 96
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* A list of tensors to write, with names stored alongside. */
+struct tlist {
+    struct moe_st_entry *e;
+    char (*names)[NAME_LEN];
+    size_t n, cap;
+};
+
+static int tlist_add(struct tlist *l, const char *name, const float *data, int ndim, int64_t d0,
+                     int64_t d1)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        struct moe_st_entry *e = realloc(l->e, sizeof *e * cap);
+        if (!e)
+            return MOE_ERR_NOMEM;
+        l->e = e;
+        char(*nm)[NAME_LEN] = realloc(l->names, sizeof *nm * cap);
+        if (!nm)
+            return MOE_ERR_NOMEM;
+        l->names = nm;
+        l->cap = cap;
+    }
+    snprintf(l->names[l->n], NAME_LEN, "%s", name);
+    struct moe_st_entry *e = &l->e[l->n];
+    memset(e, 0, sizeof *e);
+    e->ndim = ndim;
+    e->shape[0] = d0;
+    e->shape[1] = d1;
+    e->data = data;
+    l->n++;
+    return 0;
+}
+
+static void tlist_finish(struct tlist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        l->e[i].name = l->names[i];
+}
+
+static void tlist_free(struct tlist *l)
+{
+    free(l->e);
+    free(l->names);
+    memset(l, 0, sizeof *l);
+}
+
+static const char *const expert_part[4] = {"w1.weight", "w1.bias", "w2.weight", "w2.bias"};
+
+/* Shapes of the four parts of an expert: w1 (H,D), b1 (H), w2 (D,H), b2 (D). */
+static void expert_part_shape(int part, int D, int H, int *ndim, int64_t *d0, int64_t *d1)
+{
+    static const int nd[4] = {2, 1, 2, 1};
+    *ndim = nd[part];
+    *d0 = (part == 0 || part == 1) ? H : D;
+    *d1 = part == 0 ? D : part == 2 ? H : 0;
+}
+
+/* Optimizer-state floats of each expert part: factored matrices keep
+ * rows + cols, vectors their length. */
+static size_t expert_part_state(int part, int D, int H)
+{
+    return part == 0 || part == 2 ? (size_t)(D + H) : part == 1 ? (size_t)H : (size_t)D;
+}
+
+static int build_lists(const struct ckpt_state *s, struct tlist *model, struct tlist *optim)
+{
+    const struct model_config *mc = model_config_of(s->model);
+    const int D = mc->D, H = mc->H;
+    char name[NAME_LEN];
+    int rc = 0;
+    for (int p = 0; p < MP_COUNT && !rc; p++) {
+        moe_tensor *t = model_param(s->model, (enum model_param)p);
+        rc = tlist_add(model, t->name, t->data, t->ndim, t->shape[0], t->shape[1]);
+        if (rc)
+            break;
+        if (s->dense_adam) {
+            size_t n = s->dense_opt_n[p] / 2;
+            snprintf(name, sizeof name, "%s.adam_m", t->name);
+            rc = tlist_add(optim, name, s->dense_opt[p], 1, (int64_t)n, 0);
+            snprintf(name, sizeof name, "%s.adam_v", t->name);
+            if (!rc)
+                rc = tlist_add(optim, name, s->dense_opt[p] + n, 1, (int64_t)n, 0);
+        } else {
+            snprintf(name, sizeof name, "%s.fadam", t->name);
+            rc = tlist_add(optim, name, s->dense_opt[p], 1, (int64_t)s->dense_opt_n[p], 0);
+        }
+    }
+    for (int i = 0; s->shard && i < expert_shard_count(s->shard) && !rc; i++) {
+        int32_t id = expert_shard_id(s->shard, i);
+        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s->shard, i), D, H);
+        const float *parts[4] = {p.w1, p.b1, p.w2, p.b2};
+        const float *st = expert_shard_opt_state(s->shard, i);
+        for (int k = 0; k < 4 && !rc; k++) {
+            int nd;
+            int64_t d0, d1;
+            expert_part_shape(k, D, H, &nd, &d0, &d1);
+            snprintf(name, sizeof name, "moe.experts.%d.%s", id, expert_part[k]);
+            rc = tlist_add(model, name, parts[k], nd, d0, d1);
+            snprintf(name, sizeof name, "moe.experts.%d.%s.fadam", id, expert_part[k]);
+            if (!rc)
+                rc = tlist_add(optim, name, st, 1, (int64_t)expert_part_state(k, D, H), 0);
+            st += expert_part_state(k, D, H);
+        }
+    }
+    static const char *const st_names[2][2] = {{"state.lstm1.h", "state.lstm1.c"},
+                                               {"state.lstm2.h", "state.lstm2.c"}};
+    for (int l = 0; l < 2 && !rc; l++)
+        for (int c = 0; c < 2 && !rc; c++)
+            rc = tlist_add(optim, st_names[l][c], model_state(s->model, false, l, c), 2,
+                           s->cfg->batch, D);
+    tlist_finish(model);
+    tlist_finish(optim);
+    return rc;
+}
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+static void remove_tree(const char *dir)
+{
+    static const char *const files[] = {"config.ini", "vocab.txt", "model.safetensors",
+                                        "optim.safetensors"};
+    char p[TRAINER_PATH_MAX + 64];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size_t cap, char *err,
+                    size_t errlen)
+{
+    struct tlist model = {0}, optim = {0};
+    char tmp[TRAINER_PATH_MAX + 64], final[TRAINER_PATH_MAX + 64], p[TRAINER_PATH_MAX + 128];
+    int rc = 0;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        set_err(err, errlen, "%s: cannot create checkpoint folder: %s", dir, strerror(errno));
+        return MOE_ERR_IO;
+    }
+    snprintf(final, sizeof final, "%s/step-%08" PRId64, dir, s->step);
+    snprintf(tmp, sizeof tmp, "%s/.tmp-step-%08" PRId64 "-%ld", dir, s->step, (long)getpid());
+    remove_tree(tmp);
+    if (mkdir(tmp, 0755) != 0) {
+        set_err(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        return MOE_ERR_IO;
+    }
+    if ((rc = build_lists(s, &model, &optim))) {
+        set_err(err, errlen, "checkpoint: %s", moe_strerror(rc));
+        goto fail;
+    }
+    char step_s[32];
+    snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
+    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, NULL};
+    snprintf(p, sizeof p, "%s/model.safetensors", tmp);
+    if ((rc = moe_safetensors_write(p, model.e, model.n, meta, err, errlen)))
+        goto fail;
+    snprintf(p, sizeof p, "%s/optim.safetensors", tmp);
+    if ((rc = moe_safetensors_write(p, optim.e, optim.n, meta, err, errlen)))
+        goto fail;
+    snprintf(p, sizeof p, "%s/vocab.txt", tmp);
+    if ((rc = vocab_save(s->vocab, p, err, errlen)))
+        goto fail;
+    snprintf(p, sizeof p, "%s/config.ini", tmp);
+    FILE *f = fopen(p, "w");
+    if (!f || moe_config_write_ini_except(trainer_options, trainer_options_count, s->cfg, f,
+                                               "output") ||
+        fflush(f) || fsync(fileno(f))) {
+        set_err(err, errlen, "%s: write failed: %s", p, strerror(errno));
+        if (f)
+            fclose(f);
+        rc = MOE_ERR_IO;
+        goto fail;
+    }
+    fclose(f);
+    if (fsync_path(tmp) != 0) {
+        set_err(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
+        rc = MOE_ERR_IO;
+        goto fail;
+    }
+    /* A checkpoint of the same step from an earlier run is replaced. */
+    remove_tree(final);
+    if (rename(tmp, final) != 0 || fsync_path(dir) != 0) {
+        set_err(err, errlen, "%s: cannot move checkpoint into place: %s", final, strerror(errno));
+        rc = MOE_ERR_IO;
+        goto fail;
+    }
+    /* latest: written to a temporary name, then renamed. */
+    char latest[TRAINER_PATH_MAX + 64], latest_tmp[TRAINER_PATH_MAX + 80];
+    snprintf(latest, sizeof latest, "%s/latest", dir);
+    snprintf(latest_tmp, sizeof latest_tmp, "%s/.latest.tmp.%ld", dir, (long)getpid());
+    f = fopen(latest_tmp, "w");
+    if (!f || fprintf(f, "step-%08" PRId64 "\n", s->step) < 0 || fflush(f) || fsync(fileno(f)) ||
+        fclose(f) || rename(latest_tmp, latest) != 0 || fsync_path(dir) != 0) {
+        set_err(err, errlen, "%s: cannot write: %s", latest, strerror(errno));
+        unlink(latest_tmp);
+        tlist_free(&model);
+        tlist_free(&optim);
+        return MOE_ERR_IO;
+    }
+    if (out)
+        snprintf(out, cap, "%s", final);
+    tlist_free(&model);
+    tlist_free(&optim);
+    return 0;
+fail:
+    remove_tree(tmp);
+    tlist_free(&model);
+    tlist_free(&optim);
+    return rc ? rc : MOE_ERR_IO;
+}
+
+int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_t errlen)
+{
+    char p[TRAINER_PATH_MAX + 64];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/model.safetensors", path);
+    if (stat(p, &st) == 0) {
+        snprintf(out, cap, "%s", path);
+        return 0;
+    }
+    snprintf(p, sizeof p, "%s/latest", path);
+    FILE *f = fopen(p, "r");
+    if (!f) {
+        set_err(err, errlen, "%s: no checkpoint here (neither model.safetensors nor latest)", path);
+        return MOE_ERR_NOTFOUND;
+    }
+    char name[256] = "";
+    char *ok = fgets(name, sizeof name, f);
+    fclose(f);
+    size_t n = strlen(name);
+    while (n && (name[n - 1] == '\n' || name[n - 1] == '\r'))
+        name[--n] = '\0';
+    if (!ok || n == 0 || strchr(name, '/') || strcmp(name, "..") == 0) {
+        set_err(err, errlen, "%s: malformed (expected a checkpoint folder name)", p);
+        return MOE_ERR_FORMAT;
+    }
+    snprintf(out, cap, "%s/%s", path, name);
+    return 0;
+}
+
+static int read_tensor(moe_safetensors_t *st, const char *name, int ndim, int64_t d0, int64_t d1,
+                       float *dst, char *err, size_t errlen)
+{
+    int64_t shape[2] = {d0, d1};
+    return moe_safetensors_read_f32(st, name, ndim, shape, dst, err, errlen);
+}
+
+int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen)
+{
+    char p[TRAINER_PATH_MAX + 64];
+    struct tlist model = {0}, optim = {0};
+    moe_safetensors_t *mst = NULL, *ost = NULL;
+    int rc = build_lists(s, &model, &optim);
+    if (rc) {
+        set_err(err, errlen, "checkpoint: %s", moe_strerror(rc));
+        goto out;
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", ckpt);
+    if (!(mst = moe_safetensors_open(p, err, errlen))) {
+        rc = MOE_ERR_FORMAT;
+        goto out;
+    }
+    snprintf(p, sizeof p, "%s/optim.safetensors", ckpt);
+    if (!(ost = moe_safetensors_open(p, err, errlen))) {
+        rc = MOE_ERR_FORMAT;
+        goto out;
+    }
+    /* Every expected tensor must be there with its shape, and nothing else. */
+    struct {
+        moe_safetensors_t *st;
+        struct tlist *l;
+    } files[2] = {{mst, &model}, {ost, &optim}};
+    for (int f = 0; f < 2; f++) {
+        if (moe_safetensors_count(files[f].st) != files[f].l->n) {
+            set_err(err, errlen, "%s: holds %zu tensors, this model has %zu (another model shape?)",
+                    moe_safetensors_path(files[f].st), moe_safetensors_count(files[f].st),
+                    files[f].l->n);
+            rc = MOE_ERR_SHAPE;
+            goto out;
+        }
+        for (size_t i = 0; i < files[f].l->n; i++) {
+            const struct moe_st_entry *e = &files[f].l->e[i];
+            rc = read_tensor(files[f].st, e->name, e->ndim, e->shape[0], e->shape[1],
+                             (float *)e->data, err, errlen);
+            if (rc)
+                goto out;
+        }
+    }
+    const char *step_s = moe_safetensors_meta(ost, "step");
+    char *end = NULL;
+    long long step = step_s ? strtoll(step_s, &end, 10) : -1;
+    if (!step_s || *end != '\0' || step < 0) {
+        set_err(err, errlen, "%s/optim.safetensors: missing or bad \"step\" metadata", ckpt);
+        rc = MOE_ERR_FORMAT;
+        goto out;
+    }
+    s->step = step;
+    for (int i = 0; s->shard && i < expert_shard_count(s->shard); i++)
+        *expert_shard_opt_step(s->shard, i) = step;
+out:
+    moe_safetensors_close(&mst);
+    moe_safetensors_close(&ost);
+    tlist_free(&model);
+    tlist_free(&optim);
+    return rc;
+}

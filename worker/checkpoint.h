@@ -1,0 +1,48 @@
+/* Checkpoints of a worker that holds the whole model (DESIGN §6).
+ *
+ * A checkpoint is a folder <dir>/step-NNNNNNNN holding
+ *   config.ini          the configuration it was trained with
+ *   vocab.txt           one token per line, in id order
+ *   model.safetensors   parameters, PyTorch names and layouts
+ *   optim.safetensors   optimizer state, LSTM state carried across unrolls,
+ *                       and the step (metadata "step")
+ * It is written into a temporary folder, every file fsynced, renamed into
+ * place, the parent fsynced, and only then named by <dir>/latest. A
+ * checkpoint that is not complete is never visible under its final name. */
+#ifndef CHECKPOINT_H
+#define CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "data.h"
+#include "expert_shard.h"
+#include "model.h"
+#include "trainer.h"
+
+struct ckpt_state {
+    model_t *model;
+    expert_shard_t *shard;      /* experts held in this process */
+    vocab_t *vocab;
+    float *dense_opt[MP_COUNT]; /* optimizer state per dense parameter */
+    size_t dense_opt_n[MP_COUNT];
+    int dense_adam;             /* 1: Adam (m | v halves), 0: factored */
+    int64_t step;               /* steps completed */
+    const struct trainer_config *cfg;
+};
+
+/* Writes checkpoint of s->step under dir (created if missing). On success
+ * the folder's path is written to out. 0 or a negative code with a sentence. */
+int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size_t cap, char *err,
+                    size_t errlen);
+
+/* Resolves `path` to a checkpoint folder: the folder itself if it holds
+ * model.safetensors, else the one named by path/latest. */
+int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_t errlen);
+
+/* Loads parameters, optimizer state, LSTM state and step from folder
+ * `ckpt` into s (model, shard and buffers already sized). Every tensor's
+ * name, dtype and shape is checked; an error names the file and tensor. */
+int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,465 @@
+/* The worker's training loop (see trainer.h). A step is forward ->
+ * balancing statistics -> backward -> update, as in llm.c's train loop;
+ * everything it needs is allocated before the first step. */
+#include "trainer.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "checkpoint.h"
+#include "data.h"
+#include "expert_local.h"
+#include "expert_shard.h"
+#include "gate.h"
+#include "model.h"
+#include "moe_blas.h"
+#include "moe_err.h"
+#include "moe_log.h"
+#include "moe_optim.h"
+
+#define OPT(key, sec, type, field, lo, hi, def, help) \
+    {key, sec, type, offsetof(struct trainer_config, field), sizeof(((struct trainer_config *)0)->field), lo, hi, def, help}
+
+const struct moe_opt trainer_options[] = {
+    OPT("train", "data", MOE_OPT_STRING, train, 1, 0, "data/wikitext-2/wiki.train.tokens", "training corpus (one sentence per line)"),
+    OPT("valid", "data", MOE_OPT_STRING, valid, 1, 0, "data/wikitext-2/wiki.valid.tokens", "validation corpus (empty: none)"),
+    OPT("vocab_max", "data", MOE_OPT_INT, vocab_max, 0, 10000000, "0", "vocabulary cap including <unk> and <eos> (0: no cap)"),
+    OPT("d_model", "model", MOE_OPT_INT, d_model, 1, 65536, "128", "model width D (embedding, LSTMs, expert input/output)"),
+    OPT("d_hidden", "model", MOE_OPT_INT, d_hidden, 1, 1 << 20, "256", "expert hidden width H"),
+    OPT("n_experts", "model", MOE_OPT_INT, n_experts, 1, 1 << 20, "16", "number of experts E"),
+    OPT("k", "model", MOE_OPT_INT, k, 1, 1 << 20, "4", "experts per row (top-k)"),
+    OPT("residual", "model", MOE_OPT_BOOL, residual, 1, 0, "true", "residual add around every layer (paper, App. C)"),
+    OPT("moe_sigmoid", "model", MOE_OPT_BOOL, moe_sigmoid, 1, 0, "false", "sigmoid on the MoE output before dropout"),
+    OPT("dropout", "model", MOE_OPT_DOUBLE, dropout, 0, 0.95, "0.1", "dropout probability on layer outputs"),
+    OPT("w_importance", "model", MOE_OPT_DOUBLE, w_importance, 0, 1e6, "0.1", "weight of the importance loss"),
+    OPT("w_load", "model", MOE_OPT_DOUBLE, w_load, 0, 1e6, "0.1", "weight of the load loss"),
+    OPT("steps", "train", MOE_OPT_I64, steps, 0, 1e15, "2000", "training steps (total, counting resumed ones)"),
+    OPT("seed", "train", MOE_OPT_I64, seed, 0, 9.2e18, "1", "seed of every random number (init, noise, dropout)"),
+    OPT("batch", "train", MOE_OPT_INT, batch, 1, 1 << 20, "32", "sequences per batch B"),
+    OPT("unroll", "train", MOE_OPT_INT, unroll, 1, 1 << 20, "35", "time steps per unroll T (truncated BPTT)"),
+    OPT("eval_batch", "train", MOE_OPT_INT, eval_batch, 1, 1 << 20, "10", "sequences per validation batch"),
+    OPT("threads", "train", MOE_OPT_INT, threads, 1, 256, "2", "OpenBLAS threads (part of the determinism contract)"),
+    OPT("warmup", "train", MOE_OPT_I64, warmup, 0, 1e15, "200", "steps of linear learning-rate warm-up, then 1/sqrt(step)"),
+    OPT("lr", "train", MOE_OPT_DOUBLE, lr, 0, 10, "0.003", "peak learning rate"),
+    OPT("beta1", "train", MOE_OPT_DOUBLE, beta1, 0, 0.999999, "0.9", "Adam beta1 (dense parameters)"),
+    OPT("beta2", "train", MOE_OPT_DOUBLE, beta2, 0, 0.999999, "0.999", "Adam beta2 (dense parameters)"),
+    OPT("adam_eps", "train", MOE_OPT_DOUBLE, adam_eps, 0, 1, "1e-8", "Adam epsilon"),
+    OPT("dense_optimizer", "train", MOE_OPT_STRING, dense_optimizer, 1, 0, "adam", "adam or factored (factored Adam for dense matrices too)"),
+    OPT("experts", "experts", MOE_OPT_STRING, experts, 1, 0, "local", "where experts run: local (in this process)"),
+    OPT("expert_beta2", "experts", MOE_OPT_DOUBLE, expert_beta2, 0, 0.999999, "0.999", "factored Adam decay of second moments"),
+    OPT("expert_eps", "experts", MOE_OPT_DOUBLE, expert_eps, 0, 1, "1e-8", "factored Adam epsilon added to sqrt(V)"),
+    OPT("expert_decay_pow", "experts", MOE_OPT_DOUBLE, expert_decay_pow, 0, 10, "0", "Adafactor decay: beta2_t = 1 - t^-pow (0.8); 0 = fixed beta2"),
+    OPT("expert_clip", "experts", MOE_OPT_DOUBLE, expert_clip, 0, 1e6, "0", "Adafactor update clipping threshold (0 = off)"),
+    OPT("expert_relative_step", "experts", MOE_OPT_BOOL, expert_relative_step, 1, 0, "false", "Adafactor relative step size instead of the lr schedule"),
+    OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)"),
+    OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)"),
+    OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from"),
+    OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file"),
+    OPT("log_every", "output", MOE_OPT_I64, log_every, 1, 1e15, "50", "steps between progress lines"),
+    OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)"),
+    OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)"),
+    OPT("log_level", "output", MOE_OPT_STRING, log_level, 1, 0, "info", "debug, info, warn or error"),
+};
+const size_t trainer_options_count = sizeof trainer_options / sizeof trainer_options[0];
+
+/* ------------------------------------------------------------------------ */
+
+struct trainer {
+    const struct trainer_config *cfg;
+    vocab_t *vocab;
+    struct corpus train, valid;
+    struct batcher tb, vb;
+    expert_shard_t *shard;
+    model_t *model;
+    float *dense_opt[MP_COUNT];
+    size_t dense_opt_n[MP_COUNT];
+    bool dense_adam;
+    int32_t *tok, *tgt;
+    int64_t step; /* steps completed */
+    /* statistics over the last window of steps */
+    double win_loss, win_bal;
+    int64_t win_steps, win_tokens;
+    double cv_imp_sum, cv_load_sum, maxmean_sum;
+    int64_t cv_n;
+    double last_train_ppl;
+};
+
+static double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void dense_update(struct trainer *t, int64_t step1, double lr)
+{
+    const struct trainer_config *c = t->cfg;
+    struct moe_adam_opts ao = {c->beta1, c->beta2, c->adam_eps};
+    struct moe_fadam_opts fo = {c->beta2, 0, c->adam_eps, 1e-30, 0, false, 1e-3};
+    for (int p = 0; p < MP_COUNT; p++) {
+        moe_tensor *w = model_param(t->model, (enum model_param)p);
+        moe_tensor *g = model_grad(t->model, (enum model_param)p);
+        if (t->dense_adam)
+            moe_adam_update(w->data, g->data, t->dense_opt[p], w->numel, step1, lr, &ao);
+        else
+            moe_fadam_update(w->data, g->data, t->dense_opt[p], (size_t)w->shape[0],
+                             w->ndim == 2 ? (size_t)w->shape[1] : 0, step1, lr, &fo);
+    }
+}
+
+static void format_eta(char *buf, size_t cap, double sec)
+{
+    if (!isfinite(sec) || sec < 0)
+        snprintf(buf, cap, "?");
+    else if (sec < 60)
+        snprintf(buf, cap, "%.0fs", sec);
+    else if (sec < 3600)
+        snprintf(buf, cap, "%dm%02ds", (int)(sec / 60), (int)fmod(sec, 60));
+    else
+        snprintf(buf, cap, "%dh%02dm", (int)(sec / 3600), (int)fmod(sec / 60, 60));
+}
+
+/* Mean cross-entropy over the validation corpus (or its first
+ * valid_max_tokens predictions), with deterministic gating. */
+static int evaluate(struct trainer *t, double *ppl, char *err, size_t errlen)
+{
+    model_reset_state(t->model, true);
+    double sum = 0;
+    int64_t count = 0, chunks = batcher_eval_chunks(&t->vb);
+    const int64_t cap = t->cfg->valid_max_tokens;
+    for (int64_t c = 0; c < chunks; c++) {
+        int T = batcher_eval(&t->vb, c, t->tok, t->tgt);
+        struct model_batch b = {t->vb.B, T, t->tok, t->tgt, 0, (int64_t)t->vb.B * T};
+        double xs;
+        int rc = model_forward(t->model, &b, t->step, false, &xs, err, errlen);
+        if (rc)
+            return rc;
+        sum += xs;
+        count += (int64_t)t->vb.B * T;
+        if (cap > 0 && count >= cap)
+            break;
+    }
+    *ppl = exp(sum / (double)count);
+    return 0;
+}
+
+/* Perplexity of the unigram model of the training corpus (add-one
+ * smoothing) on the validation corpus: the baseline to beat. */
+static double unigram_ppl(const struct trainer *t)
+{
+    const int V = vocab_size(t->vocab);
+    double *cnt = calloc((size_t)V, sizeof(double));
+    if (!cnt)
+        return NAN;
+    for (size_t i = 0; i < t->train.n; i++)
+        cnt[t->train.ids[i]] += 1;
+    const double total = (double)t->train.n + V;
+    double nll = 0;
+    int64_t n = 0, cap = t->cfg->valid_max_tokens;
+    /* the same predictions evaluate() makes: targets of every stream */
+    for (int b = 0; b < t->vb.B; b++)
+        for (size_t i = 0; i < t->vb.stream_len; i++) {
+            int32_t id = t->valid.ids[(size_t)b * t->vb.stream_len + i + 1];
+            nll -= log((cnt[id] + 1) / total);
+            n++;
+        }
+    (void)cap;
+    free(cnt);
+    return exp(nll / (double)n);
+}
+
+static int write_report(const struct trainer *t, double tokens_per_sec, double valid_ppl,
+                        double uni_ppl, char *err, size_t errlen)
+{
+    const struct trainer_config *c = t->cfg;
+    json_t *o = json_object();
+    json_object_set_new(o, "steps", json_integer(t->step));
+    json_object_set_new(o, "tokens", json_integer(t->step * (int64_t)c->batch * c->unroll));
+    json_object_set_new(o, "tokens_per_sec", json_real(tokens_per_sec));
+    json_object_set_new(o, "train_ppl", json_real(t->last_train_ppl));
+    json_object_set_new(o, "valid_ppl", isfinite(valid_ppl) ? json_real(valid_ppl) : json_null());
+    json_object_set_new(o, "unigram_valid_ppl", isfinite(uni_ppl) ? json_real(uni_ppl) : json_null());
+    json_object_set_new(o, "importance_cv", json_real(t->cv_n ? t->cv_imp_sum / t->cv_n : 0));
+    json_object_set_new(o, "load_cv", json_real(t->cv_n ? t->cv_load_sum / t->cv_n : 0));
+    json_object_set_new(o, "load_max_over_mean", json_real(t->cv_n ? t->maxmean_sum / t->cv_n : 0));
+    json_object_set_new(o, "stats_window_steps", json_integer(t->cv_n));
+    json_object_set_new(o, "n_experts", json_integer(c->n_experts));
+    json_object_set_new(o, "k", json_integer(c->k));
+    json_object_set_new(o, "vocab_size", json_integer(vocab_size(t->vocab)));
+    json_object_set_new(o, "seed", json_integer(c->seed));
+    char tmp[TRAINER_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp", c->report);
+    int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
+    json_decref(o);
+    if (rc != 0 || rename(tmp, c->report) != 0) {
+        snprintf(err, errlen, "%s: cannot write the report: %s", c->report, strerror(errno));
+        return MOE_ERR_IO;
+    }
+    return 0;
+}
+
+/* cv (not squared) of a vector, for reports. */
+static double cv_of(const float *v, int n) { return sqrt(gate_cv_squared(v, n, NULL)); }
+
+static int train_step(struct trainer *t, char *err, size_t errlen)
+{
+    const struct trainer_config *c = t->cfg;
+    const int64_t s = t->step; /* 0-based index of this step */
+    if (batcher_train(&t->tb, s, 0, c->batch, t->tok, t->tgt) && s > 0)
+        model_reset_state(t->model, false);
+    const int64_t N = (int64_t)c->batch * c->unroll;
+    struct model_batch b = {c->batch, c->unroll, t->tok, t->tgt, 0, N};
+    double xent, bal;
+    int rc = model_forward(t->model, &b, s, true, &xent, err, errlen);
+    if (rc)
+        return rc;
+    /* In one process the global statistics are the local ones. */
+    const float *imp = model_local_importance(t->model), *load = model_local_load(t->model);
+    rc = model_backward(t->model, imp, load, &bal, err, errlen);
+    if (rc)
+        return rc;
+    const int64_t t1 = s + 1;
+    struct moe_lr_schedule sched = {c->lr, c->warmup};
+    const double lr = moe_lr_at(&sched, t1);
+    dense_update(t, t1, lr);
+    expert_shard_apply(t->shard, t1, lr);
+    model_carry_state(t->model);
+    t->step = t1;
+
+    const double loss = xent / (double)N;
+    if (!isfinite(loss)) {
+        snprintf(err, errlen, "training diverged at step %" PRId64 " (loss %g); try a lower --lr",
+                 t1, loss);
+        return MOE_ERR_STATE;
+    }
+    t->win_loss += loss;
+    t->win_bal += bal;
+    t->win_steps++;
+    t->win_tokens += N;
+    /* balance statistics over the last 100 steps of the run */
+    if (t1 > c->steps - 100) {
+        const int E = c->n_experts;
+        const int *cnt = model_local_counts(t->model);
+        double mx = 0, sum = 0;
+        for (int e = 0; e < E; e++) {
+            mx = cnt[e] > mx ? cnt[e] : mx;
+            sum += cnt[e];
+        }
+        t->cv_imp_sum += cv_of(imp, E);
+        t->cv_load_sum += cv_of(load, E);
+        t->maxmean_sum += sum > 0 ? mx / (sum / E) : 0;
+        t->cv_n++;
+    }
+    return 0;
+}
+
+static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
+{
+    struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, t->step, t->cfg};
+    memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);
+    memcpy(cs.dense_opt_n, t->dense_opt_n, sizeof cs.dense_opt_n);
+    char where[TRAINER_PATH_MAX + 64];
+    int rc = checkpoint_save(t->cfg->checkpoint_dir, &cs, where, sizeof where, err, errlen);
+    if (rc == 0)
+        moe_info("checkpoint of step %" PRId64 " written to %s", t->step, where);
+    return rc;
+}
+
+static int setup(struct trainer *t, char *err, size_t errlen)
+{
+    const struct trainer_config *c = t->cfg;
+    char ckpt[TRAINER_PATH_MAX + 64] = "";
+    if (strcmp(c->experts, "local") != 0) {
+        snprintf(err, errlen, "--experts: \"%s\" is not supported by this build (use local)",
+                 c->experts);
+        return MOE_ERR_CONFIG;
+    }
+    if (strcmp(c->dense_optimizer, "adam") != 0 && strcmp(c->dense_optimizer, "factored") != 0) {
+        snprintf(err, errlen, "--dense-optimizer: expected adam or factored, got \"%s\"",
+                 c->dense_optimizer);
+        return MOE_ERR_CONFIG;
+    }
+    if (c->k > c->n_experts) {
+        snprintf(err, errlen, "--k %d is larger than --n-experts %d", c->k, c->n_experts);
+        return MOE_ERR_CONFIG;
+    }
+    t->dense_adam = strcmp(c->dense_optimizer, "adam") == 0;
+
+    /* Vocabulary: from the checkpoint when resuming, else built. */
+    if (c->resume[0]) {
+        int rc = checkpoint_resolve(c->resume, ckpt, sizeof ckpt, err, errlen);
+        if (rc)
+            return rc;
+        char vp[TRAINER_PATH_MAX + 80];
+        snprintf(vp, sizeof vp, "%s/vocab.txt", ckpt);
+        t->vocab = vocab_load(vp, err, errlen);
+    } else {
+        t->vocab = vocab_build(c->train, c->vocab_max, err, errlen);
+    }
+    if (!t->vocab)
+        return MOE_ERR_FORMAT;
+    int rc = corpus_load(&t->train, c->train, t->vocab, err, errlen);
+    if (rc)
+        return rc;
+    if ((rc = batcher_init(&t->tb, &t->train, c->batch, c->unroll, err, errlen))) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s: %s", c->train, err);
+        snprintf(err, errlen, "%s", msg);
+        return rc;
+    }
+    if (c->valid[0]) {
+        if ((rc = corpus_load(&t->valid, c->valid, t->vocab, err, errlen)))
+            return rc;
+        if ((rc = batcher_init(&t->vb, &t->valid, c->eval_batch, c->unroll, err, errlen))) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "%s: %s", c->valid, err);
+            snprintf(err, errlen, "%s", msg);
+            return rc;
+        }
+    }
+    moe_info("vocabulary %d words; train %zu tokens (%zu <unk>)%s", vocab_size(t->vocab),
+             t->train.n, t->train.n_unk, c->valid[0] ? "" : "; no validation corpus");
+
+    struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
+                                c->expert_clip, c->expert_relative_step, 1e-3};
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)c->n_experts);
+    if (!ids)
+        return MOE_ERR_NOMEM;
+    for (int e = 0; e < c->n_experts; e++)
+        ids[e] = e;
+    t->shard = expert_shard_new(c->d_model, c->d_hidden, c->n_experts, ids, (uint64_t)c->seed, &fo);
+    free(ids);
+    if (!t->shard) {
+        snprintf(err, errlen, "cannot allocate %d experts of %dx%d", c->n_experts, c->d_model,
+                 c->d_hidden);
+        return MOE_ERR_NOMEM;
+    }
+    struct moe_backend be;
+    expert_local_backend(&be, t->shard);
+    struct model_config mc = {vocab_size(t->vocab), c->d_model, c->d_hidden, c->n_experts, c->k,
+                              c->residual, c->moe_sigmoid, c->dropout, c->w_importance,
+                              c->w_load, (uint64_t)c->seed,
+                              c->batch > c->eval_batch ? c->batch : c->eval_batch, c->unroll};
+    t->model = model_new(&mc, &be);
+    if (!t->model) {
+        snprintf(err, errlen, "cannot allocate the model (V=%d D=%d)", mc.V, mc.D);
+        return MOE_ERR_NOMEM;
+    }
+    for (int p = 0; p < MP_COUNT; p++) {
+        moe_tensor *w = model_param(t->model, (enum model_param)p);
+        t->dense_opt_n[p] = t->dense_adam ? moe_adam_state_size(w->numel)
+                                          : moe_fadam_state_size((size_t)w->shape[0],
+                                                                 w->ndim == 2 ? (size_t)w->shape[1] : 0);
+        if (!(t->dense_opt[p] = moe_alloc_floats(t->dense_opt_n[p])))
+            return MOE_ERR_NOMEM;
+    }
+    size_t nb = (size_t)mc.B_max * (size_t)c->unroll;
+    t->tok = malloc(sizeof(int32_t) * nb);
+    t->tgt = malloc(sizeof(int32_t) * nb);
+    if (!t->tok || !t->tgt)
+        return MOE_ERR_NOMEM;
+    if (ckpt[0]) {
+        struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, 0, c};
+        memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);
+        memcpy(cs.dense_opt_n, t->dense_opt_n, sizeof cs.dense_opt_n);
+        if ((rc = checkpoint_load(ckpt, &cs, err, errlen)))
+            return rc;
+        t->step = cs.step;
+        moe_info("resumed from %s at step %" PRId64, ckpt, t->step);
+    }
+    return 0;
+}
+
+static void teardown(struct trainer *t)
+{
+    model_destroy(&t->model);
+    expert_shard_destroy(&t->shard);
+    for (int p = 0; p < MP_COUNT; p++)
+        moe_free_floats(&t->dense_opt[p]);
+    free(t->tok);
+    free(t->tgt);
+    corpus_free(&t->train);
+    corpus_free(&t->valid);
+    vocab_destroy(&t->vocab);
+}
+
+int trainer_run(const struct trainer_config *c)
+{
+    struct trainer t;
+    memset(&t, 0, sizeof t);
+    t.cfg = c;
+    char err[1024] = "";
+    enum moe_log_level lvl;
+    if (moe_log_parse_level(c->log_level, &lvl)) {
+        fprintf(stderr, "moe-worker: --log-level: expected debug, info, warn or error\n");
+        return 2;
+    }
+    moe_log_set_level(lvl);
+    moe_blas_set_threads(c->threads);
+    int rc = setup(&t, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "moe-worker: error: %s\n", err);
+        teardown(&t);
+        return 1;
+    }
+    const int64_t tokens_per_step = (int64_t)c->batch * c->unroll;
+    double t0 = now_sec(), tw = t0, train_time = 0;
+    int64_t start_step = t.step;
+    while (t.step < c->steps) {
+        double ts = now_sec();
+        if ((rc = train_step(&t, err, sizeof err)))
+            break;
+        train_time += now_sec() - ts;
+        if (t.step % c->log_every == 0 || t.step == c->steps) {
+            double now = now_sec();
+            double tps = (double)t.win_tokens / (now - tw);
+            double loss = t.win_loss / (double)t.win_steps;
+            t.last_train_ppl = exp(loss);
+            char eta[32];
+            format_eta(eta, sizeof eta, (double)(c->steps - t.step) * (now - t0) /
+                                            (double)(t.step - start_step));
+            printf("step %6" PRId64 "/%" PRId64 " | %7.0f tok/s | loss %.4f | ppl %8.2f | "
+                   "balance %.4f | lr %.2e | ETA %s\n",
+                   t.step, c->steps, tps, loss, exp(loss), t.win_bal / (double)t.win_steps,
+                   moe_lr_at(&(struct moe_lr_schedule){c->lr, c->warmup}, t.step), eta);
+            fflush(stdout);
+            t.win_loss = t.win_bal = 0;
+            t.win_steps = t.win_tokens = 0;
+            tw = now_sec();
+        }
+        if (c->valid[0] && c->valid_every > 0 && t.step % c->valid_every == 0 && t.step < c->steps) {
+            double vp;
+            if ((rc = evaluate(&t, &vp, err, sizeof err)))
+                break;
+            printf("step %6" PRId64 " | valid ppl %.2f\n", t.step, vp);
+            fflush(stdout);
+        }
+        if (c->checkpoint_dir[0] && c->checkpoint_every > 0 && t.step % c->checkpoint_every == 0 &&
+            (rc = save_checkpoint(&t, err, sizeof err)))
+            break;
+    }
+    double valid_ppl = NAN, uni = NAN;
+    if (!rc && c->valid[0]) {
+        rc = evaluate(&t, &valid_ppl, err, sizeof err);
+        uni = unigram_ppl(&t);
+        if (!rc)
+            printf("validation perplexity %.2f after %" PRId64 " steps (unigram baseline %.2f)\n",
+                   valid_ppl, t.step, uni);
+    }
+    if (!rc && c->checkpoint_dir[0] && (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
+        rc = save_checkpoint(&t, err, sizeof err);
+    double tps = train_time > 0 ? (double)((t.step - start_step) * tokens_per_step) / train_time : 0;
+    if (!rc && c->report[0])
+        rc = write_report(&t, tps, valid_ppl, uni, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "moe-worker: error: %s\n", err);
+    teardown(&t);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,47 @@
+/* The training loop of one worker process (DESIGN §2, §3): data, model,
+ * optimizers, evaluation, progress lines, checkpoints and the final report.
+ * trainer_main.c only parses the configuration and calls trainer_run(). */
+#ifndef TRAINER_H
+#define TRAINER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe_config.h"
+
+#define TRAINER_PATH_MAX 1024
+
+struct trainer_config {
+    /* data */
+    char train[TRAINER_PATH_MAX], valid[TRAINER_PATH_MAX];
+    int vocab_max;
+    /* model */
+    int d_model, d_hidden, n_experts, k;
+    bool residual, moe_sigmoid;
+    double dropout, w_importance, w_load;
+    /* training */
+    int64_t steps, seed;
+    int batch, unroll, eval_batch, threads;
+    int64_t warmup;
+    double lr, beta1, beta2, adam_eps;
+    char dense_optimizer[16];
+    /* experts */
+    char experts[16];
+    double expert_beta2, expert_eps, expert_decay_pow, expert_clip;
+    bool expert_relative_step;
+    /* checkpoints, output */
+    char checkpoint_dir[TRAINER_PATH_MAX], resume[TRAINER_PATH_MAX], report[TRAINER_PATH_MAX];
+    int64_t checkpoint_every, log_every, valid_every, valid_max_tokens;
+    char log_level[16];
+};
+
+/* The option table of moe-worker (every key is also a --flag). */
+extern const struct moe_opt trainer_options[];
+extern const size_t trainer_options_count;
+
+/* Runs training as configured. Returns 0 on success; on failure prints a
+ * sentence naming the file or key to stderr and returns non-zero. */
+int trainer_run(const struct trainer_config *cfg);
+
+#endif

@@ -1,0 +1,33 @@
+/* moe-worker: the trainer binary. Parses the configuration (INI file and
+ * flags, see --help) and runs the training loop of trainer.c. Only this
+ * file exits the process. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "moe_config.h"
+#include "moe_log.h"
+#include "trainer.h"
+
+static const char summary[] =
+    "Trains the sparsely-gated Mixture-of-Experts language model (Shazeer et al. 2017):\n"
+    "Embedding -> LSTM -> MoE (noisy top-k gating, balancing losses) -> LSTM -> Softmax.\n"
+    "With --experts=local every expert runs in this process. Prints a progress line\n"
+    "every --log-every steps and the validation perplexity at the end.";
+
+int main(int argc, char **argv)
+{
+    static struct trainer_config cfg;
+    char err[1024];
+    moe_log_set_name("moe-worker");
+    int rc = moe_config_parse_args(trainer_options, trainer_options_count, &cfg, argc, argv, err,
+                                   sizeof err);
+    if (rc == 1) {
+        moe_config_print_help(trainer_options, trainer_options_count, stdout, "moe-worker", summary);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "moe-worker: error: %s\n", err);
+        return 2;
+    }
+    return trainer_run(&cfg);
+}
