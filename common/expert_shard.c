@@ -57,7 +57,10 @@ expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64
     s->opt = moe_alloc_floats(ns);
     if (!s->params || !s->grads || !s->opt)
         goto fail;
-    memcpy(s->ids, ids, sizeof(int32_t) * (size_t)n);
+    /* memcpy with a NULL pointer is undefined even for 0 bytes: an empty
+     * shard may pass ids = NULL. */
+    if (n > 0)
+        memcpy(s->ids, ids, sizeof(int32_t) * (size_t)n);
     qsort(s->ids, (size_t)n, sizeof(int32_t), cmp_i32);
     for (int i = 1; i < n; i++)
         if (s->ids[i] == s->ids[i - 1] || s->ids[i] < 0)
@@ -188,7 +191,10 @@ int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int
     s->c_n = 0;
     if ((rc = reserve(s, n, total)))
         return rc;
-    memcpy(s->c_x, x, sizeof(float) * total * (size_t)s->D);
+    /* An empty batch leaves the cache buffers NULL; memcpy of 0 bytes
+     * from or to NULL is still undefined behaviour. */
+    if (total > 0)
+        memcpy(s->c_x, x, sizeof(float) * total * (size_t)s->D);
     size_t off = 0;
     for (int e = 0; e < n; e++) {
         int li = expert_shard_find(s, ids[e]);
@@ -197,8 +203,10 @@ int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int
                            s->c_x + off * (size_t)s->D, &p, rows[e], s->D, s->H);
         off += (size_t)rows[e];
     }
-    memcpy(s->c_ids, ids, sizeof(int32_t) * (size_t)n);
-    memcpy(s->c_rows, rows, sizeof(int) * (size_t)n);
+    if (n > 0) {
+        memcpy(s->c_ids, ids, sizeof(int32_t) * (size_t)n);
+        memcpy(s->c_rows, rows, sizeof(int) * (size_t)n);
+    }
     s->c_n = n;
     return 0;
 }

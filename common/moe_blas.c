@@ -3,11 +3,22 @@
 
 #include <cblas.h>
 
+static moe_sgemm_trace_fn trace_fn;
+static void *trace_ctx;
+
+void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx)
+{
+    trace_fn = fn;
+    trace_ctx = ctx;
+}
+
 void moe_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
     if (m <= 0 || n <= 0)
         return;
+    if (trace_fn)
+        trace_fn(trace_ctx, trans_a, trans_b, m, n, k);
     if (k <= 0) {
         /* BLAS would still scale C by beta; do the same without it. */
         for (int i = 0; i < m; i++)

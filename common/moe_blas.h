@@ -18,6 +18,11 @@ void moe_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
 void moe_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const float *a,
                    int lda, const float *b, int ldb, float beta, float *c, int ldc);
 
+/* Benchmarks only: when set, every moe_sgemm call reports its shape here
+ * before running. NULL (the default) disables it. Not thread-safe. */
+typedef void (*moe_sgemm_trace_fn)(void *ctx, bool trans_a, bool trans_b, int m, int n, int k);
+void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx);
+
 /* Sets the OpenBLAS thread count (>= 1). Call from the main thread before
  * any product. */
 void moe_blas_set_threads(int n);

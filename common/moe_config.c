@@ -50,12 +50,11 @@ static int parse_value(const struct moe_opt *o, void *cfg, const char *value, co
     case MOE_OPT_I64: {
         long long v = strtoll(value, &end, 10);
         if (errno || end == value || *end != '\0') {
-            set_err(err, errlen, "%s: %s: expected an integer, got \"%s\"", where, o->key, value);
+            set_err(err, errlen, "%s: expected an integer, got \"%s\"", where, value);
             return MOE_ERR_CONFIG;
         }
         if (!in_range(o, (double)v) || (o->type == MOE_OPT_INT && (v > INT32_MAX || v < INT32_MIN))) {
-            set_err(err, errlen, "%s: %s: %lld is out of range [%g, %g]", where, o->key, v, o->min,
-                    o->max);
+            set_err(err, errlen, "%s: %lld is out of range [%g, %g]", where, v, o->min, o->max);
             return MOE_ERR_CONFIG;
         }
         if (o->type == MOE_OPT_INT)
@@ -67,12 +66,11 @@ static int parse_value(const struct moe_opt *o, void *cfg, const char *value, co
     case MOE_OPT_DOUBLE: {
         double v = strtod(value, &end);
         if (errno || end == value || *end != '\0' || !isfinite(v)) {
-            set_err(err, errlen, "%s: %s: expected a number, got \"%s\"", where, o->key, value);
+            set_err(err, errlen, "%s: expected a number, got \"%s\"", where, value);
             return MOE_ERR_CONFIG;
         }
         if (!in_range(o, v)) {
-            set_err(err, errlen, "%s: %s: %g is out of range [%g, %g]", where, o->key, v, o->min,
-                    o->max);
+            set_err(err, errlen, "%s: %g is out of range [%g, %g]", where, v, o->min, o->max);
             return MOE_ERR_CONFIG;
         }
         *(double *)field = v;
@@ -91,26 +89,27 @@ static int parse_value(const struct moe_opt *o, void *cfg, const char *value, co
                 return 0;
             }
         }
-        set_err(err, errlen, "%s: %s: expected true or false, got \"%s\"", where, o->key, value);
+        set_err(err, errlen, "%s: expected true or false, got \"%s\"", where, value);
         return MOE_ERR_CONFIG;
     }
     case MOE_OPT_STRING:
         if (strlen(value) >= o->size) {
-            set_err(err, errlen, "%s: %s: value is longer than %zu bytes", where, o->key,
-                    o->size - 1);
+            set_err(err, errlen, "%s: value is longer than %zu bytes", where, o->size - 1);
             return MOE_ERR_CONFIG;
         }
         memcpy(field, value, strlen(value) + 1);
         return 0;
     }
-    set_err(err, errlen, "%s: %s: unknown option type", where, o->key);
+    set_err(err, errlen, "%s: unknown option type", where);
     return MOE_ERR_CONFIG;
 }
 
 int moe_config_defaults(const struct moe_opt *table, size_t n, void *cfg, char *err, size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
-        int rc = parse_value(&table[i], cfg, table[i].def, "default", err, errlen);
+        char where[160];
+        snprintf(where, sizeof where, "default of %s", table[i].key);
+        int rc = parse_value(&table[i], cfg, table[i].def, where, err, errlen);
         if (rc)
             return rc;
     }
@@ -122,10 +121,21 @@ int moe_config_set(const struct moe_opt *table, size_t n, void *cfg, const char 
 {
     const struct moe_opt *o = find_opt(table, n, key);
     if (!o) {
-        set_err(err, errlen, "%s: unknown option \"%s\"", where, key);
+        if (where[0])
+            set_err(err, errlen, "%s: unknown option \"%s\"", where, key);
+        else
+            set_err(err, errlen, "unknown option \"%s\"", key);
         return MOE_ERR_NOTFOUND;
     }
-    return parse_value(o, cfg, value, where, err, errlen);
+    /* The label of errors: a flag names itself; elsewhere add the key. */
+    char label[600];
+    if (strncmp(where, "--", 2) == 0)
+        snprintf(label, sizeof label, "%s", where);
+    else if (where[0])
+        snprintf(label, sizeof label, "%s: %s", where, key);
+    else
+        snprintf(label, sizeof label, "%s", key);
+    return parse_value(o, cfg, value, label, err, errlen);
 }
 
 struct ini_ctx {
@@ -145,7 +155,7 @@ static int ini_on_entry(void *user, const char *section, const char *name, const
     (void)section;
     if (c->rc)
         return 0;
-    c->rc = moe_config_set(c->table, c->n, c->cfg, name, value ? value : "", "key", c->msg,
+    c->rc = moe_config_set(c->table, c->n, c->cfg, name, value ? value : "", "", c->msg,
                            sizeof c->msg);
     if (c->rc == MOE_ERR_NOTFOUND)
         c->rc = MOE_ERR_CONFIG;
@@ -164,8 +174,7 @@ int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const 
     int r = ini_parse_file(f, ini_on_entry, &c);
     fclose(f);
     if (c.rc) {
-        /* c.msg starts with "key: " */
-        set_err(err, errlen, "%s:%d: %s", path, r, c.msg + 5);
+        set_err(err, errlen, "%s:%d: %s", path, r, c.msg);
         return c.rc;
     }
     if (r != 0) {

@@ -29,9 +29,10 @@ struct moe_opt {
  * default is a programmer error, reported anyway). */
 int moe_config_defaults(const struct moe_opt *table, size_t n, void *cfg, char *err, size_t errlen);
 
-/* Parses `value` into the field named `key`. `where` names the source in the
- * error ("--lr" or "file.ini:12"). 0, MOE_ERR_NOTFOUND or MOE_ERR_CONFIG;
- * on error the field is unchanged. */
+/* Parses `value` into the field named `key`. `where` names the source in
+ * errors: a flag ("--lr") names itself; any other text ("file.ini:12", or
+ * "" for none) is followed by the key. 0, MOE_ERR_NOTFOUND or
+ * MOE_ERR_CONFIG; on error the field is unchanged. */
 int moe_config_set(const struct moe_opt *table, size_t n, void *cfg, const char *key,
                    const char *value, const char *where, char *err, size_t errlen);
 

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "moe_checksum.h"
 #include "moe_err.h"
 #include "moe_safetensors.h"
 
@@ -143,6 +144,49 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
     return rc;
 }
 
+/* Order-independent checksum of a list of tensors: the sum of a hash of
+ * each tensor's name and bytes. Stored as metadata "checksum" and checked
+ * on load, so a flipped byte anywhere in the data is detected. */
+static uint64_t tensor_checksum(const char *name, const void *data, size_t nbytes)
+{
+    uint64_t h = moe_checksum64(MOE_CHECKSUM_INIT, name, strlen(name) + 1);
+    return moe_checksum64(h, data, nbytes);
+}
+
+static uint64_t tlist_checksum(const struct tlist *l)
+{
+    uint64_t sum = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        size_t n = (size_t)l->e[i].shape[0] * (l->e[i].ndim == 2 ? (size_t)l->e[i].shape[1] : 1);
+        sum += tensor_checksum(l->e[i].name, l->e[i].data, n * sizeof(float));
+    }
+    return sum;
+}
+
+static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen)
+{
+    const char *want = moe_safetensors_meta(st, "checksum");
+    if (!want) {
+        set_err(err, errlen, "%s: no checksum in the metadata (not a checkpoint of this program?)",
+                moe_safetensors_path(st));
+        return MOE_ERR_FORMAT;
+    }
+    uint64_t sum = 0;
+    for (size_t i = 0; i < moe_safetensors_count(st); i++) {
+        struct moe_st_view v;
+        moe_safetensors_at(st, i, &v);
+        sum += tensor_checksum(v.name, v.data, v.nbytes);
+    }
+    char got[32];
+    snprintf(got, sizeof got, "%016" PRIx64, sum);
+    if (strcmp(got, want) != 0) {
+        set_err(err, errlen, "%s: checksum mismatch (file is corrupted): stored %s, computed %s",
+                moe_safetensors_path(st), want, got);
+        return MOE_ERR_FORMAT;
+    }
+    return 0;
+}
+
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY);
@@ -186,12 +230,14 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
         set_err(err, errlen, "checkpoint: %s", moe_strerror(rc));
         goto fail;
     }
-    char step_s[32];
+    char step_s[32], sum_s[32];
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
-    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, NULL};
+    snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&model));
+    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s, NULL};
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, model.e, model.n, meta, err, errlen)))
         goto fail;
+    snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&optim));
     snprintf(p, sizeof p, "%s/optim.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, optim.e, optim.n, meta, err, errlen)))
         goto fail;
@@ -303,6 +349,8 @@ int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t er
         rc = MOE_ERR_FORMAT;
         goto out;
     }
+    if ((rc = verify_checksum(mst, err, errlen)) || (rc = verify_checksum(ost, err, errlen)))
+        goto out;
     /* Every expected tensor must be there with its shape, and nothing else. */
     struct {
         moe_safetensors_t *st;

@@ -6,6 +6,8 @@
  *   model.safetensors   parameters, PyTorch names and layouts
  *   optim.safetensors   optimizer state, LSTM state carried across unrolls,
  *                       and the step (metadata "step")
+ * Both safetensors files carry metadata "checksum": the sum over tensors of
+ * a 64-bit hash of (name, bytes), checked on load.
  * It is written into a temporary folder, every file fsynced, renamed into
  * place, the parent fsynced, and only then named by <dir>/latest. A
  * checkpoint that is not complete is never visible under its final name. */

@@ -260,6 +260,25 @@ START_TEST(shard_backward_layout_must_match)
 }
 END_TEST
 
+START_TEST(shard_empty_batch)
+{
+    /* A forward with no experts (a server asked for nothing this step) is
+     * not an error, and neither is its backward; buffers may be NULL. */
+    const int32_t ids[] = {4};
+    expert_shard_t *s = new_shard(1, ids);
+    ck_assert_int_eq(expert_shard_forward(s, 0, NULL, NULL, NULL, NULL), 0);
+    ck_assert_int_eq(expert_shard_backward(s, 0, NULL, NULL, NULL, NULL), 0);
+    /* an expert listed with zero rows is fine too */
+    const int zero[1] = {0};
+    float none[1];
+    ck_assert_int_eq(expert_shard_forward(s, 1, ids, zero, none, none), 0);
+    ck_assert_int_eq(expert_shard_backward(s, 1, ids, zero, none, none), 0);
+    for (size_t i = 0; i < expert_ffn_param_count(D, H); i++)
+        ck_assert(expert_shard_grads(s, 0)[i] == 0.0f);
+    expert_shard_destroy(&s);
+}
+END_TEST
+
 START_TEST(shard_apply_zero_grad)
 {
     const int32_t ids[] = {4, 9};
@@ -358,6 +377,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tb, shard_batch_equals_ffn_per_expert);
     tcase_add_test(tb, shard_unknown_id_changes_nothing);
     tcase_add_test(tb, shard_backward_layout_must_match);
+    tcase_add_test(tb, shard_empty_batch);
     tcase_add_test(tb, shard_apply_zero_grad);
     tcase_add_test(tb, shard_migration_is_exact);
     suite_add_tcase(s, tb);

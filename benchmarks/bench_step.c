@@ -1,0 +1,203 @@
+/* Benchmark: tokens/s of a whole in-process training step, and the step's
+ * GFLOP/s as a fraction of what OpenBLAS sgemm reaches on the same GEMM
+ * shapes, measured in the same run (DESIGN §9).
+ *
+ * FLOPs are counted as the paper does: every GEMM of forward and backward,
+ * a multiply-add = 2. The limit is the time the step's GEMMs would take if
+ * each ran at the sgemm rate measured alone for its shape; the fraction is
+ * that time over the measured step time. Elementwise work (softmax, LSTM
+ * gates, gating, optimizer) is what separates the two.
+ *
+ * Usage: bench_step [--corpus FILE] [--steps N] [--threads N] [--d-model D]
+ *        [--d-hidden H] [--n-experts E] [--k K] [--batch B] [--unroll T]
+ *        [--vocab-max V] [--json FILE] */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "data.h"
+#include "expert_local.h"
+#include "expert_shard.h"
+#include "model.h"
+#include "moe_blas.h"
+#include "moe_optim.h"
+#include "moe_tensor.h"
+
+struct shape {
+    bool ta, tb;
+    int m, n, k;
+    int64_t calls;
+    double rate; /* GFLOP/s measured alone */
+};
+
+struct trace {
+    struct shape s[256];
+    int n;
+};
+
+static void on_gemm(void *ctx, bool ta, bool tb, int m, int n, int k)
+{
+    struct trace *t = ctx;
+    for (int i = 0; i < t->n; i++) {
+        struct shape *s = &t->s[i];
+        if (s->ta == ta && s->tb == tb && s->m == m && s->n == n && s->k == k) {
+            s->calls++;
+            return;
+        }
+    }
+    if (t->n < 256)
+        t->s[t->n++] = (struct shape){ta, tb, m, n, k, 1, 0};
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* sgemm GFLOP/s for one shape: repeat for at least 0.2 s. */
+static double sgemm_rate(const struct shape *s)
+{
+    size_t na = (size_t)s->m * s->k, nb = (size_t)s->k * s->n, nc = (size_t)s->m * s->n;
+    float *a = moe_alloc_floats(na), *b = moe_alloc_floats(nb), *c = moe_alloc_floats(nc);
+    for (size_t i = 0; i < na; i++)
+        a[i] = (float)(i % 7) * 0.01f;
+    for (size_t i = 0; i < nb; i++)
+        b[i] = (float)(i % 5) * 0.01f;
+    int lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
+    moe_sgemm(s->ta, s->tb, s->m, s->n, s->k, 1, a, lda, b, ldb, 0, c, s->n);
+    int reps = 0;
+    double t0 = now(), t;
+    do {
+        moe_sgemm(s->ta, s->tb, s->m, s->n, s->k, 1, a, lda, b, ldb, 1, c, s->n);
+        reps++;
+        t = now() - t0;
+    } while (t < 0.2);
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * s->m * s->n * (double)s->k * reps / t / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    const char *corpus = "data/wikitext-2/wiki.train.tokens", *json = NULL;
+    int steps = 20, threads = 2, D = 128, H = 256, E = 16, K = 4, B = 32, T = 35, vmax = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        const char *f = argv[i], *v = argv[i + 1];
+        if (!strcmp(f, "--corpus")) corpus = v;
+        else if (!strcmp(f, "--json")) json = v;
+        else if (!strcmp(f, "--steps")) steps = atoi(v);
+        else if (!strcmp(f, "--threads")) threads = atoi(v);
+        else if (!strcmp(f, "--d-model")) D = atoi(v);
+        else if (!strcmp(f, "--d-hidden")) H = atoi(v);
+        else if (!strcmp(f, "--n-experts")) E = atoi(v);
+        else if (!strcmp(f, "--k")) K = atoi(v);
+        else if (!strcmp(f, "--batch")) B = atoi(v);
+        else if (!strcmp(f, "--unroll")) T = atoi(v);
+        else if (!strcmp(f, "--vocab-max")) vmax = atoi(v);
+        else {
+            fprintf(stderr, "bench_step: unknown option %s\n", f);
+            return 2;
+        }
+    }
+    moe_blas_set_threads(threads);
+    char err[512];
+    vocab_t *voc = vocab_build(corpus, vmax, err, sizeof err);
+    struct corpus cor;
+    struct batcher bt;
+    if (!voc || corpus_load(&cor, corpus, voc, err, sizeof err) ||
+        batcher_init(&bt, &cor, B, T, err, sizeof err)) {
+        fprintf(stderr, "bench_step: %s\n", err);
+        return 1;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)E);
+    for (int e = 0; e < E; e++)
+        ids[e] = e;
+    struct moe_fadam_opts fo = {0.999, 0, 1e-8, 1e-30, 0, false, 1e-3};
+    expert_shard_t *shard = expert_shard_new(D, H, E, ids, 1, &fo);
+    struct moe_backend be;
+    expert_local_backend(&be, shard);
+    struct model_config mc = {vocab_size(voc), D, H, E, K, true, false, 0.1, 0.1, 0.1, 1, B, T};
+    model_t *m = model_new(&mc, &be);
+    float *opt[MP_COUNT];
+    for (int p = 0; p < MP_COUNT; p++)
+        opt[p] = moe_alloc_floats(moe_adam_state_size(model_param(m, (enum model_param)p)->numel));
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
+    struct moe_adam_opts ao = {0.9, 0.999, 1e-8};
+    struct trace tr = {.n = 0};
+    double t_steps = 0;
+    const int warm = 3;
+    for (int s = 0; s < warm + steps; s++) {
+        batcher_train(&bt, s, 0, B, tok, tgt);
+        struct model_batch b = {B, T, tok, tgt, 0, (int64_t)B * T};
+        if (s == warm)
+            moe_blas_set_trace(on_gemm, &tr);
+        double t0 = now(), xs, bal;
+        if (model_forward(m, &b, s, true, &xs, err, sizeof err) ||
+            model_backward(m, model_local_importance(m), model_local_load(m), &bal, err, sizeof err)) {
+            fprintf(stderr, "bench_step: %s\n", err);
+            return 1;
+        }
+        for (int p = 0; p < MP_COUNT; p++) {
+            moe_tensor *w = model_param(m, (enum model_param)p), *g = model_grad(m, (enum model_param)p);
+            moe_adam_update(w->data, g->data, opt[p], w->numel, s + 1, 1e-3, &ao);
+        }
+        expert_shard_apply(shard, s + 1, 1e-3);
+        model_carry_state(m);
+        if (s == warm)
+            moe_blas_set_trace(NULL, NULL);
+        if (s >= warm)
+            t_steps += now() - t0;
+    }
+    /* GEMMs of one step and their rate alone */
+    double flops = 0, limit_time = 0;
+    for (int i = 0; i < tr.n; i++) {
+        struct shape *s = &tr.s[i];
+        s->rate = sgemm_rate(s);
+        double f = 2.0 * s->m * s->n * (double)s->k * (double)s->calls;
+        flops += f;
+        limit_time += f / (s->rate * 1e9);
+    }
+    const double step_time = t_steps / steps, tokens = (double)B * T;
+    const double gflops = flops / step_time / 1e9, sgemm_gflops = flops / limit_time / 1e9;
+    printf("# bench_step: D=%d H=%d E=%d k=%d B=%d T=%d V=%d threads=%d steps=%d\n", D, H, E, K, B,
+           T, vocab_size(voc), threads, steps);
+    printf("%-5s %-5s %7s %7s %7s %6s %10s\n", "transA", "transB", "M", "N", "K", "calls", "GFLOP/s");
+    for (int i = 0; i < tr.n; i++)
+        printf("%-6d %-5d %7d %7d %7d %6" PRId64 " %10.1f\n", tr.s[i].ta, tr.s[i].tb, tr.s[i].m,
+               tr.s[i].n, tr.s[i].k, tr.s[i].calls, tr.s[i].rate);
+    printf("step time            %.4f s\n", step_time);
+    printf("tokens/s             %.0f\n", tokens / step_time);
+    printf("model GFLOP/step     %.3f (forward + backward, multiply-add = 2)\n", flops / 1e9);
+    printf("model GFLOP/s        %.1f\n", gflops);
+    printf("sgemm GFLOP/s        %.1f (same shapes, measured alone, time-weighted)\n", sgemm_gflops);
+    printf("fraction of sgemm    %.3f\n", gflops / sgemm_gflops);
+    if (json) {
+        FILE *f = fopen(json, "w");
+        if (f) {
+            fprintf(f,
+                    "{\"bench\": \"step\", \"d_model\": %d, \"d_hidden\": %d, \"n_experts\": %d, "
+                    "\"k\": %d, \"batch\": %d, \"unroll\": %d, \"vocab\": %d, \"threads\": %d, "
+                    "\"step_time_s\": %.6f, \"tokens_per_sec\": %.1f, \"model_gflops\": %.2f, "
+                    "\"sgemm_gflops\": %.2f, \"fraction\": %.4f}\n",
+                    D, H, E, K, B, T, vocab_size(voc), threads, step_time, tokens / step_time,
+                    gflops, sgemm_gflops, gflops / sgemm_gflops);
+            fclose(f);
+        }
+    }
+    for (int p = 0; p < MP_COUNT; p++)
+        free(opt[p]);
+    free(tok);
+    free(tgt);
+    free(ids);
+    model_destroy(&m);
+    expert_shard_destroy(&shard);
+    corpus_free(&cor);
+    vocab_destroy(&voc);
+    return 0;
+}

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Runs every tests/integration/test_*.sh against one build folder, each in a
+# fresh temporary folder with a time limit. Usage: run.sh BUILD_DIR
+# Ends with the line "N passed, N failed".
+set -u
+build=${1:-build}
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+BIN=$(cd "$build/bin" && pwd)
+DATA="$top/data/wikitext-2"
+IT_DIR=$here
+export BIN DATA IT_DIR
+pass=0
+failed=0
+for t in "$here"/test_*.sh; do
+    name=$(basename "$t" .sh)
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/moe-it-XXXXXX")
+    export WORK
+    echo "== $name"
+    if timeout 600 sh -c ". '$here/lib.sh'; . '$t'"; then
+        pass=$((pass + 1))
+        echo "PASS $name"
+    else
+        failed=$((failed + 1))
+        echo "FAIL $name"
+    fi
+    rm -rf "$WORK"
+done
+echo "integration: $pass passed, $failed failed"
+[ "$failed" -eq 0 ]
