@@ -55,6 +55,8 @@ LIB_OBJ   = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/proto/moe.pb-c.o
 LIB       = $(BUILD)/libmoe.a
 
 BIN_WORKER = $(BUILD)/bin/moe-worker
+BIN_SERVER = $(BUILD)/bin/moe-server
+SERVER_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out server/expsrv_main.c,$(wildcard server/expsrv*.c)))
 
 TEST_SRC  = $(wildcard tests/unit/test_*.c tests/grad/test_*.c)
 TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/test_main.o \
@@ -68,7 +70,7 @@ BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
         bench clean
 .DEFAULT_GOAL := all
 
-all: $(BIN_WORKER) $(TEST_BIN) $(BENCH_BIN)
+all: $(BIN_WORKER) $(BIN_SERVER) $(TEST_BIN) $(BENCH_BIN)
 
 # Every object also waits for the generated protobuf header.
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
@@ -88,6 +90,10 @@ $(LIB): $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(BIN_WORKER): $(BUILD)/obj/worker/trainer_main.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BIN_SERVER): $(BUILD)/obj/server/expsrv_main.o $(SERVER_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -147,7 +153,7 @@ test-normal test-san: test-unit test-integration
 test-unit: $(TEST_BIN)
 	$(TEST_BIN)
 
-test-integration: $(BIN_WORKER)
+test-integration: $(BIN_WORKER) $(BIN_SERVER)
 	sh tests/integration/run.sh $(BUILD)
 
 bench: deps $(BENCH_BIN)

@@ -24,6 +24,8 @@ struct expert_shard {
     float *c_x, *c_z, *dz;
     size_t c_rows_cap;  /* rows the x/z/dz buffers hold */
     int c_n_cap;
+    float *i_z;         /* evaluation scratch (rows, H) */
+    size_t i_rows_cap;
 };
 
 static int cmp_i32(const void *a, const void *b)
@@ -101,11 +103,18 @@ void expert_shard_destroy(expert_shard_t **sp)
     moe_free_floats(&s->c_x);
     moe_free_floats(&s->c_z);
     moe_free_floats(&s->dz);
+    moe_free_floats(&s->i_z);
     free(s);
     *sp = NULL;
 }
 
 int expert_shard_count(const expert_shard_t *s) { return s->n; }
+
+void expert_shard_dims(const expert_shard_t *s, int *D, int *H)
+{
+    *D = s->D;
+    *H = s->H;
+}
 int32_t expert_shard_id(const expert_shard_t *s, int i) { return s->ids[i]; }
 
 int expert_shard_find(const expert_shard_t *s, int32_t id)
@@ -211,6 +220,35 @@ int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int
     return 0;
 }
 
+int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                       const float *x, float *y)
+{
+    size_t total;
+    int rc = check_batch(s, n, ids, rows, &total);
+    if (rc)
+        return rc;
+    if (total > s->i_rows_cap) {
+        size_t nz;
+        if (moe_size_mul(total, (size_t)s->H, &nz))
+            return MOE_ERR_RANGE;
+        float *z = moe_alloc_floats(nz);
+        if (!z)
+            return MOE_ERR_NOMEM;
+        moe_free_floats(&s->i_z);
+        s->i_z = z;
+        s->i_rows_cap = total;
+    }
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        int li = expert_shard_find(s, ids[e]);
+        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
+        expert_ffn_forward(y + off * (size_t)s->D, s->i_z, x + off * (size_t)s->D, &p, rows[e],
+                           s->D, s->H);
+        off += (size_t)rows[e];
+    }
+    return 0;
+}
+
 int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                           const float *dy, float *dx)
 {
@@ -255,4 +293,16 @@ void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
 void expert_shard_zero_grad(expert_shard_t *s)
 {
     memset(s->grads, 0, sizeof(float) * s->P * (size_t)s->n);
+}
+
+void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, int64_t shape[2],
+                       size_t *state_floats)
+{
+    static const char *const names[EXPERT_PARTS] = {"w1.weight", "w1.bias", "w2.weight",
+                                                    "w2.bias"};
+    *suffix = names[part];
+    *ndim = part == 0 || part == 2 ? 2 : 1;
+    shape[0] = part <= 1 ? H : D;
+    shape[1] = part == 0 ? D : part == 2 ? H : 0;
+    *state_floats = part == 0 || part == 2 ? (size_t)(D + H) : part == 1 ? (size_t)H : (size_t)D;
 }

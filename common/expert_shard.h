@@ -27,6 +27,8 @@ expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64
 void expert_shard_destroy(expert_shard_t **s);
 
 int expert_shard_count(const expert_shard_t *s);
+/* Width D and hidden size H of the shard's experts. */
+void expert_shard_dims(const expert_shard_t *s, int *D, int *H);
 /* Global id of the i-th local expert (ids are kept sorted ascending). */
 int32_t expert_shard_id(const expert_shard_t *s, int i);
 /* Local index of global id, or -1. */
@@ -50,6 +52,11 @@ size_t expert_shard_opt_state_size(const expert_shard_t *s);
 int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                          const float *x, float *y);
 
+/* Forward for evaluation: the same math, nothing cached (the training
+ * cache of the current step is left alone). Same errors. */
+int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                       const float *x, float *y);
+
 /* Backward for the batch of the last forward: the same (n, ids, rows) or
  * MOE_ERR_STATE. dy holds gradients of y (already multiplied by gates);
  * writes dx and accumulates weight gradients. */
@@ -61,5 +68,13 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
 void expert_shard_apply(expert_shard_t *s, int64_t t, double lr);
 
 void expert_shard_zero_grad(expert_shard_t *s);
+
+/* The four tensors of an expert in checkpoints and on the wire, in block
+ * order: 0 w1.weight (H,D), 1 w1.bias (H), 2 w2.weight (D,H), 3 w2.bias (D).
+ * Fills the name suffix ("w1.weight"), ndim, shape and the floats of its
+ * factored-Adam state (rows + cols for matrices, length for vectors). */
+#define EXPERT_PARTS 4
+void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, int64_t shape[2],
+                       size_t *state_floats);
 
 #endif

@@ -288,6 +288,20 @@ static void format_value(const struct moe_opt *o, const void *cfg, char *buf, si
     }
 }
 
+/* Whether `sec` is one of the comma-separated names of `list`. */
+static bool section_listed(const char *list, const char *sec)
+{
+    size_t len = strlen(sec);
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == len && strncmp(p, sec, len) == 0)
+            return true;
+        p = e ? e + 1 : NULL;
+    }
+    return false;
+}
+
 int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg, FILE *out)
 {
     return moe_config_write_ini_except(table, n, cfg, out, NULL);
@@ -303,7 +317,7 @@ int moe_config_write_ini_except(const struct moe_opt *table, size_t n, const voi
         bool seen = false;
         for (size_t j = 0; j < ndone; j++)
             seen |= strcmp(done[j], sec) == 0;
-        if (seen || ndone == 64 || (skip && strcmp(sec, skip) == 0))
+        if (seen || ndone == 64 || section_listed(skip, sec))
             continue;
         done[ndone++] = sec;
         fprintf(out, "%s[%s]\n", ndone > 1 ? "\n" : "", sec);

@@ -50,7 +50,8 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
 /* Writes the whole configuration as INI, grouped by section. 0 or MOE_ERR_IO. */
 int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg, FILE *out);
 
-/* The same, leaving out the keys of section `skip` (NULL: none). */
+/* The same, leaving out the sections named in `skip`, a comma-separated
+ * list (NULL: none). */
 int moe_config_write_ini_except(const struct moe_opt *table, size_t n, const void *cfg, FILE *out,
                                 const char *skip);
 

@@ -75,24 +75,6 @@ static void tlist_free(struct tlist *l)
     memset(l, 0, sizeof *l);
 }
 
-static const char *const expert_part[4] = {"w1.weight", "w1.bias", "w2.weight", "w2.bias"};
-
-/* Shapes of the four parts of an expert: w1 (H,D), b1 (H), w2 (D,H), b2 (D). */
-static void expert_part_shape(int part, int D, int H, int *ndim, int64_t *d0, int64_t *d1)
-{
-    static const int nd[4] = {2, 1, 2, 1};
-    *ndim = nd[part];
-    *d0 = (part == 0 || part == 1) ? H : D;
-    *d1 = part == 0 ? D : part == 2 ? H : 0;
-}
-
-/* Optimizer-state floats of each expert part: factored matrices keep
- * rows + cols, vectors their length. */
-static size_t expert_part_state(int part, int D, int H)
-{
-    return part == 0 || part == 2 ? (size_t)(D + H) : part == 1 ? (size_t)H : (size_t)D;
-}
-
 static int build_lists(const struct ckpt_state *s, struct tlist *model, struct tlist *optim)
 {
     const struct model_config *mc = model_config_of(s->model);
@@ -119,18 +101,20 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
     for (int i = 0; s->shard && i < expert_shard_count(s->shard) && !rc; i++) {
         int32_t id = expert_shard_id(s->shard, i);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s->shard, i), D, H);
-        const float *parts[4] = {p.w1, p.b1, p.w2, p.b2};
+        const float *parts[EXPERT_PARTS] = {p.w1, p.b1, p.w2, p.b2};
         const float *st = expert_shard_opt_state(s->shard, i);
-        for (int k = 0; k < 4 && !rc; k++) {
+        for (int k = 0; k < EXPERT_PARTS && !rc; k++) {
+            const char *suffix;
             int nd;
-            int64_t d0, d1;
-            expert_part_shape(k, D, H, &nd, &d0, &d1);
-            snprintf(name, sizeof name, "moe.experts.%d.%s", id, expert_part[k]);
-            rc = tlist_add(model, name, parts[k], nd, d0, d1);
-            snprintf(name, sizeof name, "moe.experts.%d.%s.fadam", id, expert_part[k]);
+            int64_t shape[2];
+            size_t nst;
+            expert_shard_part(k, D, H, &suffix, &nd, shape, &nst);
+            snprintf(name, sizeof name, "moe.experts.%d.%s", id, suffix);
+            rc = tlist_add(model, name, parts[k], nd, shape[0], shape[1]);
+            snprintf(name, sizeof name, "moe.experts.%d.%s.fadam", id, suffix);
             if (!rc)
-                rc = tlist_add(optim, name, st, 1, (int64_t)expert_part_state(k, D, H), 0);
-            st += expert_part_state(k, D, H);
+                rc = tlist_add(optim, name, st, 1, (int64_t)nst, 0);
+            st += nst;
         }
     }
     static const char *const st_names[2][2] = {{"state.lstm1.h", "state.lstm1.c"},
@@ -138,7 +122,7 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
     for (int l = 0; l < 2 && !rc; l++)
         for (int c = 0; c < 2 && !rc; c++)
             rc = tlist_add(optim, st_names[l][c], model_state(s->model, false, l, c), 2,
-                           s->cfg->batch, D);
+                           s->lstm_rows, D);
     tlist_finish(model);
     tlist_finish(optim);
     return rc;
@@ -247,7 +231,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     snprintf(p, sizeof p, "%s/config.ini", tmp);
     FILE *f = fopen(p, "w");
     if (!f || moe_config_write_ini_except(trainer_options, trainer_options_count, s->cfg, f,
-                                               "output") ||
+                                               "output,cluster") ||
         fflush(f) || fsync(fileno(f))) {
         set_err(err, errlen, "%s: write failed: %s", p, strerror(errno));
         if (f)

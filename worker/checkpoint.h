@@ -30,6 +30,7 @@ struct ckpt_state {
     size_t dense_opt_n[MP_COUNT];
     int dense_adam;             /* 1: Adam (m | v halves), 0: factored */
     int64_t step;               /* steps completed */
+    int lstm_rows;              /* streams of this worker's carried LSTM state */
     const struct trainer_config *cfg;
 };
 

@@ -5,11 +5,12 @@
 
 #include "moe_err.h"
 
-static int local_forward(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
-                         const float *x, float *y, char *what, size_t what_len)
+static int local_forward(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
+                         const int *rows, const float *x, float *y, char *what, size_t what_len)
 {
     (void)step;
-    int rc = expert_shard_forward(ctx, n, ids, rows, x, y);
+    int rc = train ? expert_shard_forward(ctx, n, ids, rows, x, y)
+                   : expert_shard_infer(ctx, n, ids, rows, x, y);
     if (rc && what)
         snprintf(what, what_len, "local experts: forward failed: %s", moe_strerror(rc));
     return rc;

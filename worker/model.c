@@ -242,7 +242,7 @@ int model_forward(model_t *m, const struct model_batch *b, int64_t step, bool tr
     gate_forward(&m->gc, m->imp, m->load, m->a1, m->param[MP_W_GATE].data,
                  m->param[MP_W_NOISE].data, &m->gd);
     moe_dispatch_forward(&m->disp, N, m->gc.idx, m->gc.gates, m->a1);
-    int rc = m->backend.forward(m->backend.ctx, step, m->disp.n_active, m->disp.ids,
+    int rc = m->backend.forward(m->backend.ctx, step, train, m->disp.n_active, m->disp.ids,
                                 m->disp.rows, m->disp.xe, m->disp.ye, err, errlen);
     if (rc)
         return rc;

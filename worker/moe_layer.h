@@ -9,6 +9,7 @@
 #ifndef MOE_LAYER_H
 #define MOE_LAYER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,9 +17,11 @@
  * with at least one row: ids[e] with rows[e] rows, consecutive in x. */
 struct moe_backend {
     void *ctx;
-    /* 0 or a negative MOE_ERR_*; `what` receives a sentence on error. */
-    int (*forward)(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
-                   const float *x, float *y, char *what, size_t what_len);
+    /* 0 or a negative MOE_ERR_*; `what` receives a sentence on error.
+     * train: part of a training step (kept for the backward, counted in
+     * the step's barrier); else evaluation (nothing kept). */
+    int (*forward)(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
+                   const int *rows, const float *x, float *y, char *what, size_t what_len);
     int (*backward)(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
                     const float *dy, float *dx, char *what, size_t what_len);
     /* Applies the expert update of step t (1-based) with learning rate lr. */

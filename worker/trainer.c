@@ -12,14 +12,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <zmq.h>
 
 #include "checkpoint.h"
 #include "data.h"
 #include "expert_local.h"
+#include "expert_remote.h"
 #include "expert_shard.h"
 #include "gate.h"
 #include "model.h"
+#include "moe_allreduce.h"
 #include "moe_blas.h"
+#include "moe_cluster.h"
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_optim.h"
@@ -52,12 +56,22 @@ const struct moe_opt trainer_options[] = {
     OPT("beta2", "train", MOE_OPT_DOUBLE, beta2, 0, 0.999999, "0.999", "Adam beta2 (dense parameters)"),
     OPT("adam_eps", "train", MOE_OPT_DOUBLE, adam_eps, 0, 1, "1e-8", "Adam epsilon"),
     OPT("dense_optimizer", "train", MOE_OPT_STRING, dense_optimizer, 1, 0, "adam", "adam or factored (factored Adam for dense matrices too)"),
-    OPT("experts", "experts", MOE_OPT_STRING, experts, 1, 0, "local", "where experts run: local (in this process)"),
     OPT("expert_beta2", "experts", MOE_OPT_DOUBLE, expert_beta2, 0, 0.999999, "0.999", "factored Adam decay of second moments"),
     OPT("expert_eps", "experts", MOE_OPT_DOUBLE, expert_eps, 0, 1, "1e-8", "factored Adam epsilon added to sqrt(V)"),
     OPT("expert_decay_pow", "experts", MOE_OPT_DOUBLE, expert_decay_pow, 0, 10, "0", "Adafactor decay: beta2_t = 1 - t^-pow (0.8); 0 = fixed beta2"),
     OPT("expert_clip", "experts", MOE_OPT_DOUBLE, expert_clip, 0, 1e6, "0", "Adafactor update clipping threshold (0 = off)"),
     OPT("expert_relative_step", "experts", MOE_OPT_BOOL, expert_relative_step, 1, 0, "false", "Adafactor relative step size instead of the lr schedule"),
+    OPT("experts", "cluster", MOE_OPT_STRING, experts, 1, 0, "local", "where experts run: local (this process) or remote (expert servers)"),
+    OPT("servers", "cluster", MOE_OPT_STRING, servers, 1, 0, "", "expert-server endpoints, comma-separated (entry j is server j)"),
+    OPT("placement", "cluster", MOE_OPT_STRING, placement, 1, 0, "", "server of each expert, comma-separated (empty: contiguous blocks)"),
+    OPT("workers", "cluster", MOE_OPT_STRING, workers, 1, 0, "", "all-reduce endpoints of the workers by rank, comma-separated (empty: one worker)"),
+    OPT("rank", "cluster", MOE_OPT_INT, rank, 0, 65535, "0", "this worker's rank"),
+    OPT("server_index", "cluster", MOE_OPT_INT, server_index, 0, 65535, "0", "moe-server: which entry of `servers` this daemon is"),
+    OPT("bind", "cluster", MOE_OPT_STRING, bind, 1, 0, "", "moe-server: address to bind (default: its entry of `servers`)"),
+    OPT("timeout_ms", "cluster", MOE_OPT_I64, timeout_ms, 1, 86400000, "30000", "a peer that does not answer within this many ms is an error"),
+    OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16"),
+    OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 1, 65536, "512", "largest message accepted, in MiB"),
+    OPT("shard_out", "cluster", MOE_OPT_STRING, shard_out, 1, 0, "", "moe-server: write its shard (safetensors) here when it stops"),
     OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)"),
     OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)"),
     OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from"),
@@ -73,6 +87,17 @@ const size_t trainer_options_count = sizeof trainer_options / sizeof trainer_opt
 
 struct trainer {
     const struct trainer_config *cfg;
+    /* data parallelism: this worker's streams [b0, b0 + B) of the global batch */
+    int rank, world, B, b0;
+    bool remote;
+    struct moe_cluster cl;
+    void *zctx;
+    expert_remote_t *remote_be;
+    moe_allreduce_t *ar;
+    struct moe_backend backend;
+    float *flat;        /* dense gradients, flattened for the all-reduce */
+    size_t flat_n;
+    float *stats;       /* Importance | Load | rows per expert | cross-entropy */
     vocab_t *vocab;
     struct corpus train, valid;
     struct batcher tb, vb;
@@ -89,6 +114,7 @@ struct trainer {
     double cv_imp_sum, cv_load_sum, maxmean_sum;
     int64_t cv_n;
     double last_train_ppl;
+    double *uni_logp; /* (V) unigram log-probabilities of the training data */
 };
 
 static double now_sec(void)
@@ -126,12 +152,14 @@ static void format_eta(char *buf, size_t cap, double sec)
         snprintf(buf, cap, "%dh%02dm", (int)(sec / 3600), (int)fmod(sec / 60, 60));
 }
 
-/* Mean cross-entropy over the validation corpus (or its first
- * valid_max_tokens predictions), with deterministic gating. */
-static int evaluate(struct trainer *t, double *ppl, char *err, size_t errlen)
+/* Perplexity over the validation corpus (or its first valid_max_tokens
+ * predictions, rounded up to whole chunks), with deterministic gating; and
+ * that of the unigram model of the training corpus (add-one smoothing) on
+ * exactly the same predictions: the baseline to beat. */
+static int evaluate(struct trainer *t, double *ppl, double *uni_ppl, char *err, size_t errlen)
 {
     model_reset_state(t->model, true);
-    double sum = 0;
+    double sum = 0, uni = 0;
     int64_t count = 0, chunks = batcher_eval_chunks(&t->vb);
     const int64_t cap = t->cfg->valid_max_tokens;
     for (int64_t c = 0; c < chunks; c++) {
@@ -142,37 +170,30 @@ static int evaluate(struct trainer *t, double *ppl, char *err, size_t errlen)
         if (rc)
             return rc;
         sum += xs;
+        for (int i = 0; i < t->vb.B * T; i++)
+            uni -= t->uni_logp[t->tgt[i]];
         count += (int64_t)t->vb.B * T;
         if (cap > 0 && count >= cap)
             break;
     }
     *ppl = exp(sum / (double)count);
+    *uni_ppl = exp(uni / (double)count);
     return 0;
 }
 
-/* Perplexity of the unigram model of the training corpus (add-one
- * smoothing) on the validation corpus: the baseline to beat. */
-static double unigram_ppl(const struct trainer *t)
+/* log p(word) of the add-one smoothed unigram model of the training data. */
+static int unigram_init(struct trainer *t)
 {
     const int V = vocab_size(t->vocab);
-    double *cnt = calloc((size_t)V, sizeof(double));
-    if (!cnt)
-        return NAN;
+    t->uni_logp = calloc((size_t)V, sizeof(double));
+    if (!t->uni_logp)
+        return MOE_ERR_NOMEM;
     for (size_t i = 0; i < t->train.n; i++)
-        cnt[t->train.ids[i]] += 1;
+        t->uni_logp[t->train.ids[i]] += 1;
     const double total = (double)t->train.n + V;
-    double nll = 0;
-    int64_t n = 0, cap = t->cfg->valid_max_tokens;
-    /* the same predictions evaluate() makes: targets of every stream */
-    for (int b = 0; b < t->vb.B; b++)
-        for (size_t i = 0; i < t->vb.stream_len; i++) {
-            int32_t id = t->valid.ids[(size_t)b * t->vb.stream_len + i + 1];
-            nll -= log((cnt[id] + 1) / total);
-            n++;
-        }
-    (void)cap;
-    free(cnt);
-    return exp(nll / (double)n);
+    for (int v = 0; v < V; v++)
+        t->uni_logp[v] = log((t->uni_logp[v] + 1) / total);
+    return 0;
 }
 
 static int write_report(const struct trainer *t, double tokens_per_sec, double valid_ppl,
@@ -208,32 +229,66 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
 /* cv (not squared) of a vector, for reports. */
 static double cv_of(const float *v, int n) { return sqrt(gate_cv_squared(v, n, NULL)); }
 
+/* Sums the dense gradients over the workers (no-op for one worker). */
+static int allreduce_grads(struct trainer *t, int64_t step, char *err, size_t errlen)
+{
+    if (t->world == 1)
+        return 0;
+    size_t off = 0;
+    for (int p = 0; p < MP_COUNT; p++) {
+        moe_tensor *g = model_grad(t->model, (enum model_param)p);
+        memcpy(t->flat + off, g->data, sizeof(float) * g->numel);
+        off += g->numel;
+    }
+    int rc = moe_allreduce_sum(t->ar, t->flat, t->flat_n, (uint64_t)step * 2 + 1, err, errlen);
+    if (rc)
+        return rc;
+    off = 0;
+    for (int p = 0; p < MP_COUNT; p++) {
+        moe_tensor *g = model_grad(t->model, (enum model_param)p);
+        memcpy(g->data, t->flat + off, sizeof(float) * g->numel);
+        off += g->numel;
+    }
+    return 0;
+}
+
 static int train_step(struct trainer *t, char *err, size_t errlen)
 {
     const struct trainer_config *c = t->cfg;
     const int64_t s = t->step; /* 0-based index of this step */
-    if (batcher_train(&t->tb, s, 0, c->batch, t->tok, t->tgt) && s > 0)
+    const int E = c->n_experts;
+    if (batcher_train(&t->tb, s, t->b0, t->B, t->tok, t->tgt) && s > 0)
         model_reset_state(t->model, false);
-    const int64_t N = (int64_t)c->batch * c->unroll;
-    struct model_batch b = {c->batch, c->unroll, t->tok, t->tgt, 0, N};
+    const int64_t N = (int64_t)c->batch * c->unroll; /* rows of the global batch */
+    struct model_batch b = {t->B, c->unroll, t->tok, t->tgt, (int64_t)t->b0 * c->unroll, N};
     double xent, bal;
     int rc = model_forward(t->model, &b, s, true, &xent, err, errlen);
     if (rc)
         return rc;
-    /* In one process the global statistics are the local ones. */
-    const float *imp = model_local_importance(t->model), *load = model_local_load(t->model);
+    /* Global Importance and Load: the sum over every worker of this step. */
+    float *imp = t->stats, *load = imp + E, *cnt = load + E;
+    memcpy(imp, model_local_importance(t->model), sizeof(float) * (size_t)E);
+    memcpy(load, model_local_load(t->model), sizeof(float) * (size_t)E);
+    const int *lc = model_local_counts(t->model);
+    for (int e = 0; e < E; e++)
+        cnt[e] = (float)lc[e];
+    cnt[E] = (float)xent;
+    if (t->world > 1 &&
+        (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + 1, (uint64_t)s * 2, err, errlen)))
+        return rc;
     rc = model_backward(t->model, imp, load, &bal, err, errlen);
-    if (rc)
+    if (rc || (rc = allreduce_grads(t, s, err, errlen)))
         return rc;
     const int64_t t1 = s + 1;
     struct moe_lr_schedule sched = {c->lr, c->warmup};
     const double lr = moe_lr_at(&sched, t1);
     dense_update(t, t1, lr);
-    expert_shard_apply(t->shard, t1, lr);
+    if ((rc = t->backend.apply(t->backend.ctx, t1, lr, err, errlen)))
+        return rc;
     model_carry_state(t->model);
     t->step = t1;
 
-    const double loss = xent / (double)N;
+    const double loss = (t->world > 1 ? (double)cnt[E] : xent) / (double)N;
     if (!isfinite(loss)) {
         snprintf(err, errlen, "training diverged at step %" PRId64 " (loss %g); try a lower --lr",
                  t1, loss);
@@ -245,8 +300,6 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     t->win_tokens += N;
     /* balance statistics over the last 100 steps of the run */
     if (t1 > c->steps - 100) {
-        const int E = c->n_experts;
-        const int *cnt = model_local_counts(t->model);
         double mx = 0, sum = 0;
         for (int e = 0; e < E; e++) {
             mx = cnt[e] > mx ? cnt[e] : mx;
@@ -262,7 +315,17 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
 
 static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
 {
-    struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, t->step, t->cfg};
+    if (t->rank != 0)
+        return 0;
+    /* Remote experts: copy their parameters and state into the local mirror. */
+    if (t->remote) {
+        int rc = expert_remote_fetch(t->remote_be, t->shard, err, errlen);
+        if (rc)
+            return rc;
+        for (int i = 0; i < expert_shard_count(t->shard); i++)
+            *expert_shard_opt_step(t->shard, i) = t->step;
+    }
+    struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, t->step, t->B, t->cfg};
     memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);
     memcpy(cs.dense_opt_n, t->dense_opt_n, sizeof cs.dense_opt_n);
     char where[TRAINER_PATH_MAX + 64];
@@ -276,11 +339,43 @@ static int setup(struct trainer *t, char *err, size_t errlen)
 {
     const struct trainer_config *c = t->cfg;
     char ckpt[TRAINER_PATH_MAX + 64] = "";
-    if (strcmp(c->experts, "local") != 0) {
-        snprintf(err, errlen, "--experts: \"%s\" is not supported by this build (use local)",
-                 c->experts);
+    if (strcmp(c->experts, "local") != 0 && strcmp(c->experts, "remote") != 0) {
+        snprintf(err, errlen, "--experts: expected local or remote, got \"%s\"", c->experts);
         return MOE_ERR_CONFIG;
     }
+    if (strcmp(c->wire_dtype, "f32") != 0 && strcmp(c->wire_dtype, "bf16") != 0) {
+        snprintf(err, errlen, "--wire-dtype: expected f32 or bf16, got \"%s\"", c->wire_dtype);
+        return MOE_ERR_CONFIG;
+    }
+    t->remote = strcmp(c->experts, "remote") == 0;
+    t->rank = c->rank;
+    t->world = 1;
+    if (t->remote) {
+        int rc = moe_cluster_parse(&t->cl, c->servers, c->workers, c->placement, c->n_experts, err,
+                                   errlen);
+        if (rc)
+            return rc;
+        t->world = t->cl.n_workers;
+        if (c->resume[0]) {
+            snprintf(err, errlen, "--resume: not supported with --experts remote yet");
+            return MOE_ERR_CONFIG;
+        }
+    } else if (c->workers[0]) {
+        snprintf(err, errlen, "--workers: data-parallel workers need --experts remote");
+        return MOE_ERR_CONFIG;
+    }
+    if (t->rank >= t->world) {
+        snprintf(err, errlen, "--rank %d: only %d worker(s) are listed in --workers", t->rank,
+                 t->world);
+        return MOE_ERR_CONFIG;
+    }
+    if (c->batch % t->world != 0) {
+        snprintf(err, errlen, "--batch %d cannot be split evenly over %d workers", c->batch,
+                 t->world);
+        return MOE_ERR_CONFIG;
+    }
+    t->B = c->batch / t->world;
+    t->b0 = t->rank * t->B;
     if (strcmp(c->dense_optimizer, "adam") != 0 && strcmp(c->dense_optimizer, "factored") != 0) {
         snprintf(err, errlen, "--dense-optimizer: expected adam or factored, got \"%s\"",
                  c->dense_optimizer);
@@ -324,6 +419,8 @@ static int setup(struct trainer *t, char *err, size_t errlen)
             return rc;
         }
     }
+    if ((rc = unigram_init(t)))
+        return rc;
     moe_info("vocabulary %d words; train %zu tokens (%zu <unk>)%s", vocab_size(t->vocab),
              t->train.n, t->train.n_unk, c->valid[0] ? "" : "; no validation corpus");
 
@@ -341,17 +438,45 @@ static int setup(struct trainer *t, char *err, size_t errlen)
                  c->d_hidden);
         return MOE_ERR_NOMEM;
     }
-    struct moe_backend be;
-    expert_local_backend(&be, t->shard);
+    if (t->remote) {
+        t->zctx = zmq_ctx_new();
+        if (!t->zctx) {
+            snprintf(err, errlen, "cannot create a ZeroMQ context");
+            return MOE_ERR_IO;
+        }
+        Moe__DType dt = strcmp(c->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16
+                                                           : MOE__DTYPE__DTYPE_F32;
+        t->remote_be = expert_remote_new(t->zctx, &t->cl, t->rank, c->d_model, c->timeout_ms, dt,
+                                         (size_t)c->max_message_mb << 20, err, errlen);
+        if (!t->remote_be)
+            return MOE_ERR_IO;
+        expert_remote_set_row0(t->remote_be, (int64_t)t->b0 * c->unroll);
+        expert_remote_backend(&t->backend, t->remote_be);
+        if (t->world > 1) {
+            t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
+                                      (int)c->timeout_ms, err, errlen);
+            if (!t->ar)
+                return MOE_ERR_IO;
+        }
+    } else {
+        expert_local_backend(&t->backend, t->shard);
+    }
+    t->stats = moe_alloc_floats(3 * (size_t)c->n_experts + 1);
+    if (!t->stats)
+        return MOE_ERR_NOMEM;
     struct model_config mc = {vocab_size(t->vocab), c->d_model, c->d_hidden, c->n_experts, c->k,
                               c->residual, c->moe_sigmoid, c->dropout, c->w_importance,
                               c->w_load, (uint64_t)c->seed,
-                              c->batch > c->eval_batch ? c->batch : c->eval_batch, c->unroll};
-    t->model = model_new(&mc, &be);
+                              t->B > c->eval_batch ? t->B : c->eval_batch, c->unroll};
+    t->model = model_new(&mc, &t->backend);
     if (!t->model) {
         snprintf(err, errlen, "cannot allocate the model (V=%d D=%d)", mc.V, mc.D);
         return MOE_ERR_NOMEM;
     }
+    for (int p = 0; p < MP_COUNT; p++)
+        t->flat_n += model_param(t->model, (enum model_param)p)->numel;
+    if (t->world > 1 && !(t->flat = moe_alloc_floats(t->flat_n)))
+        return MOE_ERR_NOMEM;
     for (int p = 0; p < MP_COUNT; p++) {
         moe_tensor *w = model_param(t->model, (enum model_param)p);
         t->dense_opt_n[p] = t->dense_adam ? moe_adam_state_size(w->numel)
@@ -366,7 +491,7 @@ static int setup(struct trainer *t, char *err, size_t errlen)
     if (!t->tok || !t->tgt)
         return MOE_ERR_NOMEM;
     if (ckpt[0]) {
-        struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, 0, c};
+        struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, 0, t->B, c};
         memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);
         memcpy(cs.dense_opt_n, t->dense_opt_n, sizeof cs.dense_opt_n);
         if ((rc = checkpoint_load(ckpt, &cs, err, errlen)))
@@ -380,6 +505,13 @@ static int setup(struct trainer *t, char *err, size_t errlen)
 static void teardown(struct trainer *t)
 {
     model_destroy(&t->model);
+    moe_allreduce_destroy(&t->ar);
+    expert_remote_destroy(&t->remote_be);
+    if (t->zctx)
+        zmq_ctx_term(t->zctx);
+    moe_cluster_free(&t->cl);
+    moe_free_floats(&t->flat);
+    moe_free_floats(&t->stats);
     expert_shard_destroy(&t->shard);
     for (int p = 0; p < MP_COUNT; p++)
         moe_free_floats(&t->dense_opt[p]);
@@ -387,6 +519,7 @@ static void teardown(struct trainer *t)
     free(t->tgt);
     corpus_free(&t->train);
     corpus_free(&t->valid);
+    free(t->uni_logp);
     vocab_destroy(&t->vocab);
 }
 
@@ -434,9 +567,10 @@ int trainer_run(const struct trainer_config *c)
             t.win_steps = t.win_tokens = 0;
             tw = now_sec();
         }
-        if (c->valid[0] && c->valid_every > 0 && t.step % c->valid_every == 0 && t.step < c->steps) {
-            double vp;
-            if ((rc = evaluate(&t, &vp, err, sizeof err)))
+        if (c->valid[0] && c->valid_every > 0 && t.step % c->valid_every == 0 && t.step < c->steps &&
+            t.rank == 0) {
+            double vp, up;
+            if ((rc = evaluate(&t, &vp, &up, err, sizeof err)))
                 break;
             printf("step %6" PRId64 " | valid ppl %.2f\n", t.step, vp);
             fflush(stdout);
@@ -446,9 +580,8 @@ int trainer_run(const struct trainer_config *c)
             break;
     }
     double valid_ppl = NAN, uni = NAN;
-    if (!rc && c->valid[0]) {
-        rc = evaluate(&t, &valid_ppl, err, sizeof err);
-        uni = unigram_ppl(&t);
+    if (!rc && c->valid[0] && t.rank == 0) {
+        rc = evaluate(&t, &valid_ppl, &uni, err, sizeof err);
         if (!rc)
             printf("validation perplexity %.2f after %" PRId64 " steps (unigram baseline %.2f)\n",
                    valid_ppl, t.step, uni);
@@ -456,7 +589,7 @@ int trainer_run(const struct trainer_config *c)
     if (!rc && c->checkpoint_dir[0] && (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
         rc = save_checkpoint(&t, err, sizeof err);
     double tps = train_time > 0 ? (double)((t.step - start_step) * tokens_per_step) / train_time : 0;
-    if (!rc && c->report[0])
+    if (!rc && c->report[0] && t.rank == 0)
         rc = write_report(&t, tps, valid_ppl, uni, err, sizeof err);
     if (rc)
         fprintf(stderr, "moe-worker: error: %s\n", err);

@@ -30,6 +30,17 @@ struct trainer_config {
     char experts[16];
     double expert_beta2, expert_eps, expert_decay_pow, expert_clip;
     bool expert_relative_step;
+    /* cluster (expert servers and data-parallel workers) */
+    char servers[4096];   /* comma-separated expert-server endpoints; entry j is server j */
+    char placement[4096]; /* comma-separated server of each expert; empty: contiguous blocks */
+    char workers[4096];   /* comma-separated all-reduce endpoints of the workers, by rank */
+    int rank;             /* this worker's rank */
+    int server_index;     /* moe-server: which entry of `servers` this daemon is */
+    char bind[256];       /* moe-server: address to bind (default: its entry of `servers`) */
+    int64_t timeout_ms;   /* a peer that does not answer within this is an error */
+    char wire_dtype[8];   /* f32 or bf16: tensors on the wire */
+    int max_message_mb;   /* cap on any message received */
+    char shard_out[TRAINER_PATH_MAX]; /* moe-server: write the shard here when stopping */
     /* checkpoints, output */
     char checkpoint_dir[TRAINER_PATH_MAX], resume[TRAINER_PATH_MAX], report[TRAINER_PATH_MAX];
     int64_t checkpoint_every, log_every, valid_every, valid_max_tokens;

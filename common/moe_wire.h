@@ -1,0 +1,152 @@
+/* The wire codec: ZeroMQ multipart messages <-> validated moe.Header + tensor
+ * (DESIGN §5). A message is [identity (ROUTER side only)] [header] [payload];
+ * the payload is rows x width elements, little-endian, in the header's dtype
+ * (F32, BF16 or F16), and is always handed to the caller as float32.
+ *
+ * Used by every process that talks on the network: the expert servers and the
+ * coordinator (ROUTER side) and the workers (DEALER side). This is the one
+ * place that bounds and checks bytes off the wire; it does not check what
+ * depends on state (which experts a server owns, the expected step, the
+ * placement version), does not reply to bad messages, log, count errors or
+ * create sockets. Stateless: any thread may call it on a socket it owns. */
+#ifndef MOE_WIRE_H
+#define MOE_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe.pb-c.h"
+
+#define MOE_WIRE_VERSION 1
+
+/* Longest error_text accepted, in bytes (without the terminating NUL). */
+#define MOE_WIRE_ERROR_TEXT_MAX 1024
+
+/* Caps checked on every received message. All three caps are real limits
+ * (0 means "nothing is allowed", not "unlimited"); only width has a wildcard. */
+struct moe_wire_limits {
+    size_t max_bytes;     /* cap on the whole message (also what to set as ZMQ_MAXMSGSIZE) */
+    uint32_t width;       /* required row width of tensor payloads; 0 = any */
+    uint32_t max_experts; /* cap on expert_ids entries */
+    uint64_t max_rows;    /* cap on the sum of row_counts */
+};
+
+/* One received message. Zero it (or moe_wire_msg_free it) before reuse. */
+struct moe_wire_msg {
+    Moe__Header *hdr;      /* unpacked header, owned (NULL if it did not decode) */
+    float *data;           /* payload as float32, rows * width floats, owned, 64-byte aligned;
+                            * NULL when rows == 0 and always NULL for non-tensor types. The
+                            * caller may take it (set msg->data = NULL) and free() it. */
+    uint64_t rows;         /* sum of row_counts */
+    uint8_t identity[256]; /* ROUTER peer identity (router receives) */
+    size_t identity_len;
+};
+
+/* What to send: the header fields the sender chooses (version is set by
+ * moe_wire_send). Everything is borrowed for the duration of the call. */
+struct moe_wire_out {
+    Moe__MsgType type;
+    uint64_t step;
+    uint32_t rank;
+    uint64_t request_id;
+    const int32_t *expert_ids; /* n_experts, ascending, >= 0 */
+    const uint32_t *row_counts;/* n_experts; their sum must equal the rows passed to send */
+    size_t n_experts;
+    Moe__DType dtype;          /* payload encoding on the wire: F32, or BF16 (round to nearest
+                                * even); F16 also works (round to nearest even) */
+    uint32_t width;
+    uint64_t row0;
+    int32_t error_code;
+    const char *error_text;    /* NULL = empty; at most MOE_WIRE_ERROR_TEXT_MAX bytes */
+    uint32_t placement_version;
+    bool eval;                 /* EXPERT_FORWARD for evaluation (no barrier, nothing kept) */
+};
+
+/* Pure decoding and validation of already-received frames (no sockets): used
+ * by moe_wire_recv, the tests and the fuzzer.
+ *
+ * frames: 1 or 2 byte arrays (header, optional payload), sizes[i] bytes each.
+ * Checks, in this order, with the code returned:
+ *   nframes is 1 or 2                                            FORMAT
+ *   header frame not empty                                       FORMAT
+ *   header frame <= max_bytes (before unpacking it)              RANGE
+ *   header unpacks (protobuf-c returns NULL -> malformed)        FORMAT
+ *   version == MOE_WIRE_VERSION                                  VERSION
+ *   type is a known MsgType other than MSG_UNKNOWN               FORMAT
+ *   dtype is a known DType                                       FORMAT
+ *   len(row_counts) == len(expert_ids)                           FORMAT
+ *   len(expert_ids) <= max_experts                               RANGE
+ *   expert_ids >= 0 and strictly ascending (no duplicates)       FORMAT
+ *   sum of row_counts (checked add) <= max_rows                  RANGE
+ *   tensor types (EXPERT_FORWARD, _REPLY, EXPERT_BACKWARD, _REPLY,
+ *   EXPERT_FETCH_REPLY):
+ *     width != 0, and == lim->width when lim->width != 0         SHAPE
+ *     rows * width * dtype size overflows size_t                 RANGE
+ *     payload bytes == rows * width * dtype size (0 rows: the
+ *     payload frame absent or empty)                             SHAPE
+ *   other types: no payload frame, or an empty one               SHAPE
+ *   header + payload <= max_bytes                                RANGE
+ *   error_text <= MOE_WIRE_ERROR_TEXT_MAX bytes                  RANGE
+ *   the float32 buffer could not be allocated                    NOMEM
+ * On success returns 0, msg->hdr and msg->rows are set and, for tensor types
+ * with rows > 0, msg->data holds the payload converted to float32 (caller
+ * owns both; release with moe_wire_msg_free). On failure returns the negative
+ * MOE_ERR_* above and writes a short sentence into err (if err && errlen);
+ * msg->hdr is kept if the header decoded (so the caller can echo request_id
+ * and step) and is NULL otherwise; msg->data is NULL. Either way the caller
+ * frees msg with moe_wire_msg_free.
+ * *msg is overwritten (identity included) without freeing what it held.
+ * Header strings are not sanitised: error_text may hold any bytes, so pass it
+ * through moe_log_sanitize before logging it. lim and msg must not be NULL. */
+int moe_wire_decode(const void *const *frames, const size_t *sizes, int nframes,
+                    const struct moe_wire_limits *lim, struct moe_wire_msg *msg, char *err,
+                    size_t errlen);
+
+/* Receives one whole multipart message from sock (ROUTER when router is true:
+ * the first frame is the peer identity, copied into msg->identity). Always
+ * drains every frame of the message, even on error or when there are more than
+ * 3 frames, so the next call starts on a message boundary. flags: 0 or
+ * ZMQ_DONTWAIT, for the first frame only (later frames of a multipart message
+ * are already there).
+ * Returns what moe_wire_decode returns; additionally MOE_ERR_STATE "no message"
+ * when the first frame is not there (EAGAIN: ZMQ_DONTWAIT or ZMQ_RCVTIMEO
+ * expiry; msg stays zeroed) and MOE_ERR_IO when zmq_msg_recv fails otherwise
+ * (ETERM, EINTR on the first frame, ...; zmq_strerror in err). The identity is
+ * filled whenever it was received, whatever the result. *msg is overwritten
+ * without freeing what it held; the caller frees it with moe_wire_msg_free
+ * after every call. Only the thread that owns sock may call this. */
+int moe_wire_recv(void *sock, bool router, int flags, const struct moe_wire_limits *lim,
+                  struct moe_wire_msg *msg, char *err, size_t errlen);
+
+/* Frees hdr and data and zeroes *msg; safe on a zeroed msg and on NULL. */
+void moe_wire_msg_free(struct moe_wire_msg *msg);
+
+/* Sends [identity (if identity_len > 0)] [header] [payload if rows > 0].
+ * data holds rows * width float32 (row-major, rows in expert_ids order),
+ * converted to h->dtype on the way out; it may be NULL when rows == 0.
+ * Sets version to MOE_WIRE_VERSION. Blocking as zmq_send is (a DEALER waits
+ * at its high-water mark, a ROUTER drops). Returns 0; before sending anything,
+ * MOE_ERR_SHAPE when rows differs from the sum of h->row_counts, h->dtype is
+ * unknown, or rows > 0 with width 0 or data NULL, and MOE_ERR_RANGE when the
+ * payload size overflows or error_text is longer than MOE_WIRE_ERROR_TEXT_MAX;
+ * MOE_ERR_NOMEM; or MOE_ERR_IO with zmq_strerror in err (when a frame after
+ * the first fails the peer may get a partial message, which it rejects). The
+ * receiver's other checks (ids ascending, limits) are not repeated here. Only the
+ * thread that owns sock may call this. */
+int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
+                  const struct moe_wire_out *h, const float *data, uint64_t rows, char *err,
+                  size_t errlen);
+
+/* Bytes of one element of a dtype (4 for F32, 2 for BF16 and F16), 0 for an
+ * unknown value. */
+size_t moe_wire_dtype_size(int dtype);
+
+/* bf16 conversions used on the wire, n elements in host byte order (dst and
+ * src must not overlap). f32 -> bf16 rounds to nearest, ties to even;
+ * overflow gives +-inf, inf stays inf, NaN stays NaN (quieted, sign kept).
+ * bf16 -> f32 is exact. */
+void moe_wire_f32_to_bf16(uint16_t *dst, const float *src, size_t n);
+void moe_wire_bf16_to_f32(float *dst, const uint16_t *src, size_t n);
+
+#endif

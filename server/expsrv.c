@@ -1,0 +1,673 @@
+/* Expert-server loop, validation and step bookkeeping (see expsrv.h). */
+#include "expsrv.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "expert_shard.h"
+#include "moe_blas.h"
+#include "moe_checksum.h"
+#include "moe_cluster.h"
+#include "moe_err.h"
+#include "moe_log.h"
+#include "moe_optim.h"
+#include "moe_safetensors.h"
+#include "moe_tensor.h"
+#include "moe_wire.h"
+
+enum phase { PH_FORWARD, PH_BACKWARD };
+
+/* What one worker sent in the current step. */
+struct slot {
+    bool have;
+    struct moe_wire_msg msg; /* owns header and data; data is reused for the reply */
+};
+
+struct expsrv {
+    const struct trainer_config *cfg;
+    struct moe_cluster cl;
+    expert_shard_t *shard;
+    void *ctx, *sock;
+    int W, D, H;
+    struct moe_wire_limits lim;
+    Moe__DType dtype;
+    struct moe_lr_schedule sched;
+    int64_t step; /* the step being served (0-based); steps completed = step */
+    enum phase phase;
+    struct slot *fwd, *bwd;
+    /* assembled layout of the step: union of experts over workers */
+    int n_union;
+    int32_t *u_ids;
+    int *u_rows;
+    size_t *u_base;
+    float *x_all, *y_all;
+    size_t cap_rows;
+    int64_t errors, msgs;
+    double stop_since;
+};
+
+static double now_sec(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int64_t expsrv_step(const expsrv_t *s) { return s->step; }
+int64_t expsrv_errors(const expsrv_t *s) { return s->errors; }
+
+/* ------------------------------------------------------------------------ */
+
+expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
+{
+    expsrv_t *s = calloc(1, sizeof *s);
+    int32_t *ids = NULL;
+    if (!s)
+        return NULL;
+    s->cfg = cfg;
+    if (moe_cluster_parse(&s->cl, cfg->servers, cfg->workers, cfg->placement, cfg->n_experts, err,
+                          errlen))
+        goto fail;
+    if (cfg->server_index >= s->cl.n_servers) {
+        snprintf(err, errlen, "server_index %d: only %d servers are listed in servers",
+                 cfg->server_index, s->cl.n_servers);
+        goto fail;
+    }
+    if (strcmp(cfg->wire_dtype, "f32") && strcmp(cfg->wire_dtype, "bf16")) {
+        snprintf(err, errlen, "wire_dtype: expected f32 or bf16, got \"%s\"", cfg->wire_dtype);
+        goto fail;
+    }
+    s->dtype = strcmp(cfg->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16 : MOE__DTYPE__DTYPE_F32;
+    s->W = s->cl.n_workers;
+    s->D = cfg->d_model;
+    s->H = cfg->d_hidden;
+    s->sched = (struct moe_lr_schedule){cfg->lr, cfg->warmup};
+    ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
+    if (!ids)
+        goto fail;
+    int n = moe_cluster_experts_of(&s->cl, cfg->server_index, ids);
+    struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
+                                cfg->expert_clip, cfg->expert_relative_step, 1e-3};
+    s->shard = expert_shard_new(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo);
+    if (!s->shard) {
+        snprintf(err, errlen, "cannot allocate %d experts of %dx%d", n, s->D, s->H);
+        goto fail;
+    }
+    s->fwd = calloc((size_t)s->W, sizeof *s->fwd);
+    s->bwd = calloc((size_t)s->W, sizeof *s->bwd);
+    s->u_ids = malloc(sizeof(int32_t) * (size_t)n);
+    s->u_rows = malloc(sizeof(int) * (size_t)n);
+    s->u_base = malloc(sizeof(size_t) * (size_t)n);
+    if (!s->fwd || !s->bwd || !s->u_ids || !s->u_rows || !s->u_base)
+        goto fail;
+    s->lim = (struct moe_wire_limits){(size_t)cfg->max_message_mb << 20, (uint32_t)s->D,
+                                      (uint32_t)cfg->n_experts, (uint64_t)1 << 31};
+
+    const char *ep = cfg->bind[0] ? cfg->bind : s->cl.servers[cfg->server_index];
+    s->ctx = zmq_ctx_new();
+    s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
+    int linger = 0;
+    int64_t maxmsg = (int64_t)s->lim.max_bytes + 4096;
+    if (!s->sock || zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_bind(s->sock, ep) != 0) {
+        snprintf(err, errlen, "cannot bind %s: %s", ep, zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    free(ids);
+    moe_info("server %d of %d: %d experts (%d..%d), %d worker(s), listening on %s",
+             cfg->server_index, s->cl.n_servers, n, n ? expert_shard_id(s->shard, 0) : -1,
+             n ? expert_shard_id(s->shard, n - 1) : -1, s->W, ep);
+    return s;
+fail:
+    free(ids);
+    expsrv_destroy(&s);
+    return NULL;
+}
+
+static void clear_slots(struct slot *sl, int W)
+{
+    for (int r = 0; r < W; r++) {
+        moe_wire_msg_free(&sl[r].msg);
+        sl[r].have = false;
+    }
+}
+
+void expsrv_destroy(expsrv_t **sp)
+{
+    if (!sp || !*sp)
+        return;
+    expsrv_t *s = *sp;
+    if (s->fwd)
+        clear_slots(s->fwd, s->W);
+    if (s->bwd)
+        clear_slots(s->bwd, s->W);
+    free(s->fwd);
+    free(s->bwd);
+    free(s->u_ids);
+    free(s->u_rows);
+    free(s->u_base);
+    moe_free_floats(&s->x_all);
+    moe_free_floats(&s->y_all);
+    if (s->sock)
+        zmq_close(s->sock);
+    if (s->ctx)
+        zmq_ctx_term(s->ctx);
+    expert_shard_destroy(&s->shard);
+    moe_cluster_free(&s->cl);
+    free(s);
+    *sp = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Replies */
+
+static void reply_error(expsrv_t *s, const struct moe_wire_msg *m, int code, const char *text)
+{
+    s->errors++;
+    /* a sampled, sanitised log line: the first 20 errors, then every 100th */
+    if (s->errors <= 20 || s->errors % 100 == 0) {
+        char safe[200];
+        moe_log_sanitize(safe, sizeof safe, text, strlen(text));
+        moe_warn("rejected message #%" PRId64 " (%s): %s", s->errors, moe_strerror(code), safe);
+    }
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_ERROR;
+    o.step = m->hdr ? m->hdr->step : 0;
+    o.request_id = m->hdr ? m->hdr->request_id : 0;
+    o.rank = (uint32_t)s->cfg->server_index;
+    o.error_code = code;
+    o.error_text = text;
+    char err[256];
+    if (m->identity_len && moe_wire_send(s->sock, m->identity, m->identity_len, &o, NULL, 0, err,
+                                         sizeof err))
+        moe_warn("cannot send an error reply: %s", err);
+}
+
+static int reply_tensor(expsrv_t *s, const struct moe_wire_msg *m, Moe__MsgType type,
+                        const float *data)
+{
+    const Moe__Header *h = m->hdr;
+    struct moe_wire_out o = {0};
+    o.type = type;
+    o.step = h->step;
+    o.rank = (uint32_t)s->cfg->server_index;
+    o.request_id = h->request_id;
+    o.expert_ids = h->expert_ids;
+    o.row_counts = h->row_counts;
+    o.n_experts = h->n_expert_ids;
+    o.dtype = s->dtype;
+    o.width = (uint32_t)s->D;
+    o.row0 = h->row0;
+    char err[256];
+    int rc = moe_wire_send(s->sock, m->identity, m->identity_len, &o, data, m->rows, err, sizeof err);
+    if (rc)
+        moe_warn("cannot reply to worker %u: %s", h->rank, err);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Validation shared by forward and backward */
+
+static bool owned_ids(const expsrv_t *s, const Moe__Header *h, char *why, size_t len)
+{
+    for (size_t i = 0; i < h->n_expert_ids; i++) {
+        if (expert_shard_find(s->shard, h->expert_ids[i]) < 0) {
+            snprintf(why, len, "expert %d is not on this server", h->expert_ids[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The peer identity a worker of `rank` connects with. */
+static void worker_identity(char *buf, size_t cap, uint32_t rank)
+{
+    snprintf(buf, cap, "moe-worker-%u", rank);
+}
+
+static bool check_peer(const expsrv_t *s, const struct moe_wire_msg *m, char *why, size_t len)
+{
+    const Moe__Header *h = m->hdr;
+    if (h->rank >= (uint32_t)s->W) {
+        snprintf(why, len, "rank %u is not a worker of this cluster (%d workers)", h->rank, s->W);
+        return false;
+    }
+    char id[32];
+    worker_identity(id, sizeof id, h->rank);
+    if (m->identity_len != strlen(id) || memcmp(m->identity, id, m->identity_len) != 0) {
+        snprintf(why, len, "rank %u must connect as \"%s\"", h->rank, id);
+        return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Step assembly */
+
+static int grow(expsrv_t *s, size_t rows)
+{
+    if (rows <= s->cap_rows)
+        return 0;
+    size_t n;
+    if (moe_size_mul(rows, (size_t)s->D, &n))
+        return MOE_ERR_RANGE;
+    float *x = moe_alloc_floats(n), *y = moe_alloc_floats(n);
+    if (!x || !y) {
+        moe_free_floats(&x);
+        moe_free_floats(&y);
+        return MOE_ERR_NOMEM;
+    }
+    moe_free_floats(&s->x_all);
+    moe_free_floats(&s->y_all);
+    s->x_all = x;
+    s->y_all = y;
+    s->cap_rows = rows;
+    return 0;
+}
+
+/* Union of the workers' experts and each expert's base row; rows of an
+ * expert are laid out worker by worker in rank order. */
+static int build_union(expsrv_t *s, const struct slot *sl)
+{
+    const int n = expert_shard_count(s->shard);
+    s->n_union = 0;
+    size_t total = 0;
+    for (int li = 0; li < n; li++) {
+        int32_t id = expert_shard_id(s->shard, li);
+        uint64_t rows = 0;
+        for (int r = 0; r < s->W; r++) {
+            const Moe__Header *h = sl[r].msg.hdr;
+            for (size_t j = 0; j < h->n_expert_ids; j++)
+                if (h->expert_ids[j] == id)
+                    rows += h->row_counts[j];
+        }
+        if (rows == 0)
+            continue;
+        if (rows > INT32_MAX)
+            return MOE_ERR_RANGE;
+        s->u_ids[s->n_union] = id;
+        s->u_rows[s->n_union] = (int)rows;
+        s->u_base[s->n_union] = total;
+        s->n_union++;
+        total += rows;
+    }
+    return grow(s, total);
+}
+
+/* Copies between the workers' payloads and the assembled buffer: to_all
+ * gathers (worker -> all), else scatters (all -> worker). */
+static void move_rows(expsrv_t *s, struct slot *sl, float *all, bool to_all)
+{
+    const size_t D = (size_t)s->D;
+    size_t *fill = calloc((size_t)s->n_union, sizeof(size_t));
+    if (!fill)
+        abort(); /* n_union floats of bookkeeping; nothing sane to do without it */
+    for (int r = 0; r < s->W; r++) {
+        const Moe__Header *h = sl[r].msg.hdr;
+        float *data = sl[r].msg.data;
+        size_t off = 0;
+        int u = 0;
+        for (size_t j = 0; j < h->n_expert_ids; j++) {
+            const size_t rows = h->row_counts[j];
+            if (rows == 0)
+                continue;
+            while (s->u_ids[u] != h->expert_ids[j])
+                u++;
+            float *a = all + (s->u_base[u] + fill[u]) * D, *w = data + off * D;
+            if (to_all)
+                memcpy(a, w, sizeof(float) * rows * D);
+            else
+                memcpy(w, a, sizeof(float) * rows * D);
+            fill[u] += rows;
+            off += rows;
+        }
+    }
+    free(fill);
+}
+
+static int finish_forward(expsrv_t *s)
+{
+    int rc = build_union(s, s->fwd);
+    if (rc)
+        return rc;
+    move_rows(s, s->fwd, s->x_all, true);
+    rc = expert_shard_forward(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all, s->y_all);
+    if (rc)
+        return rc;
+    move_rows(s, s->fwd, s->y_all, false);
+    for (int r = 0; r < s->W; r++)
+        reply_tensor(s, &s->fwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, s->fwd[r].msg.data);
+    s->phase = PH_BACKWARD;
+    return 0;
+}
+
+static int finish_backward(expsrv_t *s)
+{
+    move_rows(s, s->bwd, s->x_all, true);
+    int rc = expert_shard_backward(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all, s->y_all);
+    if (rc)
+        return rc;
+    move_rows(s, s->bwd, s->y_all, false);
+    for (int r = 0; r < s->W; r++)
+        reply_tensor(s, &s->bwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, s->bwd[r].msg.data);
+    const int64_t t = s->step + 1;
+    expert_shard_apply(s->shard, t, moe_lr_at(&s->sched, t));
+    clear_slots(s->fwd, s->W);
+    clear_slots(s->bwd, s->W);
+    s->step = t;
+    s->phase = PH_FORWARD;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handlers: each validates, then acts; on a bad message it replies an error
+ * and returns without touching the step state. */
+
+static void handle_eval(expsrv_t *s, struct moe_wire_msg *m)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    if (!owned_ids(s, h, why, sizeof why)) {
+        reply_error(s, m, MOE_ERR_NOTFOUND, why);
+        return;
+    }
+    int n = (int)h->n_expert_ids;
+    int *rows = malloc(sizeof(int) * (size_t)(n ? n : 1));
+    size_t nf;
+    float *y = NULL;
+    if (rows && !moe_size_mul(m->rows, (size_t)s->D, &nf))
+        y = moe_alloc_floats(nf);
+    if (!rows || !y) {
+        free(rows);
+        moe_free_floats(&y);
+        reply_error(s, m, MOE_ERR_NOMEM, "out of memory for an evaluation batch");
+        return;
+    }
+    for (int j = 0; j < n; j++)
+        rows[j] = (int)h->row_counts[j];
+    int rc = expert_shard_infer(s->shard, n, h->expert_ids, rows, m->data, y);
+    if (rc)
+        reply_error(s, m, rc, "evaluation forward failed");
+    else
+        reply_tensor(s, m, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, y);
+    free(rows);
+    moe_free_floats(&y);
+}
+
+static bool check_rows_fit(const Moe__Header *h, char *why, size_t len)
+{
+    for (size_t j = 0; j < h->n_expert_ids; j++) {
+        if (h->row_counts[j] > INT32_MAX) {
+            snprintf(why, len, "expert %d: %u rows is too many", h->expert_ids[j], h->row_counts[j]);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void handle_forward(expsrv_t *s, struct moe_wire_msg *m)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    if (h->eval) {
+        if (!check_peer(s, m, why, sizeof why) || !check_rows_fit(h, why, sizeof why)) {
+            reply_error(s, m, MOE_ERR_STATE, why);
+            return;
+        }
+        handle_eval(s, m);
+        return;
+    }
+    if (!check_peer(s, m, why, sizeof why) || !owned_ids(s, h, why, sizeof why) ||
+        !check_rows_fit(h, why, sizeof why)) {
+        reply_error(s, m, MOE_ERR_NOTFOUND, why);
+        return;
+    }
+    if ((int64_t)h->step != s->step) {
+        snprintf(why, sizeof why, "forward of step %" PRIu64 " is %s: this server is at step %" PRId64,
+                 h->step, (int64_t)h->step < s->step ? "stale" : "from the future", s->step);
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if (s->phase != PH_FORWARD || s->fwd[h->rank].have) {
+        snprintf(why, sizeof why, "duplicate forward of step %" PRIu64 " from worker %u", h->step,
+                 h->rank);
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    s->fwd[h->rank].msg = *m;
+    s->fwd[h->rank].have = true;
+    memset(m, 0, sizeof *m); /* the slot owns it now */
+    for (int r = 0; r < s->W; r++)
+        if (!s->fwd[r].have)
+            return;
+    int rc = finish_forward(s);
+    if (rc) {
+        /* Out of memory for the assembled batch: tell every worker. */
+        for (int r = 0; r < s->W; r++)
+            reply_error(s, &s->fwd[r].msg, rc, "the server could not compute this step");
+        clear_slots(s->fwd, s->W);
+    }
+}
+
+static void handle_backward(expsrv_t *s, struct moe_wire_msg *m)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    if (!check_peer(s, m, why, sizeof why)) {
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if ((int64_t)h->step != s->step) {
+        snprintf(why, sizeof why, "backward of step %" PRIu64 " is %s: this server is at step %" PRId64,
+                 h->step, (int64_t)h->step < s->step ? "stale" : "from the future", s->step);
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if (s->phase != PH_BACKWARD) {
+        snprintf(why, sizeof why, "backward of step %" PRIu64 " before every worker's forward", h->step);
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if (s->bwd[h->rank].have) {
+        snprintf(why, sizeof why, "duplicate backward of step %" PRIu64 " from worker %u", h->step,
+                 h->rank);
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    const Moe__Header *f = s->fwd[h->rank].msg.hdr;
+    bool same = f->n_expert_ids == h->n_expert_ids;
+    for (size_t j = 0; same && j < h->n_expert_ids; j++)
+        same = f->expert_ids[j] == h->expert_ids[j] && f->row_counts[j] == h->row_counts[j];
+    if (!same) {
+        snprintf(why, sizeof why, "backward of worker %u does not match its forward's experts and rows",
+                 h->rank);
+        reply_error(s, m, MOE_ERR_SHAPE, why);
+        return;
+    }
+    s->bwd[h->rank].msg = *m;
+    s->bwd[h->rank].have = true;
+    memset(m, 0, sizeof *m);
+    for (int r = 0; r < s->W; r++)
+        if (!s->bwd[r].have)
+            return;
+    int rc = finish_backward(s);
+    if (rc) {
+        for (int r = 0; r < s->W; r++)
+            reply_error(s, &s->bwd[r].msg, rc, "the server could not compute this step");
+        clear_slots(s->bwd, s->W);
+    }
+}
+
+/* Parameters and optimizer state of the requested experts, one row of
+ * P + S floats per expert. */
+static void handle_fetch(expsrv_t *s, struct moe_wire_msg *m)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    if (!owned_ids(s, h, why, sizeof why)) {
+        reply_error(s, m, MOE_ERR_NOTFOUND, why);
+        return;
+    }
+    bool mid_step = s->phase != PH_FORWARD;
+    for (int r = 0; r < s->W; r++)
+        mid_step |= s->fwd[r].have;
+    if (mid_step) {
+        reply_error(s, m, MOE_ERR_STATE, "fetch in the middle of a step");
+        return;
+    }
+    const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(s->shard);
+    const size_t n = h->n_expert_ids, width = P + S;
+    float *buf = moe_alloc_floats(n * width);
+    uint32_t *ones = malloc(sizeof(uint32_t) * (n ? n : 1));
+    if (!buf || !ones) {
+        moe_free_floats(&buf);
+        free(ones);
+        reply_error(s, m, MOE_ERR_NOMEM, "out of memory for a fetch");
+        return;
+    }
+    for (size_t j = 0; j < n; j++) {
+        int li = expert_shard_find(s->shard, h->expert_ids[j]);
+        memcpy(buf + j * width, expert_shard_params(s->shard, li), sizeof(float) * P);
+        memcpy(buf + j * width + P, expert_shard_opt_state(s->shard, li), sizeof(float) * S);
+        ones[j] = 1;
+    }
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY;
+    o.step = (uint64_t)s->step;
+    o.rank = (uint32_t)s->cfg->server_index;
+    o.request_id = h->request_id;
+    o.expert_ids = h->expert_ids;
+    o.row_counts = ones;
+    o.n_experts = n;
+    o.dtype = MOE__DTYPE__DTYPE_F32; /* exact bytes, whatever the wire setting */
+    o.width = (uint32_t)width;
+    char err[256];
+    if (moe_wire_send(s->sock, m->identity, m->identity_len, &o, buf, n, err, sizeof err))
+        moe_warn("cannot send a fetch reply: %s", err);
+    moe_free_floats(&buf);
+    free(ones);
+}
+
+static void handle_message(expsrv_t *s)
+{
+    struct moe_wire_msg m;
+    memset(&m, 0, sizeof m);
+    char err[256];
+    /* FETCH requests carry no payload, so any width passes the decoder. */
+    int rc = moe_wire_recv(s->sock, true, ZMQ_DONTWAIT, &s->lim, &m, err, sizeof err);
+    if (rc == MOE_ERR_STATE && !m.hdr && m.identity_len == 0)
+        return; /* nothing there */
+    s->msgs++;
+    if (rc) {
+        reply_error(s, &m, rc, err);
+    } else {
+        switch (m.hdr->type) {
+        case MOE__MSG_TYPE__MSG_EXPERT_FORWARD: handle_forward(s, &m); break;
+        case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD: handle_backward(s, &m); break;
+        case MOE__MSG_TYPE__MSG_EXPERT_FETCH: handle_fetch(s, &m); break;
+        default: {
+            char why[96];
+            snprintf(why, sizeof why, "message type %d is not served by an expert server",
+                     (int)m.hdr->type);
+            reply_error(s, &m, MOE_ERR_FORMAT, why);
+        }
+        }
+    }
+    moe_wire_msg_free(&m);
+}
+
+int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
+{
+    for (;;) {
+        if (*stop) {
+            bool mid_step = s->phase == PH_BACKWARD;
+            for (int r = 0; r < s->W; r++)
+                mid_step |= s->fwd[r].have;
+            if (!mid_step)
+                break;
+            if (s->stop_since == 0) {
+                s->stop_since = now_sec();
+                moe_info("stopping: finishing step %" PRId64 " first", s->step);
+            } else if (now_sec() - s->stop_since > (double)s->cfg->timeout_ms / 1000.0) {
+                moe_warn("stopping: step %" PRId64 " did not complete in time; it is dropped", s->step);
+                break;
+            }
+        }
+        zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&it, 1, 200);
+        if (rc < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            moe_error("poll failed: %s", zmq_strerror(zmq_errno()));
+            return MOE_ERR_IO;
+        }
+        /* A bounded amount of work per wake-up, then look at *stop again. */
+        for (int budget = 0; budget < 64 && rc > 0; budget++) {
+            int ev = 0;
+            size_t len = sizeof ev;
+            if (zmq_getsockopt(s->sock, ZMQ_EVENTS, &ev, &len) || !(ev & ZMQ_POLLIN))
+                break;
+            handle_message(s);
+        }
+    }
+    moe_info("served %" PRId64 " steps, %" PRId64 " messages, rejected %" PRId64, s->step, s->msgs,
+             s->errors);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+
+int expsrv_write_shard(expsrv_t *s, const char *path, char *err, size_t errlen)
+{
+    const int n = expert_shard_count(s->shard);
+    const size_t ntens = (size_t)n * EXPERT_PARTS * 2;
+    struct moe_st_entry *e = calloc(ntens ? ntens : 1, sizeof *e);
+    char(*names)[96] = calloc(ntens ? ntens : 1, sizeof *names);
+    if (!e || !names) {
+        free(e);
+        free(names);
+        snprintf(err, errlen, "out of memory writing the shard");
+        return MOE_ERR_NOMEM;
+    }
+    size_t k = 0;
+    uint64_t sum = 0;
+    for (int i = 0; i < n; i++) {
+        const float *p = expert_shard_params(s->shard, i), *st = expert_shard_opt_state(s->shard, i);
+        for (int part = 0; part < EXPERT_PARTS; part++) {
+            const char *suffix;
+            int nd;
+            int64_t shape[2];
+            size_t nst;
+            expert_shard_part(part, s->D, s->H, &suffix, &nd, shape, &nst);
+            size_t numel = (size_t)shape[0] * (nd == 2 ? (size_t)shape[1] : 1);
+            snprintf(names[k], 96, "moe.experts.%d.%s", expert_shard_id(s->shard, i), suffix);
+            e[k] = (struct moe_st_entry){names[k], nd, {shape[0], shape[1]}, p};
+            sum += moe_checksum64(moe_checksum64(MOE_CHECKSUM_INIT, names[k], strlen(names[k]) + 1),
+                                  p, numel * sizeof(float));
+            k++;
+            snprintf(names[k], 96, "moe.experts.%d.%s.fadam", expert_shard_id(s->shard, i), suffix);
+            e[k] = (struct moe_st_entry){names[k], 1, {(int64_t)nst}, st};
+            sum += moe_checksum64(moe_checksum64(MOE_CHECKSUM_INIT, names[k], strlen(names[k]) + 1),
+                                  st, nst * sizeof(float));
+            k++;
+            p += numel;
+            st += nst;
+        }
+    }
+    char step_s[32], sum_s[32];
+    snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
+    snprintf(sum_s, sizeof sum_s, "%016" PRIx64, sum);
+    const char *meta[] = {"format", "moe-shard-1", "step", step_s, "checksum", sum_s, NULL};
+    int rc = moe_safetensors_write(path, e, k, meta, err, errlen);
+    free(e);
+    free(names);
+    return rc;
+}

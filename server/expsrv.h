@@ -1,0 +1,47 @@
+/* The expert-server daemon's core (moe-server process): owns a shard of
+ * experts and their factored-Adam state, serves forward and backward
+ * requests of every worker of a step over a ROUTER socket, and applies the
+ * update once the step's last backward is in (DESIGN §3).
+ *
+ * Step protocol, per step s: every worker sends one EXPERT_FORWARD (its rows
+ * for this server's experts, possibly none); when all have arrived, the
+ * rows of each expert are assembled in worker-rank order (= global row
+ * order), computed with the shared expert code, and each worker gets its
+ * outputs. Then every worker sends one EXPERT_BACKWARD with the same layout;
+ * when all are in, the server replies the input gradients, applies the
+ * update of step s+1 and moves to step s+1. So a forward of step s+1 never
+ * sees half-updated experts. Evaluation forwards (header.eval) are answered
+ * at once and change nothing. Every message is validated first; a bad one
+ * gets an MSG_ERROR reply with a code and a sentence, is counted, and
+ * changes no state. Single-threaded. */
+#ifndef EXPSRV_H
+#define EXPSRV_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "trainer.h"
+
+typedef struct expsrv expsrv_t;
+
+/* Creates the shard (experts of cfg->server_index under the placement),
+ * binds the ROUTER socket. NULL with a sentence in err. Caller owns. */
+expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen);
+
+/* Serves until *stop becomes non-zero; then finishes a step in progress
+ * (or gives up after the timeout) and returns 0, or a negative code on a
+ * fatal socket error. */
+int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop);
+
+/* Writes the shard (parameters, factored-Adam state, step) as safetensors
+ * at path, atomically. 0 or a negative code with a sentence. */
+int expsrv_write_shard(expsrv_t *s, const char *path, char *err, size_t errlen);
+
+/* Steps completed and messages rejected so far. */
+int64_t expsrv_step(const expsrv_t *s);
+int64_t expsrv_errors(const expsrv_t *s);
+
+void expsrv_destroy(expsrv_t **s);
+
+#endif

@@ -1,0 +1,74 @@
+/* moe-server: the expert-server daemon. Wiring only: configuration,
+ * signals, the loop of expsrv.c, and the shard written on the way out.
+ * SIGTERM or SIGINT finish the current step, write the shard (--shard-out)
+ * and exit 0. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "expsrv.h"
+#include "moe_blas.h"
+#include "moe_config.h"
+#include "moe_log.h"
+#include "trainer.h"
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+static const char summary[] =
+    "Expert server of the sparsely-gated Mixture-of-Experts trainer. Owns the experts that\n"
+    "`placement` gives to entry --server-index of --servers, with their factored-Adam state,\n"
+    "and serves the forward and backward requests of every worker of each step. Shares the\n"
+    "configuration file (and its keys) with moe-worker: model sizes, seed, learning-rate\n"
+    "schedule and expert optimizer must be the same on every process.";
+
+int main(int argc, char **argv)
+{
+    static struct trainer_config cfg;
+    char err[1024];
+    moe_log_set_name("moe-server");
+    int rc = moe_config_parse_args(trainer_options, trainer_options_count, &cfg, argc, argv, err,
+                                   sizeof err);
+    if (rc == 1) {
+        moe_config_print_help(trainer_options, trainer_options_count, stdout, "moe-server", summary);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "moe-server: error: %s\n", err);
+        return 2;
+    }
+    enum moe_log_level lvl;
+    if (moe_log_parse_level(cfg.log_level, &lvl)) {
+        fprintf(stderr, "moe-server: error: --log-level: expected debug, info, warn or error\n");
+        return 2;
+    }
+    moe_log_set_level(lvl);
+    moe_blas_set_threads(cfg.threads);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    expsrv_t *s = expsrv_new(&cfg, err, sizeof err);
+    if (!s) {
+        fprintf(stderr, "moe-server: error: %s\n", err);
+        return 1;
+    }
+    rc = expsrv_run(s, &stop_flag);
+    if (rc == 0 && cfg.shard_out[0]) {
+        rc = expsrv_write_shard(s, cfg.shard_out, err, sizeof err);
+        if (rc)
+            fprintf(stderr, "moe-server: error: %s\n", err);
+        else
+            moe_info("shard of step %lld written to %s", (long long)expsrv_step(s), cfg.shard_out);
+    }
+    expsrv_destroy(&s);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,365 @@
+/* Remote expert backend over ZeroMQ (see expert_remote.h). */
+#include "expert_remote.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "moe_err.h"
+#include "moe_tensor.h"
+#include "moe_wire.h"
+
+struct server_io {
+    void *sock;
+    int n;            /* experts of this request */
+    int32_t *ids;
+    uint32_t *rows;
+    size_t total;     /* rows of this request */
+    float *buf;       /* rows to send, then the reply */
+    size_t cap;       /* floats buf holds */
+    size_t *src;      /* (n) offset in rows of each expert in the caller's packed array */
+    bool done;
+};
+
+struct expert_remote {
+    const struct moe_cluster *cl;
+    int rank, D;
+    int64_t timeout_ms;
+    Moe__DType dtype;
+    struct moe_wire_limits lim;
+    struct server_io *io;
+    uint64_t request_id;
+    int64_t row0;
+};
+
+expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, int rank, int D,
+                                   int64_t timeout_ms, Moe__DType dtype, size_t max_bytes,
+                                   char *err, size_t errlen)
+{
+    expert_remote_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->cl = cl;
+    r->rank = rank;
+    r->D = D;
+    r->timeout_ms = timeout_ms;
+    r->dtype = dtype;
+    r->lim = (struct moe_wire_limits){max_bytes, 0, (uint32_t)cl->n_experts, (uint64_t)1 << 31};
+    r->io = calloc((size_t)cl->n_servers, sizeof *r->io);
+    if (!r->io)
+        goto fail;
+    char id[32];
+    snprintf(id, sizeof id, "moe-worker-%d", rank);
+    for (int s = 0; s < cl->n_servers; s++) {
+        struct server_io *io = &r->io[s];
+        io->ids = malloc(sizeof(int32_t) * (size_t)cl->n_experts);
+        io->rows = malloc(sizeof(uint32_t) * (size_t)cl->n_experts);
+        io->src = malloc(sizeof(size_t) * (size_t)cl->n_experts);
+        io->sock = zmq_socket(zmq_ctx, ZMQ_DEALER);
+        int linger = 0;
+        int64_t maxmsg = (int64_t)max_bytes + 4096;
+        if (!io->ids || !io->rows || !io->src || !io->sock ||
+            zmq_setsockopt(io->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+            zmq_setsockopt(io->sock, ZMQ_ROUTING_ID, id, strlen(id)) ||
+            zmq_setsockopt(io->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+            zmq_connect(io->sock, cl->servers[s]) != 0) {
+            snprintf(err, errlen, "cannot connect to expert server %d (%s): %s", s, cl->servers[s],
+                     zmq_strerror(zmq_errno()));
+            goto fail;
+        }
+    }
+    return r;
+fail:
+    expert_remote_destroy(&r);
+    return NULL;
+}
+
+void expert_remote_destroy(expert_remote_t **rp)
+{
+    if (!rp || !*rp)
+        return;
+    expert_remote_t *r = *rp;
+    for (int s = 0; r->io && s < r->cl->n_servers; s++) {
+        struct server_io *io = &r->io[s];
+        if (io->sock)
+            zmq_close(io->sock);
+        free(io->ids);
+        free(io->rows);
+        free(io->src);
+        moe_free_floats(&io->buf);
+    }
+    free(r->io);
+    free(r);
+    *rp = NULL;
+}
+
+void expert_remote_set_row0(expert_remote_t *r, int64_t row0) { r->row0 = row0; }
+
+static int reserve(struct server_io *io, size_t floats)
+{
+    if (floats <= io->cap)
+        return 0;
+    float *b = moe_alloc_floats(floats);
+    if (!b)
+        return MOE_ERR_NOMEM;
+    moe_free_floats(&io->buf);
+    io->buf = b;
+    io->cap = floats;
+    return 0;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
+}
+
+/* Waits for one reply per server: type `want`, this request, the layout
+ * sent. Copies each payload to out (same packing as the request's input).
+ * `width` is the row width expected (D, or P + S for a fetch). */
+static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, size_t width,
+                          float *out, char *what, size_t what_len)
+{
+    const int S = r->cl->n_servers;
+    if (S <= 0)
+        return 0;
+    int left = S;
+    for (int s = 0; s < S; s++)
+        r->io[s].done = false;
+    const double deadline = now_ms() + (double)r->timeout_ms;
+    zmq_pollitem_t *items = calloc((size_t)S, sizeof *items);
+    if (!items)
+        return MOE_ERR_NOMEM;
+    int rc = 0;
+    while (left > 0 && rc == 0) {
+        for (int s = 0; s < S; s++)
+            items[s] = (zmq_pollitem_t){r->io[s].sock, 0, r->io[s].done ? 0 : ZMQ_POLLIN, 0};
+        double wait = deadline - now_ms();
+        if (wait <= 0) {
+            for (int s = 0; s < S; s++) {
+                if (!r->io[s].done) {
+                    snprintf(what, what_len,
+                             "expert server %d (%s) did not answer request %" PRIu64
+                             " within %" PRId64 " ms",
+                             s, r->cl->servers[s], req, r->timeout_ms);
+                    break;
+                }
+            }
+            rc = MOE_ERR_IO;
+            break;
+        }
+        int n = zmq_poll(items, S, (long)wait + 1);
+        if (n < 0) {
+            if (zmq_errno() == EINTR)
+                continue;
+            snprintf(what, what_len, "poll failed: %s", zmq_strerror(zmq_errno()));
+            rc = MOE_ERR_IO;
+            break;
+        }
+        for (int s = 0; s < S && rc == 0; s++) {
+            if (!(items[s].revents & ZMQ_POLLIN))
+                continue;
+            struct server_io *io = &r->io[s];
+            struct moe_wire_limits lim = r->lim;
+            lim.width = (uint32_t)width;
+            struct moe_wire_msg m;
+            memset(&m, 0, sizeof m);
+            char err[256];
+            int e = moe_wire_recv(io->sock, false, ZMQ_DONTWAIT, &lim, &m, err, sizeof err);
+            if (e == MOE_ERR_STATE && !m.hdr)
+                continue;
+            if (e) {
+                snprintf(what, what_len, "expert server %d (%s) sent a bad reply: %s", s,
+                         r->cl->servers[s], err);
+                rc = e;
+            } else if (m.hdr->request_id != req) {
+                /* a late reply to an earlier request (after a timeout): drop it */
+            } else if (m.hdr->type == MOE__MSG_TYPE__MSG_ERROR) {
+                snprintf(what, what_len, "expert server %d (%s) refused: %s", s, r->cl->servers[s],
+                         m.hdr->error_text ? m.hdr->error_text : "(no text)");
+                rc = m.hdr->error_code < 0 ? m.hdr->error_code : MOE_ERR_STATE;
+            } else if (m.hdr->type != want || m.rows != io->total ||
+                       m.hdr->n_expert_ids != (size_t)io->n) {
+                snprintf(what, what_len, "expert server %d (%s) answered with another layout", s,
+                         r->cl->servers[s]);
+                rc = MOE_ERR_FORMAT;
+            } else {
+                for (int j = 0; j < io->n; j++)
+                    if (m.hdr->expert_ids[j] != io->ids[j] || m.hdr->row_counts[j] != io->rows[j])
+                        rc = MOE_ERR_FORMAT;
+                if (rc) {
+                    snprintf(what, what_len, "expert server %d (%s) answered with another layout",
+                             s, r->cl->servers[s]);
+                } else {
+                    size_t off = 0;
+                    for (int j = 0; j < io->n; j++) {
+                        memcpy(out + io->src[j] * width, m.data + off * width,
+                               sizeof(float) * io->rows[j] * width);
+                        off += io->rows[j];
+                    }
+                    io->done = true;
+                    left--;
+                }
+            }
+            moe_wire_msg_free(&m);
+        }
+    }
+    free(items);
+    return rc;
+}
+
+/* Splits the packed batch by server and sends one message to each. */
+static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool eval, int n,
+                    const int32_t *ids, const int *rows, const float *x, uint64_t req, char *what,
+                    size_t what_len)
+{
+    const size_t D = (size_t)r->D;
+    for (int s = 0; s < r->cl->n_servers; s++) {
+        r->io[s].n = 0;
+        r->io[s].total = 0;
+    }
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        struct server_io *io = &r->io[r->cl->server_of[ids[e]]];
+        io->ids[io->n] = ids[e];
+        io->rows[io->n] = (uint32_t)rows[e];
+        io->src[io->n] = off;
+        io->n++;
+        io->total += (size_t)rows[e];
+        off += (size_t)rows[e];
+    }
+    for (int s = 0; s < r->cl->n_servers; s++) {
+        struct server_io *io = &r->io[s];
+        if (reserve(io, io->total * D))
+            return MOE_ERR_NOMEM;
+        size_t o = 0;
+        for (int j = 0; j < io->n; j++) {
+            memcpy(io->buf + o * D, x + io->src[j] * D, sizeof(float) * io->rows[j] * D);
+            o += io->rows[j];
+        }
+        struct moe_wire_out h = {0};
+        h.type = type;
+        h.step = (uint64_t)step;
+        h.rank = (uint32_t)r->rank;
+        h.request_id = req;
+        h.expert_ids = io->ids;
+        h.row_counts = io->rows;
+        h.n_experts = (size_t)io->n;
+        h.dtype = r->dtype;
+        h.width = (uint32_t)D;
+        h.row0 = (uint64_t)r->row0;
+        h.eval = eval;
+        char err[256];
+        if (moe_wire_send(io->sock, NULL, 0, &h, io->buf, io->total, err, sizeof err)) {
+            snprintf(what, what_len, "cannot send to expert server %d (%s): %s", s,
+                     r->cl->servers[s], err);
+            return MOE_ERR_IO;
+        }
+    }
+    return 0;
+}
+
+static int remote_forward(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
+                          const int *rows, const float *x, float *y, char *what, size_t what_len)
+{
+    expert_remote_t *r = ctx;
+    uint64_t req = ++r->request_id;
+    int rc = send_all(r, MOE__MSG_TYPE__MSG_EXPERT_FORWARD, step, !train, n, ids, rows, x, req,
+                      what, what_len);
+    if (!rc)
+        rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, req, (size_t)r->D, y, what,
+                            what_len);
+    return rc;
+}
+
+static int remote_backward(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
+                           const float *dy, float *dx, char *what, size_t what_len)
+{
+    expert_remote_t *r = ctx;
+    uint64_t req = ++r->request_id;
+    int rc = send_all(r, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD, step, false, n, ids, rows, dy, req,
+                      what, what_len);
+    if (!rc)
+        rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, req, (size_t)r->D, dx,
+                            what, what_len);
+    return rc;
+}
+
+static int remote_apply(void *ctx, int64_t t, double lr, char *what, size_t what_len)
+{
+    /* The servers apply the update when the step's last backward is in. */
+    (void)ctx;
+    (void)t;
+    (void)lr;
+    (void)what;
+    (void)what_len;
+    return 0;
+}
+
+void expert_remote_backend(struct moe_backend *b, expert_remote_t *r)
+{
+    b->ctx = r;
+    b->forward = remote_forward;
+    b->backward = remote_backward;
+    b->apply = remote_apply;
+}
+
+int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, char *err, size_t errlen)
+{
+    const int n = expert_shard_count(dst);
+    int D, H;
+    expert_shard_dims(dst, &D, &H);
+    const size_t P = expert_ffn_param_count(D, H);
+    const size_t S = expert_shard_opt_state_size(dst), width = P + S;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+    uint32_t *zeros = calloc((size_t)(n ? n : 1), sizeof(uint32_t));
+    float *all = moe_alloc_floats((size_t)n * width);
+    int rc = MOE_ERR_NOMEM;
+    if (!ids || !zeros || !all)
+        goto out;
+    for (int i = 0; i < n; i++)
+        ids[i] = expert_shard_id(dst, i);
+    uint64_t req = ++r->request_id;
+    for (int s = 0; s < r->cl->n_servers; s++) {
+        r->io[s].n = 0;
+        r->io[s].total = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        struct server_io *io = &r->io[r->cl->server_of[ids[i]]];
+        io->ids[io->n] = ids[i];
+        io->rows[io->n] = 1;
+        io->src[io->n] = (size_t)i;
+        io->n++;
+        io->total++;
+    }
+    for (int s = 0; s < r->cl->n_servers; s++) {
+        struct server_io *io = &r->io[s];
+        struct moe_wire_out h = {0};
+        h.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH;
+        h.rank = (uint32_t)r->rank;
+        h.request_id = req;
+        h.expert_ids = io->ids;
+        h.row_counts = zeros; /* a request carries no rows; the reply has one per expert */
+        h.n_experts = (size_t)io->n;
+        if ((rc = moe_wire_send(io->sock, NULL, 0, &h, NULL, 0, err, errlen)))
+            goto out;
+    }
+    if ((rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY, req, width, all, err, errlen)))
+        goto out;
+    for (int i = 0; i < n; i++) {
+        memcpy(expert_shard_params(dst, i), all + (size_t)i * width, sizeof(float) * P);
+        memcpy(expert_shard_opt_state(dst, i), all + (size_t)i * width + P, sizeof(float) * S);
+    }
+    rc = 0;
+out:
+    free(ids);
+    free(zeros);
+    moe_free_floats(&all);
+    return rc;
+}

@@ -1,0 +1,38 @@
+/* The remote expert backend (worker process): experts live on expert
+ * servers. Each training forward and backward sends exactly one message to
+ * every server (rows for its experts, possibly none, so that every step is
+ * acknowledged), all servers in flight at once, and waits for every reply
+ * up to a timeout. A server that does not answer, or answers an error,
+ * gives an error naming it; never a hang. The update is applied by the
+ * servers themselves when a step's last backward is in. */
+#ifndef EXPERT_REMOTE_H
+#define EXPERT_REMOTE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "expert_shard.h"
+#include "moe.pb-c.h"
+#include "moe_cluster.h"
+#include "moe_layer.h"
+
+typedef struct expert_remote expert_remote_t;
+
+/* Connects a DEALER (routing id "moe-worker-<rank>") to every server of the
+ * cluster (borrowed; must outlive the backend). zmq_ctx is borrowed. row0 is
+ * sent with every message. NULL with a sentence in err. */
+expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, int rank, int D,
+                                   int64_t timeout_ms, Moe__DType dtype, size_t max_bytes,
+                                   char *err, size_t errlen);
+void expert_remote_destroy(expert_remote_t **r);
+
+/* Fills `b` with the backend over r; row0 is the global index of this
+ * worker's first row, sent in the headers. */
+void expert_remote_backend(struct moe_backend *b, expert_remote_t *r);
+void expert_remote_set_row0(expert_remote_t *r, int64_t row0);
+
+/* Copies parameters and optimizer state of every expert of `dst` (a shard
+ * with the same D, H) from the servers that own them. Between steps only. */
+int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, char *err, size_t errlen);
+
+#endif
