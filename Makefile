@@ -70,7 +70,9 @@ BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
         bench clean
 .DEFAULT_GOAL := all
 
-all: $(BIN_WORKER) $(BIN_SERVER) $(TEST_BIN) $(BENCH_BIN)
+BIN_PROBE = $(BUILD)/bin/moe-wire-probe
+
+all: $(BIN_WORKER) $(BIN_SERVER) $(TEST_BIN) $(BENCH_BIN) $(BIN_PROBE)
 
 # Every object also waits for the generated protobuf header.
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
@@ -94,6 +96,10 @@ $(BIN_WORKER): $(BUILD)/obj/worker/trainer_main.o $(LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BIN_SERVER): $(BUILD)/obj/server/expsrv_main.o $(SERVER_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BIN_PROBE): $(BUILD)/obj/tests/tools/wire_probe.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -135,12 +141,17 @@ deps:
 deps-test:
 	@sh deploy/install-deps.sh --test
 
+# make run: a local cluster of RUN_SERVERS expert servers and RUN_WORKERS
+# workers on 127.0.0.1 (deploy/launch-local.sh), default model and corpus.
 RUN_DIR ?= run
+RUN_SERVERS ?= 2
+RUN_WORKERS ?= 1
 run: deps
-	@$(MAKE) --no-print-directory $(BIN_WORKER)
+	@$(MAKE) --no-print-directory $(BIN_WORKER) $(BIN_SERVER)
 	@mkdir -p $(RUN_DIR)
-	$(BIN_WORKER) --config deploy/default.ini --checkpoint-dir $(RUN_DIR)/checkpoints \
-	    --report $(RUN_DIR)/report.json
+	sh deploy/launch-local.sh --bin $(BUILD)/bin --run-dir $(RUN_DIR) --servers $(RUN_SERVERS) \
+	    --workers $(RUN_WORKERS) -- --config deploy/default.ini \
+	    --checkpoint-dir $(RUN_DIR)/checkpoints --report $(RUN_DIR)/report.json
 
 # Unit, gradient and integration tests in the normal build, then the same
 # tests in the AddressSanitizer + UndefinedBehaviorSanitizer build.
@@ -153,7 +164,7 @@ test-normal test-san: test-unit test-integration
 test-unit: $(TEST_BIN)
 	$(TEST_BIN)
 
-test-integration: $(BIN_WORKER) $(BIN_SERVER)
+test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_PROBE)
 	sh tests/integration/run.sh $(BUILD)
 
 bench: deps $(BENCH_BIN)

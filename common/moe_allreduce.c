@@ -129,7 +129,7 @@ static const char *ar_kind_name(unsigned kind)
 
 static const char *ar_dtype_name(unsigned dtype)
 {
-    return dtype == AR_DTYPE_F32 ? "float" : dtype == AR_DTYPE_F64 ? "double" : "nothing";
+    return dtype == AR_DTYPE_F32 ? "float" : dtype == AR_DTYPE_F64 ? "double" : "unknown-type";
 }
 
 /* ------------------------------------------------------------ the object */
@@ -212,7 +212,9 @@ static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *head, zmq_msg_t *body, str
                          .piece = ar_get32(p + 40), .aux = ar_get32(p + 44)};
     if (h->kind < AR_KIND_HELLO || h->kind > AR_KIND_ABORT || p[7] != 0)
         return ar_fail(err, errlen, MOE_ERR_FORMAT,
-                       "rank %d: message from %s has unknown kind %u", a->rank, ep, h->kind);
+                       "rank %d: message from %s has kind %u and reserved byte %u (known kinds "
+                       "are 1 to 4, the byte must be 0)",
+                       a->rank, ep, h->kind, p[7]);
     const bool want_body = h->kind == AR_KIND_DATA || h->kind == AR_KIND_ABORT;
     const bool more = zmq_msg_more(head);
     if (more != want_body)
@@ -529,7 +531,7 @@ static int ar_take_data(struct ar_call *c, const struct ar_hdr *h, zmq_msg_t *bo
                        a->rank, prev, ep, (unsigned long long)h->tag, (unsigned long long)c->tag);
     if (h->dtype != c->dtype || h->n != c->n)
         return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_SHAPE,
-                       "rank %d: rank %d at %s sums %llu %ss, this rank %zu %ss (tag %llu)",
+                       "rank %d: rank %d at %s sums %llu %s values, this rank %zu %s values (tag %llu)",
                        a->rank, prev, ep, (unsigned long long)h->n, ar_dtype_name(h->dtype), c->n,
                        ar_dtype_name(c->dtype), (unsigned long long)c->tag);
     if (h->step != step || h->chunk != (uint32_t)chunk || h->piece != piece ||

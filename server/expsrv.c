@@ -114,7 +114,10 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     s->ctx = zmq_ctx_new();
     s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
     int linger = 0;
-    int64_t maxmsg = (int64_t)s->lim.max_bytes + 4096;
+    /* libzmq drops a peer whose message exceeds ZMQ_MAXMSGSIZE, with no
+     * reply possible; up to twice our own limit the message is received and
+     * answered with an error instead. */
+    int64_t maxmsg = 2 * (int64_t)s->lim.max_bytes + (1 << 20);
     if (!s->sock || zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
         zmq_bind(s->sock, ep) != 0) {
@@ -233,17 +236,23 @@ static void worker_identity(char *buf, size_t cap, uint32_t rank)
     snprintf(buf, cap, "moe-worker-%u", rank);
 }
 
-static bool check_peer(const expsrv_t *s, const struct moe_wire_msg *m, char *why, size_t len)
+static bool check_rank(const expsrv_t *s, const Moe__Header *h, char *why, size_t len)
 {
-    const Moe__Header *h = m->hdr;
     if (h->rank >= (uint32_t)s->W) {
         snprintf(why, len, "rank %u is not a worker of this cluster (%d workers)", h->rank, s->W);
         return false;
     }
+    return true;
+}
+
+/* Checked last, so that a message gets the most specific error: only the
+ * peer that connected as worker r may fill worker r's slot of a step. */
+static bool check_identity(const struct moe_wire_msg *m, char *why, size_t len)
+{
     char id[32];
-    worker_identity(id, sizeof id, h->rank);
+    worker_identity(id, sizeof id, m->hdr->rank);
     if (m->identity_len != strlen(id) || memcmp(m->identity, id, m->identity_len) != 0) {
-        snprintf(why, len, "rank %u must connect as \"%s\"", h->rank, id);
+        snprintf(why, len, "rank %u must connect as \"%s\"", m->hdr->rank, id);
         return false;
     }
     return true;
@@ -417,17 +426,13 @@ static void handle_forward(expsrv_t *s, struct moe_wire_msg *m)
 {
     char why[256];
     const Moe__Header *h = m->hdr;
-    if (h->eval) {
-        if (!check_peer(s, m, why, sizeof why) || !check_rows_fit(h, why, sizeof why)) {
-            reply_error(s, m, MOE_ERR_STATE, why);
-            return;
-        }
-        handle_eval(s, m);
-        return;
-    }
-    if (!check_peer(s, m, why, sizeof why) || !owned_ids(s, h, why, sizeof why) ||
+    if (!check_rank(s, h, why, sizeof why) || !owned_ids(s, h, why, sizeof why) ||
         !check_rows_fit(h, why, sizeof why)) {
         reply_error(s, m, MOE_ERR_NOTFOUND, why);
+        return;
+    }
+    if (h->eval) {
+        handle_eval(s, m);
         return;
     }
     if ((int64_t)h->step != s->step) {
@@ -439,6 +444,10 @@ static void handle_forward(expsrv_t *s, struct moe_wire_msg *m)
     if (s->phase != PH_FORWARD || s->fwd[h->rank].have) {
         snprintf(why, sizeof why, "duplicate forward of step %" PRIu64 " from worker %u", h->step,
                  h->rank);
+        reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if (!check_identity(m, why, sizeof why)) {
         reply_error(s, m, MOE_ERR_STATE, why);
         return;
     }
@@ -461,8 +470,8 @@ static void handle_backward(expsrv_t *s, struct moe_wire_msg *m)
 {
     char why[256];
     const Moe__Header *h = m->hdr;
-    if (!check_peer(s, m, why, sizeof why)) {
-        reply_error(s, m, MOE_ERR_STATE, why);
+    if (!check_rank(s, h, why, sizeof why)) {
+        reply_error(s, m, MOE_ERR_NOTFOUND, why);
         return;
     }
     if ((int64_t)h->step != s->step) {
@@ -490,6 +499,10 @@ static void handle_backward(expsrv_t *s, struct moe_wire_msg *m)
         snprintf(why, sizeof why, "backward of worker %u does not match its forward's experts and rows",
                  h->rank);
         reply_error(s, m, MOE_ERR_SHAPE, why);
+        return;
+    }
+    if (!check_identity(m, why, sizeof why)) {
+        reply_error(s, m, MOE_ERR_STATE, why);
         return;
     }
     s->bwd[h->rank].msg = *m;

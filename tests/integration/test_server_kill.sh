@@ -1,0 +1,27 @@
+# A server killed in the middle of training makes the worker exit with an
+# error naming that server within the timeout (recovery comes later).
+make_corpora
+A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 1000000 --log-every 1"
+port=$((20000 + ($$ + 7) % 20000))
+S1="tcp://127.0.0.1:$((port + 1))"
+SV="tcp://127.0.0.1:$port,$S1"
+"$BIN/moe-server" $A --servers "$SV" --server-index 0 2>/dev/null &
+s0=$!
+"$BIN/moe-server" $A --servers "$SV" --server-index 1 2>/dev/null &
+s1=$!
+"$BIN/moe-worker" $A --experts remote --servers "$SV" --timeout-ms 2000 >"$WORK/w.log" 2>"$WORK/w.err" &
+w=$!
+n=0
+until grep -q "^step *20/" "$WORK/w.log" 2>/dev/null || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
+kill -9 $s1
+t0=$(date +%s%N)
+wait $w
+rc=$?
+t1=$(date +%s%N)
+kill -TERM $s0
+wait $s0
+ms=$(((t1 - t0) / 1000000))
+[ $rc -ne 0 ] || fail "the worker exited 0 after its server died"
+grep -q "expert server 1 ($S1)" "$WORK/w.err" || fail "the error does not name server 1: $(cat "$WORK/w.err")"
+[ $ms -lt 4000 ] || fail "the worker took $ms ms to notice (timeout 2000 ms)"
+echo "  ok: worker exited $rc after $ms ms: $(tail -n 1 "$WORK/w.err")"
