@@ -122,7 +122,7 @@ $(BUILD)/obj/tests/%.o: tests/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(TEST_CFLAGS) -Itests -MMD -MP -c $< -o $@
 
-$(TEST_BIN): $(TEST_OBJ) $(LIB)
+$(TEST_BIN): $(TEST_OBJ) $(SERVER_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(TEST_LIBS) $(PKG_LIBS)
 
@@ -167,7 +167,7 @@ test-unit: $(TEST_BIN)
 test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_PROBE)
 	sh tests/integration/run.sh $(BUILD)
 
-bench: deps $(BENCH_BIN)
+bench: deps-test $(BENCH_BIN) $(BIN_WORKER) $(BIN_SERVER)
 	sh benchmarks/run.sh $(BUILD)
 
 clean:

@@ -262,8 +262,10 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
         if (!value) {
             if (o->type == MOE_OPT_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
                 value = "true";
-            } else if (i + 1 >= argc) {
-                set_err(err, errlen, "--%s: missing value", name);
+            } else if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
+                /* "--valid --steps 3" is a forgotten value, not the value "--steps" */
+                set_err(err, errlen, "--%s: missing value (use --%s=VALUE for values starting with --)",
+                        name, name);
                 return MOE_ERR_CONFIG;
             } else {
                 value = argv[++i];

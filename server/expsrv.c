@@ -520,7 +520,7 @@ static void handle_backward(expsrv_t *s, struct moe_wire_msg *m)
 }
 
 /* Parameters and optimizer state of the requested experts, one row of
- * P + S floats per expert. */
+ * P + S floats per expert; header.step = the steps they have seen. */
 static void handle_fetch(expsrv_t *s, struct moe_wire_msg *m)
 {
     char why[256];
@@ -529,13 +529,8 @@ static void handle_fetch(expsrv_t *s, struct moe_wire_msg *m)
         reply_error(s, m, MOE_ERR_NOTFOUND, why);
         return;
     }
-    bool mid_step = s->phase != PH_FORWARD;
-    for (int r = 0; r < s->W; r++)
-        mid_step |= s->fwd[r].have;
-    if (mid_step) {
-        reply_error(s, m, MOE_ERR_STATE, "fetch in the middle of a step");
-        return;
-    }
+    /* Parameters change only when a step's last backward is in, so at any
+     * moment they are those after s->step steps; the reply says which. */
     const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(s->shard);
     const size_t n = h->n_expert_ids, width = P + S;
     float *buf = moe_alloc_floats(n * width);

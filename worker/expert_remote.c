@@ -35,6 +35,9 @@ struct expert_remote {
     struct server_io *io;
     uint64_t request_id;
     int64_t row0;
+    uint64_t bytes_sent, bytes_recv; /* tensor payload of training steps */
+    size_t last_reply_bytes;         /* payload bytes of the last gather */
+    int64_t min_reply_step, max_reply_step; /* header.step range of the last gather */
 };
 
 expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, int rank, int D,
@@ -127,6 +130,9 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
                           float *out, char *what, size_t what_len)
 {
     const int S = r->cl->n_servers;
+    r->last_reply_bytes = 0;
+    r->min_reply_step = INT64_MAX;
+    r->max_reply_step = INT64_MIN;
     if (S <= 0)
         return 0;
     int left = S;
@@ -197,6 +203,12 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
                     snprintf(what, what_len, "expert server %d (%s) answered with another layout",
                              s, r->cl->servers[s]);
                 } else {
+                    r->last_reply_bytes +=
+                        m.rows * width * moe_wire_dtype_size((int)m.hdr->dtype);
+                    if ((int64_t)m.hdr->step < r->min_reply_step)
+                        r->min_reply_step = (int64_t)m.hdr->step;
+                    if ((int64_t)m.hdr->step > r->max_reply_step)
+                        r->max_reply_step = (int64_t)m.hdr->step;
                     size_t off = 0;
                     for (int j = 0; j < io->n; j++) {
                         memcpy(out + io->src[j] * width, m.data + off * width,
@@ -265,6 +277,15 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
     return 0;
 }
 
+/* Payload bytes of a request of `n` experts' rows. */
+static uint64_t payload_bytes(const expert_remote_t *r, int n, const int *rows)
+{
+    uint64_t total = 0;
+    for (int e = 0; e < n; e++)
+        total += (uint64_t)rows[e];
+    return total * (uint64_t)r->D * moe_wire_dtype_size((int)r->dtype);
+}
+
 static int remote_forward(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
                           const int *rows, const float *x, float *y, char *what, size_t what_len)
 {
@@ -275,6 +296,10 @@ static int remote_forward(void *ctx, int64_t step, bool train, int n, const int3
     if (!rc)
         rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, req, (size_t)r->D, y, what,
                             what_len);
+    if (!rc && train) {
+        r->bytes_sent += payload_bytes(r, n, rows);
+        r->bytes_recv += r->last_reply_bytes;
+    }
     return rc;
 }
 
@@ -288,7 +313,16 @@ static int remote_backward(void *ctx, int64_t step, int n, const int32_t *ids, c
     if (!rc)
         rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, req, (size_t)r->D, dx,
                             what, what_len);
+    if (!rc) {
+        r->bytes_sent += payload_bytes(r, n, rows);
+        r->bytes_recv += r->last_reply_bytes;
+    }
     return rc;
+}
+
+uint64_t expert_remote_wire_bytes(const expert_remote_t *r)
+{
+    return r->bytes_sent + r->bytes_recv;
 }
 
 static int remote_apply(void *ctx, int64_t t, double lr, char *what, size_t what_len)
@@ -310,7 +344,8 @@ void expert_remote_backend(struct moe_backend *b, expert_remote_t *r)
     b->apply = remote_apply;
 }
 
-int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, char *err, size_t errlen)
+int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, char *err,
+                        size_t errlen)
 {
     const int n = expert_shard_count(dst);
     int D, H;
@@ -352,6 +387,12 @@ int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, char *err, size
     }
     if ((rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY, req, width, all, err, errlen)))
         goto out;
+    if (n > 0 && (r->min_reply_step != step || r->max_reply_step != step)) {
+        snprintf(err, errlen, "expert servers hold experts of steps %" PRId64 "..%" PRId64
+                 ", expected step %" PRId64, r->min_reply_step, r->max_reply_step, step);
+        rc = MOE_ERR_STATE;
+        goto out;
+    }
     for (int i = 0; i < n; i++) {
         memcpy(expert_shard_params(dst, i), all + (size_t)i * width, sizeof(float) * P);
         memcpy(expert_shard_opt_state(dst, i), all + (size_t)i * width + P, sizeof(float) * S);

@@ -31,8 +31,14 @@ void expert_remote_destroy(expert_remote_t **r);
 void expert_remote_backend(struct moe_backend *b, expert_remote_t *r);
 void expert_remote_set_row0(expert_remote_t *r, int64_t row0);
 
+/* Tensor payload bytes sent and received by training forwards and
+ * backwards so far (headers excluded). */
+uint64_t expert_remote_wire_bytes(const expert_remote_t *r);
+
 /* Copies parameters and optimizer state of every expert of `dst` (a shard
- * with the same D, H) from the servers that own them. Between steps only. */
-int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, char *err, size_t errlen);
+ * with the same D, H) from the servers that own them, and checks that they
+ * are those after `step` steps (MOE_ERR_STATE otherwise). */
+int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, char *err,
+                        size_t errlen);
 
 #endif

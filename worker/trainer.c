@@ -114,6 +114,7 @@ struct trainer {
     double cv_imp_sum, cv_load_sum, maxmean_sum;
     int64_t cv_n;
     double last_train_ppl;
+    int64_t start_step; /* step this run started at (after a resume) */
     double *uni_logp; /* (V) unigram log-probabilities of the training data */
 };
 
@@ -215,6 +216,15 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
     json_object_set_new(o, "k", json_integer(c->k));
     json_object_set_new(o, "vocab_size", json_integer(vocab_size(t->vocab)));
     json_object_set_new(o, "seed", json_integer(c->seed));
+    json_object_set_new(o, "experts", json_string(c->experts));
+    json_object_set_new(o, "workers", json_integer(t->world));
+    if (t->remote) {
+        /* this worker's tensor bytes over its share of the tokens */
+        double tok = (double)(t->step - t->start_step) * t->B * c->unroll;
+        json_object_set_new(o, "wire_bytes_per_token",
+                            json_real(tok > 0 ? (double)expert_remote_wire_bytes(t->remote_be) / tok : 0));
+        json_object_set_new(o, "wire_dtype", json_string(c->wire_dtype));
+    }
     char tmp[TRAINER_PATH_MAX + 32];
     snprintf(tmp, sizeof tmp, "%s.tmp", c->report);
     int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
@@ -319,7 +329,7 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
         return 0;
     /* Remote experts: copy their parameters and state into the local mirror. */
     if (t->remote) {
-        int rc = expert_remote_fetch(t->remote_be, t->shard, err, errlen);
+        int rc = expert_remote_fetch(t->remote_be, t->shard, t->step, err, errlen);
         if (rc)
             return rc;
         for (int i = 0; i < expert_shard_count(t->shard); i++)
@@ -545,6 +555,7 @@ int trainer_run(const struct trainer_config *c)
     const int64_t tokens_per_step = (int64_t)c->batch * c->unroll;
     double t0 = now_sec(), tw = t0, train_time = 0;
     int64_t start_step = t.step;
+    t.start_step = start_step;
     while (t.step < c->steps) {
         double ts = now_sec();
         if ((rc = train_step(&t, err, sizeof err)))
