@@ -66,8 +66,8 @@ TEST_BIN  = $(BUILD)/bin/moe-tests
 BENCH_SRC = $(wildcard benchmarks/bench_*.c)
 BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
-.PHONY: all deps deps-test run test test-normal test-san test-unit test-integration \
-        bench clean
+.PHONY: all deps deps-test run test test-long test-normal test-san test-unit \
+        test-integration bench clean
 .DEFAULT_GOAL := all
 
 BIN_PROBE = $(BUILD)/bin/moe-wire-probe
@@ -158,6 +158,11 @@ run: deps
 test: deps-test
 	@$(MAKE) --no-print-directory test-normal
 	@$(MAKE) --no-print-directory test-san SANITIZE=address,undefined
+	@$(MAKE) --no-print-directory test-fuzz
+
+# Long runs that do not fit in `make test`: the wire fuzzer for 10 minutes.
+test-long: deps-test
+	@$(MAKE) --no-print-directory test-fuzz-long
 
 test-normal test-san: test-unit test-integration
 
@@ -172,3 +177,62 @@ bench: deps-test $(BENCH_BIN) $(BIN_WORKER) $(BIN_SERVER)
 
 clean:
 	rm -rf build
+
+# ---------------------------------------------------------------------------
+# Fuzzing the wire codec (moe_wire_decode) with libFuzzer; not part of `test`.
+# Needs clang and its runtime (Debian: clang-14 libclang-rt-14-dev).
+#   make fuzz-wire        build $(BUILD)/bin/fuzz_wire
+#   make test-fuzz        run it FUZZ_TIME seconds (20) on a fresh copy of the
+#                         seeds from tests/fuzz/gen_corpus_wire.c; fails on a crash
+#   make test-fuzz-long   the same for FUZZ_LONG_TIME seconds (600)
+# Crash inputs are left in $(BUILD)/fuzz/wire/artifacts/.
+
+FUZZ_CC        ?= clang
+FUZZ_TIME      ?= 20
+FUZZ_LONG_TIME ?= 600
+FUZZ_CFLAGS     = $(STD) $(WARN) -Wno-unknown-warning-option -g -O1 -fno-omit-frame-pointer \
+                  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                  $(INCLUDES) $(shell pkg-config --cflags libzmq libprotobuf-c)
+FUZZ_LIBS       = $(shell pkg-config --libs libzmq libprotobuf-c) -lm
+FUZZ_OBJ        = $(BUILD)/fuzz/obj
+FUZZ_WIRE_SRC   = tests/fuzz/fuzz_wire.c common/moe_wire.c common/moe_err.c common/moe_tensor.c
+FUZZ_WIRE_OBJS  = $(FUZZ_WIRE_SRC:%.c=$(FUZZ_OBJ)/%.o) $(FUZZ_OBJ)/proto/moe.pb-c.o
+FUZZ_WIRE_BIN   = $(BUILD)/bin/fuzz_wire
+FUZZ_WIRE_GEN   = $(BUILD)/bin/gen_corpus_wire
+FUZZ_WIRE_DIR   = $(BUILD)/fuzz/wire
+
+.PHONY: fuzz-wire test-fuzz test-fuzz-long
+
+fuzz-wire: $(FUZZ_WIRE_BIN)
+
+$(FUZZ_OBJ)/%.o: %.c $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+$(FUZZ_OBJ)/proto/moe.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wno-missing-prototypes -MMD -MP -c $< -o $@
+
+$(FUZZ_WIRE_BIN): $(FUZZ_WIRE_OBJS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(FUZZ_LIBS)
+
+$(FUZZ_WIRE_GEN): tests/fuzz/gen_corpus_wire.c $(BUILD)/obj/proto/moe.pb-c.o $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/obj/proto/moe.pb-c.o $(ALL_LDFLAGS) \
+	    $(shell pkg-config --libs libprotobuf-c)
+
+$(FUZZ_WIRE_DIR)/seeds.stamp: $(FUZZ_WIRE_GEN)
+	@rm -rf $(FUZZ_WIRE_DIR)/seeds && mkdir -p $(FUZZ_WIRE_DIR)/seeds
+	$(FUZZ_WIRE_GEN) $(FUZZ_WIRE_DIR)/seeds
+	@touch $@
+
+test-fuzz: FUZZ_WIRE_SECONDS = $(FUZZ_TIME)
+test-fuzz-long: FUZZ_WIRE_SECONDS = $(FUZZ_LONG_TIME)
+test-fuzz test-fuzz-long: $(FUZZ_WIRE_BIN) $(FUZZ_WIRE_DIR)/seeds.stamp
+	@rm -rf $(FUZZ_WIRE_DIR)/corpus && mkdir -p $(FUZZ_WIRE_DIR)/corpus $(FUZZ_WIRE_DIR)/artifacts
+	cp $(FUZZ_WIRE_DIR)/seeds/* $(FUZZ_WIRE_DIR)/corpus/
+	$(FUZZ_WIRE_BIN) -max_total_time=$(FUZZ_WIRE_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$(FUZZ_WIRE_DIR)/artifacts/ $(FUZZ_WIRE_DIR)/corpus
+
+-include $(shell find $(FUZZ_OBJ) -name '*.d' 2>/dev/null)
