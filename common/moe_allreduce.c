@@ -183,18 +183,22 @@ static int ar_send_msg(moe_allreduce_t *a, const struct ar_hdr *h, const void *b
     return 0;
 }
 
-/* Receives one whole message that is known to be waiting, checks its frame
+/* Receives one whole message that zmq_poll reported, checks its frame
  * structure, magic, version and sender, and decodes the header. `body` gets
- * the payload of DATA and ABORT messages. On error writes a sentence naming
- * the previous rank's endpoint; the caller closes both messages either way. */
+ * the payload of DATA and ABORT messages. Returns 0, 1 if there was nothing
+ * to receive after all, or a negative code with a sentence naming the
+ * previous rank's endpoint. The caller closes both messages either way. */
 static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *head, zmq_msg_t *body, struct ar_hdr *h,
                        char *err, size_t errlen)
 {
     const int prev = ar_prev(a);
     const char *ep = a->endpoints[prev];
-    if (zmq_msg_recv(head, a->pull, ZMQ_DONTWAIT) < 0)
+    if (zmq_msg_recv(head, a->pull, ZMQ_DONTWAIT) < 0) {
+        if (errno == EAGAIN)
+            return 1; /* nothing after all: the caller polls again */
         return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: receiving from rank %d at %s failed: %s",
                        a->rank, prev, ep, zmq_strerror(errno));
+    }
     size_t size = zmq_msg_size(head);
     const unsigned char *p = zmq_msg_data(head);
     if (size != AR_HDR_SIZE || ar_get32(p) != AR_MAGIC)
@@ -289,6 +293,8 @@ static int ar_handshake(moe_allreduce_t *a, char *err, size_t errlen)
         int rc = ar_recv_msg(a, &head, &body, &h, err, errlen);
         zmq_msg_close(&head);
         zmq_msg_close(&body);
+        if (rc == 1)
+            continue;
         if (rc)
             return rc;
         if (h.kind != AR_KIND_HELLO)
@@ -614,8 +620,10 @@ static int ar_take(struct ar_call *c, uint32_t step, int chunk, const struct ar_
     zmq_msg_init(&body);
     struct ar_hdr h;
     int rc = ar_recv_msg(c->a, &head, &body, &h, c->msg, AR_MSG_MAX);
-    if (rc)
+    if (rc) {
+        rc = rc == 1 ? 0 : rc;
         goto done;
+    }
     switch (h.kind) {
     case AR_KIND_DATA:
         rc = ar_take_data(c, &h, &body, step, chunk, s, piece, add);

@@ -54,8 +54,8 @@ typedef struct moe_allreduce moe_allreduce_t;
  *
  * timeout_ms (> 0) bounds every wait here and in the sums: a peer that sends
  * nothing for that long gives an error naming its endpoint, never a hang.
- * world == 1 creates no socket (endpoints may then be NULL) and every sum is a
- * no-op. Sockets get ZMQ_LINGER 0. Returns NULL on error with a sentence in
+ * world == 1 creates no socket (zmq_ctx and endpoints may then be NULL) and
+ * every sum is a no-op. Sockets get ZMQ_LINGER 0. Returns NULL on error with a sentence in
  * err (err may be NULL). Caller owns (moe_allreduce_destroy). The object must
  * be used by one thread at a time (ZeroMQ sockets are not thread-safe). */
 moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const char *const *endpoints,

@@ -465,10 +465,11 @@ START_TEST(allreduce_silent_rank_is_named)
 }
 END_TEST
 
-/* The same, but the silent rank's successor waits 1500 ms, so that its
- * abort comes too late: ranks 1 and 2 time out after 300 ms while waiting
- * for their live neighbours, and must still name silent rank 3, learnt from
- * the wait notes passed along the ring. */
+/* The same, but the silent rank's successor (rank 0) waits 1500 ms, so
+ * that its abort comes too late: ranks 1 and 2 time out after 600 ms while
+ * waiting for their live neighbours, and must still name silent rank 3,
+ * learnt from the wait notes that rank 0 sends after a quarter of its own
+ * timeout (375 ms) and that rank 1 passes on at once. */
 START_TEST(allreduce_silent_rank_named_through_notes)
 {
     const int world = 4, idle = 3;
@@ -480,19 +481,19 @@ START_TEST(allreduce_silent_rank_named_through_notes)
     const char *const *per_rank[AR_WORLD_MAX] = {eps, eps, eps, eps};
     struct ar_job *jobs = calloc(AR_WORLD_MAX, sizeof *jobs);
     jobs[0].timeout_ms = 1500;
-    ar_run(jobs, ctx, world, per_rank, 300, cases, 1, idle);
+    ar_run(jobs, ctx, world, per_rank, 600, cases, 1, idle);
     for (int r = 0; r < idle; r++) {
         ck_assert_msg(jobs[r].joined, "rank %d: %s", r, jobs[r].err_new);
         ck_assert_msg(jobs[r].rc[0] == MOE_ERR_IO, "rank %d: %d %s", r, jobs[r].rc[0],
                       jobs[r].err[0]);
         ck_assert_msg(strstr(jobs[r].err[0], eps[idle]) != NULL, "rank %d does not name %s: %s",
                       r, eps[idle], jobs[r].err[0]);
-        double limit = r == 0 ? 3 * 1500 : 3 * 300;
+        double limit = r == 0 ? 3 * 1500 : 3 * 600;
         ck_assert_msg(jobs[r].ms[0] < limit, "rank %d took %.0f ms", r, jobs[r].ms[0]);
     }
-    /* Ranks 1 and 2 named rank 3 on their own, not through an abort. */
-    for (int r = 1; r < idle; r++)
-        ck_assert_msg(strstr(jobs[r].err[0], "aborted") == NULL, "rank %d: %s", r, jobs[r].err[0]);
+    /* Rank 1 timed out first (rank 0's abort comes at 1500 ms) and named
+     * rank 3 on its own; rank 2 may have heard it from rank 1's abort. */
+    ck_assert_msg(strstr(jobs[1].err[0], "aborted") == NULL, "rank 1: %s", jobs[1].err[0]);
     free(jobs);
     zmq_ctx_term(ctx);
 }
@@ -623,10 +624,14 @@ static bool ar_frames_recv(void *sock, struct ar_frames *f)
     return !more;
 }
 
+/* Never blocks: once rank 1 has closed its socket, a PUSH without a peer
+ * would wait for ever; what cannot be delivered is dropped. */
 static void ar_frames_send(void *sock, const struct ar_frames *f)
 {
     for (int i = 0; i < f->count; i++)
-        zmq_send(sock, f->data[i], f->size[i], i + 1 < f->count ? ZMQ_SNDMORE : 0);
+        if (zmq_send(sock, f->data[i], f->size[i],
+                     ZMQ_DONTWAIT | (i + 1 < f->count ? ZMQ_SNDMORE : 0)) < 0)
+            return;
 }
 
 static void ar_damage_apply(struct ar_frames *f, const struct ar_frames *hello, int damage)
