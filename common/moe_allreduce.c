@@ -1,7 +1,7 @@
 /* Deterministic ring all-reduce over ZeroMQ (see moe_allreduce.h for the
  * contract and the summation order). Runs in each trainer worker process,
- * on the thread that owns the object. Wire format: one fixed 48-byte
- * little-endian header frame per message, plus a payload frame for data and
+ * on the thread that owns the object. Wire format: one frame per message, a
+ * fixed 48-byte little-endian header followed by the payload of data and
  * abort messages; everything received is checked against what this rank
  * expects before a byte of it is used. It does not retry, reconnect or
  * recover: after an error the ring is out of step, so the object fails
@@ -49,10 +49,15 @@ enum {
     AR_MSG_MAX = 768,      /* error sentences, and the text of an abort */
 };
 
-/* HELLO: one frame, sent once by moe_allreduce_new; aux = piece bytes.
- * DATA:  header + payload; one piece of one chunk; aux = pieces in the chunk.
- * WAIT:  one frame, "I am alive but waiting for rank aux" (advisory).
- * ABORT: header + text; chunk = the rank that failed first, aux = -code. */
+/* Every message is one frame: the header, then the payload.
+ * HELLO: no payload, sent once by moe_allreduce_new; aux = piece bytes.
+ * DATA:  one piece of one chunk; aux = pieces in the chunk.
+ * WAIT:  no payload: "I am alive but waiting for rank aux" (advisory).
+ * ABORT: a sentence; chunk = the rank that failed first, aux = -code.
+ * One frame rather than header and payload frames because libzmq leaks the
+ * first frames of a multipart message whose pipe closes between its frames
+ * (lb_t::sendpipe), which happens when a peer leaves while we send; a single
+ * frame is also delivered whole or not at all without further thought. */
 enum ar_kind { AR_KIND_HELLO = 1, AR_KIND_DATA = 2, AR_KIND_WAIT = 3, AR_KIND_ABORT = 4 };
 enum ar_dtype { AR_DTYPE_NONE = 0, AR_DTYPE_F32 = 1, AR_DTYPE_F64 = 2 };
 
@@ -166,44 +171,58 @@ static int64_t ar_now_ms(void)
 static int ar_prev(const moe_allreduce_t *a) { return (a->rank + a->world - 1) % a->world; }
 static int ar_next(const moe_allreduce_t *a) { return (a->rank + 1) % a->world; }
 
-/* Sends one message without blocking: the header, then the payload if
- * `body` is not NULL (bytes may be 0). Returns 0, 1 if the queue to the next
- * rank is full (nothing was sent), or -1 with errno. A multipart message is
- * queued whole or not at all, so after a header went out the payload cannot
- * meet a full queue. */
+/* Sends one message, header and `bytes` bytes of payload, without blocking.
+ * The frame is built in place in a ZeroMQ message, so the payload is copied
+ * once, as zmq_send would. Returns 0, 1 if the queue to the next rank is full
+ * (nothing was sent), or -1 with errno. */
 static int ar_send_msg(moe_allreduce_t *a, const struct ar_hdr *h, const void *body, size_t bytes)
 {
-    unsigned char head[AR_HDR_SIZE];
-    ar_hdr_encode(head, h);
-    int more = body ? ZMQ_SNDMORE : 0;
-    if (zmq_send(a->push, head, sizeof head, ZMQ_DONTWAIT | more) < 0)
-        return errno == EAGAIN ? 1 : -1;
-    if (body && zmq_send(a->push, body, bytes, ZMQ_DONTWAIT) < 0)
+    zmq_msg_t m;
+    if (zmq_msg_init_size(&m, AR_HDR_SIZE + bytes))
         return -1;
-    return 0;
+    unsigned char *p = zmq_msg_data(&m);
+    ar_hdr_encode(p, h);
+    if (bytes > 0)
+        memcpy(p + AR_HDR_SIZE, body, bytes);
+    if (zmq_msg_send(&m, a->push, ZMQ_DONTWAIT) >= 0)
+        return 0;
+    int e = errno;
+    zmq_msg_close(&m);
+    errno = e;
+    return e == EAGAIN ? 1 : -1;
 }
 
-/* Receives one whole message that zmq_poll reported, checks its frame
- * structure, magic, version and sender, and decodes the header. `body` gets
- * the payload of DATA and ABORT messages. Returns 0, 1 if there was nothing
- * to receive after all, or a negative code with a sentence naming the
- * previous rank's endpoint. The caller closes both messages either way. */
-static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *head, zmq_msg_t *body, struct ar_hdr *h,
+/* A received payload: the bytes after the header, inside the message. */
+struct ar_body {
+    const unsigned char *p;
+    size_t size;
+};
+
+/* Receives one message that zmq_poll reported, checks that it is a single
+ * frame with magic, version, a known kind, the sender we expect and a
+ * payload size that fits its kind, and decodes the header; `body` points
+ * into `msg`. Returns 0, 1 if there was nothing to receive after all, or a
+ * negative code with a sentence naming the previous rank's endpoint. The
+ * caller closes msg either way. */
+static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *msg, struct ar_hdr *h, struct ar_body *body,
                        char *err, size_t errlen)
 {
     const int prev = ar_prev(a);
     const char *ep = a->endpoints[prev];
-    if (zmq_msg_recv(head, a->pull, ZMQ_DONTWAIT) < 0) {
+    if (zmq_msg_recv(msg, a->pull, ZMQ_DONTWAIT) < 0) {
         if (errno == EAGAIN)
             return 1; /* nothing after all: the caller polls again */
         return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: receiving from rank %d at %s failed: %s",
                        a->rank, prev, ep, zmq_strerror(errno));
     }
-    size_t size = zmq_msg_size(head);
-    const unsigned char *p = zmq_msg_data(head);
-    if (size != AR_HDR_SIZE || ar_get32(p) != AR_MAGIC)
+    const size_t size = zmq_msg_size(msg);
+    const unsigned char *p = zmq_msg_data(msg);
+    if (zmq_msg_more(msg))
         return ar_fail(err, errlen, MOE_ERR_FORMAT,
-                       "rank %d: malformed message from %s: a %zu-byte first frame that is not an "
+                       "rank %d: malformed message from %s: more than one frame", a->rank, ep);
+    if (size < AR_HDR_SIZE || ar_get32(p) != AR_MAGIC)
+        return ar_fail(err, errlen, MOE_ERR_FORMAT,
+                       "rank %d: malformed message from %s: %zu bytes that do not start with an "
                        "all-reduce header",
                        a->rank, ep, size);
     if (p[4] != AR_VERSION)
@@ -219,22 +238,15 @@ static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *head, zmq_msg_t *body, str
                        "rank %d: message from %s has kind %u and reserved byte %u (known kinds "
                        "are 1 to 4, the byte must be 0)",
                        a->rank, ep, h->kind, p[7]);
-    const bool want_body = h->kind == AR_KIND_DATA || h->kind == AR_KIND_ABORT;
-    const bool more = zmq_msg_more(head);
-    if (more != want_body)
+    *body = (struct ar_body){.p = p + AR_HDR_SIZE, .size = size - AR_HDR_SIZE};
+    /* DATA sizes are checked against the expected piece later. */
+    const size_t body_max = h->kind == AR_KIND_DATA    ? MOE_ALLREDUCE_PIECE_BYTES
+                            : h->kind == AR_KIND_ABORT ? AR_MSG_MAX
+                                                       : 0;
+    if (body->size > body_max)
         return ar_fail(err, errlen, MOE_ERR_FORMAT,
-                       "rank %d: %s message from %s has %s frames", a->rank,
-                       ar_kind_name(h->kind), ep, more ? "too many" : "too few");
-    if (want_body) {
-        if (zmq_msg_recv(body, a->pull, ZMQ_DONTWAIT) < 0)
-            return ar_fail(err, errlen, MOE_ERR_FORMAT,
-                           "rank %d: %s message from %s lost its payload: %s", a->rank,
-                           ar_kind_name(h->kind), ep, zmq_strerror(errno));
-        if (zmq_msg_more(body))
-            return ar_fail(err, errlen, MOE_ERR_FORMAT,
-                           "rank %d: %s message from %s has too many frames", a->rank,
-                           ar_kind_name(h->kind), ep);
-    }
+                       "rank %d: %s message from %s has %zu bytes of payload, at most %zu allowed",
+                       a->rank, ar_kind_name(h->kind), ep, body->size, body_max);
     if (h->rank != (uint32_t)prev || h->world != (uint32_t)a->world)
         return ar_fail(err, errlen, MOE_ERR_FORMAT,
                        "rank %d: message at %s claims to come from rank %u of a ring of %u, "
@@ -286,13 +298,12 @@ static int ar_handshake(moe_allreduce_t *a, char *err, size_t errlen)
         }
         if (!sent || !(it.revents & ZMQ_POLLIN))
             continue;
-        zmq_msg_t head, body;
-        zmq_msg_init(&head);
-        zmq_msg_init(&body);
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
         struct ar_hdr h;
-        int rc = ar_recv_msg(a, &head, &body, &h, err, errlen);
-        zmq_msg_close(&head);
-        zmq_msg_close(&body);
+        struct ar_body body;
+        int rc = ar_recv_msg(a, &msg, &h, &body, err, errlen);
+        zmq_msg_close(&msg);
         if (rc == 1)
             continue;
         if (rc)
@@ -345,7 +356,7 @@ static char **ar_copy_endpoints(const char *const *endpoints, int world, char *e
 static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t errlen)
 {
     const int linger = 0;
-    const int64_t maxmsg = (int64_t)MOE_ALLREDUCE_PIECE_BYTES;
+    const int64_t maxmsg = (int64_t)(AR_HDR_SIZE + MOE_ALLREDUCE_PIECE_BYTES);
     const int next = ar_next(a);
     a->pull = zmq_socket(zmq_ctx, ZMQ_PULL);
     a->push = zmq_socket(zmq_ctx, ZMQ_PUSH);
@@ -524,7 +535,8 @@ static void ar_send_abort(struct ar_call *c, int code)
 
 /* Checks a data piece against the one this rank expects next, then adds it
  * to (reduce-scatter) or copies it over (all-gather) our elements. */
-static int ar_take_data(struct ar_call *c, const struct ar_hdr *h, zmq_msg_t *body, uint32_t step,
+static int ar_take_data(struct ar_call *c, const struct ar_hdr *h, const struct ar_body *body,
+                        uint32_t step,
                         int chunk, const struct ar_span *s, uint32_t piece, bool add)
 {
     moe_allreduce_t *a = c->a;
@@ -549,12 +561,12 @@ static int ar_take_data(struct ar_call *c, const struct ar_hdr *h, zmq_msg_t *bo
                        s->pieces, (unsigned long long)c->tag);
     size_t off, len;
     ar_piece_of(c, s, piece, &off, &len);
-    if (zmq_msg_size(body) != len * c->esize)
+    if (body->size != len * c->esize)
         return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_FORMAT,
                        "rank %d: piece from rank %d at %s has %zu bytes, expected %zu (tag %llu)",
-                       a->rank, prev, ep, zmq_msg_size(body), len * c->esize,
+                       a->rank, prev, ep, body->size, len * c->esize,
                        (unsigned long long)c->tag);
-    const unsigned char *src = zmq_msg_data(body);
+    const unsigned char *src = body->p;
     unsigned char *dst = c->data + off * c->esize;
     if (len == 0)
         return 0;
@@ -591,7 +603,7 @@ static int ar_take_note(struct ar_call *c, const struct ar_hdr *h)
     return 1;
 }
 
-static int ar_take_abort(struct ar_call *c, const struct ar_hdr *h, zmq_msg_t *body)
+static int ar_take_abort(struct ar_call *c, const struct ar_hdr *h, const struct ar_body *body)
 {
     moe_allreduce_t *a = c->a;
     const int prev = ar_prev(a);
@@ -603,7 +615,7 @@ static int ar_take_abort(struct ar_call *c, const struct ar_hdr *h, zmq_msg_t *b
                        "rank %d: rank %d at %s sent an abort from rank %u of %d", a->rank, prev,
                        a->endpoints[prev], h->chunk, a->world);
     /* The text came off the network: keep it printable and bounded. */
-    moe_log_sanitize(c->reason, sizeof c->reason, zmq_msg_data(body), zmq_msg_size(body));
+    moe_log_sanitize(c->reason, sizeof c->reason, body->p, body->size);
     c->abort_origin = (int)h->chunk;
     return ar_fail(c->msg, AR_MSG_MAX, code, "rank %d: rank %u aborted the all-reduce (tag %llu): %s",
                    a->rank, h->chunk, (unsigned long long)c->tag, c->reason);
@@ -615,11 +627,11 @@ static int ar_take_abort(struct ar_call *c, const struct ar_hdr *h, zmq_msg_t *b
 static int ar_take(struct ar_call *c, uint32_t step, int chunk, const struct ar_span *s,
                    uint32_t piece, bool add)
 {
-    zmq_msg_t head, body;
-    zmq_msg_init(&head);
-    zmq_msg_init(&body);
+    zmq_msg_t msg;
+    zmq_msg_init(&msg);
     struct ar_hdr h;
-    int rc = ar_recv_msg(c->a, &head, &body, &h, c->msg, AR_MSG_MAX);
+    struct ar_body body;
+    int rc = ar_recv_msg(c->a, &msg, &h, &body, c->msg, AR_MSG_MAX);
     if (rc) {
         rc = rc == 1 ? 0 : rc;
         goto done;
@@ -644,8 +656,7 @@ static int ar_take(struct ar_call *c, uint32_t step, int chunk, const struct ar_
         break;
     }
 done:
-    zmq_msg_close(&head);
-    zmq_msg_close(&body);
+    zmq_msg_close(&msg);
     return rc;
 }
 

@@ -26,7 +26,10 @@
  * world-1, and chunk c starts at rank c. The order is a fixed function of
  * (chunk index, world) and does not depend on timing or piece size; the bits
  * of a sum therefore depend on (n, world) and the inputs only. With world 2
- * the order cannot matter (IEEE addition is commutative). */
+ * the order cannot matter (IEEE addition is commutative). DESIGN §4 says
+ * "rank order"; a ring, whose links all work at once, can give plain rank
+ * order to chunk 0 only, and gives every other chunk a rotation of it, which
+ * is just as reproducible. */
 #ifndef MOE_ALLREDUCE_H
 #define MOE_ALLREDUCE_H
 
@@ -34,8 +37,8 @@
 #include <stdint.h>
 
 /* Largest payload of one message; the receiving socket's ZMQ_MAXMSGSIZE is
- * set to this, so a larger frame is refused by ZeroMQ (tcp, ipc) or by our
- * own size check (inproc). */
+ * set to this plus the 48-byte header, so a larger message is refused by
+ * ZeroMQ (tcp, ipc: the connection is dropped) or by our own size check. */
 #define MOE_ALLREDUCE_PIECE_BYTES ((size_t)1 << 20)
 
 typedef struct moe_allreduce moe_allreduce_t;

@@ -557,12 +557,12 @@ END_TEST
 /* ------------------------------------------------------------ malformed messages */
 
 /* A proxy between rank 0 and rank 1 of a 2-ring forwards the hello
- * (message 0) and then damages message 1, the first data piece. Rank 1 must
+ * (message 0) and then damages message 1, the first data piece (one frame:
+ * a 48-byte header and 16 bytes of payload). Rank 1 must
  * reject it with an error (not a crash, not a hang, not a wrong sum) and the
  * ring must fail on both ranks. */
 enum ar_damage {
-    AR_DMG_HEADER_SHORT,
-    AR_DMG_HEADER_LONG,
+    AR_DMG_CUT_IN_HEADER,
     AR_DMG_HEADER_INVERTED,
     AR_DMG_PAYLOAD_SHORT,
     AR_DMG_PAYLOAD_LONG,
@@ -575,7 +575,7 @@ enum ar_damage {
 };
 
 static const char *const ar_damage_names[AR_DMG_TABLE] = {
-    "header cut short", "header one byte long", "header inverted", "payload one byte short",
+    "cut inside the header", "first 48 bytes inverted", "payload one byte short",
     "payload four bytes long", "payload dropped", "extra empty frame", "one empty frame",
     "hello again", "piece duplicated",
 };
@@ -637,26 +637,22 @@ static void ar_frames_send(void *sock, const struct ar_frames *f)
 static void ar_damage_apply(struct ar_frames *f, const struct ar_frames *hello, int damage)
 {
     switch (damage) {
-    case AR_DMG_HEADER_SHORT:
-        f->size[0]--;
-        break;
-    case AR_DMG_HEADER_LONG:
-        f->data[0][f->size[0]++] = 0;
+    case AR_DMG_CUT_IN_HEADER:
+        f->size[0] = AR_HDR_BYTES - 1;
         break;
     case AR_DMG_HEADER_INVERTED:
-        for (size_t i = 0; i < f->size[0]; i++)
+        for (size_t i = 0; i < AR_HDR_BYTES; i++)
             f->data[0][i] ^= 0xff;
         break;
     case AR_DMG_PAYLOAD_SHORT:
-        f->size[1]--;
+        f->size[0]--;
         break;
     case AR_DMG_PAYLOAD_LONG:
-        memset(f->data[1] + f->size[1], 0, 4);
-        f->size[1] += 4;
+        memset(f->data[0] + f->size[0], 0, 4);
+        f->size[0] += 4;
         break;
     case AR_DMG_PAYLOAD_DROPPED:
-        free(f->data[1]);
-        f->count = 1;
+        f->size[0] = AR_HDR_BYTES;
         break;
     case AR_DMG_EXTRA_FRAME:
         f->data[f->count] = malloc(1);
