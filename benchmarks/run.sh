@@ -26,7 +26,7 @@ common="--config deploy/default.ini --steps $steps --valid= --log-every 1000 --l
 for v in tcp:f32 ipc:f32 tcp:bf16; do
     tr=${v%%:*}
     dt=${v##*:}
-    sh deploy/launch-local.sh --bin "$build" --run-dir "$out/run-$tr-$dt" --transport "$tr" \
+    sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-$tr-$dt" --transport "$tr" \
         --servers 2 --workers 1 -- $common --wire-dtype "$dt" \
         --report "$out/dist_${tr}_$dt.json" >/dev/null 2>&1
     rm -rf "$out/run-$tr-$dt"
