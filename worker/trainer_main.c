@@ -11,8 +11,10 @@
 static const char summary[] =
     "Trains the sparsely-gated Mixture-of-Experts language model (Shazeer et al. 2017):\n"
     "Embedding -> LSTM -> MoE (noisy top-k gating, balancing losses) -> LSTM -> Softmax.\n"
-    "With --experts=local every expert runs in this process. Prints a progress line\n"
-    "every --log-every steps and the validation perplexity at the end.";
+    "With --experts local every expert runs in this process; with --experts remote the\n"
+    "experts live on moe-server daemons (--servers) and --workers lists the data-parallel\n"
+    "workers (see deploy/launch-local.sh). Prints a progress line every --log-every steps\n"
+    "and the validation perplexity at the end.";
 
 int main(int argc, char **argv)
 {
