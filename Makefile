@@ -57,6 +57,8 @@ LIB       = $(BUILD)/libmoe.a
 BIN_WORKER = $(BUILD)/bin/moe-worker
 BIN_SERVER = $(BUILD)/bin/moe-server
 SERVER_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out server/expsrv_main.c,$(wildcard server/expsrv*.c)))
+# The coordinator's parts (moe-coordinator itself is not built yet).
+COORD_OBJ  = $(BUILD)/obj/server/coord_stats.o
 
 TEST_SRC  = $(wildcard tests/unit/test_*.c tests/grad/test_*.c)
 TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/test_main.o \
@@ -122,7 +124,7 @@ $(BUILD)/obj/tests/%.o: tests/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(TEST_CFLAGS) -Itests -MMD -MP -c $< -o $@
 
-$(TEST_BIN): $(TEST_OBJ) $(SERVER_OBJ) $(LIB)
+$(TEST_BIN): $(TEST_OBJ) $(SERVER_OBJ) $(COORD_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(TEST_LIBS) $(PKG_LIBS)
 

@@ -1,0 +1,79 @@
+/* The coordinator's per-step balancing statistics and their history
+ * (coordinator process; DESIGN §3 step 4, §7).
+ *
+ * Every worker of a step submits its local Importance, Load and rows routed
+ * per expert (E values each), its loss and its speed. When the last worker
+ * of the step is in, the global vectors are the sums over workers taken in
+ * rank order (so they do not depend on arrival order), and the history is
+ * updated: per expert rows routed (last step, total), importance and load
+ * (last step, exponential moving average), per worker step, tokens/s and
+ * loss, and cluster-wide CV of importance and load and max/mean load.
+ * Pure data: no sockets, no clock, single-threaded. */
+#ifndef COORD_STATS_H
+#define COORD_STATS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct coord_stats coord_stats_t;
+
+struct coord_expert_stats {
+    double rows_last, rows_total;
+    double importance_last, importance_avg;
+    double load_last, load_avg;
+};
+
+struct coord_worker_stats {
+    bool seen;
+    int64_t step;      /* last step it submitted */
+    double tokens_per_sec, loss;
+};
+
+/* n_experts, n_workers >= 1; ema in [0, 1): weight of the old average;
+ * history: loss points kept (>= 1). NULL on bad arguments or no memory. */
+coord_stats_t *coord_stats_new(int n_experts, int n_workers, double ema, int history);
+void coord_stats_destroy(coord_stats_t **s);
+
+/* Worker `rank`'s vectors of `step` (imp, load, rows: n_experts floats
+ * each). The first submission fixes the step the statistics start at;
+ * after that only the step in progress is accepted. Returns 1 if this
+ * completed the step, 0 if other workers are still missing, or a negative
+ * code with a sentence (bad rank: MOE_ERR_RANGE; stale, future or duplicate:
+ * MOE_ERR_STATE; a non-finite value: MOE_ERR_FORMAT); a rejected submission
+ * changes nothing. */
+int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *imp,
+                       const float *load, const float *rows, double loss, double tokens_per_sec,
+                       char *err, size_t errlen);
+
+/* The step in progress (-1 before the first submission), the last completed
+ * step (-1 if none) and the workers still missing from the step in
+ * progress. */
+int64_t coord_stats_current_step(const coord_stats_t *s);
+int64_t coord_stats_completed_step(const coord_stats_t *s);
+int coord_stats_missing(const coord_stats_t *s);
+
+/* Global vectors of the last completed step (n_experts each). */
+const float *coord_stats_global_importance(const coord_stats_t *s);
+const float *coord_stats_global_load(const coord_stats_t *s);
+const float *coord_stats_global_rows(const coord_stats_t *s);
+
+int coord_stats_n_experts(const coord_stats_t *s);
+int coord_stats_n_workers(const coord_stats_t *s);
+const struct coord_expert_stats *coord_stats_expert(const coord_stats_t *s, int e);
+const struct coord_worker_stats *coord_stats_worker(const coord_stats_t *s, int rank);
+
+/* Of the last completed step: CV (not squared; population variance as the
+ * balancing loss) of Importance and of Load, and the largest rows routed to
+ * one expert over the mean. 0 before the first step. */
+double coord_stats_cv_importance(const coord_stats_t *s);
+double coord_stats_cv_load(const coord_stats_t *s);
+double coord_stats_max_over_mean_load(const coord_stats_t *s);
+
+/* Loss history, oldest first: up to `history` points of (step, mean loss
+ * over workers). Returns the count; *steps and *loss point into the
+ * statistics (valid until the next submit). */
+size_t coord_stats_loss_history(const coord_stats_t *s, const int64_t **steps,
+                                const double **loss);
+
+#endif
