@@ -214,6 +214,8 @@ static bool wire_type_has_tensor(int type)
     case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD:
     case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY:
     case MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY:
+    case MOE__MSG_TYPE__MSG_STATS:
+    case MOE__MSG_TYPE__MSG_STATS_REPLY:
         return true;
     }
     return false;

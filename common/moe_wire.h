@@ -80,7 +80,7 @@ struct moe_wire_out {
  *   expert_ids >= 0 and strictly ascending (no duplicates)       FORMAT
  *   sum of row_counts (checked add) <= max_rows                  RANGE
  *   tensor types (EXPERT_FORWARD, _REPLY, EXPERT_BACKWARD, _REPLY,
- *   EXPERT_FETCH_REPLY):
+ *   EXPERT_FETCH_REPLY, STATS, STATS_REPLY):
  *     width != 0, and == lim->width when lim->width != 0         SHAPE
  *     rows * width * dtype size overflows size_t                 RANGE
  *     payload bytes == rows * width * dtype size (0 rows: the
