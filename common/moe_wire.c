@@ -466,6 +466,10 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     hdr.error_text = h->error_text ? (char *)h->error_text : (char *)protobuf_c_empty_string;
     hdr.placement_version = h->placement_version;
     hdr.eval = h->eval;
+    hdr.role = h->role;
+    hdr.endpoint = h->endpoint ? (char *)h->endpoint : (char *)protobuf_c_empty_string;
+    hdr.loss = h->loss;
+    hdr.tokens_per_sec = h->tokens_per_sec;
 
     /* Both frames are built in zmq's own buffers before anything is sent, so
      * that running out of memory cannot leave half a message on the wire, and

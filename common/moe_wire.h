@@ -61,6 +61,9 @@ struct moe_wire_out {
     const char *error_text;    /* NULL = empty; at most MOE_WIRE_ERROR_TEXT_MAX bytes */
     uint32_t placement_version;
     bool eval;                 /* EXPERT_FORWARD for evaluation (no barrier, nothing kept) */
+    uint32_t role;             /* REGISTER / HEARTBEAT: 1 worker, 2 server, 3 tool */
+    const char *endpoint;      /* REGISTER: where the sender serves; NULL = empty */
+    double loss, tokens_per_sec; /* STATS */
 };
 
 /* Pure decoding and validation of already-received frames (no sockets): used
