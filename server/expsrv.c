@@ -11,6 +11,7 @@
 #include <time.h>
 #include <zmq.h>
 
+#include "coord_client.h"
 #include "expert_shard.h"
 #include "moe_blas.h"
 #include "moe_checksum.h"
@@ -51,6 +52,8 @@ struct expsrv {
     size_t cap_rows;
     int64_t errors, msgs;
     double stop_since;
+    coord_client_t *coord; /* registration and heartbeats, when configured */
+    double last_beat;
 };
 
 static double now_sec(void)
@@ -124,6 +127,13 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "cannot bind %s: %s", ep, zmq_strerror(zmq_errno()));
         goto fail;
     }
+    if (cfg->coordinator[0]) {
+        s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, cfg->server_index,
+                                    cfg->n_experts, cfg->timeout_ms, err, errlen);
+        if (!s->coord || coord_client_register(s->coord, s->cl.servers[cfg->server_index], err,
+                                               errlen))
+            goto fail;
+    }
     free(ids);
     moe_info("server %d of %d: %d experts (%d..%d), %d worker(s), listening on %s",
              cfg->server_index, s->cl.n_servers, n, n ? expert_shard_id(s->shard, 0) : -1,
@@ -159,6 +169,7 @@ void expsrv_destroy(expsrv_t **sp)
     free(s->u_base);
     moe_free_floats(&s->x_all);
     moe_free_floats(&s->y_all);
+    coord_client_destroy(&s->coord);
     if (s->sock)
         zmq_close(s->sock);
     if (s->ctx)
@@ -609,6 +620,14 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
                 break;
             }
         }
+        if (s->coord && now_sec() - s->last_beat >= 1.0) {
+            char err[256];
+            if (coord_client_heartbeat(s->coord, s->step, err, sizeof err))
+                moe_warn("heartbeat: %s", err);
+            s->last_beat = now_sec();
+        }
+        if (s->coord)
+            coord_client_drain(s->coord);
         zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
         int rc = zmq_poll(&it, 1, 200);
         if (rc < 0) {

@@ -193,3 +193,28 @@ int coord_client_heartbeat(coord_client_t *c, int64_t step, char *err, size_t er
     o.role = (uint32_t)c->role;
     return moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
 }
+
+void coord_client_drain(coord_client_t *c)
+{
+    for (int i = 0; i < 64; i++) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        int more = 0;
+        size_t len = sizeof more;
+        if (zmq_msg_recv(&part, c->sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            return;
+        }
+        zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &len);
+        zmq_msg_close(&part);
+        while (more) {
+            zmq_msg_init(&part);
+            if (zmq_msg_recv(&part, c->sock, 0) < 0) {
+                zmq_msg_close(&part);
+                return;
+            }
+            zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &len);
+            zmq_msg_close(&part);
+        }
+    }
+}

@@ -32,4 +32,8 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
 /* Sends a HEARTBEAT without waiting (servers call it from their loop). */
 int coord_client_heartbeat(coord_client_t *c, int64_t step, char *err, size_t errlen);
 
+/* Receives and drops whatever the coordinator sent (heartbeat answers);
+ * never blocks. */
+void coord_client_drain(coord_client_t *c);
+
 #endif

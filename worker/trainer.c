@@ -15,6 +15,7 @@
 #include <zmq.h>
 
 #include "checkpoint.h"
+#include "coord_client.h"
 #include "data.h"
 #include "expert_local.h"
 #include "expert_remote.h"
@@ -72,10 +73,13 @@ const struct moe_opt trainer_options[] = {
     OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16"),
     OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 1, 65536, "512", "largest message accepted, in MiB"),
     OPT("shard_out", "cluster", MOE_OPT_STRING, shard_out, 1, 0, "", "moe-server: write its shard (safetensors) here when it stops"),
+    OPT("coordinator", "cluster", MOE_OPT_STRING, coordinator, 1, 0, "", "coordinator endpoint (empty: no coordinator)"),
+    OPT("http", "cluster", MOE_OPT_STRING, http, 1, 0, "127.0.0.1:8780", "moe-coordinator: HTTP monitoring address HOST:PORT"),
+    OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints"),
     OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)"),
     OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)"),
     OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from"),
-    OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file"),
+    OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file (worker r > 0: FILE.rank<r>)"),
     OPT("log_every", "output", MOE_OPT_I64, log_every, 1, 1e15, "50", "steps between progress lines"),
     OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)"),
     OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)"),
@@ -98,6 +102,10 @@ struct trainer {
     float *flat;        /* dense gradients, flattened for the all-reduce */
     size_t flat_n;
     float *stats;       /* Importance | Load | rows per expert | cross-entropy */
+    coord_client_t *coord; /* statistics through the coordinator, when configured */
+    double *rows_routed;   /* rows this worker dispatched to each expert, whole run */
+    float *gstats;      /* global Importance | Load | rows from the coordinator */
+    double last_tps;
     vocab_t *vocab;
     struct corpus train, valid;
     struct batcher tb, vb;
@@ -217,6 +225,11 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
     json_object_set_new(o, "vocab_size", json_integer(vocab_size(t->vocab)));
     json_object_set_new(o, "seed", json_integer(c->seed));
     json_object_set_new(o, "experts", json_string(c->experts));
+    json_t *rr = json_array();
+    for (int e = 0; e < c->n_experts; e++)
+        json_array_append_new(rr, json_integer((json_int_t)t->rows_routed[e]));
+    json_object_set_new(o, "rows_routed", rr);
+    json_object_set_new(o, "rank", json_integer(t->rank));
     json_object_set_new(o, "workers", json_integer(t->world));
     if (t->remote) {
         /* this worker's tensor bytes over its share of the tokens */
@@ -225,12 +238,17 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
                             json_real(tok > 0 ? (double)expert_remote_wire_bytes(t->remote_be) / tok : 0));
         json_object_set_new(o, "wire_dtype", json_string(c->wire_dtype));
     }
-    char tmp[TRAINER_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp", c->report);
+    /* Worker 0 writes PATH; worker r > 0 writes PATH.rank<r>. */
+    char path[TRAINER_PATH_MAX + 32], tmp[TRAINER_PATH_MAX + 48];
+    if (t->rank == 0)
+        snprintf(path, sizeof path, "%s", c->report);
+    else
+        snprintf(path, sizeof path, "%s.rank%d", c->report, t->rank);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
     json_decref(o);
-    if (rc != 0 || rename(tmp, c->report) != 0) {
-        snprintf(err, errlen, "%s: cannot write the report: %s", c->report, strerror(errno));
+    if (rc != 0 || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: cannot write the report: %s", path, strerror(errno));
         return MOE_ERR_IO;
     }
     return 0;
@@ -280,12 +298,25 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     memcpy(imp, model_local_importance(t->model), sizeof(float) * (size_t)E);
     memcpy(load, model_local_load(t->model), sizeof(float) * (size_t)E);
     const int *lc = model_local_counts(t->model);
-    for (int e = 0; e < E; e++)
+    for (int e = 0; e < E; e++) {
         cnt[e] = (float)lc[e];
+        t->rows_routed[e] += lc[e];
+    }
     cnt[E] = (float)xent;
-    if (t->world > 1 &&
-        (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + 1, (uint64_t)s * 2, err, errlen)))
+    if (t->coord) {
+        /* The coordinator sums every worker's vectors in rank order. */
+        rc = coord_client_stats(t->coord, s, imp, load, cnt, xent / ((double)t->B * c->unroll),
+                                t->last_tps, t->gstats, t->gstats + E, t->gstats + 2 * E, err,
+                                errlen);
+        if (rc)
+            return rc;
+        memcpy(t->stats, t->gstats, sizeof(float) * 3 * (size_t)E);
+        cnt[E] = (float)(xent * t->world); /* the loss printed is this worker's */
+    } else if (t->world > 1 &&
+               (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + 1, (uint64_t)s * 2, err,
+                                       errlen))) {
         return rc;
+    }
     rc = model_backward(t->model, imp, load, &bal, err, errlen);
     if (rc || (rc = allreduce_grads(t, s, err, errlen)))
         return rc;
@@ -298,7 +329,7 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     model_carry_state(t->model);
     t->step = t1;
 
-    const double loss = (t->world > 1 ? (double)cnt[E] : xent) / (double)N;
+    const double loss = (t->world > 1 || t->coord ? (double)cnt[E] : xent) / (double)N;
     if (!isfinite(loss)) {
         snprintf(err, errlen, "training diverged at step %" PRId64 " (loss %g); try a lower --lr",
                  t1, loss);
@@ -462,6 +493,14 @@ static int setup(struct trainer *t, char *err, size_t errlen)
             return MOE_ERR_IO;
         expert_remote_set_row0(t->remote_be, (int64_t)t->b0 * c->unroll);
         expert_remote_backend(&t->backend, t->remote_be);
+        if (c->coordinator[0]) {
+            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, c->n_experts,
+                                        c->timeout_ms, err, errlen);
+            if (!t->coord || (rc = coord_client_register(t->coord, "", err, errlen)))
+                return t->coord ? rc : MOE_ERR_IO;
+            if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
+                return MOE_ERR_NOMEM;
+        }
         if (t->world > 1) {
             t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
                                       (int)c->timeout_ms, err, errlen);
@@ -472,7 +511,8 @@ static int setup(struct trainer *t, char *err, size_t errlen)
         expert_local_backend(&t->backend, t->shard);
     }
     t->stats = moe_alloc_floats(3 * (size_t)c->n_experts + 1);
-    if (!t->stats)
+    t->rows_routed = calloc((size_t)c->n_experts, sizeof(double));
+    if (!t->stats || !t->rows_routed)
         return MOE_ERR_NOMEM;
     struct model_config mc = {vocab_size(t->vocab), c->d_model, c->d_hidden, c->n_experts, c->k,
                               c->residual, c->moe_sigmoid, c->dropout, c->w_importance,
@@ -516,6 +556,9 @@ static void teardown(struct trainer *t)
 {
     model_destroy(&t->model);
     moe_allreduce_destroy(&t->ar);
+    coord_client_destroy(&t->coord);
+    moe_free_floats(&t->gstats);
+    free(t->rows_routed);
     expert_remote_destroy(&t->remote_be);
     if (t->zctx)
         zmq_ctx_term(t->zctx);
@@ -564,6 +607,7 @@ int trainer_run(const struct trainer_config *c)
         if (t.step % c->log_every == 0 || t.step == c->steps) {
             double now = now_sec();
             double tps = (double)t.win_tokens / (now - tw);
+            t.last_tps = tps;
             double loss = t.win_loss / (double)t.win_steps;
             t.last_train_ppl = exp(loss);
             char eta[32];
@@ -600,7 +644,7 @@ int trainer_run(const struct trainer_config *c)
     if (!rc && c->checkpoint_dir[0] && (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
         rc = save_checkpoint(&t, err, sizeof err);
     double tps = train_time > 0 ? (double)((t.step - start_step) * tokens_per_step) / train_time : 0;
-    if (!rc && c->report[0] && t.rank == 0)
+    if (!rc && c->report[0])
         rc = write_report(&t, tps, valid_ppl, uni, err, sizeof err);
     if (rc)
         fprintf(stderr, "moe-worker: error: %s\n", err);

@@ -41,6 +41,9 @@ struct trainer_config {
     char wire_dtype[8];   /* f32 or bf16: tensors on the wire */
     int max_message_mb;   /* cap on any message received */
     char shard_out[TRAINER_PATH_MAX]; /* moe-server: write the shard here when stopping */
+    char coordinator[256];  /* coordinator endpoint (empty: none) */
+    char http[256];         /* moe-coordinator: HTTP monitoring address HOST:PORT */
+    char http_token[256];   /* moe-coordinator: bearer token of mutating endpoints */
     /* checkpoints, output */
     char checkpoint_dir[TRAINER_PATH_MAX], resume[TRAINER_PATH_MAX], report[TRAINER_PATH_MAX];
     int64_t checkpoint_every, log_every, valid_every, valid_max_tokens;
