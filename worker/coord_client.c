@@ -155,6 +155,7 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     o.type = MOE__MSG_TYPE__MSG_STATS;
     o.step = (uint64_t)step;
     o.rank = (uint32_t)c->index;
+    o.role = (uint32_t)c->role;
     o.request_id = ++c->request_id;
     o.expert_ids = &zero_id;
     o.row_counts = &one;

@@ -603,11 +603,13 @@ int trainer_run(const struct trainer_config *c)
         double ts = now_sec();
         if ((rc = train_step(&t, err, sizeof err)))
             break;
-        train_time += now_sec() - ts;
+        const double dt = now_sec() - ts;
+        train_time += dt;
+        /* this worker's speed, sent with the next step's statistics */
+        t.last_tps = dt > 0 ? (double)t.B * c->unroll / dt : 0;
         if (t.step % c->log_every == 0 || t.step == c->steps) {
             double now = now_sec();
             double tps = (double)t.win_tokens / (now - tw);
-            t.last_tps = tps;
             double loss = t.win_loss / (double)t.win_steps;
             t.last_train_ppl = exp(loss);
             char eta[32];
