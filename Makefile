@@ -37,7 +37,9 @@ OPT   ?= -O3 -march=native -ffp-contract=off -fno-trapping-math
 DEBUG ?= -g
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+# Debian's libhttp-parser-dev (nodejs/http-parser 2.9) ships no pkg-config
+# file, so its library is named directly (its header is in /usr/include).
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm -lpthread
 TEST_CFLAGS = $(shell pkg-config --cflags $(TEST_PKGS))
 TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS))
 
@@ -57,8 +59,13 @@ LIB       = $(BUILD)/libmoe.a
 BIN_WORKER = $(BUILD)/bin/moe-worker
 BIN_SERVER = $(BUILD)/bin/moe-server
 SERVER_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out server/expsrv_main.c,$(wildcard server/expsrv*.c)))
-# The coordinator's parts (moe-coordinator itself is not built yet).
-COORD_OBJ  = $(BUILD)/obj/server/coord_stats.o
+# The coordinator's parts (everything of server/coord*.c but its main).
+COORD_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out server/coord_main.c,$(wildcard server/coord*.c)))
+BIN_COORD  = $(BUILD)/bin/moe-coordinator
+BIN_CTL    = $(BUILD)/bin/moectl
+# The dashboard page, compiled in as coord_dashboard_html[] / coord_dashboard_html_len.
+DASH_C = $(BUILD)/gen/coord_dashboard_html.c
+DASH_O = $(BUILD)/obj/gen/coord_dashboard_html.o
 
 TEST_SRC  = $(wildcard tests/unit/test_*.c tests/grad/test_*.c)
 TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/test_main.o \
@@ -74,7 +81,7 @@ BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
 BIN_PROBE = $(BUILD)/bin/moe-wire-probe
 
-all: $(BIN_WORKER) $(BIN_SERVER) $(TEST_BIN) $(BENCH_BIN) $(BIN_PROBE)
+all: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(TEST_BIN) $(BENCH_BIN) $(BIN_PROBE)
 
 # Every object also waits for the generated protobuf header.
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
@@ -98,6 +105,22 @@ $(BIN_WORKER): $(BUILD)/obj/worker/trainer_main.o $(LIB)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BIN_SERVER): $(BUILD)/obj/server/expsrv_main.o $(SERVER_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(DASH_C): server/coord_dashboard.html deploy/embed_file.sh
+	@mkdir -p $(dir $@)
+	sh deploy/embed_file.sh $< $@ coord_dashboard_html
+
+$(DASH_O): $(DASH_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BIN_COORD): $(BUILD)/obj/server/coord_main.o $(COORD_OBJ) $(DASH_O) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BIN_CTL): $(BUILD)/obj/server/moectl.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -171,7 +194,7 @@ test-normal test-san: test-unit test-integration
 test-unit: $(TEST_BIN)
 	$(TEST_BIN)
 
-test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_PROBE)
+test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(BIN_PROBE)
 	sh tests/integration/run.sh $(BUILD)
 
 bench: deps-test $(BENCH_BIN) $(BIN_WORKER) $(BIN_SERVER)

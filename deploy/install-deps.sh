@@ -9,8 +9,8 @@
 set -eu
 
 BUILD_PKGS="build-essential pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
-libopenblas-dev libuv1-dev libinih-dev libjansson-dev"
-TEST_PKGS="check python3 python3-numpy python3-torch clang libclang-rt-14-dev"
+libopenblas-dev libuv1-dev libinih-dev libjansson-dev libhttp-parser-dev"
+TEST_PKGS="check python3 python3-numpy python3-torch clang libclang-rt-14-dev chromium"
 
 want="$BUILD_PKGS"
 if [ "${1:-}" = "--test" ]; then

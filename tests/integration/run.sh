@@ -9,7 +9,8 @@ top=$(cd "$here/../.." && pwd)
 BIN=$(cd "$build/bin" && pwd)
 DATA="$top/data/wikitext-2"
 IT_DIR=$here
-export BIN DATA IT_DIR
+ARTIFACTS=$(cd "$build" && pwd)/test-artifacts
+export BIN DATA IT_DIR ARTIFACTS
 pass=0
 failed=0
 for t in "$here"/test_*.sh; do

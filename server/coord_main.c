@@ -1,0 +1,203 @@
+/* moe-coordinator: the coordinator daemon. Wiring only: configuration, the
+ * libuv loop (ZeroMQ through moe_zloop, HTTP through coord_http, a liveness
+ * timer, SIGTERM/SIGINT), and the HTTP routes:
+ *   GET  /                 the live dashboard (per-expert load, loss curve)
+ *   GET  /metrics          Prometheus text format
+ *   GET  /api/v1/cluster   servers, workers, cluster statistics (JSON)
+ *   GET  /api/v1/experts   per-expert rows, importance, load (JSON)
+ *   POST /api/v1/checkpoint, /api/v1/drain   need `Authorization: Bearer
+ *        <http_token>`; answered 501 until elasticity exists. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "coord.h"
+#include "coord_http.h"
+#include "moe_config.h"
+#include "moe_log.h"
+#include "moe_zloop.h"
+#include "trainer.h"
+
+extern const char coord_dashboard_html[];
+extern const size_t coord_dashboard_html_len;
+
+struct app {
+    struct trainer_config cfg;
+    uv_loop_t loop;
+    coord_t *coord;
+    coord_http_t *http;
+    moe_zloop_sock_t *zs;
+    uv_timer_t timer;
+    uv_signal_t sig_term, sig_int;
+};
+
+static double now_sec(uv_loop_t *loop) { return (double)uv_now(loop) / 1000.0; }
+
+static void on_zmq(void *sock, void *user)
+{
+    (void)sock;
+    struct app *a = user;
+    coord_handle_one(a->coord, now_sec(&a->loop));
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct app *a = t->data;
+    coord_check_liveness(a->coord, now_sec(&a->loop), 3.0);
+}
+
+static void respond(struct coord_http_response *resp, int status, const char *type, char *body)
+{
+    resp->status = status;
+    resp->content_type = type;
+    resp->body = body;
+    resp->body_len = body ? strlen(body) : 0;
+}
+
+static char *copy(const char *s)
+{
+    size_t n = strlen(s);
+    char *d = malloc(n + 1);
+    if (d)
+        memcpy(d, s, n + 1);
+    return d;
+}
+
+static void on_http(void *user, const struct coord_http_request *req,
+                    struct coord_http_response *resp)
+{
+    struct app *a = user;
+    const bool get = strcmp(req->method, "GET") == 0, post = strcmp(req->method, "POST") == 0;
+    if (get && strcmp(req->path, "/") == 0) {
+        char *page = malloc(coord_dashboard_html_len + 1);
+        if (page) {
+            memcpy(page, coord_dashboard_html, coord_dashboard_html_len);
+            page[coord_dashboard_html_len] = '\0';
+        }
+        respond(resp, page ? 200 : 500, "text/html; charset=utf-8", page);
+    } else if (get && strcmp(req->path, "/metrics") == 0) {
+        char *m = coord_render_metrics(a->coord);
+        respond(resp, m ? 200 : 500, "text/plain; version=0.0.4; charset=utf-8", m);
+    } else if (get && strcmp(req->path, "/api/v1/cluster") == 0) {
+        char *j = coord_render_cluster_json(a->coord);
+        respond(resp, j ? 200 : 500, "application/json", j);
+    } else if (get && strcmp(req->path, "/api/v1/experts") == 0) {
+        char *j = coord_render_experts_json(a->coord);
+        respond(resp, j ? 200 : 500, "application/json", j);
+    } else if (post && (strcmp(req->path, "/api/v1/checkpoint") == 0 ||
+                        strcmp(req->path, "/api/v1/drain") == 0)) {
+        char want[300];
+        snprintf(want, sizeof want, "Bearer %s", a->cfg.http_token);
+        if (!a->cfg.http_token[0] || !req->authorization || strcmp(req->authorization, want) != 0)
+            respond(resp, 401, "application/json",
+                    copy("{\"error\":\"a valid bearer token (http_token) is required\"}"));
+        else
+            respond(resp, 501, "application/json",
+                    copy("{\"error\":\"checkpoint and drain are not implemented yet\"}"));
+    } else if (!get && !post) {
+        respond(resp, 405, "application/json", copy("{\"error\":\"method not allowed\"}"));
+    } else {
+        respond(resp, 404, "application/json", copy("{\"error\":\"not found\"}"));
+    }
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct app *a = s->data;
+    moe_info("signal %d: stopping", signum);
+    uv_stop(&a->loop);
+}
+
+static int split_host_port(const char *hp, char *host, size_t cap, int *port)
+{
+    const char *colon = strrchr(hp, ':');
+    if (!colon || colon == hp || (size_t)(colon - hp) >= cap)
+        return -1;
+    memcpy(host, hp, (size_t)(colon - hp));
+    host[colon - hp] = '\0';
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || p < 0 || p > 65535)
+        return -1;
+    *port = (int)p;
+    return 0;
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static const char summary[] =
+    "Coordinator of the sparsely-gated Mixture-of-Experts trainer: membership and\n"
+    "heartbeats of expert servers and workers, the global Importance/Load statistics\n"
+    "of every step (summed over workers in rank order), and monitoring over HTTP\n"
+    "(--http): a dashboard at /, /metrics (Prometheus), /api/v1/cluster and\n"
+    "/api/v1/experts. Shares its configuration file with moe-worker and moe-server.";
+
+int main(int argc, char **argv)
+{
+    static struct app a;
+    char err[1024];
+    moe_log_set_name("moe-coordinator");
+    int rc = moe_config_parse_args(trainer_options, trainer_options_count, &a.cfg, argc, argv, err,
+                                   sizeof err);
+    if (rc == 1) {
+        moe_config_print_help(trainer_options, trainer_options_count, stdout, "moe-coordinator",
+                              summary);
+        return 0;
+    }
+    if (rc < 0) {
+        fprintf(stderr, "moe-coordinator: error: %s\n", err);
+        return 2;
+    }
+    enum moe_log_level lvl;
+    if (moe_log_parse_level(a.cfg.log_level, &lvl) == 0)
+        moe_log_set_level(lvl);
+    char host[200];
+    int port;
+    if (split_host_port(a.cfg.http, host, sizeof host, &port)) {
+        fprintf(stderr, "moe-coordinator: error: --http: expected HOST:PORT, got \"%s\"\n",
+                a.cfg.http);
+        return 2;
+    }
+    a.coord = coord_new(&a.cfg, err, sizeof err);
+    if (!a.coord) {
+        fprintf(stderr, "moe-coordinator: error: %s\n", err);
+        return 1;
+    }
+    uv_loop_init(&a.loop);
+    struct coord_http_limits lim = {16384, 65536, 512, 30000, 10000};
+    a.http = coord_http_new(&a.loop, host, port, &lim, on_http, &a, err, sizeof err);
+    if (!a.http) {
+        fprintf(stderr, "moe-coordinator: error: %s\n", err);
+        coord_destroy(&a.coord);
+        return 1;
+    }
+    a.zs = moe_zloop_add(&a.loop, coord_socket(a.coord), 64, on_zmq, &a);
+    uv_timer_init(&a.loop, &a.timer);
+    a.timer.data = &a;
+    uv_timer_start(&a.timer, on_timer, 500, 500);
+    uv_signal_init(&a.loop, &a.sig_term);
+    uv_signal_init(&a.loop, &a.sig_int);
+    a.sig_term.data = a.sig_int.data = &a;
+    uv_signal_start(&a.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&a.sig_int, on_signal, SIGINT);
+    signal(SIGPIPE, SIG_IGN);
+    printf("moe-coordinator: dashboard at http://%s:%d/ , statistics on %s\n", host,
+           coord_http_port(a.http), a.cfg.coordinator);
+    fflush(stdout);
+    uv_run(&a.loop, UV_RUN_DEFAULT);
+
+    coord_http_close(&a.http, NULL, NULL);
+    moe_zloop_remove(&a.zs);
+    uv_walk(&a.loop, close_walk, NULL);
+    uv_run(&a.loop, UV_RUN_DEFAULT);
+    uv_loop_close(&a.loop);
+    coord_destroy(&a.coord);
+    return 0;
+}

@@ -1,0 +1,239 @@
+/* moectl: the operator's command-line tool. Talks HTTP to the coordinator's
+ * monitoring address (--http HOST:PORT, default 127.0.0.1:8780).
+ *
+ *   moectl [--http HOST:PORT] [--json] status
+ *   moectl [--http HOST:PORT] [--json] experts [--top N] [--sort load|importance|rows]
+ *   moectl [--http HOST:PORT] [--token T] checkpoint
+ *   moectl [--http HOST:PORT] [--token T] drain SERVER
+ *
+ * Human tables by default; --json prints the coordinator's JSON as is. */
+#include <errno.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moectl [--http HOST:PORT] [--json] [--token T] COMMAND\n"
+               "  status                           cluster, servers, workers, step\n"
+               "  experts [--top N] [--sort load|importance|rows]\n"
+               "                                   per-expert load table (most loaded first)\n"
+               "  checkpoint                       ask for a checkpoint now (needs --token)\n"
+               "  drain SERVER                     move a server's experts away (needs --token)\n");
+}
+
+/* One HTTP/1.0 request; returns the body (malloc'd) and the status. */
+static char *http(const char *hostport, const char *method, const char *path, const char *token,
+                  int *status)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || (size_t)(colon - hostport) >= sizeof host) {
+        fprintf(stderr, "moectl: --http: expected HOST:PORT, got \"%s\"\n", hostport);
+        return NULL;
+    }
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = '\0';
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai) {
+        fprintf(stderr, "moectl: cannot resolve %s\n", hostport);
+        return NULL;
+    }
+    int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    struct timeval tv = {10, 0};
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        fprintf(stderr, "moectl: cannot connect to the coordinator at %s: %s\n", hostport,
+                strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(ai);
+        return NULL;
+    }
+    freeaddrinfo(ai);
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.0\r\nHost: %s\r\n%s%s%sContent-Length: 0\r\n\r\n", method, path,
+                     hostport, token ? "Authorization: Bearer " : "", token ? token : "",
+                     token ? "\r\n" : "");
+    if (write(fd, req, (size_t)n) != n) {
+        fprintf(stderr, "moectl: cannot send to %s\n", hostport);
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (len + 4096 > cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+        ssize_t r = read(fd, buf + len, cap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    buf[len] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    if (!body || sscanf(buf, "HTTP/%*s %d", status) != 1) {
+        fprintf(stderr, "moectl: malformed answer from %s\n", hostport);
+        free(buf);
+        return NULL;
+    }
+    char *out = strdup(body + 4);
+    free(buf);
+    return out;
+}
+
+static json_t *get_json(const char *hp, const char *path)
+{
+    int status = 0;
+    char *body = http(hp, "GET", path, NULL, &status);
+    if (!body)
+        return NULL;
+    json_error_t je;
+    json_t *j = status == 200 ? json_loads(body, 0, &je) : NULL;
+    if (!j)
+        fprintf(stderr, "moectl: %s answered %d: %.200s\n", path, status, body);
+    free(body);
+    return j;
+}
+
+static const char *sort_key = "load";
+
+static double expert_value(json_t *e)
+{
+    const char *k = strcmp(sort_key, "importance") == 0 ? "importance_last"
+                    : strcmp(sort_key, "rows") == 0     ? "rows_total"
+                                                        : "rows_last";
+    return json_number_value(json_object_get(e, k));
+}
+
+static int cmp_expert(const void *a, const void *b)
+{
+    double x = expert_value(*(json_t *const *)a), y = expert_value(*(json_t *const *)b);
+    if (x != y)
+        return x > y ? -1 : 1;
+    return (int)(json_integer_value(json_object_get(*(json_t *const *)a, "id")) -
+                 json_integer_value(json_object_get(*(json_t *const *)b, "id")));
+}
+
+int main(int argc, char **argv)
+{
+    const char *hp = "127.0.0.1:8780", *token = NULL, *cmd = NULL, *arg = NULL;
+    bool as_json = false;
+    int top = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--http") && i + 1 < argc) hp = argv[++i];
+        else if (!strcmp(argv[i], "--token") && i + 1 < argc) token = argv[++i];
+        else if (!strcmp(argv[i], "--json")) as_json = true;
+        else if (!strcmp(argv[i], "--top") && i + 1 < argc) top = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--sort") && i + 1 < argc) sort_key = argv[++i];
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
+        else if (argv[i][0] == '-') { fprintf(stderr, "moectl: unknown option %s\n", argv[i]); usage(stderr); return 2; }
+        else if (!cmd) cmd = argv[i];
+        else if (!arg) arg = argv[i];
+        else { fprintf(stderr, "moectl: unexpected argument %s\n", argv[i]); return 2; }
+    }
+    if (!cmd) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(sort_key, "load") && strcmp(sort_key, "importance") && strcmp(sort_key, "rows")) {
+        fprintf(stderr, "moectl: --sort: expected load, importance or rows\n");
+        return 2;
+    }
+    if (!strcmp(cmd, "status") || !strcmp(cmd, "experts")) {
+        const bool status = !strcmp(cmd, "status");
+        json_t *j = get_json(hp, status ? "/api/v1/cluster" : "/api/v1/experts");
+        if (!j)
+            return 1;
+        if (as_json) {
+            char *s = json_dumps(j, JSON_INDENT(2));
+            puts(s);
+            free(s);
+        } else if (status) {
+            printf("step %lld, placement version %lld\n",
+                   (long long)json_integer_value(json_object_get(j, "step")),
+                   (long long)json_integer_value(json_object_get(j, "placement_version")));
+            printf("load CV %.3f, importance CV %.3f, max/mean load %.2f\n\n",
+                   json_number_value(json_object_get(j, "cv_load")),
+                   json_number_value(json_object_get(j, "cv_importance")),
+                   json_number_value(json_object_get(j, "max_over_mean_load")));
+            printf("%-7s %-30s %-6s %7s\n", "SERVER", "ENDPOINT", "ALIVE", "EXPERTS");
+            size_t i;
+            json_t *v;
+            json_array_foreach(json_object_get(j, "servers"), i, v)
+                printf("%-7lld %-30s %-6s %7lld\n", (long long)json_integer_value(json_object_get(v, "index")),
+                       json_string_value(json_object_get(v, "endpoint")),
+                       json_is_true(json_object_get(v, "alive")) ? "yes" : "no",
+                       (long long)json_integer_value(json_object_get(v, "experts")));
+            printf("\n%-7s %-6s %8s %12s %8s\n", "WORKER", "ALIVE", "STEP", "TOKENS/S", "LOSS");
+            json_array_foreach(json_object_get(j, "workers"), i, v)
+                printf("%-7lld %-6s %8lld %12.0f %8.4f\n", (long long)json_integer_value(json_object_get(v, "rank")),
+                       json_is_true(json_object_get(v, "alive")) ? "yes" : "no",
+                       (long long)json_integer_value(json_object_get(v, "step")),
+                       json_number_value(json_object_get(v, "tokens_per_sec")),
+                       json_number_value(json_object_get(v, "loss")));
+        } else {
+            json_t *arr = json_object_get(j, "experts");
+            size_t n = json_array_size(arr);
+            json_t **e = malloc(sizeof(json_t *) * (n ? n : 1));
+            double total = 0;
+            for (size_t i = 0; i < n; i++) {
+                e[i] = json_array_get(arr, i);
+                total += json_number_value(json_object_get(e[i], "rows_total"));
+            }
+            qsort(e, n, sizeof *e, cmp_expert);
+            size_t shown = top > 0 && (size_t)top < n ? (size_t)top : n;
+            printf("step %lld; %zu experts, sorted by %s\n",
+                   (long long)json_integer_value(json_object_get(j, "step")), n, sort_key);
+            printf("%-7s %-7s %10s %11s %12s %10s %10s\n", "EXPERT", "SERVER", "ROWS", "LOAD SHARE",
+                   "ROWS TOTAL", "IMPORTANCE", "LOAD");
+            for (size_t i = 0; i < shown; i++)
+                printf("%-7lld %-7lld %10.0f %10.1f%% %12.0f %10.2f %10.2f\n",
+                       (long long)json_integer_value(json_object_get(e[i], "id")),
+                       (long long)json_integer_value(json_object_get(e[i], "server")),
+                       json_number_value(json_object_get(e[i], "rows_last")),
+                       100 * json_number_value(json_object_get(e[i], "load_share")),
+                       json_number_value(json_object_get(e[i], "rows_total")),
+                       json_number_value(json_object_get(e[i], "importance_last")),
+                       json_number_value(json_object_get(e[i], "load_last")));
+            (void)total;
+            free(e);
+        }
+        json_decref(j);
+        return 0;
+    }
+    if (!strcmp(cmd, "checkpoint") || !strcmp(cmd, "drain")) {
+        if (!strcmp(cmd, "drain") && !arg) {
+            fprintf(stderr, "moectl: drain needs a server index\n");
+            return 2;
+        }
+        char path[128];
+        snprintf(path, sizeof path, "/api/v1/%s%s%s", cmd, arg ? "?server=" : "", arg ? arg : "");
+        int status = 0;
+        char *body = http(hp, "POST", path, token, &status);
+        if (!body)
+            return 1;
+        printf("%s", body);
+        if (body[0] && body[strlen(body) - 1] != '\n')
+            putchar('\n');
+        free(body);
+        return status / 100 == 2 ? 0 : 1;
+    }
+    fprintf(stderr, "moectl: unknown command %s\n", cmd);
+    usage(stderr);
+    return 2;
+}
