@@ -1,10 +1,13 @@
 #!/bin/sh
-# Starts a local cluster on this machine (127.0.0.1 or ipc sockets): N expert
-# servers and M data-parallel workers, waits for the workers, then stops the
-# servers with SIGTERM (they finish their step, write their shard, exit 0).
+# Starts a local cluster on this machine (127.0.0.1 or ipc sockets): a
+# coordinator (dashboard on http://127.0.0.1:HTTP_PORT/), N expert servers and
+# M data-parallel workers, waits for the workers, then stops the servers and
+# the coordinator with SIGTERM (servers finish their step, write their shard,
+# exit 0).
 #
 #   deploy/launch-local.sh [--servers N] [--workers M] [--transport tcp|ipc]
-#                          [--base-port P] [--bin DIR] [--run-dir DIR] -- OPTIONS...
+#                          [--base-port P] [--http-port H] [--no-coordinator]
+#                          [--bin DIR] [--run-dir DIR] -- OPTIONS...
 #
 # OPTIONS go to every process (moe-server and moe-worker share one option
 # table, e.g. --config deploy/default.ini). Worker 0 prints to the terminal;
@@ -18,16 +21,20 @@ transport=tcp
 base_port=$((20000 + $$ % 20000))
 bin=build/bin
 run_dir=run
+use_coord=1
+http_port=
 while [ $# -gt 0 ]; do
     case "$1" in
     --servers) n_servers=$2; shift 2 ;;
     --workers) n_workers=$2; shift 2 ;;
     --transport) transport=$2; shift 2 ;;
     --base-port) base_port=$2; shift 2 ;;
+    --http-port) http_port=$2; shift 2 ;;
+    --no-coordinator) use_coord=0; shift ;;
     --bin) bin=$2; shift 2 ;;
     --run-dir) run_dir=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "launch-local: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,10 +67,37 @@ fi
 
 server_pids=""
 worker_pids=""
+coord_pid=""
 cleanup() {
-    for p in $worker_pids $server_pids; do kill -9 "$p" 2>/dev/null; done
+    for p in $worker_pids $server_pids $coord_pid; do kill -9 "$p" 2>/dev/null; done
 }
 trap 'cleanup; exit 130' INT TERM
+
+coordinator=""
+if [ "$use_coord" -eq 1 ]; then
+    if [ "$transport" = ipc ]; then
+        coordinator="ipc://$run_abs/coordinator.sock"
+    else
+        coordinator="tcp://127.0.0.1:$((base_port + 200))"
+    fi
+    [ -n "$http_port" ] || http_port=$((base_port + 201))
+    "$bin/moe-coordinator" "$@" --servers "$servers" --workers "$workers" \
+        --coordinator "$coordinator" --http "127.0.0.1:$http_port" \
+        >"$run_abs/coordinator.log" 2>&1 &
+    coord_pid=$!
+    n=0
+    until grep -q "dashboard at" "$run_abs/coordinator.log" 2>/dev/null; do
+        if ! kill -0 "$coord_pid" 2>/dev/null || [ $n -gt 100 ]; then
+            echo "launch-local: the coordinator did not start: $(tail -n 3 "$run_abs/coordinator.log")" >&2
+            cleanup
+            exit 1
+        fi
+        sleep 0.1
+        n=$((n + 1))
+    done
+    echo "launch-local: dashboard at http://127.0.0.1:$http_port/ (moectl --http 127.0.0.1:$http_port experts)" >&2
+    set -- "$@" --coordinator "$coordinator"
+fi
 
 i=0
 while [ $i -lt "$n_servers" ]; do
@@ -104,4 +138,8 @@ for p in $server_pids; do
     fi
     wait "$p" 2>/dev/null
 done
+if [ -n "$coord_pid" ]; then
+    kill -TERM "$coord_pid" 2>/dev/null
+    wait "$coord_pid" 2>/dev/null
+fi
 exit $status
