@@ -8,6 +8,7 @@
  *   POST /api/v1/checkpoint, /api/v1/drain   need `Authorization: Bearer
  *        <http_token>`; answered 501 until elasticity exists. */
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,6 +194,18 @@ int main(int argc, char **argv)
     fflush(stdout);
     uv_run(&a.loop, UV_RUN_DEFAULT);
 
+    struct coord_http_stats hs;
+    coord_http_stats(a.http, &hs);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("moe-coordinator: stopped: %llu HTTP requests (%llu bad, %llu timed out, %llu disconnects), "
+             "%llu rejected messages, CPU %.2f s\n",
+             (unsigned long long)hs.requests, (unsigned long long)hs.bad_requests,
+             (unsigned long long)hs.timeouts, (unsigned long long)hs.disconnects,
+             (unsigned long long)coord_errors(a.coord),
+             (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
+                 ru.ru_stime.tv_usec * 1e-6);
+    fflush(stdout);
     coord_http_close(&a.http, NULL, NULL);
     moe_zloop_remove(&a.zs);
     uv_walk(&a.loop, close_walk, NULL);
