@@ -470,6 +470,14 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     hdr.endpoint = h->endpoint ? (char *)h->endpoint : (char *)protobuf_c_empty_string;
     hdr.loss = h->loss;
     hdr.tokens_per_sec = h->tokens_per_sec;
+    hdr.n_placement = h->n_placement;
+    hdr.placement = (int32_t *)h->placement;
+    hdr.n_servers = h->n_servers;
+    hdr.servers = (char **)h->servers;
+    hdr.rows_total = h->rows_total;
+    hdr.bytes_total = h->bytes_total;
+    hdr.errors_total = h->errors_total;
+    hdr.latency_seconds = h->latency_seconds;
 
     /* Both frames are built in zmq's own buffers before anything is sent, so
      * that running out of memory cannot leave half a message on the wire, and

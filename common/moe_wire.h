@@ -64,6 +64,12 @@ struct moe_wire_out {
     uint32_t role;             /* REGISTER / HEARTBEAT: 1 worker, 2 server, 3 tool */
     const char *endpoint;      /* REGISTER: where the sender serves; NULL = empty */
     double loss, tokens_per_sec; /* STATS */
+    const int32_t *placement;  /* REGISTER reply: server of each expert */
+    size_t n_placement;
+    const char *const *servers; /* REGISTER reply: endpoint of each server */
+    size_t n_servers;
+    uint64_t rows_total, bytes_total, errors_total; /* HEARTBEAT of a server */
+    double latency_seconds;
 };
 
 /* Pure decoding and validation of already-received frames (no sockets): used

@@ -153,6 +153,9 @@ static struct coord_member *member_of(coord_t *c, const struct moe_wire_msg *m, 
     return server ? &c->servers[h->rank] : &c->workers[h->rank];
 }
 
+/* Acknowledges a REGISTER or HEARTBEAT. A REGISTER is answered with the
+ * placement: the server of each expert and the endpoint of each server as
+ * the servers registered them ("" for one not registered yet). */
 static void ack(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type)
 {
     struct moe_wire_out o = {0};
@@ -160,6 +163,15 @@ static void ack(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type)
     o.step = m->hdr->step;
     o.request_id = m->hdr->request_id;
     o.placement_version = c->placement_version;
+    const char *eps[c->cl.n_servers > 0 ? c->cl.n_servers : 1];
+    if (type == MOE__MSG_TYPE__MSG_REGISTER) {
+        for (int s = 0; s < c->cl.n_servers; s++)
+            eps[s] = c->servers[s].registered ? c->servers[s].endpoint : "";
+        o.placement = c->cl.server_of;
+        o.n_placement = (size_t)c->cl.n_experts;
+        o.servers = eps;
+        o.n_servers = (size_t)c->cl.n_servers;
+    }
     char err[128];
     moe_wire_send(c->sock, m->identity, m->identity_len, &o, NULL, 0, err, sizeof err);
 }
@@ -266,6 +278,17 @@ int coord_handle_one(coord_t *c, double now)
         mem->last_seen = now;
         mem->step = (int64_t)m.hdr->step;
         mem->messages++;
+        if (m.hdr->role == 2 && m.hdr->type == MOE__MSG_TYPE__MSG_HEARTBEAT) {
+            /* rows/s over the time between heartbeats */
+            if (mem->rate_time > 0 && now > mem->rate_time && m.hdr->rows_total >= mem->rate_rows)
+                mem->rows_per_sec = (double)(m.hdr->rows_total - mem->rate_rows) / (now - mem->rate_time);
+            mem->rate_time = now;
+            mem->rate_rows = m.hdr->rows_total;
+            mem->rows_total = m.hdr->rows_total;
+            mem->bytes_total = m.hdr->bytes_total;
+            mem->errors_total = m.hdr->errors_total;
+            mem->latency_seconds = isfinite(m.hdr->latency_seconds) ? m.hdr->latency_seconds : 0;
+        }
         ack(c, &m, m.hdr->type);
         break;
     case MOE__MSG_TYPE__MSG_STATS:
@@ -349,6 +372,11 @@ char *coord_render_cluster_json(const coord_t *c)
         json_object_set_new(j, "registered", json_boolean(m->registered));
         json_object_set_new(j, "experts", json_integer(n));
         json_object_set_new(j, "step", json_integer(m->step));
+        json_object_set_new(j, "rows_per_sec", json_real(m->rows_per_sec));
+        json_object_set_new(j, "rows_total", json_integer((json_int_t)m->rows_total));
+        json_object_set_new(j, "bytes_total", json_integer((json_int_t)m->bytes_total));
+        json_object_set_new(j, "errors_total", json_integer((json_int_t)m->errors_total));
+        json_object_set_new(j, "latency_seconds", json_real(m->latency_seconds));
         json_array_append_new(servers, j);
     }
     for (int r = 0; r < c->cl.n_workers; r++) {
@@ -450,6 +478,29 @@ char *coord_render_metrics(const coord_t *c)
         snprintf(idx, sizeof idx, "%d", s);
         const char *labels[] = {"server", idx, "endpoint", c->servers[s].endpoint, NULL};
         rc = moe_prom_sample(&b, NULL, labels, c->servers[s].alive ? 1 : 0);
+    }
+    const struct {
+        const char *name, *help;
+        enum moe_prom_type type;
+        int field;
+    } per_server[] = {
+        {"moe_server_rows_total", "Rows the expert server computed (forward).", MOE_PROM_COUNTER, 0},
+        {"moe_server_bytes_total", "Tensor bytes the expert server received and sent.", MOE_PROM_COUNTER, 1},
+        {"moe_server_rejected_messages_total", "Messages the expert server rejected.", MOE_PROM_COUNTER, 2},
+        {"moe_server_rows_per_second", "Rows per second computed by the expert server.", MOE_PROM_GAUGE, 3},
+        {"moe_server_step_compute_seconds", "Mean compute time of a step on the expert server.", MOE_PROM_GAUGE, 4},
+    };
+    for (size_t f = 0; !rc && f < sizeof per_server / sizeof per_server[0]; f++) {
+        rc = moe_prom_family(&b, per_server[f].name, per_server[f].type, per_server[f].help);
+        for (int s = 0; !rc && s < c->cl.n_servers; s++) {
+            const struct coord_member *m = &c->servers[s];
+            const double v[] = {(double)m->rows_total, (double)m->bytes_total,
+                                (double)m->errors_total, m->rows_per_sec, m->latency_seconds};
+            char idx[16];
+            snprintf(idx, sizeof idx, "%d", s);
+            const char *labels[] = {"server", idx, NULL};
+            rc = moe_prom_sample(&b, NULL, labels, v[per_server[f].field]);
+        }
     }
     if (!rc)
         rc = moe_prom_family(&b, "moe_worker_tokens_per_second", MOE_PROM_GAUGE,

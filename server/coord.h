@@ -26,6 +26,11 @@ struct coord_member {
     double last_seen;   /* seconds, monotonic clock */
     int64_t step;
     uint64_t messages, errors;
+    /* expert servers, from their heartbeats */
+    uint64_t rows_total, bytes_total, errors_total;
+    double latency_seconds, rows_per_sec;
+    double rate_time;       /* when rows_per_sec was last computed */
+    uint64_t rate_rows;
 };
 
 /* Binds the ROUTER at cfg->coordinator. NULL with a sentence. Caller owns. */

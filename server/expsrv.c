@@ -54,6 +54,9 @@ struct expsrv {
     double stop_since;
     coord_client_t *coord; /* registration and heartbeats, when configured */
     double last_beat;
+    uint64_t rows_total, bytes_total; /* forward rows computed, tensor bytes in and out */
+    double compute_seconds;           /* forward + backward compute of every step */
+    double step_started;
 };
 
 static double now_sec(void)
@@ -355,6 +358,7 @@ static void move_rows(expsrv_t *s, struct slot *sl, float *all, bool to_all)
 
 static int finish_forward(expsrv_t *s)
 {
+    s->step_started = now_sec();
     int rc = build_union(s, s->fwd);
     if (rc)
         return rc;
@@ -365,12 +369,20 @@ static int finish_forward(expsrv_t *s)
     move_rows(s, s->fwd, s->y_all, false);
     for (int r = 0; r < s->W; r++)
         reply_tensor(s, &s->fwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, s->fwd[r].msg.data);
+    size_t rows = 0;
+    for (int u = 0; u < s->n_union; u++)
+        rows += (size_t)s->u_rows[u];
+    s->rows_total += rows;
+    /* forward in and out; the backward moves as much again */
+    s->bytes_total += 4 * rows * (size_t)s->D * moe_wire_dtype_size((int)s->dtype);
+    s->compute_seconds += now_sec() - s->step_started;
     s->phase = PH_BACKWARD;
     return 0;
 }
 
 static int finish_backward(expsrv_t *s)
 {
+    const double t0 = now_sec();
     move_rows(s, s->bwd, s->x_all, true);
     int rc = expert_shard_backward(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all, s->y_all);
     if (rc)
@@ -380,6 +392,7 @@ static int finish_backward(expsrv_t *s)
         reply_tensor(s, &s->bwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, s->bwd[r].msg.data);
     const int64_t t = s->step + 1;
     expert_shard_apply(s->shard, t, moe_lr_at(&s->sched, t));
+    s->compute_seconds += now_sec() - t0;
     clear_slots(s->fwd, s->W);
     clear_slots(s->bwd, s->W);
     s->step = t;
@@ -622,7 +635,9 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
         }
         if (s->coord && now_sec() - s->last_beat >= 1.0) {
             char err[256];
-            if (coord_client_heartbeat(s->coord, s->step, err, sizeof err))
+            double lat = s->step > 0 ? s->compute_seconds / (double)s->step : 0;
+            if (coord_client_heartbeat(s->coord, s->step, s->rows_total, s->bytes_total,
+                                       (uint64_t)s->errors, lat, err, sizeof err))
                 moe_warn("heartbeat: %s", err);
             s->last_beat = now_sec();
         }

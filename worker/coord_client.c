@@ -141,6 +141,56 @@ int coord_client_register(coord_client_t *c, const char *endpoint_served, char *
     return rc;
 }
 
+int coord_client_placement(coord_client_t *c, char *servers, size_t servers_cap,
+                           char *placement, size_t placement_cap, char *err, size_t errlen)
+{
+    const double deadline = now_ms() + (double)c->timeout_ms;
+    for (;;) {
+        struct moe_wire_out o = {0};
+        o.type = MOE__MSG_TYPE__MSG_REGISTER;
+        o.rank = (uint32_t)c->index;
+        o.request_id = ++c->request_id;
+        o.role = (uint32_t)c->role;
+        int rc = moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
+        struct moe_wire_msg m;
+        if (!rc)
+            rc = await(c, o.request_id, MOE__MSG_TYPE__MSG_REGISTER, 0, &m, err, errlen);
+        if (rc)
+            return rc;
+        const Moe__Header *h = m.hdr;
+        bool complete = h->n_servers > 0 && h->n_placement == (size_t)c->E;
+        for (size_t s = 0; complete && s < h->n_servers; s++)
+            complete = h->servers[s][0] != '\0';
+        if (complete) {
+            size_t o1 = 0, o2 = 0;
+            servers[0] = placement[0] = '\0';
+            for (size_t s = 0; s < h->n_servers && o1 < servers_cap; s++)
+                o1 += (size_t)snprintf(servers + o1, servers_cap - o1, "%s%s", s ? "," : "",
+                                       h->servers[s]);
+            for (size_t e = 0; e < h->n_placement && o2 < placement_cap; e++)
+                o2 += (size_t)snprintf(placement + o2, placement_cap - o2, "%s%d", e ? "," : "",
+                                       h->placement[e]);
+            moe_wire_msg_free(&m);
+            if (o1 >= servers_cap || o2 >= placement_cap) {
+                snprintf(err, errlen, "the coordinator's placement does not fit in %zu bytes",
+                         servers_cap);
+                return MOE_ERR_RANGE;
+            }
+            return 0;
+        }
+        moe_wire_msg_free(&m);
+        if (now_ms() > deadline) {
+            snprintf(err, errlen,
+                     "not every expert server registered with the coordinator (%s) within %" PRId64
+                     " ms",
+                     c->endpoint, c->timeout_ms);
+            return MOE_ERR_IO;
+        }
+        struct timespec ts = {0, 100 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const float *load,
                        const float *rows, double loss, double tokens_per_sec, float *g_imp,
                        float *g_load, float *g_rows, char *err, size_t errlen)
@@ -184,7 +234,8 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     return 0;
 }
 
-int coord_client_heartbeat(coord_client_t *c, int64_t step, char *err, size_t errlen)
+int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint64_t bytes,
+                           uint64_t errors, double latency, char *err, size_t errlen)
 {
     struct moe_wire_out o = {0};
     o.type = MOE__MSG_TYPE__MSG_HEARTBEAT;
@@ -192,6 +243,10 @@ int coord_client_heartbeat(coord_client_t *c, int64_t step, char *err, size_t er
     o.rank = (uint32_t)c->index;
     o.request_id = ++c->request_id;
     o.role = (uint32_t)c->role;
+    o.rows_total = rows;
+    o.bytes_total = bytes;
+    o.errors_total = errors;
+    o.latency_seconds = latency;
     return moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
 }
 

@@ -22,6 +22,13 @@ void coord_client_destroy(coord_client_t **c);
 int coord_client_register(coord_client_t *c, const char *endpoint_served, char *err,
                           size_t errlen);
 
+/* Asks for the placement until every expert server has registered (or the
+ * timeout passes): writes the servers' endpoints, comma-separated, into
+ * servers and the server of each expert, comma-separated, into placement.
+ * 0 or a negative code with a sentence. */
+int coord_client_placement(coord_client_t *c, char *servers, size_t servers_cap,
+                           char *placement, size_t placement_cap, char *err, size_t errlen);
+
 /* Sends this worker's vectors of `step` (n_experts floats each) with its
  * loss and speed, waits for the global vectors (same layout) into g_imp,
  * g_load, g_rows. */
@@ -29,8 +36,11 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
                        const float *rows, double loss, double tokens_per_sec, float *g_imp,
                        float *g_load, float *g_rows, char *err, size_t errlen);
 
-/* Sends a HEARTBEAT without waiting (servers call it from their loop). */
-int coord_client_heartbeat(coord_client_t *c, int64_t step, char *err, size_t errlen);
+/* Sends a HEARTBEAT without waiting (servers call it from their loop),
+ * with the server's counters: rows computed, tensor bytes moved, messages
+ * rejected, mean compute seconds per step. */
+int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint64_t bytes,
+                           uint64_t errors, double latency, char *err, size_t errlen);
 
 /* Receives and drops whatever the coordinator sent (heartbeat answers);
  * never blocks. */

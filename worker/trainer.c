@@ -104,6 +104,7 @@ struct trainer {
     float *stats;       /* Importance | Load | rows per expert | cross-entropy */
     coord_client_t *coord; /* statistics through the coordinator, when configured */
     double *rows_routed;   /* rows this worker dispatched to each expert, whole run */
+    char disc_servers[4096], disc_placement[4096]; /* placement from the coordinator */
     float *gstats;      /* global Importance | Load | rows from the coordinator */
     double last_tps;
     vocab_t *vocab;
@@ -376,6 +377,27 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
     return rc;
 }
 
+/* Asks the coordinator where the experts are (a throw-away client: the
+ * trainer's own is made once the ZeroMQ context exists). */
+static int discover(struct trainer *t, const char *endpoint, int rank, int E, int64_t timeout_ms,
+                    char *err, size_t errlen)
+{
+    void *ctx = zmq_ctx_new();
+    if (!ctx) {
+        snprintf(err, errlen, "cannot create a ZeroMQ context");
+        return MOE_ERR_IO;
+    }
+    coord_client_t *cc = coord_client_new(ctx, endpoint, 1, rank, E, timeout_ms, err, errlen);
+    int rc = cc ? coord_client_placement(cc, t->disc_servers, sizeof t->disc_servers,
+                                         t->disc_placement, sizeof t->disc_placement, err, errlen)
+                : MOE_ERR_IO;
+    coord_client_destroy(&cc);
+    zmq_ctx_term(ctx);
+    if (rc == 0)
+        moe_info("placement from the coordinator: servers %s", t->disc_servers);
+    return rc;
+}
+
 static int setup(struct trainer *t, char *err, size_t errlen)
 {
     const struct trainer_config *c = t->cfg;
@@ -392,7 +414,16 @@ static int setup(struct trainer *t, char *err, size_t errlen)
     t->rank = c->rank;
     t->world = 1;
     if (t->remote) {
-        int rc = moe_cluster_parse(&t->cl, c->servers, c->workers, c->placement, c->n_experts, err,
+        /* Without --servers, the placement comes from the coordinator. */
+        const char *servers = c->servers, *placement = c->placement;
+        if (!servers[0] && c->coordinator[0]) {
+            int rc = discover(t, c->coordinator, c->rank, c->n_experts, c->timeout_ms, err, errlen);
+            if (rc)
+                return rc;
+            servers = t->disc_servers;
+            placement = t->disc_placement;
+        }
+        int rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
                                    errlen);
         if (rc)
             return rc;

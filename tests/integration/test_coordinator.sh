@@ -1,5 +1,6 @@
-# A coordinator + 2 expert servers + 2 workers on loopback. The workers get
-# the global Importance/Load from the coordinator; the model after training
+# A coordinator + 2 expert servers + 2 workers on loopback. The workers find
+# the servers and the placement through the coordinator and get the global
+# Importance/Load from it; the model after training
 # equals the single-worker model within the stated tolerance; the rows routed
 # per expert that the coordinator reports, summed over the run, equal exactly
 # what the workers dispatched; /metrics passes a strict parser of the
@@ -18,9 +19,10 @@ sleep 0.3
 s0=$!
 "$BIN/moe-server" $A --server-index 1 2>"$WORK/s1.err" &
 s1=$!
-"$BIN/moe-worker" $A --experts remote --rank 1 --report "$WORK/r.json" >/dev/null 2>"$WORK/w1.err" &
+# the workers find the servers through the coordinator (--servers= empty)
+"$BIN/moe-worker" $A --servers= --experts remote --rank 1 --report "$WORK/r.json" >/dev/null 2>"$WORK/w1.err" &
 w1=$!
-"$BIN/moe-worker" $A --experts remote --rank 0 --report "$WORK/r.json" --checkpoint-dir "$WORK/ck" \
+"$BIN/moe-worker" $A --servers= --experts remote --rank 0 --report "$WORK/r.json" --checkpoint-dir "$WORK/ck" \
     >/dev/null 2>"$WORK/w0.err" || { kill $coord $s0 $s1 $w1; fail "worker 0: $(tail -n 2 "$WORK/w0.err")"; }
 wait $w1 || { kill $coord $s0 $s1; fail "worker 1: $(tail -n 2 "$WORK/w1.err")"; }
 get() { /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$HTTP' + sys.argv[1], timeout=10).read().decode())" "$1"; }
