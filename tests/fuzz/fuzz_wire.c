@@ -24,7 +24,8 @@ static int fuzz_has_tensor(int type)
            type == MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY ||
            type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ||
            type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY ||
-           type == MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY;
+           type == MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY ||
+           type == MOE__MSG_TYPE__MSG_STATS || type == MOE__MSG_TYPE__MSG_STATS_REPLY;
 }
 
 #define CHECK(cond)                                                                              \
