@@ -81,7 +81,9 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType want, uint32_t wi
     for (;;) {
         double wait = deadline - now_ms();
         if (wait <= 0) {
-            snprintf(err, errlen, "the coordinator (%s) did not answer within %" PRId64 " ms",
+            snprintf(err, errlen,
+                     "the coordinator (%s) did not answer within %" PRId64
+                     " ms (it is down, or another worker of this step is late or gone)",
                      c->endpoint, c->timeout_ms);
             return MOE_ERR_IO;
         }
