@@ -152,7 +152,8 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
                 if (!r->io[s].done) {
                     snprintf(what, what_len,
                              "expert server %d (%s) did not answer request %" PRIu64
-                             " within %" PRId64 " ms",
+                             " within %" PRId64 " ms (it is down, or another worker of this"
+                             " step is late or gone)",
                              s, r->cl->servers[s], req, r->timeout_ms);
                     break;
                 }

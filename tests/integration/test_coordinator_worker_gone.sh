@@ -1,0 +1,38 @@
+# A worker killed in the middle of training makes the other worker fail with
+# an error that names the coordinator within the timeout, never a hang; the
+# coordinator keeps serving and exits 0 on SIGTERM.
+make_corpora
+base=$((21500 + ($$ + 13) % 18000))
+C="tcp://127.0.0.1:$base"
+HTTP="127.0.0.1:$((base + 1))"
+SV="tcp://127.0.0.1:$((base + 2)),tcp://127.0.0.1:$((base + 3))"
+WK="tcp://127.0.0.1:$((base + 4)),tcp://127.0.0.1:$((base + 5))"
+A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 1000000 --log-every 1 --servers $SV --workers $WK --coordinator $C --timeout-ms 2000"
+"$BIN/moe-coordinator" $A --http "$HTTP" >/dev/null 2>&1 &
+coord=$!
+sleep 0.3
+"$BIN/moe-server" $A --server-index 0 2>/dev/null &
+s0=$!
+"$BIN/moe-server" $A --server-index 1 2>/dev/null &
+s1=$!
+"$BIN/moe-worker" $A --experts remote --rank 1 >/dev/null 2>&1 &
+w1=$!
+"$BIN/moe-worker" $A --experts remote --rank 0 >"$WORK/w0.log" 2>"$WORK/w0.err" &
+w0=$!
+n=0
+until grep -q "^step *10/" "$WORK/w0.log" 2>/dev/null || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
+kill -9 $w1
+t0=$(date +%s%N)
+wait $w0
+rc=$?
+t1=$(date +%s%N)
+ms=$(((t1 - t0) / 1000000))
+/usr/bin/python3 -c "import urllib.request; urllib.request.urlopen('http://$HTTP/api/v1/cluster', timeout=5).read()" ||
+    fail "the coordinator stopped answering"
+kill -TERM $s0 $s1 $coord
+wait $coord || fail "the coordinator did not exit 0"
+wait $s0 $s1
+[ $rc -ne 0 ] || fail "worker 0 exited 0 after worker 1 died"
+grep -Eq "coordinator \\($C\\)|allreduce|did not answer" "$WORK/w0.err" || fail "unclear error: $(cat "$WORK/w0.err")"
+[ $ms -lt 5000 ] || fail "worker 0 took $ms ms to give up (timeout 2000 ms)"
+echo "  ok: worker 0 exited $rc after $ms ms: $(tail -n 1 "$WORK/w0.err")"
