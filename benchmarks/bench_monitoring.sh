@@ -25,7 +25,7 @@ run() { # name [load]
     if [ "${2:-}" = load ]; then
         n=0
         until grep -q "dashboard at" "$tmp/$1/coordinator.log" 2>/dev/null || [ $n -gt 100 ]; do sleep 0.1; n=$((n + 1)); done
-        python3 "$here/http_load.py" "127.0.0.1:$http" 600 200 >"$tmp/load.json" 2>/dev/null &
+        ${LOAD_NICE:-} python3 "$here/http_load.py" "127.0.0.1:$http" 600 200 >"$tmp/load.json" 2>/dev/null &
         lp=$!
         sleep 2
         python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$http/metrics', timeout=5).read()" ||
