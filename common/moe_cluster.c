@@ -8,18 +8,6 @@
 
 #include "moe_err.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Splits a comma-separated list; empty items are errors. */
 static int split(const char *s, char ***out, int *n, const char *key, char *err, size_t errlen)
 {
@@ -44,7 +32,7 @@ static int split(const char *s, char ***out, int *n, const char *key, char *err,
         while (len && p[len - 1] == ' ')
             len--;
         if (len == 0) {
-            set_err(err, errlen, "%s: empty entry %d in \"%s\"", key, i, s);
+            moe_err_set(err, errlen, "%s: empty entry %d in \"%s\"", key, i, s);
             for (int k = 0; k < i; k++)
                 free(items[k]);
             free(items);
@@ -68,14 +56,14 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
     if (rc)
         goto fail;
     if (c->n_servers == 0) {
-        set_err(err, errlen, "servers: no expert server given (use --servers tcp://HOST:PORT,...)");
+        moe_err_set(err, errlen, "servers: no expert server given (use --servers tcp://HOST:PORT,...)");
         rc = MOE_ERR_CONFIG;
         goto fail;
     }
     if (c->n_workers == 0)
         c->n_workers = 1;
     if (n_experts < c->n_servers) {
-        set_err(err, errlen, "servers: %d servers for %d experts (each needs one)", c->n_servers,
+        moe_err_set(err, errlen, "servers: %d servers for %d experts (each needs one)", c->n_servers,
                 n_experts);
         rc = MOE_ERR_CONFIG;
         goto fail;
@@ -98,7 +86,7 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
             char *end;
             long v = strtol(items[e], &end, 10);
             if (*end || v < 0 || v >= c->n_servers) {
-                set_err(err, errlen, "placement: entry %d \"%s\" is not a server index 0..%d", e,
+                moe_err_set(err, errlen, "placement: entry %d \"%s\" is not a server index 0..%d", e,
                         items[e], c->n_servers - 1);
                 rc = MOE_ERR_CONFIG;
             }
@@ -108,7 +96,7 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
             free(items[i]);
         free(items);
         if (!rc && n != n_experts) {
-            set_err(err, errlen, "placement: %d entries for %d experts", n, n_experts);
+            moe_err_set(err, errlen, "placement: %d entries for %d experts", n, n_experts);
             rc = MOE_ERR_CONFIG;
         }
         if (rc)
@@ -119,7 +107,7 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
         for (int e = 0; e < n_experts; e++)
             k += c->server_of[e] == s;
         if (k == 0) {
-            set_err(err, errlen, "placement: server %d (%s) owns no expert", s, c->servers[s]);
+            moe_err_set(err, errlen, "placement: server %d (%s) owns no expert", s, c->servers[s]);
             rc = MOE_ERR_CONFIG;
             goto fail;
         }

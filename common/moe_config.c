@@ -12,19 +12,6 @@
 
 #include "moe_err.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static const struct moe_opt *find_opt(const struct moe_opt *table, size_t n, const char *key)
 {
     for (size_t i = 0; i < n; i++)
@@ -50,11 +37,11 @@ static int parse_value(const struct moe_opt *o, void *cfg, const char *value, co
     case MOE_OPT_I64: {
         long long v = strtoll(value, &end, 10);
         if (errno || end == value || *end != '\0') {
-            set_err(err, errlen, "%s: expected an integer, got \"%s\"", where, value);
+            moe_err_set(err, errlen, "%s: expected an integer, got \"%s\"", where, value);
             return MOE_ERR_CONFIG;
         }
         if (!in_range(o, (double)v) || (o->type == MOE_OPT_INT && (v > INT32_MAX || v < INT32_MIN))) {
-            set_err(err, errlen, "%s: %lld is out of range [%g, %g]", where, v, o->min, o->max);
+            moe_err_set(err, errlen, "%s: %lld is out of range [%g, %g]", where, v, o->min, o->max);
             return MOE_ERR_CONFIG;
         }
         if (o->type == MOE_OPT_INT)
@@ -66,11 +53,11 @@ static int parse_value(const struct moe_opt *o, void *cfg, const char *value, co
     case MOE_OPT_DOUBLE: {
         double v = strtod(value, &end);
         if (errno || end == value || *end != '\0' || !isfinite(v)) {
-            set_err(err, errlen, "%s: expected a number, got \"%s\"", where, value);
+            moe_err_set(err, errlen, "%s: expected a number, got \"%s\"", where, value);
             return MOE_ERR_CONFIG;
         }
         if (!in_range(o, v)) {
-            set_err(err, errlen, "%s: %g is out of range [%g, %g]", where, v, o->min, o->max);
+            moe_err_set(err, errlen, "%s: %g is out of range [%g, %g]", where, v, o->min, o->max);
             return MOE_ERR_CONFIG;
         }
         *(double *)field = v;
@@ -89,18 +76,18 @@ static int parse_value(const struct moe_opt *o, void *cfg, const char *value, co
                 return 0;
             }
         }
-        set_err(err, errlen, "%s: expected true or false, got \"%s\"", where, value);
+        moe_err_set(err, errlen, "%s: expected true or false, got \"%s\"", where, value);
         return MOE_ERR_CONFIG;
     }
     case MOE_OPT_STRING:
         if (strlen(value) >= o->size) {
-            set_err(err, errlen, "%s: value is longer than %zu bytes", where, o->size - 1);
+            moe_err_set(err, errlen, "%s: value is longer than %zu bytes", where, o->size - 1);
             return MOE_ERR_CONFIG;
         }
         memcpy(field, value, strlen(value) + 1);
         return 0;
     }
-    set_err(err, errlen, "%s: unknown option type", where);
+    moe_err_set(err, errlen, "%s: unknown option type", where);
     return MOE_ERR_CONFIG;
 }
 
@@ -122,9 +109,9 @@ int moe_config_set(const struct moe_opt *table, size_t n, void *cfg, const char 
     const struct moe_opt *o = find_opt(table, n, key);
     if (!o) {
         if (where[0])
-            set_err(err, errlen, "%s: unknown option \"%s\"", where, key);
+            moe_err_set(err, errlen, "%s: unknown option \"%s\"", where, key);
         else
-            set_err(err, errlen, "unknown option \"%s\"", key);
+            moe_err_set(err, errlen, "unknown option \"%s\"", key);
         return MOE_ERR_NOTFOUND;
     }
     /* The label of errors: a flag names itself; elsewhere add the key. */
@@ -167,18 +154,18 @@ int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const 
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        set_err(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
         return MOE_ERR_IO;
     }
     struct ini_ctx c = {table, n, cfg, path, 0, ""};
     int r = ini_parse_file(f, ini_on_entry, &c);
     fclose(f);
     if (c.rc) {
-        set_err(err, errlen, "%s:%d: %s", path, r, c.msg);
+        moe_err_set(err, errlen, "%s:%d: %s", path, r, c.msg);
         return c.rc;
     }
     if (r != 0) {
-        set_err(err, errlen, "%s:%d: malformed line (expected key = value or [section])", path, r);
+        moe_err_set(err, errlen, "%s:%d: malformed line (expected key = value or [section])", path, r);
         return MOE_ERR_CONFIG;
     }
     return 0;
@@ -209,7 +196,7 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
         const char *path = NULL;
         if (strcmp(argv[i], "--config") == 0) {
             if (i + 1 >= argc) {
-                set_err(err, errlen, "--config: missing file name");
+                moe_err_set(err, errlen, "--config: missing file name");
                 return MOE_ERR_CONFIG;
             }
             path = argv[i + 1];
@@ -222,14 +209,14 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-            set_err(err, errlen, "unexpected argument \"%s\" (options start with --)", arg);
+            moe_err_set(err, errlen, "unexpected argument \"%s\" (options start with --)", arg);
             return MOE_ERR_CONFIG;
         }
         char name[128];
         const char *eq = strchr(arg + 2, '=');
         size_t nlen = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
         if (nlen >= sizeof name) {
-            set_err(err, errlen, "option name too long: %.40s...", arg);
+            moe_err_set(err, errlen, "option name too long: %.40s...", arg);
             return MOE_ERR_CONFIG;
         }
         memcpy(name, arg + 2, nlen);
@@ -256,7 +243,7 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
             o = NULL;
         }
         if (!o) {
-            set_err(err, errlen, "unknown option --%s (see --help)", name);
+            moe_err_set(err, errlen, "unknown option --%s (see --help)", name);
             return MOE_ERR_CONFIG;
         }
         if (!value) {
@@ -264,7 +251,7 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
                 value = "true";
             } else if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
                 /* "--valid --steps 3" is a forgotten value, not the value "--steps" */
-                set_err(err, errlen, "--%s: missing value (use --%s=VALUE for values starting with --)",
+                moe_err_set(err, errlen, "--%s: missing value (use --%s=VALUE for values starting with --)",
                         name, name);
                 return MOE_ERR_CONFIG;
             } else {

@@ -1,6 +1,9 @@
 /* Error code sentences (see moe_err.h). */
 #include "moe_err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 const char *moe_strerror(int err)
 {
     switch (err) {
@@ -17,4 +20,14 @@ const char *moe_strerror(int err)
     case MOE_ERR_EMPTY: return "empty input";
     }
     return "unknown error";
+}
+
+void moe_err_set(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -6,6 +6,8 @@
 #ifndef MOE_ERR_H
 #define MOE_ERR_H
 
+#include <stddef.h>
+
 enum moe_err {
     MOE_OK = 0,
     MOE_ERR_NOMEM = -1,      /* allocation failed */
@@ -22,5 +24,11 @@ enum moe_err {
 
 /* A static sentence describing `err`; never NULL. */
 const char *moe_strerror(int err);
+
+/* Writes a printf-formatted sentence into err (errlen bytes, truncated)
+ * when err is not NULL and errlen > 0: the one way library code hands an
+ * error text to its caller. */
+void moe_err_set(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -54,19 +54,6 @@ struct moe_safetensors {
     size_t n;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Printable copy of a string that may come from a file: bytes outside
  * 0x20..0x7e become \xHH, and "..." marks truncation. */
 static void show(char *out, size_t cap, const char *s)
@@ -333,7 +320,7 @@ static int check_entries(const char *path, const struct moe_st_entry *entries, s
     const struct moe_st_entry **sorted = malloc((n ? n : 1) * sizeof *sorted);
 
     if (!sorted) {
-        set_err(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
         rc = MOE_ERR_NOMEM;
         goto cleanup;
     }
@@ -342,32 +329,32 @@ static int check_entries(const char *path, const struct moe_st_entry *entries, s
         int axis = 0;
         size_t nb = 0;
         if (!e->name) {
-            set_err(err, errlen, "cannot write safetensors file \"%s\": entry %zu has no name",
+            moe_err_set(err, errlen, "cannot write safetensors file \"%s\": entry %zu has no name",
                     path, i);
             rc = MOE_ERR_FORMAT;
             break;
         }
         show(name, sizeof name, e->name);
         if (!utf8_valid(e->name) || strcmp(e->name, ST_META_KEY) == 0) {
-            set_err(err, errlen, "cannot write safetensors file \"%s\": tensor name \"%s\" is %s",
+            moe_err_set(err, errlen, "cannot write safetensors file \"%s\": tensor name \"%s\" is %s",
                     path, name, utf8_valid(e->name) ? "reserved" : "not valid UTF-8");
             rc = MOE_ERR_FORMAT;
         } else if (e->ndim < 0 || e->ndim > MOE_ST_MAX_DIMS) {
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": tensor \"%s\" has %d dimensions, "
                     "outside 0..%d", path, name, e->ndim, MOE_ST_MAX_DIMS);
             rc = MOE_ERR_SHAPE;
         } else if ((rc = shape_nbytes(e->ndim, e->shape, sizeof(float), &nb, &axis)) ==
                    MOE_ERR_SHAPE) {
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": tensor \"%s\" has a negative "
                     "dimension %lld at axis %d", path, name, (long long)e->shape[axis], axis);
         } else if (rc < 0) {
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": the size of tensor \"%s\" overflows",
                     path, name);
         } else if (nb > 0 && !e->data) {
-            set_err(err, errlen, "cannot write safetensors file \"%s\": tensor \"%s\" has no data",
+            moe_err_set(err, errlen, "cannot write safetensors file \"%s\": tensor \"%s\" has no data",
                     path, name);
             rc = MOE_ERR_FORMAT;
         }
@@ -380,7 +367,7 @@ static int check_entries(const char *path, const struct moe_st_entry *entries, s
     for (size_t i = 1; i < n; i++) {
         if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0) {
             show(name, sizeof name, sorted[i]->name);
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": tensor \"%s\" appears twice", path, name);
             rc = MOE_ERR_FORMAT;
             goto cleanup;
@@ -410,7 +397,7 @@ static int check_meta(const char *path, const char *const *meta, struct st_pair 
     while (meta[2 * cnt]) {
         if (!meta[2 * cnt + 1]) {
             show(name, sizeof name, meta[2 * cnt]);
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": metadata key \"%s\" has no value", path,
                     name);
             rc = MOE_ERR_FORMAT;
@@ -420,7 +407,7 @@ static int check_meta(const char *path, const char *const *meta, struct st_pair 
     }
     pairs = malloc((cnt ? cnt : 1) * sizeof *pairs);
     if (!pairs) {
-        set_err(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
         rc = MOE_ERR_NOMEM;
         goto cleanup;
     }
@@ -429,7 +416,7 @@ static int check_meta(const char *path, const char *const *meta, struct st_pair 
         pairs[i].value = meta[2 * i + 1];
         if (!utf8_valid(pairs[i].key) || !utf8_valid(pairs[i].value)) {
             show(name, sizeof name, pairs[i].key);
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": metadata key \"%s\" or its value is "
                     "not valid UTF-8", path, name);
             rc = MOE_ERR_FORMAT;
@@ -441,7 +428,7 @@ static int check_meta(const char *path, const char *const *meta, struct st_pair 
     for (size_t i = 1; i < cnt; i++) {
         if (strcmp(pairs[i - 1].key, pairs[i].key) == 0) {
             show(name, sizeof name, pairs[i].key);
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": metadata key \"%s\" appears twice",
                     path, name);
             rc = MOE_ERR_FORMAT;
@@ -480,7 +467,7 @@ static int build_header(const char *path, const struct moe_st_entry *const *sort
         int axis = 0;
         shape_nbytes(e->ndim, e->shape, sizeof(float), &nb, &axis); /* validated already */
         if (nb > (uint64_t)INT64_MAX - offset || offset + nb > (uint64_t)SIZE_MAX) {
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "cannot write safetensors file \"%s\": the total data size overflows", path);
             rc = MOE_ERR_RANGE;
             goto cleanup;
@@ -497,13 +484,13 @@ static int build_header(const char *path, const struct moe_st_entry *const *sort
         offset += nb;
     }
     if (bad || !(json = json_dumps(root, JSON_COMPACT))) {
-        set_err(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
         goto cleanup;
     }
     size_t jlen = strlen(json);
     size_t hlen = (jlen + 7) & ~(size_t)7;
     if (hlen > ST_MAX_HEADER) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "cannot write safetensors file \"%s\": the header would be %zu bytes, over the "
                 "%llu-byte limit", path, hlen, (unsigned long long)ST_MAX_HEADER);
         rc = MOE_ERR_RANGE;
@@ -511,7 +498,7 @@ static int build_header(const char *path, const struct moe_st_entry *const *sort
     }
     head = malloc(8 + hlen);
     if (!head) {
-        set_err(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
         goto cleanup;
     }
     for (int b = 0; b < 8; b++)
@@ -539,7 +526,7 @@ static int write_atomic(const char *path, const unsigned char *head, size_t head
     const char *step = NULL; /* the operation that failed, for the error sentence */
 
     if (!tmp) {
-        set_err(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": out of memory", path);
         rc = MOE_ERR_NOMEM;
         goto cleanup;
     }
@@ -573,7 +560,7 @@ static int write_atomic(const char *path, const unsigned char *head, size_t head
     created = 0; /* the temp name no longer exists */
     step = NULL;
     if (fsync_parent(path) < 0) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "safetensors file \"%s\" was written but its directory could not be synced: %s",
                 path, strerror(errno));
         goto cleanup;
@@ -581,7 +568,7 @@ static int write_atomic(const char *path, const unsigned char *head, size_t head
     rc = 0;
 cleanup:
     if (rc < 0 && step)
-        set_err(err, errlen, "cannot write safetensors file \"%s\": %s \"%s\" failed: %s", path,
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": %s \"%s\" failed: %s", path,
                 step, tmp, strerror(errno));
     if (fd >= 0)
         close(fd);
@@ -603,12 +590,12 @@ int moe_safetensors_write(const char *path, const struct moe_st_entry *entries, 
     if (err && errlen)
         err[0] = '\0';
     if (!path || !*path) {
-        set_err(err, errlen, "cannot write a safetensors file: the path is empty");
+        moe_err_set(err, errlen, "cannot write a safetensors file: the path is empty");
         rc = MOE_ERR_IO;
         goto cleanup;
     }
     if (n > 0 && !entries) {
-        set_err(err, errlen, "cannot write safetensors file \"%s\": entries is NULL", path);
+        moe_err_set(err, errlen, "cannot write safetensors file \"%s\": entries is NULL", path);
         rc = MOE_ERR_FORMAT;
         goto cleanup;
     }
@@ -764,38 +751,38 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
     if (err && errlen)
         err[0] = '\0';
     if (!path) {
-        set_err(err, errlen, "cannot open a safetensors file: the path is NULL");
+        moe_err_set(err, errlen, "cannot open a safetensors file: the path is NULL");
         return NULL;
     }
     st = calloc(1, sizeof *st);
     if (!st || !(st->path = strdup(path))) {
-        set_err(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
         goto cleanup;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) < 0) {
-        set_err(err, errlen, "cannot open safetensors file \"%s\": %s", path, strerror(errno));
+        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": %s", path, strerror(errno));
         goto cleanup;
     }
     if (!S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "cannot open safetensors file \"%s\": not a regular file", path);
+        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": not a regular file", path);
         goto cleanup;
     }
     if (sb.st_size < 8) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "safetensors file \"%s\" is %lld bytes, too short for the 8-byte header length",
                 path, (long long)sb.st_size);
         goto cleanup;
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 16) {
-        set_err(err, errlen, "safetensors file \"%s\" is too large to load", path);
+        moe_err_set(err, errlen, "safetensors file \"%s\" is too large to load", path);
         goto cleanup;
     }
     size_t size = (size_t)sb.st_size;
     ssize_t got = read_full(fd, len8, 8);
     if (got != 8) {
-        set_err(err, errlen, "cannot read safetensors file \"%s\": %s", path,
+        moe_err_set(err, errlen, "cannot read safetensors file \"%s\": %s", path,
                 got < 0 ? strerror(errno) : "it shrank while being read");
         goto cleanup;
     }
@@ -803,13 +790,13 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
     for (int b = 7; b >= 0; b--)
         hlen = (hlen << 8) | len8[b];
     if (hlen > (uint64_t)(size - 8)) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "safetensors file \"%s\" declares a %llu-byte header but has only %zu bytes "
                 "after the length", path, (unsigned long long)hlen, size - 8);
         goto cleanup;
     }
     if (hlen > ST_MAX_HEADER) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "safetensors file \"%s\" declares a %llu-byte header, over the %llu-byte limit",
                 path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
         goto cleanup;
@@ -820,7 +807,7 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
     size_t pad = (size_t)((8 - (hlen & 7)) & 7);
     st->buf = malloc(pad + size);
     if (!st->buf) {
-        set_err(err, errlen, "cannot open safetensors file \"%s\": out of memory for %zu bytes",
+        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory for %zu bytes",
                 path, size);
         goto cleanup;
     }
@@ -828,7 +815,7 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
     memcpy(file, len8, 8);
     got = read_full(fd, file + 8, size - 8);
     if (got < 0 || (size_t)got != size - 8) {
-        set_err(err, errlen, "cannot read safetensors file \"%s\": %s", path,
+        moe_err_set(err, errlen, "cannot read safetensors file \"%s\": %s", path,
                 got < 0 ? strerror(errno) : "it shrank while being read");
         goto cleanup;
     }
@@ -839,12 +826,12 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
     st->root = json_loadb((const char *)file + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!st->root) {
         show(why, sizeof why, jerr.text);
-        set_err(err, errlen, "safetensors file \"%s\" has a malformed JSON header: %s (byte %d)",
+        moe_err_set(err, errlen, "safetensors file \"%s\" has a malformed JSON header: %s (byte %d)",
                 path, why, jerr.position);
         goto cleanup;
     }
     if (!json_is_object(st->root)) {
-        set_err(err, errlen, "safetensors file \"%s\" has a header that is not a JSON object", path);
+        moe_err_set(err, errlen, "safetensors file \"%s\" has a header that is not a JSON object", path);
         goto cleanup;
     }
 
@@ -854,21 +841,21 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
     st->t = calloc(cap ? cap : 1, sizeof *st->t);
     by_range = malloc((cap ? cap : 1) * sizeof *by_range);
     if (!st->t || !by_range) {
-        set_err(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
+        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
         goto cleanup;
     }
     if (st->meta) {
         const char *k;
         json_t *v;
         if (!json_is_object(st->meta)) {
-            set_err(err, errlen, "safetensors file \"%s\" has a __metadata__ that is not an object",
+            moe_err_set(err, errlen, "safetensors file \"%s\" has a __metadata__ that is not an object",
                     path);
             goto cleanup;
         }
         json_object_foreach(st->meta, k, v) {
             if (!json_is_string(v)) {
                 show(name, sizeof name, k);
-                set_err(err, errlen,
+                moe_err_set(err, errlen,
                         "safetensors file \"%s\" has a non-string value for metadata key \"%s\"",
                         path, name);
                 goto cleanup;
@@ -886,7 +873,7 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
             struct st_tensor *t = &st->t[st->n];
             if (parse_tensor(k, v, st->data_size, t, why, sizeof why) < 0) {
                 show(name, sizeof name, k);
-                set_err(err, errlen, "safetensors file \"%s\": tensor \"%s\" %s", path, name, why);
+                moe_err_set(err, errlen, "safetensors file \"%s\": tensor \"%s\" %s", path, name, why);
                 goto cleanup;
             }
             by_range[st->n] = t;
@@ -902,7 +889,7 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
         const struct st_tensor *t = by_range[i];
         if (t->begin != pos) {
             show(name, sizeof name, t->name);
-            set_err(err, errlen,
+            moe_err_set(err, errlen,
                     "safetensors file \"%s\": tensor \"%s\" starts at data byte %zu, but the "
                     "previous tensor ends at %zu (%s)", path, name, t->begin, pos,
                     t->begin < pos ? "overlap" : "gap");
@@ -911,7 +898,7 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
         pos = t->end;
     }
     if (pos != st->data_size) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "safetensors file \"%s\": the tensors cover %zu bytes of a %zu-byte data region",
                 path, pos, st->data_size);
         goto cleanup;
@@ -1002,19 +989,19 @@ int moe_safetensors_read_f32(const moe_safetensors_t *st, const char *name, int 
     show(shown, sizeof shown, name ? name : "(null)");
     const struct st_tensor *t = find_tensor(st, name);
     if (!t) {
-        set_err(err, errlen, "safetensors file \"%s\" has no tensor \"%s\"", path, shown);
+        moe_err_set(err, errlen, "safetensors file \"%s\" has no tensor \"%s\"", path, shown);
         return MOE_ERR_NOTFOUND;
     }
     shape_str(have, sizeof have, t->ndim, t->shape);
     if (ndim < 0 || ndim > MOE_ST_MAX_DIMS || (ndim > 0 && !shape)) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "tensor \"%s\" in safetensors file \"%s\" has shape %s, but the expected shape "
                 "has %d dimensions", shown, path, have, ndim);
         return MOE_ERR_SHAPE;
     }
     shape_str(want, sizeof want, ndim, shape);
     if (strcmp(t->dtype, "F32") != 0) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "tensor \"%s\" in safetensors file \"%s\" has dtype %s, expected F32 "
                 "(expected shape %s, found %s)", shown, path, t->dtype, want, have);
         return MOE_ERR_SHAPE;
@@ -1023,7 +1010,7 @@ int moe_safetensors_read_f32(const moe_safetensors_t *st, const char *name, int 
     for (int d = 0; same && d < ndim; d++)
         same = shape[d] == t->shape[d];
     if (!same) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "tensor \"%s\" in safetensors file \"%s\" has shape %s, expected %s", shown, path,
                 have, want);
         return MOE_ERR_SHAPE;

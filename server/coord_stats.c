@@ -28,18 +28,6 @@ struct coord_stats {
     size_t h_n, h_cap;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 coord_stats_t *coord_stats_new(int n_experts, int n_workers, double ema, int history)
 {
     if (n_experts < 1 || n_workers < 1 || !(ema >= 0 && ema < 1) || history < 1)
@@ -159,17 +147,17 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
                        char *err, size_t errlen)
 {
     if (rank < 0 || rank >= s->W) {
-        set_err(err, errlen, "rank %d is not a worker of this cluster (%d workers)", rank, s->W);
+        moe_err_set(err, errlen, "rank %d is not a worker of this cluster (%d workers)", rank, s->W);
         return MOE_ERR_RANGE;
     }
     if (step < 0 || (s->current >= 0 && step != s->current)) {
-        set_err(err, errlen, "statistics of step %lld are %s: the cluster is at step %lld",
+        moe_err_set(err, errlen, "statistics of step %lld are %s: the cluster is at step %lld",
                 (long long)step, step < s->current ? "stale" : "from the future",
                 (long long)s->current);
         return MOE_ERR_STATE;
     }
     if (s->current >= 0 && s->have[rank]) {
-        set_err(err, errlen, "duplicate statistics of step %lld from worker %d", (long long)step,
+        moe_err_set(err, errlen, "duplicate statistics of step %lld from worker %d", (long long)step,
                 rank);
         return MOE_ERR_STATE;
     }
@@ -177,7 +165,7 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
     for (int e = 0; e < s->E && finite; e++)
         finite = isfinite(imp[e]) && isfinite(load[e]) && isfinite(rows[e]) && rows[e] >= 0;
     if (!finite) {
-        set_err(err, errlen, "statistics of worker %d at step %lld hold a non-finite or negative value",
+        moe_err_set(err, errlen, "statistics of worker %d at step %lld hold a non-finite or negative value",
                 rank, (long long)step);
         return MOE_ERR_FORMAT;
     }

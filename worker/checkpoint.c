@@ -17,18 +17,6 @@
 
 #define NAME_LEN 96
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* A list of tensors to write, with names stored alongside. */
 struct tlist {
     struct moe_st_entry *e;
@@ -151,7 +139,7 @@ static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen
 {
     const char *want = moe_safetensors_meta(st, "checksum");
     if (!want) {
-        set_err(err, errlen, "%s: no checksum in the metadata (not a checkpoint of this program?)",
+        moe_err_set(err, errlen, "%s: no checksum in the metadata (not a checkpoint of this program?)",
                 moe_safetensors_path(st));
         return MOE_ERR_FORMAT;
     }
@@ -164,7 +152,7 @@ static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen
     char got[32];
     snprintf(got, sizeof got, "%016" PRIx64, sum);
     if (strcmp(got, want) != 0) {
-        set_err(err, errlen, "%s: checksum mismatch (file is corrupted): stored %s, computed %s",
+        moe_err_set(err, errlen, "%s: checksum mismatch (file is corrupted): stored %s, computed %s",
                 moe_safetensors_path(st), want, got);
         return MOE_ERR_FORMAT;
     }
@@ -200,18 +188,18 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     char tmp[TRAINER_PATH_MAX + 64], final[TRAINER_PATH_MAX + 64], p[TRAINER_PATH_MAX + 128];
     int rc = 0;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        set_err(err, errlen, "%s: cannot create checkpoint folder: %s", dir, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot create checkpoint folder: %s", dir, strerror(errno));
         return MOE_ERR_IO;
     }
     snprintf(final, sizeof final, "%s/step-%08" PRId64, dir, s->step);
     snprintf(tmp, sizeof tmp, "%s/.tmp-step-%08" PRId64 "-%ld", dir, s->step, (long)getpid());
     remove_tree(tmp);
     if (mkdir(tmp, 0755) != 0) {
-        set_err(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         return MOE_ERR_IO;
     }
     if ((rc = build_lists(s, &model, &optim))) {
-        set_err(err, errlen, "checkpoint: %s", moe_strerror(rc));
+        moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
         goto fail;
     }
     char step_s[32], sum_s[32];
@@ -233,7 +221,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     if (!f || moe_config_write_ini_except(trainer_options, trainer_options_count, s->cfg, f,
                                                "output,cluster") ||
         fflush(f) || fsync(fileno(f))) {
-        set_err(err, errlen, "%s: write failed: %s", p, strerror(errno));
+        moe_err_set(err, errlen, "%s: write failed: %s", p, strerror(errno));
         if (f)
             fclose(f);
         rc = MOE_ERR_IO;
@@ -241,14 +229,14 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     }
     fclose(f);
     if (fsync_path(tmp) != 0) {
-        set_err(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
+        moe_err_set(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
         rc = MOE_ERR_IO;
         goto fail;
     }
     /* A checkpoint of the same step from an earlier run is replaced. */
     remove_tree(final);
     if (rename(tmp, final) != 0 || fsync_path(dir) != 0) {
-        set_err(err, errlen, "%s: cannot move checkpoint into place: %s", final, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot move checkpoint into place: %s", final, strerror(errno));
         rc = MOE_ERR_IO;
         goto fail;
     }
@@ -259,7 +247,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     f = fopen(latest_tmp, "w");
     if (!f || fprintf(f, "step-%08" PRId64 "\n", s->step) < 0 || fflush(f) || fsync(fileno(f)) ||
         fclose(f) || rename(latest_tmp, latest) != 0 || fsync_path(dir) != 0) {
-        set_err(err, errlen, "%s: cannot write: %s", latest, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot write: %s", latest, strerror(errno));
         unlink(latest_tmp);
         tlist_free(&model);
         tlist_free(&optim);
@@ -289,7 +277,7 @@ int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_
     snprintf(p, sizeof p, "%s/latest", path);
     FILE *f = fopen(p, "r");
     if (!f) {
-        set_err(err, errlen, "%s: no checkpoint here (neither model.safetensors nor latest)", path);
+        moe_err_set(err, errlen, "%s: no checkpoint here (neither model.safetensors nor latest)", path);
         return MOE_ERR_NOTFOUND;
     }
     char name[256] = "";
@@ -299,7 +287,7 @@ int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_
     while (n && (name[n - 1] == '\n' || name[n - 1] == '\r'))
         name[--n] = '\0';
     if (!ok || n == 0 || strchr(name, '/') || strcmp(name, "..") == 0) {
-        set_err(err, errlen, "%s: malformed (expected a checkpoint folder name)", p);
+        moe_err_set(err, errlen, "%s: malformed (expected a checkpoint folder name)", p);
         return MOE_ERR_FORMAT;
     }
     snprintf(out, cap, "%s/%s", path, name);
@@ -320,7 +308,7 @@ int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t er
     moe_safetensors_t *mst = NULL, *ost = NULL;
     int rc = build_lists(s, &model, &optim);
     if (rc) {
-        set_err(err, errlen, "checkpoint: %s", moe_strerror(rc));
+        moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
         goto out;
     }
     snprintf(p, sizeof p, "%s/model.safetensors", ckpt);
@@ -342,7 +330,7 @@ int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t er
     } files[2] = {{mst, &model}, {ost, &optim}};
     for (int f = 0; f < 2; f++) {
         if (moe_safetensors_count(files[f].st) != files[f].l->n) {
-            set_err(err, errlen, "%s: holds %zu tensors, this model has %zu (another model shape?)",
+            moe_err_set(err, errlen, "%s: holds %zu tensors, this model has %zu (another model shape?)",
                     moe_safetensors_path(files[f].st), moe_safetensors_count(files[f].st),
                     files[f].l->n);
             rc = MOE_ERR_SHAPE;
@@ -360,7 +348,7 @@ int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t er
     char *end = NULL;
     long long step = step_s ? strtoll(step_s, &end, 10) : -1;
     if (!step_s || *end != '\0' || step < 0) {
-        set_err(err, errlen, "%s/optim.safetensors: missing or bad \"step\" metadata", ckpt);
+        moe_err_set(err, errlen, "%s/optim.safetensors: missing or bad \"step\" metadata", ckpt);
         rc = MOE_ERR_FORMAT;
         goto out;
     }

@@ -21,18 +21,6 @@ struct vocab {
     size_t mask;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = 1469598103934665603ull;
@@ -148,18 +136,18 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+        moe_err_set(err, errlen, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     char *buf = malloc((size_t)st.st_size + 1);
     if (!buf) {
-        set_err(err, errlen, "%s: out of memory reading %lld bytes", path, (long long)st.st_size);
+        moe_err_set(err, errlen, "%s: out of memory reading %lld bytes", path, (long long)st.st_size);
         close(fd);
         return NULL;
     }
@@ -169,7 +157,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
-            set_err(err, errlen, "%s: read failed: %s", path, r < 0 ? strerror(errno) : "file shrank");
+            moe_err_set(err, errlen, "%s: read failed: %s", path, r < 0 ? strerror(errno) : "file shrank");
             free(buf);
             close(fd);
             return NULL;
@@ -273,7 +261,7 @@ static vocab_t *vocab_from_words(char **words, int64_t *counts, int n)
 vocab_t *vocab_build(const char *path, int max_size, char *err, size_t errlen)
 {
     if (max_size != 0 && max_size < 3) {
-        set_err(err, errlen, "vocabulary cap %d is too small (need at least 3)", max_size);
+        moe_err_set(err, errlen, "vocabulary cap %d is too small (need at least 3)", max_size);
         return NULL;
     }
     size_t len;
@@ -287,18 +275,18 @@ vocab_t *vocab_build(const char *path, int max_size, char *err, size_t errlen)
     int64_t *counts = NULL;
     if (table_init(&t, 1 << 16)) {
         free(buf);
-        set_err(err, errlen, "out of memory");
+        moe_err_set(err, errlen, "out of memory");
         return NULL;
     }
     struct count_ctx cc = {&t, 0};
     int rc = for_each_token(buf, len, count_token, &cc);
     free(buf);
     if (rc) {
-        set_err(err, errlen, "%s: %s", path, moe_strerror(rc));
+        moe_err_set(err, errlen, "%s: %s", path, moe_strerror(rc));
         goto done;
     }
     if (cc.words == 0) {
-        set_err(err, errlen, "%s: corpus is empty (no words)", path);
+        moe_err_set(err, errlen, "%s: corpus is empty (no words)", path);
         goto done;
     }
     /* Special tokens first; a corpus's own "<unk>" counts as unknown. */
@@ -334,7 +322,7 @@ vocab_t *vocab_build(const char *path, int max_size, char *err, size_t errlen)
         goto nomem;
     goto done;
 nomem:
-    set_err(err, errlen, "out of memory building the vocabulary of %s", path);
+    moe_err_set(err, errlen, "out of memory building the vocabulary of %s", path);
 done:
     free(order);
     free(words);
@@ -359,12 +347,12 @@ vocab_t *vocab_load(const char *path, char *err, size_t errlen)
         while (e < len && buf[e] != '\n')
             e++;
         if (e == i) {
-            set_err(err, errlen, "%s: line %d is empty", path, n + 1);
+            moe_err_set(err, errlen, "%s: line %d is empty", path, n + 1);
             goto out;
         }
         for (size_t k = i; k < e; k++) {
             if (is_space(buf[k])) {
-                set_err(err, errlen, "%s: line %d contains whitespace", path, n + 1);
+                moe_err_set(err, errlen, "%s: line %d contains whitespace", path, n + 1);
                 goto out;
             }
         }
@@ -380,12 +368,12 @@ vocab_t *vocab_load(const char *path, char *err, size_t errlen)
         i = e + 1;
     }
     if (n < 3 || strcmp(words[0], "<unk>") != 0 || strcmp(words[1], "<eos>") != 0) {
-        set_err(err, errlen, "%s: not a vocabulary file (needs <unk>, <eos>, then words)", path);
+        moe_err_set(err, errlen, "%s: not a vocabulary file (needs <unk>, <eos>, then words)", path);
         goto out;
     }
     v = vocab_from_words(words, NULL, n);
     if (!v)
-        set_err(err, errlen, "%s: duplicate words or out of memory", path);
+        moe_err_set(err, errlen, "%s: duplicate words or out of memory", path);
 out:
     free(words);
     free(buf);
@@ -398,7 +386,7 @@ int vocab_save(const vocab_t *v, const char *path, char *err, size_t errlen)
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "w");
     if (!f) {
-        set_err(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
+        moe_err_set(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         return MOE_ERR_IO;
     }
     for (int i = 0; i < v->n; i++)
@@ -406,7 +394,7 @@ int vocab_save(const vocab_t *v, const char *path, char *err, size_t errlen)
     int bad = ferror(f) | (fflush(f) != 0) | (fsync(fileno(f)) != 0);
     bad |= fclose(f) != 0;
     if (bad || rename(tmp, path) != 0) {
-        set_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        moe_err_set(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
         return MOE_ERR_IO;
     }
@@ -477,12 +465,12 @@ int corpus_load(struct corpus *c, const char *path, const vocab_t *v, char *err,
     free(buf);
     if (rc) {
         free(lc.ids);
-        set_err(err, errlen, "%s: %s", path, moe_strerror(rc));
+        moe_err_set(err, errlen, "%s: %s", path, moe_strerror(rc));
         return rc;
     }
     if (lc.words == 0) {
         free(lc.ids);
-        set_err(err, errlen, "%s: corpus is empty (no words)", path);
+        moe_err_set(err, errlen, "%s: corpus is empty (no words)", path);
         return MOE_ERR_EMPTY;
     }
     c->ids = lc.ids;
@@ -502,7 +490,7 @@ int batcher_init(struct batcher *b, const struct corpus *c, int B, int T, char *
 {
     memset(b, 0, sizeof *b);
     if (B < 1 || T < 1 || c->n < 2 || (c->n - 1) / (size_t)B < (size_t)T) {
-        set_err(err, errlen,
+        moe_err_set(err, errlen,
                 "corpus of %zu tokens is too small for a batch of %d streams x %d steps", c->n, B,
                 T);
         return MOE_ERR_RANGE;
