@@ -71,6 +71,37 @@ int64_t expsrv_errors(const expsrv_t *s) { return s->errors; }
 
 /* ------------------------------------------------------------------------ */
 
+/* Entry server_index of the comma-separated --servers, or --bind when
+ * --servers is empty. */
+static bool own_endpoint(const struct trainer_config *cfg, char *out, size_t cap, char *err,
+                         size_t errlen)
+{
+    const char *p = cfg->servers;
+    for (int i = 0; *p && i < cfg->server_index; i++) {
+        p = strchr(p, ',');
+        p = p ? p + 1 : "";
+    }
+    size_t len = strcspn(p, ",");
+    while (len && *p == ' ') {
+        p++;
+        len--;
+    }
+    while (len && p[len - 1] == ' ')
+        len--;
+    if (len == 0 && cfg->bind[0]) {
+        p = cfg->bind;
+        len = strlen(p);
+    }
+    if (len == 0 || len >= cap) {
+        snprintf(err, errlen, "server %d: no address to serve on (give --servers, or --bind with "
+                              "--coordinator)", cfg->server_index);
+        return false;
+    }
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return true;
+}
+
 expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
 {
     expsrv_t *s = calloc(1, sizeof *s);
@@ -78,23 +109,59 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     if (!s)
         return NULL;
     s->cfg = cfg;
-    if (moe_cluster_parse(&s->cl, cfg->servers, cfg->workers, cfg->placement, cfg->n_experts, err,
-                          errlen))
+    if (strcmp(cfg->wire_dtype, "f32") && strcmp(cfg->wire_dtype, "bf16")) {
+        snprintf(err, errlen, "wire_dtype: expected f32 or bf16, got \"%s\"", cfg->wire_dtype);
+        goto fail;
+    }
+    s->dtype = strcmp(cfg->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16 : MOE__DTYPE__DTYPE_F32;
+    s->D = cfg->d_model;
+    s->H = cfg->d_hidden;
+    s->sched = (struct moe_lr_schedule){cfg->lr, cfg->warmup};
+    s->lim = (struct moe_wire_limits){(size_t)cfg->max_message_mb << 20, (uint32_t)s->D,
+                                      (uint32_t)cfg->n_experts, (uint64_t)1 << 31};
+
+    /* Where this server listens and how it is reached: --bind, or its entry
+     * of --servers (a server that learns the placement from the coordinator
+     * needs only --bind and --server-index). */
+    char own[256] = "";
+    if (!own_endpoint(cfg, own, sizeof own, err, errlen))
+        goto fail;
+    const char *ep = cfg->bind[0] ? cfg->bind : own;
+    s->ctx = zmq_ctx_new();
+    s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
+    int linger = 0;
+    /* libzmq drops a peer whose message exceeds ZMQ_MAXMSGSIZE, with no
+     * reply possible; up to twice our own limit the message is received and
+     * answered with an error instead. */
+    int64_t maxmsg = 2 * (int64_t)s->lim.max_bytes + (1 << 20);
+    if (!s->sock || zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_bind(s->sock, ep) != 0) {
+        snprintf(err, errlen, "cannot bind %s: %s", ep, zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    /* The placement: from the coordinator when there is one, else from the
+     * configuration. */
+    const char *servers = cfg->servers, *placement = cfg->placement;
+    char disc_servers[4096], disc_placement[4096];
+    if (cfg->coordinator[0]) {
+        s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, cfg->server_index,
+                                    cfg->n_experts, cfg->timeout_ms, err, errlen);
+        if (!s->coord || coord_client_register(s->coord, own, err, errlen) ||
+            coord_client_placement(s->coord, disc_servers, sizeof disc_servers, disc_placement,
+                                   sizeof disc_placement, err, errlen))
+            goto fail;
+        servers = disc_servers;
+        placement = disc_placement;
+    }
+    if (moe_cluster_parse(&s->cl, servers, cfg->workers, placement, cfg->n_experts, err, errlen))
         goto fail;
     if (cfg->server_index >= s->cl.n_servers) {
         snprintf(err, errlen, "server_index %d: only %d servers are listed in servers",
                  cfg->server_index, s->cl.n_servers);
         goto fail;
     }
-    if (strcmp(cfg->wire_dtype, "f32") && strcmp(cfg->wire_dtype, "bf16")) {
-        snprintf(err, errlen, "wire_dtype: expected f32 or bf16, got \"%s\"", cfg->wire_dtype);
-        goto fail;
-    }
-    s->dtype = strcmp(cfg->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16 : MOE__DTYPE__DTYPE_F32;
     s->W = s->cl.n_workers;
-    s->D = cfg->d_model;
-    s->H = cfg->d_hidden;
-    s->sched = (struct moe_lr_schedule){cfg->lr, cfg->warmup};
     ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
     if (!ids)
         goto fail;
@@ -113,30 +180,6 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     s->u_base = malloc(sizeof(size_t) * (size_t)n);
     if (!s->fwd || !s->bwd || !s->u_ids || !s->u_rows || !s->u_base)
         goto fail;
-    s->lim = (struct moe_wire_limits){(size_t)cfg->max_message_mb << 20, (uint32_t)s->D,
-                                      (uint32_t)cfg->n_experts, (uint64_t)1 << 31};
-
-    const char *ep = cfg->bind[0] ? cfg->bind : s->cl.servers[cfg->server_index];
-    s->ctx = zmq_ctx_new();
-    s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
-    int linger = 0;
-    /* libzmq drops a peer whose message exceeds ZMQ_MAXMSGSIZE, with no
-     * reply possible; up to twice our own limit the message is received and
-     * answered with an error instead. */
-    int64_t maxmsg = 2 * (int64_t)s->lim.max_bytes + (1 << 20);
-    if (!s->sock || zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        zmq_bind(s->sock, ep) != 0) {
-        snprintf(err, errlen, "cannot bind %s: %s", ep, zmq_strerror(zmq_errno()));
-        goto fail;
-    }
-    if (cfg->coordinator[0]) {
-        s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, cfg->server_index,
-                                    cfg->n_experts, cfg->timeout_ms, err, errlen);
-        if (!s->coord || coord_client_register(s->coord, s->cl.servers[cfg->server_index], err,
-                                               errlen))
-            goto fail;
-    }
     free(ids);
     moe_info("server %d of %d: %d experts (%d..%d), %d worker(s), listening on %s",
              cfg->server_index, s->cl.n_servers, n, n ? expert_shard_id(s->shard, 0) : -1,

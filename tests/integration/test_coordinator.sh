@@ -1,6 +1,6 @@
-# A coordinator + 2 expert servers + 2 workers on loopback. The workers find
-# the servers and the placement through the coordinator and get the global
-# Importance/Load from it; the model after training
+# A coordinator + 2 expert servers + 2 workers on loopback. Servers and
+# workers get the placement (and the workers the servers' addresses) from
+# the coordinator, and the workers the global Importance/Load; the model after training
 # equals the single-worker model within the stated tolerance; the rows routed
 # per expert that the coordinator reports, summed over the run, equal exactly
 # what the workers dispatched; /metrics passes a strict parser of the
@@ -15,9 +15,10 @@ A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 15 --servers $S
 "$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret >"$WORK/coord.out" 2>"$WORK/coord.err" &
 coord=$!
 sleep 0.3
-"$BIN/moe-server" $A --server-index 0 2>"$WORK/s0.err" &
+# the servers too learn the placement from the coordinator: only --bind
+"$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$((base + 2))" --server-index 0 2>"$WORK/s0.err" &
 s0=$!
-"$BIN/moe-server" $A --server-index 1 2>"$WORK/s1.err" &
+"$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$((base + 3))" --server-index 1 2>"$WORK/s1.err" &
 s1=$!
 # the workers find the servers through the coordinator (--servers= empty)
 "$BIN/moe-worker" $A --servers= --experts remote --rank 1 --report "$WORK/r.json" >/dev/null 2>"$WORK/w1.err" &
