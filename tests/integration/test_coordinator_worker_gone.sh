@@ -1,6 +1,8 @@
-# A worker killed in the middle of training makes the other worker fail with
-# an error that names the coordinator within the timeout, never a hang; the
-# coordinator keeps serving and exits 0 on SIGTERM.
+# A worker killed in the middle of training makes the other worker fail
+# within the timeout, never hang, with an error that names what stopped
+# answering (the all-reduce names the missing rank; a server or the
+# coordinator says a worker of the step may be gone); the coordinator keeps
+# serving and exits 0 on SIGTERM.
 make_corpora
 base=$((21500 + ($$ + 13) % 18000))
 C="tcp://127.0.0.1:$base"
@@ -33,6 +35,6 @@ kill -TERM $s0 $s1 $coord
 wait $coord || fail "the coordinator did not exit 0"
 wait $s0 $s1
 [ $rc -ne 0 ] || fail "worker 0 exited 0 after worker 1 died"
-grep -Eq "coordinator \\($C\\)|allreduce|did not answer" "$WORK/w0.err" || fail "unclear error: $(cat "$WORK/w0.err")"
+grep -Eq "did not answer|no message from rank 1" "$WORK/w0.err" || fail "unclear error: $(cat "$WORK/w0.err")"
 [ $ms -lt 5000 ] || fail "worker 0 took $ms ms to give up (timeout 2000 ms)"
 echo "  ok: worker 0 exited $rc after $ms ms: $(tail -n 1 "$WORK/w0.err")"
