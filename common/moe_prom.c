@@ -73,6 +73,14 @@ static int buf_put(struct moe_prom_buf *b, const char *s, size_t n)
     return 0;
 }
 
+/* Undoes a half-written line: a failed call leaves the buffer as it was. */
+static void buf_truncate(struct moe_prom_buf *b, size_t len)
+{
+    b->len = len;
+    if (b->data)
+        b->data[len] = 0;
+}
+
 static int buf_puts(struct moe_prom_buf *b, const char *s) { return buf_put(b, s, strlen(s)); }
 
 /* Appends s with backslash and newline escaped, and the double quote too
@@ -223,9 +231,7 @@ int moe_prom_family(struct moe_prom_buf *b, const char *name, enum moe_prom_type
     rc = rc ? rc : buf_puts(b, type_name);
     rc = rc ? rc : buf_puts(b, "\n");
     if (rc) {
-        b->len = old_len;
-        if (b->data)
-            b->data[old_len] = 0;
+        buf_truncate(b, old_len);
         return rc;
     }
     memcpy(b->family, name, strlen(name) + 1);
@@ -313,11 +319,8 @@ int moe_prom_sample(struct moe_prom_buf *b, const char *suffix, const char *cons
     rc = rc ? rc : buf_puts(b, " ");
     rc = rc ? rc : buf_puts(b, num);
     rc = rc ? rc : buf_puts(b, "\n");
-    if (rc) {
-        b->len = old_len;
-        if (b->data)
-            b->data[old_len] = 0;
-    }
+    if (rc)
+        buf_truncate(b, old_len);
     return rc;
 }
 
