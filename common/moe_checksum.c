@@ -25,3 +25,9 @@ uint64_t moe_checksum64(uint64_t h, const void *data, size_t n)
     /* the length goes in too, so that trailing zero bytes count */
     return mix(mix(h, tail), (uint64_t)n);
 }
+
+uint64_t moe_checksum_tensor(const char *name, const void *data, size_t nbytes)
+{
+    uint64_t h = moe_checksum64(MOE_CHECKSUM_INIT, name, strlen(name) + 1);
+    return moe_checksum64(h, data, nbytes);
+}

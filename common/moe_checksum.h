@@ -12,4 +12,9 @@
 #define MOE_CHECKSUM_INIT 0x9E3779B97F4A7C15ull
 uint64_t moe_checksum64(uint64_t h, const void *data, size_t n);
 
+/* Hash of one named tensor: its name (with the terminating NUL), then its
+ * bytes. A file's checksum is the sum of these over its tensors, so it does
+ * not depend on their order. */
+uint64_t moe_checksum_tensor(const char *name, const void *data, size_t nbytes);
+
 #endif

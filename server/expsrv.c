@@ -735,13 +735,11 @@ int expsrv_write_shard(expsrv_t *s, const char *path, char *err, size_t errlen)
             size_t numel = (size_t)shape[0] * (nd == 2 ? (size_t)shape[1] : 1);
             snprintf(names[k], 96, "moe.experts.%d.%s", expert_shard_id(s->shard, i), suffix);
             e[k] = (struct moe_st_entry){names[k], nd, {shape[0], shape[1]}, p};
-            sum += moe_checksum64(moe_checksum64(MOE_CHECKSUM_INIT, names[k], strlen(names[k]) + 1),
-                                  p, numel * sizeof(float));
+            sum += moe_checksum_tensor(names[k], p, numel * sizeof(float));
             k++;
             snprintf(names[k], 96, "moe.experts.%d.%s.fadam", expert_shard_id(s->shard, i), suffix);
             e[k] = (struct moe_st_entry){names[k], 1, {(int64_t)nst}, st};
-            sum += moe_checksum64(moe_checksum64(MOE_CHECKSUM_INIT, names[k], strlen(names[k]) + 1),
-                                  st, nst * sizeof(float));
+            sum += moe_checksum_tensor(names[k], st, nst * sizeof(float));
             k++;
             p += numel;
             st += nst;

@@ -119,18 +119,12 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
 /* Order-independent checksum of a list of tensors: the sum of a hash of
  * each tensor's name and bytes. Stored as metadata "checksum" and checked
  * on load, so a flipped byte anywhere in the data is detected. */
-static uint64_t tensor_checksum(const char *name, const void *data, size_t nbytes)
-{
-    uint64_t h = moe_checksum64(MOE_CHECKSUM_INIT, name, strlen(name) + 1);
-    return moe_checksum64(h, data, nbytes);
-}
-
 static uint64_t tlist_checksum(const struct tlist *l)
 {
     uint64_t sum = 0;
     for (size_t i = 0; i < l->n; i++) {
         size_t n = (size_t)l->e[i].shape[0] * (l->e[i].ndim == 2 ? (size_t)l->e[i].shape[1] : 1);
-        sum += tensor_checksum(l->e[i].name, l->e[i].data, n * sizeof(float));
+        sum += moe_checksum_tensor(l->e[i].name, l->e[i].data, n * sizeof(float));
     }
     return sum;
 }
@@ -147,7 +141,7 @@ static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen
     for (size_t i = 0; i < moe_safetensors_count(st); i++) {
         struct moe_st_view v;
         moe_safetensors_at(st, i, &v);
-        sum += tensor_checksum(v.name, v.data, v.nbytes);
+        sum += moe_checksum_tensor(v.name, v.data, v.nbytes);
     }
     char got[32];
     snprintf(got, sizeof got, "%016" PRIx64, sum);
