@@ -377,27 +377,6 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
     return rc;
 }
 
-/* Asks the coordinator where the experts are (a throw-away client: the
- * trainer's own is made once the ZeroMQ context exists). */
-static int discover(struct trainer *t, const char *endpoint, int rank, int E, int64_t timeout_ms,
-                    char *err, size_t errlen)
-{
-    void *ctx = zmq_ctx_new();
-    if (!ctx) {
-        snprintf(err, errlen, "cannot create a ZeroMQ context");
-        return MOE_ERR_IO;
-    }
-    coord_client_t *cc = coord_client_new(ctx, endpoint, 1, rank, E, timeout_ms, err, errlen);
-    int rc = cc ? coord_client_placement(cc, t->disc_servers, sizeof t->disc_servers,
-                                         t->disc_placement, sizeof t->disc_placement, err, errlen)
-                : MOE_ERR_IO;
-    coord_client_destroy(&cc);
-    zmq_ctx_term(ctx);
-    if (rc == 0)
-        moe_info("placement from the coordinator: servers %s", t->disc_servers);
-    return rc;
-}
-
 static int setup(struct trainer *t, char *err, size_t errlen)
 {
     const struct trainer_config *c = t->cfg;
@@ -414,14 +393,31 @@ static int setup(struct trainer *t, char *err, size_t errlen)
     t->rank = c->rank;
     t->world = 1;
     if (t->remote) {
-        /* Without --servers, the placement comes from the coordinator. */
+        t->zctx = zmq_ctx_new();
+        if (!t->zctx) {
+            snprintf(err, errlen, "cannot create a ZeroMQ context");
+            return MOE_ERR_IO;
+        }
+        /* Register with the coordinator; without --servers, the placement
+         * comes from it too. */
         const char *servers = c->servers, *placement = c->placement;
-        if (!servers[0] && c->coordinator[0]) {
-            int rc = discover(t, c->coordinator, c->rank, c->n_experts, c->timeout_ms, err, errlen);
+        if (c->coordinator[0]) {
+            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, c->n_experts,
+                                        c->timeout_ms, err, errlen);
+            if (!t->coord)
+                return MOE_ERR_IO;
+            int rc = coord_client_register(t->coord, "", err, errlen);
+            if (!rc && !servers[0]) {
+                rc = coord_client_placement(t->coord, t->disc_servers, sizeof t->disc_servers,
+                                            t->disc_placement, sizeof t->disc_placement, err,
+                                            errlen);
+                servers = t->disc_servers;
+                placement = t->disc_placement;
+                if (!rc)
+                    moe_info("placement from the coordinator: servers %s", t->disc_servers);
+            }
             if (rc)
                 return rc;
-            servers = t->disc_servers;
-            placement = t->disc_placement;
         }
         int rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
                                    errlen);
@@ -511,11 +507,6 @@ static int setup(struct trainer *t, char *err, size_t errlen)
         return MOE_ERR_NOMEM;
     }
     if (t->remote) {
-        t->zctx = zmq_ctx_new();
-        if (!t->zctx) {
-            snprintf(err, errlen, "cannot create a ZeroMQ context");
-            return MOE_ERR_IO;
-        }
         Moe__DType dt = strcmp(c->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16
                                                            : MOE__DTYPE__DTYPE_F32;
         t->remote_be = expert_remote_new(t->zctx, &t->cl, t->rank, c->d_model, c->timeout_ms, dt,
@@ -524,14 +515,8 @@ static int setup(struct trainer *t, char *err, size_t errlen)
             return MOE_ERR_IO;
         expert_remote_set_row0(t->remote_be, (int64_t)t->b0 * c->unroll);
         expert_remote_backend(&t->backend, t->remote_be);
-        if (c->coordinator[0]) {
-            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, c->n_experts,
-                                        c->timeout_ms, err, errlen);
-            if (!t->coord || (rc = coord_client_register(t->coord, "", err, errlen)))
-                return t->coord ? rc : MOE_ERR_IO;
-            if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
-                return MOE_ERR_NOMEM;
-        }
+        if (t->coord && !(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
+            return MOE_ERR_NOMEM;
         if (t->world > 1) {
             t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
                                       (int)c->timeout_ms, err, errlen);
