@@ -23,6 +23,16 @@ expect_fail() {
     echo "  ok: $desc: $(head -n 1 "$WORK/err.txt")"
 }
 
+# wait_for_step LOG N: waits (at most 10 s) until a progress line of step N
+# shows in LOG.
+wait_for_step() {
+    n=0
+    until grep -q "^step *$2/" "$1" 2>/dev/null || [ $n -gt 200 ]; do
+        sleep 0.05
+        n=$((n + 1))
+    done
+}
+
 # Small corpora cut from the bundled WikiText-2 (whole lines).
 make_corpora() {
     head -n 400 "$DATA/wiki.train.tokens" >"$WORK/train.txt"

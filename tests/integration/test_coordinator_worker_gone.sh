@@ -21,8 +21,7 @@ s1=$!
 w1=$!
 "$BIN/moe-worker" $A --experts remote --rank 0 >"$WORK/w0.log" 2>"$WORK/w0.err" &
 w0=$!
-n=0
-until grep -q "^step *10/" "$WORK/w0.log" 2>/dev/null || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
+wait_for_step "$WORK/w0.log" 10
 kill -9 $w1
 t0=$(date +%s%N)
 wait $w0

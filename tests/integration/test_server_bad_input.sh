@@ -13,8 +13,7 @@ s1=$!
     >"$WORK/w.log" 2>&1 &
 w=$!
 # wait until training is under way, then send the garbage
-n=0
-until grep -q "^step *5/" "$WORK/w.log" 2>/dev/null || [ $n -gt 100 ]; do sleep 0.1; n=$((n + 1)); done
+wait_for_step "$WORK/w.log" 5
 "$BIN/moe-wire-probe" "tcp://127.0.0.1:$port" 16 1048576 >"$WORK/probe.txt"
 probe=$?
 sed 's/^/    /' "$WORK/probe.txt"

@@ -11,8 +11,7 @@ s0=$!
 s1=$!
 "$BIN/moe-worker" $A --experts remote --servers "$SV" --timeout-ms 2000 >"$WORK/w.log" 2>"$WORK/w.err" &
 w=$!
-n=0
-until grep -q "^step *20/" "$WORK/w.log" 2>/dev/null || [ $n -gt 200 ]; do sleep 0.05; n=$((n + 1)); done
+wait_for_step "$WORK/w.log" 20
 kill -9 $s1
 t0=$(date +%s%N)
 wait $w
