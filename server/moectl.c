@@ -1,11 +1,18 @@
 /* moectl: the operator's command-line tool. Talks HTTP to the coordinator's
- * monitoring address (--http HOST:PORT, default 127.0.0.1:8780).
+ * monitoring address (--http HOST:PORT, default 127.0.0.1:8780), except for
+ * the checkpoint commands, which work offline on the files:
  *
  *   moectl [--http HOST:PORT] [--json] status
  *   moectl [--http HOST:PORT] [--json] experts [--top N] [--sort load|importance|rows]
  *   moectl [--http HOST:PORT] [--token T] checkpoint
  *   moectl [--http HOST:PORT] [--token T] drain SERVER
+ *   moectl verify CHECKPOINT
+ *   moectl export CHECKPOINT OUT.safetensors [--params-only]
  *
+ * CHECKPOINT is a cluster checkpoint folder (DIR/step-NNNNNNNN with its
+ * manifest.json) or a checkpoint directory DIR; then verify checks the newest
+ * committed checkpoint and export uses the newest one that verifies, and the
+ * folder used is printed (common/moe_manifest.h).
  * Human tables by default; --json prints the coordinator's JSON as is. */
 #include <errno.h>
 #include <jansson.h>
@@ -15,8 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+#include "moe_err.h"
+#include "moe_log.h"
+#include "moe_manifest.h"
+#include "moe_safetensors.h"
 
 static void usage(FILE *f)
 {
@@ -25,7 +38,14 @@ static void usage(FILE *f)
                "  experts [--top N] [--sort load|importance|rows]\n"
                "                                   per-expert load table (most loaded first)\n"
                "  checkpoint                       ask for a checkpoint now (needs --token)\n"
-               "  drain SERVER                     move a server's experts away (needs --token)\n");
+               "  drain SERVER                     move a server's experts away (needs --token)\n"
+               "  verify CHECKPOINT                check a checkpoint's files against its manifest\n"
+               "  export CHECKPOINT OUT.safetensors [--params-only]\n"
+               "                                   one canonical file of the model (and, unless\n"
+               "                                   --params-only, its optimizer state)\n"
+               "CHECKPOINT is a step-NNNNNNNN folder or a checkpoint directory: verify checks\n"
+               "its newest committed checkpoint, export uses its newest one that verifies.\n"
+               "verify and export work offline.\n");
 }
 
 /* One HTTP/1.0 request; returns the body (malloc'd) and the status. */
@@ -110,6 +130,93 @@ static json_t *get_json(const char *hp, const char *path)
     return j;
 }
 
+/* CHECKPOINT of verify and export: a folder holding a manifest (or named
+ * step-*) is used as is; otherwise it is a checkpoint directory and its
+ * newest committed checkpoint (newest_good: the newest that verifies) is
+ * used. Fills folder and m (read, and verified if *verified). Returns 0 or
+ * prints the error. */
+static int resolve_checkpoint(const char *arg, bool newest_good, char *folder, size_t cap,
+                              struct moe_manifest *m, bool *verified)
+{
+    char err[1024], mpath[4096];
+    size_t len = strlen(arg);
+    while (len > 1 && arg[len - 1] == '/') /* "DIR/step-N/" */
+        len--;
+    if (len >= cap) {
+        fprintf(stderr, "moectl: %s: path too long\n", arg);
+        return 1;
+    }
+    memcpy(folder, arg, len);
+    folder[len] = '\0';
+    const char *slash = strrchr(folder, '/');
+    const char *base = slash ? slash + 1 : folder;
+    snprintf(mpath, sizeof mpath, "%s/%s", folder, MOE_MANIFEST_NAME);
+    if (access(mpath, F_OK) == 0 || strncmp(base, "step-", 5) == 0) {
+        int rc = moe_manifest_read(folder, m, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "moectl: %s\n", err);
+            return 1;
+        }
+        *verified = false;
+        return 0;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", folder);
+    int rc = moe_manifest_latest(dir, newest_good, folder, cap, m, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "moectl: %s\n", err);
+        return 1;
+    }
+    printf("using %s\n", folder);
+    *verified = newest_good;
+    return 0;
+}
+
+static int cmd_verify(const char *arg)
+{
+    char folder[4096], err[1024];
+    struct moe_manifest m;
+    bool verified;
+    if (resolve_checkpoint(arg, false, folder, sizeof folder, &m, &verified))
+        return 1;
+    int rc = verified ? 0 : moe_manifest_verify(folder, &m, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "moectl: %s\n", err);
+    else
+        printf("OK step %lld, %d files\n", (long long)m.step, m.n_files);
+    moe_manifest_free(&m);
+    return rc ? 1 : 0;
+}
+
+static int cmd_export(const char *arg, const char *out, bool params_only)
+{
+    char folder[4096], err[1024];
+    struct moe_manifest m;
+    bool verified;
+    if (resolve_checkpoint(arg, true, folder, sizeof folder, &m, &verified))
+        return 1;
+    (void)verified; /* export verifies again */
+    int64_t step = m.step;
+    moe_manifest_free(&m);
+    int rc = moe_manifest_export(folder, out, params_only, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "moectl: %s\n", err);
+        return 1;
+    }
+    moe_safetensors_t *st = moe_safetensors_open(out, err, sizeof err);
+    if (!st) {
+        fprintf(stderr, "moectl: the export was written but does not read back: %s\n", err);
+        return 1;
+    }
+    size_t tensors = moe_safetensors_count(st);
+    moe_safetensors_close(&st);
+    struct stat sb;
+    long long bytes = stat(out, &sb) == 0 ? (long long)sb.st_size : -1;
+    printf("exported step %lld%s: %zu tensors, %lld bytes -> %s\n", (long long)step,
+           params_only ? " (parameters only)" : "", tensors, bytes, out);
+    return 0;
+}
+
 static const char *sort_key = "load";
 
 static double expert_value(json_t *e)
@@ -131,19 +238,22 @@ static int cmp_expert(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *hp = "127.0.0.1:8780", *token = NULL, *cmd = NULL, *arg = NULL;
-    bool as_json = false;
+    const char *hp = "127.0.0.1:8780", *token = NULL, *cmd = NULL, *arg = NULL, *arg2 = NULL;
+    bool as_json = false, params_only = false;
     int top = 0;
+    moe_log_set_name("moectl");
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--http") && i + 1 < argc) hp = argv[++i];
         else if (!strcmp(argv[i], "--token") && i + 1 < argc) token = argv[++i];
         else if (!strcmp(argv[i], "--json")) as_json = true;
         else if (!strcmp(argv[i], "--top") && i + 1 < argc) top = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sort") && i + 1 < argc) sort_key = argv[++i];
+        else if (!strcmp(argv[i], "--params-only")) params_only = true;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
         else if (argv[i][0] == '-') { fprintf(stderr, "moectl: unknown option %s\n", argv[i]); usage(stderr); return 2; }
         else if (!cmd) cmd = argv[i];
         else if (!arg) arg = argv[i];
+        else if (!arg2 && !strcmp(cmd, "export")) arg2 = argv[i];
         else { fprintf(stderr, "moectl: unexpected argument %s\n", argv[i]); return 2; }
     }
     if (!cmd) {
@@ -153,6 +263,16 @@ int main(int argc, char **argv)
     if (strcmp(sort_key, "load") && strcmp(sort_key, "importance") && strcmp(sort_key, "rows")) {
         fprintf(stderr, "moectl: --sort: expected load, importance or rows\n");
         return 2;
+    }
+    if (!strcmp(cmd, "verify") || !strcmp(cmd, "export")) {
+        const bool exp = !strcmp(cmd, "export");
+        if (!arg || (exp && !arg2)) {
+            fprintf(stderr, "moectl: %s needs %s\n", cmd,
+                    exp ? "CHECKPOINT OUT.safetensors" : "CHECKPOINT");
+            usage(stderr);
+            return 2;
+        }
+        return exp ? cmd_export(arg, arg2, params_only) : cmd_verify(arg);
     }
     if (!strcmp(cmd, "status") || !strcmp(cmd, "experts")) {
         const bool status = !strcmp(cmd, "status");
