@@ -17,7 +17,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 A="--config deploy/default.ini --steps $steps --valid= --log-every 1000 --log-level warn --vocab-max 10000"
 run() { # name [load]
-    base=$((22000 + $$ % 15000 + ${3:-0}))
+    base=$((10000 + $$ % 21000 + ${3:-0}))
     http=$((base + 201))
     sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$tmp/$1" --base-port $base --http-port $http \
         -- $A --report "$tmp/$1.json" >/dev/null 2>&1 &

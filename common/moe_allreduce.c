@@ -351,6 +351,14 @@ static char **ar_copy_endpoints(const char *const *endpoints, int world, char *e
     return copy;
 }
 
+/* Whether the socket is bound (its last endpoint is set). */
+static bool ar_bound(void *sock)
+{
+    char ep[256] = "";
+    size_t len = sizeof ep;
+    return zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, ep, &len) == 0 && ep[0] != '\0';
+}
+
 /* Creates both sockets: bind first, so that our endpoint exists as early as
  * possible, then connect (which never waits for the peer). */
 static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t errlen)
@@ -368,7 +376,16 @@ static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t 
         zmq_setsockopt(a->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
         return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: cannot set socket options: %s", a->rank,
                        zmq_strerror(errno));
-    if (zmq_bind(a->pull, a->endpoints[a->rank]))
+    /* A ring rebuilt in the same process (after a rollback) binds the
+     * address its predecessor just closed, which ZeroMQ releases
+     * asynchronously: retry within the timeout. */
+    const int64_t deadline = ar_now_ms() + a->timeout_ms;
+    while (zmq_bind(a->pull, a->endpoints[a->rank]) != 0 && errno == EADDRINUSE &&
+           ar_now_ms() < deadline) {
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (!ar_bound(a->pull))
         return ar_fail(err, errlen, MOE_ERR_IO, "rank %d cannot bind %s: %s", a->rank,
                        a->endpoints[a->rank], zmq_strerror(errno));
     if (zmq_connect(a->push, a->endpoints[next]))
@@ -636,6 +653,10 @@ static int ar_take(struct ar_call *c, uint32_t step, int chunk, const struct ar_
         rc = rc == 1 ? 0 : rc;
         goto done;
     }
+    /* Left over from a call of an earlier epoch (the tag's bits from 40 up)
+     * that failed part-way: dropped. */
+    if ((h.tag >> MOE_ALLREDUCE_EPOCH_SHIFT) < (c->tag >> MOE_ALLREDUCE_EPOCH_SHIFT))
+        goto done;
     switch (h.kind) {
     case AR_KIND_DATA:
         rc = ar_take_data(c, &h, &body, step, chunk, s, piece, add);

@@ -68,6 +68,9 @@ moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const cha
  * the top of this file; all ranks end bitwise identical. Collective: every
  * rank calls it with the same n and tag (e.g. the training step); each piece
  * carries the tag and a piece from another call is an error, never mixed in.
+ * Bits MOE_ALLREDUCE_EPOCH_SHIFT and up of the tag are an epoch: a message
+ * of an earlier epoch (left over from a call that failed part-way before
+ * the cluster rolled back) is dropped instead.
  * Works for any n >= 0 (data may be NULL when n == 0; even then the ranks
  * exchange headers, so a mismatch is still detected).
  *
@@ -85,6 +88,8 @@ moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const cha
  * On error data holds partial sums, the rank tells its next rank to abort,
  * and the object refuses every later call (MOE_ERR_STATE).
  * Allocates nothing itself (libzmq allocates its messages). */
+#define MOE_ALLREDUCE_EPOCH_SHIFT 40
+
 int moe_allreduce_sum(moe_allreduce_t *a, float *data, size_t n, uint64_t tag, char *err,
                       size_t errlen);
 

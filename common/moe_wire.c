@@ -478,6 +478,9 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     hdr.bytes_total = h->bytes_total;
     hdr.errors_total = h->errors_total;
     hdr.latency_seconds = h->latency_seconds;
+    hdr.epoch = h->epoch;
+    hdr.flags = h->flags;
+    hdr.checkpoint = h->checkpoint ? (char *)h->checkpoint : (char *)protobuf_c_empty_string;
 
     /* Both frames are built in zmq's own buffers before anything is sent, so
      * that running out of memory cannot leave half a message on the wire, and

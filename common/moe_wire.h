@@ -70,6 +70,29 @@ struct moe_wire_out {
     size_t n_servers;
     uint64_t rows_total, bytes_total, errors_total; /* HEARTBEAT of a server */
     double latency_seconds;
+    uint32_t epoch;            /* configuration the sender runs in */
+    uint32_t flags;            /* MOE_FLAG_* */
+    const char *checkpoint;    /* EPOCH: checkpoint folder; NULL = empty */
+};
+
+/* Header flags, by message type. */
+enum {
+    /* STATS_REPLY and EXPERT_BACKWARD: checkpoint once this step is done */
+    MOE_FLAG_CHECKPOINT = 1u << 0,
+    /* STATS_REPLY: after this step (and its checkpoint) wait for a new epoch */
+    MOE_FLAG_RECONFIGURE = 1u << 1,
+    /* EPOCH_WAIT: the sender failed in its epoch (a peer is late or gone) */
+    MOE_FLAG_TROUBLE = 1u << 2,
+    /* EPOCH_WAIT (server): the sender has loaded the state of its epoch */
+    MOE_FLAG_LOADED = 1u << 3,
+    /* EPOCH: not ready yet, ask again shortly */
+    MOE_FLAG_NOT_READY = 1u << 4,
+    /* EPOCH: write the initial checkpoint (step = 0) before the first step */
+    MOE_FLAG_INITIAL_CHECKPOINT = 1u << 5,
+    /* EPOCH (server): this server has no part in the epoch: drained, exit */
+    MOE_FLAG_DRAINED = 1u << 6,
+    /* EPOCH: training is over (every step done), stop */
+    MOE_FLAG_FINISHED = 1u << 7,
 };
 
 /* Pure decoding and validation of already-received frames (no sockets): used

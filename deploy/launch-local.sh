@@ -18,7 +18,7 @@ set -u
 n_servers=2
 n_workers=1
 transport=tcp
-base_port=$((20000 + $$ % 20000))
+base_port=$((10000 + $$ % 22000))
 bin=build/bin
 run_dir=run
 use_coord=1

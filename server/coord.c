@@ -9,11 +9,14 @@
 #include <string.h>
 #include <zmq.h>
 
-#include "moe_cluster.h"
 #include "moe_err.h"
 #include "moe_log.h"
+#include "moe_manifest.h"
 #include "moe_prom.h"
 #include "moe_wire.h"
+
+#define MAX_SLOTS 1024
+#define SERVER_ID_PREFIX "moe-server@"
 
 struct pending {          /* a worker waiting for the global vectors */
     bool waiting;
@@ -24,16 +27,47 @@ struct pending {          /* a worker waiting for the global vectors */
 
 struct coord {
     const struct trainer_config *cfg;
-    struct moe_cluster cl;
+    int E, W;
     coord_stats_t *stats;
     void *ctx, *sock;
     struct coord_member *servers, *workers;
+    int n_slots, min_servers;
+    int32_t *server_of;   /* (E) slot of each expert, -1 before the first epoch */
     struct pending *pending;
     struct moe_wire_limits lim;
     float *reply;         /* 3E */
     uint32_t placement_version;
     uint64_t errors, messages;
+    uint64_t generation;  /* bumped on every change the renders can show */
+    /* the epoch */
+    uint32_t epoch;
+    enum coord_phase phase;
+    bool failed;                  /* cannot recover: EPOCH_WAIT answers an error */
+    char failed_why[256];
+    int64_t ep_step;              /* checkpoint step it starts from (0: fresh) */
+    char ep_ckpt[TRAINER_PATH_MAX + 32]; /* its folder ("" = fresh) */
+    bool ep_initial;              /* fresh start: write the step-0 checkpoint */
+    int ep_n;                     /* servers in the epoch */
+    int *ep_slot;                 /* (MAX_SLOTS) slot of epoch index i */
+    int32_t *ep_place;            /* (E) epoch index of each expert */
+    /* checkpoints */
+    int64_t ck_step;              /* in progress, -1: none */
+    bool ck_reconf, ck_requested, reconf_pending;
+    int64_t committed_step;       /* -1: none */
+    char committed[TRAINER_PATH_MAX + 32];
+    double ck_started;
+    double now;
 };
+
+static int count_list(const char *s)
+{
+    if (!s[0])
+        return 0;
+    int n = 1;
+    for (; *s; s++)
+        n += *s == ',';
+    return n;
+}
 
 coord_t *coord_new(const struct trainer_config *cfg, char *err, size_t errlen)
 {
@@ -41,31 +75,90 @@ coord_t *coord_new(const struct trainer_config *cfg, char *err, size_t errlen)
     if (!c)
         return NULL;
     c->cfg = cfg;
-    if (moe_cluster_parse(&c->cl, cfg->servers, cfg->workers, cfg->placement, cfg->n_experts, err,
-                          errlen))
-        goto fail;
+    c->E = cfg->n_experts;
+    c->W = count_list(cfg->workers);
+    if (c->W == 0)
+        c->W = 1;
     if (!cfg->coordinator[0]) {
         snprintf(err, errlen, "coordinator: no endpoint to bind (use --coordinator tcp://HOST:PORT)");
         goto fail;
     }
-    c->stats = coord_stats_new(cfg->n_experts, c->cl.n_workers, 0.9, 1000);
-    c->servers = calloc((size_t)c->cl.n_servers, sizeof *c->servers);
-    c->workers = calloc((size_t)c->cl.n_workers, sizeof *c->workers);
-    c->pending = calloc((size_t)c->cl.n_workers, sizeof *c->pending);
-    c->reply = calloc(3 * (size_t)cfg->n_experts, sizeof(float));
-    if (!c->stats || !c->servers || !c->workers || !c->pending || !c->reply) {
+    c->stats = coord_stats_new(c->E, c->W, 0.9, 1000);
+    c->servers = calloc(MAX_SLOTS, sizeof *c->servers);
+    c->workers = calloc((size_t)c->W, sizeof *c->workers);
+    c->pending = calloc((size_t)c->W, sizeof *c->pending);
+    c->reply = calloc(3 * (size_t)c->E, sizeof(float));
+    c->server_of = malloc(sizeof(int32_t) * (size_t)c->E);
+    c->ep_place = malloc(sizeof(int32_t) * (size_t)c->E);
+    c->ep_slot = calloc(MAX_SLOTS, sizeof(int));
+    if (!c->stats || !c->servers || !c->workers || !c->pending || !c->reply || !c->server_of ||
+        !c->ep_place || !c->ep_slot) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    for (int s = 0; s < c->cl.n_servers; s++)
-        snprintf(c->servers[s].endpoint, sizeof c->servers[s].endpoint, "%s", c->cl.servers[s]);
-    c->placement_version = 1;
-    c->lim = (struct moe_wire_limits){1u << 20, 0, (uint32_t)cfg->n_experts, 1u << 20};
+    for (int e = 0; e < c->E; e++)
+        c->server_of[e] = c->ep_place[e] = -1;
+    for (int s = 0; s < MAX_SLOTS; s++)
+        c->servers[s].index = -1;
+    /* --servers: the endpoints expected, in slot order */
+    const char *p = cfg->servers;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        while (len && *p == ' ') {
+            p++;
+            len--;
+        }
+        size_t l2 = len;
+        while (l2 && p[l2 - 1] == ' ')
+            l2--;
+        if (l2 == 0 || l2 >= sizeof c->servers[0].endpoint || c->n_slots == MAX_SLOTS) {
+            snprintf(err, errlen, "servers: empty or too long entry (or more than %d)", MAX_SLOTS);
+            goto fail;
+        }
+        memcpy(c->servers[c->n_slots].endpoint, p, l2);
+        c->n_slots++;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    c->min_servers = cfg->min_servers > 0 ? cfg->min_servers : (c->n_slots > 0 ? c->n_slots : 1);
+    c->placement_version = 0;
+    c->ck_step = c->committed_step = -1;
+    c->phase = COORD_FORMING;
+    if (cfg->checkpoint_dir[0]) {
+        struct moe_manifest m;
+        memset(&m, 0, sizeof m);
+        char why[512];
+        int rc = moe_manifest_latest(cfg->checkpoint_dir, true, c->committed, sizeof c->committed,
+                                     &m, why, sizeof why);
+        if (rc == 0) {
+            if (m.n_experts != c->E || m.d_model != cfg->d_model || m.d_hidden != cfg->d_hidden ||
+                m.workers != c->W) {
+                snprintf(err, errlen,
+                         "%s: checkpoint of another shape (E %d, D %d, H %d, %d workers; this "
+                         "cluster: E %d, D %d, H %d, %d workers)",
+                         c->committed, m.n_experts, m.d_model, m.d_hidden, m.workers, c->E,
+                         cfg->d_model, cfg->d_hidden, c->W);
+                moe_manifest_free(&m);
+                goto fail;
+            }
+            c->committed_step = m.step;
+            moe_manifest_free(&m);
+            moe_info("resuming from %s (step %" PRId64 ")", c->committed, c->committed_step);
+        } else if (rc != MOE_ERR_NOTFOUND) {
+            snprintf(err, errlen, "%s", why);
+            goto fail;
+        } else {
+            c->committed[0] = '\0';
+        }
+    }
+    c->lim = (struct moe_wire_limits){1u << 20, 0, (uint32_t)c->E, 1u << 20};
     c->ctx = zmq_ctx_new();
     c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_ROUTER) : NULL;
-    int linger = 0;
+    int linger = 0, handover = 1;
     int64_t maxmsg = 2 << 20;
     if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(c->sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover) ||
         zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
         zmq_bind(c->sock, cfg->coordinator) != 0) {
         snprintf(err, errlen, "cannot bind %s: %s", cfg->coordinator, zmq_strerror(zmq_errno()));
@@ -91,22 +184,85 @@ void coord_destroy(coord_t **cp)
     free(c->workers);
     free(c->pending);
     free(c->reply);
-    moe_cluster_free(&c->cl);
+    free(c->server_of);
+    free(c->ep_place);
+    free(c->ep_slot);
     free(c);
     *cp = NULL;
 }
 
 void *coord_socket(coord_t *c) { return c->sock; }
 const coord_stats_t *coord_stats(const coord_t *c) { return c->stats; }
-int coord_n_servers(const coord_t *c) { return c->cl.n_servers; }
-int coord_n_workers(const coord_t *c) { return c->cl.n_workers; }
+int coord_n_servers(const coord_t *c) { return c->n_slots; }
+int coord_n_workers(const coord_t *c) { return c->W; }
 const struct coord_member *coord_server(const coord_t *c, int i) { return &c->servers[i]; }
 const struct coord_member *coord_worker(const coord_t *c, int r) { return &c->workers[r]; }
-int coord_server_of(const coord_t *c, int e) { return c->cl.server_of[e]; }
+int coord_server_of(const coord_t *c, int e) { return c->server_of[e]; }
 uint32_t coord_placement_version(const coord_t *c) { return c->placement_version; }
+uint32_t coord_epoch(const coord_t *c) { return c->epoch; }
+enum coord_phase coord_phase(const coord_t *c) { return c->phase; }
+int64_t coord_committed_step(const coord_t *c) { return c->committed_step; }
 uint64_t coord_errors(const coord_t *c) { return c->errors; }
+uint64_t coord_generation(const coord_t *c) { return c->generation; }
 
 /* ------------------------------------------------------------------------ */
+/* Placement */
+
+void coord_placement_compute(int E, const int32_t *old, const int *live, int n_live, int32_t *out)
+{
+    int target[MAX_SLOTS], have[MAX_SLOTS], cur[MAX_SLOTS], order[MAX_SLOTS];
+    const int base = E / n_live, extra = E % n_live;
+    for (int j = 0; j < n_live; j++) {
+        cur[j] = 0;
+        have[j] = 0;
+        order[j] = j;
+    }
+    for (int e = 0; e < E; e++)
+        for (int j = 0; j < n_live; j++)
+            if (old[e] == live[j])
+                cur[j]++;
+    /* the +1 shares go to the slots holding most now (ties: lower slot) */
+    for (int a = 1; a < n_live; a++) {
+        int x = order[a], b = a;
+        while (b > 0 && cur[order[b - 1]] < cur[x]) {
+            order[b] = order[b - 1];
+            b--;
+        }
+        order[b] = x;
+    }
+    for (int r = 0; r < n_live; r++)
+        target[order[r]] = base + (r < extra ? 1 : 0);
+    for (int e = 0; e < E; e++) {
+        out[e] = -1;
+        for (int j = 0; j < n_live; j++)
+            if (old[e] == live[j] && have[j] < target[j]) {
+                out[e] = live[j];
+                have[j]++;
+                break;
+            }
+    }
+    int j = 0;
+    for (int e = 0; e < E; e++) {
+        if (out[e] >= 0)
+            continue;
+        while (have[j] >= target[j])
+            j++;
+        out[e] = live[j];
+        have[j]++;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Replies */
+
+static void send_out(coord_t *c, const uint8_t *id, size_t id_len, struct moe_wire_out *o,
+                     const float *data, uint64_t rows)
+{
+    char err[128];
+    o->epoch = c->epoch;
+    if (moe_wire_send(c->sock, id, id_len, o, data, rows, err, sizeof err))
+        moe_warn("cannot send a reply: %s", err);
+}
 
 static void reply_error(coord_t *c, const struct moe_wire_msg *m, int code, const char *text)
 {
@@ -124,38 +280,9 @@ static void reply_error(coord_t *c, const struct moe_wire_msg *m, int code, cons
     o.request_id = m->hdr ? m->hdr->request_id : 0;
     o.error_code = code;
     o.error_text = text;
-    char err[128];
-    moe_wire_send(c->sock, m->identity, m->identity_len, &o, NULL, 0, err, sizeof err);
+    send_out(c, m->identity, m->identity_len, &o, NULL, 0);
 }
 
-/* The member a message speaks for, checked against its routing id. */
-static struct coord_member *member_of(coord_t *c, const struct moe_wire_msg *m, char *why,
-                                      size_t len)
-{
-    const Moe__Header *h = m->hdr;
-    const bool server = h->role == 2;
-    const int n = server ? c->cl.n_servers : c->cl.n_workers;
-    if (h->role != 1 && h->role != 2) {
-        snprintf(why, len, "role %u is neither worker (1) nor expert server (2)", h->role);
-        return NULL;
-    }
-    if (h->rank >= (uint32_t)n) {
-        snprintf(why, len, "%s %u is not in this cluster (%d)", server ? "server" : "worker",
-                 h->rank, n);
-        return NULL;
-    }
-    char id[48];
-    snprintf(id, sizeof id, "%s-%u", server ? "moe-server" : "moe-worker", h->rank);
-    if (m->identity_len != strlen(id) || memcmp(m->identity, id, m->identity_len) != 0) {
-        snprintf(why, len, "%s %u must connect as \"%s\"", server ? "server" : "worker", h->rank, id);
-        return NULL;
-    }
-    return server ? &c->servers[h->rank] : &c->workers[h->rank];
-}
-
-/* Acknowledges a REGISTER or HEARTBEAT. A REGISTER is answered with the
- * placement: the server of each expert and the endpoint of each server as
- * the servers registered them ("" for one not registered yet). */
 static void ack(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type)
 {
     struct moe_wire_out o = {0};
@@ -163,28 +290,367 @@ static void ack(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type)
     o.step = m->hdr->step;
     o.request_id = m->hdr->request_id;
     o.placement_version = c->placement_version;
-    const char *eps[c->cl.n_servers > 0 ? c->cl.n_servers : 1];
-    if (type == MOE__MSG_TYPE__MSG_REGISTER) {
-        for (int s = 0; s < c->cl.n_servers; s++)
-            eps[s] = c->servers[s].registered ? c->servers[s].endpoint : "";
-        o.placement = c->cl.server_of;
-        o.n_placement = (size_t)c->cl.n_experts;
-        o.servers = eps;
-        o.n_servers = (size_t)c->cl.n_servers;
-    }
-    char err[128];
-    moe_wire_send(c->sock, m->identity, m->identity_len, &o, NULL, 0, err, sizeof err);
+    send_out(c, m->identity, m->identity_len, &o, NULL, 0);
 }
 
-static void send_global(coord_t *c)
+/* Workers waiting for the global vectors of a step that will not complete. */
+static void fail_pending(coord_t *c, const char *why)
 {
-    const int E = c->cfg->n_experts;
+    for (int r = 0; r < c->W; r++) {
+        struct pending *p = &c->pending[r];
+        if (!p->waiting)
+            continue;
+        struct moe_wire_out o = {0};
+        o.type = MOE__MSG_TYPE__MSG_ERROR;
+        o.request_id = p->request_id;
+        o.error_code = MOE_ERR_STATE;
+        o.error_text = why;
+        send_out(c, p->identity, p->identity_len, &o, NULL, 0);
+        p->waiting = false;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Members */
+
+static int slot_of_identity(const coord_t *c, const struct moe_wire_msg *m)
+{
+    const size_t pl = strlen(SERVER_ID_PREFIX);
+    if (m->identity_len <= pl || memcmp(m->identity, SERVER_ID_PREFIX, pl) != 0)
+        return -1;
+    for (int s = 0; s < c->n_slots; s++) {
+        const char *ep = c->servers[s].endpoint;
+        if (strlen(ep) == m->identity_len - pl && memcmp(ep, m->identity + pl, strlen(ep)) == 0)
+            return s;
+    }
+    return -1;
+}
+
+/* The worker a message speaks for, checked against its routing id. */
+static struct coord_member *worker_of(coord_t *c, const struct moe_wire_msg *m, char *why,
+                                      size_t len)
+{
+    const Moe__Header *h = m->hdr;
+    if (h->role != 1) {
+        snprintf(why, len, "role %u is not a worker (1)", h->role);
+        return NULL;
+    }
+    if (h->rank >= (uint32_t)c->W) {
+        snprintf(why, len, "worker %u is not in this cluster (%d workers)", h->rank, c->W);
+        return NULL;
+    }
+    char id[48];
+    snprintf(id, sizeof id, "moe-worker-%u", h->rank);
+    if (m->identity_len != strlen(id) || memcmp(m->identity, id, m->identity_len) != 0) {
+        snprintf(why, len, "worker %u must connect as \"%s\"", h->rank, id);
+        return NULL;
+    }
+    return &c->workers[h->rank];
+}
+
+static struct coord_member *server_of_msg(coord_t *c, const struct moe_wire_msg *m, char *why,
+                                          size_t len)
+{
+    if (m->hdr->role != 2) {
+        snprintf(why, len, "role %u is not an expert server (2)", m->hdr->role);
+        return NULL;
+    }
+    int s = slot_of_identity(c, m);
+    if (s < 0 || !c->servers[s].registered) {
+        snprintf(why, len, "unknown expert server: register first, connecting as \"%sENDPOINT\"",
+                 SERVER_ID_PREFIX);
+        return NULL;
+    }
+    return &c->servers[s];
+}
+
+/* The server (role 2) or worker (role 1) a message speaks for. */
+static struct coord_member *member_of(coord_t *c, const struct moe_wire_msg *m, char *why,
+                                      size_t len)
+{
+    return m->hdr->role == 2 ? server_of_msg(c, m, why, len) : worker_of(c, m, why, len);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Epochs */
+
+static bool can_recover(const coord_t *c) { return c->committed_step >= 0; }
+
+/* A new epoch on the live, non-draining servers, starting from checkpoint
+ * `folder` at `step` (folder "" = fresh). */
+static void start_epoch(coord_t *c, int64_t step, const char *folder, bool initial,
+                        const char *reason)
+{
+    int live[MAX_SLOTS], n = 0;
+    for (int s = 0; s < c->n_slots; s++) {
+        struct coord_member *m = &c->servers[s];
+        if (m->registered && m->alive && !m->draining)
+            live[n++] = s;
+    }
+    fail_pending(c, "the cluster changed configuration (new epoch); ask again with EPOCH_WAIT");
+    c->generation++;
+    c->ck_step = initial ? 0 : -1;
+    c->ck_started = c->now;
+    c->ck_reconf = false;
+    for (int s = 0; s < c->n_slots; s++)
+        c->servers[s].ckpt_done = false;
+    for (int r = 0; r < c->W; r++)
+        c->workers[r].ckpt_done = false;
+    c->epoch++;
+    if (n == 0) {
+        c->phase = COORD_FORMING;
+        moe_warn("epoch %u: no live expert server; waiting for one to register (%s)", c->epoch,
+                 reason);
+        c->ep_step = step;
+        snprintf(c->ep_ckpt, sizeof c->ep_ckpt, "%s", folder);
+        c->ep_initial = initial;
+        for (int s = 0; s < c->n_slots; s++)
+            c->servers[s].index = -1;
+        c->ep_n = 0;
+        return;
+    }
+    int32_t *next = malloc(sizeof(int32_t) * (size_t)c->E);
+    if (!next) {
+        c->failed = true;
+        snprintf(c->failed_why, sizeof c->failed_why, "out of memory");
+        return;
+    }
+    coord_placement_compute(c->E, c->server_of, live, n, next);
+    int moved = 0;
+    for (int e = 0; e < c->E; e++)
+        moved += next[e] != c->server_of[e];
+    if (moved || c->placement_version == 0)
+        c->placement_version++;
+    memcpy(c->server_of, next, sizeof(int32_t) * (size_t)c->E);
+    free(next);
+    for (int s = 0; s < c->n_slots; s++)
+        c->servers[s].index = -1;
+    for (int i = 0; i < n; i++) {
+        c->servers[live[i]].index = i;
+        c->ep_slot[i] = live[i];
+    }
+    c->ep_n = n;
+    for (int e = 0; e < c->E; e++)
+        c->ep_place[e] = c->servers[c->server_of[e]].index;
+    c->ep_step = step;
+    snprintf(c->ep_ckpt, sizeof c->ep_ckpt, "%s", folder);
+    c->ep_initial = initial;
+    c->phase = COORD_LOADING;
+    coord_stats_restart(c->stats, step);
+    moe_info("epoch %u: %d server(s), placement version %u (%d expert(s) moved), from %s%s: %s",
+             c->epoch, n, c->placement_version, moved, folder[0] ? "checkpoint " : "a fresh start",
+             folder, reason);
+}
+
+/* Something failed: roll everyone back to the last committed checkpoint. */
+static void rollback(coord_t *c, const char *reason)
+{
+    if (c->phase == COORD_FINISHED || c->failed)
+        return;
+    if (!can_recover(c)) {
+        /* nothing trained yet: a fresh start again is the same thing */
+        if (c->phase == COORD_LOADING && c->ep_step == 0 && !c->ep_ckpt[0]) {
+            start_epoch(c, 0, "", c->cfg->checkpoint_dir[0] != 0, reason);
+            return;
+        }
+        c->failed = true;
+        snprintf(c->failed_why, sizeof c->failed_why,
+                 "%s, and there is no committed checkpoint to roll back to (set checkpoint_dir)",
+                 reason);
+        moe_error("cannot recover: %s", c->failed_why);
+        fail_pending(c, c->failed_why);
+        c->generation++;
+        return;
+    }
+    moe_warn("rolling back to step %" PRId64 ": %s", c->committed_step, reason);
+    start_epoch(c, c->committed_step, c->committed, false, reason);
+}
+
+static void maybe_run(coord_t *c)
+{
+    if (c->phase != COORD_LOADING)
+        return;
+    for (int i = 0; i < c->ep_n; i++)
+        if (c->servers[c->ep_slot[i]].loaded_epoch != c->epoch)
+            return;
+    for (int r = 0; r < c->W; r++)
+        if (c->workers[r].waiting_epoch != c->epoch)
+            return;
+    c->phase = COORD_RUNNING;
+    c->generation++;
+    moe_info("epoch %u running from step %" PRId64, c->epoch, c->ep_step);
+}
+
+static void try_form(coord_t *c)
+{
+    if (c->phase != COORD_FORMING || c->failed)
+        return;
+    int n = 0;
+    for (int s = 0; s < c->n_slots; s++)
+        n += c->servers[s].registered && c->servers[s].alive && !c->servers[s].draining;
+    if (n < (c->epoch == 0 ? c->min_servers : 1))
+        return;
+    if (c->epoch == 0) {
+        if (c->committed_step >= 0)
+            start_epoch(c, c->committed_step, c->committed, false, "resuming");
+        else
+            start_epoch(c, 0, "", c->cfg->checkpoint_dir[0] != 0, "first start");
+    } else {
+        start_epoch(c, c->ep_step, c->ep_ckpt, c->ep_initial, "servers are back");
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Checkpoints */
+
+static void commit_checkpoint(coord_t *c)
+{
+    char folder[TRAINER_PATH_MAX + 32], why[512];
+    moe_manifest_folder(c->cfg->checkpoint_dir, c->ck_step, folder, sizeof folder);
+    struct moe_manifest m;
+    memset(&m, 0, sizeof m);
+    m.step = c->ck_step;
+    m.epoch = c->epoch;
+    m.placement_version = c->placement_version;
+    m.n_experts = c->E;
+    m.d_model = c->cfg->d_model;
+    m.d_hidden = c->cfg->d_hidden;
+    m.workers = c->W;
+    m.n_files = c->W + c->ep_n;
+    m.files = calloc((size_t)m.n_files, sizeof *m.files);
+    m.expert_file = malloc(sizeof(int) * (size_t)c->E);
+    int rc = (!m.files || !m.expert_file) ? MOE_ERR_NOMEM : 0;
+    for (int i = 0; rc == 0 && i < m.n_files; i++) {
+        const struct coord_member *mem = i < c->W ? &c->workers[i] : &c->servers[c->ep_slot[i - c->W]];
+        snprintf(m.files[i].name, sizeof m.files[i].name, "%s", mem->ckpt_file);
+        char path[TRAINER_PATH_MAX + 200];
+        snprintf(path, sizeof path, "%s/%s", folder, mem->ckpt_file);
+        rc = moe_manifest_file_checksum(path, &m.files[i].checksum, &m.files[i].bytes, why,
+                                        sizeof why);
+    }
+    for (int e = 0; rc == 0 && e < c->E; e++)
+        m.expert_file[e] = c->W + c->ep_place[e];
+    if (rc == 0)
+        rc = moe_manifest_write(folder, &m, why, sizeof why);
+    free(m.files);
+    free(m.expert_file);
+    const bool reconf = c->ck_reconf;
+    c->ck_reconf = false;
+    const int64_t step = c->ck_step;
+    c->ck_step = -1;
+    if (rc) {
+        moe_error("checkpoint of step %" PRId64 " not committed: %s", step, why);
+        if (reconf)
+            rollback(c, "the checkpoint before a reconfiguration failed");
+        return;
+    }
+    c->committed_step = step;
+    snprintf(c->committed, sizeof c->committed, "%s", folder);
+    c->generation++;
+    moe_info("checkpoint of step %" PRId64 " committed (%s, %.2f s)", step, folder,
+             c->now - c->ck_started);
+    int pruned = moe_manifest_prune(c->cfg->checkpoint_dir, c->cfg->keep_checkpoints);
+    if (pruned < 0)
+        moe_warn("cannot prune old checkpoints in %s", c->cfg->checkpoint_dir);
+    if (step >= c->cfg->steps) {
+        c->phase = COORD_FINISHED;
+        return;
+    }
+    if (reconf)
+        start_epoch(c, step, folder, false, "planned reconfiguration");
+}
+
+static void handle_ckpt_done(coord_t *c, struct moe_wire_msg *m)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    struct coord_member *mem = member_of(c, m, why, sizeof why);
+    if (!mem) {
+        reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    const char *f = h->endpoint;
+    size_t fl = strlen(f);
+    if (fl == 0 || fl >= sizeof mem->ckpt_file || strchr(f, '/') || f[0] == '.' ||
+        fl < 12 || strcmp(f + fl - 12, ".safetensors") != 0) {
+        reply_error(c, m, MOE_ERR_FORMAT, "checkpoint file name must be NAME.safetensors");
+        return;
+    }
+    if (c->ck_step < 0 || (int64_t)h->step != c->ck_step || h->epoch != c->epoch ||
+        (h->role == 2 && mem->index < 0)) {
+        snprintf(why, sizeof why, "no checkpoint of step %" PRIu64 " in progress in epoch %u",
+                 h->step, h->epoch);
+        reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    snprintf(mem->ckpt_file, sizeof mem->ckpt_file, "%s", f);
+    mem->ckpt_done = true;
+    ack(c, m, MOE__MSG_TYPE__MSG_ACK);
+    for (int r = 0; r < c->W; r++)
+        if (!c->workers[r].ckpt_done)
+            return;
+    for (int i = 0; i < c->ep_n; i++)
+        if (!c->servers[c->ep_slot[i]].ckpt_done)
+            return;
+    commit_checkpoint(c);
+}
+
+int coord_request_checkpoint(coord_t *c, char *err, size_t errlen)
+{
+    if (!c->cfg->checkpoint_dir[0]) {
+        snprintf(err, errlen, "the coordinator has no checkpoint_dir");
+        return MOE_ERR_STATE;
+    }
+    if (c->phase != COORD_RUNNING && c->phase != COORD_LOADING) {
+        snprintf(err, errlen, "the cluster is not training");
+        return MOE_ERR_STATE;
+    }
+    c->ck_requested = true;
+    return 0;
+}
+
+int coord_request_drain(coord_t *c, int slot, char *err, size_t errlen)
+{
+    if (slot < 0 || slot >= c->n_slots || !c->servers[slot].registered) {
+        snprintf(err, errlen, "no registered server %d", slot);
+        return MOE_ERR_NOTFOUND;
+    }
+    if (!c->cfg->checkpoint_dir[0]) {
+        snprintf(err, errlen, "draining moves experts through a checkpoint: set checkpoint_dir");
+        return MOE_ERR_STATE;
+    }
+    int others = 0;
+    for (int s = 0; s < c->n_slots; s++)
+        others += s != slot && c->servers[s].registered && c->servers[s].alive &&
+                  !c->servers[s].draining;
+    if (others == 0) {
+        snprintf(err, errlen, "server %d is the last one; its experts have nowhere to go", slot);
+        return MOE_ERR_STATE;
+    }
+    if (c->phase != COORD_RUNNING) {
+        snprintf(err, errlen, "the cluster is not training (phase %d); try again", (int)c->phase);
+        return MOE_ERR_STATE;
+    }
+    c->servers[slot].draining = true;
+    c->reconf_pending = true;
+    c->generation++;
+    moe_info("server %d (%s) will be drained at the next step boundary", slot,
+             c->servers[slot].endpoint);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Statistics */
+
+static void send_global(coord_t *c, uint32_t flags)
+{
+    const int E = c->E;
     memcpy(c->reply, coord_stats_global_importance(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + E, coord_stats_global_load(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + 2 * E, coord_stats_global_rows(c->stats), sizeof(float) * (size_t)E);
     int32_t id0 = 0;
     uint32_t one = 1;
-    for (int r = 0; r < c->cl.n_workers; r++) {
+    for (int r = 0; r < c->W; r++) {
         struct pending *p = &c->pending[r];
         if (!p->waiting)
             continue;
@@ -198,21 +664,58 @@ static void send_global(coord_t *c)
         o.dtype = MOE__DTYPE__DTYPE_F32;
         o.width = (uint32_t)(3 * E);
         o.placement_version = c->placement_version;
-        char err[128];
-        if (moe_wire_send(c->sock, p->identity, p->identity_len, &o, c->reply, 1, err, sizeof err))
-            moe_warn("cannot send the global statistics to worker %d: %s", r, err);
+        o.flags = flags;
+        send_out(c, p->identity, p->identity_len, &o, c->reply, 1);
         p->waiting = false;
     }
+}
+
+/* What the workers do after step index s (s + 1 steps done). */
+static uint32_t directive(coord_t *c, int64_t s)
+{
+    const struct trainer_config *cfg = c->cfg;
+    const int64_t t1 = s + 1;
+    uint32_t flags = 0;
+    if (!cfg->checkpoint_dir[0] || c->ck_step >= 0)
+        return 0;
+    const bool last = t1 >= cfg->steps;
+    if (last || (cfg->checkpoint_every > 0 && t1 % cfg->checkpoint_every == 0) ||
+        c->ck_requested || c->reconf_pending) {
+        flags |= MOE_FLAG_CHECKPOINT;
+        c->ck_step = t1;
+        c->ck_started = c->now;
+        c->ck_requested = false;
+        for (int i = 0; i < c->n_slots; i++)
+            c->servers[i].ckpt_done = false;
+        for (int r = 0; r < c->W; r++)
+            c->workers[r].ckpt_done = false;
+    }
+    if (c->reconf_pending && !last) {
+        flags |= MOE_FLAG_RECONFIGURE;
+        c->ck_reconf = true;
+        c->reconf_pending = false;
+    }
+    return flags;
 }
 
 static void handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
 {
     char why[256];
     const Moe__Header *h = m->hdr;
-    const int E = c->cfg->n_experts;
-    struct coord_member *w = h->role == 1 ? member_of(c, m, why, sizeof why) : NULL;
+    const int E = c->E;
+    struct coord_member *w = worker_of(c, m, why, sizeof why);
     if (!w) {
-        reply_error(c, m, MOE_ERR_STATE, h->role == 1 ? why : "statistics come from workers (role 1)");
+        reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if (c->failed) {
+        reply_error(c, m, MOE_ERR_STATE, c->failed_why);
+        return;
+    }
+    if (h->epoch != c->epoch || c->phase != COORD_RUNNING) {
+        snprintf(why, sizeof why, "statistics of epoch %u: the cluster is in epoch %u (%s)",
+                 h->epoch, c->epoch, c->phase == COORD_RUNNING ? "running" : "reconfiguring");
+        reply_error(c, m, MOE_ERR_STATE, why);
         return;
     }
     if (m->rows != 1 || h->width != (uint32_t)(3 * E)) {
@@ -236,7 +739,208 @@ static void handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
     p->identity_len = m->identity_len;
     p->request_id = h->request_id;
     if (rc == 1)
-        send_global(c);
+        send_global(c, directive(c, (int64_t)h->step));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Registration, heartbeats, EPOCH_WAIT */
+
+static void handle_register(coord_t *c, struct moe_wire_msg *m, double now)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    struct coord_member *mem;
+    if (h->role == 2) {
+        const char *ep = h->endpoint;
+        const size_t pl = strlen(SERVER_ID_PREFIX);
+        if (!ep[0] || strlen(ep) >= sizeof mem->endpoint) {
+            reply_error(c, m, MOE_ERR_FORMAT, "a server registers with the endpoint it serves on (at most 255 bytes)");
+            return;
+        }
+        if (m->identity_len != pl + strlen(ep) || memcmp(m->identity, SERVER_ID_PREFIX, pl) ||
+            memcmp(m->identity + pl, ep, strlen(ep))) {
+            snprintf(why, sizeof why, "server %.200s must connect as \"%s%.200s\"", ep,
+                     SERVER_ID_PREFIX, ep);
+            reply_error(c, m, MOE_ERR_STATE, why);
+            return;
+        }
+        int s = -1;
+        for (int i = 0; i < c->n_slots; i++)
+            if (strcmp(c->servers[i].endpoint, ep) == 0)
+                s = i;
+        if (s < 0) {
+            if (c->n_slots == MAX_SLOTS) {
+                reply_error(c, m, MOE_ERR_RANGE, "too many expert servers");
+                return;
+            }
+            s = c->n_slots++;
+            snprintf(c->servers[s].endpoint, sizeof c->servers[s].endpoint, "%s", ep);
+        }
+        mem = &c->servers[s];
+        const bool was_in_epoch = mem->index >= 0 && c->phase != COORD_FORMING;
+        mem->registered = true;
+        mem->alive = true;
+        mem->draining = false;
+        mem->loaded_epoch = 0;
+        mem->last_seen = now;
+        moe_info("server %d registered at %s", s, ep);
+        ack(c, m, MOE__MSG_TYPE__MSG_REGISTER);
+        if (was_in_epoch && c->phase != COORD_FINISHED) {
+            char r[320];
+            snprintf(r, sizeof r, "server %d (%.200s) restarted and lost its experts", s, ep);
+            rollback(c, r);
+        } else if (c->phase == COORD_RUNNING) {
+            if (c->cfg->checkpoint_dir[0]) {
+                c->reconf_pending = true;
+                moe_info("server %d joins at the next step boundary", s);
+            } else {
+                moe_warn("server %d cannot join a running cluster without checkpoint_dir", s);
+            }
+        } else if (c->phase == COORD_LOADING && c->ep_step == 0 && !c->ep_ckpt[0] &&
+                   c->epoch == 1) {
+            /* still gathering at first start: include it */
+            start_epoch(c, 0, "", c->ep_initial, "a server joined while starting");
+        }
+        return;
+    }
+    if (!(mem = worker_of(c, m, why, sizeof why))) {
+        reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    const bool restarted = mem->registered && c->phase == COORD_RUNNING;
+    mem->registered = true;
+    mem->alive = true;
+    mem->last_seen = now;
+    mem->waiting_epoch = 0;
+    moe_info("worker %u registered", h->rank);
+    ack(c, m, MOE__MSG_TYPE__MSG_REGISTER);
+    if (restarted) {
+        snprintf(why, sizeof why, "worker %u restarted", h->rank);
+        rollback(c, why);
+    }
+}
+
+static void handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
+{
+    char why[256];
+    const Moe__Header *h = m->hdr;
+    struct coord_member *mem = member_of(c, m, why, sizeof why);
+    if (!mem) {
+        reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    if (h->role == 2 && !mem->alive) {
+        /* back after being declared dead: its state is stale, it joins anew */
+        mem->loaded_epoch = 0;
+        if (c->phase == COORD_RUNNING && c->cfg->checkpoint_dir[0])
+            c->reconf_pending = true;
+    }
+    mem->alive = true;
+    mem->last_seen = now;
+    mem->step = (int64_t)h->step;
+    mem->messages++;
+    if (h->role == 2) {
+        /* rows/s over the time between heartbeats */
+        if (mem->rate_time > 0 && now > mem->rate_time && h->rows_total >= mem->rate_rows)
+            mem->rows_per_sec = (double)(h->rows_total - mem->rate_rows) / (now - mem->rate_time);
+        mem->rate_time = now;
+        mem->rate_rows = h->rows_total;
+        mem->rows_total = h->rows_total;
+        mem->bytes_total = h->bytes_total;
+        mem->errors_total = h->errors_total;
+        mem->latency_seconds = isfinite(h->latency_seconds) ? h->latency_seconds : 0;
+    }
+    ack(c, m, MOE__MSG_TYPE__MSG_ACK);
+}
+
+static void reply_epoch(coord_t *c, const struct moe_wire_msg *m, uint32_t flags, int index)
+{
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_EPOCH;
+    o.request_id = m->hdr->request_id;
+    o.placement_version = c->placement_version;
+    o.flags = flags;
+    if (!(flags & (MOE_FLAG_NOT_READY | MOE_FLAG_DRAINED | MOE_FLAG_FINISHED))) {
+        const char **eps = malloc(sizeof(char *) * (size_t)(c->ep_n ? c->ep_n : 1));
+        if (!eps)
+            return;
+        for (int i = 0; i < c->ep_n; i++)
+            eps[i] = c->servers[c->ep_slot[i]].endpoint;
+        o.step = (uint64_t)c->ep_step;
+        o.rank = index < 0 ? 0 : (uint32_t)index;
+        o.checkpoint = c->ep_ckpt;
+        o.placement = c->ep_place;
+        o.n_placement = (size_t)c->E;
+        o.servers = eps;
+        o.n_servers = (size_t)c->ep_n;
+        if (c->ep_initial)
+            o.flags |= MOE_FLAG_INITIAL_CHECKPOINT;
+        send_out(c, m->identity, m->identity_len, &o, NULL, 0);
+        free(eps);
+        return;
+    }
+    send_out(c, m->identity, m->identity_len, &o, NULL, 0);
+}
+
+static void handle_epoch_wait(coord_t *c, struct moe_wire_msg *m, double now)
+{
+    char why[320];
+    const Moe__Header *h = m->hdr;
+    const bool server = h->role == 2;
+    struct coord_member *mem = member_of(c, m, why, sizeof why);
+    if (!mem) {
+        reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    mem->alive = true;
+    mem->last_seen = now;
+    if (c->failed) {
+        reply_error(c, m, MOE_ERR_STATE, c->failed_why);
+        return;
+    }
+    if ((h->flags & MOE_FLAG_TROUBLE) && h->epoch == c->epoch && c->phase == COORD_RUNNING) {
+        snprintf(why, sizeof why, "%s %d reported a failure at step %" PRIu64,
+                 server ? "server" : "worker", server ? (int)(mem - c->servers) : (int)h->rank,
+                 h->step);
+        rollback(c, why);
+    }
+    if (c->phase == COORD_FINISHED) {
+        reply_epoch(c, m, MOE_FLAG_FINISHED, -1);
+        return;
+    }
+    if (server) {
+        if ((h->flags & MOE_FLAG_LOADED) && h->epoch == c->epoch && mem->index >= 0 &&
+            c->phase == COORD_LOADING) {
+            mem->loaded_epoch = c->epoch;
+            c->generation++;
+            maybe_run(c);
+        }
+        if (c->phase == COORD_FORMING || mem->index < 0) {
+            if (mem->draining && c->phase != COORD_FORMING) {
+                moe_info("server %d (%s) drained", (int)(mem - c->servers), mem->endpoint);
+                mem->registered = false;
+                mem->alive = false;
+                mem->draining = false;
+                c->generation++;
+                reply_epoch(c, m, MOE_FLAG_DRAINED, -1);
+            } else {
+                reply_epoch(c, m, MOE_FLAG_NOT_READY, -1);
+            }
+            return;
+        }
+        reply_epoch(c, m, 0, mem->index);
+        return;
+    }
+    /* a worker */
+    if (c->phase == COORD_LOADING) {
+        mem->waiting_epoch = c->epoch;
+        maybe_run(c);
+    }
+    if (c->phase == COORD_RUNNING && mem->waiting_epoch == c->epoch && h->epoch != c->epoch) {
+        reply_epoch(c, m, 0, -1);
+        return;
+    }
+    reply_epoch(c, m, MOE_FLAG_NOT_READY, -1);
 }
 
 int coord_handle_one(coord_t *c, double now)
@@ -245,78 +949,59 @@ int coord_handle_one(coord_t *c, double now)
     memset(&m, 0, sizeof m);
     char err[256];
     c->lim.width = 0;
+    c->now = now;
     int rc = moe_wire_recv(c->sock, true, ZMQ_DONTWAIT, &c->lim, &m, err, sizeof err);
     if (rc == MOE_ERR_STATE && !m.hdr && m.identity_len == 0)
         return 0;
     c->messages++;
+    c->generation++;
     if (rc) {
         reply_error(c, &m, rc, err);
         moe_wire_msg_free(&m);
         return 1;
     }
-    char why[256];
-    struct coord_member *mem;
     switch (m.hdr->type) {
-    case MOE__MSG_TYPE__MSG_REGISTER:
-    case MOE__MSG_TYPE__MSG_HEARTBEAT:
-        if (!(mem = member_of(c, &m, why, sizeof why))) {
-            reply_error(c, &m, MOE_ERR_STATE, why);
-            break;
-        }
-        if (m.hdr->type == MOE__MSG_TYPE__MSG_REGISTER) {
-            if (strlen(m.hdr->endpoint) >= sizeof mem->endpoint) {
-                reply_error(c, &m, MOE_ERR_RANGE, "endpoint longer than 255 bytes");
-                break;
-            }
-            if (m.hdr->endpoint[0])
-                snprintf(mem->endpoint, sizeof mem->endpoint, "%s", m.hdr->endpoint);
-            mem->registered = true;
-            moe_info("%s %u registered%s%s", m.hdr->role == 2 ? "server" : "worker", m.hdr->rank,
-                     m.hdr->endpoint[0] ? " at " : "", m.hdr->endpoint);
-        }
-        mem->alive = true;
-        mem->last_seen = now;
-        mem->step = (int64_t)m.hdr->step;
-        mem->messages++;
-        if (m.hdr->role == 2 && m.hdr->type == MOE__MSG_TYPE__MSG_HEARTBEAT) {
-            /* rows/s over the time between heartbeats */
-            if (mem->rate_time > 0 && now > mem->rate_time && m.hdr->rows_total >= mem->rate_rows)
-                mem->rows_per_sec = (double)(m.hdr->rows_total - mem->rate_rows) / (now - mem->rate_time);
-            mem->rate_time = now;
-            mem->rate_rows = m.hdr->rows_total;
-            mem->rows_total = m.hdr->rows_total;
-            mem->bytes_total = m.hdr->bytes_total;
-            mem->errors_total = m.hdr->errors_total;
-            mem->latency_seconds = isfinite(m.hdr->latency_seconds) ? m.hdr->latency_seconds : 0;
-        }
-        ack(c, &m, m.hdr->type);
-        break;
-    case MOE__MSG_TYPE__MSG_STATS:
-        handle_stats(c, &m, now);
-        break;
-    default:
+    case MOE__MSG_TYPE__MSG_REGISTER: handle_register(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_HEARTBEAT: handle_heartbeat(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_STATS: handle_stats(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_EPOCH_WAIT: handle_epoch_wait(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_CHECKPOINT_DONE: handle_ckpt_done(c, &m); break;
+    default: {
+        char why[96];
         snprintf(why, sizeof why, "message type %d is not served by the coordinator",
                  (int)m.hdr->type);
         reply_error(c, &m, MOE_ERR_FORMAT, why);
+    }
     }
     moe_wire_msg_free(&m);
     return 1;
 }
 
-void coord_check_liveness(coord_t *c, double now, double timeout)
+void coord_tick(coord_t *c, double now)
 {
-    for (int s = 0; s < c->cl.n_servers; s++) {
+    c->now = now;
+    const double timeout = (double)c->cfg->heartbeat_timeout_ms / 1000.0;
+    for (int s = 0; s < c->n_slots; s++) {
         struct coord_member *m = &c->servers[s];
         if (m->alive && now - m->last_seen > timeout) {
             m->alive = false;
+            c->generation++;
             moe_warn("server %d (%s) not heard from for %.1f s", s, m->endpoint, now - m->last_seen);
+            if (m->index >= 0 && (c->phase == COORD_RUNNING || c->phase == COORD_LOADING)) {
+                char why[320];
+                snprintf(why, sizeof why, "server %d (%.200s) is silent", s, m->endpoint);
+                rollback(c, why);
+            }
         }
     }
-    for (int r = 0; r < c->cl.n_workers; r++) {
+    for (int r = 0; r < c->W; r++) {
         struct coord_member *m = &c->workers[r];
-        if (m->alive && now - m->last_seen > timeout)
+        if (m->alive && now - m->last_seen > timeout) {
             m->alive = false;
+            c->generation++;
+        }
     }
+    try_form(c);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -340,7 +1025,7 @@ char *coord_render_experts_json(const coord_t *c)
         const struct coord_expert_stats *x = coord_stats_expert(c->stats, e);
         json_t *j = json_object();
         json_object_set_new(j, "id", json_integer(e));
-        json_object_set_new(j, "server", json_integer(c->cl.server_of[e]));
+        json_object_set_new(j, "server", json_integer(c->server_of[e]));
         json_object_set_new(j, "rows_last", json_real(x->rows_last));
         json_object_set_new(j, "rows_total", json_real(x->rows_total));
         json_object_set_new(j, "importance_last", json_real(x->importance_last));
@@ -360,17 +1045,19 @@ char *coord_render_cluster_json(const coord_t *c)
 {
     json_t *o = json_object(), *servers = json_array(), *workers = json_array(),
            *hist = json_array();
-    for (int s = 0; s < c->cl.n_servers; s++) {
+    for (int s = 0; s < c->n_slots; s++) {
         const struct coord_member *m = &c->servers[s];
         int n = 0;
         for (int e = 0; e < c->cfg->n_experts; e++)
-            n += c->cl.server_of[e] == s;
+            n += c->server_of[e] == s;
         json_t *j = json_object();
         json_object_set_new(j, "index", json_integer(s));
         json_object_set_new(j, "endpoint", json_string(m->endpoint));
         json_object_set_new(j, "alive", json_boolean(m->alive));
         json_object_set_new(j, "registered", json_boolean(m->registered));
         json_object_set_new(j, "experts", json_integer(n));
+        json_object_set_new(j, "epoch_index", json_integer(m->index));
+        json_object_set_new(j, "draining", json_boolean(m->draining));
         json_object_set_new(j, "step", json_integer(m->step));
         json_object_set_new(j, "rows_per_sec", json_real(m->rows_per_sec));
         json_object_set_new(j, "rows_total", json_integer((json_int_t)m->rows_total));
@@ -379,7 +1066,7 @@ char *coord_render_cluster_json(const coord_t *c)
         json_object_set_new(j, "latency_seconds", json_real(m->latency_seconds));
         json_array_append_new(servers, j);
     }
-    for (int r = 0; r < c->cl.n_workers; r++) {
+    for (int r = 0; r < c->W; r++) {
         const struct coord_member *m = &c->workers[r];
         const struct coord_worker_stats *w = coord_stats_worker(c->stats, r);
         json_t *j = json_object();
@@ -397,6 +1084,10 @@ char *coord_render_cluster_json(const coord_t *c)
         json_array_append_new(hist, json_pack("[If]", (json_int_t)steps[i], loss[i]));
     json_object_set_new(o, "step", json_integer(coord_stats_completed_step(c->stats)));
     json_object_set_new(o, "placement_version", json_integer(c->placement_version));
+    static const char *const phases[] = {"forming", "loading", "running", "finished"};
+    json_object_set_new(o, "epoch", json_integer(c->epoch));
+    json_object_set_new(o, "phase", json_string(c->failed ? "failed" : phases[c->phase]));
+    json_object_set_new(o, "committed_checkpoint_step", json_integer(c->committed_step));
     json_object_set_new(o, "servers", servers);
     json_object_set_new(o, "workers", workers);
     json_object_set_new(o, "cv_importance", json_real(coord_stats_cv_importance(c->stats)));
@@ -418,7 +1109,7 @@ static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char 
                             x->load_last, x->load_avg};
         char id[16], srv[16];
         snprintf(id, sizeof id, "%d", e);
-        snprintf(srv, sizeof srv, "%d", c->cl.server_of[e]);
+        snprintf(srv, sizeof srv, "%d", c->server_of[e]);
         const char *labels[] = {"expert", id, "server", srv, NULL};
         rc = moe_prom_sample(b, NULL, labels, v[field]);
     }
@@ -459,6 +1150,8 @@ char *coord_render_metrics(const coord_t *c)
         {"moe_load_max_over_mean", "Rows of the most loaded expert over the mean, last step.",
          coord_stats_max_over_mean_load(c->stats)},
         {"moe_placement_version", "Version of the expert placement.", (double)c->placement_version},
+        {"moe_epoch", "Cluster configuration number (bumped by joins, drains and recoveries).", (double)c->epoch},
+        {"moe_committed_checkpoint_step", "Step of the newest committed checkpoint (-1: none).", (double)c->committed_step},
     };
     for (size_t i = 0; !rc && i < sizeof gauges / sizeof gauges[0]; i++) {
         rc = moe_prom_family(&b, gauges[i].name, MOE_PROM_GAUGE, gauges[i].help);
@@ -473,7 +1166,7 @@ char *coord_render_metrics(const coord_t *c)
     if (!rc)
         rc = moe_prom_family(&b, "moe_server_up", MOE_PROM_GAUGE,
                              "1 if the expert server was heard from recently.");
-    for (int s = 0; !rc && s < c->cl.n_servers; s++) {
+    for (int s = 0; !rc && s < c->n_slots; s++) {
         char idx[16];
         snprintf(idx, sizeof idx, "%d", s);
         const char *labels[] = {"server", idx, "endpoint", c->servers[s].endpoint, NULL};
@@ -492,7 +1185,7 @@ char *coord_render_metrics(const coord_t *c)
     };
     for (size_t f = 0; !rc && f < sizeof per_server / sizeof per_server[0]; f++) {
         rc = moe_prom_family(&b, per_server[f].name, per_server[f].type, per_server[f].help);
-        for (int s = 0; !rc && s < c->cl.n_servers; s++) {
+        for (int s = 0; !rc && s < c->n_slots; s++) {
             const struct coord_member *m = &c->servers[s];
             const double v[] = {(double)m->rows_total, (double)m->bytes_total,
                                 (double)m->errors_total, m->rows_per_sec, m->latency_seconds};
@@ -505,7 +1198,7 @@ char *coord_render_metrics(const coord_t *c)
     if (!rc)
         rc = moe_prom_family(&b, "moe_worker_tokens_per_second", MOE_PROM_GAUGE,
                              "Training speed reported by the worker.");
-    for (int r = 0; !rc && r < c->cl.n_workers; r++) {
+    for (int r = 0; !rc && r < c->W; r++) {
         char idx[16];
         snprintf(idx, sizeof idx, "%d", r);
         const char *labels[] = {"rank", idx, NULL};
@@ -514,7 +1207,7 @@ char *coord_render_metrics(const coord_t *c)
     if (!rc)
         rc = moe_prom_family(&b, "moe_worker_loss", MOE_PROM_GAUGE,
                              "Training loss (cross-entropy) reported by the worker.");
-    for (int r = 0; !rc && r < c->cl.n_workers; r++) {
+    for (int r = 0; !rc && r < c->W; r++) {
         char idx[16];
         snprintf(idx, sizeof idx, "%d", r);
         const char *labels[] = {"rank", idx, NULL};

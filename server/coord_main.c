@@ -5,8 +5,9 @@
  *   GET  /metrics          Prometheus text format
  *   GET  /api/v1/cluster   servers, workers, cluster statistics (JSON)
  *   GET  /api/v1/experts   per-expert rows, importance, load (JSON)
- *   POST /api/v1/checkpoint, /api/v1/drain   need `Authorization: Bearer
- *        <http_token>`; answered 501 until elasticity exists. */
+ *   POST /api/v1/checkpoint          checkpoint at the end of the next step
+ *   POST /api/v1/drain?server=N      move server N's experts away, then it exits
+ *        (both need `Authorization: Bearer <http_token>`) */
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -14,7 +15,10 @@
 #include <string.h>
 #include <uv.h>
 
+#include <jansson.h>
+
 #include "coord.h"
+#include "moe_err.h"
 #include "coord_http.h"
 #include "moe_config.h"
 #include "moe_log.h"
@@ -24,7 +28,18 @@
 extern const char coord_dashboard_html[];
 extern const size_t coord_dashboard_html_len;
 
+/* One rendered page, reused until the coordinator's generation changes:
+ * 200 scrapers then cost one render per step, not one per request. */
+struct render_cache {
+    uint64_t generation;
+    char *body;           /* NULL: nothing cached */
+    size_t len;
+};
+
+enum { PAGE_METRICS, PAGE_CLUSTER, PAGE_EXPERTS, N_PAGES };
+
 struct app {
+    struct render_cache cache[N_PAGES];
     struct trainer_config cfg;
     uv_loop_t loop;
     coord_t *coord;
@@ -46,7 +61,7 @@ static void on_zmq(void *sock, void *user)
 static void on_timer(uv_timer_t *t)
 {
     struct app *a = t->data;
-    coord_check_liveness(a->coord, now_sec(&a->loop), 3.0);
+    coord_tick(a->coord, now_sec(&a->loop));
 }
 
 static void respond(struct coord_http_response *resp, int status, const char *type, char *body)
@@ -66,6 +81,43 @@ static char *copy(const char *s)
     return d;
 }
 
+/* A malloc'd copy of the page (the HTTP server frees response bodies),
+ * rendered again only if the coordinator changed since the cached one. */
+static char *cached_page(struct app *a, int page)
+{
+    struct render_cache *rc = &a->cache[page];
+    const uint64_t gen = coord_generation(a->coord);
+    if (!rc->body || rc->generation != gen) {
+        char *fresh = page == PAGE_METRICS   ? coord_render_metrics(a->coord)
+                      : page == PAGE_CLUSTER ? coord_render_cluster_json(a->coord)
+                                             : coord_render_experts_json(a->coord);
+        if (!fresh)
+            return NULL;
+        free(rc->body);
+        rc->body = fresh;
+        rc->len = strlen(fresh);
+        rc->generation = gen;
+    }
+    char *out = malloc(rc->len + 1);
+    if (out)
+        memcpy(out, rc->body, rc->len + 1);
+    return out;
+}
+
+/* 200 with `ok`, or 409 with the sentence as JSON. */
+static void respond_result(struct coord_http_response *resp, int rc, const char *why,
+                           const char *ok)
+{
+    if (rc == 0) {
+        respond(resp, 200, "application/json", copy(ok));
+        return;
+    }
+    json_t *o = json_pack("{ss}", "error", why);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    respond(resp, rc == MOE_ERR_NOTFOUND ? 404 : 409, "application/json", body);
+}
+
 static void on_http(void *user, const struct coord_http_request *req,
                     struct coord_http_response *resp)
 {
@@ -79,24 +131,36 @@ static void on_http(void *user, const struct coord_http_request *req,
         }
         respond(resp, page ? 200 : 500, "text/html; charset=utf-8", page);
     } else if (get && strcmp(req->path, "/metrics") == 0) {
-        char *m = coord_render_metrics(a->coord);
+        char *m = cached_page(a, PAGE_METRICS);
         respond(resp, m ? 200 : 500, "text/plain; version=0.0.4; charset=utf-8", m);
     } else if (get && strcmp(req->path, "/api/v1/cluster") == 0) {
-        char *j = coord_render_cluster_json(a->coord);
+        char *j = cached_page(a, PAGE_CLUSTER);
         respond(resp, j ? 200 : 500, "application/json", j);
     } else if (get && strcmp(req->path, "/api/v1/experts") == 0) {
-        char *j = coord_render_experts_json(a->coord);
+        char *j = cached_page(a, PAGE_EXPERTS);
         respond(resp, j ? 200 : 500, "application/json", j);
     } else if (post && (strcmp(req->path, "/api/v1/checkpoint") == 0 ||
                         strcmp(req->path, "/api/v1/drain") == 0)) {
-        char want[300];
+        char want[300], why[300];
         snprintf(want, sizeof want, "Bearer %s", a->cfg.http_token);
         if (!a->cfg.http_token[0] || !req->authorization || strcmp(req->authorization, want) != 0)
             respond(resp, 401, "application/json",
                     copy("{\"error\":\"a valid bearer token (http_token) is required\"}"));
-        else
-            respond(resp, 501, "application/json",
-                    copy("{\"error\":\"checkpoint and drain are not implemented yet\"}"));
+        else if (strcmp(req->path, "/api/v1/checkpoint") == 0)
+            respond_result(resp, coord_request_checkpoint(a->coord, why, sizeof why), why,
+                           "{\"ok\":true,\"message\":\"checkpoint at the end of the next step\"}");
+        else {
+            /* ?server=N */
+            const char *q = req->query ? strstr(req->query, "server=") : NULL;
+            char *end = NULL;
+            long slot = q ? strtol(q + 7, &end, 10) : -1;
+            if (!q || end == q + 7 || (*end && *end != '&'))
+                respond(resp, 400, "application/json",
+                        copy("{\"error\":\"drain needs ?server=N (a server index)\"}"));
+            else
+                respond_result(resp, coord_request_drain(a->coord, (int)slot, why, sizeof why),
+                               why, "{\"ok\":true,\"message\":\"the server leaves at the next step boundary\"}");
+        }
     } else if (!get && !post) {
         respond(resp, 405, "application/json", copy("{\"error\":\"method not allowed\"}"));
     } else {
@@ -182,7 +246,7 @@ int main(int argc, char **argv)
     a.zs = moe_zloop_add(&a.loop, coord_socket(a.coord), 64, on_zmq, &a);
     uv_timer_init(&a.loop, &a.timer);
     a.timer.data = &a;
-    uv_timer_start(&a.timer, on_timer, 500, 500);
+    uv_timer_start(&a.timer, on_timer, 100, 100);
     uv_signal_init(&a.loop, &a.sig_term);
     uv_signal_init(&a.loop, &a.sig_int);
     a.sig_term.data = a.sig_int.data = &a;
@@ -211,6 +275,8 @@ int main(int argc, char **argv)
     uv_walk(&a.loop, close_walk, NULL);
     uv_run(&a.loop, UV_RUN_DEFAULT);
     uv_loop_close(&a.loop);
+    for (int i = 0; i < N_PAGES; i++)
+        free(a.cache[i].body);
     coord_destroy(&a.coord);
     return 0;
 }

@@ -184,6 +184,13 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
     return 1;
 }
 
+void coord_stats_restart(coord_stats_t *s, int64_t step)
+{
+    s->current = step;
+    memset(s->have, 0, sizeof(bool) * (size_t)s->W);
+    s->missing = s->W;
+}
+
 int64_t coord_stats_current_step(const coord_stats_t *s) { return s->current; }
 int64_t coord_stats_completed_step(const coord_stats_t *s) { return s->completed; }
 int coord_stats_missing(const coord_stats_t *s) { return s->missing; }

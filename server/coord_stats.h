@@ -50,6 +50,10 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
  * step (-1 if none) and the workers still missing from the step in
  * progress. */
 int64_t coord_stats_current_step(const coord_stats_t *s);
+/* The next step expected is `step` (a new epoch starts there, possibly
+ * earlier than before: a rollback); submissions in progress are dropped.
+ * Totals and history keep what was counted, replayed steps included. */
+void coord_stats_restart(coord_stats_t *s, int64_t step);
 int64_t coord_stats_completed_step(const coord_stats_t *s);
 int coord_stats_missing(const coord_stats_t *s);
 

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "coord_client.h"
@@ -18,6 +20,7 @@
 #include "moe_cluster.h"
 #include "moe_err.h"
 #include "moe_log.h"
+#include "moe_manifest.h"
 #include "moe_optim.h"
 #include "moe_safetensors.h"
 #include "moe_tensor.h"
@@ -52,7 +55,11 @@ struct expsrv {
     size_t cap_rows;
     int64_t errors, msgs;
     double stop_since;
-    coord_client_t *coord; /* registration and heartbeats, when configured */
+    coord_client_t *coord; /* registration, heartbeats and epochs, when configured */
+    uint32_t epoch;        /* configuration served (0: static, without a coordinator) */
+    int index;             /* this server's index in the epoch (or --server-index) */
+    bool waiting;          /* between epochs: serves nothing until the next one loads */
+    char own[256];         /* the endpoint it serves on */
     double last_beat;
     uint64_t rows_total, bytes_total; /* forward rows computed, tensor bytes in and out */
     double compute_seconds;           /* forward + backward compute of every step */
@@ -140,23 +147,31 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "cannot bind %s: %s", ep, zmq_strerror(zmq_errno()));
         goto fail;
     }
-    /* The placement: from the coordinator when there is one, else from the
-     * configuration. */
-    const char *servers = cfg->servers, *placement = cfg->placement;
-    char disc_servers[4096], disc_placement[4096];
-    if (cfg->coordinator[0]) {
-        s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, cfg->server_index,
-                                    cfg->n_experts, cfg->timeout_ms, err, errlen);
-        if (!s->coord || coord_client_register(s->coord, own, err, errlen) ||
-            coord_client_placement(s->coord, disc_servers, sizeof disc_servers, disc_placement,
-                                   sizeof disc_placement, err, errlen))
-            goto fail;
-        servers = disc_servers;
-        placement = disc_placement;
-    }
-    if (moe_cluster_parse(&s->cl, servers, cfg->workers, placement, cfg->n_experts, err, errlen))
+    if (cfg->advertise[0])
+        snprintf(own, sizeof own, "%s", cfg->advertise);
+    if (cfg->coordinator[0] && (strchr(own, '*') || strstr(own, "0.0.0.0"))) {
+        snprintf(err, errlen, "%s is where this server listens, not an address workers can reach: "
+                 "give --advertise tcp://HOST:PORT", own);
         goto fail;
-    if (cfg->server_index >= s->cl.n_servers) {
+    }
+    snprintf(s->own, sizeof s->own, "%s", own);
+    s->index = cfg->server_index;
+    if (cfg->coordinator[0]) {
+        /* The placement and the state to start from come with the first
+         * epoch (expsrv_run); until then this server owns no expert. */
+        int handover = 1;
+        zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover);
+        s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, 0, own, cfg->n_experts,
+                                    cfg->timeout_ms, err, errlen);
+        if (!s->coord || coord_client_register(s->coord, own, err, errlen))
+            goto fail;
+        s->waiting = true;
+        s->index = -1;
+    }
+    if (moe_cluster_parse(&s->cl, cfg->coordinator[0] ? own : cfg->servers, cfg->workers,
+                          cfg->coordinator[0] ? "" : cfg->placement, cfg->n_experts, err, errlen))
+        goto fail;
+    if (!cfg->coordinator[0] && cfg->server_index >= s->cl.n_servers) {
         snprintf(err, errlen, "server_index %d: only %d servers are listed in servers",
                  cfg->server_index, s->cl.n_servers);
         goto fail;
@@ -165,7 +180,7 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
     if (!ids)
         goto fail;
-    int n = moe_cluster_experts_of(&s->cl, cfg->server_index, ids);
+    int n = cfg->coordinator[0] ? 0 : moe_cluster_experts_of(&s->cl, cfg->server_index, ids);
     struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
                                 cfg->expert_clip, cfg->expert_relative_step, 1e-3};
     s->shard = expert_shard_new(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo);
@@ -175,15 +190,19 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     }
     s->fwd = calloc((size_t)s->W, sizeof *s->fwd);
     s->bwd = calloc((size_t)s->W, sizeof *s->bwd);
-    s->u_ids = malloc(sizeof(int32_t) * (size_t)n);
-    s->u_rows = malloc(sizeof(int) * (size_t)n);
-    s->u_base = malloc(sizeof(size_t) * (size_t)n);
+    /* room for every expert: an epoch may give this server any of them */
+    s->u_ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
+    s->u_rows = malloc(sizeof(int) * (size_t)cfg->n_experts);
+    s->u_base = malloc(sizeof(size_t) * (size_t)cfg->n_experts);
     if (!s->fwd || !s->bwd || !s->u_ids || !s->u_rows || !s->u_base)
         goto fail;
     free(ids);
-    moe_info("server %d of %d: %d experts (%d..%d), %d worker(s), listening on %s",
-             cfg->server_index, s->cl.n_servers, n, n ? expert_shard_id(s->shard, 0) : -1,
-             n ? expert_shard_id(s->shard, n - 1) : -1, s->W, ep);
+    if (s->coord)
+        moe_info("serving on %s, %d worker(s); experts come with the coordinator's epoch", ep, s->W);
+    else
+        moe_info("server %d of %d: %d experts (%d..%d), %d worker(s), listening on %s",
+                 cfg->server_index, s->cl.n_servers, n, n ? expert_shard_id(s->shard, 0) : -1,
+                 n ? expert_shard_id(s->shard, n - 1) : -1, s->W, ep);
     return s;
 fail:
     free(ids);
@@ -242,7 +261,8 @@ static void reply_error(expsrv_t *s, const struct moe_wire_msg *m, int code, con
     o.type = MOE__MSG_TYPE__MSG_ERROR;
     o.step = m->hdr ? m->hdr->step : 0;
     o.request_id = m->hdr ? m->hdr->request_id : 0;
-    o.rank = (uint32_t)s->cfg->server_index;
+    o.rank = (uint32_t)(s->index < 0 ? 0 : s->index);
+    o.epoch = s->epoch;
     o.error_code = code;
     o.error_text = text;
     char err[256];
@@ -258,7 +278,8 @@ static int reply_tensor(expsrv_t *s, const struct moe_wire_msg *m, Moe__MsgType 
     struct moe_wire_out o = {0};
     o.type = type;
     o.step = h->step;
-    o.rank = (uint32_t)s->cfg->server_index;
+    o.rank = (uint32_t)s->index;
+    o.epoch = s->epoch;
     o.request_id = h->request_id;
     o.expert_ids = h->expert_ids;
     o.row_counts = h->row_counts;
@@ -423,6 +444,8 @@ static int finish_forward(expsrv_t *s)
     return 0;
 }
 
+static void write_checkpoint(expsrv_t *s);
+
 static int finish_backward(expsrv_t *s)
 {
     const double t0 = now_sec();
@@ -436,10 +459,14 @@ static int finish_backward(expsrv_t *s)
     const int64_t t = s->step + 1;
     expert_shard_apply(s->shard, t, moe_lr_at(&s->sched, t));
     s->compute_seconds += now_sec() - t0;
+    const bool ckpt = (s->bwd[0].msg.hdr->flags & MOE_FLAG_CHECKPOINT) != 0;
     clear_slots(s->fwd, s->W);
     clear_slots(s->bwd, s->W);
     s->step = t;
     s->phase = PH_FORWARD;
+    /* a consistent cut: before any forward of the next step */
+    if (ckpt && s->coord && s->cfg->checkpoint_dir[0])
+        write_checkpoint(s);
     return 0;
 }
 
@@ -617,7 +644,8 @@ static void handle_fetch(expsrv_t *s, struct moe_wire_msg *m)
     struct moe_wire_out o = {0};
     o.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY;
     o.step = (uint64_t)s->step;
-    o.rank = (uint32_t)s->cfg->server_index;
+    o.rank = (uint32_t)s->index;
+    o.epoch = s->epoch;
     o.request_id = h->request_id;
     o.expert_ids = h->expert_ids;
     o.row_counts = ones;
@@ -643,6 +671,11 @@ static void handle_message(expsrv_t *s)
     s->msgs++;
     if (rc) {
         reply_error(s, &m, rc, err);
+    } else if (s->waiting || m.hdr->epoch != s->epoch) {
+        char why[160];
+        snprintf(why, sizeof why, "message of epoch %u: this server %s epoch %u", m.hdr->epoch,
+                 s->waiting ? "is between epochs after" : "serves", s->epoch);
+        reply_error(s, &m, MOE_ERR_STATE, why);
     } else {
         switch (m.hdr->type) {
         case MOE__MSG_TYPE__MSG_EXPERT_FORWARD: handle_forward(s, &m); break;
@@ -659,8 +692,281 @@ static void handle_message(expsrv_t *s)
     moe_wire_msg_free(&m);
 }
 
+/* ------------------------------------------------------------------------ */
+/* Epochs (with a coordinator) */
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Held forward/backward messages of a step that will not complete. */
+static void abandon_step(expsrv_t *s, const char *why)
+{
+    for (int r = 0; r < s->W; r++) {
+        if (s->fwd[r].have && s->phase == PH_FORWARD)
+            reply_error(s, &s->fwd[r].msg, MOE_ERR_STATE, why);
+        if (s->bwd[r].have)
+            reply_error(s, &s->bwd[r].msg, MOE_ERR_STATE, why);
+    }
+    clear_slots(s->fwd, s->W);
+    clear_slots(s->bwd, s->W);
+    s->phase = PH_FORWARD;
+}
+
+/* Copies expert `id` (parameters, factored-Adam state) from the shard file
+ * of a checkpoint into slot i of dst. */
+static int load_expert(expsrv_t *s, moe_safetensors_t *st, expert_shard_t *dst, int i, char *err,
+                       size_t errlen)
+{
+    const int32_t id = expert_shard_id(dst, i);
+    float *p = expert_shard_params(dst, i), *o = expert_shard_opt_state(dst, i);
+    for (int part = 0; part < EXPERT_PARTS; part++) {
+        const char *suffix;
+        int nd;
+        int64_t shape[2];
+        size_t nst;
+        expert_shard_part(part, s->D, s->H, &suffix, &nd, shape, &nst);
+        char name[96];
+        snprintf(name, sizeof name, "moe.experts.%d.%s", id, suffix);
+        int rc = moe_safetensors_read_f32(st, name, nd, shape, p, err, errlen);
+        if (rc)
+            return rc;
+        snprintf(name, sizeof name, "moe.experts.%d.%s.fadam", id, suffix);
+        int64_t sh1[2] = {(int64_t)nst, 0};
+        if ((rc = moe_safetensors_read_f32(st, name, 1, sh1, o, err, errlen)))
+            return rc;
+        p += (size_t)shape[0] * (nd == 2 ? (size_t)shape[1] : 1);
+        o += nst;
+    }
+    return 0;
+}
+
+/* Builds the shard of the epoch: experts this server already holds at the
+ * epoch's step stay as they are; the others are read from the epoch's
+ * checkpoint (every file verified against the manifest's checksum first)
+ * or, on a fresh start, initialised from the seed. */
+static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size_t errlen)
+{
+    const struct trainer_config *cfg = s->cfg;
+    struct moe_cluster cl;
+    memset(&cl, 0, sizeof cl);
+    int rc = moe_cluster_parse(&cl, ep->servers, cfg->workers, ep->placement, cfg->n_experts, err,
+                               errlen);
+    if (rc)
+        return rc;
+    if (ep->index < 0 || ep->index >= cl.n_servers) {
+        snprintf(err, errlen, "epoch %u gives this server index %d of %d", ep->epoch, ep->index,
+                 cl.n_servers);
+        moe_cluster_free(&cl);
+        return MOE_ERR_FORMAT;
+    }
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
+    if (!ids) {
+        moe_cluster_free(&cl);
+        return MOE_ERR_NOMEM;
+    }
+    const int n = moe_cluster_experts_of(&cl, ep->index, ids);
+    moe_cluster_free(&cl);
+    struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
+                                cfg->expert_clip, cfg->expert_relative_step, 1e-3};
+    expert_shard_t *next = expert_shard_new(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo);
+    free(ids);
+    if (!next) {
+        snprintf(err, errlen, "cannot allocate %d experts", n);
+        return MOE_ERR_NOMEM;
+    }
+    const double t0 = now_sec();
+    const bool current = s->shard && s->step == ep->step;
+    const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(next);
+    struct moe_manifest man;
+    memset(&man, 0, sizeof man);
+    bool have_man = false;
+    moe_safetensors_t **files = NULL;
+    int kept = 0, loaded = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const int32_t id = expert_shard_id(next, i);
+        const int old = current ? expert_shard_find(s->shard, id) : -1;
+        if (old >= 0) {
+            memcpy(expert_shard_params(next, i), expert_shard_params(s->shard, old), sizeof(float) * P);
+            memcpy(expert_shard_opt_state(next, i), expert_shard_opt_state(s->shard, old),
+                   sizeof(float) * S);
+            kept++;
+        } else if (ep->checkpoint[0]) {
+            if (!have_man) {
+                if ((rc = moe_manifest_read(ep->checkpoint, &man, err, errlen)))
+                    break;
+                have_man = true;
+                if (man.n_experts != cfg->n_experts || man.step != ep->step) {
+                    snprintf(err, errlen, "%s: manifest of step %" PRId64 " with %d experts, "
+                             "expected step %" PRId64 " with %d", ep->checkpoint, man.step,
+                             man.n_experts, ep->step, cfg->n_experts);
+                    rc = MOE_ERR_FORMAT;
+                    break;
+                }
+                files = calloc((size_t)man.n_files, sizeof *files);
+                if (!files) {
+                    rc = MOE_ERR_NOMEM;
+                    break;
+                }
+            }
+            const int f = man.expert_file[id];
+            if (!files[f]) {
+                char path[TRAINER_PATH_MAX + 200];
+                snprintf(path, sizeof path, "%s/%s", ep->checkpoint, man.files[f].name);
+                uint64_t sum = 0, bytes = 0;
+                if ((rc = moe_manifest_file_checksum(path, &sum, &bytes, err, errlen)))
+                    break;
+                if (sum != man.files[f].checksum || bytes != man.files[f].bytes) {
+                    snprintf(err, errlen, "%s: checksum mismatch (file is corrupted): manifest "
+                             "says %016" PRIx64 ", file has %016" PRIx64, path,
+                             man.files[f].checksum, sum);
+                    rc = MOE_ERR_FORMAT;
+                    break;
+                }
+                if (!(files[f] = moe_safetensors_open(path, err, errlen))) {
+                    rc = MOE_ERR_FORMAT;
+                    break;
+                }
+            }
+            rc = load_expert(s, files[f], next, i, err, errlen);
+            loaded++;
+        }
+        *expert_shard_opt_step(next, i) = ep->step;
+    }
+    for (int f = 0; files && f < man.n_files; f++)
+        moe_safetensors_close(&files[f]);
+    free(files);
+    moe_manifest_free(&man);
+    if (rc) {
+        expert_shard_destroy(&next);
+        return rc;
+    }
+    const double dt = now_sec() - t0;
+    expert_shard_destroy(&s->shard);
+    s->shard = next;
+    s->step = ep->step;
+    s->phase = PH_FORWARD;
+    s->epoch = ep->epoch;
+    s->index = ep->index;
+    coord_client_set_epoch(s->coord, ep->epoch);
+    moe_info("epoch %u: server %d with %d experts at step %" PRId64 " (%d kept, %d read from the "
+             "checkpoint in %.3f s%s)", ep->epoch, ep->index, n, ep->step, kept, loaded, dt,
+             loaded ? "" : "");
+    if (loaded)
+        moe_info("migration: %.2f ms per expert read", 1e3 * dt / loaded);
+    return 0;
+}
+
+/* Writes this server's shard of the checkpoint of the current step and
+ * reports it to the coordinator. */
+static void write_checkpoint(expsrv_t *s)
+{
+    char folder[TRAINER_PATH_MAX + 32], path[TRAINER_PATH_MAX + 96], file[64], err[512];
+    moe_manifest_folder(s->cfg->checkpoint_dir, s->step, folder, sizeof folder);
+    snprintf(file, sizeof file, "server-%d.safetensors", s->index);
+    snprintf(path, sizeof path, "%s/%s", folder, file);
+    if (mkdir(s->cfg->checkpoint_dir, 0755) != 0 && errno != EEXIST)
+        moe_warn("cannot create %s: %s", s->cfg->checkpoint_dir, strerror(errno));
+    if (mkdir(folder, 0755) != 0 && errno != EEXIST) {
+        moe_error("checkpoint: cannot create %s: %s", folder, strerror(errno));
+        return;
+    }
+    const double t0 = now_sec();
+    /* Fault injection for the tests: die by SIGKILL half-way through
+     * writing the shard of this step (a crash during a checkpoint). */
+    const char *fault = getenv("MOE_FAULT_KILL_IN_CHECKPOINT");
+    if (fault && strtoll(fault, NULL, 10) == s->step) {
+        char tmp[TRAINER_PATH_MAX + 128];
+        snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+        FILE *f = fopen(tmp, "w");
+        if (f) {
+            fputs("{\"partial", f);
+            fflush(f);
+        }
+        moe_warn("MOE_FAULT_KILL_IN_CHECKPOINT=%s: killing this server while it writes %s", fault,
+                 path);
+        raise(SIGKILL);
+    }
+    if (expsrv_write_shard(s, path, err, sizeof err) ||
+        coord_client_checkpoint_done(s->coord, s->step, file, err, sizeof err)) {
+        moe_error("checkpoint of step %" PRId64 ": %s", s->step, err);
+        return;
+    }
+    moe_info("checkpoint of step %" PRId64 ": %s written in %.3f s", s->step, path, now_sec() - t0);
+}
+
+/* Between epochs: asks the coordinator until it answers with an epoch for
+ * this server, loads it, and says so. Returns 1 when drained (exit), 0
+ * when serving, a negative code on error or when stopped. */
+static int await_epoch(expsrv_t *s, volatile sig_atomic_t *stop)
+{
+    char err[1024];
+    s->waiting = true;
+    for (;;) {
+        if (*stop)
+            return MOE_ERR_STATE;
+        struct coord_epoch ep;
+        int rc = coord_client_epoch_wait(s->coord, s->step, 0, &ep, err, sizeof err);
+        if (rc == MOE_ERR_IO) {
+            moe_warn("%s; asking again", err);
+            continue;
+        }
+        if (rc) {
+            moe_error("epoch: %s", err);
+            return rc;
+        }
+        if (ep.flags & MOE_FLAG_DRAINED) {
+            moe_info("drained: this server's experts moved to the others; exiting");
+            return 1;
+        }
+        if (ep.flags & (MOE_FLAG_NOT_READY | MOE_FLAG_FINISHED) || ep.epoch <= s->epoch) {
+            coord_epoch_free(&ep);
+            /* serve nothing, but keep the ROUTER drained of stale requests */
+            for (int i = 0; i < 64; i++) {
+                int ev = 0;
+                size_t len = sizeof ev;
+                if (zmq_getsockopt(s->sock, ZMQ_EVENTS, &ev, &len) || !(ev & ZMQ_POLLIN))
+                    break;
+                handle_message(s);
+            }
+            sleep_ms(50);
+            continue;
+        }
+        rc = load_epoch(s, &ep, err, sizeof err);
+        const bool initial = ep.flags & MOE_FLAG_INITIAL_CHECKPOINT;
+        coord_epoch_free(&ep);
+        if (rc) {
+            moe_error("epoch %u: %s", ep.epoch, err);
+            /* cannot serve this epoch: report trouble, the coordinator moves on */
+            struct coord_epoch e2;
+            if (coord_client_epoch_wait(s->coord, s->step, MOE_FLAG_TROUBLE, &e2, err, sizeof err) == 0)
+                coord_epoch_free(&e2);
+            sleep_ms(500);
+            continue;
+        }
+        if (initial && s->cfg->checkpoint_dir[0])
+            write_checkpoint(s);
+        struct coord_epoch e2;
+        rc = coord_client_epoch_wait(s->coord, s->step, MOE_FLAG_LOADED, &e2, err, sizeof err);
+        if (rc == 0)
+            coord_epoch_free(&e2);
+        s->waiting = false;
+        s->last_beat = 0;
+        return 0;
+    }
+}
+
 int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
 {
+    if (s->coord) {
+        int rc = await_epoch(s, stop);
+        if (rc == 1)
+            return 0;
+        if (rc < 0)
+            return *stop ? 0 : rc;
+    }
     for (;;) {
         if (*stop) {
             bool mid_step = s->phase == PH_BACKWARD;
@@ -676,7 +982,7 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
                 break;
             }
         }
-        if (s->coord && now_sec() - s->last_beat >= 1.0) {
+        if (s->coord && now_sec() - s->last_beat >= 0.25) {
             char err[256];
             double lat = s->step > 0 ? s->compute_seconds / (double)s->step : 0;
             if (coord_client_heartbeat(s->coord, s->step, s->rows_total, s->bytes_total,
@@ -684,10 +990,23 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
                 moe_warn("heartbeat: %s", err);
             s->last_beat = now_sec();
         }
-        if (s->coord)
+        if (s->coord) {
             coord_client_drain(s->coord);
+            if (coord_client_seen_epoch(s->coord) > s->epoch && !*stop) {
+                /* the cluster moved on (a failure or a reconfiguration) */
+                /* parameters change only when a step's last backward is in, so
+                 * the experts in memory are still those after s->step steps */
+                abandon_step(s, "the cluster changed configuration (new epoch)");
+                int rc = await_epoch(s, stop);
+                if (rc == 1)
+                    break;
+                if (rc < 0)
+                    return *stop ? 0 : rc;
+                continue;
+            }
+        }
         zmq_pollitem_t it = {s->sock, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&it, 1, 200);
+        int rc = zmq_poll(&it, 1, s->coord ? 50 : 200);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;

@@ -356,3 +356,102 @@ out:
     tlist_free(&optim);
     return rc;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Cluster checkpoints */
+
+static bool is_state(const char *name) { return strncmp(name, "state.", 6) == 0; }
+
+/* The tensors of worker `rank`'s file: everything for rank 0, the carried
+ * LSTM state for the others. */
+static int worker_list(const struct ckpt_state *s, int rank, bool want_state, struct tlist *out)
+{
+    struct tlist model = {0}, optim = {0};
+    struct ckpt_state s2 = *s;
+    s2.shard = NULL;
+    int rc = build_lists(&s2, &model, &optim);
+    const struct tlist *both[2] = {&model, &optim};
+    for (int f = 0; f < 2 && !rc; f++)
+        for (size_t i = 0; i < both[f]->n && !rc; i++) {
+            const struct moe_st_entry *e = &both[f]->e[i];
+            if (want_state ? !is_state(e->name) : (rank != 0 || is_state(e->name)))
+                continue;
+            rc = tlist_add(out, e->name, e->data, e->ndim, e->shape[0], e->shape[1]);
+        }
+    tlist_finish(out);
+    tlist_free(&model);
+    tlist_free(&optim);
+    return rc;
+}
+
+int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int rank, char *file,
+                           size_t cap, char *err, size_t errlen)
+{
+    struct tlist l = {0};
+    int rc = worker_list(s, rank, false, &l);
+    struct tlist st = {0};
+    if (!rc)
+        rc = worker_list(s, rank, true, &st);
+    for (size_t i = 0; !rc && i < st.n; i++)
+        rc = tlist_add(&l, st.e[i].name, st.e[i].data, st.e[i].ndim, st.e[i].shape[0],
+                       st.e[i].shape[1]);
+    tlist_finish(&l);
+    tlist_free(&st);
+    if (rc) {
+        tlist_free(&l);
+        moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
+        return rc;
+    }
+    char step_s[32], sum_s[32], rank_s[16], p[TRAINER_PATH_MAX + 96];
+    snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
+    snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&l));
+    snprintf(rank_s, sizeof rank_s, "%d", rank);
+    const char *meta[] = {"format", "moe-worker-1", "step", step_s, "rank", rank_s,
+                          "checksum", sum_s, NULL};
+    snprintf(file, cap, "worker-%d.safetensors", rank);
+    snprintf(p, sizeof p, "%s/%s", folder, file);
+    if (mkdir(folder, 0755) != 0 && errno != EEXIST) {
+        moe_err_set(err, errlen, "%s: cannot create checkpoint folder: %s", folder, strerror(errno));
+        tlist_free(&l);
+        return MOE_ERR_IO;
+    }
+    rc = moe_safetensors_write(p, l.e, l.n, meta, err, errlen);
+    tlist_free(&l);
+    return rc;
+}
+
+static int load_list(const char *path, const struct tlist *l, char *err, size_t errlen)
+{
+    moe_safetensors_t *st = moe_safetensors_open(path, err, errlen);
+    if (!st)
+        return MOE_ERR_FORMAT;
+    int rc = verify_checksum(st, err, errlen);
+    for (size_t i = 0; !rc && i < l->n; i++) {
+        const struct moe_st_entry *e = &l->e[i];
+        rc = read_tensor(st, e->name, e->ndim, e->shape[0], e->shape[1], (float *)e->data, err,
+                         errlen);
+    }
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int checkpoint_load_worker(const char *folder, struct ckpt_state *s, int rank, char *err,
+                           size_t errlen)
+{
+    struct tlist dense = {0}, state = {0};
+    int rc = worker_list(s, 0, false, &dense);
+    if (!rc)
+        rc = worker_list(s, rank, true, &state);
+    char p[TRAINER_PATH_MAX + 96];
+    if (!rc) {
+        snprintf(p, sizeof p, "%s/worker-0.safetensors", folder);
+        rc = load_list(p, &dense, err, errlen);
+    }
+    if (!rc) {
+        snprintf(p, sizeof p, "%s/worker-%d.safetensors", folder, rank);
+        rc = load_list(p, &state, err, errlen);
+    }
+    tlist_free(&dense);
+    tlist_free(&state);
+    return rc;
+}

@@ -48,4 +48,18 @@ int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_
  * name, dtype and shape is checked; an error names the file and tensor. */
 int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen);
 
+/* Cluster checkpoints (with a coordinator; see server/coord.h): worker
+ * `rank` writes FOLDER/worker-RANK.safetensors (rank 0: the dense
+ * parameters, their optimizer state and its carried LSTM state; other
+ * ranks: their carried LSTM state), written to a temporary name, fsynced
+ * and renamed; `file` gets its name. s->shard is ignored. */
+int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int rank, char *file,
+                           size_t cap, char *err, size_t errlen);
+
+/* Loads the dense state from FOLDER/worker-0.safetensors and this rank's
+ * carried LSTM state from FOLDER/worker-RANK.safetensors, checking each
+ * file's checksum; s->step is left to the caller. */
+int checkpoint_load_worker(const char *folder, struct ckpt_state *s, int rank, char *err,
+                           size_t errlen);
+
 #endif

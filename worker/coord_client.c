@@ -21,11 +21,13 @@ struct coord_client {
     int role, index, E;
     int64_t timeout_ms;
     uint64_t request_id;
+    uint32_t epoch, seen_epoch; /* ours; the newest the coordinator mentioned */
     float *buf; /* 3E */
 };
 
 coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, int index,
-                                 int n_experts, int64_t timeout_ms, char *err, size_t errlen)
+                                 const char *served, int n_experts, int64_t timeout_ms, char *err,
+                                 size_t errlen)
 {
     coord_client_t *c = calloc(1, sizeof *c);
     if (!c || n_experts < 1)
@@ -36,8 +38,11 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
     c->E = n_experts;
     c->timeout_ms = timeout_ms;
     c->buf = moe_alloc_floats(3 * (size_t)n_experts);
-    char id[48];
-    snprintf(id, sizeof id, "%s-%d", role == 2 ? "moe-server" : "moe-worker", index);
+    char id[300];
+    if (role == 2)
+        snprintf(id, sizeof id, "moe-server@%s", served ? served : "");
+    else
+        snprintf(id, sizeof id, "moe-worker-%d", index);
     c->sock = zmq_socket(zmq_ctx, ZMQ_DEALER);
     int linger = 0;
     if (!c->buf || !c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
@@ -103,6 +108,8 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType want, uint32_t wi
             moe_wire_msg_free(m);
             return rc;
         }
+        if (m->hdr->epoch > c->seen_epoch)
+            c->seen_epoch = m->hdr->epoch;
         if (m->hdr->request_id != req) {
             moe_wire_msg_free(m);
             continue;
@@ -124,78 +131,43 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType want, uint32_t wi
     }
 }
 
+/* A request of this client: type, step, its rank and role, a fresh
+ * request id, its epoch. */
+static struct moe_wire_out request(coord_client_t *c, Moe__MsgType type, int64_t step)
+{
+    struct moe_wire_out o = {0};
+    o.type = type;
+    o.step = (uint64_t)step;
+    o.rank = (uint32_t)c->index;
+    o.role = (uint32_t)c->role;
+    o.request_id = ++c->request_id;
+    o.epoch = c->epoch;
+    return o;
+}
+
+/* Sends o (with `rows` rows of data) and waits for its reply of type want. */
+static int call(coord_client_t *c, const struct moe_wire_out *o, const float *data, uint64_t rows,
+                Moe__MsgType want, uint32_t width, struct moe_wire_msg *m, char *err, size_t errlen)
+{
+    int rc = moe_wire_send(c->sock, NULL, 0, o, data, rows, err, errlen);
+    return rc ? rc : await(c, o->request_id, want, width, m, err, errlen);
+}
+
 int coord_client_register(coord_client_t *c, const char *endpoint_served, char *err,
                           size_t errlen)
 {
-    struct moe_wire_out o = {0};
-    o.type = MOE__MSG_TYPE__MSG_REGISTER;
-    o.rank = (uint32_t)c->index;
-    o.request_id = ++c->request_id;
-    o.role = (uint32_t)c->role;
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_REGISTER, 0);
     o.endpoint = endpoint_served;
-    int rc = moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
-    if (rc)
-        return rc;
     struct moe_wire_msg m;
-    rc = await(c, o.request_id, MOE__MSG_TYPE__MSG_REGISTER, 0, &m, err, errlen);
+    int rc = call(c, &o, NULL, 0, MOE__MSG_TYPE__MSG_REGISTER, 0, &m, err, errlen);
     if (!rc)
         moe_wire_msg_free(&m);
     return rc;
 }
 
-int coord_client_placement(coord_client_t *c, char *servers, size_t servers_cap,
-                           char *placement, size_t placement_cap, char *err, size_t errlen)
-{
-    const double deadline = now_ms() + (double)c->timeout_ms;
-    for (;;) {
-        struct moe_wire_out o = {0};
-        o.type = MOE__MSG_TYPE__MSG_REGISTER;
-        o.rank = (uint32_t)c->index;
-        o.request_id = ++c->request_id;
-        o.role = (uint32_t)c->role;
-        int rc = moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
-        struct moe_wire_msg m;
-        if (!rc)
-            rc = await(c, o.request_id, MOE__MSG_TYPE__MSG_REGISTER, 0, &m, err, errlen);
-        if (rc)
-            return rc;
-        const Moe__Header *h = m.hdr;
-        bool complete = h->n_servers > 0 && h->n_placement == (size_t)c->E;
-        for (size_t s = 0; complete && s < h->n_servers; s++)
-            complete = h->servers[s][0] != '\0';
-        if (complete) {
-            size_t o1 = 0, o2 = 0;
-            servers[0] = placement[0] = '\0';
-            for (size_t s = 0; s < h->n_servers && o1 < servers_cap; s++)
-                o1 += (size_t)snprintf(servers + o1, servers_cap - o1, "%s%s", s ? "," : "",
-                                       h->servers[s]);
-            for (size_t e = 0; e < h->n_placement && o2 < placement_cap; e++)
-                o2 += (size_t)snprintf(placement + o2, placement_cap - o2, "%s%d", e ? "," : "",
-                                       h->placement[e]);
-            moe_wire_msg_free(&m);
-            if (o1 >= servers_cap || o2 >= placement_cap) {
-                snprintf(err, errlen, "the coordinator's placement does not fit in %zu bytes",
-                         servers_cap);
-                return MOE_ERR_RANGE;
-            }
-            return 0;
-        }
-        moe_wire_msg_free(&m);
-        if (now_ms() > deadline) {
-            snprintf(err, errlen,
-                     "not every expert server registered with the coordinator (%s) within %" PRId64
-                     " ms",
-                     c->endpoint, c->timeout_ms);
-            return MOE_ERR_IO;
-        }
-        struct timespec ts = {0, 100 * 1000000};
-        nanosleep(&ts, NULL);
-    }
-}
-
 int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const float *load,
                        const float *rows, double loss, double tokens_per_sec, float *g_imp,
-                       float *g_load, float *g_rows, char *err, size_t errlen)
+                       float *g_load, float *g_rows, uint32_t *flags, char *err, size_t errlen)
 {
     const size_t E = (size_t)c->E;
     memcpy(c->buf, imp, sizeof(float) * E);
@@ -203,12 +175,7 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     memcpy(c->buf + 2 * E, rows, sizeof(float) * E);
     uint32_t one = 1;
     int32_t zero_id = 0;
-    struct moe_wire_out o = {0};
-    o.type = MOE__MSG_TYPE__MSG_STATS;
-    o.step = (uint64_t)step;
-    o.rank = (uint32_t)c->index;
-    o.role = (uint32_t)c->role;
-    o.request_id = ++c->request_id;
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_STATS, step);
     o.expert_ids = &zero_id;
     o.row_counts = &one;
     o.n_experts = 1;
@@ -216,11 +183,9 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     o.width = (uint32_t)(3 * E);
     o.loss = loss;
     o.tokens_per_sec = tokens_per_sec;
-    int rc = moe_wire_send(c->sock, NULL, 0, &o, c->buf, 1, err, errlen);
-    if (rc)
-        return rc;
     struct moe_wire_msg m;
-    rc = await(c, o.request_id, MOE__MSG_TYPE__MSG_STATS_REPLY, (uint32_t)(3 * E), &m, err, errlen);
+    int rc = call(c, &o, c->buf, 1, MOE__MSG_TYPE__MSG_STATS_REPLY, (uint32_t)(3 * E), &m, err,
+                  errlen);
     if (rc)
         return rc;
     if (m.rows != 1 || m.hdr->step != (uint64_t)step) {
@@ -232,6 +197,8 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     memcpy(g_imp, m.data, sizeof(float) * E);
     memcpy(g_load, m.data + E, sizeof(float) * E);
     memcpy(g_rows, m.data + 2 * E, sizeof(float) * E);
+    if (flags)
+        *flags = m.hdr->flags;
     moe_wire_msg_free(&m);
     return 0;
 }
@@ -239,12 +206,7 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
 int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint64_t bytes,
                            uint64_t errors, double latency, char *err, size_t errlen)
 {
-    struct moe_wire_out o = {0};
-    o.type = MOE__MSG_TYPE__MSG_HEARTBEAT;
-    o.step = (uint64_t)step;
-    o.rank = (uint32_t)c->index;
-    o.request_id = ++c->request_id;
-    o.role = (uint32_t)c->role;
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_HEARTBEAT, step);
     o.rows_total = rows;
     o.bytes_total = bytes;
     o.errors_total = errors;
@@ -254,25 +216,87 @@ int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint6
 
 void coord_client_drain(coord_client_t *c)
 {
+    struct moe_wire_limits lim = {64u << 20, 0, 1u << 20, 1u << 20};
     for (int i = 0; i < 64; i++) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        int more = 0;
-        size_t len = sizeof more;
-        if (zmq_msg_recv(&part, c->sock, ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&part);
+        struct moe_wire_msg m;
+        memset(&m, 0, sizeof m);
+        char why[128];
+        int rc = moe_wire_recv(c->sock, false, ZMQ_DONTWAIT, &lim, &m, why, sizeof why);
+        if (rc == MOE_ERR_STATE && !m.hdr) {
+            moe_wire_msg_free(&m);
             return;
         }
-        zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &len);
-        zmq_msg_close(&part);
-        while (more) {
-            zmq_msg_init(&part);
-            if (zmq_msg_recv(&part, c->sock, 0) < 0) {
-                zmq_msg_close(&part);
-                return;
-            }
-            zmq_getsockopt(c->sock, ZMQ_RCVMORE, &more, &len);
-            zmq_msg_close(&part);
-        }
+        if (m.hdr && m.hdr->epoch > c->seen_epoch)
+            c->seen_epoch = m.hdr->epoch;
+        moe_wire_msg_free(&m);
     }
+}
+
+void coord_client_set_epoch(coord_client_t *c, uint32_t epoch) { c->epoch = epoch; }
+uint32_t coord_client_epoch(const coord_client_t *c) { return c->epoch; }
+uint32_t coord_client_seen_epoch(const coord_client_t *c) { return c->seen_epoch; }
+
+void coord_epoch_free(struct coord_epoch *e)
+{
+    free(e->servers);
+    free(e->placement);
+    e->servers = e->placement = NULL;
+}
+
+int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags,
+                            struct coord_epoch *out, char *err, size_t errlen)
+{
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_EPOCH_WAIT, step);
+    o.flags = flags;
+    struct moe_wire_msg m;
+    int rc = call(c, &o, NULL, 0, MOE__MSG_TYPE__MSG_EPOCH, 0, &m, err, errlen);
+    if (rc)
+        return rc;
+    const Moe__Header *h = m.hdr;
+    memset(out, 0, sizeof *out);
+    out->epoch = h->epoch;
+    out->flags = h->flags;
+    out->step = (int64_t)h->step;
+    out->index = (int)h->rank;
+    out->placement_version = h->placement_version;
+    snprintf(out->checkpoint, sizeof out->checkpoint, "%s", h->checkpoint ? h->checkpoint : "");
+    if (!(h->flags & (MOE_FLAG_NOT_READY | MOE_FLAG_DRAINED | MOE_FLAG_FINISHED))) {
+        if (h->n_placement != (size_t)c->E || h->n_servers == 0) {
+            snprintf(err, errlen, "the coordinator's epoch %u has %zu placement entries for %d "
+                     "experts and %zu servers", h->epoch, h->n_placement, c->E, h->n_servers);
+            moe_wire_msg_free(&m);
+            return MOE_ERR_FORMAT;
+        }
+        size_t cap1 = 1, cap2 = 12 * h->n_placement + 1;
+        for (size_t i = 0; i < h->n_servers; i++)
+            cap1 += strlen(h->servers[i]) + 1;
+        out->servers = malloc(cap1);
+        out->placement = malloc(cap2);
+        if (!out->servers || !out->placement) {
+            coord_epoch_free(out);
+            moe_wire_msg_free(&m);
+            return MOE_ERR_NOMEM;
+        }
+        size_t o1 = 0, o2 = 0;
+        out->servers[0] = out->placement[0] = '\0';
+        for (size_t i = 0; i < h->n_servers; i++)
+            o1 += (size_t)snprintf(out->servers + o1, cap1 - o1, "%s%s", i ? "," : "", h->servers[i]);
+        for (size_t e = 0; e < h->n_placement; e++)
+            o2 += (size_t)snprintf(out->placement + o2, cap2 - o2, "%s%d", e ? "," : "",
+                                   h->placement[e]);
+    }
+    moe_wire_msg_free(&m);
+    return 0;
+}
+
+int coord_client_checkpoint_done(coord_client_t *c, int64_t step, const char *file, char *err,
+                                 size_t errlen)
+{
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_CHECKPOINT_DONE, step);
+    o.endpoint = file;
+    struct moe_wire_msg m;
+    int rc = call(c, &o, NULL, 0, MOE__MSG_TYPE__MSG_ACK, 0, &m, err, errlen);
+    if (!rc)
+        moe_wire_msg_free(&m);
+    return rc;
 }

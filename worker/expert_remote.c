@@ -29,6 +29,7 @@ struct server_io {
 struct expert_remote {
     const struct moe_cluster *cl;
     int rank, D;
+    uint32_t epoch, bwd_flags; /* stamped on every message; flags on backwards */
     int64_t timeout_ms;
     Moe__DType dtype;
     struct moe_wire_limits lim;
@@ -100,6 +101,9 @@ void expert_remote_destroy(expert_remote_t **rp)
     free(r);
     *rp = NULL;
 }
+
+void expert_remote_set_epoch(expert_remote_t *r, uint32_t epoch) { r->epoch = epoch; }
+void expert_remote_set_backward_flags(expert_remote_t *r, uint32_t flags) { r->bwd_flags = flags; }
 
 void expert_remote_set_row0(expert_remote_t *r, int64_t row0) { r->row0 = row0; }
 
@@ -268,6 +272,8 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
         h.width = (uint32_t)D;
         h.row0 = (uint64_t)r->row0;
         h.eval = eval;
+        h.epoch = r->epoch;
+        h.flags = type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ? r->bwd_flags : 0;
         char err[256];
         if (moe_wire_send(io->sock, NULL, 0, &h, io->buf, io->total, err, sizeof err)) {
             snprintf(what, what_len, "cannot send to expert server %d (%s): %s", s,
@@ -379,6 +385,7 @@ int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, c
         struct moe_wire_out h = {0};
         h.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH;
         h.rank = (uint32_t)r->rank;
+        h.epoch = r->epoch;
         h.request_id = req;
         h.expert_ids = io->ids;
         h.row_counts = zeros; /* a request carries no rows; the reply has one per expert */

@@ -30,6 +30,10 @@ void expert_remote_destroy(expert_remote_t **r);
  * worker's first row, sent in the headers. */
 void expert_remote_backend(struct moe_backend *b, expert_remote_t *r);
 void expert_remote_set_row0(expert_remote_t *r, int64_t row0);
+/* The epoch stamped on every message, and the flags of the next backwards
+ * (MOE_FLAG_CHECKPOINT: the servers write their shards after the step). */
+void expert_remote_set_epoch(expert_remote_t *r, uint32_t epoch);
+void expert_remote_set_backward_flags(expert_remote_t *r, uint32_t flags);
 
 /* Tensor payload bytes sent and received by training forwards and
  * backwards so far (headers excluded). */

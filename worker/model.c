@@ -104,6 +104,8 @@ static void init_params(model_t *m)
     }
 }
 
+void model_set_backend(model_t *m, const struct moe_backend *backend) { m->backend = *backend; }
+
 model_t *model_new(const struct model_config *cfg, const struct moe_backend *backend)
 {
     if (cfg->V < 2 || cfg->D < 1 || cfg->H < 1 || cfg->E < 1 || cfg->K < 1 || cfg->K > cfg->E ||

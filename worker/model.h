@@ -56,6 +56,8 @@ typedef struct model model_t;
  * (moe.w_gate and moe.w_noise start at zero, as in the paper). `backend`
  * is copied; its ctx is borrowed. NULL on bad sizes or no memory. */
 model_t *model_new(const struct model_config *cfg, const struct moe_backend *backend);
+/* Replaces the expert backend (a new placement). */
+void model_set_backend(model_t *m, const struct moe_backend *backend);
 void model_destroy(model_t **m);
 
 const struct model_config *model_config_of(const model_t *m);

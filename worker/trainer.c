@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <zmq.h>
 
@@ -27,6 +28,8 @@
 #include "moe_cluster.h"
 #include "moe_err.h"
 #include "moe_log.h"
+#include "moe_manifest.h"
+#include "moe_wire.h"
 #include "moe_optim.h"
 
 #define OPT(key, sec, type, field, lo, hi, def, help) \
@@ -69,6 +72,7 @@ const struct moe_opt trainer_options[] = {
     OPT("rank", "cluster", MOE_OPT_INT, rank, 0, 65535, "0", "this worker's rank"),
     OPT("server_index", "cluster", MOE_OPT_INT, server_index, 0, 65535, "0", "moe-server: which entry of `servers` this daemon is"),
     OPT("bind", "cluster", MOE_OPT_STRING, bind, 1, 0, "", "moe-server: address to bind (default: its entry of `servers`)"),
+    OPT("advertise", "cluster", MOE_OPT_STRING, advertise, 1, 0, "", "moe-server: address workers reach it at, given to the coordinator (default: --bind; needed when binding tcp://*:PORT)"),
     OPT("timeout_ms", "cluster", MOE_OPT_I64, timeout_ms, 1, 86400000, "30000", "a peer that does not answer within this many ms is an error"),
     OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16"),
     OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 1, 65536, "512", "largest message accepted, in MiB"),
@@ -76,6 +80,9 @@ const struct moe_opt trainer_options[] = {
     OPT("coordinator", "cluster", MOE_OPT_STRING, coordinator, 1, 0, "", "coordinator endpoint (empty: no coordinator)"),
     OPT("http", "cluster", MOE_OPT_STRING, http, 1, 0, "127.0.0.1:8780", "moe-coordinator: HTTP monitoring address HOST:PORT"),
     OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints"),
+    OPT("min_servers", "cluster", MOE_OPT_INT, min_servers, 0, 65535, "0", "moe-coordinator: expert servers to wait for before training starts (0: as many as `servers` lists, at least 1)"),
+    OPT("heartbeat_timeout_ms", "cluster", MOE_OPT_I64, heartbeat_timeout_ms, 100, 86400000, "3000", "moe-coordinator: a server silent this long is dead (its experts move, the cluster rolls back)"),
+    OPT("keep_checkpoints", "output", MOE_OPT_INT, keep_checkpoints, 1, 1000000, "3", "moe-coordinator: committed cluster checkpoints kept (older ones are pruned)"),
     OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)"),
     OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)"),
     OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from"),
@@ -103,8 +110,11 @@ struct trainer {
     size_t flat_n;
     float *stats;       /* Importance | Load | rows per expert | cross-entropy */
     coord_client_t *coord; /* statistics through the coordinator, when configured */
+    bool elastic;          /* coordinator + checkpoint_dir: failures roll back, not exit */
+    struct coord_epoch ep; /* the epoch this worker runs in */
+    uint32_t step_flags;   /* MOE_FLAG_* the coordinator attached to this step */
+    int recoveries;
     double *rows_routed;   /* rows this worker dispatched to each expert, whole run */
-    char disc_servers[4096], disc_placement[4096]; /* placement from the coordinator */
     float *gstats;      /* global Importance | Load | rows from the coordinator */
     double last_tps;
     vocab_t *vocab;
@@ -269,7 +279,9 @@ static int allreduce_grads(struct trainer *t, int64_t step, char *err, size_t er
         memcpy(t->flat + off, g->data, sizeof(float) * g->numel);
         off += g->numel;
     }
-    int rc = moe_allreduce_sum(t->ar, t->flat, t->flat_n, (uint64_t)step * 2 + 1, err, errlen);
+    const uint64_t epoch = (uint64_t)t->ep.epoch << MOE_ALLREDUCE_EPOCH_SHIFT;
+    int rc = moe_allreduce_sum(t->ar, t->flat, t->flat_n, epoch | ((uint64_t)step * 2 + 1), err,
+                               errlen);
     if (rc)
         return rc;
     off = 0;
@@ -307,17 +319,21 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     if (t->coord) {
         /* The coordinator sums every worker's vectors in rank order. */
         rc = coord_client_stats(t->coord, s, imp, load, cnt, xent / ((double)t->B * c->unroll),
-                                t->last_tps, t->gstats, t->gstats + E, t->gstats + 2 * E, err,
-                                errlen);
+                                t->last_tps, t->gstats, t->gstats + E, t->gstats + 2 * E,
+                                &t->step_flags, err, errlen);
         if (rc)
             return rc;
         memcpy(t->stats, t->gstats, sizeof(float) * 3 * (size_t)E);
         cnt[E] = (float)(xent * t->world); /* the loss printed is this worker's */
     } else if (t->world > 1 &&
-               (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + 1, (uint64_t)s * 2, err,
-                                       errlen))) {
+               (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + 1,
+                                       ((uint64_t)t->ep.epoch << MOE_ALLREDUCE_EPOCH_SHIFT) |
+                                           ((uint64_t)s * 2),
+                                       err, errlen))) {
         return rc;
     }
+    if (t->remote_be)
+        expert_remote_set_backward_flags(t->remote_be, t->step_flags & MOE_FLAG_CHECKPOINT);
     rc = model_backward(t->model, imp, load, &bal, err, errlen);
     if (rc || (rc = allreduce_grads(t, s, err, errlen)))
         return rc;
@@ -377,6 +393,149 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
     return rc;
 }
 
+
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Asks the coordinator for the next epoch until it has one (flags: its
+ * first request's MOE_FLAG_TROUBLE). t->ep gets it. */
+static int wait_epoch(struct trainer *t, uint32_t flags, char *err, size_t errlen)
+{
+    for (;;) {
+        struct coord_epoch ep;
+        int rc = coord_client_epoch_wait(t->coord, t->step, flags, &ep, err, errlen);
+        if (rc == MOE_ERR_IO) {
+            moe_warn("%s; asking again", err);
+            continue;
+        }
+        if (rc)
+            return rc;
+        flags &= ~(uint32_t)MOE_FLAG_TROUBLE;
+        if (ep.flags & MOE_FLAG_FINISHED) {
+            snprintf(err, errlen, "the coordinator says training is over (every step is done)");
+            return MOE_ERR_STATE;
+        }
+        if (ep.flags & MOE_FLAG_NOT_READY) {
+            sleep_ms(20);
+            continue;
+        }
+        coord_epoch_free(&t->ep);
+        t->ep = ep;
+        return 0;
+    }
+}
+
+static struct ckpt_state ckpt_state_of(struct trainer *t)
+{
+    struct ckpt_state cs = {t->model, NULL, t->vocab, {0}, {0}, t->dense_adam, t->step, t->B, t->cfg};
+    memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);
+    memcpy(cs.dense_opt_n, t->dense_opt_n, sizeof cs.dense_opt_n);
+    return cs;
+}
+
+/* This worker's files of the checkpoint of t->step, reported to the
+ * coordinator (which commits the checkpoint once every member's are in). */
+static int save_cluster_checkpoint(struct trainer *t, char *err, size_t errlen)
+{
+    char folder[TRAINER_PATH_MAX + 32], file[64];
+    if (mkdir(t->cfg->checkpoint_dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, errlen, "%s: cannot create checkpoint folder: %s", t->cfg->checkpoint_dir,
+                 strerror(errno));
+        return MOE_ERR_IO;
+    }
+    moe_manifest_folder(t->cfg->checkpoint_dir, t->step, folder, sizeof folder);
+    struct ckpt_state cs = ckpt_state_of(t);
+    int rc = checkpoint_save_worker(folder, &cs, t->rank, file, sizeof file, err, errlen);
+    if (!rc)
+        rc = coord_client_checkpoint_done(t->coord, t->step, file, err, errlen);
+    if (!rc)
+        moe_debug("checkpoint of step %" PRId64 ": %s/%s", t->step, folder, file);
+    return rc;
+}
+
+static int load_cluster_checkpoint(struct trainer *t, char *err, size_t errlen)
+{
+    struct ckpt_state cs = ckpt_state_of(t);
+    int rc = checkpoint_load_worker(t->ep.checkpoint, &cs, t->rank, err, errlen);
+    if (!rc)
+        moe_info("loaded checkpoint %s (step %" PRId64 ")", t->ep.checkpoint, t->ep.step);
+    return rc;
+}
+
+/* The expert backend of t->cl (the servers of this epoch). */
+static int make_remote(struct trainer *t, char *err, size_t errlen)
+{
+    const struct trainer_config *c = t->cfg;
+    Moe__DType dt = strcmp(c->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16
+                                                       : MOE__DTYPE__DTYPE_F32;
+    t->remote_be = expert_remote_new(t->zctx, &t->cl, t->rank, c->d_model, c->timeout_ms, dt,
+                                     (size_t)c->max_message_mb << 20, err, errlen);
+    if (!t->remote_be)
+        return MOE_ERR_IO;
+    expert_remote_set_row0(t->remote_be, (int64_t)t->b0 * c->unroll);
+    expert_remote_set_epoch(t->remote_be, t->ep.epoch);
+    expert_remote_backend(&t->backend, t->remote_be);
+    return 0;
+}
+
+/* Switches to t->ep: its placement (a new expert backend), and with
+ * `reload` the state of its checkpoint (a rollback). */
+static int apply_epoch(struct trainer *t, bool reload, char *err, size_t errlen)
+{
+    const struct trainer_config *c = t->cfg;
+    expert_remote_destroy(&t->remote_be);
+    moe_cluster_free(&t->cl);
+    int rc = moe_cluster_parse(&t->cl, t->ep.servers, c->workers, t->ep.placement, c->n_experts,
+                               err, errlen);
+    if (rc)
+        return rc;
+    if ((rc = make_remote(t, err, errlen)))
+        return rc;
+    model_set_backend(t->model, &t->backend);
+    coord_client_set_epoch(t->coord, t->ep.epoch);
+    if (reload && t->world > 1) {
+        /* after a failure the ring is rebuilt: a worker may have restarted */
+        moe_allreduce_destroy(&t->ar);
+        t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
+                                  (int)c->timeout_ms, err, errlen);
+        if (!t->ar)
+            return MOE_ERR_IO;
+    }
+    if (reload || t->ep.step != t->step) {
+        if (!t->ep.checkpoint[0]) {
+            snprintf(err, errlen, "epoch %u starts afresh, but this worker has trained (step %" PRId64
+                     "); restart it", t->ep.epoch, t->step);
+            return MOE_ERR_STATE;
+        }
+        if ((rc = load_cluster_checkpoint(t, err, errlen)))
+            return rc;
+        t->step = t->ep.step;
+    }
+    return 0;
+}
+
+/* A step failed (a peer late or gone): wait for the coordinator's next
+ * epoch, roll back to its checkpoint and go on. */
+static int recover(struct trainer *t, const char *why, char *err, size_t errlen)
+{
+    const double t0 = now_sec();
+    const int64_t at = t->step;
+    moe_warn("step %" PRId64 " failed: %s; waiting for the cluster to recover", at + 1, why);
+    int rc = wait_epoch(t, MOE_FLAG_TROUBLE, err, errlen);
+    if (!rc)
+        rc = apply_epoch(t, true, err, errlen);
+    if (rc)
+        return rc;
+    t->recoveries++;
+    t->step_flags = 0;
+    moe_warn("recovered in %.2f s: epoch %u, rolled back from step %" PRId64 " to %" PRId64,
+             now_sec() - t0, t->ep.epoch, at, t->step);
+    return 0;
+}
+
 static int setup(struct trainer *t, char *err, size_t errlen)
 {
     const struct trainer_config *c = t->cfg;
@@ -398,26 +557,23 @@ static int setup(struct trainer *t, char *err, size_t errlen)
             snprintf(err, errlen, "cannot create a ZeroMQ context");
             return MOE_ERR_IO;
         }
-        /* Register with the coordinator; without --servers, the placement
-         * comes from it too. */
+        /* With a coordinator, the placement and the state to start from
+         * come with its epoch. */
         const char *servers = c->servers, *placement = c->placement;
         if (c->coordinator[0]) {
-            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, c->n_experts,
+            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, NULL, c->n_experts,
                                         c->timeout_ms, err, errlen);
             if (!t->coord)
                 return MOE_ERR_IO;
             int rc = coord_client_register(t->coord, "", err, errlen);
-            if (!rc && !servers[0]) {
-                rc = coord_client_placement(t->coord, t->disc_servers, sizeof t->disc_servers,
-                                            t->disc_placement, sizeof t->disc_placement, err,
-                                            errlen);
-                servers = t->disc_servers;
-                placement = t->disc_placement;
-                if (!rc)
-                    moe_info("placement from the coordinator: servers %s", t->disc_servers);
-            }
+            if (!rc)
+                rc = wait_epoch(t, 0, err, errlen);
             if (rc)
                 return rc;
+            servers = t->ep.servers;
+            placement = t->ep.placement;
+            t->elastic = c->checkpoint_dir[0] != 0;
+            moe_info("epoch %u from the coordinator: servers %s", t->ep.epoch, servers);
         }
         int rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
                                    errlen);
@@ -425,7 +581,8 @@ static int setup(struct trainer *t, char *err, size_t errlen)
             return rc;
         t->world = t->cl.n_workers;
         if (c->resume[0]) {
-            snprintf(err, errlen, "--resume: not supported with --experts remote yet");
+            snprintf(err, errlen, "--resume: with --experts remote the coordinator resumes the "
+                                  "cluster from the newest checkpoint in checkpoint_dir");
             return MOE_ERR_CONFIG;
         }
     } else if (c->workers[0]) {
@@ -507,14 +664,8 @@ static int setup(struct trainer *t, char *err, size_t errlen)
         return MOE_ERR_NOMEM;
     }
     if (t->remote) {
-        Moe__DType dt = strcmp(c->wire_dtype, "bf16") == 0 ? MOE__DTYPE__DTYPE_BF16
-                                                           : MOE__DTYPE__DTYPE_F32;
-        t->remote_be = expert_remote_new(t->zctx, &t->cl, t->rank, c->d_model, c->timeout_ms, dt,
-                                         (size_t)c->max_message_mb << 20, err, errlen);
-        if (!t->remote_be)
-            return MOE_ERR_IO;
-        expert_remote_set_row0(t->remote_be, (int64_t)t->b0 * c->unroll);
-        expert_remote_backend(&t->backend, t->remote_be);
+        if ((rc = make_remote(t, err, errlen)))
+            return rc;
         if (t->coord && !(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
             return MOE_ERR_NOMEM;
         if (t->world > 1) {
@@ -565,6 +716,15 @@ static int setup(struct trainer *t, char *err, size_t errlen)
         t->step = cs.step;
         moe_info("resumed from %s at step %" PRId64, ckpt, t->step);
     }
+    if (t->coord) {
+        coord_client_set_epoch(t->coord, t->ep.epoch);
+        if (t->ep.checkpoint[0] && (rc = load_cluster_checkpoint(t, err, errlen)))
+            return rc;
+        t->step = t->ep.step;
+        if ((t->ep.flags & MOE_FLAG_INITIAL_CHECKPOINT) && c->checkpoint_dir[0] &&
+            (rc = save_cluster_checkpoint(t, err, errlen)))
+            return rc;
+    }
     return 0;
 }
 
@@ -573,6 +733,7 @@ static void teardown(struct trainer *t)
     model_destroy(&t->model);
     moe_allreduce_destroy(&t->ar);
     coord_client_destroy(&t->coord);
+    coord_epoch_free(&t->ep);
     moe_free_floats(&t->gstats);
     free(t->rows_routed);
     expert_remote_destroy(&t->remote_be);
@@ -617,8 +778,36 @@ int trainer_run(const struct trainer_config *c)
     t.start_step = start_step;
     while (t.step < c->steps) {
         double ts = now_sec();
-        if ((rc = train_step(&t, err, sizeof err)))
-            break;
+        if ((rc = train_step(&t, err, sizeof err))) {
+            if (!t.elastic)
+                break;
+            char why[1024];
+            snprintf(why, sizeof why, "%s", err);
+            if ((rc = recover(&t, why, err, sizeof err)))
+                break;
+            continue;
+        }
+        if (t.coord && (t.step_flags & MOE_FLAG_CHECKPOINT) &&
+            (rc = save_cluster_checkpoint(&t, err, sizeof err))) {
+            if (!t.elastic)
+                break;
+            char why[1024];
+            snprintf(why, sizeof why, "checkpoint: %s", err);
+            if ((rc = recover(&t, why, err, sizeof err)))
+                break;
+            continue;
+        }
+        if (t.coord && (t.step_flags & MOE_FLAG_RECONFIGURE)) {
+            /* a server joins or leaves: the new placement starts from the
+             * checkpoint just written, which is this worker's state */
+            const double tr = now_sec();
+            if ((rc = wait_epoch(&t, 0, err, sizeof err)) ||
+                (rc = apply_epoch(&t, false, err, sizeof err)))
+                break;
+            moe_info("epoch %u: new placement after step %" PRId64 " (%.2f s)", t.ep.epoch, t.step,
+                     now_sec() - tr);
+        }
+        t.step_flags = 0;
         const double dt = now_sec() - ts;
         train_time += dt;
         /* this worker's speed, sent with the next step's statistics */
@@ -648,8 +837,8 @@ int trainer_run(const struct trainer_config *c)
             printf("step %6" PRId64 " | valid ppl %.2f\n", t.step, vp);
             fflush(stdout);
         }
-        if (c->checkpoint_dir[0] && c->checkpoint_every > 0 && t.step % c->checkpoint_every == 0 &&
-            (rc = save_checkpoint(&t, err, sizeof err)))
+        if (!t.coord && c->checkpoint_dir[0] && c->checkpoint_every > 0 &&
+            t.step % c->checkpoint_every == 0 && (rc = save_checkpoint(&t, err, sizeof err)))
             break;
     }
     double valid_ppl = NAN, uni = NAN;
@@ -659,7 +848,8 @@ int trainer_run(const struct trainer_config *c)
             printf("validation perplexity %.2f after %" PRId64 " steps (unigram baseline %.2f)\n",
                    valid_ppl, t.step, uni);
     }
-    if (!rc && c->checkpoint_dir[0] && (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
+    if (!rc && !t.coord && c->checkpoint_dir[0] &&
+        (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
         rc = save_checkpoint(&t, err, sizeof err);
     double tps = train_time > 0 ? (double)((t.step - start_step) * tokens_per_step) / train_time : 0;
     if (!rc && c->report[0])

@@ -37,6 +37,7 @@ struct trainer_config {
     int rank;             /* this worker's rank */
     int server_index;     /* moe-server: which entry of `servers` this daemon is */
     char bind[256];       /* moe-server: address to bind (default: its entry of `servers`) */
+    char advertise[256];  /* moe-server: address others reach it at (default: bind) */
     int64_t timeout_ms;   /* a peer that does not answer within this is an error */
     char wire_dtype[8];   /* f32 or bf16: tensors on the wire */
     int max_message_mb;   /* cap on any message received */
@@ -44,6 +45,9 @@ struct trainer_config {
     char coordinator[256];  /* coordinator endpoint (empty: none) */
     char http[256];         /* moe-coordinator: HTTP monitoring address HOST:PORT */
     char http_token[256];   /* moe-coordinator: bearer token of mutating endpoints */
+    int min_servers;        /* moe-coordinator: servers to wait for before the first step */
+    int64_t heartbeat_timeout_ms; /* moe-coordinator: silence that makes a server dead */
+    int keep_checkpoints;   /* moe-coordinator: committed checkpoints kept */
     /* checkpoints, output */
     char checkpoint_dir[TRAINER_PATH_MAX], resume[TRAINER_PATH_MAX], report[TRAINER_PATH_MAX];
     int64_t checkpoint_every, log_every, valid_every, valid_max_tokens;

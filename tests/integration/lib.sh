@@ -42,3 +42,66 @@ make_corpora() {
 # A tiny model that trains in about a second.
 TINY="--d-model 16 --d-hidden 24 --n-experts 6 --k 2 --batch 4 --unroll 8 --eval-batch 3 \
 --warmup 5 --lr 0.01 --threads 1 --log-every 1000 --log-level warn"
+
+# Clusters for the elasticity tests: a coordinator, servers and workers
+# started one by one (so that a test can kill, add and restart them), each
+# logging into $CL/NAME.log. $A holds the options shared by every process.
+# cl_init NAME PORT WORKERS: ports PORT.. (servers PORT+i, workers PORT+100+r,
+# coordinator PORT+200, HTTP PORT+201).
+cl_init() {
+    CL=$WORK/$1
+    mkdir -p "$CL"
+    CLP=$2
+    CLW=$3
+    CLWS=""
+    if [ "$CLW" -gt 1 ]; then
+        i=0
+        while [ $i -lt "$CLW" ]; do
+            CLWS="$CLWS${CLWS:+,}tcp://127.0.0.1:$((CLP + 100 + i))"
+            i=$((i + 1))
+        done
+    fi
+    CLC=tcp://127.0.0.1:$((CLP + 200))
+    CLH=127.0.0.1:$((CLP + 201))
+    CL_PIDS=""
+}
+cl_coord() { # [OPTIONS]
+    "$BIN/moe-coordinator" $A --workers "$CLWS" --coordinator "$CLC" --http "$CLH" \
+        --http-token secret "$@" >>"$CL/coordinator.log" 2>&1 &
+    CPID=$!
+    CL_PIDS="$CL_PIDS $!"
+}
+cl_server() { # I: serves on PORT+I
+    "$BIN/moe-server" $A --workers "$CLWS" --coordinator "$CLC" \
+        --bind "tcp://127.0.0.1:$((CLP + $1))" >>"$CL/server-$1.log" 2>&1 &
+    eval "SPID$1=$!"
+    CL_PIDS="$CL_PIDS $!"
+}
+cl_worker() { # R
+    "$BIN/moe-worker" $A --experts remote --workers "$CLWS" --coordinator "$CLC" --rank "$1" \
+        >>"$CL/worker-$1.log" 2>&1 &
+    eval "WPID$1=$!"
+    CL_PIDS="$CL_PIDS $!"
+}
+# cl_wait_step R N: until worker R printed step N (at most 60 s).
+cl_wait_step() {
+    n=0
+    until grep -q "^step *$2/" "$CL/worker-$1.log" 2>/dev/null || [ $n -gt 3000 ]; do
+        sleep 0.02
+        n=$((n + 1))
+    done
+    grep -q "^step *$2/" "$CL/worker-$1.log" || fail "worker $1 never reached step $2"
+}
+# cl_stop: SIGTERM to whatever still runs, then wait for all.
+cl_stop() {
+    for p in $CL_PIDS; do kill -TERM "$p" 2>/dev/null; done
+    for p in $CL_PIDS; do wait "$p" 2>/dev/null; done
+    CL_PIDS=""
+}
+# cl_kill_all: SIGKILL every process of the cluster.
+cl_kill_all() {
+    for p in $CL_PIDS; do kill -9 "$p" 2>/dev/null; done
+    for p in $CL_PIDS; do wait "$p" 2>/dev/null; done
+    CL_PIDS=""
+}
+now_ms() { echo $(($(date +%s%N) / 1000000)); }

@@ -6,7 +6,7 @@
 # what the workers dispatched; /metrics passes a strict parser of the
 # Prometheus text format; moectl shows the five most loaded experts.
 make_corpora
-base=$((21000 + $$ % 19000))
+base=$((10000 + $$ % 22000))
 C="tcp://127.0.0.1:$base"
 HTTP="127.0.0.1:$((base + 1))"
 SV="tcp://127.0.0.1:$((base + 2)),tcp://127.0.0.1:$((base + 3))"

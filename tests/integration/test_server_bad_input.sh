@@ -3,7 +3,7 @@
 # the final model is byte-identical to a run without the garbage.
 make_corpora
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 150 --log-every 1 --log-level info"
-port=$((20000 + $$ % 20000))
+port=$((10000 + $$ % 22000))
 SV="tcp://127.0.0.1:$port,tcp://127.0.0.1:$((port + 1))"
 "$BIN/moe-server" $A --servers "$SV" --server-index 0 --max-message-mb 1 2>"$WORK/s0.log" &
 s0=$!

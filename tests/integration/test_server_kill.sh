@@ -2,7 +2,7 @@
 # error naming that server within the timeout (recovery comes later).
 make_corpora
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 1000000 --log-every 1"
-port=$((20000 + ($$ + 7) % 20000))
+port=$((10000 + ($$ + 7) % 22000))
 S1="tcp://127.0.0.1:$((port + 1))"
 SV="tcp://127.0.0.1:$port,$S1"
 "$BIN/moe-server" $A --servers "$SV" --server-index 0 2>/dev/null &

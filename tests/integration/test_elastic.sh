@@ -1,0 +1,173 @@
+# Elastic expert servers, consistent checkpoints and recovery (DESIGN §6),
+# with determinism as the oracle: every run below ends with the export of
+# its last checkpoint (moectl export: one canonical file, whatever the
+# number of servers) byte-identical to that of an undisturbed run.
+#   - a third server added mid-run (experts move to it, placement version up)
+#   - a server drained mid-run (moectl drain; the server exits 0)
+#   - kill -9 of a server mid-run (detected within 5 s, rollback, replay)
+#   - kill -9 of a server while it writes a checkpoint (the previous one is
+#     used; the half-written one never gets a manifest)
+#   - every process killed, then all started again (resumes from the last
+#     manifest)
+#   - a flipped byte in a shard file (moectl verify and the coordinator's
+#     restart name the file; the previous checkpoint is used)
+make_corpora
+K=400
+port=$((10000 + ($$ * 7) % 19000))
+base_args() { # NAME
+    A="--train $WORK/train.txt --valid= $TINY --log-every 1 --log-level info --steps $K \
+--checkpoint-dir $WORK/$1/ck --checkpoint-every 40 --timeout-ms 2000 --heartbeat-timeout-ms 1500"
+}
+export_of() { # NAME -> $WORK/NAME.export
+    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export" >/dev/null ||
+        fail "$1: moectl export of its last checkpoint failed"
+}
+same_as_base() { # NAME WHAT
+    export_of "$1"
+    cmp -s "$WORK/base.export" "$WORK/$1.export" ||
+        fail "$2: the export at step $K differs from the undisturbed run"
+    grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
+}
+# start NAME PORT: coordinator (expecting servers 0 and 1 as its slots 0 and
+# 1), servers 0 and 1, worker 0
+start() {
+    base_args "$1"
+    cl_init "$1" "$2" 1
+    cl_coord --servers "tcp://127.0.0.1:$2,tcp://127.0.0.1:$(($2 + 1))"
+    cl_server 0
+    cl_server 1
+    cl_worker 0
+}
+finish() { # wait for worker 0, stop the rest; echo its wall time in ms
+    wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
+    cl_stop
+}
+
+# 1. The undisturbed run.
+t0=$(now_ms)
+start base $port
+finish
+base_ms=$(($(now_ms) - t0))
+export_of base
+echo "  ok: undisturbed run: $K steps in $base_ms ms, checkpoint every 40 steps"
+
+# 2. A third server joins at step 100.
+start add $((port + 300))
+cl_wait_step 0 100
+cl_server 2
+finish
+same_as_base add "a server added mid-run"
+grep -q "epoch 2: 3 server(s), placement version 2" "$CL/coordinator.log" ||
+    fail "no epoch with 3 servers: $(grep epoch "$CL/coordinator.log")"
+moved=$(sed -n 's/.*epoch 2: 3 server(s), placement version 2 (\([0-9]*\) expert(s) moved).*/\1/p' "$CL/coordinator.log")
+[ "${moved:-0}" -ge 1 ] || fail "no expert moved to the new server"
+mig=$(sed -n 's/.*migration: \([0-9.]*\) ms per expert.*/\1/p' "$CL/server-2.log" | head -n 1)
+[ -n "$mig" ] || fail "the new server reports no migration"
+echo "  ok: server added at step 100: $moved of 6 experts moved ($mig ms per expert read), export identical"
+
+# 3. Server 1 drained at step 100.
+start drain $((port + 600))
+cl_wait_step 0 100
+"$BIN/moectl" --http "$CLH" --token secret drain 1 >"$WORK/drain.out" 2>&1 ||
+    fail "moectl drain: $(cat "$WORK/drain.out")"
+wait "$SPID1" || fail "the drained server exited non-zero: $(tail -n 3 "$CL/server-1.log")"
+grep -q "drained" "$CL/server-1.log" || fail "server 1 does not say it was drained"
+finish
+same_as_base drain "a server drained mid-run"
+grep -q "epoch 2: 1 server(s)" "$CL/coordinator.log" || fail "no epoch without the drained server"
+echo "  ok: server 1 drained at step 100: it exited 0, its experts moved, export identical"
+
+# 4. kill -9 of server 1 at step 100.
+t0=$(now_ms)
+start kill $((port + 900))
+cl_wait_step 0 100
+kill -9 "$SPID1"
+finish
+kill_ms=$(($(now_ms) - t0))
+same_as_base kill "kill -9 of a server"
+det=$(sed -n 's/.*server [0-9]* (.*) not heard from for \([0-9.]*\) s.*/\1/p' "$CL/coordinator.log" | head -n 1)
+[ -n "$det" ] || fail "the coordinator did not notice the dead server"
+awk -v d="$det" 'BEGIN { exit !(d < 5) }' || fail "detection took $det s"
+grep -q "rolling back to step" "$CL/coordinator.log" || fail "no rollback"
+rec=$(sed -n 's/.*recovered in \([0-9.]*\) s.*rolled back from step \([0-9]*\) to \([0-9]*\).*/\1 s, step \2 -> \3/p' "$CL/worker-0.log" | head -n 1)
+echo "  ok: kill -9 at step 100: detected after $det s of silence, worker recovered in $rec," \
+    "$((kill_ms - base_ms)) ms lost in all; export identical"
+
+# 5. kill -9 of server 1 while it writes the checkpoint of step 160.
+t0=$(now_ms)
+base_args ckill
+cl_init ckill $((port + 1200)) 1
+cl_coord --min-servers 2
+cl_server 0
+MOE_FAULT_KILL_IN_CHECKPOINT=160 cl_server 1
+cl_worker 0
+finish
+same_as_base ckill "kill -9 during a checkpoint"
+grep -q "killing this server while it writes" "$CL/server-1.log" || fail "the fault was not injected"
+grep -q "rolling back to step 120" "$CL/coordinator.log" ||
+    fail "not rolled back to the previous checkpoint (120): $(grep rolling "$CL/coordinator.log")"
+echo "  ok: kill -9 while writing the checkpoint of step 160: rolled back to step 120, export identical"
+
+# 6. Every process killed at step 200, then started again.
+start restart $((port + 1500))
+cl_wait_step 0 200
+cl_kill_all
+last=$(ls "$WORK/restart/ck" | grep '^step-' | tail -n 1)
+cl_coord --min-servers 2
+cl_server 0
+cl_server 1
+cl_worker 0
+finish
+same_as_base restart "a restart of the whole cluster"
+grep -q "resuming from" "$CL/coordinator.log" || fail "the coordinator did not resume"
+echo "  ok: everything killed after step 200, restarted: resumed from $(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/step \1/p' "$CL/coordinator.log" | head -n 1), export identical"
+
+# 7. A flipped byte in a shard file of the newest checkpoint.
+ck="$WORK/base/ck"
+newest=$(ls "$ck" | grep '^step-' | tail -n 1)
+prev=$(ls "$ck" | grep '^step-' | tail -n 2 | head -n 1)
+f="$ck/$newest/server-0.safetensors"
+size=$(stat -c %s "$f")
+printf '\377' | dd of="$f" bs=1 seek=$((size - 7)) conv=notrunc 2>/dev/null
+expect_fail "moectl verify of a flipped byte" "server-0.safetensors" "$BIN/moectl" verify "$ck/$newest"
+base_args base
+cl_init flip $((port + 1800)) 1
+"$BIN/moe-coordinator" $A --coordinator "$CLC" --http "$CLH" >"$CL/coordinator.log" 2>&1 &
+c=$!
+n=0
+until grep -q "resuming from" "$CL/coordinator.log" 2>/dev/null || [ $n -gt 100 ]; do sleep 0.05; n=$((n + 1)); done
+kill -TERM $c
+wait $c
+grep -q "server-0.safetensors" "$CL/coordinator.log" ||
+    fail "the coordinator does not name the corrupted file: $(cat "$CL/coordinator.log")"
+grep -q "resuming from $ck/$prev" "$CL/coordinator.log" ||
+    fail "the coordinator does not fall back to $prev: $(cat "$CL/coordinator.log")"
+echo "  ok: a flipped byte in $newest/server-0.safetensors is named; the restart uses $prev"
+
+# 8. Two workers; worker 1 killed at step 100 and started again: it rejoins,
+# everyone rolls back to the last checkpoint, and the export equals that of
+# an undisturbed 2-worker run.
+start2() { # NAME PORT
+    base_args "$1"
+    cl_init "$1" "$2" 2
+    cl_coord --servers "tcp://127.0.0.1:$2,tcp://127.0.0.1:$(($2 + 1))"
+    cl_server 0
+    cl_server 1
+    cl_worker 0
+    cl_worker 1
+}
+start2 base2 $((port + 2100))
+wait "$WPID1" || fail "2 workers: worker 1 failed"
+finish
+export_of base2
+start2 wkill $((port + 2400))
+cl_wait_step 1 100
+kill -9 "$WPID1"
+wait "$WPID1" 2>/dev/null
+cl_worker 1
+wait "$WPID1" || fail "the restarted worker 1 failed: $(tail -n 3 "$CL/worker-1.log")"
+finish
+export_of wkill
+cmp -s "$WORK/base2.export" "$WORK/wkill.export" || fail "after a worker restart the export differs"
+grep -q "worker 1 restarted" "$CL/coordinator.log" || fail "the coordinator did not see the restart"
+echo "  ok: worker 1 of 2 killed at step 100 and restarted: $(sed -n 's/.*W moe-coordinator: \(rolling back to step [0-9]*\).*/\1/p' "$CL/coordinator.log" | head -n 1), export identical to an undisturbed 2-worker run"
