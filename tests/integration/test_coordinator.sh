@@ -11,7 +11,8 @@ C="tcp://127.0.0.1:$base"
 HTTP="127.0.0.1:$((base + 1))"
 SV="tcp://127.0.0.1:$((base + 2)),tcp://127.0.0.1:$((base + 3))"
 WK="tcp://127.0.0.1:$((base + 4)),tcp://127.0.0.1:$((base + 5))"
-A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 15 --servers $SV --workers $WK --coordinator $C"
+A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 15 --servers $SV --workers $WK --coordinator $C \
+--checkpoint-dir $WORK/ck"
 "$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret >"$WORK/coord.out" 2>"$WORK/coord.err" &
 coord=$!
 sleep 0.3
@@ -23,7 +24,7 @@ s1=$!
 # the workers find the servers through the coordinator (--servers= empty)
 "$BIN/moe-worker" $A --servers= --experts remote --rank 1 --report "$WORK/r.json" >/dev/null 2>"$WORK/w1.err" &
 w1=$!
-"$BIN/moe-worker" $A --servers= --experts remote --rank 0 --report "$WORK/r.json" --checkpoint-dir "$WORK/ck" \
+"$BIN/moe-worker" $A --servers= --experts remote --rank 0 --report "$WORK/r.json" \
     >/dev/null 2>"$WORK/w0.err" || { kill $coord $s0 $s1 $w1; fail "worker 0: $(tail -n 2 "$WORK/w0.err")"; }
 wait $w1 || { kill $coord $s0 $s1; fail "worker 1: $(tail -n 2 "$WORK/w1.err")"; }
 get() { /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$HTTP' + sys.argv[1], timeout=10).read().decode())" "$1"; }
@@ -73,6 +74,7 @@ PY
 sed 's/^/    /' "$WORK/top5.txt"
 "$BIN/moe-worker" --train "$WORK/train.txt" --valid "$WORK/valid.txt" $TINY --steps 15 \
     --checkpoint-dir "$WORK/one" >/dev/null || fail "single worker run"
+"$BIN/moectl" export --params-only "$WORK/ck" "$WORK/ck.export" >/dev/null || fail "moectl export"
 /usr/bin/python3 "$IT_DIR/compare_safetensors.py" "$WORK/one/step-00000015/model.safetensors" \
-    "$WORK/ck/step-00000015/model.safetensors" 1e-4 || fail "2 workers with the coordinator differ from 1 worker"
+    "$WORK/ck.export" 1e-4 || fail "2 workers with the coordinator differ from 1 worker"
 echo "  ok: coordinator statistics, rows routed exact, /metrics valid, moectl"

@@ -4,7 +4,7 @@
 # coordinator says a worker of the step may be gone); the coordinator keeps
 # serving and exits 0 on SIGTERM.
 make_corpora
-base=$((21500 + ($$ + 13) % 18000))
+base=$((10000 + ($$ + 13) % 22000))
 C="tcp://127.0.0.1:$base"
 HTTP="127.0.0.1:$((base + 1))"
 SV="tcp://127.0.0.1:$((base + 2)),tcp://127.0.0.1:$((base + 3))"

@@ -1,6 +1,7 @@
 # Experts on expert servers give exactly the model of the in-process trainer:
 # 2 servers + 1 worker (tcp, and ipc) are byte-identical to --experts local,
-# model and optimizer state. 2 workers x 2 servers on the same global batch
+# model and optimizer state (the cluster's checkpoint, exported with moectl
+# export, against the in-process checkpoint's two files). 2 workers x 2 servers on the same global batch
 # are byte-identical to themselves on a rerun, and equal to 1 worker within
 # a float tolerance (their dense gradients and balance statistics are summed
 # in another order; see README).
@@ -12,9 +13,11 @@ ck=step-00000015
 for t in tcp ipc; do
     sh "$L" --bin "$BIN" --run-dir "$WORK/r1$t" --transport $t --servers 2 --workers 1 -- $A \
         --checkpoint-dir "$WORK/r1$t/ck" >/dev/null || fail "2 servers + 1 worker over $t"
-    for f in model.safetensors optim.safetensors; do
-        cmp "$WORK/local/$ck/$f" "$WORK/r1$t/ck/$ck/$f" || fail "$f differs from in-process ($t)"
-    done
+    "$BIN/moectl" export "$WORK/r1$t/ck" "$WORK/r1$t.export" >/dev/null || fail "export ($t)"
+    /usr/bin/python3 "$IT_DIR/compare_safetensors.py" \
+        "$WORK/local/$ck/model.safetensors+$WORK/local/$ck/optim.safetensors" "$WORK/r1$t.export" \
+        exact || fail "2 servers + 1 worker over $t differ from in-process"
+    [ -f "$WORK/r1$t/ck/$ck/manifest.json" ] || fail "no committed cluster checkpoint ($t)"
     [ -s "$WORK/r1$t/server-0.safetensors" ] || fail "server 0 wrote no shard on SIGTERM ($t)"
     echo "  ok: 2 servers + 1 worker over $t are byte-identical to in-process"
 done
@@ -22,8 +25,11 @@ for run in a b; do
     sh "$L" --bin "$BIN" --run-dir "$WORK/r2$run" --servers 2 --workers 2 -- $A \
         --checkpoint-dir "$WORK/r2$run/ck" >/dev/null || fail "2 servers + 2 workers (run $run)"
 done
-cmp "$WORK/r2a/ck/$ck/model.safetensors" "$WORK/r2b/ck/$ck/model.safetensors" ||
-    fail "2 workers: a rerun is not byte-identical"
+for run in a b; do
+    "$BIN/moectl" export --params-only "$WORK/r2$run/ck" "$WORK/r2$run.export" >/dev/null ||
+        fail "export (2 workers, run $run)"
+done
+cmp "$WORK/r2a.export" "$WORK/r2b.export" || fail "2 workers: a rerun is not byte-identical"
 /usr/bin/python3 "$IT_DIR/compare_safetensors.py" "$WORK/local/$ck/model.safetensors" \
-    "$WORK/r2a/ck/$ck/model.safetensors" 1e-4 || fail "2 workers differ from 1 worker beyond tolerance"
+    "$WORK/r2a.export" 1e-4 || fail "2 workers differ from 1 worker beyond tolerance"
 echo "  ok: 2 workers x 2 servers: rerun byte-identical; within tolerance of 1 worker"
