@@ -75,7 +75,7 @@ TEST_BIN  = $(BUILD)/bin/moe-tests
 BENCH_SRC = $(wildcard benchmarks/bench_*.c)
 BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
-.PHONY: all deps deps-test run test test-long test-normal test-san test-unit \
+.PHONY: all deps deps-test run test test-long test-chaos test-normal test-san test-unit \
         test-integration bench clean
 .DEFAULT_GOAL := all
 
@@ -185,9 +185,18 @@ test: deps-test
 	@$(MAKE) --no-print-directory test-san SANITIZE=address,undefined
 	@$(MAKE) --no-print-directory test-fuzz
 
-# Long runs that do not fit in `make test`: the wire fuzzer for 10 minutes.
+# Long runs that do not fit in `make test`: the wire fuzzer for 10 minutes,
+# then a 30-minute randomised chaos run (kills, joins, drains, worker
+# restarts; CHAOS_SECONDS, CHAOS_SEED) whose final export must equal an
+# undisturbed run's.
+CHAOS_SECONDS ?= 1800
+CHAOS_SEED ?=
 test-long: deps-test
 	@$(MAKE) --no-print-directory test-fuzz-long
+	@$(MAKE) --no-print-directory test-chaos
+
+test-chaos: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL)
+	sh tests/long/chaos.sh $(BUILD) $(CHAOS_SECONDS) $(CHAOS_SEED)
 
 test-normal test-san: test-unit test-integration
 

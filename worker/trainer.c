@@ -496,7 +496,7 @@ static int apply_epoch(struct trainer *t, bool reload, char *err, size_t errlen)
         return rc;
     model_set_backend(t->model, &t->backend);
     coord_client_set_epoch(t->coord, t->ep.epoch);
-    if (reload && t->world > 1) {
+    if ((reload || !t->ar) && t->world > 1) {
         /* after a failure the ring is rebuilt: a worker may have restarted */
         moe_allreduce_destroy(&t->ar);
         t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
@@ -524,9 +524,16 @@ static int recover(struct trainer *t, const char *why, char *err, size_t errlen)
     const double t0 = now_sec();
     const int64_t at = t->step;
     moe_warn("step %" PRId64 " failed: %s; waiting for the cluster to recover", at + 1, why);
-    int rc = wait_epoch(t, MOE_FLAG_TROUBLE, err, errlen);
-    if (!rc)
+    int rc;
+    for (;;) {
+        if ((rc = wait_epoch(t, MOE_FLAG_TROUBLE, err, errlen)))
+            return rc;
         rc = apply_epoch(t, true, err, errlen);
+        if (rc != MOE_ERR_IO)
+            break;
+        /* a peer did not join the new ring in time: report it, try again */
+        moe_warn("epoch %u: %s; asking for another", t->ep.epoch, err);
+    }
     if (rc)
         return rc;
     t->recoveries++;
@@ -566,14 +573,12 @@ static int setup(struct trainer *t, char *err, size_t errlen)
             if (!t->coord)
                 return MOE_ERR_IO;
             int rc = coord_client_register(t->coord, "", err, errlen);
-            if (!rc)
-                rc = wait_epoch(t, 0, err, errlen);
             if (rc)
                 return rc;
-            servers = t->ep.servers;
-            placement = t->ep.placement;
+            /* the servers are known once the epoch comes (end of setup) */
+            servers = "inproc://no-server-before-the-epoch";
+            placement = "";
             t->elastic = c->checkpoint_dir[0] != 0;
-            moe_info("epoch %u from the coordinator: servers %s", t->ep.epoch, servers);
         }
         int rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
                                    errlen);
@@ -664,11 +669,11 @@ static int setup(struct trainer *t, char *err, size_t errlen)
         return MOE_ERR_NOMEM;
     }
     if (t->remote) {
-        if ((rc = make_remote(t, err, errlen)))
+        if (!t->coord && (rc = make_remote(t, err, errlen)))
             return rc;
         if (t->coord && !(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
             return MOE_ERR_NOMEM;
-        if (t->world > 1) {
+        if (t->world > 1 && !t->coord) {
             t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
                                       (int)c->timeout_ms, err, errlen);
             if (!t->ar)
@@ -717,10 +722,13 @@ static int setup(struct trainer *t, char *err, size_t errlen)
         moe_info("resumed from %s at step %" PRId64, ckpt, t->step);
     }
     if (t->coord) {
-        coord_client_set_epoch(t->coord, t->ep.epoch);
-        if (t->ep.checkpoint[0] && (rc = load_cluster_checkpoint(t, err, errlen)))
+        /* Only now, ready to train, wait for the epoch: the coordinator
+         * hands it to every worker at once, so the ring forms at once. */
+        if ((rc = wait_epoch(t, 0, err, errlen)) ||
+            (rc = apply_epoch(t, t->ep.checkpoint[0] != 0, err, errlen)))
             return rc;
-        t->step = t->ep.step;
+        moe_info("epoch %u from the coordinator: servers %s, step %" PRId64, t->ep.epoch,
+                 t->ep.servers, t->step);
         if ((t->ep.flags & MOE_FLAG_INITIAL_CHECKPOINT) && c->checkpoint_dir[0] &&
             (rc = save_cluster_checkpoint(t, err, errlen)))
             return rc;
