@@ -73,9 +73,10 @@ TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/test_main.o \
 TEST_BIN  = $(BUILD)/bin/moe-tests
 
 BENCH_SRC = $(wildcard benchmarks/bench_*.c)
+BENCH_COMMON = $(BUILD)/obj/benchmarks/gemm_rate.o
 BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
-.PHONY: all deps deps-test run test test-long test-chaos test-normal test-san test-unit \
+.PHONY: all deps deps-test deps-bench run test test-long test-chaos test-normal test-san test-unit \
         test-integration bench clean
 .DEFAULT_GOAL := all
 
@@ -151,7 +152,7 @@ $(TEST_BIN): $(TEST_OBJ) $(SERVER_OBJ) $(COORD_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(TEST_LIBS) $(PKG_LIBS)
 
-$(BUILD)/bin/bench_%: $(BUILD)/obj/benchmarks/bench_%.o $(LIB)
+$(BUILD)/bin/bench_%: $(BUILD)/obj/benchmarks/bench_%.o $(BENCH_COMMON) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -206,7 +207,10 @@ test-unit: $(TEST_BIN)
 test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(BIN_PROBE)
 	sh tests/integration/run.sh $(BUILD)
 
-bench: deps-test $(BENCH_BIN) $(BIN_WORKER) $(BIN_SERVER)
+deps-bench:
+	@sh deploy/install-deps.sh --bench
+
+bench: deps-bench $(BENCH_BIN) $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD)
 	sh benchmarks/run.sh $(BUILD)
 
 clean:

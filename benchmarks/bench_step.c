@@ -19,69 +19,13 @@
 #include <time.h>
 
 #include "data.h"
+#include "gemm_rate.h"
 #include "expert_local.h"
 #include "expert_shard.h"
 #include "model.h"
 #include "moe_blas.h"
 #include "moe_optim.h"
 #include "moe_tensor.h"
-
-struct shape {
-    bool ta, tb;
-    int m, n, k;
-    int64_t calls;
-    double rate; /* GFLOP/s measured alone */
-};
-
-struct trace {
-    struct shape s[256];
-    int n;
-};
-
-static void on_gemm(void *ctx, bool ta, bool tb, int m, int n, int k)
-{
-    struct trace *t = ctx;
-    for (int i = 0; i < t->n; i++) {
-        struct shape *s = &t->s[i];
-        if (s->ta == ta && s->tb == tb && s->m == m && s->n == n && s->k == k) {
-            s->calls++;
-            return;
-        }
-    }
-    if (t->n < 256)
-        t->s[t->n++] = (struct shape){ta, tb, m, n, k, 1, 0};
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* sgemm GFLOP/s for one shape: repeat for at least 0.2 s. */
-static double sgemm_rate(const struct shape *s)
-{
-    size_t na = (size_t)s->m * s->k, nb = (size_t)s->k * s->n, nc = (size_t)s->m * s->n;
-    float *a = moe_alloc_floats(na), *b = moe_alloc_floats(nb), *c = moe_alloc_floats(nc);
-    for (size_t i = 0; i < na; i++)
-        a[i] = (float)(i % 7) * 0.01f;
-    for (size_t i = 0; i < nb; i++)
-        b[i] = (float)(i % 5) * 0.01f;
-    int lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
-    moe_sgemm(s->ta, s->tb, s->m, s->n, s->k, 1, a, lda, b, ldb, 0, c, s->n);
-    int reps = 0;
-    double t0 = now(), t;
-    do {
-        moe_sgemm(s->ta, s->tb, s->m, s->n, s->k, 1, a, lda, b, ldb, 1, c, s->n);
-        reps++;
-        t = now() - t0;
-    } while (t < 0.2);
-    free(a);
-    free(b);
-    free(c);
-    return 2.0 * s->m * s->n * (double)s->k * reps / t / 1e9;
-}
 
 int main(int argc, char **argv)
 {
@@ -129,15 +73,15 @@ int main(int argc, char **argv)
         opt[p] = moe_alloc_floats(moe_adam_state_size(model_param(m, (enum model_param)p)->numel));
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
     struct moe_adam_opts ao = {0.9, 0.999, 1e-8};
-    struct trace tr = {.n = 0};
+    struct gemm_trace tr = {.n = 0};
     double t_steps = 0;
     const int warm = 3;
     for (int s = 0; s < warm + steps; s++) {
         batcher_train(&bt, s, 0, B, tok, tgt);
         struct model_batch b = {B, T, tok, tgt, 0, (int64_t)B * T};
         if (s == warm)
-            moe_blas_set_trace(on_gemm, &tr);
-        double t0 = now(), xs, bal;
+            gemm_trace_start(&tr);
+        double t0 = bench_now(), xs, bal;
         if (model_forward(m, &b, s, true, &xs, err, sizeof err) ||
             model_backward(m, model_local_importance(m), model_local_load(m), &bal, err, sizeof err)) {
             fprintf(stderr, "bench_step: %s\n", err);
@@ -150,19 +94,13 @@ int main(int argc, char **argv)
         expert_shard_apply(shard, s + 1, 1e-3);
         model_carry_state(m);
         if (s == warm)
-            moe_blas_set_trace(NULL, NULL);
+            gemm_trace_stop();
         if (s >= warm)
-            t_steps += now() - t0;
+            t_steps += bench_now() - t0;
     }
     /* GEMMs of one step and their rate alone */
-    double flops = 0, limit_time = 0;
-    for (int i = 0; i < tr.n; i++) {
-        struct shape *s = &tr.s[i];
-        s->rate = sgemm_rate(s);
-        double f = 2.0 * s->m * s->n * (double)s->k * (double)s->calls;
-        flops += f;
-        limit_time += f / (s->rate * 1e9);
-    }
+    double limit_time = 0;
+    const double flops = gemm_trace_rates(&tr, 0.2, &limit_time);
     const double step_time = t_steps / steps, tokens = (double)B * T;
     const double gflops = flops / step_time / 1e9, sgemm_gflops = flops / limit_time / 1e9;
     printf("# bench_step: D=%d H=%d E=%d k=%d B=%d T=%d V=%d threads=%d steps=%d\n", D, H, E, K, B,

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs every benchmark against one build and writes benchmarks/results/:
-# one JSON per measurement and results.md, the table the README shows.
-# Every figure is paired with a limit measured in the same run: OpenBLAS
-# sgemm on the step's GEMM shapes, raw ZeroMQ throughput on the same
-# transport and message size. Usage: run.sh BUILD_DIR [STEPS]
+# one JSON per measurement, results.md (the table the README shows) and PNG
+# plots (gnuplot). Every figure is paired with a limit measured in the same
+# run: OpenBLAS sgemm on the same GEMM shapes, memcpy bandwidth, raw ZeroMQ
+# throughput on the same transport and message size.
+# Usage: run.sh BUILD_DIR [STEPS]   (MONITORING=0 skips the HTTP-load runs)
 set -eu
 build=$(cd "${1:-build}" && pwd)
 steps=${2:-30}
@@ -14,6 +15,11 @@ mkdir -p "$out"
 cd "$top"
 PY=python3
 json() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
+
+echo "== expert compute (one expert 512 -> 1024 -> 512) against sgemm on the same shapes"
+for t in 1 2; do
+    "$build/bin/bench_expert" --threads $t --json "$out/expert_t$t.json" | tee "$out/expert_t$t.txt"
+done
 
 echo "== in-process training step against sgemm on the same shapes"
 for t in 1 2; do
@@ -37,11 +43,31 @@ rows=$((32 * 35 * 4 / 2))
 "$build/bin/bench_wire" tcp $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_tcp.json"
 "$build/bin/bench_wire" ipc $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_ipc.json"
 
+if [ "${MONITORING:-1}" != 0 ]; then
+    echo "== monitoring: training with and without 200 HTTP scrapers on the coordinator"
+    sh "$here/bench_monitoring.sh" "$build" 100 "$out/monitoring.json" 3
+fi
+
 $PY - "$out" <<'PY'
 import json, sys, os
 out = sys.argv[1]
 J = lambda f: json.load(open(os.path.join(out, f)))
 rows = []
+for t in (1, 2):
+    ex = J(f"expert_t{t}.json")
+    with open(os.path.join(out, f"expert_t{t}.dat"), "w") as f:
+        for r in ex:
+            f.write(f"{r['rows']} {r['fraction']:.4f} {r['gflops']:.2f} {r['sgemm_gflops']:.2f}\n")
+    big = [r for r in ex if r["rows"] >= 512]
+    worst = min(big, key=lambda r: r["fraction"]) if big else ex[-1]
+    rows.append(f"| expert compute (fwd + bwd + factored Adam), 512 -> 1024 -> 512, {t} thread(s), "
+                f"{worst['rows']} rows (worst from 512 up) | {worst['gflops']:.1f} GFLOP/s | "
+                f"{1e3 * worst['step_time_s']:.1f} ms per expert step | sgemm on the same shapes: "
+                f"{worst['sgemm_gflops']:.1f} GFLOP/s | **{worst['fraction']:.2f}** of sgemm |")
+ex = J("expert_t1.json")[0]
+rows.append(f"| optimizer state per expert parameter (factored Adam) | {ex['opt_state_per_param']:.5f} | "
+            f"{100 * ex['opt_state_per_param']:.2f}% of the parameter bytes | Adam: 2 (200%) | "
+            f"**{ex['opt_state_per_param'] / 2:.4f}** of Adam |")
 for t in (1, 2):
     r = J(f"step_t{t}.json")
     rows.append(f"| training step, in-process, {t} thread(s) | {r['tokens_per_sec']:.0f} tok/s | "
@@ -60,6 +86,35 @@ for name, f in (("tcp, fp32", "dist_tcp_f32.json"), ("ipc, fp32", "dist_ipc_f32.
                 f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time |")
 rows.append(f"| step, in-process (same run, for the ratios) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
 table = "| measurement | speed | work | limit measured in the same run | ratio |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+if os.path.exists(os.path.join(out, "monitoring.json")):
+    m = J("monitoring.json")
+    table += (f"\nHTTP monitoring under load (200 scrapers + malformed, slow and disconnecting clients, "
+              f"load generator at {m['load_generator_priority']}): median slowdown of training "
+              f"{100 * m['median_slowdown']:.1f}% (runs: " +
+              ", ".join(f"{100 * x:.1f}%" for x in m["slowdowns"]) +
+              f"); coordinator CPU {', '.join(f'{c:.2f}' for c in m['coordinator_cpu_seconds'])} s "
+              f"for {', '.join(str(n) for n in m['http_requests'])} requests.\n")
 open(os.path.join(out, "results.md"), "w").write(table)
 print(table)
 PY
+
+# Plots (gnuplot, PNG)
+if command -v gnuplot >/dev/null 2>&1; then
+    gnuplot <<GP
+set terminal pngcairo size 800,500 font ",11" noenhanced
+set output "$out/expert.png"
+set title "Expert compute (forward + backward + factored Adam) as a fraction of sgemm"
+set xlabel "rows routed to the expert in a step"
+set ylabel "fraction of sgemm GFLOP/s, same shapes"
+set logscale x 2
+set yrange [0:1.2]
+set grid
+set key bottom right
+plot "$out/expert_t1.dat" using 1:2 with linespoints lw 2 title "1 thread", \\
+     "$out/expert_t2.dat" using 1:2 with linespoints lw 2 title "2 threads", \\
+     0.85 with lines dt 2 lc rgb "gray" title "target 0.85"
+GP
+    echo "plots: $out/expert.png"
+else
+    echo "gnuplot is not installed (deploy/install-deps.sh --bench): no plots" >&2
+fi

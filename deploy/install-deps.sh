@@ -6,15 +6,19 @@
 #
 #   deploy/install-deps.sh            build + run packages
 #   deploy/install-deps.sh --test     also what the test suite needs
+#   deploy/install-deps.sh --bench    also what the test suite and make bench need
 set -eu
 
 BUILD_PKGS="build-essential pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
 libopenblas-dev libuv1-dev libinih-dev libjansson-dev libhttp-parser-dev"
 TEST_PKGS="check python3 python3-numpy python3-torch clang libclang-rt-14-dev chromium"
+BENCH_PKGS="gnuplot-nox"
 
 want="$BUILD_PKGS"
 if [ "${1:-}" = "--test" ]; then
     want="$want $TEST_PKGS"
+elif [ "${1:-}" = "--bench" ]; then
+    want="$want $TEST_PKGS $BENCH_PKGS"
 fi
 
 missing=""

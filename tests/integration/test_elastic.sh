@@ -110,8 +110,15 @@ echo "  ok: kill -9 while writing the checkpoint of step 160: rolled back to ste
 
 # 6. Every process killed at step 200, then started again.
 start restart $((port + 1500))
+cl_wait_step 0 150
+"$BIN/moectl" --http "$CLH" --token secret checkpoint >"$WORK/ck.out" 2>&1 ||
+    fail "moectl checkpoint: $(cat "$WORK/ck.out")"
 cl_wait_step 0 200
 cl_kill_all
+extra=$(sed -n 's/.*checkpoint of step \([0-9]*\) committed.*/\1/p' "$CL/coordinator.log" |
+    awk '$1 > 150 && $1 % 40 != 0' | head -n 1)
+[ -n "$extra" ] || fail "moectl checkpoint did not commit a checkpoint after step 150"
+echo "  ok: moectl checkpoint at step 150 committed the checkpoint of step $extra"
 last=$(ls "$WORK/restart/ck" | grep '^step-' | tail -n 1)
 cl_coord --min-servers 2
 cl_server 0

@@ -1,0 +1,43 @@
+/* Shared by the benchmarks: the GEMM shapes a piece of code issues (through
+ * moe_blas's trace hook) and OpenBLAS sgemm's rate on each shape measured
+ * alone, the limit every compute figure is compared with. */
+#ifndef GEMM_RATE_H
+#define GEMM_RATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct gemm_shape {
+    bool ta, tb;
+    int m, n, k;
+    int64_t calls;
+    double rate; /* GFLOP/s of sgemm on this shape alone (gemm_trace_rates) */
+};
+
+#define GEMM_TRACE_MAX 256
+struct gemm_trace {
+    struct gemm_shape s[GEMM_TRACE_MAX];
+    int n;
+};
+
+/* Starts (trace != NULL) or stops recording the GEMMs issued through moe_sgemm. */
+void gemm_trace_start(struct gemm_trace *t);
+void gemm_trace_stop(void);
+
+/* Measures every recorded shape alone (each for at least `seconds`); returns
+ * the FLOPs of the recorded calls (multiply-add = 2) and in *limit_time the
+ * time they would take at those rates. */
+double gemm_trace_rates(struct gemm_trace *t, double seconds, double *limit_time);
+
+/* sgemm GFLOP/s for one shape, repeated for at least `seconds`. */
+double gemm_rate(const struct gemm_shape *s, double seconds);
+
+/* memcpy bandwidth in GB/s (bytes copied per second) on buffers of `bytes`,
+ * repeated for at least `seconds`: the limit of elementwise work. */
+double memcpy_gbps(size_t bytes, double seconds);
+
+/* Monotonic seconds. */
+double bench_now(void);
+
+#endif
