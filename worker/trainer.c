@@ -654,14 +654,18 @@ static int setup(struct trainer *t, char *err, size_t errlen)
     moe_info("vocabulary %d words; train %zu tokens (%zu <unk>)%s", vocab_size(t->vocab),
              t->train.n, t->train.n_unk, c->valid[0] ? "" : "; no validation corpus");
 
+    /* The experts in this process: all of them in-process; with expert
+     * servers and no coordinator, a mirror that checkpoints fetch into;
+     * with a coordinator none (servers write their own shards). */
     struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
                                 c->expert_clip, c->expert_relative_step, 1e-3};
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)c->n_experts);
+    const int held = t->coord ? 0 : c->n_experts;
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(held ? held : 1));
     if (!ids)
         return MOE_ERR_NOMEM;
-    for (int e = 0; e < c->n_experts; e++)
+    for (int e = 0; e < held; e++)
         ids[e] = e;
-    t->shard = expert_shard_new(c->d_model, c->d_hidden, c->n_experts, ids, (uint64_t)c->seed, &fo);
+    t->shard = expert_shard_new(c->d_model, c->d_hidden, held, ids, (uint64_t)c->seed, &fo);
     free(ids);
     if (!t->shard) {
         snprintf(err, errlen, "cannot allocate %d experts of %dx%d", c->n_experts, c->d_model,
