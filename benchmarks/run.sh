@@ -43,6 +43,9 @@ rows=$((32 * 35 * 4 / 2))
 "$build/bin/bench_wire" tcp $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_tcp.json"
 "$build/bin/bench_wire" ipc $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_ipc.json"
 
+echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
+sh "$here/bench_scale.sh" "$build" "$out/scale" "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
+
 if [ "${MONITORING:-1}" != 0 ]; then
     echo "== monitoring: training with and without 200 HTTP scrapers on the coordinator"
     sh "$here/bench_monitoring.sh" "$build" 100 "$out/monitoring.json" 3
@@ -86,6 +89,16 @@ for name, f in (("tcp, fp32", "dist_tcp_f32.json"), ("ipc, fp32", "dist_ipc_f32.
                 f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time |")
 rows.append(f"| step, in-process (same run, for the ratios) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
 table = "| measurement | speed | work | limit measured in the same run | ratio |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+sc = J("scale.json")
+by = {r["n_experts"]: r for r in sc}
+ref = by.get(16, sc[0])
+for r in sc:
+    srv = ", ".join(f"{v:.0f}" for v in r["server_peak_rss_mb"].values())
+    rows.append(f"| scaling, {r['n_experts']} experts, k = 4, {r['batch_rows']} rows/step "
+                f"({r['rows_per_expert']:.0f} rows per expert) | {r['tokens_per_sec']:.0f} tok/s | "
+                f"peak RSS worker {r['worker_peak_rss_mb']:.0f} MB, servers {srv} MB | "
+                f"{ref['n_experts']} experts: {ref['tokens_per_sec']:.0f} tok/s | "
+                f"**{r['tokens_per_sec'] / ref['tokens_per_sec']:.2f}** of {ref['n_experts']} experts |")
 if os.path.exists(os.path.join(out, "monitoring.json")):
     m = J("monitoring.json")
     table += (f"\nHTTP monitoring under load (200 scrapers + malformed, slow and disconnecting clients, "
@@ -114,7 +127,18 @@ plot "$out/expert_t1.dat" using 1:2 with linespoints lw 2 title "1 thread", \\
      "$out/expert_t2.dat" using 1:2 with linespoints lw 2 title "2 threads", \\
      0.85 with lines dt 2 lc rgb "gray" title "target 0.85"
 GP
-    echo "plots: $out/expert.png"
+    gnuplot <<GP
+set terminal pngcairo size 800,500 font ",11" noenhanced
+set output "$out/scale.png"
+set title "Tokens/s at fixed k = 4 as experts grow (512 -> 1024 -> 512, 2 servers)"
+set xlabel "experts"
+set ylabel "tokens/s"
+set logscale x 2
+set yrange [0:*]
+set grid
+plot "$out/scale.dat" using 1:2 with linespoints lw 2 title "tokens/s"
+GP
+    echo "plots: $out/expert.png $out/scale.png"
 else
     echo "gnuplot is not installed (deploy/install-deps.sh --bench): no plots" >&2
 fi

@@ -17,6 +17,7 @@
 
 #define MAX_SLOTS 1024
 #define SERVER_ID_PREFIX "moe-server@"
+#define HEART_ID_PREFIX "moe-heart@"
 
 struct pending {          /* a worker waiting for the global vectors */
     bool waiting;
@@ -313,14 +314,29 @@ static void fail_pending(coord_t *c, const char *why)
 /* ------------------------------------------------------------------------ */
 /* Members */
 
+/* The endpoint after `prefix` in a routing id, or NULL. */
+static const uint8_t *id_after(const struct moe_wire_msg *m, const char *prefix, size_t *len)
+{
+    const size_t pl = strlen(prefix);
+    if (m->identity_len <= pl || memcmp(m->identity, prefix, pl) != 0)
+        return NULL;
+    *len = m->identity_len - pl;
+    return m->identity + pl;
+}
+
+/* The slot of a server's main socket ("moe-server@EP") or of its
+ * heartbeat thread ("moe-heart@EP"). */
 static int slot_of_identity(const coord_t *c, const struct moe_wire_msg *m)
 {
-    const size_t pl = strlen(SERVER_ID_PREFIX);
-    if (m->identity_len <= pl || memcmp(m->identity, SERVER_ID_PREFIX, pl) != 0)
+    size_t len = 0;
+    const uint8_t *ep = id_after(m, SERVER_ID_PREFIX, &len);
+    if (!ep)
+        ep = id_after(m, HEART_ID_PREFIX, &len);
+    if (!ep)
         return -1;
     for (int s = 0; s < c->n_slots; s++) {
-        const char *ep = c->servers[s].endpoint;
-        if (strlen(ep) == m->identity_len - pl && memcmp(ep, m->identity + pl, strlen(ep)) == 0)
+        const char *own = c->servers[s].endpoint;
+        if (strlen(own) == len && memcmp(own, ep, len) == 0)
             return s;
     }
     return -1;

@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,7 +63,14 @@ struct expsrv {
     int index;             /* this server's index in the epoch (or --server-index) */
     bool waiting;          /* between epochs: serves nothing until the next one loads */
     char own[256];         /* the endpoint it serves on */
-    double last_beat;
+    /* heartbeats come from their own thread, so that a long step does not
+     * make this server look dead; it reads these, the loop writes them */
+    pthread_t hb_thread;
+    bool hb_running;
+    atomic_int hb_stop;
+    atomic_llong hb_step;
+    atomic_ullong hb_rows, hb_bytes, hb_errors, hb_latency_bits;
+    atomic_uint hb_seen_epoch;
     uint64_t rows_total, bytes_total; /* forward rows computed, tensor bytes in and out */
     double compute_seconds;           /* forward + backward compute of every step */
     double step_started;
@@ -107,6 +117,52 @@ static bool own_endpoint(const struct trainer_config *cfg, char *out, size_t cap
     memcpy(out, p, len);
     out[len] = '\0';
     return true;
+}
+
+/* The heartbeat thread: every 250 ms the server's counters to the
+ * coordinator, on its own socket ("moe-heart@ENDPOINT"); the newest epoch
+ * the coordinator mentions goes back to the loop. */
+static void *heartbeat_main(void *arg)
+{
+    expsrv_t *s = arg;
+    char err[256];
+    coord_client_t *c = coord_client_new(s->ctx, s->cfg->coordinator, COORD_ROLE_SERVER_HEARTBEAT,
+                                         0, s->own, s->cfg->n_experts, s->cfg->timeout_ms, err,
+                                         sizeof err);
+    if (!c) {
+        moe_error("heartbeat: %s", err);
+        return NULL;
+    }
+    while (!atomic_load(&s->hb_stop)) {
+        uint64_t bits = atomic_load(&s->hb_latency_bits);
+        double lat;
+        memcpy(&lat, &bits, sizeof lat);
+        if (coord_client_heartbeat(c, (int64_t)atomic_load(&s->hb_step), atomic_load(&s->hb_rows),
+                                   atomic_load(&s->hb_bytes), atomic_load(&s->hb_errors), lat, err,
+                                   sizeof err))
+            moe_warn("heartbeat: %s", err);
+        for (int i = 0; i < 5 && !atomic_load(&s->hb_stop); i++) {
+            struct timespec ts = {0, 50 * 1000000L};
+            nanosleep(&ts, NULL);
+            coord_client_drain(c);
+            atomic_store(&s->hb_seen_epoch, coord_client_seen_epoch(c));
+        }
+    }
+    coord_client_destroy(&c);
+    return NULL;
+}
+
+/* What the heartbeat thread reports. */
+static void publish(expsrv_t *s)
+{
+    atomic_store(&s->hb_step, s->step);
+    atomic_store(&s->hb_rows, s->rows_total);
+    atomic_store(&s->hb_bytes, s->bytes_total);
+    atomic_store(&s->hb_errors, (uint64_t)s->errors);
+    double lat = s->step > 0 ? s->compute_seconds / (double)s->step : 0;
+    uint64_t bits;
+    memcpy(&bits, &lat, sizeof bits);
+    atomic_store(&s->hb_latency_bits, bits);
 }
 
 expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
@@ -165,6 +221,11 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
                                     cfg->timeout_ms, err, errlen);
         if (!s->coord || coord_client_register(s->coord, own, err, errlen))
             goto fail;
+        if (pthread_create(&s->hb_thread, NULL, heartbeat_main, s) != 0) {
+            snprintf(err, errlen, "cannot start the heartbeat thread");
+            goto fail;
+        }
+        s->hb_running = true;
         s->waiting = true;
         s->index = -1;
     }
@@ -234,6 +295,10 @@ void expsrv_destroy(expsrv_t **sp)
     free(s->u_base);
     moe_free_floats(&s->x_all);
     moe_free_floats(&s->y_all);
+    if (s->hb_running) {
+        atomic_store(&s->hb_stop, 1);
+        pthread_join(s->hb_thread, NULL);
+    }
     coord_client_destroy(&s->coord);
     if (s->sock)
         zmq_close(s->sock);
@@ -953,7 +1018,7 @@ static int await_epoch(expsrv_t *s, volatile sig_atomic_t *stop)
         if (rc == 0)
             coord_epoch_free(&e2);
         s->waiting = false;
-        s->last_beat = 0;
+        publish(s);
         return 0;
     }
 }
@@ -982,20 +1047,14 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
                 break;
             }
         }
-        if (s->coord && now_sec() - s->last_beat >= 0.25) {
-            char err[256];
-            double lat = s->step > 0 ? s->compute_seconds / (double)s->step : 0;
-            if (coord_client_heartbeat(s->coord, s->step, s->rows_total, s->bytes_total,
-                                       (uint64_t)s->errors, lat, err, sizeof err))
-                moe_warn("heartbeat: %s", err);
-            s->last_beat = now_sec();
-        }
         if (s->coord) {
+            publish(s);
             coord_client_drain(s->coord);
-            if (coord_client_seen_epoch(s->coord) > s->epoch && !*stop) {
-                /* the cluster moved on (a failure or a reconfiguration) */
-                /* parameters change only when a step's last backward is in, so
-                 * the experts in memory are still those after s->step steps */
+            if (atomic_load(&s->hb_seen_epoch) > s->epoch && !*stop) {
+                /* the cluster moved on (a failure or a reconfiguration):
+                 * parameters change only when a step's last backward is in,
+                 * so the experts in memory are still those after s->step
+                 * steps */
                 abandon_step(s, "the cluster changed configuration (new epoch)");
                 int rc = await_epoch(s, stop);
                 if (rc == 1)
@@ -1022,8 +1081,10 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
             handle_message(s);
         }
     }
-    moe_info("served %" PRId64 " steps, %" PRId64 " messages, rejected %" PRId64, s->step, s->msgs,
-             s->errors);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    moe_info("served %" PRId64 " steps, %" PRId64 " messages, rejected %" PRId64
+             "; peak RSS %.1f MB", s->step, s->msgs, s->errors, (double)ru.ru_maxrss / 1024.0);
     return 0;
 }
 

@@ -41,8 +41,12 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
     char id[300];
     if (role == 2)
         snprintf(id, sizeof id, "moe-server@%s", served ? served : "");
+    else if (role == COORD_ROLE_SERVER_HEARTBEAT)
+        snprintf(id, sizeof id, "moe-heart@%s", served ? served : "");
     else
         snprintf(id, sizeof id, "moe-worker-%d", index);
+    if (role == COORD_ROLE_SERVER_HEARTBEAT)
+        c->role = 2; /* speaks for the server */
     c->sock = zmq_socket(zmq_ctx, ZMQ_DEALER);
     int linger = 0;
     if (!c->buf || !c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||

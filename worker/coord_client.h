@@ -12,8 +12,11 @@
 typedef struct coord_client coord_client_t;
 
 /* Connects a DEALER to `endpoint` as role 1 (worker `index`, routing id
- * "moe-worker-INDEX") or 2 (expert server serving on `served`, routing id
- * "moe-server@SERVED"). zmq_ctx is borrowed. NULL with a sentence. */
+ * "moe-worker-INDEX"), 2 (expert server serving on `served`, routing id
+ * "moe-server@SERVED") or COORD_ROLE_SERVER_HEARTBEAT (that server's
+ * heartbeat thread, "moe-heart@SERVED", speaking as role 2). zmq_ctx is
+ * borrowed. NULL with a sentence. */
+#define COORD_ROLE_SERVER_HEARTBEAT 4
 coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, int index,
                                  const char *served, int n_experts, int64_t timeout_ms, char *err,
                                  size_t errlen);

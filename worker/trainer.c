@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <zmq.h>
@@ -242,6 +243,10 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
     json_object_set_new(o, "rows_routed", rr);
     json_object_set_new(o, "rank", json_integer(t->rank));
     json_object_set_new(o, "workers", json_integer(t->world));
+    json_object_set_new(o, "recoveries", json_integer(t->recoveries));
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        json_object_set_new(o, "peak_rss_mb", json_real((double)ru.ru_maxrss / 1024.0));
     if (t->remote) {
         /* this worker's tensor bytes over its share of the tokens */
         double tok = (double)(t->step - t->start_step) * t->B * c->unroll;
