@@ -2,6 +2,7 @@
 #include "expert_shard.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +16,8 @@ struct expert_shard {
     int32_t *ids;       /* sorted */
     size_t P, S;        /* params and optimizer floats per expert */
     float *params, *grads, *opt;
-    int64_t *t;
+    int64_t *t;         /* step whose update each expert's state includes */
+    bool *touched;      /* got a backward since its last update */
     struct moe_fadam_opts opts;
     /* cache of the last forward */
     int c_n;
@@ -52,7 +54,8 @@ expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64
     size_t np, ns;
     s->ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
     s->t = calloc((size_t)(n ? n : 1), sizeof(int64_t));
-    if (!s->ids || !s->t || moe_size_mul(s->P, (size_t)n, &np) || moe_size_mul(s->S, (size_t)n, &ns))
+    s->touched = calloc((size_t)(n ? n : 1), sizeof(bool));
+    if (!s->ids || !s->t || !s->touched || moe_size_mul(s->P, (size_t)n, &np) || moe_size_mul(s->S, (size_t)n, &ns))
         goto fail;
     s->params = moe_alloc_floats(np);
     s->grads = moe_alloc_floats(np);
@@ -95,6 +98,7 @@ void expert_shard_destroy(expert_shard_t **sp)
     expert_shard_t *s = *sp;
     free(s->ids);
     free(s->t);
+    free(s->touched);
     moe_free_floats(&s->params);
     moe_free_floats(&s->grads);
     moe_free_floats(&s->opt);
@@ -262,6 +266,7 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
         int li = expert_shard_find(s, ids[e]);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
         struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
+        s->touched[li] = true;
         expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D,
                             s->c_x + off * (size_t)s->D, s->c_z + off * (size_t)s->H, &p,
                             rows[e], s->D, s->H);
@@ -270,10 +275,42 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
     return 0;
 }
 
+/* Brings expert i's second moments up to step `upto` (the decays of the
+ * steps it got no rows in, in order; bitwise what updating it with a zero
+ * gradient every step would have done). */
+static void catch_up(expert_shard_t *s, int i, int64_t upto)
+{
+    const size_t D = (size_t)s->D, H = (size_t)s->H;
+    for (int64_t u = s->t[i] + 1; u <= upto; u++) {
+        float *st = expert_shard_opt_state(s, i);
+        moe_fadam_decay(st, H, D, u, &s->opts);
+        st += moe_fadam_state_size(H, D);
+        moe_fadam_decay(st, H, 0, u, &s->opts);
+        st += H;
+        moe_fadam_decay(st, D, H, u, &s->opts);
+        st += moe_fadam_state_size(D, H);
+        moe_fadam_decay(st, D, 0, u, &s->opts);
+    }
+    if (upto > s->t[i])
+        s->t[i] = upto;
+}
+
+void expert_shard_flush(expert_shard_t *s, int64_t step)
+{
+    for (int i = 0; i < s->n; i++)
+        catch_up(s, i, step);
+}
+
 void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
 {
     const size_t D = (size_t)s->D, H = (size_t)s->H;
     for (int i = 0; i < s->n; i++) {
+        /* An expert without rows costs nothing now: with a zero gradient
+         * only its second moments would decay, which catch_up replays
+         * when it is next touched (or a checkpoint flushes). */
+        if (!s->touched[i])
+            continue;
+        catch_up(s, i, t - 1);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, i), s->D, s->H);
         struct expert_ffn_params g = expert_ffn_view(expert_shard_grads(s, i), s->D, s->H);
         float *st = expert_shard_opt_state(s, i);
@@ -285,14 +322,16 @@ void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
         st += moe_fadam_state_size(D, H);
         moe_fadam_update(p.b2, g.b2, st, D, 0, t, lr, &s->opts);
         s->t[i] = t;
+        s->touched[i] = false;
+        memset(expert_shard_grads(s, i), 0, sizeof(float) * s->P);
     }
-    expert_shard_zero_grad(s);
     s->c_n = 0;
 }
 
 void expert_shard_zero_grad(expert_shard_t *s)
 {
     memset(s->grads, 0, sizeof(float) * s->P * (size_t)s->n);
+    memset(s->touched, 0, sizeof(bool) * (size_t)(s->n ? s->n : 1));
 }
 
 void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, int64_t shape[2],

@@ -63,9 +63,19 @@ int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *
 int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                           const float *dy, float *dx);
 
-/* Applies factored Adam to every expert of the shard at 1-based step t with
- * learning rate lr, then zeroes the gradients and drops the forward cache. */
+/* Applies factored Adam at 1-based step t with learning rate lr to every
+ * expert that had a backward since its last update, then zeroes their
+ * gradients and drops the forward cache. An expert with no rows costs
+ * nothing: with a zero gradient its parameters would not move and only its
+ * second moments decay; those decays are replayed, bit for bit, when it is
+ * next updated or flushed. So results equal updating every expert every
+ * step. */
 void expert_shard_apply(expert_shard_t *s, int64_t t, double lr);
+
+/* Brings every expert's optimizer state up to step `step` (the pending
+ * decays): call before reading the state (checkpoints, fetches); the
+ * expert_shard_opt_step of each is then `step`. */
+void expert_shard_flush(expert_shard_t *s, int64_t step);
 
 void expert_shard_zero_grad(expert_shard_t *s);
 

@@ -55,6 +55,31 @@ static double rms(const float *x, size_t n)
     return n ? sqrt(s / (double)n) : 0.0;
 }
 
+void moe_fadam_decay(float *state, size_t rows, size_t cols, int64_t t,
+                     const struct moe_fadam_opts *o)
+{
+    /* moe_fadam_update's second-moment update with g = 0, operation for
+     * operation (g * g + eps1 = eps1; a column sum of zeros adds +0), so
+     * that deferring it changes no bit. The parameters do not move: the
+     * update g / (sqrt(V) + eps) is 0. */
+    const double b2 = fadam_beta2(o, t);
+    const float fb2 = (float)b2, omb2 = (float)(1.0 - b2);
+    float *R = state, *C = state + rows;
+    if (cols == 0) {
+        for (size_t i = 0; i < rows; i++)
+            R[i] = fb2 * R[i] + omb2 * (0.0f + (float)o->eps1);
+        return;
+    }
+    const float re = omb2 * (float)(0.0 / (double)cols + o->eps1);
+    for (size_t i = 0; i < rows; i++)
+        R[i] = fb2 * R[i] + re;
+    for (size_t j = 0; j < cols; j++)
+        C[j] *= fb2;
+    if (o->eps1 != 0.0)
+        for (size_t j = 0; j < cols; j++)
+            C[j] += omb2 * (float)o->eps1;
+}
+
 void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_t cols, int64_t t,
                       double lr, const struct moe_fadam_opts *o)
 {

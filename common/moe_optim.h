@@ -52,4 +52,12 @@ size_t moe_fadam_state_size(size_t rows, size_t cols);
 void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_t cols, int64_t t,
                       double lr, const struct moe_fadam_opts *o);
 
+/* The part of moe_fadam_update(..., g = 0, t, ...) that changes anything:
+ * the decay of the second moments (parameters stay). Bitwise the same
+ * state as moe_fadam_update with a zero gradient, so an expert that got no
+ * rows can skip its update and replay the decays of the skipped steps when
+ * it is next touched (expert_shard). */
+void moe_fadam_decay(float *state, size_t rows, size_t cols, int64_t t,
+                     const struct moe_fadam_opts *o);
+
 #endif

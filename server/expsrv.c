@@ -690,6 +690,7 @@ static void handle_fetch(expsrv_t *s, struct moe_wire_msg *m)
     }
     /* Parameters change only when a step's last backward is in, so at any
      * moment they are those after s->step steps; the reply says which. */
+    expert_shard_flush(s->shard, s->step);
     const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(s->shard);
     const size_t n = h->n_expert_ids, width = P + S;
     float *buf = moe_alloc_floats(n * width);
@@ -1092,6 +1093,7 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
 
 int expsrv_write_shard(expsrv_t *s, const char *path, char *err, size_t errlen)
 {
+    expert_shard_flush(s->shard, s->step);
     const int n = expert_shard_count(s->shard);
     const size_t ntens = (size_t)n * EXPERT_PARTS * 2;
     struct moe_st_entry *e = calloc(ntens ? ntens : 1, sizeof *e);

@@ -387,6 +387,8 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
             return rc;
         for (int i = 0; i < expert_shard_count(t->shard); i++)
             *expert_shard_opt_step(t->shard, i) = t->step;
+    } else {
+        expert_shard_flush(t->shard, t->step);
     }
     struct ckpt_state cs = {t->model, t->shard, t->vocab, {0}, {0}, t->dense_adam, t->step, t->B, t->cfg};
     memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);

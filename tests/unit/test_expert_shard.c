@@ -279,6 +279,57 @@ START_TEST(shard_empty_batch)
 }
 END_TEST
 
+/* An expert that gets no rows skips its update; when it is next touched
+ * (or flushed) the skipped decays are replayed. The result must equal, bit
+ * for bit, a shard where the same expert takes part in every step with zero
+ * rows (and is updated with a zero gradient each step). */
+START_TEST(shard_lazy_equals_eager)
+{
+    const int32_t ids[] = {4, 9};
+    expert_shard_t *lazy = new_shard(2, ids), *eager = new_shard(2, ids);
+    const size_t P = expert_ffn_param_count(D, H), S = expert_shard_opt_state_size(lazy);
+    float x[BR * D], y[BR * D], dy[BR * D], dx[BR * D];
+    for (int t = 1; t <= 9; t++) {
+        tu_fill(x, BR * D, 100 + t, 1.0f);
+        tu_fill(dy, BR * D, 200 + t, 1.0f);
+        /* expert 9 gets rows only in steps 1, 5 and 9 */
+        const bool both = t == 1 || t == 5 || t == 9;
+        const int32_t only4[] = {4};
+        const int rows_all[] = {BR, 0}, rows_both[] = {BR / 2, BR - BR / 2}, rows4[] = {BR};
+        if (both) {
+            ck_assert_int_eq(expert_shard_forward(lazy, 2, ids, rows_both, x, y), 0);
+            ck_assert_int_eq(expert_shard_backward(lazy, 2, ids, rows_both, dy, dx), 0);
+            ck_assert_int_eq(expert_shard_forward(eager, 2, ids, rows_both, x, y), 0);
+            ck_assert_int_eq(expert_shard_backward(eager, 2, ids, rows_both, dy, dx), 0);
+        } else {
+            ck_assert_int_eq(expert_shard_forward(lazy, 1, only4, rows4, x, y), 0);
+            ck_assert_int_eq(expert_shard_backward(lazy, 1, only4, rows4, dy, dx), 0);
+            ck_assert_int_eq(expert_shard_forward(eager, 2, ids, rows_all, x, y), 0);
+            ck_assert_int_eq(expert_shard_backward(eager, 2, ids, rows_all, dy, dx), 0);
+        }
+        expert_shard_apply(lazy, t, 1e-2);
+        expert_shard_apply(eager, t, 1e-2);
+        if (t == 3) {
+            /* before the flush the skipped expert's state lags; after it, equal */
+            ck_assert_int_eq(*expert_shard_opt_step(lazy, 1), 1);
+            expert_shard_flush(lazy, 3);
+            ck_assert_int_eq(*expert_shard_opt_step(lazy, 1), 3);
+            ck_assert_int_eq(memcmp(expert_shard_opt_state(lazy, 1), expert_shard_opt_state(eager, 1),
+                                    sizeof(float) * S), 0);
+        }
+    }
+    expert_shard_flush(lazy, 9);
+    for (int e = 0; e < 2; e++) {
+        ck_assert_int_eq(memcmp(expert_shard_params(lazy, e), expert_shard_params(eager, e),
+                                sizeof(float) * P), 0);
+        ck_assert_int_eq(memcmp(expert_shard_opt_state(lazy, e), expert_shard_opt_state(eager, e),
+                                sizeof(float) * S), 0);
+    }
+    expert_shard_destroy(&lazy);
+    expert_shard_destroy(&eager);
+}
+END_TEST
+
 START_TEST(shard_apply_zero_grad)
 {
     const int32_t ids[] = {4, 9};
@@ -307,6 +358,8 @@ START_TEST(shard_apply_zero_grad)
     memcpy(w1, expert_shard_params(s, 0), sizeof(float) * 2 * P);
     memcpy(st1, expert_shard_opt_state(s, 0), sizeof(float) * 2 * S);
     expert_shard_apply(s, 2, 1e-2);
+    /* (untouched experts defer the decay until they are flushed or updated) */
+    expert_shard_flush(s, 2);
     ck_assert_int_eq(memcmp(w1, expert_shard_params(s, 0), sizeof(float) * 2 * P), 0);
     const float *st2 = expert_shard_opt_state(s, 0);
     int positive = 0;
@@ -379,6 +432,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tb, shard_backward_layout_must_match);
     tcase_add_test(tb, shard_empty_batch);
     tcase_add_test(tb, shard_apply_zero_grad);
+    tcase_add_test(tb, shard_lazy_equals_eager);
     tcase_add_test(tb, shard_migration_is_exact);
     suite_add_tcase(s, tb);
     return s;

@@ -521,6 +521,7 @@ static void expect_params(struct ref *r)
     float got[N_OWN * 128];
     ck_assert_uint_le(N_OWN * fetch_width(), sizeof got / sizeof got[0]);
     fetch((uint64_t)r->t, got);
+    expert_shard_flush(r->sh, r->t); /* the server flushes before a fetch */
     ck_assert_msg(same_as_shard(got, r->sh), "the server's experts differ from the reference after %lld steps",
                   (long long)r->t);
 }
