@@ -18,6 +18,7 @@ struct expert_shard {
     float *params, *grads, *opt;
     int64_t *t;         /* step whose update each expert's state includes */
     bool *touched;      /* got a backward since its last update */
+    bool keep_grads;    /* grads holds every expert's (else one scratch) */
     struct moe_fadam_opts opts;
     /* cache of the last forward */
     int c_n;
@@ -39,6 +40,12 @@ static int cmp_i32(const void *a, const void *b)
 expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64_t seed,
                                  const struct moe_fadam_opts *opts)
 {
+    return expert_shard_new_ex(D, H, n, ids, seed, opts, true);
+}
+
+expert_shard_t *expert_shard_new_ex(int D, int H, int n, const int32_t *ids, uint64_t seed,
+                                    const struct moe_fadam_opts *opts, bool keep_grads)
+{
     if (D <= 0 || H <= 0 || n < 0)
         return NULL;
     expert_shard_t *s = calloc(1, sizeof *s);
@@ -58,7 +65,9 @@ expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64
     if (!s->ids || !s->t || !s->touched || moe_size_mul(s->P, (size_t)n, &np) || moe_size_mul(s->S, (size_t)n, &ns))
         goto fail;
     s->params = moe_alloc_floats(np);
-    s->grads = moe_alloc_floats(np);
+    /* without kept gradients: one expert's worth, for backward_apply */
+    s->keep_grads = keep_grads;
+    s->grads = moe_alloc_floats(keep_grads ? np : s->P);
     s->opt = moe_alloc_floats(ns);
     if (!s->params || !s->grads || !s->opt)
         goto fail;
@@ -137,7 +146,10 @@ int expert_shard_find(const expert_shard_t *s, int32_t id)
 }
 
 float *expert_shard_params(expert_shard_t *s, int i) { return s->params + s->P * (size_t)i; }
-float *expert_shard_grads(expert_shard_t *s, int i) { return s->grads + s->P * (size_t)i; }
+float *expert_shard_grads(expert_shard_t *s, int i)
+{
+    return s->keep_grads ? s->grads + s->P * (size_t)i : s->grads;
+}
 float *expert_shard_opt_state(expert_shard_t *s, int i) { return s->opt + s->S * (size_t)i; }
 int64_t *expert_shard_opt_step(expert_shard_t *s, int i) { return &s->t[i]; }
 size_t expert_shard_opt_state_size(const expert_shard_t *s) { return s->S; }
@@ -301,36 +313,65 @@ void expert_shard_flush(expert_shard_t *s, int64_t step)
         catch_up(s, i, step);
 }
 
-void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
+/* Factored Adam on expert i with its gradients at step t, after the
+ * decays of the steps it skipped; then its gradients are zeroed. */
+static void update_one(expert_shard_t *s, int i, int64_t t, double lr)
 {
     const size_t D = (size_t)s->D, H = (size_t)s->H;
+    catch_up(s, i, t - 1);
+    struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, i), s->D, s->H);
+    struct expert_ffn_params g = expert_ffn_view(expert_shard_grads(s, i), s->D, s->H);
+    float *st = expert_shard_opt_state(s, i);
+    moe_fadam_update(p.w1, g.w1, st, H, D, t, lr, &s->opts);
+    st += moe_fadam_state_size(H, D);
+    moe_fadam_update(p.b1, g.b1, st, H, 0, t, lr, &s->opts);
+    st += H;
+    moe_fadam_update(p.w2, g.w2, st, D, H, t, lr, &s->opts);
+    st += moe_fadam_state_size(D, H);
+    moe_fadam_update(p.b2, g.b2, st, D, 0, t, lr, &s->opts);
+    s->t[i] = t;
+    s->touched[i] = false;
+    memset(expert_shard_grads(s, i), 0, sizeof(float) * s->P);
+}
+
+void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
+{
     for (int i = 0; i < s->n; i++) {
         /* An expert without rows costs nothing now: with a zero gradient
          * only its second moments would decay, which catch_up replays
          * when it is next touched (or a checkpoint flushes). */
-        if (!s->touched[i])
-            continue;
-        catch_up(s, i, t - 1);
-        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, i), s->D, s->H);
-        struct expert_ffn_params g = expert_ffn_view(expert_shard_grads(s, i), s->D, s->H);
-        float *st = expert_shard_opt_state(s, i);
-        moe_fadam_update(p.w1, g.w1, st, H, D, t, lr, &s->opts);
-        st += moe_fadam_state_size(H, D);
-        moe_fadam_update(p.b1, g.b1, st, H, 0, t, lr, &s->opts);
-        st += H;
-        moe_fadam_update(p.w2, g.w2, st, D, H, t, lr, &s->opts);
-        st += moe_fadam_state_size(D, H);
-        moe_fadam_update(p.b2, g.b2, st, D, 0, t, lr, &s->opts);
-        s->t[i] = t;
-        s->touched[i] = false;
-        memset(expert_shard_grads(s, i), 0, sizeof(float) * s->P);
+        if (s->touched[i])
+            update_one(s, i, t, lr);
     }
     s->c_n = 0;
 }
 
+int expert_shard_backward_apply(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                                const float *dy, float *dx, int64_t t, double lr)
+{
+    if (n != s->c_n)
+        return MOE_ERR_STATE;
+    for (int e = 0; e < n; e++)
+        if (ids[e] != s->c_ids[e] || rows[e] != s->c_rows[e])
+            return MOE_ERR_STATE;
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        int li = expert_shard_find(s, ids[e]);
+        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
+        struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
+        expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D,
+                            s->c_x + off * (size_t)s->D, s->c_z + off * (size_t)s->H, &p,
+                            rows[e], s->D, s->H);
+        update_one(s, li, t, lr);
+        off += (size_t)rows[e];
+    }
+    s->c_n = 0;
+    return 0;
+}
+
 void expert_shard_zero_grad(expert_shard_t *s)
 {
-    memset(s->grads, 0, sizeof(float) * s->P * (size_t)s->n);
+    memset(s->grads, 0, sizeof(float) * s->P * (size_t)(s->keep_grads ? s->n : 1));
     memset(s->touched, 0, sizeof(bool) * (size_t)(s->n ? s->n : 1));
 }
 

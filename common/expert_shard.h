@@ -10,6 +10,7 @@
 #ifndef EXPERT_SHARD_H
 #define EXPERT_SHARD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,10 @@ typedef struct expert_shard expert_shard_t;
  * Caller owns; NULL on bad arguments or allocation failure. */
 expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64_t seed,
                                  const struct moe_fadam_opts *opts);
+/* keep_grads false: no gradient kept per expert (half the memory), for
+ * shards updated only with expert_shard_backward_apply. */
+expert_shard_t *expert_shard_new_ex(int D, int H, int n, const int32_t *ids, uint64_t seed,
+                                    const struct moe_fadam_opts *opts, bool keep_grads);
 void expert_shard_destroy(expert_shard_t **s);
 
 int expert_shard_count(const expert_shard_t *s);
@@ -71,6 +76,14 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
  * next updated or flushed. So results equal updating every expert every
  * step. */
 void expert_shard_apply(expert_shard_t *s, int64_t t, double lr);
+
+/* Backward and update in one pass, expert by expert: each expert's input
+ * gradient is computed with its parameters before the update, then its
+ * weight gradients (in one scratch buffer) are applied at step t and
+ * dropped. Bitwise the same as expert_shard_backward + expert_shard_apply
+ * when this batch holds every contribution of the step. */
+int expert_shard_backward_apply(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                                const float *dy, float *dx, int64_t t, double lr);
 
 /* Brings every expert's optimizer state up to step `step` (the pending
  * decays): call before reading the state (checkpoints, fetches); the

@@ -244,7 +244,7 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     int n = cfg->coordinator[0] ? 0 : moe_cluster_experts_of(&s->cl, cfg->server_index, ids);
     struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
                                 cfg->expert_clip, cfg->expert_relative_step, 1e-3};
-    s->shard = expert_shard_new(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo);
+    s->shard = expert_shard_new_ex(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo, false);
     if (!s->shard) {
         snprintf(err, errlen, "cannot allocate %d experts of %dx%d", n, s->D, s->H);
         goto fail;
@@ -515,14 +515,17 @@ static int finish_backward(expsrv_t *s)
 {
     const double t0 = now_sec();
     move_rows(s, s->bwd, s->x_all, true);
-    int rc = expert_shard_backward(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all, s->y_all);
+    /* Every worker's contribution is in: each expert's update is applied
+     * as soon as its gradient exists, and only one expert's gradient is
+     * ever held (DESIGN §3 step 7). */
+    const int64_t t = s->step + 1;
+    int rc = expert_shard_backward_apply(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
+                                         s->y_all, t, moe_lr_at(&s->sched, t));
     if (rc)
         return rc;
     move_rows(s, s->bwd, s->y_all, false);
     for (int r = 0; r < s->W; r++)
         reply_tensor(s, &s->bwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, s->bwd[r].msg.data);
-    const int64_t t = s->step + 1;
-    expert_shard_apply(s->shard, t, moe_lr_at(&s->sched, t));
     s->compute_seconds += now_sec() - t0;
     const bool ckpt = (s->bwd[0].msg.hdr->flags & MOE_FLAG_CHECKPOINT) != 0;
     clear_slots(s->fwd, s->W);
@@ -837,7 +840,7 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
     moe_cluster_free(&cl);
     struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
                                 cfg->expert_clip, cfg->expert_relative_step, 1e-3};
-    expert_shard_t *next = expert_shard_new(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo);
+    expert_shard_t *next = expert_shard_new_ex(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo, false);
     free(ids);
     if (!next) {
         snprintf(err, errlen, "cannot allocate %d experts", n);
