@@ -4,7 +4,8 @@
 # plots (gnuplot). Every figure is paired with a limit measured in the same
 # run: OpenBLAS sgemm on the same GEMM shapes, memcpy bandwidth, raw ZeroMQ
 # throughput on the same transport and message size.
-# Usage: run.sh BUILD_DIR [STEPS]   (MONITORING=0 skips the HTTP-load runs)
+# Usage: run.sh BUILD_DIR [STEPS]   (MONITORING=0 skips the HTTP-load runs;
+# BIG=1 adds the MoE-4096 run, about 15 minutes and 20 GB of memory)
 set -eu
 build=$(cd "${1:-build}" && pwd)
 steps=${2:-30}
@@ -45,6 +46,11 @@ rows=$((32 * 35 * 4 / 2))
 
 echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
 sh "$here/bench_scale.sh" "$build" "$out/scale" "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
+
+if [ "${BIG:-0}" = 1 ]; then
+    echo "== MoE-4096: 4.3 billion expert parameters, 2 expert servers, 20 steps"
+    sh "$here/bench_big.sh" "$build" "$out/big.json" 20 4096
+fi
 
 if [ "${MONITORING:-1}" != 0 ]; then
     echo "== monitoring: training with and without 200 HTTP scrapers on the coordinator"
@@ -99,6 +105,13 @@ for r in sc:
                 f"peak RSS worker {r['worker_peak_rss_mb']:.0f} MB, servers {srv} MB | "
                 f"{ref['n_experts']} experts: {ref['tokens_per_sec']:.0f} tok/s | "
                 f"**{r['tokens_per_sec'] / ref['tokens_per_sec']:.2f}** of {ref['n_experts']} experts |")
+if os.path.exists(os.path.join(out, "big.json")):
+    b = J("big.json")
+    rss = ", ".join(f"{k} {v:.0f}" for k, v in b["peak_rss_mb"].items() if v)
+    rows.append(f"| MoE-{b['n_experts']}: {b['expert_params'] / 1e9:.2f}B expert parameters, 2 servers, "
+                f"{b['steps']} steps of {b['rows_per_step']} rows | {b['step_time_s']:.1f} s/step | "
+                f"peak RSS (MB): {rss} | machine memory 24 GB | **{b['total_peak_rss_mb'] / 1024:.1f} GB** "
+                f"peak in all |")
 if os.path.exists(os.path.join(out, "monitoring.json")):
     m = J("monitoring.json")
     table += (f"\nHTTP monitoring under load (200 scrapers + malformed, slow and disconnecting clients, "

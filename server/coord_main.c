@@ -263,12 +263,12 @@ int main(int argc, char **argv)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("moe-coordinator: stopped: %llu HTTP requests (%llu bad, %llu timed out, %llu disconnects), "
-             "%llu rejected messages, CPU %.2f s\n",
+             "%llu rejected messages, CPU %.2f s, peak RSS %.1f MB\n",
              (unsigned long long)hs.requests, (unsigned long long)hs.bad_requests,
              (unsigned long long)hs.timeouts, (unsigned long long)hs.disconnects,
              (unsigned long long)coord_errors(a.coord),
              (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + (double)ru.ru_stime.tv_sec +
-                 ru.ru_stime.tv_usec * 1e-6);
+                 ru.ru_stime.tv_usec * 1e-6, (double)ru.ru_maxrss / 1024.0);
     fflush(stdout);
     coord_http_close(&a.http, NULL, NULL);
     moe_zloop_remove(&a.zs);
