@@ -94,7 +94,6 @@ for name, f in (("tcp, fp32", "dist_tcp_f32.json"), ("ipc, fp32", "dist_ipc_f32.
                 f"{d['wire_bytes_per_token']:.0f} wire bytes/token | raw ZeroMQ {tr} at {size} B: {w['mb_per_s']:.0f} MB/s, "
                 f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time |")
 rows.append(f"| step, in-process (same run, for the ratios) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
-table = "| measurement | speed | work | limit measured in the same run | ratio |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
 sc = J("scale.json")
 by = {r["n_experts"]: r for r in sc}
 ref = by.get(16, sc[0])
@@ -112,6 +111,7 @@ if os.path.exists(os.path.join(out, "big.json")):
                 f"{b['steps']} steps of {b['rows_per_step']} rows | {b['step_time_s']:.1f} s/step | "
                 f"peak RSS (MB): {rss} | machine memory 24 GB | **{b['total_peak_rss_mb'] / 1024:.1f} GB** "
                 f"peak in all |")
+table = "| measurement | speed | work | limit measured in the same run | ratio |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
 if os.path.exists(os.path.join(out, "monitoring.json")):
     m = J("monitoring.json")
     table += (f"\nHTTP monitoring under load (200 scrapers + malformed, slow and disconnecting clients, "
