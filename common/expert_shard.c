@@ -265,8 +265,12 @@ int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *
     return 0;
 }
 
-int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
-                          const float *dy, float *dx)
+static void update_one(expert_shard_t *s, int i, int64_t t, double lr);
+
+/* Backward of the last forward's batch; with `apply`, each expert's update
+ * at step t follows its gradient at once (expert_shard_backward_apply). */
+static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                    const float *dy, float *dx, bool apply, int64_t t, double lr)
 {
     if (n != s->c_n)
         return MOE_ERR_STATE;
@@ -282,9 +286,19 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
         expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D,
                             s->c_x + off * (size_t)s->D, s->c_z + off * (size_t)s->H, &p,
                             rows[e], s->D, s->H);
+        if (apply)
+            update_one(s, li, t, lr);
         off += (size_t)rows[e];
     }
+    if (apply)
+        s->c_n = 0;
     return 0;
+}
+
+int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                          const float *dy, float *dx)
+{
+    return backward(s, n, ids, rows, dy, dx, false, 0, 0);
 }
 
 /* Brings expert i's second moments up to step `upto` (the decays of the
@@ -349,24 +363,7 @@ void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
 int expert_shard_backward_apply(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                                 const float *dy, float *dx, int64_t t, double lr)
 {
-    if (n != s->c_n)
-        return MOE_ERR_STATE;
-    for (int e = 0; e < n; e++)
-        if (ids[e] != s->c_ids[e] || rows[e] != s->c_rows[e])
-            return MOE_ERR_STATE;
-    size_t off = 0;
-    for (int e = 0; e < n; e++) {
-        int li = expert_shard_find(s, ids[e]);
-        struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
-        struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
-        expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D,
-                            s->c_x + off * (size_t)s->D, s->c_z + off * (size_t)s->H, &p,
-                            rows[e], s->D, s->H);
-        update_one(s, li, t, lr);
-        off += (size_t)rows[e];
-    }
-    s->c_n = 0;
-    return 0;
+    return backward(s, n, ids, rows, dy, dx, true, t, lr);
 }
 
 void expert_shard_zero_grad(expert_shard_t *s)

@@ -274,6 +274,20 @@ void moe_manifest_folder(const char *dir, int64_t step, char *out, size_t cap)
     snprintf(out, cap, "%s/" MF_STEP_PREFIX "%08lld", dir, (long long)step);
 }
 
+int moe_manifest_make_folder(const char *dir, int64_t step, char *out, size_t cap, char *err,
+                             size_t errlen)
+{
+    moe_manifest_folder(dir, step, out, cap);
+    const char *paths[2] = {dir, out};
+    for (int i = 0; i < 2; i++)
+        if (mkdir(paths[i], 0755) != 0 && errno != EEXIST) {
+            moe_err_set(err, errlen, "%s: cannot create checkpoint folder: %s", paths[i],
+                        strerror(errno));
+            return MOE_ERR_IO;
+        }
+    return 0;
+}
+
 static json_t *to_json(const struct moe_manifest *m)
 {
     json_t *root = json_object(), *files = json_array(), *experts = json_array();
@@ -606,51 +620,60 @@ int moe_manifest_read(const char *folder, struct moe_manifest *m, char *err, siz
 /* ------------------------------------------------------------------------ */
 /* Verify */
 
-int moe_manifest_verify(const char *folder, const struct moe_manifest *m, char *err, size_t errlen)
+int moe_manifest_verify_file(const char *folder, const struct moe_manifest *m, int i, char *err,
+                             size_t errlen)
 {
     char path[MF_PATH];
+    const struct moe_manifest_file *f = &m->files[i];
+    if (join(path, sizeof path, folder, f->name)) {
+        moe_err_set(err, errlen, "%s/%s: path too long", folder, f->name);
+        return MOE_ERR_RANGE;
+    }
+    struct stat sb;
+    if (stat(path, &sb)) {
+        int e = errno;
+        moe_err_set(err, errlen, "%s: %s (the manifest lists it)", path,
+                    e == ENOENT ? "missing" : strerror(e));
+        return e == ENOENT ? MOE_ERR_NOTFOUND : MOE_ERR_IO;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        moe_err_set(err, errlen, "%s: not a regular file (the manifest lists it)", path);
+        return MOE_ERR_FORMAT;
+    }
+    if ((uint64_t)sb.st_size != f->bytes) {
+        moe_err_set(err, errlen,
+                    "%s: size mismatch (file is truncated or was replaced): manifest says "
+                    "%" PRIu64 " bytes, file has %lld",
+                    path, f->bytes, (long long)sb.st_size);
+        return MOE_ERR_FORMAT;
+    }
+    uint64_t sum, bytes;
+    int rc = moe_manifest_file_checksum(path, &sum, &bytes, err, errlen);
+    if (rc)
+        return rc;
+    if (bytes != f->bytes) {
+        moe_err_set(err, errlen,
+                    "%s: size mismatch (file changed while being read): manifest says "
+                    "%" PRIu64 " bytes, read %" PRIu64,
+                    path, f->bytes, bytes);
+        return MOE_ERR_FORMAT;
+    }
+    if (sum != f->checksum) {
+        moe_err_set(err, errlen,
+                    "%s: checksum mismatch (file is corrupted): manifest says %016" PRIx64
+                    ", file has %016" PRIx64,
+                    path, f->checksum, sum);
+        return MOE_ERR_FORMAT;
+    }
+    return 0;
+}
+
+int moe_manifest_verify(const char *folder, const struct moe_manifest *m, char *err, size_t errlen)
+{
     for (int i = 0; i < m->n_files; i++) {
-        const struct moe_manifest_file *f = &m->files[i];
-        if (join(path, sizeof path, folder, f->name)) {
-            moe_err_set(err, errlen, "%s/%s: path too long", folder, f->name);
-            return MOE_ERR_RANGE;
-        }
-        struct stat sb;
-        if (stat(path, &sb)) {
-            int e = errno;
-            moe_err_set(err, errlen, "%s: %s (the manifest lists it)", path,
-                        e == ENOENT ? "missing" : strerror(e));
-            return e == ENOENT ? MOE_ERR_NOTFOUND : MOE_ERR_IO;
-        }
-        if (!S_ISREG(sb.st_mode)) {
-            moe_err_set(err, errlen, "%s: not a regular file (the manifest lists it)", path);
-            return MOE_ERR_FORMAT;
-        }
-        if ((uint64_t)sb.st_size != f->bytes) {
-            moe_err_set(err, errlen,
-                        "%s: size mismatch (file is truncated or was replaced): manifest says "
-                        "%" PRIu64 " bytes, file has %lld",
-                        path, f->bytes, (long long)sb.st_size);
-            return MOE_ERR_FORMAT;
-        }
-        uint64_t sum, bytes;
-        int rc = moe_manifest_file_checksum(path, &sum, &bytes, err, errlen);
+        int rc = moe_manifest_verify_file(folder, m, i, err, errlen);
         if (rc)
             return rc;
-        if (bytes != f->bytes) {
-            moe_err_set(err, errlen,
-                        "%s: size mismatch (file changed while being read): manifest says "
-                        "%" PRIu64 " bytes, read %" PRIu64,
-                        path, f->bytes, bytes);
-            return MOE_ERR_FORMAT;
-        }
-        if (sum != f->checksum) {
-            moe_err_set(err, errlen,
-                        "%s: checksum mismatch (file is corrupted): manifest says %016" PRIx64
-                        ", file has %016" PRIx64,
-                        path, f->checksum, sum);
-            return MOE_ERR_FORMAT;
-        }
     }
     return 0;
 }

@@ -49,6 +49,10 @@ struct moe_manifest {
 
 /* "DIR/step-%08lld" into out (cap bytes, truncated). */
 void moe_manifest_folder(const char *dir, int64_t step, char *out, size_t cap);
+/* The same path, created with its parent dir if missing (each member of a
+ * checkpoint writes its files there). */
+int moe_manifest_make_folder(const char *dir, int64_t step, char *out, size_t cap, char *err,
+                             size_t errlen);
 
 /* Checksum (as in the manifest) and size of the whole file at path, read in
  * 1 MiB chunks. Returns 0, MOE_ERR_NOTFOUND or MOE_ERR_IO. */
@@ -77,6 +81,11 @@ int moe_manifest_read(const char *folder, struct moe_manifest *m, char *err, siz
  * mismatch (file is corrupted): manifest says X, file has Y") or MOE_ERR_IO;
  * stops at the first bad file. */
 int moe_manifest_verify(const char *folder, const struct moe_manifest *m, char *err, size_t errlen);
+
+/* The same check for file i of the manifest only (a reader that needs a
+ * few of the files, e.g. an expert server loading its experts). */
+int moe_manifest_verify_file(const char *folder, const struct moe_manifest *m, int i, char *err,
+                             size_t errlen);
 
 /* Frees what read allocated and zeroes m; NULL-safe, idempotent. */
 void moe_manifest_free(struct moe_manifest *m);

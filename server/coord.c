@@ -390,6 +390,15 @@ static struct coord_member *member_of(coord_t *c, const struct moe_wire_msg *m, 
 /* ------------------------------------------------------------------------ */
 /* Epochs */
 
+/* A new checkpoint (or none) is in progress: nobody has written its files. */
+static void clear_ckpt_done(coord_t *c)
+{
+    for (int s = 0; s < c->n_slots; s++)
+        c->servers[s].ckpt_done = false;
+    for (int r = 0; r < c->W; r++)
+        c->workers[r].ckpt_done = false;
+}
+
 static bool can_recover(const coord_t *c) { return c->committed_step >= 0; }
 
 /* A new epoch on the live, non-draining servers, starting from checkpoint
@@ -408,10 +417,7 @@ static void start_epoch(coord_t *c, int64_t step, const char *folder, bool initi
     c->ck_step = initial ? 0 : -1;
     c->ck_started = c->now;
     c->ck_reconf = false;
-    for (int s = 0; s < c->n_slots; s++)
-        c->servers[s].ckpt_done = false;
-    for (int r = 0; r < c->W; r++)
-        c->workers[r].ckpt_done = false;
+    clear_ckpt_done(c);
     c->epoch++;
     if (n == 0) {
         c->phase = COORD_FORMING;
@@ -701,10 +707,7 @@ static uint32_t directive(coord_t *c, int64_t s)
         c->ck_step = t1;
         c->ck_started = c->now;
         c->ck_requested = false;
-        for (int i = 0; i < c->n_slots; i++)
-            c->servers[i].ckpt_done = false;
-        for (int r = 0; r < c->W; r++)
-            c->workers[r].ckpt_done = false;
+        clear_ckpt_done(c);
     }
     if (c->reconf_pending && !last) {
         flags |= MOE_FLAG_RECONFIGURE;
@@ -1136,23 +1139,21 @@ char *coord_render_metrics(const coord_t *c)
 {
     struct moe_prom_buf b;
     moe_prom_buf_init(&b);
-    int rc = prom_per_expert(&b, c, "moe_expert_rows_routed_total", MOE_PROM_COUNTER,
-                             "Rows routed to the expert over the run (all workers).", 0);
-    if (!rc)
-        rc = prom_per_expert(&b, c, "moe_expert_rows_routed_last_step", MOE_PROM_GAUGE,
-                             "Rows routed to the expert in the last completed step.", 1);
-    if (!rc)
-        rc = prom_per_expert(&b, c, "moe_expert_importance", MOE_PROM_GAUGE,
-                             "Importance (sum of gates) of the expert in the last step.", 2);
-    if (!rc)
-        rc = prom_per_expert(&b, c, "moe_expert_importance_avg", MOE_PROM_GAUGE,
-                             "Moving average (0.9) of the expert's importance.", 3);
-    if (!rc)
-        rc = prom_per_expert(&b, c, "moe_expert_load", MOE_PROM_GAUGE,
-                             "Smooth load estimate of the expert in the last step.", 4);
-    if (!rc)
-        rc = prom_per_expert(&b, c, "moe_expert_load_avg", MOE_PROM_GAUGE,
-                             "Moving average (0.9) of the expert's load.", 5);
+    static const struct {
+        const char *name, *help;
+        enum moe_prom_type type;
+    } per_expert[] = {
+        /* in the field order of prom_per_expert */
+        {"moe_expert_rows_routed_total", "Rows routed to the expert over the run (all workers).", MOE_PROM_COUNTER},
+        {"moe_expert_rows_routed_last_step", "Rows routed to the expert in the last completed step.", MOE_PROM_GAUGE},
+        {"moe_expert_importance", "Importance (sum of gates) of the expert in the last step.", MOE_PROM_GAUGE},
+        {"moe_expert_importance_avg", "Moving average (0.9) of the expert's importance.", MOE_PROM_GAUGE},
+        {"moe_expert_load", "Smooth load estimate of the expert in the last step.", MOE_PROM_GAUGE},
+        {"moe_expert_load_avg", "Moving average (0.9) of the expert's load.", MOE_PROM_GAUGE},
+    };
+    int rc = 0;
+    for (int f = 0; !rc && f < (int)(sizeof per_expert / sizeof per_expert[0]); f++)
+        rc = prom_per_expert(&b, c, per_expert[f].name, per_expert[f].type, per_expert[f].help, f);
     const struct {
         const char *name, *help;
         double v;
@@ -1211,23 +1212,22 @@ char *coord_render_metrics(const coord_t *c)
             rc = moe_prom_sample(&b, NULL, labels, v[per_server[f].field]);
         }
     }
-    if (!rc)
-        rc = moe_prom_family(&b, "moe_worker_tokens_per_second", MOE_PROM_GAUGE,
-                             "Training speed reported by the worker.");
-    for (int r = 0; !rc && r < c->W; r++) {
-        char idx[16];
-        snprintf(idx, sizeof idx, "%d", r);
-        const char *labels[] = {"rank", idx, NULL};
-        rc = moe_prom_sample(&b, NULL, labels, coord_stats_worker(c->stats, r)->tokens_per_sec);
-    }
-    if (!rc)
-        rc = moe_prom_family(&b, "moe_worker_loss", MOE_PROM_GAUGE,
-                             "Training loss (cross-entropy) reported by the worker.");
-    for (int r = 0; !rc && r < c->W; r++) {
-        char idx[16];
-        snprintf(idx, sizeof idx, "%d", r);
-        const char *labels[] = {"rank", idx, NULL};
-        rc = moe_prom_sample(&b, NULL, labels, coord_stats_worker(c->stats, r)->loss);
+    const struct {
+        const char *name, *help;
+        bool loss;
+    } per_worker[] = {
+        {"moe_worker_tokens_per_second", "Training speed reported by the worker.", false},
+        {"moe_worker_loss", "Training loss (cross-entropy) reported by the worker.", true},
+    };
+    for (size_t f = 0; !rc && f < sizeof per_worker / sizeof per_worker[0]; f++) {
+        rc = moe_prom_family(&b, per_worker[f].name, MOE_PROM_GAUGE, per_worker[f].help);
+        for (int r = 0; !rc && r < c->W; r++) {
+            const struct coord_worker_stats *w = coord_stats_worker(c->stats, r);
+            char idx[16];
+            snprintf(idx, sizeof idx, "%d", r);
+            const char *labels[] = {"rank", idx, NULL};
+            rc = moe_prom_sample(&b, NULL, labels, per_worker[f].loss ? w->loss : w->tokens_per_sec);
+        }
     }
     if (rc) {
         moe_prom_buf_free(&b);

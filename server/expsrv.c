@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -584,6 +583,28 @@ static bool check_rows_fit(const Moe__Header *h, char *why, size_t len)
     return true;
 }
 
+/* A validated forward or backward takes its worker's slot of the step (the
+ * slot owns the message now); when every worker's is in, the step's phase
+ * is computed. If that fails (out of memory for the assembled batch), every
+ * worker is told and the phase's slots are cleared. */
+static void take_slot(expsrv_t *s, struct slot *sl, struct moe_wire_msg *m,
+                      int (*finish)(expsrv_t *))
+{
+    const uint32_t rank = m->hdr->rank;
+    sl[rank].msg = *m;
+    sl[rank].have = true;
+    memset(m, 0, sizeof *m);
+    for (int r = 0; r < s->W; r++)
+        if (!sl[r].have)
+            return;
+    int rc = finish(s);
+    if (rc) {
+        for (int r = 0; r < s->W; r++)
+            reply_error(s, &sl[r].msg, rc, "the server could not compute this step");
+        clear_slots(sl, s->W);
+    }
+}
+
 static void handle_forward(expsrv_t *s, struct moe_wire_msg *m)
 {
     char why[256];
@@ -613,19 +634,7 @@ static void handle_forward(expsrv_t *s, struct moe_wire_msg *m)
         reply_error(s, m, MOE_ERR_STATE, why);
         return;
     }
-    s->fwd[h->rank].msg = *m;
-    s->fwd[h->rank].have = true;
-    memset(m, 0, sizeof *m); /* the slot owns it now */
-    for (int r = 0; r < s->W; r++)
-        if (!s->fwd[r].have)
-            return;
-    int rc = finish_forward(s);
-    if (rc) {
-        /* Out of memory for the assembled batch: tell every worker. */
-        for (int r = 0; r < s->W; r++)
-            reply_error(s, &s->fwd[r].msg, rc, "the server could not compute this step");
-        clear_slots(s->fwd, s->W);
-    }
+    take_slot(s, s->fwd, m, finish_forward);
 }
 
 static void handle_backward(expsrv_t *s, struct moe_wire_msg *m)
@@ -667,18 +676,7 @@ static void handle_backward(expsrv_t *s, struct moe_wire_msg *m)
         reply_error(s, m, MOE_ERR_STATE, why);
         return;
     }
-    s->bwd[h->rank].msg = *m;
-    s->bwd[h->rank].have = true;
-    memset(m, 0, sizeof *m);
-    for (int r = 0; r < s->W; r++)
-        if (!s->bwd[r].have)
-            return;
-    int rc = finish_backward(s);
-    if (rc) {
-        for (int r = 0; r < s->W; r++)
-            reply_error(s, &s->bwd[r].msg, rc, "the server could not compute this step");
-        clear_slots(s->bwd, s->W);
-    }
+    take_slot(s, s->bwd, m, finish_backward);
 }
 
 /* Parameters and optimizer state of the requested experts, one row of
@@ -884,16 +882,8 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
             if (!files[f]) {
                 char path[TRAINER_PATH_MAX + 200];
                 snprintf(path, sizeof path, "%s/%s", ep->checkpoint, man.files[f].name);
-                uint64_t sum = 0, bytes = 0;
-                if ((rc = moe_manifest_file_checksum(path, &sum, &bytes, err, errlen)))
+                if ((rc = moe_manifest_verify_file(ep->checkpoint, &man, f, err, errlen)))
                     break;
-                if (sum != man.files[f].checksum || bytes != man.files[f].bytes) {
-                    snprintf(err, errlen, "%s: checksum mismatch (file is corrupted): manifest "
-                             "says %016" PRIx64 ", file has %016" PRIx64, path,
-                             man.files[f].checksum, sum);
-                    rc = MOE_ERR_FORMAT;
-                    break;
-                }
                 if (!(files[f] = moe_safetensors_open(path, err, errlen))) {
                     rc = MOE_ERR_FORMAT;
                     break;
@@ -921,8 +911,7 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
     s->index = ep->index;
     coord_client_set_epoch(s->coord, ep->epoch);
     moe_info("epoch %u: server %d with %d experts at step %" PRId64 " (%d kept, %d read from the "
-             "checkpoint in %.3f s%s)", ep->epoch, ep->index, n, ep->step, kept, loaded, dt,
-             loaded ? "" : "");
+             "checkpoint in %.3f s)", ep->epoch, ep->index, n, ep->step, kept, loaded, dt);
     if (loaded)
         moe_info("migration: %.2f ms per expert read", 1e3 * dt / loaded);
     return 0;
@@ -933,15 +922,13 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
 static void write_checkpoint(expsrv_t *s)
 {
     char folder[TRAINER_PATH_MAX + 32], path[TRAINER_PATH_MAX + 96], file[64], err[512];
-    moe_manifest_folder(s->cfg->checkpoint_dir, s->step, folder, sizeof folder);
-    snprintf(file, sizeof file, "server-%d.safetensors", s->index);
-    snprintf(path, sizeof path, "%s/%s", folder, file);
-    if (mkdir(s->cfg->checkpoint_dir, 0755) != 0 && errno != EEXIST)
-        moe_warn("cannot create %s: %s", s->cfg->checkpoint_dir, strerror(errno));
-    if (mkdir(folder, 0755) != 0 && errno != EEXIST) {
-        moe_error("checkpoint: cannot create %s: %s", folder, strerror(errno));
+    if (moe_manifest_make_folder(s->cfg->checkpoint_dir, s->step, folder, sizeof folder, err,
+                                 sizeof err)) {
+        moe_error("checkpoint: %s", err);
         return;
     }
+    snprintf(file, sizeof file, "server-%d.safetensors", s->index);
+    snprintf(path, sizeof path, "%s/%s", folder, file);
     const double t0 = now_sec();
     /* Fault injection for the tests: die by SIGKILL half-way through
      * writing the shard of this step (a crash during a checkpoint). */

@@ -410,11 +410,6 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
                           "checksum", sum_s, NULL};
     snprintf(file, cap, "worker-%d.safetensors", rank);
     snprintf(p, sizeof p, "%s/%s", folder, file);
-    if (mkdir(folder, 0755) != 0 && errno != EEXIST) {
-        moe_err_set(err, errlen, "%s: cannot create checkpoint folder: %s", folder, strerror(errno));
-        tlist_free(&l);
-        return MOE_ERR_IO;
-    }
     rc = moe_safetensors_write(p, l.e, l.n, meta, err, errlen);
     tlist_free(&l);
     return rc;

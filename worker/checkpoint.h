@@ -52,7 +52,8 @@ int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t er
  * `rank` writes FOLDER/worker-RANK.safetensors (rank 0: the dense
  * parameters, their optimizer state and its carried LSTM state; other
  * ranks: their carried LSTM state), written to a temporary name, fsynced
- * and renamed; `file` gets its name. s->shard is ignored. */
+ * and renamed; `file` gets its name. FOLDER must exist
+ * (moe_manifest_make_folder). s->shard is ignored. */
 int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int rank, char *file,
                            size_t cap, char *err, size_t errlen);
 

@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <zmq.h>
 
@@ -448,14 +447,12 @@ static struct ckpt_state ckpt_state_of(struct trainer *t)
 static int save_cluster_checkpoint(struct trainer *t, char *err, size_t errlen)
 {
     char folder[TRAINER_PATH_MAX + 32], file[64];
-    if (mkdir(t->cfg->checkpoint_dir, 0755) != 0 && errno != EEXIST) {
-        snprintf(err, errlen, "%s: cannot create checkpoint folder: %s", t->cfg->checkpoint_dir,
-                 strerror(errno));
-        return MOE_ERR_IO;
-    }
-    moe_manifest_folder(t->cfg->checkpoint_dir, t->step, folder, sizeof folder);
+    int rc = moe_manifest_make_folder(t->cfg->checkpoint_dir, t->step, folder, sizeof folder, err,
+                                      errlen);
+    if (rc)
+        return rc;
     struct ckpt_state cs = ckpt_state_of(t);
-    int rc = checkpoint_save_worker(folder, &cs, t->rank, file, sizeof file, err, errlen);
+    rc = checkpoint_save_worker(folder, &cs, t->rank, file, sizeof file, err, errlen);
     if (!rc)
         rc = coord_client_checkpoint_done(t->coord, t->step, file, err, errlen);
     if (!rc)
