@@ -33,7 +33,9 @@ endif
 # -ffp-contract=off: no fused multiply-add unless written, so that every
 # build of the same code on the same machine rounds the same way (DESIGN §4).
 # -fno-trapping-math lets branch-free selects vectorise; we never use FP traps.
-OPT   ?= -O3 -march=native -ffp-contract=off -fno-trapping-math
+# -fno-math-errno lets sqrtf vectorise (errno is never read; results are the
+# same correctly rounded values).
+OPT   ?= -O3 -march=native -ffp-contract=off -fno-trapping-math -fno-math-errno
 DEBUG ?= -g
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "moe_err.h"
+#include "moe_par.h"
 #include "moe_rng.h"
 #include "moe_tensor.h"
 
@@ -327,25 +328,50 @@ void expert_shard_flush(expert_shard_t *s, int64_t step)
         catch_up(s, i, step);
 }
 
+struct update_job {
+    expert_shard_t *s;
+    int i;
+    int64_t t;
+    double lr;
+};
+
+/* One of the expert's four tensors (the two matrices first): its update,
+ * then its gradient is zeroed. Tensors are independent, so the result does
+ * not depend on which thread runs which. */
+static void update_part(void *ctx, int task)
+{
+    static const int order[EXPERT_PARTS] = {0, 2, 1, 3};
+    const struct update_job *j = ctx;
+    expert_shard_t *s = j->s;
+    const int part = order[task];
+    size_t off = 0, soff = 0, len = 0, slen = 0;
+    for (int q = 0; q <= part; q++) {
+        const char *suffix;
+        int ndim;
+        int64_t shape[2];
+        off += len;
+        soff += slen;
+        expert_shard_part(q, s->D, s->H, &suffix, &ndim, shape, &slen);
+        len = (size_t)shape[0] * (size_t)(ndim == 2 ? shape[1] : 1);
+        if (q == part)
+            moe_fadam_update(expert_shard_params(s, j->i) + off,
+                             expert_shard_grads(s, j->i) + off,
+                             expert_shard_opt_state(s, j->i) + soff, (size_t)shape[0],
+                             (size_t)shape[1], j->t, j->lr, &s->opts);
+    }
+    memset(expert_shard_grads(s, j->i) + off, 0, sizeof(float) * len);
+}
+
 /* Factored Adam on expert i with its gradients at step t, after the
- * decays of the steps it skipped; then its gradients are zeroed. */
+ * decays of the steps it skipped; then its gradients are zeroed. The four
+ * tensors run as moe_par tasks. */
 static void update_one(expert_shard_t *s, int i, int64_t t, double lr)
 {
-    const size_t D = (size_t)s->D, H = (size_t)s->H;
     catch_up(s, i, t - 1);
-    struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, i), s->D, s->H);
-    struct expert_ffn_params g = expert_ffn_view(expert_shard_grads(s, i), s->D, s->H);
-    float *st = expert_shard_opt_state(s, i);
-    moe_fadam_update(p.w1, g.w1, st, H, D, t, lr, &s->opts);
-    st += moe_fadam_state_size(H, D);
-    moe_fadam_update(p.b1, g.b1, st, H, 0, t, lr, &s->opts);
-    st += H;
-    moe_fadam_update(p.w2, g.w2, st, D, H, t, lr, &s->opts);
-    st += moe_fadam_state_size(D, H);
-    moe_fadam_update(p.b2, g.b2, st, D, 0, t, lr, &s->opts);
+    struct update_job j = {s, i, t, lr};
+    moe_par_for(EXPERT_PARTS, update_part, &j);
     s->t[i] = t;
     s->touched[i] = false;
-    memset(expert_shard_grads(s, i), 0, sizeof(float) * s->P);
 }
 
 void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)

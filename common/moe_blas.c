@@ -3,6 +3,8 @@
 
 #include <cblas.h>
 
+#include "moe_par.h"
+
 static moe_sgemm_trace_fn trace_fn;
 static void *trace_ctx;
 
@@ -50,4 +52,5 @@ void moe_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
 void moe_blas_set_threads(int n)
 {
     openblas_set_num_threads(n < 1 ? 1 : n);
+    moe_par_set_threads(n);
 }

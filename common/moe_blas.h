@@ -23,8 +23,9 @@ void moe_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
 typedef void (*moe_sgemm_trace_fn)(void *ctx, bool trans_a, bool trans_b, int m, int n, int k);
 void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx);
 
-/* Sets the OpenBLAS thread count (>= 1). Call from the main thread before
- * any product. */
+/* Sets the OpenBLAS thread count (>= 1) and sizes the moe_par pool that
+ * runs the elementwise work between products to match. Call from the main
+ * thread before any product. */
 void moe_blas_set_threads(int n);
 
 #endif

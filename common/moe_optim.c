@@ -47,12 +47,42 @@ static double fadam_beta2(const struct moe_fadam_opts *o, int64_t t)
     return o->decay_pow > 0 ? 1.0 - pow((double)t, -o->decay_pow) : o->beta2;
 }
 
+/* Sum of squares in double, in a fixed order that vectorises: lane l
+ * (of 8) adds the elements l, l + 8, l + 16, ... in turn, and the lanes are
+ * added pairwise at the end. Plain C without reassociation, so every
+ * build and every thread count gives the same bits. */
+static double sumsq(const float *x, size_t n)
+{
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++)
+            a[l] += (double)x[i + l] * x[i + l];
+    for (int l = 0; i < n; i++, l++)
+        a[l] += (double)x[i] * x[i];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+/* The same lanes for the sum of U^2, U = g / (sqrt(r * c) + eps). */
+static double usq(const float *g, const float *c, float r, float eps, size_t n)
+{
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) {
+            double u = g[i + l] / (sqrtf(r * c[i + l]) + eps);
+            a[l] += u * u;
+        }
+    for (int l = 0; i < n; i++, l++) {
+        double u = g[i] / (sqrtf(r * c[i]) + eps);
+        a[l] += u * u;
+    }
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 static double rms(const float *x, size_t n)
 {
-    double s = 0;
-    for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * x[i];
-    return n ? sqrt(s / (double)n) : 0.0;
+    return n ? sqrt(sumsq(x, n) / (double)n) : 0.0;
 }
 
 void moe_fadam_decay(float *state, size_t rows, size_t cols, int64_t t,
@@ -105,10 +135,7 @@ void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_
             R[i] = fb2 * R[i] + omb2 * (g[i] * g[i] + (float)o->eps1);
     } else {
         for (size_t i = 0; i < rows; i++) {
-            double s = 0;
-            const float *gr = g + i * cols;
-            for (size_t j = 0; j < cols; j++)
-                s += (double)gr[j] * gr[j];
+            double s = sumsq(g + i * cols, cols);
             R[i] = fb2 * R[i] + omb2 * (float)(s / (double)cols + o->eps1);
         }
         /* Column means: accumulate rows in order into C's update. */
@@ -132,10 +159,7 @@ void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_
     if (o->clip > 0) {
         double s = 0;
         if (cols == 0) {
-            for (size_t i = 0; i < rows; i++) {
-                double u = g[i] / (sqrtf(R[i] * inv_bc) + eps);
-                s += u * u;
-            }
+            s = usq(g, R, inv_bc, eps, rows);
         } else {
             double rm = 0;
             for (size_t i = 0; i < rows; i++)
@@ -143,10 +167,7 @@ void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_
             rm /= (double)rows;
             for (size_t i = 0; i < rows; i++) {
                 float ri = (rm > 0 ? (float)(R[i] / rm) : 0.0f) * inv_bc;
-                for (size_t j = 0; j < cols; j++) {
-                    double u = g[i * cols + j] / (sqrtf(ri * C[j]) + eps);
-                    s += u * u;
-                }
+                s += usq(g + i * cols, C, ri, eps, cols);
             }
         }
         double r = n ? sqrt(s / (double)n) : 0.0;

@@ -15,6 +15,7 @@
 #include "expert_shard.h"
 #include "moe_err.h"
 #include "moe_optim.h"
+#include "moe_par.h"
 #include "moe_rng.h"
 #include "moe_tensor.h"
 #include "test_util.h"
@@ -330,6 +331,49 @@ START_TEST(shard_lazy_equals_eager)
 }
 END_TEST
 
+/* The update runs an expert's four tensors as moe_par tasks: with 1 and
+ * with 3 threads the parameters and optimizer state come out bit for bit
+ * the same, through both apply and backward_apply. */
+START_TEST(shard_threads_same_bits)
+{
+    const int32_t ids[] = {1, 6, 7};
+    expert_shard_t *a = new_shard(3, ids), *b = new_shard(3, ids);
+    const size_t P = expert_ffn_param_count(D, H), S = expert_shard_opt_state_size(a);
+    float x[BR * D], y[BR * D], dy[BR * D], dx[BR * D];
+    const int rows[] = {3, 0, BR - 3};
+    for (int t = 1; t <= 4; t++) {
+        tu_fill(x, BR * D, 300 + t, 1.0f);
+        tu_fill(dy, BR * D, 400 + t, 1.0f);
+        for (int k = 0; k < 2; k++) {
+            expert_shard_t *s = k ? b : a;
+            moe_par_set_threads(k ? 3 : 1);
+            ck_assert_int_eq(expert_shard_forward(s, 3, ids, rows, x, y), 0);
+            if (t % 2) {
+                ck_assert_int_eq(expert_shard_backward(s, 3, ids, rows, dy, dx), 0);
+                expert_shard_apply(s, t, 1e-2);
+            } else {
+                ck_assert_int_eq(expert_shard_backward_apply(s, 3, ids, rows, dy, dx, t, 1e-2), 0);
+            }
+        }
+    }
+    moe_par_set_threads(1);
+    expert_shard_flush(a, 4);
+    expert_shard_flush(b, 4);
+    for (int e = 0; e < 3; e++) {
+        ck_assert_int_eq(memcmp(expert_shard_params(a, e), expert_shard_params(b, e),
+                                sizeof(float) * P), 0);
+        ck_assert_int_eq(memcmp(expert_shard_opt_state(a, e), expert_shard_opt_state(b, e),
+                                sizeof(float) * S), 0);
+    }
+    /* and the experts did move */
+    expert_shard_t *c = new_shard(3, ids);
+    ck_assert_int_ne(memcmp(expert_shard_params(a, 0), expert_shard_params(c, 0), sizeof(float) * P), 0);
+    expert_shard_destroy(&a);
+    expert_shard_destroy(&b);
+    expert_shard_destroy(&c);
+}
+END_TEST
+
 START_TEST(shard_apply_zero_grad)
 {
     const int32_t ids[] = {4, 9};
@@ -433,6 +477,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tb, shard_empty_batch);
     tcase_add_test(tb, shard_apply_zero_grad);
     tcase_add_test(tb, shard_lazy_equals_eager);
+    tcase_add_test(tb, shard_threads_same_bits);
     tcase_add_test(tb, shard_migration_is_exact);
     suite_add_tcase(s, tb);
     return s;

@@ -150,28 +150,31 @@ static double ref_fadam(double *w, const float *g, double *R, double *C, int row
 enum { FR = 3, FC = 4 };
 
 /* Runs `steps` steps from t0 of the implementation and of the reference on
- * a 3x4 matrix (or a 1-D vector of 5 when vec) and compares state and
+ * a rows x cols matrix (cols == 0: a vector of rows) and compares state and
  * weights after each step. Returns the largest RMS(U) seen. */
-static double run_fadam(const struct moe_fadam_opts *o, bool vec, int64_t t0, int steps, double lr,
-                        float w_scale, uint32_t stream)
+static double run_fadam_shape(const struct moe_fadam_opts *o, int rows, int cols, int64_t t0,
+                              int steps, double lr, float w_scale, uint32_t stream)
 {
-    const int rows = vec ? 5 : FR, cols = vec ? 0 : FC, n = vec ? 5 : FR * FC;
+    const int n = cols ? rows * cols : rows;
     const size_t ns = moe_fadam_state_size((size_t)rows, (size_t)cols);
-    float w[FR * FC + 5], st[FR + FC + 5], g[FR * FC + 5];
-    double wd[FR * FC + 5], R[FR + 5] = {0}, C[FC] = {0}, moved[FR * FC + 5] = {0};
+    ck_assert_uint_eq(ns, (size_t)(rows + cols));
+    float *w = malloc(sizeof(float) * (size_t)n), *g = malloc(sizeof(float) * (size_t)n);
+    float *st = calloc(ns, sizeof(float));
+    double *wd = malloc(sizeof(double) * (size_t)n), *before = malloc(sizeof(double) * (size_t)n);
+    double *moved = calloc((size_t)n, sizeof(double));
+    double *R = calloc((size_t)rows, sizeof(double)), *C = calloc((size_t)cols + 1, sizeof(double));
+    ck_assert(w && g && st && wd && before && moved && R && C);
     tu_fill(w, (size_t)n, stream, w_scale);
     for (int i = 0; i < n; i++)
         wd[i] = w[i];
-    memset(st, 0, sizeof st);
     double worst_rms = 0;
     for (int k = 0; k < steps; k++) {
         const int64_t t = t0 + k;
         tu_fill(g, (size_t)n, stream * 7u + (uint32_t)k + 1, 1.0f);
         /* a wide spread of magnitudes across rows and columns */
         for (int i = 0; i < n; i++)
-            g[i] *= (float)(1 + (i % 3)) * (vec ? 1.0f : (float)(1 + i / FC));
-        double before[FR * FC + 5];
-        memcpy(before, wd, sizeof before);
+            g[i] *= (float)(1 + (i % 3)) * (cols ? (float)(1 + i / cols) : 1.0f);
+        memcpy(before, wd, sizeof(double) * (size_t)n);
         moe_fadam_update(w, g, st, (size_t)rows, (size_t)cols, t, lr, o);
         worst_rms = fmax(worst_rms, ref_fadam(wd, g, R, C, rows, cols, t, lr, o));
         for (int i = 0; i < n; i++)
@@ -185,11 +188,25 @@ static double run_fadam(const struct moe_fadam_opts *o, bool vec, int64_t t0, in
                           C[j]);
         for (int i = 0; i < n; i++)
             ck_assert_msg(fabs(w[i] - wd[i]) <= 1e-5 * moved[i] + 2.5e-7 * fabs(wd[i]),
-                          "t=%lld w[%d] = %.9g, expected %.9g (moved %g)", (long long)t, i, w[i],
-                          wd[i], moved[i]);
+                          "%dx%d t=%lld w[%d] = %.9g, expected %.9g (moved %g)", rows, cols,
+                          (long long)t, i, w[i], wd[i], moved[i]);
     }
-    ck_assert_uint_eq(ns, vec ? 5u : (size_t)(FR + FC));
+    free(w);
+    free(g);
+    free(st);
+    free(wd);
+    free(before);
+    free(moved);
+    free(R);
+    free(C);
     return worst_rms;
+}
+
+/* The 3x4 matrix, or a vector of 5 when vec. */
+static double run_fadam(const struct moe_fadam_opts *o, bool vec, int64_t t0, int steps, double lr,
+                        float w_scale, uint32_t stream)
+{
+    return run_fadam_shape(o, vec ? 5 : FR, vec ? 0 : FC, t0, steps, lr, w_scale, stream);
 }
 
 static const struct moe_fadam_opts fadam_base = {
@@ -207,6 +224,24 @@ START_TEST(optim_fadam_matrix_three_steps)
     o = fadam_base;
     o.eps = 0.5;
     run_fadam(&o, false, 1, 3, 0.1, 1.0f, 3);
+}
+END_TEST
+
+/* Rows longer than the 8 double lanes of the sums (with a tail of 5, and
+ * 1029 columns), vectors likewise, with and without clipping and relative
+ * steps: the vectorised sums must still match the double reference. */
+START_TEST(optim_fadam_wide_shapes)
+{
+    struct moe_fadam_opts o = fadam_base;
+    run_fadam_shape(&o, 19, 45, 1, 3, 0.1, 1.0f, 11);
+    run_fadam_shape(&o, 3, 1029, 1, 2, 0.1, 1.0f, 12);
+    run_fadam_shape(&o, 1029, 0, 1, 3, 0.1, 1.0f, 13);
+    o.clip = 0.5;
+    o.decay_pow = 0.8;
+    ck_assert_double_gt(run_fadam_shape(&o, 19, 45, 1, 3, 0.1, 1.0f, 14), 0.5);
+    ck_assert_double_gt(run_fadam_shape(&o, 37, 0, 1, 3, 0.1, 1.0f, 15), 0.5);
+    o.relative_step = true;
+    run_fadam_shape(&o, 19, 45, 1, 3, 0.1, 1.0f, 16);
 }
 END_TEST
 
@@ -372,6 +407,7 @@ Suite *test_optim_suite(void)
     tcase_set_timeout(tf, 10);
     tcase_add_test(tf, optim_fadam_matrix_three_steps);
     tcase_add_test(tf, optim_fadam_first_step_by_hand);
+    tcase_add_test(tf, optim_fadam_wide_shapes);
     tcase_add_test(tf, optim_fadam_vector);
     tcase_add_test(tf, optim_fadam_state_size_is_factored);
     suite_add_tcase(s, tf);
