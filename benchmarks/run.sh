@@ -44,6 +44,15 @@ rows=$((32 * 35 * 4 / 2))
 "$build/bin/bench_wire" tcp $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_tcp.json"
 "$build/bin/bench_wire" ipc $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_ipc.json"
 
+ppl_steps=${PPL_STEPS:-300}
+echo "== wire precision: validation perplexity after $ppl_steps steps, fp32 against bf16 on the wire"
+for dt in f32 bf16; do
+    sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-ppl-$dt" --transport tcp \
+        --servers 2 --workers 1 -- --config deploy/default.ini --steps "$ppl_steps" \
+        --log-every 1000 --log-level warn --wire-dtype "$dt" --report "$out/wireppl_$dt.json" >/dev/null 2>&1
+    rm -rf "$out/run-ppl-$dt"
+done
+
 echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
 sh "$here/bench_scale.sh" "$build" "$out/scale" "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
 
@@ -94,6 +103,11 @@ for name, f in (("tcp, fp32", "dist_tcp_f32.json"), ("ipc, fp32", "dist_ipc_f32.
                 f"{d['wire_bytes_per_token']:.0f} wire bytes/token | raw ZeroMQ {tr} at {size} B: {w['mb_per_s']:.0f} MB/s, "
                 f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time |")
 rows.append(f"| step, in-process (same run, for the ratios) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
+pf, pb = J("wireppl_f32.json"), J("wireppl_bf16.json")
+rows.append(f"| wire precision: validation perplexity after {pf['steps']} steps (default model, 2 servers, tcp) | "
+            f"bf16 on the wire: {pb['valid_ppl']:.2f} | {pb['wire_bytes_per_token']:.0f} wire bytes/token "
+            f"(fp32: {pf['wire_bytes_per_token']:.0f}) | fp32 on the wire: {pf['valid_ppl']:.2f} | "
+            f"**{100 * (pb['valid_ppl'] / pf['valid_ppl'] - 1):+.2f}%** perplexity with bf16 |")
 sc = J("scale.json")
 by = {r["n_experts"]: r for r in sc}
 ref = by.get(16, sc[0])

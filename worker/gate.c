@@ -5,17 +5,21 @@
 #include <string.h>
 
 #include "moe_blas.h"
+#include "moe_par.h"
 #include "moe_rng.h"
 
 #define GATE_NOISE_EPS 1e-2f
 #define CV_EPS 1e-10
+/* rows per moe_par task, and experts per task of the Load sums */
+#define GATE_ROWS 32
+#define GATE_COLS 64
 
 static inline int gate_m(const struct gate_dims *d) { return d->K + 1 < d->E ? d->K + 1 : d->E; }
 
 size_t gate_cache_floats(const struct gate_dims *d)
 {
     size_t N = (size_t)d->N, E = (size_t)d->E;
-    return 5 * N * E + N * (size_t)gate_m(d) + N * (size_t)d->K;
+    return 6 * N * E + N * (size_t)gate_m(d) + N * (size_t)d->K;
 }
 
 size_t gate_cache_ints(const struct gate_dims *d)
@@ -32,7 +36,8 @@ struct gate_cache gate_cache_view(float *fbuf, int32_t *ibuf, const struct gate_
     c.std = c.nl + N * E;
     c.H = c.std + N * E;
     c.eps = c.H + N * E;
-    c.topv = c.eps + N * E;
+    c.p = c.eps + N * E;
+    c.topv = c.p + N * E;
     c.gates = c.topv + N * M;
     c.topi = ibuf;
     c.idx = c.topi + N * M;
@@ -69,18 +74,25 @@ static void top_m(int32_t *ti, float *tv, const float *h, int E, int m)
     }
 }
 
-void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x, const float *w_g,
-                  const float *w_noise, const struct gate_dims *d)
+struct gate_job {
+    struct gate_cache *c;
+    const struct gate_cache *cc;
+    const struct gate_dims *d;
+    float *load, *work;
+    const float *dgates, *dimp, *dload;
+};
+
+/* Forward of rows [GATE_ROWS * task, ...): noise, top k + 1, softmax over
+ * the top k and, for the smooth Load, each expert's Phi term into c->p. */
+static void forward_rows(void *ctx, int task)
 {
+    const struct gate_job *jb = ctx;
+    struct gate_cache *c = jb->c;
+    const struct gate_dims *d = jb->d;
     const int N = d->N, E = d->E, K = d->K, M = gate_m(d);
     const bool smooth_load = d->train && K < E;
-    moe_sgemm(false, false, N, E, d->D, 1.0f, x, d->D, w_g, E, 0.0f, c->clean, E);
-    if (d->train)
-        moe_sgemm(false, false, N, E, d->D, 1.0f, x, d->D, w_noise, E, 0.0f, c->nl, E);
-    else
-        memset(c->nl, 0, sizeof(float) * (size_t)N * E);
-
-    for (int r = 0; r < N; r++) {
+    const int r1 = (task + 1) * GATE_ROWS < N ? (task + 1) * GATE_ROWS : N;
+    for (int r = task * GATE_ROWS; r < r1; r++) {
         const size_t o = (size_t)r * E;
         const float *cl = c->clean + o;
         float *sd = c->std + o, *h = c->H + o;
@@ -113,23 +125,61 @@ void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x,
         for (int j = 0; j < K; j++) {
             g[j] = (float)(g[j] / sum);
             id[j] = ti[j];
-            imp[ti[j]] += g[j];
         }
 
         if (smooth_load) {
             const float thr_in = tv[K], thr_out = tv[K - 1];
+            float *p = c->p + o;
             for (int i = 0; i < E; i++) {
                 float thr = h[i] > thr_in ? thr_in : thr_out;
                 double z = (double)cl[i] - (double)thr;
-                double p = 0.5 * (1.0 + erf(z / phi_arg_denom(sd[i])));
-                load[i] += (float)p;
+                p[i] = (float)(0.5 * (1.0 + erf(z / phi_arg_denom(sd[i]))));
             }
-        } else {
+        }
+    }
+}
+
+/* Load of experts [GATE_COLS * task, ...): their Phi terms, rows in order. */
+static void load_cols(void *ctx, int task)
+{
+    const struct gate_job *jb = ctx;
+    const int N = jb->d->N, E = jb->d->E;
+    const int i0 = task * GATE_COLS, i1 = i0 + GATE_COLS < E ? i0 + GATE_COLS : E;
+    for (int r = 0; r < N; r++) {
+        const float *p = jb->c->p + (size_t)r * E;
+        for (int i = i0; i < i1; i++)
+            jb->load[i] += p[i];
+    }
+}
+
+static int tasks_of(int n, int per) { return (n + per - 1) / per; }
+
+void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x, const float *w_g,
+                  const float *w_noise, const struct gate_dims *d)
+{
+    const int N = d->N, E = d->E, K = d->K;
+    const bool smooth_load = d->train && K < E;
+    moe_sgemm(false, false, N, E, d->D, 1.0f, x, d->D, w_g, E, 0.0f, c->clean, E);
+    if (d->train)
+        moe_sgemm(false, false, N, E, d->D, 1.0f, x, d->D, w_noise, E, 0.0f, c->nl, E);
+    else
+        memset(c->nl, 0, sizeof(float) * (size_t)N * E);
+
+    struct gate_job jb = {.c = c, .d = d, .load = load};
+    moe_par_for(tasks_of(N, GATE_ROWS), forward_rows, &jb);
+    /* Importance and Load: sums over rows in row order */
+    for (int r = 0; r < N; r++) {
+        const float *g = c->gates + (size_t)r * K;
+        const int32_t *ti = c->idx + (size_t)r * K;
+        for (int j = 0; j < K; j++)
+            imp[ti[j]] += g[j];
+        if (!smooth_load)
             for (int j = 0; j < K; j++)
                 if (g[j] > 0.0f)
                     load[ti[j]] += 1.0f;
-        }
     }
+    if (smooth_load)
+        moe_par_for(tasks_of(E, GATE_COLS), load_cols, &jb);
 }
 
 double gate_cv_squared(const float *v, int n, float *dv)
@@ -170,21 +220,25 @@ double gate_balance_loss(const float *imp, const float *load, int E, double w_im
     return w_imp * li + w_load * ll;
 }
 
-void gate_backward(float *dx, float *dw_g, float *dw_noise, float *work, const float *dgates,
-                   const float *dimp, const float *dload, const float *x, const float *w_g,
-                   const float *w_noise, const struct gate_cache *c, const struct gate_dims *d)
+/* Backward of rows [GATE_ROWS * task, ...) into their rows of work. */
+static void backward_rows(void *ctx, int task)
 {
-    const int N = d->N, E = d->E, K = d->K, M = gate_m(d), D = d->D;
+    const struct gate_job *jb = ctx;
+    const struct gate_cache *c = jb->cc;
+    const struct gate_dims *d = jb->d;
+    const int N = d->N, E = d->E, K = d->K, M = gate_m(d);
     const bool smooth_load = d->train && K < E;
-    float *dclean = work, *dnl = work + (size_t)N * E;
-    memset(work, 0, sizeof(float) * 2 * (size_t)N * E);
-
-    for (int r = 0; r < N; r++) {
+    const float *dimp = jb->dimp, *dload = jb->dload;
+    float *dclean = jb->work, *dnl = jb->work + (size_t)N * E;
+    const int r1 = (task + 1) * GATE_ROWS < N ? (task + 1) * GATE_ROWS : N;
+    for (int r = task * GATE_ROWS; r < r1; r++) {
         const size_t o = (size_t)r * E;
         const float *g = c->gates + (size_t)r * K;
         const int32_t *ti = c->topi + (size_t)r * M;
-        const float *dgr = dgates + (size_t)r * K;
+        const float *dgr = jb->dgates + (size_t)r * K;
         float *dcl = dclean + o, *dsd = dnl + o; /* dnl holds d std until the end */
+        memset(dcl, 0, sizeof(float) * (size_t)E);
+        memset(dsd, 0, sizeof(float) * (size_t)E);
         /* dH accumulates into dcl (dH/dclean = 1) and into dsd via eps. */
         float dh[E > 0 ? E : 1];
         memset(dh, 0, sizeof(float) * (size_t)E);
@@ -230,6 +284,17 @@ void gate_backward(float *dx, float *dw_g, float *dw_noise, float *work, const f
                 dcl[i] += dh[i];
         }
     }
+}
+
+void gate_backward(float *dx, float *dw_g, float *dw_noise, float *work, const float *dgates,
+                   const float *dimp, const float *dload, const float *x, const float *w_g,
+                   const float *w_noise, const struct gate_cache *c, const struct gate_dims *d)
+{
+    const int N = d->N, E = d->E, D = d->D;
+    float *dclean = work, *dnl = work + (size_t)N * E;
+    struct gate_job jb = {.cc = c, .d = d, .work = work, .dgates = dgates, .dimp = dimp,
+                          .dload = dload};
+    moe_par_for(tasks_of(N, GATE_ROWS), backward_rows, &jb);
     moe_sgemm(true, false, D, E, N, 1.0f, x, D, dclean, E, 1.0f, dw_g, E);
     moe_sgemm(false, true, N, D, E, 1.0f, dclean, E, w_g, E, 1.0f, dx, D);
     if (d->train) {

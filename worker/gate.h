@@ -30,6 +30,7 @@ struct gate_dims {
 /* Per-row results and what backward needs. */
 struct gate_cache {
     float *clean, *nl, *std, *H, *eps; /* (N,E) each; nl = x W_noise, eps the noise */
+    float *p;                    /* (N,E) each row's Phi terms of Load (forward scratch) */
     int32_t *topi;               /* (N,M) M = min(K+1, E), descending H */
     float *topv;                 /* (N,M) */
     int32_t *idx;                /* (N,K) expert of each slot */
@@ -42,7 +43,9 @@ struct gate_cache gate_cache_view(float *fbuf, int32_t *ibuf, const struct gate_
 
 /* Computes gates for every row, and adds this batch's Importance and Load
  * (E each) into imp and load (+=). At evaluation, or when K == E, Load is
- * the count of rows with a non-zero gate, as in tensor2tensor. */
+ * the count of rows with a non-zero gate, as in tensor2tensor. Rows run as
+ * moe_par tasks; Importance and Load are summed in row order whatever the
+ * thread count. */
 void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x, const float *w_g,
                   const float *w_noise, const struct gate_dims *d);
 
@@ -57,7 +60,8 @@ double gate_balance_loss(const float *imp, const float *load, int E, double w_im
 
 /* Back-propagates dgates (N,K), the gradient of the combine w.r.t. each
  * slot's gate, plus dimp and dload (E) from the balancing loss, into dx
- * (N,D, +=), dw_g and dw_noise (D,E, +=). work needs 2*N*E floats. */
+ * (N,D, +=), dw_g and dw_noise (D,E, +=). work needs 2*N*E floats. Rows
+ * run as moe_par tasks (each writes only its own rows). */
 void gate_backward(float *dx, float *dw_g, float *dw_noise, float *work, const float *dgates,
                    const float *dimp, const float *dload, const float *x, const float *w_g,
                    const float *w_noise, const struct gate_cache *c, const struct gate_dims *d);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "moe_blas.h"
+#include "moe_par.h"
 
 /* e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2; e^r by a
  * degree-7 Taylor polynomial; 2^n built in the exponent bits. Branch-free
@@ -57,20 +58,59 @@ static float row_max(const float *p, int V)
     return mx;
 }
 
-static float row_sum(const float *p, int V)
+/* p = exp(p - mx), and the sum of the results over LANES lanes added in
+ * a fixed order. */
+static float row_exp_sum(float *p, int V, float mx)
 {
     float acc[LANES] = {0};
     int v = 0;
     for (; v + LANES <= V; v += LANES)
-        for (int l = 0; l < LANES; l++)
+        for (int l = 0; l < LANES; l++) {
+            p[v + l] = fast_expf(p[v + l] - mx);
             acc[l] += p[v + l];
+        }
     float s = 0.0f;
     for (int l = 0; l < LANES; l++)
         s += acc[l];
-    for (; v < V; v++)
+    for (; v < V; v++) {
+        p[v] = fast_expf(p[v] - mx);
         s += p[v];
+    }
     return s;
 }
+
+/* Rows per moe_par task, and columns per task of the bias gradient. */
+#define SX_ROWS 16
+#define SX_COLS 2048
+
+struct sx_job {
+    float *probs, *db;
+    const int32_t *targets;
+    double *loss;  /* per task of SX_ROWS rows */
+    float scale;
+    int N, V;
+};
+
+static void forward_rows(void *ctx, int task)
+{
+    const struct sx_job *j = ctx;
+    const int V = j->V, r1 = (task + 1) * SX_ROWS < j->N ? (task + 1) * SX_ROWS : j->N;
+    double loss = 0;
+    for (int r = task * SX_ROWS; r < r1; r++) {
+        float *p = j->probs + (size_t)r * V;
+        const float mx = row_max(p, V);
+        const float lt = p[j->targets[r]] - mx;
+        const float sum = row_exp_sum(p, V, mx);
+        const float inv = 1.0f / sum;
+        for (int v = 0; v < V; v++)
+            p[v] *= inv;
+        /* -log p_t from the logit itself, not from the rounded probability */
+        loss += log((double)sum) - (double)lt;
+    }
+    j->loss[task] = loss;
+}
+
+static int tasks_of(int n, int per) { return (n + per - 1) / per; }
 
 double softmax_xent_forward(float *probs, const float *x, const float *W, const float *b,
                             const int32_t *targets, int N, int V, int D)
@@ -78,35 +118,49 @@ double softmax_xent_forward(float *probs, const float *x, const float *W, const 
     for (int r = 0; r < N; r++)
         memcpy(probs + (size_t)r * V, b, sizeof(float) * (size_t)V);
     moe_sgemm(false, true, N, V, D, 1.0f, x, D, W, D, 1.0f, probs, V);
+    const int nt = tasks_of(N, SX_ROWS);
+    double part[nt > 0 ? nt : 1];
+    struct sx_job j = {.probs = probs, .targets = targets, .loss = part, .N = N, .V = V};
+    moe_par_for(nt, forward_rows, &j);
+    /* the rows' losses, summed by task in row order */
     double loss = 0;
-    for (int r = 0; r < N; r++) {
-        float *p = probs + (size_t)r * V;
-        const float mx = row_max(p, V);
-        const float lt = p[targets[r]] - mx;
-        for (int v = 0; v < V; v++)
-            p[v] = fast_expf(p[v] - mx);
-        const float sum = row_sum(p, V);
-        const float inv = 1.0f / sum;
-        for (int v = 0; v < V; v++)
-            p[v] *= inv;
-        /* -log p_t from the logit itself, not from the rounded probability */
-        loss += log((double)sum) - (double)lt;
-    }
+    for (int t = 0; t < nt; t++)
+        loss += part[t];
     return loss;
+}
+
+static void backward_rows(void *ctx, int task)
+{
+    const struct sx_job *j = ctx;
+    const int V = j->V, r1 = (task + 1) * SX_ROWS < j->N ? (task + 1) * SX_ROWS : j->N;
+    for (int r = task * SX_ROWS; r < r1; r++) {
+        float *p = j->probs + (size_t)r * V;
+        p[j->targets[r]] -= 1.0f;
+        for (int v = 0; v < V; v++)
+            p[v] *= j->scale;
+    }
+}
+
+/* db over columns [SX_COLS * task, ...): rows added in order. */
+static void bias_cols(void *ctx, int task)
+{
+    const struct sx_job *j = ctx;
+    const int v0 = task * SX_COLS, v1 = v0 + SX_COLS < j->V ? v0 + SX_COLS : j->V;
+    for (int r = 0; r < j->N; r++) {
+        const float *p = j->probs + (size_t)r * j->V;
+        for (int v = v0; v < v1; v++)
+            j->db[v] += p[v];
+    }
 }
 
 void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const float *x,
                            const float *W, const int32_t *targets, float scale, int N, int V,
                            int D)
 {
-    for (int r = 0; r < N; r++) {
-        float *p = probs + (size_t)r * V;
-        p[targets[r]] -= 1.0f;
-        for (int v = 0; v < V; v++)
-            p[v] *= scale;
-        for (int v = 0; v < V; v++)
-            db[v] += p[v];
-    }
+    struct sx_job j = {.probs = probs, .db = db, .targets = targets, .scale = scale, .N = N,
+                       .V = V};
+    moe_par_for(tasks_of(N, SX_ROWS), backward_rows, &j);
+    moe_par_for(tasks_of(V, SX_COLS), bias_cols, &j);
     moe_sgemm(true, false, V, D, N, 1.0f, probs, V, x, D, 1.0f, dW, D);
     moe_sgemm(false, false, N, D, V, 1.0f, probs, V, W, D, 1.0f, dx, D);
 }

@@ -6,12 +6,15 @@
 #include <stdint.h>
 
 /* Computes probabilities into probs (N,V) and returns the sum over rows of
- * -log p(target). Targets must be < V. */
+ * -log p(target). Targets must be < V. Rows run as moe_par tasks of 16;
+ * the loss is summed per task and then over tasks, in row order, so it is
+ * the same for every thread count. */
 double softmax_xent_forward(float *probs, const float *x, const float *W, const float *b,
                             const int32_t *targets, int N, int V, int D);
 
 /* Gradient of scale * (sum of -log p): turns probs into dlogits in place,
- * accumulates dW, db and dx (+=). */
+ * accumulates dW, db and dx (+=). db sums rows in order (moe_par tasks
+ * over columns). */
 void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const float *x,
                            const float *W, const int32_t *targets, float scale, int N, int V,
                            int D);

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "gate.h"
+#include "moe_par.h"
 #include "moe_rng.h"
 #include "moe_tensor.h"
 #include "test_util.h"
@@ -94,10 +95,10 @@ static void order_desc(int *ord, const float *h, int E)
 START_TEST(gate_cache_sizes)
 {
     const struct gate_dims a = {.N = 7, .D = 3, .E = 5, .K = 2};
-    ck_assert_uint_eq(gate_cache_floats(&a), 5 * 7 * 5 + 7 * 3 + 7 * 2);
+    ck_assert_uint_eq(gate_cache_floats(&a), 6 * 7 * 5 + 7 * 3 + 7 * 2);
     ck_assert_uint_eq(gate_cache_ints(&a), 7 * 3 + 7 * 2);
     const struct gate_dims b = {.N = 7, .D = 3, .E = 4, .K = 4}; /* M = E when K == E */
-    ck_assert_uint_eq(gate_cache_floats(&b), 5 * 7 * 4 + 7 * 4 + 7 * 4);
+    ck_assert_uint_eq(gate_cache_floats(&b), 6 * 7 * 4 + 7 * 4 + 7 * 4);
     ck_assert_uint_eq(gate_cache_ints(&b), 7 * 4 + 7 * 4);
 }
 END_TEST
@@ -443,6 +444,58 @@ START_TEST(gate_split_rows_bitwise)
 }
 END_TEST
 
+/* Rows run as moe_par tasks (32 rows each) and Load as tasks of 64
+ * experts: forward and backward over 150 rows and 100 experts give the
+ * same bits with 1 and with 3 threads. */
+START_TEST(gate_threads_bitwise)
+{
+    enum { N = 150, E = 100, K = 4 };
+    struct gfix f[2];
+    float *dx[2], *dwg[2], *dwn[2], *work[2];
+    const int D = 2 * E;
+    float *dgates = moe_alloc_floats((size_t)N * K), *dimp = moe_alloc_floats(E),
+          *dload = moe_alloc_floats(E);
+    tu_fill(dgates, (size_t)N * K, 60, 1.0f);
+    tu_fill(dimp, E, 61, 1.0f);
+    tu_fill(dload, E, 62, 1.0f);
+    for (int k = 0; k < 2; k++) {
+        gfix_init(&f[k], N, E, K, true);
+        fill_random(&f[k], 50);
+        dx[k] = moe_alloc_floats((size_t)N * D);
+        dwg[k] = moe_alloc_floats((size_t)D * E);
+        dwn[k] = moe_alloc_floats((size_t)D * E);
+        work[k] = moe_alloc_floats((size_t)2 * N * E);
+        moe_par_set_threads(k ? 3 : 1);
+        run(&f[k]);
+        gate_backward(dx[k], dwg[k], dwn[k], work[k], dgates, dimp, dload, f[k].x, f[k].wg,
+                      f[k].wn, &f[k].c, &f[k].d);
+    }
+    moe_par_set_threads(1);
+    ck_assert_int_eq(memcmp(f[0].c.gates, f[1].c.gates, sizeof(float) * N * K), 0);
+    ck_assert_int_eq(memcmp(f[0].c.idx, f[1].c.idx, sizeof(int32_t) * N * K), 0);
+    ck_assert_int_eq(memcmp(f[0].imp, f[1].imp, sizeof(float) * E), 0);
+    ck_assert_int_eq(memcmp(f[0].load, f[1].load, sizeof(float) * E), 0);
+    ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * N * D), 0);
+    ck_assert_int_eq(memcmp(dwg[0], dwg[1], sizeof(float) * D * E), 0);
+    ck_assert_int_eq(memcmp(dwn[0], dwn[1], sizeof(float) * D * E), 0);
+    /* Load is a sum of N probabilities; something was computed */
+    double lsum = 0;
+    for (int i = 0; i < E; i++)
+        lsum += f[0].load[i];
+    ck_assert_double_gt(lsum, 0.5 * K * N);
+    for (int k = 0; k < 2; k++) {
+        gfix_free(&f[k]);
+        moe_free_floats(&dx[k]);
+        moe_free_floats(&dwg[k]);
+        moe_free_floats(&dwn[k]);
+        moe_free_floats(&work[k]);
+    }
+    moe_free_floats(&dgates);
+    moe_free_floats(&dimp);
+    moe_free_floats(&dload);
+}
+END_TEST
+
 Suite *test_gate_suite(void)
 {
     Suite *s = suite_create("gate");
@@ -455,6 +508,7 @@ Suite *test_gate_suite(void)
     tcase_add_test(tc, gate_threshold_by_hand);
     tcase_add_test(tc, gate_k_equals_e_count_load);
     tcase_add_test(tc, gate_split_rows_bitwise);
+    tcase_add_test(tc, gate_threads_bitwise);
     suite_add_tcase(s, tc);
     TCase *tv = tcase_create("cv");
     tcase_set_timeout(tv, 10);
