@@ -26,17 +26,6 @@
 
 #define ROUNDS 3
 
-static double median(double *v, int n)
-{
-    for (int i = 1; i < n; i++)
-        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return v[n / 2];
-}
-
 struct result {
     int rows;
     double time, gflops, sgemm_gflops;
@@ -125,7 +114,7 @@ int main(int argc, char **argv)
                 tr.s[i].rate = 0;
             flops = gemm_trace_rates(&tr, seconds / tr.n, &limits[round]);
         }
-        const double step = median(steps, ROUNDS), limit = median(limits, ROUNDS);
+        const double step = bench_median(steps, ROUNDS), limit = bench_median(limits, ROUNDS);
         res[nres] = (struct result){rows, step, flops / step / 1e9, flops / limit / 1e9};
         printf("%6d %10.3f %10.1f %12.1f %9.3f\n", rows, 1e3 * step, res[nres].gflops,
                res[nres].sgemm_gflops, res[nres].gflops / res[nres].sgemm_gflops);

@@ -6,7 +6,8 @@
  * a multiply-add = 2. The limit is the time the step's GEMMs would take if
  * each ran at the sgemm rate measured alone for its shape; the fraction is
  * that time over the measured step time. Elementwise work (softmax, LSTM
- * gates, gating, optimizer) is what separates the two.
+ * gates, gating, optimizer) is what separates the two. Three rounds
+ * alternate the timed steps and the sgemm rates; medians count.
  *
  * Usage: bench_step [--corpus FILE] [--steps N] [--threads N] [--d-model D]
  *        [--d-hidden H] [--n-experts E] [--k K] [--batch B] [--unroll T]
@@ -26,6 +27,8 @@
 #include "moe_blas.h"
 #include "moe_optim.h"
 #include "moe_tensor.h"
+
+#define ROUNDS 3
 
 int main(int argc, char **argv)
 {
@@ -74,34 +77,43 @@ int main(int argc, char **argv)
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
     struct moe_adam_opts ao = {0.9, 0.999, 1e-8};
     struct gemm_trace tr = {.n = 0};
-    double t_steps = 0;
+    /* ROUNDS rounds alternate `steps` timed steps with the sgemm rates of
+     * the step's shapes, so that both see the same machine; medians count. */
+    double t_round[ROUNDS], limit_round[ROUNDS], flops = 0;
     const int warm = 3;
-    for (int s = 0; s < warm + steps; s++) {
-        batcher_train(&bt, s, 0, B, tok, tgt);
-        struct model_batch b = {B, T, tok, tgt, 0, (int64_t)B * T};
-        if (s == warm)
-            gemm_trace_start(&tr);
-        double t0 = bench_now(), xs, bal;
-        if (model_forward(m, &b, s, true, &xs, err, sizeof err) ||
-            model_backward(m, model_local_importance(m), model_local_load(m), &bal, err, sizeof err)) {
-            fprintf(stderr, "bench_step: %s\n", err);
-            return 1;
+    int s = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        double t_steps = 0;
+        for (int i = 0; i < (round ? 0 : warm) + steps; i++, s++) {
+            batcher_train(&bt, s, 0, B, tok, tgt);
+            struct model_batch b = {B, T, tok, tgt, 0, (int64_t)B * T};
+            const bool traced = s == warm;
+            if (traced)
+                gemm_trace_start(&tr);
+            double t0 = bench_now(), xs, bal;
+            if (model_forward(m, &b, s, true, &xs, err, sizeof err) ||
+                model_backward(m, model_local_importance(m), model_local_load(m), &bal, err,
+                               sizeof err)) {
+                fprintf(stderr, "bench_step: %s\n", err);
+                return 1;
+            }
+            for (int p = 0; p < MP_COUNT; p++) {
+                moe_tensor *w = model_param(m, (enum model_param)p), *g = model_grad(m, (enum model_param)p);
+                moe_adam_update(w->data, g->data, opt[p], w->numel, s + 1, 1e-3, &ao);
+            }
+            expert_shard_apply(shard, s + 1, 1e-3);
+            model_carry_state(m);
+            if (traced)
+                gemm_trace_stop();
+            if (s >= warm)
+                t_steps += bench_now() - t0;
         }
-        for (int p = 0; p < MP_COUNT; p++) {
-            moe_tensor *w = model_param(m, (enum model_param)p), *g = model_grad(m, (enum model_param)p);
-            moe_adam_update(w->data, g->data, opt[p], w->numel, s + 1, 1e-3, &ao);
-        }
-        expert_shard_apply(shard, s + 1, 1e-3);
-        model_carry_state(m);
-        if (s == warm)
-            gemm_trace_stop();
-        if (s >= warm)
-            t_steps += bench_now() - t0;
+        t_round[round] = t_steps / steps;
+        /* GEMMs of one step and their rate alone */
+        flops = gemm_trace_rates(&tr, 0.2, &limit_round[round]);
     }
-    /* GEMMs of one step and their rate alone */
-    double limit_time = 0;
-    const double flops = gemm_trace_rates(&tr, 0.2, &limit_time);
-    const double step_time = t_steps / steps, tokens = (double)B * T;
+    const double t_med = bench_median(t_round, ROUNDS), limit_time = bench_median(limit_round, ROUNDS);
+    const double step_time = t_med, tokens = (double)B * T;
     const double gflops = flops / step_time / 1e9, sgemm_gflops = flops / limit_time / 1e9;
     printf("# bench_step: D=%d H=%d E=%d k=%d B=%d T=%d V=%d threads=%d steps=%d\n", D, H, E, K, B,
            T, vocab_size(voc), threads, steps);

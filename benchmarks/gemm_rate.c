@@ -93,3 +93,14 @@ double memcpy_gbps(size_t bytes, double seconds)
     moe_free_floats(&b);
     return (double)n * sizeof(float) * reps / t / 1e9;
 }
+
+double bench_median(double *v, int n)
+{
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return v[n / 2];
+}

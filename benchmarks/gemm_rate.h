@@ -40,4 +40,7 @@ double memcpy_gbps(size_t bytes, double seconds);
 /* Monotonic seconds. */
 double bench_now(void);
 
+/* Median of v[0..n) (sorts v in place). */
+double bench_median(double *v, int n);
+
 #endif

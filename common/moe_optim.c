@@ -5,6 +5,8 @@
 
 #include <math.h>
 
+#include "moe_par.h"
+
 double moe_lr_at(const struct moe_lr_schedule *s, int64_t t)
 {
     if (t < 1)
@@ -18,26 +20,48 @@ double moe_lr_at(const struct moe_lr_schedule *s, int64_t t)
 
 size_t moe_adam_state_size(size_t n) { return 2 * n; }
 
+/* Adam is elementwise: chunks of ADAM_CHUNK parameters run as moe_par
+ * tasks, each element computed the same way on any thread. */
+#define ADAM_CHUNK 32768
+
+struct adam_job {
+    float *w, *m, *v;
+    const float *g;
+    size_t n;
+    float b1, b2, omb1, omb2, step, eps_hat;
+};
+
+static void adam_chunk(void *ctx, int task)
+{
+    const struct adam_job *j = ctx;
+    const size_t i0 = (size_t)task * ADAM_CHUNK;
+    const size_t i1 = i0 + ADAM_CHUNK < j->n ? i0 + ADAM_CHUNK : j->n;
+    float *w = j->w, *m = j->m, *v = j->v;
+    const float *g = j->g;
+    for (size_t i = i0; i < i1; i++) {
+        float gi = g[i];
+        m[i] = j->b1 * m[i] + j->omb1 * gi;
+        v[i] = j->b2 * v[i] + j->omb2 * gi * gi;
+        w[i] -= j->step * m[i] / (sqrtf(v[i]) + j->eps_hat);
+    }
+}
+
 void moe_adam_update(float *w, const float *g, float *state, size_t n, int64_t t, double lr,
                      const struct moe_adam_opts *o)
 {
-    float *m = state, *v = state + n;
-    /* 1 - beta is formed in double and rounded once: 1.0f - (float)beta
-     * would carry beta's rounding (relative 1e-5 of 1 - beta at 0.999). */
-    const float b1 = (float)o->beta1, b2 = (float)o->beta2;
-    const float omb1 = (float)(1.0 - o->beta1), omb2 = (float)(1.0 - o->beta2);
     const double bc1 = 1.0 - pow(o->beta1, (double)t);
     const double bc2 = 1.0 - pow(o->beta2, (double)t);
-    /* Fold the bias corrections into one step size and one epsilon:
+    /* 1 - beta is formed in double and rounded once: 1.0f - (float)beta
+     * would carry beta's rounding (relative 1e-5 of 1 - beta at 0.999).
+     * The bias corrections fold into one step size and one epsilon:
      * lr * mhat / (sqrt(vhat) + eps) = step * m / (sqrt(v) + eps_hat). */
-    const float step = (float)(lr * sqrt(bc2) / bc1);
-    const float eps_hat = (float)(o->eps * sqrt(bc2));
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
-        m[i] = b1 * m[i] + omb1 * gi;
-        v[i] = b2 * v[i] + omb2 * gi * gi;
-        w[i] -= step * m[i] / (sqrtf(v[i]) + eps_hat);
-    }
+    struct adam_job j = {
+        .w = w, .m = state, .v = state + n, .g = g, .n = n,
+        .b1 = (float)o->beta1, .b2 = (float)o->beta2,
+        .omb1 = (float)(1.0 - o->beta1), .omb2 = (float)(1.0 - o->beta2),
+        .step = (float)(lr * sqrt(bc2) / bc1), .eps_hat = (float)(o->eps * sqrt(bc2)),
+    };
+    moe_par_for((int)((n + ADAM_CHUNK - 1) / ADAM_CHUNK), adam_chunk, &j);
 }
 
 size_t moe_fadam_state_size(size_t rows, size_t cols) { return cols ? rows + cols : rows; }

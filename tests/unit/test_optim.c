@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "moe_optim.h"
+#include "moe_par.h"
 #include "test_util.h"
 
 Suite *test_optim_suite(void);
@@ -50,6 +51,41 @@ START_TEST(optim_lr_schedule)
 END_TEST
 
 /* ----------------------------------------------------------------- Adam */
+
+/* Adam runs chunks of 32768 parameters as moe_par tasks: 100003
+ * parameters (four chunks, the last short) give the same bits with 1 and
+ * with 3 threads. */
+START_TEST(optim_adam_threads_bitwise)
+{
+    enum { AN = 100003 };
+    const struct moe_adam_opts o = {0.9, 0.999, 1e-8};
+    float *w[2], *st[2], *g = malloc(sizeof(float) * AN);
+    ck_assert_ptr_nonnull(g);
+    for (int k = 0; k < 2; k++) {
+        w[k] = malloc(sizeof(float) * AN);
+        st[k] = calloc(moe_adam_state_size(AN), sizeof(float));
+        ck_assert(w[k] && st[k]);
+        tu_fill(w[k], AN, 90, 1.0f);
+        moe_par_set_threads(k ? 3 : 1);
+        for (int t = 1; t <= 3; t++) {
+            tu_fill(g, AN, 91 + (uint32_t)t, 1.0f);
+            moe_adam_update(w[k], g, st[k], AN, t, 1e-2, &o);
+        }
+    }
+    moe_par_set_threads(1);
+    ck_assert_int_eq(memcmp(w[0], w[1], sizeof(float) * AN), 0);
+    ck_assert_int_eq(memcmp(st[0], st[1], sizeof(float) * moe_adam_state_size(AN)), 0);
+    /* the first and the last parameter moved (the short chunk ran too) */
+    tu_fill(g, AN, 90, 1.0f);
+    ck_assert(w[0][0] != g[0]);
+    ck_assert(w[0][AN - 1] != g[AN - 1]);
+    for (int k = 0; k < 2; k++) {
+        free(w[k]);
+        free(st[k]);
+    }
+    free(g);
+}
+END_TEST
 
 START_TEST(optim_adam_three_steps)
 {
@@ -402,6 +438,7 @@ Suite *test_optim_suite(void)
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, optim_lr_schedule);
     tcase_add_test(tc, optim_adam_three_steps);
+    tcase_add_test(tc, optim_adam_threads_bitwise);
     suite_add_tcase(s, tc);
     TCase *tf = tcase_create("fadam");
     tcase_set_timeout(tf, 10);
