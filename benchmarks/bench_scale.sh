@@ -10,6 +10,8 @@
 #
 # Usage: bench_scale.sh BUILD_DIR OUT [EXPERTS] [ROWS] [STEPS]
 #        EXPERTS: comma list (default 4,16,64,256,1024); ROWS: default 64
+#        SERVER_THREADS=T in the environment: T threads per expert server
+#        (default: the --threads of deploy/default.ini, as the worker)
 set -eu
 build=$(cd "${1:-build}" && pwd)
 out=$2
@@ -37,7 +39,8 @@ for n in $(echo "$list" | tr ',' ' '); do
     A="--config deploy/default.ini --d-model $D --d-hidden $H --n-experts $n --k $K --batch $B \
 --unroll $T --steps $steps --valid= --vocab-max 10000 --log-every 1 --log-level info --dropout 0 \
 --timeout-ms 900000"
-    sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$run" --servers 2 --workers 1 -- $A \
+    sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$run" --servers 2 --workers 1 \
+        ${SERVER_THREADS:+--server-threads "$SERVER_THREADS"} -- $A \
         --report "$run/report.json" >"$run.out" 2>&1 ||
         { echo "bench_scale: n=$n failed: $(tail -n 3 "$run.out")" >&2; exit 1; }
     # tokens/s over steps 2..steps (the first pays for allocation)

@@ -54,7 +54,9 @@ for dt in f32 bf16; do
 done
 
 echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
-sh "$here/bench_scale.sh" "$build" "$out/scale" "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
+# the worker and 2 servers share the 2 cores: each server gets 1 thread
+SERVER_THREADS=${SERVER_THREADS:-1} sh "$here/bench_scale.sh" "$build" "$out/scale" \
+    "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
 
 if [ "${BIG:-0}" = 1 ]; then
     echo "== MoE-4096: 4.3 billion expert parameters, 2 expert servers, 20 steps"

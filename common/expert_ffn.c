@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "moe_blas.h"
+#include "moe_par.h"
 
 size_t expert_ffn_param_count(int D, int H)
 {
@@ -22,6 +23,56 @@ struct expert_ffn_params expert_ffn_view(float *block, int D, int H)
     return p;
 }
 
+/* The elementwise passes run as moe_par tasks: the ReLU over chunks of
+ * rows, the bias gradients over chunks of columns (rows added in order), so
+ * the results are the same bits for any thread count. */
+#define FFN_ROWS 64
+#define FFN_COLS 256
+
+struct ffn_job {
+    float *z, *dz, *db;
+    const float *zc, *m;
+    int R, C;
+};
+
+static int tasks_of(int n, int per) { return (n + per - 1) / per; }
+
+static void relu_rows(void *ctx, int task)
+{
+    const struct ffn_job *j = ctx;
+    const int r0 = task * FFN_ROWS, r1 = r0 + FFN_ROWS < j->R ? r0 + FFN_ROWS : j->R;
+    float *z = j->z + (size_t)r0 * j->C;
+    for (size_t i = 0, n = (size_t)(r1 - r0) * j->C; i < n; i++)
+        z[i] = z[i] > 0.0f ? z[i] : 0.0f;
+}
+
+/* db[c] += sum_r m[r][c] for the task's columns. */
+static void colsum_cols(void *ctx, int task)
+{
+    const struct ffn_job *j = ctx;
+    const int c0 = task * FFN_COLS, c1 = c0 + FFN_COLS < j->C ? c0 + FFN_COLS : j->C;
+    for (int r = 0; r < j->R; r++) {
+        const float *row = j->m + (size_t)r * j->C;
+        for (int c = c0; c < c1; c++)
+            j->db[c] += row[c];
+    }
+}
+
+/* dz = dz * [z > 0], then db += its column sums, for the task's columns. */
+static void relu_back_cols(void *ctx, int task)
+{
+    const struct ffn_job *j = ctx;
+    const int c0 = task * FFN_COLS, c1 = c0 + FFN_COLS < j->C ? c0 + FFN_COLS : j->C;
+    for (int r = 0; r < j->R; r++) {
+        float *d = j->dz + (size_t)r * j->C;
+        const float *z = j->zc + (size_t)r * j->C;
+        for (int c = c0; c < c1; c++) {
+            d[c] = z[c] > 0.0f ? d[c] : 0.0f;
+            j->db[c] += d[c];
+        }
+    }
+}
+
 void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_ffn_params *p,
                         int R, int D, int H)
 {
@@ -31,20 +82,11 @@ void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_
     for (int r = 0; r < R; r++)
         memcpy(z + (size_t)r * H, p->b1, sizeof(float) * (size_t)H);
     moe_sgemm(false, true, R, H, D, 1.0f, x, D, p->w1, D, 1.0f, z, H);
-    for (size_t i = 0, n = (size_t)R * H; i < n; i++)
-        z[i] = z[i] > 0.0f ? z[i] : 0.0f;
+    struct ffn_job j = {.z = z, .R = R, .C = H};
+    moe_par_for(tasks_of(R, FFN_ROWS), relu_rows, &j);
     for (int r = 0; r < R; r++)
         memcpy(y + (size_t)r * D, p->b2, sizeof(float) * (size_t)D);
     moe_sgemm(false, true, R, D, H, 1.0f, z, H, p->w2, H, 1.0f, y, D);
-}
-
-static void colsum_acc(float *out, const float *m, int R, int C)
-{
-    for (int r = 0; r < R; r++) {
-        const float *row = m + (size_t)r * C;
-        for (int c = 0; c < C; c++)
-            out[c] += row[c];
-    }
 }
 
 void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *dz_work,
@@ -55,12 +97,12 @@ void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *d
         return;
     /* dW2 += dy^T z; db2 += sum_r dy */
     moe_sgemm(true, false, D, H, R, 1.0f, dy, D, z, H, 1.0f, dp->w2, H);
-    colsum_acc(dp->b2, dy, R, D);
-    /* dz = (dy W2) * [z > 0] */
+    struct ffn_job j2 = {.db = dp->b2, .m = dy, .R = R, .C = D};
+    moe_par_for(tasks_of(D, FFN_COLS), colsum_cols, &j2);
+    /* dz = (dy W2) * [z > 0]; db1 += sum_r dz */
     moe_sgemm(false, false, R, H, D, 1.0f, dy, D, p->w2, H, 0.0f, dz_work, H);
-    for (size_t i = 0, n = (size_t)R * H; i < n; i++)
-        dz_work[i] = z[i] > 0.0f ? dz_work[i] : 0.0f;
-    colsum_acc(dp->b1, dz_work, R, H);
+    struct ffn_job j1 = {.dz = dz_work, .zc = z, .db = dp->b1, .R = R, .C = H};
+    moe_par_for(tasks_of(H, FFN_COLS), relu_back_cols, &j1);
     /* dW1 += dz^T x; dx = dz W1 */
     moe_sgemm(true, false, H, D, R, 1.0f, dz_work, H, x, D, 1.0f, dp->w1, D);
     moe_sgemm(false, false, R, D, H, 1.0f, dz_work, H, p->w1, D, 0.0f, dx, D);

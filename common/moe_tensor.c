@@ -2,6 +2,7 @@
 #include "moe_tensor.h"
 
 #include <stdio.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -39,6 +40,17 @@ float *moe_alloc_floats(size_t n)
         madvise(p, bytes, MADV_HUGEPAGE);
     memset(p, 0, bytes);
     return p;
+}
+
+void moe_malloc_keep_freed(void)
+{
+    /* glibc serves blocks above 32 MB with mmap whatever the threshold, and
+     * unmaps them on free; without mmap they come from the heap, and the
+     * heap's top is kept up to 1 GB. Other C libraries: nothing to do. */
+#ifdef M_MMAP_MAX
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
 }
 
 void moe_free_floats(float **p)

@@ -33,6 +33,12 @@ int moe_size_add(size_t a, size_t b, size_t *out);
 float *moe_alloc_floats(size_t n);
 void moe_free_floats(float **p);
 
+/* For the daemons: malloc keeps freed blocks for reuse instead of giving
+ * them back to the system, so that the large message buffers that ZeroMQ
+ * and the wire code allocate every step do not pay for fresh pages (page
+ * faults and zeroing) each time. Call once at start. */
+void moe_malloc_keep_freed(void);
+
 /* Initialises `t` with `name` (truncated to fit), shape (ndim <= 4) and zeroed
  * storage. Returns 0, MOE_ERR_RANGE or MOE_ERR_NOMEM. Caller owns; release
  * with moe_tensor_free(). */

@@ -7,12 +7,15 @@
 #
 #   deploy/launch-local.sh [--servers N] [--workers M] [--transport tcp|ipc]
 #                          [--base-port P] [--http-port H] [--no-coordinator]
-#                          [--bin DIR] [--run-dir DIR] -- OPTIONS...
+#                          [--bin DIR] [--run-dir DIR] [--server-threads T]
+#                          -- OPTIONS...
 #
 # OPTIONS go to every process (moe-server and moe-worker share one option
 # table, e.g. --config deploy/default.ini). Worker 0 prints to the terminal;
 # servers and the other workers log to RUN_DIR/*.log. The exit code is worker
 # 0's (or the first failing worker's). Ctrl-C stops everything.
+# --server-threads T gives each expert server T compute threads instead of
+# OPTIONS' --threads (on one machine the processes share its cores).
 set -u
 
 n_servers=2
@@ -23,6 +26,7 @@ bin=build/bin
 run_dir=run
 use_coord=1
 http_port=
+server_threads=
 while [ $# -gt 0 ]; do
     case "$1" in
     --servers) n_servers=$2; shift 2 ;;
@@ -34,7 +38,8 @@ while [ $# -gt 0 ]; do
     --bin) bin=$2; shift 2 ;;
     --run-dir) run_dir=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --server-threads) server_threads=$2; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "launch-local: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -101,7 +106,8 @@ fi
 
 i=0
 while [ $i -lt "$n_servers" ]; do
-    "$bin/moe-server" "$@" --servers "$servers" --workers "$workers" --server-index $i \
+    "$bin/moe-server" "$@" ${server_threads:+--threads "$server_threads"} --servers "$servers" \
+        --workers "$workers" --server-index $i \
         --shard-out "$run_abs/server-$i.safetensors" >"$run_abs/server-$i.log" 2>&1 &
     server_pids="$server_pids $!"
     i=$((i + 1))

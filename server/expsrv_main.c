@@ -10,6 +10,7 @@
 #include "moe_blas.h"
 #include "moe_config.h"
 #include "moe_log.h"
+#include "moe_tensor.h"
 #include "trainer.h"
 
 static volatile sig_atomic_t stop_flag;
@@ -48,6 +49,7 @@ int main(int argc, char **argv)
         return 2;
     }
     moe_log_set_level(lvl);
+    moe_malloc_keep_freed();
     moe_blas_set_threads(cfg.threads);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -6,6 +6,7 @@
 
 #include "moe_config.h"
 #include "moe_log.h"
+#include "moe_tensor.h"
 #include "trainer.h"
 
 static const char summary[] =
@@ -31,5 +32,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;
     }
+    moe_malloc_keep_freed();
     return trainer_run(&cfg);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "expert_ffn.h"
+#include "moe_par.h"
 #include "moe_tensor.h"
 #include "test_util.h"
 
@@ -225,6 +226,56 @@ START_TEST(ffn_bitwise_deterministic)
 }
 END_TEST
 
+/* The ReLU runs as moe_par tasks of 64 rows and the bias gradients as
+ * tasks of 256 columns: 150 rows of 300 -> 520 -> 300 give the same bits
+ * with 1 and with 3 threads. */
+START_TEST(ffn_threads_bitwise)
+{
+    enum { TR = 150, TD = 300, TH = 520 };
+    const size_t P = expert_ffn_param_count(TD, TH);
+    float *w = malloc(sizeof(float) * P), *x = malloc(sizeof(float) * TR * TD),
+          *dy = malloc(sizeof(float) * TR * TD);
+    ck_assert(w && x && dy);
+    tu_fill(w, P, 80, 0.1f);
+    tu_fill(x, TR * TD, 81, 1.0f);
+    tu_fill(dy, TR * TD, 82, 1.0f);
+    struct expert_ffn_params p = expert_ffn_view(w, TD, TH);
+    float *y[2], *z[2], *dz[2], *dx[2], *g[2];
+    for (int k = 0; k < 2; k++) {
+        y[k] = malloc(sizeof(float) * TR * TD);
+        z[k] = malloc(sizeof(float) * TR * TH);
+        dz[k] = malloc(sizeof(float) * TR * TH);
+        dx[k] = malloc(sizeof(float) * TR * TD);
+        g[k] = calloc(P, sizeof(float));
+        ck_assert(y[k] && z[k] && dz[k] && dx[k] && g[k]);
+        struct expert_ffn_params dp = expert_ffn_view(g[k], TD, TH);
+        moe_par_set_threads(k ? 3 : 1);
+        expert_ffn_forward(y[k], z[k], x, &p, TR, TD, TH);
+        expert_ffn_backward(dx[k], &dp, dz[k], dy, x, z[k], &p, TR, TD, TH);
+    }
+    moe_par_set_threads(1);
+    ck_assert_int_eq(memcmp(y[0], y[1], sizeof(float) * TR * TD), 0);
+    ck_assert_int_eq(memcmp(z[0], z[1], sizeof(float) * TR * TH), 0);
+    ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * TR * TD), 0);
+    ck_assert_int_eq(memcmp(g[0], g[1], sizeof(float) * P), 0);
+    /* the ReLU cut some of the last row's units and kept others */
+    int zeros = 0;
+    for (int h = 0; h < TH; h++)
+        zeros += z[0][(size_t)(TR - 1) * TH + h] == 0.0f;
+    ck_assert(zeros > 0 && zeros < TH);
+    for (int k = 0; k < 2; k++) {
+        free(y[k]);
+        free(z[k]);
+        free(dz[k]);
+        free(dx[k]);
+        free(g[k]);
+    }
+    free(w);
+    free(x);
+    free(dy);
+}
+END_TEST
+
 START_TEST(ffn_rows_are_independent)
 {
     /* Row r of a batch equals the same row computed alone: an expert's
@@ -257,6 +308,7 @@ Suite *test_expert_ffn_suite(void)
     tcase_add_loop_test(tc, ffn_backward_matches_ref, 0, 4);
     tcase_add_test(tc, ffn_bitwise_deterministic);
     tcase_add_test(tc, ffn_rows_are_independent);
+    tcase_add_test(tc, ffn_threads_bitwise);
     suite_add_tcase(s, tc);
     return s;
 }
