@@ -29,7 +29,9 @@ done
 
 echo "== distributed step: 2 expert servers over tcp and ipc, against in-process"
 common="--config deploy/default.ini --steps $steps --valid= --log-every 1000 --log-level warn"
-"$build/bin/moe-worker" $common --report "$out/dist_local.json" >/dev/null
+# in-process, with the OpenBLAS spin setting launch-local gives its processes
+OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}" \
+    "$build/bin/moe-worker" $common --report "$out/dist_local.json" >/dev/null
 for v in tcp:f32 ipc:f32 tcp:bf16; do
     tr=${v%%:*}
     dt=${v##*:}

@@ -17,6 +17,11 @@
 # --server-threads T gives each expert server T compute threads instead of
 # OPTIONS' --threads (on one machine the processes share its cores).
 set -u
+# The processes share this machine's cores: OpenBLAS threads that spin for
+# work after each product (by default for about 2^28 cycles) take the cores
+# from the other processes, so they sleep almost at once here unless the
+# environment says otherwise.
+export OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"
 
 n_servers=2
 n_workers=1
