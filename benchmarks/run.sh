@@ -5,7 +5,9 @@
 # run: OpenBLAS sgemm on the same GEMM shapes, memcpy bandwidth, raw ZeroMQ
 # throughput on the same transport and message size.
 # Usage: run.sh BUILD_DIR [STEPS]   (MONITORING=0 skips the HTTP-load runs;
-# BIG=1 adds the MoE-4096 run, about 15 minutes and 20 GB of memory)
+# BIG=1 adds the MoE-4096 run, about 15 minutes and 20 GB of memory;
+# PARTS="dist scale" runs only those parts: expert step dist ppl scale big
+# monitoring)
 set -eu
 build=$(cd "${1:-build}" && pwd)
 steps=${2:-30}
@@ -17,55 +19,75 @@ cd "$top"
 PY=python3
 json() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
-echo "== expert compute (one expert 512 -> 1024 -> 512) against sgemm on the same shapes"
-for t in 1 2; do
-    "$build/bin/bench_expert" --threads $t --json "$out/expert_t$t.json" | tee "$out/expert_t$t.txt"
-done
+# PARTS (default: all of them) picks what to run again; the table is built
+# from the JSON files of the latest run of each part.
+parts=${PARTS:-expert step dist ppl scale big monitoring}
+want() { case " $parts " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-echo "== in-process training step against sgemm on the same shapes"
-for t in 1 2; do
-    "$build/bin/bench_step" --threads $t --json "$out/step_t$t.json" | tee "$out/step_t$t.txt"
-done
+if want expert; then
+    echo "== expert compute (one expert 512 -> 1024 -> 512) against sgemm on the same shapes"
+    for t in 1 2; do
+        "$build/bin/bench_expert" --threads $t --json "$out/expert_t$t.json" | tee "$out/expert_t$t.txt"
+    done
+fi
 
-echo "== distributed step: 2 expert servers over tcp and ipc, against in-process"
-common="--config deploy/default.ini --steps $steps --valid= --log-every 1000 --log-level warn"
-# in-process, with the OpenBLAS spin setting launch-local gives its processes
-OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}" \
-    "$build/bin/moe-worker" $common --report "$out/dist_local.json" >/dev/null
-for v in tcp:f32 ipc:f32 tcp:bf16; do
-    tr=${v%%:*}
-    dt=${v##*:}
-    sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-$tr-$dt" --transport "$tr" \
-        --servers 2 --workers 1 -- $common --wire-dtype "$dt" \
-        --report "$out/dist_${tr}_$dt.json" >/dev/null 2>&1
-    rm -rf "$out/run-$tr-$dt"
-done
-# the message each server gets per forward or backward at the default size:
-# batch * unroll * k / servers rows of d_model floats
-rows=$((32 * 35 * 4 / 2))
-"$build/bin/bench_wire" tcp $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_tcp.json"
-"$build/bin/bench_wire" ipc $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_ipc.json"
+if want step; then
+    echo "== in-process training step against sgemm on the same shapes"
+    for t in 1 2; do
+        "$build/bin/bench_step" --threads $t --json "$out/step_t$t.json" | tee "$out/step_t$t.txt"
+    done
+fi
 
-ppl_steps=${PPL_STEPS:-300}
-echo "== wire precision: validation perplexity after $ppl_steps steps, fp32 against bf16 on the wire"
-for dt in f32 bf16; do
-    sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-ppl-$dt" --transport tcp \
-        --servers 2 --workers 1 -- --config deploy/default.ini --steps "$ppl_steps" \
-        --log-every 1000 --log-level warn --wire-dtype "$dt" --report "$out/wireppl_$dt.json" >/dev/null 2>&1
-    rm -rf "$out/run-ppl-$dt"
-done
+if want dist; then
+    echo "== distributed step: 2 expert servers over tcp and ipc, against in-process (3 rounds)"
+    common="--config deploy/default.ini --steps $steps --valid= --log-every 1000 --log-level warn"
+    # rounds alternate the four runs so that all see the same machine;
+    # medians count. In-process runs with the OpenBLAS spin setting that
+    # launch-local gives its processes.
+    for r in 1 2 3; do
+        OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}" \
+            "$build/bin/moe-worker" $common --report "$out/dist_local_r$r.json" >/dev/null
+        for v in tcp:f32 ipc:f32 tcp:bf16; do
+            tr=${v%%:*}
+            dt=${v##*:}
+            sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-$tr-$dt" \
+                --transport "$tr" --servers 2 --workers 1 -- $common --wire-dtype "$dt" \
+                --report "$out/dist_${tr}_${dt}_r$r.json" >/dev/null 2>&1
+            rm -rf "$out/run-$tr-$dt"
+        done
+    done
+    # the message each server gets per forward or backward at the default size:
+    # batch * unroll * k / servers rows of d_model floats
+    rows=$((32 * 35 * 4 / 2))
+    "$build/bin/bench_wire" tcp $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_tcp.json"
+    "$build/bin/bench_wire" ipc $((rows * 128 * 4)) $((rows * 128 * 2)) --json "$out/wire_ipc.json"
+fi
 
-echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
-# the worker and 2 servers share the 2 cores: each server gets 1 thread
-SERVER_THREADS=${SERVER_THREADS:-1} sh "$here/bench_scale.sh" "$build" "$out/scale" \
-    "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
+if want ppl; then
+    ppl_steps=${PPL_STEPS:-300}
+    echo "== wire precision: validation perplexity after $ppl_steps steps, fp32 against bf16 on the wire"
+    for dt in f32 bf16; do
+        sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-ppl-$dt" --transport tcp \
+            --servers 2 --workers 1 -- --config deploy/default.ini --steps "$ppl_steps" \
+            --log-every 1000 --log-level warn --wire-dtype "$dt" --report "$out/wireppl_$dt.json" \
+            >/dev/null 2>&1
+        rm -rf "$out/run-ppl-$dt"
+    done
+fi
 
-if [ "${BIG:-0}" = 1 ]; then
+if want scale; then
+    echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
+    # the worker and 2 servers share the 2 cores: each server gets 1 thread
+    SERVER_THREADS=${SERVER_THREADS:-1} sh "$here/bench_scale.sh" "$build" "$out/scale" \
+        "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
+fi
+
+if want big && [ "${BIG:-0}" = 1 ]; then
     echo "== MoE-4096: 4.3 billion expert parameters, 2 expert servers, 20 steps"
     sh "$here/bench_big.sh" "$build" "$out/big.json" 20 4096
 fi
 
-if [ "${MONITORING:-1}" != 0 ]; then
+if want monitoring && [ "${MONITORING:-1}" != 0 ]; then
     echo "== monitoring: training with and without 200 HTTP scrapers on the coordinator"
     sh "$here/bench_monitoring.sh" "$build" 100 "$out/monitoring.json" 3
 fi
@@ -95,18 +117,28 @@ for t in (1, 2):
     rows.append(f"| training step, in-process, {t} thread(s) | {r['tokens_per_sec']:.0f} tok/s | "
                 f"{r['model_gflops']:.1f} GFLOP/s | sgemm on the same shapes: {r['sgemm_gflops']:.1f} GFLOP/s | "
                 f"**{r['fraction']:.2f}** of sgemm |")
-loc = J("dist_local.json")
+def med(v):
+    v = sorted(v)
+    return v[len(v) // 2]
+def runs(stem):
+    return [J(f"{stem}_r{r}.json") for r in (1, 2, 3)]
+loc_runs = runs("dist_local")
+loc = {"tokens_per_sec": med([d["tokens_per_sec"] for d in loc_runs])}
 wire = {w["transport"] + str(w["bytes"]): w for f in ("wire_tcp.json", "wire_ipc.json") for w in J(f)}
-for name, f in (("tcp, fp32", "dist_tcp_f32.json"), ("ipc, fp32", "dist_ipc_f32.json"), ("tcp, bf16", "dist_tcp_bf16.json")):
-    d = J(f)
-    ratio = loc["tokens_per_sec"] / d["tokens_per_sec"]
+for name, stem in (("tcp, fp32", "dist_tcp_f32"), ("ipc, fp32", "dist_ipc_f32"), ("tcp, bf16", "dist_tcp_bf16")):
+    rr = runs(stem)
+    # each round's ratio against that round's in-process run; the median counts
+    ratios = [l["tokens_per_sec"] / d["tokens_per_sec"] for l, d in zip(loc_runs, rr)]
+    ratio = med(ratios)
+    d = dict(rr[0], tokens_per_sec=med([x["tokens_per_sec"] for x in rr]))
     tr = name.split(",")[0]
     size = 32 * 35 * 4 // 2 * 128 * (2 if "bf16" in name else 4)
     w = wire[tr + str(size)]
     rows.append(f"| step, 2 expert servers, {name} | {d['tokens_per_sec']:.0f} tok/s | "
                 f"{d['wire_bytes_per_token']:.0f} wire bytes/token | raw ZeroMQ {tr} at {size} B: {w['mb_per_s']:.0f} MB/s, "
-                f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time |")
-rows.append(f"| step, in-process (same run, for the ratios) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
+                f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time "
+                f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}) |")
+rows.append(f"| step, in-process (same rounds, for the ratios; median) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
 pf, pb = J("wireppl_f32.json"), J("wireppl_bf16.json")
 rows.append(f"| wire precision: validation perplexity after {pf['steps']} steps (default model, 2 servers, tcp) | "
             f"bf16 on the wire: {pb['valid_ppl']:.2f} | {pb['wire_bytes_per_token']:.0f} wire bytes/token "
@@ -117,7 +149,7 @@ by = {r["n_experts"]: r for r in sc}
 ref = by.get(16, sc[0])
 for r in sc:
     srv = ", ".join(f"{v:.0f}" for v in r["server_peak_rss_mb"].values())
-    rows.append(f"| scaling, {r['n_experts']} experts, k = 4, {r['batch_rows']} rows/step "
+    rows.append(f"| scaling, {r['n_experts']} experts, k = 4, {r['batch_rows']} tokens/step "
                 f"({r['rows_per_expert']:.0f} rows per expert) | {r['tokens_per_sec']:.0f} tok/s | "
                 f"peak RSS worker {r['worker_peak_rss_mb']:.0f} MB, servers {srv} MB | "
                 f"{ref['n_experts']} experts: {ref['tokens_per_sec']:.0f} tok/s | "

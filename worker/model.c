@@ -260,8 +260,15 @@ int model_forward(model_t *m, const struct model_batch *b, int64_t step, bool tr
                  model_state(m, !train, 1, true), &m->ld[1]);
     drop_res(m, m->a3, m->mask3, m->h2, m->a2, DROP_LSTM2, N);
 
-    *xent_sum = softmax_xent_forward(m->probs, m->a3, m->param[MP_SOFTMAX_W].data,
-                                     m->param[MP_SOFTMAX_B].data, b->tgt, N, c->V, D);
+    /* Training leaves the softmax's dlogits (scale 1 / global tokens) in
+     * probs right away, in the same pass over the logits. */
+    if (train)
+        *xent_sum = softmax_xent_forward_grad(m->probs, m->a3, m->param[MP_SOFTMAX_W].data,
+                                              m->param[MP_SOFTMAX_B].data, b->tgt,
+                                              (float)(1.0 / (double)b->n_global), N, c->V, D);
+    else
+        *xent_sum = softmax_xent_forward(m->probs, m->a3, m->param[MP_SOFTMAX_W].data,
+                                         m->param[MP_SOFTMAX_B].data, b->tgt, N, c->V, D);
     if (!train) {
         /* evaluation carries its own state forward right away */
         for (int l = 0; l < 2; l++)
@@ -292,9 +299,9 @@ int model_backward(model_t *m, const float *imp_global, const float *load_global
     *balance_loss = gate_balance_loss(imp_global, load_global, c->E, c->w_importance, c->w_load,
                                       m->dimp, m->dload);
 
-    softmax_xent_backward(m->da3, m->grad[MP_SOFTMAX_W].data, m->grad[MP_SOFTMAX_B].data,
-                          m->probs, m->a3, m->param[MP_SOFTMAX_W].data, m->batch.tgt,
-                          (float)(1.0 / (double)m->batch.n_global), N, c->V, D);
+    softmax_xent_backward_dlogits(m->da3, m->grad[MP_SOFTMAX_W].data,
+                                  m->grad[MP_SOFTMAX_B].data, m->probs, m->a3,
+                                  m->param[MP_SOFTMAX_W].data, N, c->V, D);
 
     /* a3 = drop(h2) + a2 */
     struct lstm_params p1 = lstm_p(m->param, 0), p2 = lstm_p(m->param, 1);

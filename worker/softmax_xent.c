@@ -2,6 +2,7 @@
 #include "softmax_xent.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "moe_blas.h"
@@ -85,9 +86,11 @@ static float row_exp_sum(float *p, int V, float mx)
 
 struct sx_job {
     float *probs, *db;
+    const float *dl;  /* dlogits read by bias_cols */
     const int32_t *targets;
     double *loss;  /* per task of SX_ROWS rows */
     float scale;
+    bool grad;     /* forward leaves scale * (p - onehot) instead of p */
     int N, V;
 };
 
@@ -102,8 +105,18 @@ static void forward_rows(void *ctx, int task)
         const float lt = p[j->targets[r]] - mx;
         const float sum = row_exp_sum(p, V, mx);
         const float inv = 1.0f / sum;
-        for (int v = 0; v < V; v++)
-            p[v] *= inv;
+        if (j->grad) {
+            /* softmax_xent_backward's arithmetic, in the same pass: the
+             * same bits as the forward then the backward */
+            const int32_t t = j->targets[r];
+            const float pt = (p[t] * inv - 1.0f) * j->scale;
+            for (int v = 0; v < V; v++)
+                p[v] = (p[v] * inv) * j->scale;
+            p[t] = pt;
+        } else {
+            for (int v = 0; v < V; v++)
+                p[v] *= inv;
+        }
         /* -log p_t from the logit itself, not from the rounded probability */
         loss += log((double)sum) - (double)lt;
     }
@@ -112,21 +125,34 @@ static void forward_rows(void *ctx, int task)
 
 static int tasks_of(int n, int per) { return (n + per - 1) / per; }
 
-double softmax_xent_forward(float *probs, const float *x, const float *W, const float *b,
-                            const int32_t *targets, int N, int V, int D)
+static double forward(float *probs, const float *x, const float *W, const float *b,
+                      const int32_t *targets, int N, int V, int D, bool grad, float scale)
 {
     for (int r = 0; r < N; r++)
         memcpy(probs + (size_t)r * V, b, sizeof(float) * (size_t)V);
     moe_sgemm(false, true, N, V, D, 1.0f, x, D, W, D, 1.0f, probs, V);
     const int nt = tasks_of(N, SX_ROWS);
     double part[nt > 0 ? nt : 1];
-    struct sx_job j = {.probs = probs, .targets = targets, .loss = part, .N = N, .V = V};
+    struct sx_job j = {.probs = probs, .targets = targets, .loss = part, .scale = scale,
+                       .grad = grad, .N = N, .V = V};
     moe_par_for(nt, forward_rows, &j);
     /* the rows' losses, summed by task in row order */
     double loss = 0;
     for (int t = 0; t < nt; t++)
         loss += part[t];
     return loss;
+}
+
+double softmax_xent_forward(float *probs, const float *x, const float *W, const float *b,
+                            const int32_t *targets, int N, int V, int D)
+{
+    return forward(probs, x, W, b, targets, N, V, D, false, 0.0f);
+}
+
+double softmax_xent_forward_grad(float *dlogits, const float *x, const float *W, const float *b,
+                                 const int32_t *targets, float scale, int N, int V, int D)
+{
+    return forward(dlogits, x, W, b, targets, N, V, D, true, scale);
 }
 
 static void backward_rows(void *ctx, int task)
@@ -147,20 +173,26 @@ static void bias_cols(void *ctx, int task)
     const struct sx_job *j = ctx;
     const int v0 = task * SX_COLS, v1 = v0 + SX_COLS < j->V ? v0 + SX_COLS : j->V;
     for (int r = 0; r < j->N; r++) {
-        const float *p = j->probs + (size_t)r * j->V;
+        const float *p = j->dl + (size_t)r * j->V;
         for (int v = v0; v < v1; v++)
             j->db[v] += p[v];
     }
+}
+
+void softmax_xent_backward_dlogits(float *dx, float *dW, float *db, const float *dlogits,
+                                   const float *x, const float *W, int N, int V, int D)
+{
+    struct sx_job j = {.dl = dlogits, .db = db, .N = N, .V = V};
+    moe_par_for(tasks_of(V, SX_COLS), bias_cols, &j);
+    moe_sgemm(true, false, V, D, N, 1.0f, dlogits, V, x, D, 1.0f, dW, D);
+    moe_sgemm(false, false, N, D, V, 1.0f, dlogits, V, W, D, 1.0f, dx, D);
 }
 
 void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const float *x,
                            const float *W, const int32_t *targets, float scale, int N, int V,
                            int D)
 {
-    struct sx_job j = {.probs = probs, .db = db, .targets = targets, .scale = scale, .N = N,
-                       .V = V};
+    struct sx_job j = {.probs = probs, .targets = targets, .scale = scale, .N = N, .V = V};
     moe_par_for(tasks_of(N, SX_ROWS), backward_rows, &j);
-    moe_par_for(tasks_of(V, SX_COLS), bias_cols, &j);
-    moe_sgemm(true, false, V, D, N, 1.0f, probs, V, x, D, 1.0f, dW, D);
-    moe_sgemm(false, false, N, D, V, 1.0f, probs, V, W, D, 1.0f, dx, D);
+    softmax_xent_backward_dlogits(dx, dW, db, probs, x, W, N, V, D);
 }

@@ -19,6 +19,17 @@ void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const 
                            const float *W, const int32_t *targets, float scale, int N, int V,
                            int D);
 
+/* Training: the forward and the backward's elementwise part in one pass
+ * over the logits. Leaves scale * (p - onehot(target)) in dlogits (N,V),
+ * bit for bit what softmax_xent_forward then softmax_xent_backward's first
+ * step give, and returns the same loss. */
+double softmax_xent_forward_grad(float *dlogits, const float *x, const float *W, const float *b,
+                                 const int32_t *targets, float scale, int N, int V, int D);
+
+/* The rest of the backward from those dlogits: accumulates dW, db and dx. */
+void softmax_xent_backward_dlogits(float *dx, float *dW, float *db, const float *dlogits,
+                                   const float *x, const float *W, int N, int V, int D);
+
 /* exp for the softmax: a polynomial with range reduction that the compiler
  * vectorises; relative error below 2e-7 on [-87, 88]. */
 float softmax_fast_expf(float x);

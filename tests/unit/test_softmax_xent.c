@@ -175,6 +175,58 @@ START_TEST(sx_backward_dlogits)
 }
 END_TEST
 
+/* Training's fused pass (forward_grad, then backward_dlogits) gives the
+ * same loss, dlogits and gradients, bit for bit, as forward then backward. */
+START_TEST(sx_fused_equals_forward_backward)
+{
+    enum { BN = 37, BV = 3001, BD = 9 };
+    float *x = malloc(sizeof(float) * BN * BD), *W = malloc(sizeof(float) * BV * BD),
+          *b = malloc(sizeof(float) * BV);
+    int32_t *t = malloc(sizeof(int32_t) * BN);
+    ck_assert(x && W && b && t);
+    tu_fill(x, BN * BD, 73, 1.0f);
+    tu_fill(W, BV * BD, 74, 1.0f);
+    tu_fill(b, BV, 75, 1.0f);
+    for (int r = 0; r < BN; r++)
+        t[r] = (r * 389) % BV;
+    float *pr[2], *dx[2], *dW[2], *db[2];
+    double loss[2];
+    const float scale = 1.0f / 37.0f;
+    for (int k = 0; k < 2; k++) {
+        pr[k] = malloc(sizeof(float) * BN * BV);
+        dx[k] = calloc(BN * BD, sizeof(float));
+        dW[k] = calloc(BV * BD, sizeof(float));
+        db[k] = calloc(BV, sizeof(float));
+        ck_assert(pr[k] && dx[k] && dW[k] && db[k]);
+    }
+    loss[0] = softmax_xent_forward(pr[0], x, W, b, t, BN, BV, BD);
+    softmax_xent_backward(dx[0], dW[0], db[0], pr[0], x, W, t, scale, BN, BV, BD);
+    loss[1] = softmax_xent_forward_grad(pr[1], x, W, b, t, scale, BN, BV, BD);
+    softmax_xent_backward_dlogits(dx[1], dW[1], db[1], pr[1], x, W, BN, BV, BD);
+    ck_assert(loss[0] == loss[1]);
+    ck_assert_int_eq(memcmp(pr[0], pr[1], sizeof(float) * BN * BV), 0);
+    ck_assert_int_eq(memcmp(db[0], db[1], sizeof(float) * BV), 0);
+    ck_assert_int_eq(memcmp(dW[0], dW[1], sizeof(float) * BV * BD), 0);
+    ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * BN * BD), 0);
+    /* dlogits of a row sum to 0 (p sums to 1, minus the one-hot) */
+    double rs = 0;
+    for (int v = 0; v < BV; v++)
+        rs += pr[1][v];
+    ck_assert(fabs(rs) < 1e-6);
+    ck_assert(pr[1][t[0]] < 0.0f);
+    for (int k = 0; k < 2; k++) {
+        free(pr[k]);
+        free(dx[k]);
+        free(dW[k]);
+        free(db[k]);
+    }
+    free(x);
+    free(W);
+    free(b);
+    free(t);
+}
+END_TEST
+
 /* Rows run as moe_par tasks of 16 and the bias gradient as tasks of 2048
  * columns: 100 rows over 5000 words give the same loss, dlogits and
  * gradients, bit for bit, with 1 and with 3 threads. */
@@ -235,6 +287,7 @@ Suite *test_softmax_xent_suite(void)
     tcase_add_test(tc, sx_forward_uniform_by_hand);
     tcase_add_test(tc, sx_backward_dlogits);
     tcase_add_test(tc, sx_threads_bitwise);
+    tcase_add_test(tc, sx_fused_equals_forward_backward);
     suite_add_tcase(s, tc);
     return s;
 }
