@@ -175,55 +175,77 @@ START_TEST(sx_backward_dlogits)
 }
 END_TEST
 
+/* A layer of n rows over v words of width d with random inputs, and two
+ * sets of outputs to compare bitwise. */
+struct sx_pair {
+    int n, v, d;
+    float *x, *W, *b;
+    int32_t *t;
+    float *pr[2], *dx[2], *dW[2], *db[2];
+    double loss[2];
+};
+
+static void pair_init(struct sx_pair *c, int n, int v, int d, uint32_t stream, int32_t tstep)
+{
+    *c = (struct sx_pair){.n = n, .v = v, .d = d};
+    c->x = malloc(sizeof(float) * (size_t)n * d);
+    c->W = malloc(sizeof(float) * (size_t)v * d);
+    c->b = malloc(sizeof(float) * (size_t)v);
+    c->t = malloc(sizeof(int32_t) * (size_t)n);
+    ck_assert(c->x && c->W && c->b && c->t);
+    tu_fill(c->x, (size_t)n * d, stream, 1.0f);
+    tu_fill(c->W, (size_t)v * d, stream + 1, 1.0f);
+    tu_fill(c->b, (size_t)v, stream + 2, 1.0f);
+    for (int r = 0; r < n; r++)
+        c->t[r] = (int32_t)(((int64_t)r * tstep) % v);
+    for (int k = 0; k < 2; k++) {
+        c->pr[k] = malloc(sizeof(float) * (size_t)n * v);
+        c->dx[k] = calloc((size_t)n * d, sizeof(float));
+        c->dW[k] = calloc((size_t)v * d, sizeof(float));
+        c->db[k] = calloc((size_t)v, sizeof(float));
+        ck_assert(c->pr[k] && c->dx[k] && c->dW[k] && c->db[k]);
+    }
+}
+
+/* Both sets equal, bit for bit; then freed. */
+static void pair_check_free(struct sx_pair *c)
+{
+    const size_t n = (size_t)c->n, v = (size_t)c->v, d = (size_t)c->d;
+    ck_assert(c->loss[0] == c->loss[1]);
+    ck_assert_int_eq(memcmp(c->pr[0], c->pr[1], sizeof(float) * n * v), 0);
+    ck_assert_int_eq(memcmp(c->db[0], c->db[1], sizeof(float) * v), 0);
+    ck_assert_int_eq(memcmp(c->dW[0], c->dW[1], sizeof(float) * v * d), 0);
+    ck_assert_int_eq(memcmp(c->dx[0], c->dx[1], sizeof(float) * n * d), 0);
+    for (int k = 0; k < 2; k++) {
+        free(c->pr[k]);
+        free(c->dx[k]);
+        free(c->dW[k]);
+        free(c->db[k]);
+    }
+    free(c->x);
+    free(c->W);
+    free(c->b);
+    free(c->t);
+}
+
 /* Training's fused pass (forward_grad, then backward_dlogits) gives the
  * same loss, dlogits and gradients, bit for bit, as forward then backward. */
 START_TEST(sx_fused_equals_forward_backward)
 {
-    enum { BN = 37, BV = 3001, BD = 9 };
-    float *x = malloc(sizeof(float) * BN * BD), *W = malloc(sizeof(float) * BV * BD),
-          *b = malloc(sizeof(float) * BV);
-    int32_t *t = malloc(sizeof(int32_t) * BN);
-    ck_assert(x && W && b && t);
-    tu_fill(x, BN * BD, 73, 1.0f);
-    tu_fill(W, BV * BD, 74, 1.0f);
-    tu_fill(b, BV, 75, 1.0f);
-    for (int r = 0; r < BN; r++)
-        t[r] = (r * 389) % BV;
-    float *pr[2], *dx[2], *dW[2], *db[2];
-    double loss[2];
+    struct sx_pair c;
+    pair_init(&c, 37, 3001, 9, 73, 389);
     const float scale = 1.0f / 37.0f;
-    for (int k = 0; k < 2; k++) {
-        pr[k] = malloc(sizeof(float) * BN * BV);
-        dx[k] = calloc(BN * BD, sizeof(float));
-        dW[k] = calloc(BV * BD, sizeof(float));
-        db[k] = calloc(BV, sizeof(float));
-        ck_assert(pr[k] && dx[k] && dW[k] && db[k]);
-    }
-    loss[0] = softmax_xent_forward(pr[0], x, W, b, t, BN, BV, BD);
-    softmax_xent_backward(dx[0], dW[0], db[0], pr[0], x, W, t, scale, BN, BV, BD);
-    loss[1] = softmax_xent_forward_grad(pr[1], x, W, b, t, scale, BN, BV, BD);
-    softmax_xent_backward_dlogits(dx[1], dW[1], db[1], pr[1], x, W, BN, BV, BD);
-    ck_assert(loss[0] == loss[1]);
-    ck_assert_int_eq(memcmp(pr[0], pr[1], sizeof(float) * BN * BV), 0);
-    ck_assert_int_eq(memcmp(db[0], db[1], sizeof(float) * BV), 0);
-    ck_assert_int_eq(memcmp(dW[0], dW[1], sizeof(float) * BV * BD), 0);
-    ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * BN * BD), 0);
+    c.loss[0] = softmax_xent_forward(c.pr[0], c.x, c.W, c.b, c.t, c.n, c.v, c.d);
+    softmax_xent_backward(c.dx[0], c.dW[0], c.db[0], c.pr[0], c.x, c.W, c.t, scale, c.n, c.v, c.d);
+    c.loss[1] = softmax_xent_forward_grad(c.pr[1], c.x, c.W, c.b, c.t, scale, c.n, c.v, c.d);
+    softmax_xent_backward_dlogits(c.dx[1], c.dW[1], c.db[1], c.pr[1], c.x, c.W, c.n, c.v, c.d);
     /* dlogits of a row sum to 0 (p sums to 1, minus the one-hot) */
     double rs = 0;
-    for (int v = 0; v < BV; v++)
-        rs += pr[1][v];
+    for (int v = 0; v < c.v; v++)
+        rs += c.pr[1][v];
     ck_assert(fabs(rs) < 1e-6);
-    ck_assert(pr[1][t[0]] < 0.0f);
-    for (int k = 0; k < 2; k++) {
-        free(pr[k]);
-        free(dx[k]);
-        free(dW[k]);
-        free(db[k]);
-    }
-    free(x);
-    free(W);
-    free(b);
-    free(t);
+    ck_assert(c.pr[1][c.t[0]] < 0.0f);
+    pair_check_free(&c);
 }
 END_TEST
 
@@ -232,45 +254,17 @@ END_TEST
  * gradients, bit for bit, with 1 and with 3 threads. */
 START_TEST(sx_threads_bitwise)
 {
-    enum { BN = 100, BV = 5000, BD = 7 };
-    float *x = malloc(sizeof(float) * BN * BD), *W = malloc(sizeof(float) * BV * BD),
-          *b = malloc(sizeof(float) * BV);
-    int32_t *t = malloc(sizeof(int32_t) * BN);
-    ck_assert(x && W && b && t);
-    tu_fill(x, BN * BD, 70, 1.0f);
-    tu_fill(W, BV * BD, 71, 1.0f);
-    tu_fill(b, BV, 72, 1.0f);
-    for (int r = 0; r < BN; r++)
-        t[r] = (r * 997) % BV;
-    float *probs[2], *dx[2], *dW[2], *db[2];
-    double loss[2];
+    struct sx_pair c;
+    pair_init(&c, 100, 5000, 7, 70, 997);
     for (int k = 0; k < 2; k++) {
-        probs[k] = malloc(sizeof(float) * BN * BV);
-        dx[k] = calloc(BN * BD, sizeof(float));
-        dW[k] = calloc(BV * BD, sizeof(float));
-        db[k] = calloc(BV, sizeof(float));
-        ck_assert(probs[k] && dx[k] && dW[k] && db[k]);
         moe_par_set_threads(k ? 3 : 1);
-        loss[k] = softmax_xent_forward(probs[k], x, W, b, t, BN, BV, BD);
-        softmax_xent_backward(dx[k], dW[k], db[k], probs[k], x, W, t, 0.01f, BN, BV, BD);
+        c.loss[k] = softmax_xent_forward(c.pr[k], c.x, c.W, c.b, c.t, c.n, c.v, c.d);
+        softmax_xent_backward(c.dx[k], c.dW[k], c.db[k], c.pr[k], c.x, c.W, c.t, 0.01f, c.n, c.v,
+                              c.d);
     }
     moe_par_set_threads(1);
-    ck_assert(loss[0] == loss[1]);
-    ck_assert_double_gt(loss[0], 0.1 * BN); /* -log p over 5000 words */
-    ck_assert_int_eq(memcmp(probs[0], probs[1], sizeof(float) * BN * BV), 0);
-    ck_assert_int_eq(memcmp(db[0], db[1], sizeof(float) * BV), 0);
-    ck_assert_int_eq(memcmp(dW[0], dW[1], sizeof(float) * BV * BD), 0);
-    ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * BN * BD), 0);
-    for (int k = 0; k < 2; k++) {
-        free(probs[k]);
-        free(dx[k]);
-        free(dW[k]);
-        free(db[k]);
-    }
-    free(x);
-    free(W);
-    free(b);
-    free(t);
+    ck_assert_double_gt(c.loss[0], 0.1 * c.n); /* -log p over 5000 words */
+    pair_check_free(&c);
 }
 END_TEST
 
