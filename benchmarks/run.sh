@@ -158,7 +158,7 @@ if os.path.exists(os.path.join(out, "big.json")):
     b = J("big.json")
     rss = ", ".join(f"{k} {v:.0f}" for k, v in b["peak_rss_mb"].items() if v)
     rows.append(f"| MoE-{b['n_experts']}: {b['expert_params'] / 1e9:.2f}B expert parameters, 2 servers, "
-                f"{b['steps']} steps of {b['rows_per_step']} rows | {b['step_time_s']:.1f} s/step | "
+                f"{b['steps']} steps of {b['rows_per_step']} tokens | {b['step_time_s']:.1f} s/step | "
                 f"peak RSS (MB): {rss} | machine memory 24 GB | **{b['total_peak_rss_mb'] / 1024:.1f} GB** "
                 f"peak in all |")
 table = "| measurement | speed | work | limit measured in the same run | ratio |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
