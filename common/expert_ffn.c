@@ -31,38 +31,26 @@ struct expert_ffn_params expert_ffn_view(float *block, int D, int H)
 
 struct ffn_job {
     float *z, *dz, *db;
-    const float *zc, *m;
+    const float *zc;
     int R, C;
 };
-
-static int tasks_of(int n, int per) { return (n + per - 1) / per; }
 
 static void relu_rows(void *ctx, int task)
 {
     const struct ffn_job *j = ctx;
-    const int r0 = task * FFN_ROWS, r1 = r0 + FFN_ROWS < j->R ? r0 + FFN_ROWS : j->R;
+    int r0, r1;
+    moe_par_span(task, FFN_ROWS, j->R, &r0, &r1);
     float *z = j->z + (size_t)r0 * j->C;
     for (size_t i = 0, n = (size_t)(r1 - r0) * j->C; i < n; i++)
         z[i] = z[i] > 0.0f ? z[i] : 0.0f;
-}
-
-/* db[c] += sum_r m[r][c] for the task's columns. */
-static void colsum_cols(void *ctx, int task)
-{
-    const struct ffn_job *j = ctx;
-    const int c0 = task * FFN_COLS, c1 = c0 + FFN_COLS < j->C ? c0 + FFN_COLS : j->C;
-    for (int r = 0; r < j->R; r++) {
-        const float *row = j->m + (size_t)r * j->C;
-        for (int c = c0; c < c1; c++)
-            j->db[c] += row[c];
-    }
 }
 
 /* dz = dz * [z > 0], then db += its column sums, for the task's columns. */
 static void relu_back_cols(void *ctx, int task)
 {
     const struct ffn_job *j = ctx;
-    const int c0 = task * FFN_COLS, c1 = c0 + FFN_COLS < j->C ? c0 + FFN_COLS : j->C;
+    int c0, c1;
+    moe_par_span(task, FFN_COLS, j->C, &c0, &c1);
     for (int r = 0; r < j->R; r++) {
         float *d = j->dz + (size_t)r * j->C;
         const float *z = j->zc + (size_t)r * j->C;
@@ -83,7 +71,7 @@ void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_
         memcpy(z + (size_t)r * H, p->b1, sizeof(float) * (size_t)H);
     moe_sgemm(false, true, R, H, D, 1.0f, x, D, p->w1, D, 1.0f, z, H);
     struct ffn_job j = {.z = z, .R = R, .C = H};
-    moe_par_for(tasks_of(R, FFN_ROWS), relu_rows, &j);
+    moe_par_for(moe_par_tasks(R, FFN_ROWS), relu_rows, &j);
     for (int r = 0; r < R; r++)
         memcpy(y + (size_t)r * D, p->b2, sizeof(float) * (size_t)D);
     moe_sgemm(false, true, R, D, H, 1.0f, z, H, p->w2, H, 1.0f, y, D);
@@ -97,12 +85,11 @@ void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *d
         return;
     /* dW2 += dy^T z; db2 += sum_r dy */
     moe_sgemm(true, false, D, H, R, 1.0f, dy, D, z, H, 1.0f, dp->w2, H);
-    struct ffn_job j2 = {.db = dp->b2, .m = dy, .R = R, .C = D};
-    moe_par_for(tasks_of(D, FFN_COLS), colsum_cols, &j2);
+    moe_par_colsum_acc(dp->b2, dy, R, D);
     /* dz = (dy W2) * [z > 0]; db1 += sum_r dz */
     moe_sgemm(false, false, R, H, D, 1.0f, dy, D, p->w2, H, 0.0f, dz_work, H);
     struct ffn_job j1 = {.dz = dz_work, .zc = z, .db = dp->b1, .R = R, .C = H};
-    moe_par_for(tasks_of(H, FFN_COLS), relu_back_cols, &j1);
+    moe_par_for(moe_par_tasks(H, FFN_COLS), relu_back_cols, &j1);
     /* dW1 += dz^T x; dx = dz W1 */
     moe_sgemm(true, false, H, D, R, 1.0f, dz_work, H, x, D, 1.0f, dp->w1, D);
     moe_sgemm(false, false, R, D, H, 1.0f, dz_work, H, p->w1, D, 0.0f, dx, D);

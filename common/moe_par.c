@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -166,4 +167,38 @@ void moe_par_for(int n, moe_par_fn fn, void *ctx)
         pthread_cond_wait(&P.done, &P.mu);
     pthread_mutex_unlock(&P.mu);
     atomic_flag_clear(&P.in_use);
+}
+
+int moe_par_tasks(int n, int per) { return n > 0 ? (n + per - 1) / per : 0; }
+
+void moe_par_span(int task, int per, int n, int *lo, int *hi)
+{
+    *lo = task * per;
+    *hi = n - *lo > per ? *lo + per : n;
+}
+
+#define COLSUM_COLS 256
+
+struct colsum_job {
+    float *acc;
+    const float *m;
+    int rows, cols;
+};
+
+static void colsum_task(void *ctx, int task)
+{
+    const struct colsum_job *j = ctx;
+    int c0, c1;
+    moe_par_span(task, COLSUM_COLS, j->cols, &c0, &c1);
+    for (int r = 0; r < j->rows; r++) {
+        const float *row = j->m + (size_t)r * j->cols;
+        for (int c = c0; c < c1; c++)
+            j->acc[c] += row[c];
+    }
+}
+
+void moe_par_colsum_acc(float *acc, const float *m, int rows, int cols)
+{
+    struct colsum_job j = {acc, m, rows, cols};
+    moe_par_for(moe_par_tasks(cols, COLSUM_COLS), colsum_task, &j);
 }

@@ -25,4 +25,13 @@ void moe_par_for(int n, moe_par_fn fn, void *ctx);
 /* Stops the helpers (also done at exit). */
 void moe_par_shutdown(void);
 
+/* Tasks of `per` items covering n items, and the items [*lo, *hi) of one. */
+int moe_par_tasks(int n, int per);
+void moe_par_span(int task, int per, int n, int *lo, int *hi);
+
+/* acc[c] += m[0][c] + m[1][c] + ... (rows x cols, row-major), each column
+ * summed in row order; blocks of columns are the tasks, so the result is
+ * the serial loop's, bit for bit, for any thread count. */
+void moe_par_colsum_acc(float *acc, const float *m, int rows, int cols);
+
 #endif

@@ -10,9 +10,8 @@
 
 #define GATE_NOISE_EPS 1e-2f
 #define CV_EPS 1e-10
-/* rows per moe_par task, and experts per task of the Load sums */
+/* rows per moe_par task */
 #define GATE_ROWS 32
-#define GATE_COLS 64
 
 static inline int gate_m(const struct gate_dims *d) { return d->K + 1 < d->E ? d->K + 1 : d->E; }
 
@@ -78,7 +77,7 @@ struct gate_job {
     struct gate_cache *c;
     const struct gate_cache *cc;
     const struct gate_dims *d;
-    float *load, *work;
+    float *work;
     const float *dgates, *dimp, *dload;
 };
 
@@ -91,8 +90,9 @@ static void forward_rows(void *ctx, int task)
     const struct gate_dims *d = jb->d;
     const int N = d->N, E = d->E, K = d->K, M = gate_m(d);
     const bool smooth_load = d->train && K < E;
-    const int r1 = (task + 1) * GATE_ROWS < N ? (task + 1) * GATE_ROWS : N;
-    for (int r = task * GATE_ROWS; r < r1; r++) {
+    int r0, r1;
+    moe_par_span(task, GATE_ROWS, N, &r0, &r1);
+    for (int r = r0; r < r1; r++) {
         const size_t o = (size_t)r * E;
         const float *cl = c->clean + o;
         float *sd = c->std + o, *h = c->H + o;
@@ -139,21 +139,6 @@ static void forward_rows(void *ctx, int task)
     }
 }
 
-/* Load of experts [GATE_COLS * task, ...): their Phi terms, rows in order. */
-static void load_cols(void *ctx, int task)
-{
-    const struct gate_job *jb = ctx;
-    const int N = jb->d->N, E = jb->d->E;
-    const int i0 = task * GATE_COLS, i1 = i0 + GATE_COLS < E ? i0 + GATE_COLS : E;
-    for (int r = 0; r < N; r++) {
-        const float *p = jb->c->p + (size_t)r * E;
-        for (int i = i0; i < i1; i++)
-            jb->load[i] += p[i];
-    }
-}
-
-static int tasks_of(int n, int per) { return (n + per - 1) / per; }
-
 void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x, const float *w_g,
                   const float *w_noise, const struct gate_dims *d)
 {
@@ -165,8 +150,8 @@ void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x,
     else
         memset(c->nl, 0, sizeof(float) * (size_t)N * E);
 
-    struct gate_job jb = {.c = c, .d = d, .load = load};
-    moe_par_for(tasks_of(N, GATE_ROWS), forward_rows, &jb);
+    struct gate_job jb = {.c = c, .d = d};
+    moe_par_for(moe_par_tasks(N, GATE_ROWS), forward_rows, &jb);
     /* Importance and Load: sums over rows in row order */
     for (int r = 0; r < N; r++) {
         const float *g = c->gates + (size_t)r * K;
@@ -179,7 +164,7 @@ void gate_forward(struct gate_cache *c, float *imp, float *load, const float *x,
                     load[ti[j]] += 1.0f;
     }
     if (smooth_load)
-        moe_par_for(tasks_of(E, GATE_COLS), load_cols, &jb);
+        moe_par_colsum_acc(load, c->p, N, E);
 }
 
 double gate_cv_squared(const float *v, int n, float *dv)
@@ -230,8 +215,9 @@ static void backward_rows(void *ctx, int task)
     const bool smooth_load = d->train && K < E;
     const float *dimp = jb->dimp, *dload = jb->dload;
     float *dclean = jb->work, *dnl = jb->work + (size_t)N * E;
-    const int r1 = (task + 1) * GATE_ROWS < N ? (task + 1) * GATE_ROWS : N;
-    for (int r = task * GATE_ROWS; r < r1; r++) {
+    int r0, r1;
+    moe_par_span(task, GATE_ROWS, N, &r0, &r1);
+    for (int r = r0; r < r1; r++) {
         const size_t o = (size_t)r * E;
         const float *g = c->gates + (size_t)r * K;
         const int32_t *ti = c->topi + (size_t)r * M;
@@ -294,7 +280,7 @@ void gate_backward(float *dx, float *dw_g, float *dw_noise, float *work, const f
     float *dclean = work, *dnl = work + (size_t)N * E;
     struct gate_job jb = {.cc = c, .d = d, .work = work, .dgates = dgates, .dimp = dimp,
                           .dload = dload};
-    moe_par_for(tasks_of(N, GATE_ROWS), backward_rows, &jb);
+    moe_par_for(moe_par_tasks(N, GATE_ROWS), backward_rows, &jb);
     moe_sgemm(true, false, D, E, N, 1.0f, x, D, dclean, E, 1.0f, dw_g, E);
     moe_sgemm(false, true, N, D, E, 1.0f, dclean, E, w_g, E, 1.0f, dx, D);
     if (d->train) {

@@ -80,13 +80,11 @@ static float row_exp_sum(float *p, int V, float mx)
     return s;
 }
 
-/* Rows per moe_par task, and columns per task of the bias gradient. */
+/* Rows per moe_par task. */
 #define SX_ROWS 16
-#define SX_COLS 2048
 
 struct sx_job {
-    float *probs, *db;
-    const float *dl;  /* dlogits read by bias_cols */
+    float *probs;
     const int32_t *targets;
     double *loss;  /* per task of SX_ROWS rows */
     float scale;
@@ -97,9 +95,11 @@ struct sx_job {
 static void forward_rows(void *ctx, int task)
 {
     const struct sx_job *j = ctx;
-    const int V = j->V, r1 = (task + 1) * SX_ROWS < j->N ? (task + 1) * SX_ROWS : j->N;
+    const int V = j->V;
+    int r0, r1;
+    moe_par_span(task, SX_ROWS, j->N, &r0, &r1);
     double loss = 0;
-    for (int r = task * SX_ROWS; r < r1; r++) {
+    for (int r = r0; r < r1; r++) {
         float *p = j->probs + (size_t)r * V;
         const float mx = row_max(p, V);
         const float lt = p[j->targets[r]] - mx;
@@ -123,15 +123,13 @@ static void forward_rows(void *ctx, int task)
     j->loss[task] = loss;
 }
 
-static int tasks_of(int n, int per) { return (n + per - 1) / per; }
-
 static double forward(float *probs, const float *x, const float *W, const float *b,
                       const int32_t *targets, int N, int V, int D, bool grad, float scale)
 {
     for (int r = 0; r < N; r++)
         memcpy(probs + (size_t)r * V, b, sizeof(float) * (size_t)V);
     moe_sgemm(false, true, N, V, D, 1.0f, x, D, W, D, 1.0f, probs, V);
-    const int nt = tasks_of(N, SX_ROWS);
+    const int nt = moe_par_tasks(N, SX_ROWS);
     double part[nt > 0 ? nt : 1];
     struct sx_job j = {.probs = probs, .targets = targets, .loss = part, .scale = scale,
                        .grad = grad, .N = N, .V = V};
@@ -158,8 +156,10 @@ double softmax_xent_forward_grad(float *dlogits, const float *x, const float *W,
 static void backward_rows(void *ctx, int task)
 {
     const struct sx_job *j = ctx;
-    const int V = j->V, r1 = (task + 1) * SX_ROWS < j->N ? (task + 1) * SX_ROWS : j->N;
-    for (int r = task * SX_ROWS; r < r1; r++) {
+    const int V = j->V;
+    int r0, r1;
+    moe_par_span(task, SX_ROWS, j->N, &r0, &r1);
+    for (int r = r0; r < r1; r++) {
         float *p = j->probs + (size_t)r * V;
         p[j->targets[r]] -= 1.0f;
         for (int v = 0; v < V; v++)
@@ -167,23 +167,10 @@ static void backward_rows(void *ctx, int task)
     }
 }
 
-/* db over columns [SX_COLS * task, ...): rows added in order. */
-static void bias_cols(void *ctx, int task)
-{
-    const struct sx_job *j = ctx;
-    const int v0 = task * SX_COLS, v1 = v0 + SX_COLS < j->V ? v0 + SX_COLS : j->V;
-    for (int r = 0; r < j->N; r++) {
-        const float *p = j->dl + (size_t)r * j->V;
-        for (int v = v0; v < v1; v++)
-            j->db[v] += p[v];
-    }
-}
-
 void softmax_xent_backward_dlogits(float *dx, float *dW, float *db, const float *dlogits,
                                    const float *x, const float *W, int N, int V, int D)
 {
-    struct sx_job j = {.dl = dlogits, .db = db, .N = N, .V = V};
-    moe_par_for(tasks_of(V, SX_COLS), bias_cols, &j);
+    moe_par_colsum_acc(db, dlogits, N, V);
     moe_sgemm(true, false, V, D, N, 1.0f, dlogits, V, x, D, 1.0f, dW, D);
     moe_sgemm(false, false, N, D, V, 1.0f, dlogits, V, W, D, 1.0f, dx, D);
 }
@@ -193,6 +180,6 @@ void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const 
                            int D)
 {
     struct sx_job j = {.probs = probs, .targets = targets, .scale = scale, .N = N, .V = V};
-    moe_par_for(tasks_of(N, SX_ROWS), backward_rows, &j);
+    moe_par_for(moe_par_tasks(N, SX_ROWS), backward_rows, &j);
     softmax_xent_backward_dlogits(dx, dW, db, probs, x, W, N, V, D);
 }

@@ -444,12 +444,12 @@ START_TEST(gate_split_rows_bitwise)
 }
 END_TEST
 
-/* Rows run as moe_par tasks (32 rows each) and Load as tasks of 64
- * experts: forward and backward over 150 rows and 100 experts give the
- * same bits with 1 and with 3 threads. */
+/* Rows run as moe_par tasks (32 rows each) and Load as column sums over
+ * tasks of 256 experts: forward and backward over 150 rows and 300
+ * experts give the same bits with 1 and with 3 threads. */
 START_TEST(gate_threads_bitwise)
 {
-    enum { N = 150, E = 100, K = 4 };
+    enum { N = 150, E = 300, K = 4 };
     struct gfix f[2];
     float *dx[2], *dwg[2], *dwn[2], *work[2];
     const int D = 2 * E;

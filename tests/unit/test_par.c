@@ -1,12 +1,14 @@
 /* Unit tests for common/moe_par: every task runs exactly once for any task
  * count and thread count, jobs follow one another without mixing (each job
  * checks its own context), a call from inside a task runs serially and
- * still completes, and the thread count can be changed between jobs. */
+ * still completes, the thread count can be changed between jobs, and the
+ * column sums keep the serial loop's bits. */
 #include <check.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #include "moe_par.h"
+#include "test_util.h"
 
 Suite *test_par_suite(void);
 
@@ -87,6 +89,31 @@ START_TEST(par_nested_runs_serially)
 }
 END_TEST
 
+/* moe_par_colsum_acc equals the serial loop (each column summed in row
+ * order, onto what was there) bit for bit, over several column tasks and
+ * a short last one, at 3 threads. */
+START_TEST(par_colsum_equals_serial)
+{
+    enum { R = 77, C = 600 };
+    static float m[R * C], got[C], want[C];
+    tu_fill(m, R * C, 30, 1.0f);
+    tu_fill(got, C, 31, 1.0f);
+    memcpy(want, got, sizeof want);
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            want[c] += m[r * C + c];
+    moe_par_set_threads(3);
+    moe_par_colsum_acc(got, m, R, C);
+    moe_par_set_threads(1);
+    ck_assert_int_eq(memcmp(got, want, sizeof want), 0);
+    ck_assert_int_eq(moe_par_tasks(C, 256), 3);
+    ck_assert_int_eq(moe_par_tasks(0, 256), 0);
+    int lo, hi;
+    moe_par_span(2, 256, C, &lo, &hi);
+    ck_assert(lo == 512 && hi == C);
+}
+END_TEST
+
 Suite *test_par_suite(void)
 {
     Suite *s = suite_create("par");
@@ -94,6 +121,7 @@ Suite *test_par_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, par_each_task_once);
     tcase_add_test(tc, par_nested_runs_serially);
+    tcase_add_test(tc, par_colsum_equals_serial);
     suite_add_tcase(s, tc);
     return s;
 }

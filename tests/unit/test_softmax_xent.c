@@ -249,7 +249,7 @@ START_TEST(sx_fused_equals_forward_backward)
 }
 END_TEST
 
-/* Rows run as moe_par tasks of 16 and the bias gradient as tasks of 2048
+/* Rows run as moe_par tasks of 16 and the bias gradient as tasks of 256
  * columns: 100 rows over 5000 words give the same loss, dlogits and
  * gradients, bit for bit, with 1 and with 3 threads. */
 START_TEST(sx_threads_bitwise)
