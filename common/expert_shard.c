@@ -302,22 +302,36 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
     return backward(s, n, ids, rows, dy, dx, false, 0, 0);
 }
 
+/* Where tensor `part` of an expert (w1, b1, w2, b2) lies: its offset in
+ * the parameter and gradient blocks and in the optimizer state, and its
+ * shape (cols 0 for the 1-D biases). */
+struct part_place {
+    size_t off, soff, rows, cols;
+};
+
+static struct part_place place_of(const expert_shard_t *s, int part)
+{
+    const size_t D = (size_t)s->D, H = (size_t)s->H;
+    const size_t rows[EXPERT_PARTS] = {H, H, D, D}, cols[EXPERT_PARTS] = {D, 0, H, 0};
+    struct part_place pl = {0, 0, rows[part], cols[part]};
+    for (int q = 0; q < part; q++) {
+        pl.off += rows[q] * (cols[q] ? cols[q] : 1);
+        pl.soff += moe_fadam_state_size(rows[q], cols[q]);
+    }
+    return pl;
+}
+
 /* Brings expert i's second moments up to step `upto` (the decays of the
  * steps it got no rows in, in order; bitwise what updating it with a zero
  * gradient every step would have done). */
 static void catch_up(expert_shard_t *s, int i, int64_t upto)
 {
-    const size_t D = (size_t)s->D, H = (size_t)s->H;
-    for (int64_t u = s->t[i] + 1; u <= upto; u++) {
-        float *st = expert_shard_opt_state(s, i);
-        moe_fadam_decay(st, H, D, u, &s->opts);
-        st += moe_fadam_state_size(H, D);
-        moe_fadam_decay(st, H, 0, u, &s->opts);
-        st += H;
-        moe_fadam_decay(st, D, H, u, &s->opts);
-        st += moe_fadam_state_size(D, H);
-        moe_fadam_decay(st, D, 0, u, &s->opts);
-    }
+    float *st = expert_shard_opt_state(s, i);
+    for (int64_t u = s->t[i] + 1; u <= upto; u++)
+        for (int part = 0; part < EXPERT_PARTS; part++) {
+            const struct part_place pl = place_of(s, part);
+            moe_fadam_decay(st + pl.soff, pl.rows, pl.cols, u, &s->opts);
+        }
     if (upto > s->t[i])
         s->t[i] = upto;
 }
@@ -343,23 +357,12 @@ static void update_part(void *ctx, int task)
     static const int order[EXPERT_PARTS] = {0, 2, 1, 3};
     const struct update_job *j = ctx;
     expert_shard_t *s = j->s;
-    const int part = order[task];
-    size_t off = 0, soff = 0, len = 0, slen = 0;
-    for (int q = 0; q <= part; q++) {
-        const char *suffix;
-        int ndim;
-        int64_t shape[2];
-        off += len;
-        soff += slen;
-        expert_shard_part(q, s->D, s->H, &suffix, &ndim, shape, &slen);
-        len = (size_t)shape[0] * (size_t)(ndim == 2 ? shape[1] : 1);
-        if (q == part)
-            moe_fadam_update(expert_shard_params(s, j->i) + off,
-                             expert_shard_grads(s, j->i) + off,
-                             expert_shard_opt_state(s, j->i) + soff, (size_t)shape[0],
-                             (size_t)shape[1], j->t, j->lr, &s->opts);
-    }
-    memset(expert_shard_grads(s, j->i) + off, 0, sizeof(float) * len);
+    const struct part_place pl = place_of(s, order[task]);
+    float *g = expert_shard_grads(s, j->i) + pl.off;
+    moe_fadam_update(expert_shard_params(s, j->i) + pl.off, g,
+                     expert_shard_opt_state(s, j->i) + pl.soff, pl.rows, pl.cols, j->t, j->lr,
+                     &s->opts);
+    memset(g, 0, sizeof(float) * pl.rows * (pl.cols ? pl.cols : 1));
 }
 
 /* Factored Adam on expert i with its gradients at step t, after the
