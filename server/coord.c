@@ -294,21 +294,28 @@ static void ack(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type)
     send_out(c, m->identity, m->identity_len, &o, NULL, 0);
 }
 
-/* Workers waiting for the global vectors of a step that will not complete. */
-static void fail_pending(coord_t *c, const char *why)
+/* Sends `o` (with `rows` rows of data) to every worker waiting for the
+ * global vectors, each with its own request id; none waits afterwards. */
+static void answer_pending(coord_t *c, struct moe_wire_out *o, const float *data, uint64_t rows)
 {
     for (int r = 0; r < c->W; r++) {
         struct pending *p = &c->pending[r];
         if (!p->waiting)
             continue;
-        struct moe_wire_out o = {0};
-        o.type = MOE__MSG_TYPE__MSG_ERROR;
-        o.request_id = p->request_id;
-        o.error_code = MOE_ERR_STATE;
-        o.error_text = why;
-        send_out(c, p->identity, p->identity_len, &o, NULL, 0);
+        o->request_id = p->request_id;
+        send_out(c, p->identity, p->identity_len, o, data, rows);
         p->waiting = false;
     }
+}
+
+/* Workers waiting for the global vectors of a step that will not complete. */
+static void fail_pending(coord_t *c, const char *why)
+{
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_ERROR;
+    o.error_code = MOE_ERR_STATE;
+    o.error_text = why;
+    answer_pending(c, &o, NULL, 0);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -672,24 +679,17 @@ static void send_global(coord_t *c, uint32_t flags)
     memcpy(c->reply + 2 * E, coord_stats_global_rows(c->stats), sizeof(float) * (size_t)E);
     int32_t id0 = 0;
     uint32_t one = 1;
-    for (int r = 0; r < c->W; r++) {
-        struct pending *p = &c->pending[r];
-        if (!p->waiting)
-            continue;
-        struct moe_wire_out o = {0};
-        o.type = MOE__MSG_TYPE__MSG_STATS_REPLY;
-        o.step = (uint64_t)coord_stats_completed_step(c->stats);
-        o.request_id = p->request_id;
-        o.expert_ids = &id0;
-        o.row_counts = &one;
-        o.n_experts = 1;
-        o.dtype = MOE__DTYPE__DTYPE_F32;
-        o.width = (uint32_t)(3 * E);
-        o.placement_version = c->placement_version;
-        o.flags = flags;
-        send_out(c, p->identity, p->identity_len, &o, c->reply, 1);
-        p->waiting = false;
-    }
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_STATS_REPLY;
+    o.step = (uint64_t)coord_stats_completed_step(c->stats);
+    o.expert_ids = &id0;
+    o.row_counts = &one;
+    o.n_experts = 1;
+    o.dtype = MOE__DTYPE__DTYPE_F32;
+    o.width = (uint32_t)(3 * E);
+    o.placement_version = c->placement_version;
+    o.flags = flags;
+    answer_pending(c, &o, c->reply, 1);
 }
 
 /* What the workers do after step index s (s + 1 steps done). */
