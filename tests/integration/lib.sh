@@ -23,12 +23,12 @@ expect_fail() {
     echo "  ok: $desc: $(head -n 1 "$WORK/err.txt")"
 }
 
-# wait_for_step LOG N: waits (at most 10 s) until a progress line of step N
-# shows in LOG.
+# wait_for_step LOG N [SECONDS]: waits (at most SECONDS, default 10) until a
+# progress line of step N shows in LOG.
 wait_for_step() {
     n=0
-    until grep -q "^step *$2/" "$1" 2>/dev/null || [ $n -gt 200 ]; do
-        sleep 0.05
+    until grep -q "^step *$2/" "$1" 2>/dev/null || [ $n -gt $((${3:-10} * 50)) ]; do
+        sleep 0.02
         n=$((n + 1))
     done
 }
@@ -85,11 +85,7 @@ cl_worker() { # R
 }
 # cl_wait_step R N: until worker R printed step N (at most 60 s).
 cl_wait_step() {
-    n=0
-    until grep -q "^step *$2/" "$CL/worker-$1.log" 2>/dev/null || [ $n -gt 3000 ]; do
-        sleep 0.02
-        n=$((n + 1))
-    done
+    wait_for_step "$CL/worker-$1.log" "$2" 60
     grep -q "^step *$2/" "$CL/worker-$1.log" || fail "worker $1 never reached step $2"
 }
 # cl_stop: SIGTERM to whatever still runs, then wait for all.
