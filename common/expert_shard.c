@@ -86,13 +86,13 @@ expert_shard_t *expert_shard_new_ex(int D, int H, int n, const int32_t *ids, uin
         struct expert_ffn_params p = expert_ffn_view(s->params + s->P * (size_t)i, D, H);
         char name[96];
         const float b1 = 1.0f / sqrtf((float)D), b2 = 1.0f / sqrtf((float)H);
-        snprintf(name, sizeof name, "moe.experts.%d.w1.weight", s->ids[i]);
+        expert_shard_tensor_name(name, sizeof name, s->ids[i], 0, false);
         moe_rng_fill_uniform(p.w1, (size_t)H * D, name, seed, b1);
-        snprintf(name, sizeof name, "moe.experts.%d.w1.bias", s->ids[i]);
+        expert_shard_tensor_name(name, sizeof name, s->ids[i], 1, false);
         moe_rng_fill_uniform(p.b1, (size_t)H, name, seed, b1);
-        snprintf(name, sizeof name, "moe.experts.%d.w2.weight", s->ids[i]);
+        expert_shard_tensor_name(name, sizeof name, s->ids[i], 2, false);
         moe_rng_fill_uniform(p.w2, (size_t)D * H, name, seed, b2);
-        snprintf(name, sizeof name, "moe.experts.%d.w2.bias", s->ids[i]);
+        expert_shard_tensor_name(name, sizeof name, s->ids[i], 3, false);
         moe_rng_fill_uniform(p.b2, (size_t)D, name, seed, b2);
     }
     return s;
@@ -411,4 +411,14 @@ void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, i
     shape[0] = part <= 1 ? H : D;
     shape[1] = part == 0 ? D : part == 2 ? H : 0;
     *state_floats = part == 0 || part == 2 ? (size_t)(D + H) : part == 1 ? (size_t)H : (size_t)D;
+}
+
+void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool fadam)
+{
+    const char *suffix;
+    int ndim;
+    int64_t shape[2];
+    size_t nst;
+    expert_shard_part(part, 1, 1, &suffix, &ndim, shape, &nst);
+    snprintf(buf, cap, "moe.experts.%d.%s%s", (int)id, suffix, fadam ? ".fadam" : "");
 }

@@ -99,5 +99,8 @@ void expert_shard_zero_grad(expert_shard_t *s);
 #define EXPERT_PARTS 4
 void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, int64_t shape[2],
                        size_t *state_floats);
+/* The checkpoint name of part `part` of expert `id`
+ * ("moe.experts.ID.w1.weight"), with ".fadam" for its optimizer state. */
+void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool fadam);
 
 #endif

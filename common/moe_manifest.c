@@ -1005,7 +1005,7 @@ static int check_experts(const struct xent *x, size_t n, const struct moe_manife
             size_t nst;
             expert_shard_part(part, m->d_model, m->d_hidden, &suffix, &nd, shape, &nst);
             for (int opt = 0; opt < (params_only ? 1 : 2); opt++) {
-                snprintf(name, sizeof name, "moe.experts.%d.%s%s", e, suffix, opt ? ".fadam" : "");
+                expert_shard_tensor_name(name, sizeof name, e, part, opt);
                 const struct xent *t = find_xent(x, n, name);
                 if (!t) {
                     moe_err_set(err, errlen,

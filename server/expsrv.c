@@ -796,11 +796,11 @@ static int load_expert(expsrv_t *s, moe_safetensors_t *st, expert_shard_t *dst, 
         size_t nst;
         expert_shard_part(part, s->D, s->H, &suffix, &nd, shape, &nst);
         char name[96];
-        snprintf(name, sizeof name, "moe.experts.%d.%s", id, suffix);
+        expert_shard_tensor_name(name, sizeof name, id, part, false);
         int rc = moe_safetensors_read_f32(st, name, nd, shape, p, err, errlen);
         if (rc)
             return rc;
-        snprintf(name, sizeof name, "moe.experts.%d.%s.fadam", id, suffix);
+        expert_shard_tensor_name(name, sizeof name, id, part, true);
         int64_t sh1[2] = {(int64_t)nst, 0};
         if ((rc = moe_safetensors_read_f32(st, name, 1, sh1, o, err, errlen)))
             return rc;
@@ -1105,11 +1105,11 @@ int expsrv_write_shard(expsrv_t *s, const char *path, char *err, size_t errlen)
             size_t nst;
             expert_shard_part(part, s->D, s->H, &suffix, &nd, shape, &nst);
             size_t numel = (size_t)shape[0] * (nd == 2 ? (size_t)shape[1] : 1);
-            snprintf(names[k], 96, "moe.experts.%d.%s", expert_shard_id(s->shard, i), suffix);
+            expert_shard_tensor_name(names[k], 96, expert_shard_id(s->shard, i), part, false);
             e[k] = (struct moe_st_entry){names[k], nd, {shape[0], shape[1]}, p};
             sum += moe_checksum_tensor(names[k], p, numel * sizeof(float));
             k++;
-            snprintf(names[k], 96, "moe.experts.%d.%s.fadam", expert_shard_id(s->shard, i), suffix);
+            expert_shard_tensor_name(names[k], 96, expert_shard_id(s->shard, i), part, true);
             e[k] = (struct moe_st_entry){names[k], 1, {(int64_t)nst}, st};
             sum += moe_checksum_tensor(names[k], st, nst * sizeof(float));
             k++;

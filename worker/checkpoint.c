@@ -97,9 +97,9 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
             int64_t shape[2];
             size_t nst;
             expert_shard_part(k, D, H, &suffix, &nd, shape, &nst);
-            snprintf(name, sizeof name, "moe.experts.%d.%s", id, suffix);
+            expert_shard_tensor_name(name, sizeof name, id, k, false);
             rc = tlist_add(model, name, parts[k], nd, shape[0], shape[1]);
-            snprintf(name, sizeof name, "moe.experts.%d.%s.fadam", id, suffix);
+            expert_shard_tensor_name(name, sizeof name, id, k, true);
             if (!rc)
                 rc = tlist_add(optim, name, st, 1, (int64_t)nst, 0);
             st += nst;
