@@ -17,7 +17,6 @@ out="$here/results"
 mkdir -p "$out"
 cd "$top"
 PY=python3
-json() { $PY -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
 # PARTS (default: all of them) picks what to run again; the table is built
 # from the JSON files of the latest run of each part.
