@@ -2,6 +2,9 @@
 #include "moe_rng.h"
 
 #include <math.h>
+#include <string.h>
+
+#include "moe_vmath.h"
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -36,13 +39,19 @@ void moe_rng_philox(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4
     out[3] = c3;
 }
 
+/* Key: the seed, with the purpose mixed into its high word. */
+static inline void rng_key(uint32_t key[2], uint64_t seed, uint32_t purpose)
+{
+    key[0] = (uint32_t)seed;
+    key[1] = (uint32_t)(seed >> 32) ^ (purpose * 0x85EBCA6Bu + 0x27D4EB2Fu);
+}
+
 void moe_rng_block(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row, uint32_t col,
                    uint32_t out[4])
 {
-    /* Key: the seed, with the purpose mixed into its high word. Counter:
-     * step (low 32 bits) | row | col | step (high 32 bits). */
-    const uint32_t key[2] = {(uint32_t)seed,
-                             (uint32_t)(seed >> 32) ^ (purpose * 0x85EBCA6Bu + 0x27D4EB2Fu)};
+    /* Counter: step (low 32 bits) | row | col | step (high 32 bits). */
+    uint32_t key[2];
+    rng_key(key, seed, purpose);
     const uint32_t ctr[4] = {(uint32_t)step, row, col, (uint32_t)(step >> 32)};
     moe_rng_philox(ctr, key, out);
 }
@@ -54,15 +63,89 @@ float moe_rng_uniform(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t r
     return (float)(b[0] >> 8) * (1.0f / 16777216.0f);
 }
 
+/* Box-Muller on two words of a block, in float (moe_vmath): u1 in (0, 1] so
+ * the log is finite, u2 in [0, 1); both are exact 24-bit fractions. The row
+ * function below and the scalar draw share this, so they give the same bits. */
+static inline float box_muller(uint32_t w0, uint32_t w1)
+{
+    const float u1 = (float)((w0 >> 8) + 1u) * (1.0f / 16777216.0f);
+    const float u2 = (float)(w1 >> 8) * (1.0f / 16777216.0f);
+    return sqrtf(-2.0f * moe_vlogf(u1)) * moe_vcos_turns(u2);
+}
+
 float moe_rng_normal(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row, uint32_t col)
 {
     uint32_t b[4];
     moe_rng_block(seed, purpose, step, row, col, b);
-    /* u1 in (0, 1] so the log is finite; computed in double for accuracy,
-     * rounded once to float. */
-    double u1 = ((double)(b[0] >> 8) + 1.0) * (1.0 / 16777216.0);
-    double u2 = (double)(b[1] >> 8) * (1.0 / 16777216.0);
-    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    return box_muller(b[0], b[1]);
+}
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+/* hi and lo words of a * m for 8 lanes: mul_epu32 multiplies the even
+ * lanes, so the odd ones are shifted down and multiplied separately. */
+static inline void mulhilo8(__m256i a, __m256i m, __m256i *hi, __m256i *lo)
+{
+    const __m256i pe = _mm256_mul_epu32(a, m);
+    const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+
+/* Philox4x32-10 for the 8 counters (step, row, col0 + l, step >> 32);
+ * the first two output words of each into w0, w1. */
+static void philox8(uint32_t w0[8], uint32_t w1[8], const uint32_t key[2], uint64_t step,
+                    uint32_t row, uint32_t col0)
+{
+    __m256i c0 = _mm256_set1_epi32((int)(uint32_t)step), c1 = _mm256_set1_epi32((int)row);
+    __m256i c2 = _mm256_add_epi32(_mm256_set1_epi32((int)col0),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c3 = _mm256_set1_epi32((int)(uint32_t)(step >> 32));
+    const __m256i m0 = _mm256_set1_epi32((int)PHILOX_M0), m1 = _mm256_set1_epi32((int)PHILOX_M1);
+    uint32_t k0 = key[0], k1 = key[1];
+    for (int r = 0; r < 10; r++) {
+        __m256i hi0, lo0, hi1, lo1;
+        mulhilo8(c0, m0, &hi0, &lo0);
+        mulhilo8(c2, m1, &hi1, &lo1);
+        c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32((int)k0));
+        c1 = lo1;
+        c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32((int)k1));
+        c3 = lo0;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
+    }
+    _mm256_storeu_si256((__m256i *)w0, c0);
+    _mm256_storeu_si256((__m256i *)w1, c1);
+}
+#else
+static void philox8(uint32_t w0[8], uint32_t w1[8], const uint32_t key[2], uint64_t step,
+                    uint32_t row, uint32_t col0)
+{
+    for (uint32_t l = 0; l < 8; l++) {
+        const uint32_t ctr[4] = {(uint32_t)step, row, col0 + l, (uint32_t)(step >> 32)};
+        uint32_t b[4];
+        moe_rng_philox(ctr, key, b);
+        w0[l] = b[0];
+        w1[l] = b[1];
+    }
+}
+#endif
+
+void moe_rng_normal_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
+                        uint32_t col0, size_t n)
+{
+    uint32_t key[2];
+    rng_key(key, seed, purpose);
+    for (size_t j0 = 0; j0 < n; j0 += 8) {
+        uint32_t w0[8], w1[8];
+        philox8(w0, w1, key, step, row, col0 + (uint32_t)j0);
+        float z[8];
+        for (int l = 0; l < 8; l++)
+            z[l] = box_muller(w0[l], w1[l]);
+        const size_t m = n - j0 < 8 ? n - j0 : 8;
+        memcpy(out + j0, z, m * sizeof(float));
+    }
 }
 
 uint32_t moe_rng_hash(const char *s)

@@ -29,8 +29,14 @@ void moe_rng_block(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
 /* Uniform in [0, 1), 24 random bits. */
 float moe_rng_uniform(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row, uint32_t col);
 
-/* Standard normal by Box-Muller on two 32-bit words of the block. */
+/* Standard normal by Box-Muller on the first two 32-bit words of the block,
+ * in float with moe_vmath's log and cos. */
 float moe_rng_normal(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row, uint32_t col);
+
+/* out[j] = moe_rng_normal(seed, purpose, step, row, col0 + j) for j < n,
+ * bit for bit, many columns at a time. */
+void moe_rng_normal_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
+                        uint32_t col0, size_t n);
 
 /* FNV-1a hash of a string; used to key initialisation by tensor name. */
 uint32_t moe_rng_hash(const char *s);

@@ -7,6 +7,7 @@
 #include "moe_blas.h"
 #include "moe_par.h"
 #include "moe_rng.h"
+#include "moe_vmath.h"
 
 #define GATE_NOISE_EPS 1e-2f
 #define CV_EPS 1e-10
@@ -43,13 +44,8 @@ struct gate_cache gate_cache_view(float *fbuf, int32_t *ibuf, const struct gate_
     return c;
 }
 
-static inline float softplusf(float x)
-{
-    /* log(1 + e^x) without overflow */
-    return x > 0 ? x + log1pf(expf(-x)) : log1pf(expf(x));
-}
-
-static inline double phi_arg_denom(float s) { return 1.4142135623730951 * (double)s + 1e-20; }
+/* Phi's argument z / (sqrt 2 std + 1e-20) */
+static inline float phi_arg_denom(float s) { return 1.41421356237309505f * s + 1e-20f; }
 
 /* Top m of h (E values), descending; ties keep the lower index first. */
 static void top_m(int32_t *ti, float *tv, const float *h, int E, int m)
@@ -95,19 +91,20 @@ static void forward_rows(void *ctx, int task)
     for (int r = r0; r < r1; r++) {
         const size_t o = (size_t)r * E;
         const float *cl = c->clean + o;
-        float *sd = c->std + o, *h = c->H + o;
-        for (int i = 0; i < E; i++) {
-            if (d->train) {
-                sd[i] = softplusf(c->nl[o + i]) + GATE_NOISE_EPS;
-                float eps = moe_rng_normal(d->seed, MOE_RNG_GATE_NOISE, (uint64_t)d->step,
-                                           (uint32_t)(d->row0 + r), (uint32_t)i);
-                c->eps[o + i] = eps;
-                h[i] = cl[i] + eps * sd[i];
-            } else {
-                c->eps[o + i] = 0.0f;
-                sd[i] = 0.0f;
-                h[i] = cl[i];
-            }
+        float *sd = c->std + o, *h = c->H + o, *eps = c->eps + o;
+        const float *nl = c->nl + o;
+        if (d->train) {
+            /* whole rows at a time, so that these loops vectorise */
+            for (int i = 0; i < E; i++)
+                sd[i] = moe_vsoftplusf(nl[i]) + GATE_NOISE_EPS;
+            moe_rng_normal_row(eps, d->seed, MOE_RNG_GATE_NOISE, (uint64_t)d->step,
+                               (uint32_t)(d->row0 + r), 0, (size_t)E);
+            for (int i = 0; i < E; i++)
+                h[i] = cl[i] + eps[i] * sd[i];
+        } else {
+            memset(eps, 0, sizeof(float) * (size_t)E);
+            memset(sd, 0, sizeof(float) * (size_t)E);
+            memcpy(h, cl, sizeof(float) * (size_t)E);
         }
         int32_t *ti = c->topi + (size_t)r * M;
         float *tv = c->topv + (size_t)r * M;
@@ -131,9 +128,8 @@ static void forward_rows(void *ctx, int task)
             const float thr_in = tv[K], thr_out = tv[K - 1];
             float *p = c->p + o;
             for (int i = 0; i < E; i++) {
-                float thr = h[i] > thr_in ? thr_in : thr_out;
-                double z = (double)cl[i] - (double)thr;
-                p[i] = (float)(0.5 * (1.0 + erf(z / phi_arg_denom(sd[i]))));
+                const float thr = h[i] > thr_in ? thr_in : thr_out;
+                p[i] = moe_vphif((cl[i] - thr) / phi_arg_denom(sd[i]));
             }
         }
     }
@@ -223,8 +219,10 @@ static void backward_rows(void *ctx, int task)
         const int32_t *ti = c->topi + (size_t)r * M;
         const float *dgr = jb->dgates + (size_t)r * K;
         float *dcl = dclean + o, *dsd = dnl + o; /* dnl holds d std until the end */
-        memset(dcl, 0, sizeof(float) * (size_t)E);
-        memset(dsd, 0, sizeof(float) * (size_t)E);
+        if (!smooth_load) {
+            memset(dcl, 0, sizeof(float) * (size_t)E);
+            memset(dsd, 0, sizeof(float) * (size_t)E);
+        }
         /* dH accumulates into dcl (dH/dclean = 1) and into dsd via eps. */
         float dh[E > 0 ? E : 1];
         memset(dh, 0, sizeof(float) * (size_t)E);
@@ -242,28 +240,28 @@ static void backward_rows(void *ctx, int task)
         if (smooth_load) {
             const float *cl = c->clean + o, *sd = c->std + o, *h = c->H + o;
             const float thr_in = c->topv[(size_t)r * M + K], thr_out = c->topv[(size_t)r * M + K - 1];
+            /* dPhi/du = exp(-u^2) / sqrt(pi). This loop writes every dcl
+             * (d clean = dz so far) and dsd, and vectorises; the dz then go
+             * onto each threshold's expert in expert order. */
             for (int i = 0; i < E; i++) {
-                bool in = h[i] > thr_in;
-                float thr = in ? thr_in : thr_out;
-                int thr_idx = in ? ti[K] : ti[K - 1];
-                double den = phi_arg_denom(sd[i]);
-                double z = (double)cl[i] - (double)thr;
-                double u = z / den;
-                /* dPhi/du = exp(-u^2) / sqrt(pi) */
-                double du = (double)dload[i] * exp(-u * u) * 0.5641895835477563;
-                double dz = du / den;
-                dcl[i] += (float)dz;
-                dh[thr_idx] -= (float)dz;
-                dsd[i] += (float)(-du * z * 1.4142135623730951 / (den * den));
+                const float thr = h[i] > thr_in ? thr_in : thr_out;
+                const float den = phi_arg_denom(sd[i]);
+                const float z = cl[i] - thr;
+                const float u = z / den;
+                const float du = dload[i] * moe_vexpf(-u * u) * 0.564189583547756287f;
+                dcl[i] = du / den;
+                dsd[i] = -du * z * 1.41421356237309505f / (den * den);
             }
+            const int idx_in = ti[K], idx_out = ti[K - 1];
+            for (int i = 0; i < E; i++)
+                dh[h[i] > thr_in ? idx_in : idx_out] -= dcl[i];
         }
         if (d->train) {
+            /* std = softplus(nl) + eps: d std / d nl = sigmoid(nl) */
+            const float *eps = c->eps + o, *nl = c->nl + o;
             for (int i = 0; i < E; i++) {
                 dcl[i] += dh[i];
-                dsd[i] += dh[i] * c->eps[o + i];
-                /* std = softplus(nl) + eps: d std / d nl = sigmoid(nl) */
-                float s = 1.0f / (1.0f + expf(-c->nl[o + i]));
-                dsd[i] *= s;
+                dsd[i] = (dsd[i] + dh[i] * eps[i]) * moe_vsigmoidf(nl[i]);
             }
         } else {
             for (int i = 0; i < E; i++)

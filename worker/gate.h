@@ -11,7 +11,9 @@
  *
  * W_g and W_noise are (D,E), as in the paper and the checkpoint. The noise of
  * row r, expert i is moe_rng_normal(seed, MOE_RNG_GATE_NOISE, step, row0 + r,
- * i): it depends only on the global row index. */
+ * i): it depends only on the global row index. softplus, the noise, Phi and
+ * the derivatives' exponentials are computed in float by moe_vmath's
+ * polynomials, a row at a time, so that the loops vectorise. */
 #ifndef GATE_H
 #define GATE_H
 

@@ -184,6 +184,41 @@ START_TEST(rng_normal_moments)
 }
 END_TEST
 
+/* The row function gives the scalar draw's bits for every column, at row
+ * lengths that end mid-block and counters with high step words, and the
+ * float Box-Muller stays within 5e-7 (1 + |z|) of the same in double. */
+START_TEST(rng_normal_row_matches_draws)
+{
+    enum { MAXN = 1037 };
+    float z[MAXN + 1];
+    const size_t lens[] = {1, 7, 8, 9, 64, 1000, MAXN};
+    double worst = 0;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (uint32_t row = 0; row < 40; row++) {
+            const size_t n = lens[li];
+            const uint64_t step = 5 + ((uint64_t)row << 33);
+            const uint32_t col0 = 3 * row + (uint32_t)li;
+            z[n] = 12345.0f; /* not written past n */
+            moe_rng_normal_row(z, 77, MOE_RNG_GATE_NOISE, step, row * 1000, col0, n);
+            ck_assert(z[n] == 12345.0f);
+            for (size_t j = 0; j < n; j++) {
+                const uint32_t col = col0 + (uint32_t)j;
+                const float one = moe_rng_normal(77, MOE_RNG_GATE_NOISE, step, row * 1000, col);
+                ck_assert_msg(memcmp(&z[j], &one, sizeof one) == 0,
+                              "row %u col %u: %a vs %a", row, col, z[j], one);
+                uint32_t b[4];
+                moe_rng_block(77, MOE_RNG_GATE_NOISE, step, row * 1000, col, b);
+                const double u1 = ((double)(b[0] >> 8) + 1.0) / 16777216.0;
+                const double u2 = (double)(b[1] >> 8) / 16777216.0;
+                const double ref = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+                const double e = fabs(z[j] - ref) / (1.0 + fabs(ref));
+                worst = e > worst ? e : worst;
+            }
+        }
+    ck_assert_msg(worst <= 5e-7, "normal: %.3g from double Box-Muller", worst);
+}
+END_TEST
+
 /* ------------------------------------------------------- initialisation */
 
 START_TEST(rng_hash_fnv1a)
@@ -242,6 +277,7 @@ Suite *test_rng_suite(void)
     tcase_add_test(td, rng_uniform_is_24_bit_fraction);
     tcase_add_test(td, rng_uniform_range_and_moments);
     tcase_add_test(td, rng_normal_moments);
+    tcase_add_test(td, rng_normal_row_matches_draws);
     suite_add_tcase(s, td);
     TCase *ti = tcase_create("init");
     tcase_set_timeout(ti, 10);
