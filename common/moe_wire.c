@@ -12,6 +12,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,12 +226,13 @@ static bool wire_type_has_tensor(int type)
  * moe_wire_recv can fill it first. Reads nothing of frames/sizes before the
  * frame count is known to be 1 or 2 (moe_wire_recv relies on that). */
 static int wire_decode_frames(const void *const *frames, const size_t *sizes, int nframes,
-                              const struct moe_wire_limits *lim, struct moe_wire_msg *msg,
-                              char *err, size_t errlen)
+                              const struct moe_wire_limits *lim, bool borrow,
+                              struct moe_wire_msg *msg, char *err, size_t errlen)
 {
     assert(lim && msg);
     msg->hdr = NULL;
     msg->data = NULL;
+    msg->frame = NULL;
     msg->rows = 0;
 
     if (nframes < 1 || nframes > 2)
@@ -315,6 +317,13 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
                          MOE_WIRE_ERROR_TEXT_MAX);
 
     if (tensor && numel > 0) {
+        /* With borrow, a float32 payload is used where it lies (the caller
+         * keeps its frame): no allocation, no copy. */
+        if (borrow && hdr->dtype == MOE__DTYPE__DTYPE_F32 &&
+            (uintptr_t)frames[1] % _Alignof(float) == 0) {
+            msg->data = (float *)(uintptr_t)frames[1];
+            return 0;
+        }
         /* Not moe_alloc_floats: every element is written just below, so its
          * zero fill would only touch the pages twice. */
         void *p = NULL;
@@ -333,7 +342,7 @@ int moe_wire_decode(const void *const *frames, const size_t *sizes, int nframes,
 {
     assert(msg);
     memset(msg, 0, sizeof *msg);
-    return wire_decode_frames(frames, sizes, nframes, lim, msg, err, errlen);
+    return wire_decode_frames(frames, sizes, nframes, lim, false, msg, err, errlen);
 }
 
 void moe_wire_msg_free(struct moe_wire_msg *msg)
@@ -342,7 +351,12 @@ void moe_wire_msg_free(struct moe_wire_msg *msg)
         return;
     if (msg->hdr)
         moe__header__free_unpacked(msg->hdr, NULL);
-    free(msg->data);
+    if (msg->frame) {
+        zmq_msg_close(msg->frame);
+        free(msg->frame);
+    } else {
+        free(msg->data);
+    }
     memset(msg, 0, sizeof *msg);
 }
 
@@ -393,7 +407,19 @@ int moe_wire_recv(void *sock, bool router, int flags, const struct moe_wire_limi
     {
         const void *frames[2] = {zmq_msg_data(&parts[0]), zmq_msg_data(&parts[1])};
         const size_t sizes[2] = {zmq_msg_size(&parts[0]), zmq_msg_size(&parts[1])};
-        rc = wire_decode_frames(frames, sizes, nframes, lim, msg, err, errlen);
+        /* the payload frame is kept (moved into a zmq_msg_t of the message's
+         * own) when the decode borrows it; without memory for that, copy */
+        zmq_msg_t *keep = nframes == 2 ? malloc(sizeof *keep) : NULL;
+        rc = wire_decode_frames(frames, sizes, nframes, lim, keep != NULL, msg, err, errlen);
+        if (keep && msg->data == frames[1]) {
+            zmq_msg_init(keep);
+            zmq_msg_move(keep, &parts[1]);
+            msg->frame = keep;
+            /* a very small message lives inside its zmq_msg_t, so it moved */
+            msg->data = zmq_msg_data(keep);
+        } else {
+            free(keep);
+        }
     }
 out:
     for (int i = 0; i < 2; i++)
@@ -416,15 +442,13 @@ static int wire_send_frame(zmq_msg_t *m, void *sock, int flags, bool started, ch
     }
 }
 
-int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
-                  const struct moe_wire_out *h, const float *data, uint64_t rows, char *err,
-                  size_t errlen)
+/* The sender's checks, so that a bad request sends nothing at all; the
+ * payload's element count and byte size into numel, bytes. */
+static int wire_send_check(const struct moe_wire_out *h, bool have_data, uint64_t rows,
+                           size_t *numel, size_t *bytes, char *err, size_t errlen)
 {
-    assert(sock && h);
+    assert(h);
     assert(h->n_experts == 0 || (h->expert_ids && h->row_counts));
-    assert(identity_len == 0 || identity);
-
-    /* Checks first, so that a bad request sends nothing at all. */
     const size_t dsize = moe_wire_dtype_size(h->dtype);
     if (dsize == 0)
         return wire_fail(MOE_ERR_SHAPE, err, errlen, "cannot send dtype %d", (int)h->dtype);
@@ -437,17 +461,26 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     if (sum != rows)
         return wire_fail(MOE_ERR_SHAPE, err, errlen, "row counts sum to %llu, but %llu rows given",
                          (unsigned long long)sum, (unsigned long long)rows);
-    if (rows > 0 && (h->width == 0 || !data))
+    if (rows > 0 && (h->width == 0 || !have_data))
         return wire_fail(MOE_ERR_SHAPE, err, errlen, "%llu rows without width or data",
                          (unsigned long long)rows);
     if (h->error_text && strlen(h->error_text) > MOE_WIRE_ERROR_TEXT_MAX)
         return wire_fail(MOE_ERR_RANGE, err, errlen, "error text longer than %d bytes",
                          MOE_WIRE_ERROR_TEXT_MAX);
-    size_t numel = 0, bytes = 0;
-    if (rows > SIZE_MAX || moe_size_mul((size_t)rows, h->width, &numel) ||
-        moe_size_mul(numel, dsize, &bytes))
+    if (rows > SIZE_MAX || moe_size_mul((size_t)rows, h->width, numel) ||
+        moe_size_mul(*numel, dsize, bytes))
         return wire_fail(MOE_ERR_RANGE, err, errlen, "payload size overflows");
+    return 0;
+}
 
+/* Sends a checked message. The payload is pm when pm already holds it (as
+ * float32, zero-copy), else data converted into a new frame. Closes pm. */
+static int wire_send_checked(void *sock, const uint8_t *identity, size_t identity_len,
+                             const struct moe_wire_out *h, const float *data, size_t numel,
+                             size_t bytes, zmq_msg_t *pm, char *err, size_t errlen)
+{
+    assert(sock);
+    assert(identity_len == 0 || identity);
     /* protobuf-c's struct is not const-correct; pack only reads these. */
     Moe__Header hdr = MOE__HEADER__INIT;
     hdr.type = h->type;
@@ -485,12 +518,12 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     /* Both frames are built in zmq's own buffers before anything is sent, so
      * that running out of memory cannot leave half a message on the wire, and
      * the payload is converted straight into the frame (one pass, no copy). */
-    zmq_msg_t hm, pm;
+    zmq_msg_t hm;
     zmq_msg_init(&hm);
-    zmq_msg_init(&pm);
     int rc = 0;
+    const bool fill = bytes > 0 && zmq_msg_size(pm) != bytes;
     const size_t hlen = moe__header__get_packed_size(&hdr);
-    if (zmq_msg_init_size(&hm, hlen) != 0 || (bytes > 0 && zmq_msg_init_size(&pm, bytes) != 0)) {
+    if (zmq_msg_init_size(&hm, hlen) != 0 || (fill && zmq_msg_init_size(pm, bytes) != 0)) {
         rc = wire_fail(MOE_ERR_NOMEM, err, errlen, "no memory for a %zu + %zu-byte message",
                        hlen, bytes);
         goto out;
@@ -498,8 +531,8 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     const size_t packed = moe__header__pack(&hdr, zmq_msg_data(&hm));
     assert(packed == hlen);
     (void)packed;
-    if (bytes > 0)
-        wire_f32_to_payload(zmq_msg_data(&pm), data, numel, h->dtype);
+    if (fill)
+        wire_f32_to_payload(zmq_msg_data(pm), data, numel, h->dtype);
 
     bool started = false;
     if (identity_len > 0) {
@@ -519,10 +552,214 @@ int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
     if (rc)
         goto out;
     if (bytes > 0)
-        rc = wire_send_frame(&pm, sock, 0, true, err, errlen);
+        rc = wire_send_frame(pm, sock, 0, true, err, errlen);
 out:
     /* After a successful send a zmq_msg_t is empty, and closing it is a no-op. */
     zmq_msg_close(&hm);
-    zmq_msg_close(&pm);
+    zmq_msg_close(pm);
+    return rc;
+}
+
+int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
+                  const struct moe_wire_out *h, const float *data, uint64_t rows, char *err,
+                  size_t errlen)
+{
+    size_t numel = 0, bytes = 0;
+    int rc = wire_send_check(h, data != NULL, rows, &numel, &bytes, err, errlen);
+    if (rc)
+        return rc;
+    zmq_msg_t pm;
+    zmq_msg_init(&pm);
+    return wire_send_checked(sock, identity, identity_len, h, data, numel, bytes, &pm, err,
+                             errlen);
+}
+
+int moe_wire_send_in_place(void *sock, const uint8_t *identity, size_t identity_len,
+                           const struct moe_wire_out *h, const struct moe_wire_msg *m, char *err,
+                           size_t errlen)
+{
+    assert(m);
+    size_t numel = 0, bytes = 0;
+    int rc = wire_send_check(h, m->data != NULL, m->rows, &numel, &bytes, err, errlen);
+    if (rc)
+        return rc;
+    zmq_msg_t pm;
+    zmq_msg_init(&pm);
+    /* the received frame, shared (zmq_msg_copy counts references), when it
+     * holds exactly this payload as float32 */
+    if (m->frame && bytes > 0 && h->dtype == MOE__DTYPE__DTYPE_F32 &&
+        zmq_msg_data(m->frame) == (void *)m->data && zmq_msg_size(m->frame) == bytes &&
+        zmq_msg_copy(&pm, m->frame) != 0)
+        zmq_msg_init(&pm); /* could not share it: convert a copy */
+    return wire_send_checked(sock, identity, identity_len, h, m->data, numel, bytes, &pm, err,
+                             errlen);
+}
+
+/* ------------------------------------------------------------------------- */
+/* Payload buffers lent to ZeroMQ */
+
+/* Each buffer starts with this header, padded to 64 bytes; the floats follow. */
+struct pool_buf {
+    struct moe_wire_pool *pool;
+    size_t cap; /* floats */
+    struct pool_buf *next;
+};
+#define POOL_HEAD 64
+/* idle buffers kept beyond this are freed, the smallest first */
+#define POOL_IDLE_MAX 8
+
+struct moe_wire_pool {
+    pthread_mutex_t mu;
+    struct pool_buf *idle;
+    int n_idle;
+    size_t lent; /* taken and not yet given back */
+    bool closing;
+};
+
+static struct pool_buf *pool_head(float *buf)
+{
+    return (struct pool_buf *)(void *)((char *)buf - POOL_HEAD);
+}
+
+moe_wire_pool_t *moe_wire_pool_new(void)
+{
+    moe_wire_pool_t *p = calloc(1, sizeof *p);
+    if (p && pthread_mutex_init(&p->mu, NULL) != 0) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void pool_free(moe_wire_pool_t *p)
+{
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+void moe_wire_pool_destroy(moe_wire_pool_t **pp)
+{
+    if (!pp || !*pp)
+        return;
+    moe_wire_pool_t *p = *pp;
+    *pp = NULL;
+    pthread_mutex_lock(&p->mu);
+    while (p->idle) {
+        struct pool_buf *b = p->idle;
+        p->idle = b->next;
+        free(b);
+    }
+    p->n_idle = 0;
+    p->closing = true;
+    const bool last = p->lent == 0;
+    pthread_mutex_unlock(&p->mu);
+    /* otherwise the last buffer ZeroMQ gives back frees the pool */
+    if (last)
+        pool_free(p);
+}
+
+float *moe_wire_pool_take(moe_wire_pool_t *p, size_t floats)
+{
+    assert(p);
+    struct pool_buf *got = NULL, *drop = NULL;
+    pthread_mutex_lock(&p->mu);
+    assert(!p->closing);
+    struct pool_buf **smallest = NULL;
+    for (struct pool_buf **b = &p->idle; *b; b = &(*b)->next) {
+        if ((*b)->cap >= floats) {
+            got = *b;
+            *b = got->next;
+            p->n_idle--;
+            break;
+        }
+        if (!smallest || (*b)->cap < (*smallest)->cap)
+            smallest = b;
+    }
+    if (!got && smallest && p->n_idle >= POOL_IDLE_MAX) {
+        drop = *smallest;
+        *smallest = drop->next;
+        p->n_idle--;
+    }
+    if (got)
+        p->lent++;
+    pthread_mutex_unlock(&p->mu);
+    free(drop);
+    if (!got) {
+        /* a quarter more than asked, so that sizes that vary a little from
+         * step to step reuse the buffer */
+        size_t cap = floats + floats / 4 + 16, bytes;
+        void *mem = NULL;
+        if (moe_size_mul(cap, sizeof(float), &bytes) || bytes > SIZE_MAX - POOL_HEAD ||
+            posix_memalign(&mem, 64, POOL_HEAD + bytes) != 0)
+            return NULL;
+        got = mem;
+        got->pool = p;
+        got->cap = cap;
+        pthread_mutex_lock(&p->mu);
+        p->lent++;
+        pthread_mutex_unlock(&p->mu);
+    }
+    got->next = NULL;
+    return (float *)(void *)((char *)got + POOL_HEAD);
+}
+
+size_t moe_wire_pool_lent(moe_wire_pool_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    const size_t n = p->lent;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void moe_wire_pool_give(float *buf)
+{
+    if (!buf)
+        return;
+    struct pool_buf *b = pool_head(buf);
+    moe_wire_pool_t *p = b->pool;
+    pthread_mutex_lock(&p->mu);
+    p->lent--;
+    if (p->closing) {
+        const bool last = p->lent == 0;
+        pthread_mutex_unlock(&p->mu);
+        free(b);
+        if (last)
+            pool_free(p);
+        return;
+    }
+    b->next = p->idle;
+    p->idle = b;
+    p->n_idle++;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* ZeroMQ's free callback for lent payloads (runs in its I/O thread). */
+static void pool_release(void *data, void *hint)
+{
+    (void)hint;
+    moe_wire_pool_give(data);
+}
+
+int moe_wire_send_pooled(void *sock, const uint8_t *identity, size_t identity_len,
+                         const struct moe_wire_out *h, float *buf, uint64_t rows, char *err,
+                         size_t errlen)
+{
+    size_t numel = 0, bytes = 0;
+    int rc = wire_send_check(h, buf != NULL, rows, &numel, &bytes, err, errlen);
+    if (rc) {
+        moe_wire_pool_give(buf);
+        return rc;
+    }
+    zmq_msg_t pm;
+    if (bytes > 0 && h->dtype == MOE__DTYPE__DTYPE_F32 &&
+        zmq_msg_init_data(&pm, buf, bytes, pool_release, NULL) == 0)
+        /* ZeroMQ sends from buf and gives it back when done (or when pm is
+         * closed unsent) */
+        return wire_send_checked(sock, identity, identity_len, h, buf, numel, bytes, &pm, err,
+                                 errlen);
+    /* converted (or empty): a frame of its own, and buf back right away */
+    zmq_msg_init(&pm);
+    rc = wire_send_checked(sock, identity, identity_len, h, buf, numel, bytes, &pm, err, errlen);
+    moe_wire_pool_give(buf);
     return rc;
 }

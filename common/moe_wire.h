@@ -35,9 +35,12 @@ struct moe_wire_limits {
 /* One received message. Zero it (or moe_wire_msg_free it) before reuse. */
 struct moe_wire_msg {
     Moe__Header *hdr;      /* unpacked header, owned (NULL if it did not decode) */
-    float *data;           /* payload as float32, rows * width floats, owned, 64-byte aligned;
-                            * NULL when rows == 0 and always NULL for non-tensor types. The
-                            * caller may take it (set msg->data = NULL) and free() it. */
+    float *data;           /* payload as float32, rows * width floats, owned by msg and
+                            * writable; NULL when rows == 0 and always NULL for non-tensor
+                            * types. From moe_wire_recv, a float32 payload stays in the
+                            * received frame (no copy); from moe_wire_decode, or in another
+                            * dtype, it is a 64-byte aligned copy. */
+    void *frame;           /* the zmq_msg_t data lies in, when it was not copied */
     uint64_t rows;         /* sum of row_counts */
     uint8_t identity[256]; /* ROUTER peer identity (router receives) */
     size_t identity_len;
@@ -169,6 +172,45 @@ void moe_wire_msg_free(struct moe_wire_msg *msg);
 int moe_wire_send(void *sock, const uint8_t *identity, size_t identity_len,
                   const struct moe_wire_out *h, const float *data, uint64_t rows, char *err,
                   size_t errlen);
+
+/* Sends m->data (m->rows rows) as the payload, like moe_wire_send. When the
+ * payload still lies in the frame it arrived in (moe_wire_recv) and goes out
+ * as float32, that frame itself is sent, shared rather than copied: a server
+ * answers in the buffer the request came in. m stays the caller's, to free
+ * as usual; its data must not change until it is freed. */
+int moe_wire_send_in_place(void *sock, const uint8_t *identity, size_t identity_len,
+                           const struct moe_wire_out *h, const struct moe_wire_msg *m, char *err,
+                           size_t errlen);
+
+/* Payload buffers that ZeroMQ sends without a copy (zmq_msg_init_data):
+ * take one, write the payload into it, and hand it to moe_wire_send_pooled.
+ * ZeroMQ's I/O thread gives it back to the pool when the bytes have left, so
+ * the steady state neither allocates nor copies. Thread-safe. */
+typedef struct moe_wire_pool moe_wire_pool_t;
+
+moe_wire_pool_t *moe_wire_pool_new(void);
+
+/* Frees the idle buffers now, and the pool itself once ZeroMQ has given back
+ * every buffer it still holds (closing the sockets or the context does). */
+void moe_wire_pool_destroy(moe_wire_pool_t **pp);
+
+/* A 64-byte aligned buffer of at least `floats` floats, or NULL when out of
+ * memory. */
+float *moe_wire_pool_take(moe_wire_pool_t *p, size_t floats);
+
+/* Returns a buffer of moe_wire_pool_take to its pool; NULL is a no-op. */
+void moe_wire_pool_give(float *buf);
+
+/* Buffers taken and not yet given back (by the caller or by ZeroMQ). */
+size_t moe_wire_pool_lent(moe_wire_pool_t *p);
+
+/* moe_wire_send with the payload in buf (from moe_wire_pool_take), which it
+ * takes in every case, sent or not: as float32 ZeroMQ sends straight from
+ * it, in another dtype it is converted into a frame and given back at once.
+ * The caller must not touch buf afterwards. */
+int moe_wire_send_pooled(void *sock, const uint8_t *identity, size_t identity_len,
+                         const struct moe_wire_out *h, float *buf, uint64_t rows, char *err,
+                         size_t errlen);
 
 /* Bytes of one element of a dtype (4 for F32, 2 for BF16 and F16), 0 for an
  * unknown value. */

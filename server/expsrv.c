@@ -335,6 +335,9 @@ static void reply_error(expsrv_t *s, const struct moe_wire_msg *m, int code, con
         moe_warn("cannot send an error reply: %s", err);
 }
 
+/* Answers m with data (m->rows rows). When data is m's own payload,
+ * overwritten with the results, it goes out in the frame the request came
+ * in (no copy) if the wire dtype is float32. */
 static int reply_tensor(expsrv_t *s, const struct moe_wire_msg *m, Moe__MsgType type,
                         const float *data)
 {
@@ -352,7 +355,11 @@ static int reply_tensor(expsrv_t *s, const struct moe_wire_msg *m, Moe__MsgType 
     o.width = (uint32_t)s->D;
     o.row0 = h->row0;
     char err[256];
-    int rc = moe_wire_send(s->sock, m->identity, m->identity_len, &o, data, m->rows, err, sizeof err);
+    int rc = data == m->data
+                 ? moe_wire_send_in_place(s->sock, m->identity, m->identity_len, &o, m, err,
+                                          sizeof err)
+                 : moe_wire_send(s->sock, m->identity, m->identity_len, &o, data, m->rows, err,
+                                 sizeof err);
     if (rc)
         moe_warn("cannot reply to worker %u: %s", h->rank, err);
     return rc;

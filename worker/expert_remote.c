@@ -20,8 +20,6 @@ struct server_io {
     int32_t *ids;
     uint32_t *rows;
     size_t total;     /* rows of this request */
-    float *buf;       /* rows to send, then the reply */
-    size_t cap;       /* floats buf holds */
     size_t *src;      /* (n) offset in rows of each expert in the caller's packed array */
     bool done;
 };
@@ -34,6 +32,7 @@ struct expert_remote {
     Moe__DType dtype;
     struct moe_wire_limits lim;
     struct server_io *io;
+    moe_wire_pool_t *pool; /* payloads, lent to ZeroMQ while they are sent */
     uint64_t request_id;
     int64_t row0;
     uint64_t bytes_sent, bytes_recv; /* tensor payload of training steps */
@@ -55,7 +54,8 @@ expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, 
     r->dtype = dtype;
     r->lim = (struct moe_wire_limits){max_bytes, 0, (uint32_t)cl->n_experts, (uint64_t)1 << 31};
     r->io = calloc((size_t)cl->n_servers, sizeof *r->io);
-    if (!r->io)
+    r->pool = moe_wire_pool_new();
+    if (!r->io || !r->pool)
         goto fail;
     char id[32];
     snprintf(id, sizeof id, "moe-worker-%d", rank);
@@ -95,8 +95,9 @@ void expert_remote_destroy(expert_remote_t **rp)
         free(io->ids);
         free(io->rows);
         free(io->src);
-        moe_free_floats(&io->buf);
     }
+    /* after the sockets: closing them gives back what ZeroMQ still held */
+    moe_wire_pool_destroy(&r->pool);
     free(r->io);
     free(r);
     *rp = NULL;
@@ -106,19 +107,6 @@ void expert_remote_set_epoch(expert_remote_t *r, uint32_t epoch) { r->epoch = ep
 void expert_remote_set_backward_flags(expert_remote_t *r, uint32_t flags) { r->bwd_flags = flags; }
 
 void expert_remote_set_row0(expert_remote_t *r, int64_t row0) { r->row0 = row0; }
-
-static int reserve(struct server_io *io, size_t floats)
-{
-    if (floats <= io->cap)
-        return 0;
-    float *b = moe_alloc_floats(floats);
-    if (!b)
-        return MOE_ERR_NOMEM;
-    moe_free_floats(&io->buf);
-    io->buf = b;
-    io->cap = floats;
-    return 0;
-}
 
 static double now_ms(void)
 {
@@ -253,11 +241,13 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
     }
     for (int s = 0; s < r->cl->n_servers; s++) {
         struct server_io *io = &r->io[s];
-        if (reserve(io, io->total * D))
+        /* gathered straight into the buffer ZeroMQ will send from */
+        float *buf = moe_wire_pool_take(r->pool, io->total * D);
+        if (!buf)
             return MOE_ERR_NOMEM;
         size_t o = 0;
         for (int j = 0; j < io->n; j++) {
-            memcpy(io->buf + o * D, x + io->src[j] * D, sizeof(float) * io->rows[j] * D);
+            memcpy(buf + o * D, x + io->src[j] * D, sizeof(float) * io->rows[j] * D);
             o += io->rows[j];
         }
         struct moe_wire_out h = {0};
@@ -275,7 +265,7 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
         h.epoch = r->epoch;
         h.flags = type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ? r->bwd_flags : 0;
         char err[256];
-        if (moe_wire_send(io->sock, NULL, 0, &h, io->buf, io->total, err, sizeof err)) {
+        if (moe_wire_send_pooled(io->sock, NULL, 0, &h, buf, io->total, err, sizeof err)) {
             snprintf(what, what_len, "cannot send to expert server %d (%s): %s", s,
                      r->cl->servers[s], err);
             return MOE_ERR_IO;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "moe_err.h"
@@ -540,16 +541,20 @@ START_TEST(wire_socket_f32_bitwise_both_ways)
     ck_assert_int_eq(memcmp(msg.identity, "worker-7", 8), 0);
     check_header(msg.hdr, &o);
     ck_assert_uint_eq(msg.rows, 5);
-    ck_assert_uint_eq((uintptr_t)msg.data % 64, 0);
+    /* float32 is used where it arrived: in its frame, not copied */
+    ck_assert_ptr_nonnull(msg.frame);
+    ck_assert_ptr_eq(msg.data, zmq_msg_data(msg.frame));
+    ck_assert_uint_eq((uintptr_t)msg.data % _Alignof(float), 0);
     ck_assert_int_eq(memcmp(msg.data, x, sizeof x), 0);
 
-    /* the reply goes back by the identity, and arrives without one */
+    /* the reply goes back by the identity, in the request's own frame, and
+     * arrives without one */
     struct moe_wire_out r = o;
     r.type = MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY;
     for (size_t i = 0; i < 30; i++)
         msg.data[i] = -msg.data[i];
     ck_assert_int_eq(
-        moe_wire_send(p.router, msg.identity, msg.identity_len, &r, msg.data, 5, err, sizeof err),
+        moe_wire_send_in_place(p.router, msg.identity, msg.identity_len, &r, &msg, err, sizeof err),
         0);
     struct moe_wire_msg back;
     ck_assert_int_eq(moe_wire_recv(p.dealer, false, 0, &big_lim, &back, err, sizeof err), 0);
@@ -581,6 +586,9 @@ START_TEST(wire_socket_bf16_and_f16_rounded)
     moe_wire_f32_to_bf16(b, x, 30);
     moe_wire_bf16_to_f32(want, b, 30);
     ck_assert_int_eq(memcmp(msg.data, want, sizeof want), 0);
+    /* converted, so a copy of its own */
+    ck_assert_ptr_null(msg.frame);
+    ck_assert_uint_eq((uintptr_t)msg.data % 64, 0);
     ck_assert(msg.data[21] == 1.0f); /* 0x3f808000: the tie went to even */
     ck_assert(isinf(msg.data[18]));  /* FLT_MAX rounds up past the largest bf16 */
     ck_assert(isnan(msg.data[12]) && isnan(msg.data[15]));
@@ -929,6 +937,117 @@ START_TEST(wire_dtype_sizes)
 }
 END_TEST
 
+
+/* ------------------------------------------------------------------------- */
+/* pooled payloads */
+
+START_TEST(wire_pool_reuse_and_late_give)
+{
+    moe_wire_pool_t *pool = moe_wire_pool_new();
+    ck_assert_ptr_nonnull(pool);
+    float *a = moe_wire_pool_take(pool, 1000);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_uint_eq((uintptr_t)a % 64, 0);
+    memset(a, 0xab, 1000 * sizeof(float)); /* all of it is ours (ASan) */
+    ck_assert_uint_eq(moe_wire_pool_lent(pool), 1);
+    moe_wire_pool_give(a);
+    ck_assert_uint_eq(moe_wire_pool_lent(pool), 0);
+    /* a smaller or equal request reuses it; a larger one cannot */
+    float *b = moe_wire_pool_take(pool, 900);
+    ck_assert_ptr_eq(b, a);
+    float *c = moe_wire_pool_take(pool, 5000);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_ne(c, a);
+    memset(c, 0xcd, 5000 * sizeof(float));
+    ck_assert_uint_eq(moe_wire_pool_lent(pool), 2);
+    moe_wire_pool_give(b);
+    /* destroyed while c is still out: c's return frees the pool (ASan and
+     * the leak check see both) */
+    moe_wire_pool_destroy(&pool);
+    ck_assert_ptr_null(pool);
+    moe_wire_pool_give(c);
+    moe_wire_pool_give(NULL);
+}
+END_TEST
+
+/* Waits up to 5 s for ZeroMQ to give every buffer back. */
+static void wait_all_back(moe_wire_pool_t *pool)
+{
+    for (int i = 0; i < 500 && moe_wire_pool_lent(pool) > 0; i++)
+        usleep(10000);
+    ck_assert_uint_eq(moe_wire_pool_lent(pool), 0);
+}
+
+static void pooled_round_trip(const char *endpoint)
+{
+    void *ctx = zmq_ctx_new();
+    void *router = sock_new(ctx, ZMQ_ROUTER), *dealer = sock_new(ctx, ZMQ_DEALER);
+    ck_assert_int_eq(zmq_bind(router, endpoint), 0);
+    char bound[256];
+    size_t blen = sizeof bound;
+    ck_assert_int_eq(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, bound, &blen), 0);
+    ck_assert_int_eq(zmq_connect(dealer, bound), 0);
+    moe_wire_pool_t *pool = moe_wire_pool_new();
+    char err[256] = "";
+    float x[30];
+    fill_awkward(x);
+
+    /* float32: ZeroMQ sends from the pool's buffer; over inproc the
+     * receiver gets that very buffer */
+    struct moe_wire_out o = out_forward(MOE__DTYPE__DTYPE_F32);
+    float *buf = moe_wire_pool_take(pool, 30);
+    memcpy(buf, x, sizeof x);
+    ck_assert_int_eq(moe_wire_send_pooled(dealer, NULL, 0, &o, buf, 5, err, sizeof err), 0);
+    struct moe_wire_msg msg;
+    ck_assert_int_eq(moe_wire_recv(router, true, 0, &big_lim, &msg, err, sizeof err), 0);
+    check_header(msg.hdr, &o);
+    ck_assert_int_eq(memcmp(msg.data, x, sizeof x), 0);
+    if (strncmp(endpoint, "inproc", 6) == 0) {
+        ck_assert_ptr_eq(msg.data, buf);
+        ck_assert_uint_eq(moe_wire_pool_lent(pool), 1); /* held by the message */
+    }
+    moe_wire_msg_free(&msg);
+    wait_all_back(pool);
+    /* the next message reuses it */
+    float *again = moe_wire_pool_take(pool, 30);
+    ck_assert_ptr_eq(again, buf);
+
+    /* bf16: converted into a frame of its own, the buffer back at once */
+    o = out_forward(MOE__DTYPE__DTYPE_BF16);
+    memcpy(again, x, sizeof x);
+    ck_assert_int_eq(moe_wire_send_pooled(dealer, NULL, 0, &o, again, 5, err, sizeof err), 0);
+    ck_assert_uint_eq(moe_wire_pool_lent(pool), 0);
+    ck_assert_int_eq(moe_wire_recv(router, true, 0, &big_lim, &msg, err, sizeof err), 0);
+    ck_assert_int_eq(msg.hdr->dtype, MOE__DTYPE__DTYPE_BF16);
+    ck_assert(msg.data[0] != 0.0f || x[0] == 0.0f);
+    moe_wire_msg_free(&msg);
+
+    /* a bad request sends nothing and still takes the buffer back */
+    o = out_forward(MOE__DTYPE__DTYPE_F32);
+    buf = moe_wire_pool_take(pool, 30);
+    ck_assert_int_eq(moe_wire_send_pooled(dealer, NULL, 0, &o, buf, 4, err, sizeof err),
+                     MOE_ERR_SHAPE);
+    ck_assert_uint_eq(moe_wire_pool_lent(pool), 0);
+    ck_assert_int_eq(moe_wire_recv(router, true, ZMQ_DONTWAIT, &big_lim, &msg, err, sizeof err),
+                     MOE_ERR_STATE);
+    moe_wire_msg_free(&msg);
+
+    /* a message in flight when everything closes: the pool goes last */
+    buf = moe_wire_pool_take(pool, 30);
+    memcpy(buf, x, sizeof x);
+    ck_assert_int_eq(moe_wire_send_pooled(dealer, NULL, 0, &o, buf, 5, err, sizeof err), 0);
+    moe_wire_pool_destroy(&pool);
+    ck_assert_int_eq(zmq_close(dealer), 0);
+    ck_assert_int_eq(zmq_close(router), 0);
+    ck_assert_int_eq(zmq_ctx_term(ctx), 0);
+}
+
+START_TEST(wire_socket_pooled_inproc) { pooled_round_trip("inproc://wire-pool"); }
+END_TEST
+
+START_TEST(wire_socket_pooled_tcp) { pooled_round_trip("tcp://127.0.0.1:*"); }
+END_TEST
+
 Suite *test_wire_suite(void)
 {
     Suite *s = suite_create("wire");
@@ -949,6 +1068,9 @@ Suite *test_wire_suite(void)
     tcase_add_test(tc, wire_socket_long_message_drained);
     tcase_add_test(tc, wire_socket_no_message_and_limits);
     tcase_add_test(tc, wire_socket_send_refuses_bad_requests);
+    tcase_add_test(tc, wire_pool_reuse_and_late_give);
+    tcase_add_test(tc, wire_socket_pooled_inproc);
+    tcase_add_test(tc, wire_socket_pooled_tcp);
     suite_add_tcase(s, tc);
     tc = tcase_create("bf16");
     tcase_set_timeout(tc, 10);
