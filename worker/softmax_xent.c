@@ -7,35 +7,7 @@
 
 #include "moe_blas.h"
 #include "moe_par.h"
-
-/* e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2; e^r by a
- * degree-7 Taylor polynomial; 2^n built in the exponent bits. Branch-free
- * so that the loops calling it vectorise. Degree 6 is not enough: its
- * remainder r^7 / 7! reaches 1.2e-7 at |r| = ln2 / 2, and with rounding the
- * error was 2.5e-7, above the 2e-7 that softmax_xent.h promises. */
-static inline float fast_expf(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    /* round to nearest by adding and removing 1.5 * 2^23 */
-    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    const float r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } s = {.i = ((int32_t)n + 127) << 23};
-    return p * s.f;
-}
-
-float softmax_fast_expf(float x) { return fast_expf(x); }
+#include "moe_vmath.h"
 
 /* Reductions over a row with a fixed number of independent lanes, combined
  * in a fixed order: the compiler can vectorise them without reassociating
@@ -67,14 +39,14 @@ static float row_exp_sum(float *p, int V, float mx)
     int v = 0;
     for (; v + LANES <= V; v += LANES)
         for (int l = 0; l < LANES; l++) {
-            p[v + l] = fast_expf(p[v + l] - mx);
+            p[v + l] = moe_vexpf(p[v + l] - mx);
             acc[l] += p[v + l];
         }
     float s = 0.0f;
     for (int l = 0; l < LANES; l++)
         s += acc[l];
     for (; v < V; v++) {
-        p[v] = fast_expf(p[v] - mx);
+        p[v] = moe_vexpf(p[v] - mx);
         s += p[v];
     }
     return s;

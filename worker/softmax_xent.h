@@ -30,8 +30,4 @@ double softmax_xent_forward_grad(float *dlogits, const float *x, const float *W,
 void softmax_xent_backward_dlogits(float *dx, float *dW, float *db, const float *dlogits,
                                    const float *x, const float *W, int N, int V, int D);
 
-/* exp for the softmax: a polynomial with range reduction that the compiler
- * vectorises; relative error below 2e-7 on [-87, 88]. */
-float softmax_fast_expf(float x);
-
 #endif

@@ -1,6 +1,5 @@
-/* Unit tests for worker/softmax_xent: the fast exp against expf over its
- * whole documented range (relative error < 2e-7, exact at 0), and the
- * forward pass (probabilities and the summed -log p(target)) against a
+/* Unit tests for worker/softmax_xent (its exp, moe_vexpf, is tested in
+ * test_vmath): the forward pass (probabilities and the summed -log p(target)) against a
  * naive computation in double, including logits large enough to overflow
  * a softmax that did not subtract the maximum. */
 #include <check.h>
@@ -14,42 +13,6 @@
 #include "test_util.h"
 
 Suite *test_softmax_xent_suite(void);
-
-START_TEST(sx_fast_expf_accuracy)
-{
-    /* Dense sweep of [-87, 88] in steps of 2^-14 (2.9 million points, every
-     * one exactly representable), plus the end points. */
-    double worst = 0;
-    float worst_x = 0;
-    long count = 0;
-    for (long i = 0;; i++) {
-        const float x = -87.0f + (float)i * (1.0f / 16384.0f);
-        if (x > 88.0f)
-            break;
-        const float got = softmax_fast_expf(x), want = expf(x);
-        const double rel = fabs((double)got - want) / want;
-        if (!(rel <= worst)) {
-            worst = rel;
-            worst_x = x;
-        }
-        count++;
-    }
-    ck_assert_int_gt(count, 2800000);
-    ck_assert_msg(worst < 2e-7, "relative error %.3g at x = %.9g", worst, worst_x);
-    /* and at points between the grid, near 0 where softmax spends its time */
-    float u[100000];
-    tu_fill(u, 100000, 5, 1.0f);
-    for (int i = 0; i < 100000; i++) {
-        const float x = u[i] * (i % 2 ? 10.0f : 0.01f);
-        const double rel = fabs((double)softmax_fast_expf(x) - expf(x)) / expf(x);
-        ck_assert_msg(rel < 2e-7, "relative error %.3g at x = %.9g", rel, x);
-    }
-    ck_assert(softmax_fast_expf(0.0f) == 1.0f);
-    ck_assert(softmax_fast_expf(-0.0f) == 1.0f);
-    /* the ends stay finite and normal */
-    ck_assert(isnormal(softmax_fast_expf(-87.0f)) && isfinite(softmax_fast_expf(88.0f)));
-}
-END_TEST
 
 enum { N = 6, V = 13, D = 5 };
 
@@ -271,10 +234,6 @@ END_TEST
 Suite *test_softmax_xent_suite(void)
 {
     Suite *s = suite_create("softmax_xent");
-    TCase *te = tcase_create("expf");
-    tcase_set_timeout(te, 60);
-    tcase_add_test(te, sx_fast_expf_accuracy);
-    suite_add_tcase(s, te);
     TCase *tc = tcase_create("forward");
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, sx_forward_matches_naive);
