@@ -8,8 +8,9 @@
  * GEMMs of forward and backward, multiply-add = 2 (12 rows D H per step).
  * The limit is the time those GEMMs take at the sgemm rate of each shape
  * measured alone; the fraction is that time over the measured time, so the
- * bias adds, the ReLU and the optimizer are what separate the two. Three
- * rounds alternate the two timings (each `seconds` long); medians count.
+ * bias adds, the ReLU and the optimizer are what separate the two. Five
+ * rounds alternate the two timings (each `seconds` long); the fraction is
+ * the median of the rounds' ratios, the rates the medians of each.
  *
  * Usage: bench_expert [--d-model D] [--d-hidden H] [--threads N]
  *        [--rows R1,R2,...] [--seconds S] [--json FILE] */
@@ -24,11 +25,11 @@
 #include "moe_optim.h"
 #include "moe_tensor.h"
 
-#define ROUNDS 3
+#define ROUNDS 5
 
 struct result {
     int rows;
-    double time, gflops, sgemm_gflops;
+    double time, gflops, sgemm_gflops, fraction;
 };
 
 int main(int argc, char **argv)
@@ -79,9 +80,9 @@ int main(int argc, char **argv)
             dy[i] = (float)((i * 104729) % 1000) / 100000.0f - 0.005f;
         }
         /* Rounds alternate the expert timing and the sgemm timing of its
-         * shapes, and each takes the median: the machine's speed drifts. */
+         * shapes; the median of the rounds' ratios counts (bench_median). */
         struct gemm_trace tr = {.n = 0};
-        double steps[ROUNDS], limits[ROUNDS], flops = 0;
+        double steps[ROUNDS], limits[ROUNDS], ratios[ROUNDS], flops = 0;
         int it = 0;
         for (int round = 0; round < ROUNDS; round++) {
             int reps = 0;
@@ -113,11 +114,13 @@ int main(int argc, char **argv)
             for (int i = 0; i < tr.n; i++)
                 tr.s[i].rate = 0;
             flops = gemm_trace_rates(&tr, seconds / tr.n, &limits[round]);
+            ratios[round] = limits[round] / steps[round];
         }
+        const double fraction = bench_median(ratios, ROUNDS);
         const double step = bench_median(steps, ROUNDS), limit = bench_median(limits, ROUNDS);
-        res[nres] = (struct result){rows, step, flops / step / 1e9, flops / limit / 1e9};
+        res[nres] = (struct result){rows, step, flops / step / 1e9, flops / limit / 1e9, fraction};
         printf("%6d %10.3f %10.1f %12.1f %9.3f\n", rows, 1e3 * step, res[nres].gflops,
-               res[nres].sgemm_gflops, res[nres].gflops / res[nres].sgemm_gflops);
+               res[nres].sgemm_gflops, fraction);
         fflush(stdout);
         nres++;
         expert_shard_destroy(&sh);
@@ -150,7 +153,7 @@ int main(int argc, char **argv)
                     "\"rows\": %d, \"step_time_s\": %.6f, \"gflops\": %.2f, \"sgemm_gflops\": %.2f, "
                     "\"fraction\": %.4f, \"opt_state_per_param\": %.6f, \"memcpy_gbps\": %.2f}",
                     i ? ",\n " : "", D, H, threads, res[i].rows, res[i].time, res[i].gflops,
-                    res[i].sgemm_gflops, res[i].gflops / res[i].sgemm_gflops, state_ratio, mc);
+                    res[i].sgemm_gflops, res[i].fraction, state_ratio, mc);
         fprintf(f, "]\n");
         fclose(f);
     }

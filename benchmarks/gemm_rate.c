@@ -98,7 +98,7 @@ double bench_median(double *v, int n)
 {
     for (int i = 1; i < n; i++)
         for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
-            double t = v[j];
+            const double t = v[j];
             v[j] = v[j - 1];
             v[j - 1] = t;
         }

@@ -40,7 +40,11 @@ double memcpy_gbps(size_t bytes, double seconds);
 /* Monotonic seconds. */
 double bench_now(void);
 
-/* Median of v[0..n) (sorts v in place). */
+/* Median of v[0..n) (sorts v in place). The benchmarks alternate rounds of
+ * the measured work and of its limit, and report the median of the rounds'
+ * ratios: on a shared machine (a VM with stolen time) speed drifts by more
+ * than 10% within minutes, and a ratio of two timings taken seconds apart
+ * cancels most of that. */
 double bench_median(double *v, int n);
 
 #endif

@@ -78,7 +78,7 @@ if want scale; then
     echo "== scaling at fixed k = 4: 4 .. 1024 experts of 512 -> 1024 -> 512, 64 rows per expert at 1024"
     # the worker and 2 servers share the 2 cores: each server gets 1 thread
     SERVER_THREADS=${SERVER_THREADS:-1} sh "$here/bench_scale.sh" "$build" "$out/scale" \
-        "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 4
+        "${SCALE_EXPERTS:-4,16,64,256,1024}" 64 5
 fi
 
 if want big && [ "${BIG:-0}" = 1 ]; then
@@ -149,7 +149,9 @@ ref = by.get(16, sc[0])
 for r in sc:
     srv = ", ".join(f"{v:.0f}" for v in r["server_peak_rss_mb"].values())
     rows.append(f"| scaling, {r['n_experts']} experts, k = 4, {r['batch_rows']} tokens/step "
-                f"({r['rows_per_expert']:.0f} rows per expert) | {r['tokens_per_sec']:.0f} tok/s | "
+                f"({r['rows_per_expert']:.0f} rows per expert) | {r['tokens_per_sec']:.0f} tok/s "
+                f"(fastest of {r.get('timed_steps', 3)} steps; mean "
+                f"{r.get('tokens_per_sec_mean', r['tokens_per_sec']):.0f}) | "
                 f"peak RSS worker {r['worker_peak_rss_mb']:.0f} MB, servers {srv} MB | "
                 f"{ref['n_experts']} experts: {ref['tokens_per_sec']:.0f} tok/s | "
                 f"**{r['tokens_per_sec'] / ref['tokens_per_sec']:.2f}** of {ref['n_experts']} experts |")
