@@ -150,8 +150,7 @@ for r in sc:
     srv = ", ".join(f"{v:.0f}" for v in r["server_peak_rss_mb"].values())
     rows.append(f"| scaling, {r['n_experts']} experts, k = 4, {r['batch_rows']} tokens/step "
                 f"({r['rows_per_expert']:.0f} rows per expert) | {r['tokens_per_sec']:.0f} tok/s "
-                f"(fastest of {r.get('timed_steps', 3)} steps; mean "
-                f"{r.get('tokens_per_sec_mean', r['tokens_per_sec']):.0f}) | "
+                f"(fastest of {r['timed_steps']} steps; mean {r['tokens_per_sec_mean']:.0f}) | "
                 f"peak RSS worker {r['worker_peak_rss_mb']:.0f} MB, servers {srv} MB | "
                 f"{ref['n_experts']} experts: {ref['tokens_per_sec']:.0f} tok/s | "
                 f"**{r['tokens_per_sec'] / ref['tokens_per_sec']:.2f}** of {ref['n_experts']} experts |")

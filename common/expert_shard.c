@@ -304,19 +304,26 @@ int expert_shard_backward(expert_shard_t *s, int n, const int32_t *ids, const in
 
 /* Where tensor `part` of an expert (w1, b1, w2, b2) lies: its offset in
  * the parameter and gradient blocks and in the optimizer state, and its
- * shape (cols 0 for the 1-D biases). */
+ * shape (cols 0 for the 1-D biases), from the layout of expert_shard_part. */
 struct part_place {
     size_t off, soff, rows, cols;
 };
 
 static struct part_place place_of(const expert_shard_t *s, int part)
 {
-    const size_t D = (size_t)s->D, H = (size_t)s->H;
-    const size_t rows[EXPERT_PARTS] = {H, H, D, D}, cols[EXPERT_PARTS] = {D, 0, H, 0};
-    struct part_place pl = {0, 0, rows[part], cols[part]};
-    for (int q = 0; q < part; q++) {
-        pl.off += rows[q] * (cols[q] ? cols[q] : 1);
-        pl.soff += moe_fadam_state_size(rows[q], cols[q]);
+    struct part_place pl = {0, 0, 0, 0};
+    for (int q = 0; q <= part; q++) {
+        const char *suffix;
+        int ndim;
+        int64_t shape[2];
+        size_t state;
+        expert_shard_part(q, s->D, s->H, &suffix, &ndim, shape, &state);
+        pl.rows = (size_t)shape[0];
+        pl.cols = (size_t)shape[1];
+        if (q < part) {
+            pl.off += pl.rows * (ndim == 2 ? pl.cols : 1);
+            pl.soff += state;
+        }
     }
     return pl;
 }

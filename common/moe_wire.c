@@ -515,9 +515,10 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     hdr.flags = h->flags;
     hdr.checkpoint = h->checkpoint ? (char *)h->checkpoint : (char *)protobuf_c_empty_string;
 
-    /* Both frames are built in zmq's own buffers before anything is sent, so
-     * that running out of memory cannot leave half a message on the wire, and
-     * the payload is converted straight into the frame (one pass, no copy). */
+    /* Both frames exist before anything is sent, so that running out of
+     * memory cannot leave half a message on the wire. A payload not already
+     * in pm (a lent or received frame) is converted straight into a new
+     * frame (one pass). */
     zmq_msg_t hm;
     zmq_msg_init(&hm);
     int rc = 0;
