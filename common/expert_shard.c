@@ -44,6 +44,12 @@ expert_shard_t *expert_shard_new(int D, int H, int n, const int32_t *ids, uint64
     return expert_shard_new_ex(D, H, n, ids, seed, opts, true);
 }
 
+double expert_shard_bytes(int D, int H, int n, bool keep_grads)
+{
+    const double P = (double)expert_ffn_param_count(D, H), S = 3.0 * H + 3.0 * D;
+    return 4.0 * ((double)n * (P + S + (keep_grads ? P : 0)) + (keep_grads ? 0 : P));
+}
+
 expert_shard_t *expert_shard_new_ex(int D, int H, int n, const int32_t *ids, uint64_t seed,
                                     const struct moe_fadam_opts *opts, bool keep_grads)
 {

@@ -31,6 +31,11 @@ expert_shard_t *expert_shard_new_ex(int D, int H, int n, const int32_t *ids, uin
                                     const struct moe_fadam_opts *opts, bool keep_grads);
 void expert_shard_destroy(expert_shard_t **s);
 
+/* Bytes expert_shard_new_ex allocates for n experts (parameters, factored
+ * Adam state, gradients), without allocating: a size check before it.
+ * Per-step caches (rows x (D + 2H) floats) come on top. */
+double expert_shard_bytes(int D, int H, int n, bool keep_grads);
+
 int expert_shard_count(const expert_shard_t *s);
 /* Width D and hidden size H of the shard's experts. */
 void expert_shard_dims(const expert_shard_t *s, int *D, int *H);

@@ -277,6 +277,16 @@ static void format_value(const struct moe_opt *o, const void *cfg, char *buf, si
     }
 }
 
+int moe_config_format_value(const struct moe_opt *table, size_t n, const void *cfg,
+                            const char *key, char *buf, size_t cap)
+{
+    const struct moe_opt *o = find_opt(table, n, key);
+    if (!o)
+        return MOE_ERR_NOTFOUND;
+    format_value(o, cfg, buf, cap);
+    return 0;
+}
+
 /* Whether `sec` is one of the comma-separated names of `list`. */
 static bool section_listed(const char *list, const char *sec)
 {

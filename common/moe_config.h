@@ -55,6 +55,12 @@ int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg,
 int moe_config_write_ini_except(const struct moe_opt *table, size_t n, const void *cfg, FILE *out,
                                 const char *skip);
 
+/* The value of option `key` of cfg as text (the form the INI writer uses:
+ * integers in decimal, doubles with 17 significant digits, true/false,
+ * strings as they are) into buf. 0 or MOE_ERR_NOTFOUND. */
+int moe_config_format_value(const struct moe_opt *table, size_t n, const void *cfg,
+                            const char *key, char *buf, size_t cap);
+
 /* Prints usage and one line per option with its default. */
 void moe_config_print_help(const struct moe_opt *table, size_t n, FILE *out, const char *prog,
                            const char *summary);

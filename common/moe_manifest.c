@@ -812,6 +812,21 @@ int moe_manifest_latest(const char *dir, bool verify, char *out, size_t cap,
 
 /* Removes a flat checkpoint folder: the manifest first (made durable), then
  * the other files, then the folder. */
+/* list_steps for the removers: 1 with the steps, 0 when dir is missing,
+ * or the error (logged). */
+static int list_steps_or_warn(const char *dir, struct steps *s)
+{
+    char why[1024];
+    int rc = list_steps(dir, s, why, sizeof why);
+    if (rc == 1)
+        return 0;
+    if (rc) {
+        moe_warn("checkpoints in %s: %s", dir, why);
+        return rc;
+    }
+    return 1;
+}
+
 static int remove_folder(const char *folder)
 {
     char p[MF_PATH];
@@ -854,13 +869,9 @@ int moe_manifest_prune(const char *dir, int keep)
         return MOE_ERR_RANGE;
     char why[1024];
     struct steps s;
-    int rc = list_steps(dir, &s, why, sizeof why);
-    if (rc == 1)
-        return 0;
-    if (rc) {
-        moe_warn("checkpoint prune: %s", why);
+    int rc = list_steps_or_warn(dir, &s);
+    if (rc <= 0)
         return rc;
-    }
     bool *committed = calloc(s.n ? s.n : 1, sizeof *committed);
     if (!committed) {
         free(s.v);
@@ -892,6 +903,33 @@ int moe_manifest_prune(const char *dir, int keep)
     if (removed)
         fsync_dir(dir);
     free(committed);
+    free(s.v);
+    return failed ? MOE_ERR_IO : removed;
+}
+
+int moe_manifest_remove_uncommitted(const char *dir, int64_t committed_step)
+{
+    struct steps s;
+    int rc = list_steps_or_warn(dir, &s);
+    if (rc <= 0)
+        return rc;
+    int removed = 0, failed = 0;
+    char folder[MF_PATH], mpath[MF_PATH];
+    for (size_t i = 0; i < s.n; i++) {
+        if (s.v[i] <= committed_step)
+            continue;
+        moe_manifest_folder(dir, s.v[i], folder, sizeof folder);
+        /* only folders without a manifest: never a committed checkpoint */
+        if (join(mpath, sizeof mpath, folder, MOE_MANIFEST_NAME) || access(mpath, F_OK) == 0)
+            continue;
+        if (remove_folder(folder)) {
+            failed = 1;
+            continue;
+        }
+        removed++;
+    }
+    if (removed)
+        fsync_dir(dir);
     free(s.v);
     return failed ? MOE_ERR_IO : removed;
 }

@@ -114,6 +114,14 @@ int moe_manifest_latest(const char *dir, bool verify, char *out, size_t cap,
  * failure is logged with moe_warn), or MOE_ERR_NOMEM. */
 int moe_manifest_prune(const char *dir, int keep);
 
+/* Removes every step-%08lld folder of dir newer than committed_step (-1:
+ * all) that has no manifest: the remains of checkpoints that failed or were
+ * abandoned (a rollback, a stop). Committed folders are never touched.
+ * Returns the number removed (0 if dir does not exist) or MOE_ERR_IO /
+ * MOE_ERR_NOMEM; each failure is logged. Only the coordinator, when no
+ * checkpoint is in progress, may call it. */
+int moe_manifest_remove_uncommitted(const char *dir, int64_t committed_step);
+
 /* Gathers a verified checkpoint into one canonical safetensors file at
  * out_path: every tensor of every listed file except the per-worker state
  * ("state.*") and, if params_only, the optimizer state (names ending in

@@ -715,6 +715,37 @@ START_TEST(manifest_prune_without_committed_removes_nothing)
 }
 END_TEST
 
+/* After a failure: folders newer than the committed step without a
+ * manifest go, committed ones and older folders stay. */
+START_TEST(manifest_remove_uncommitted_only_newer_partial)
+{
+    char dir[300], f[6][512], path[700];
+    snprintf(dir, sizeof dir, "%s/ck", tmp);
+    ck_assert_int_eq(moe_manifest_remove_uncommitted(dir, 10), 0); /* no directory */
+    make_ckpt(dir, 10, &ONE, f[0]);
+    make_ckpt(dir, 30, &ONE, f[1]); /* committed, newer than the step given */
+    const int64_t partial[] = {5, 20, 40, 50};
+    for (int i = 0; i < 4; i++) {
+        moe_manifest_folder(dir, partial[i], f[2 + i], sizeof f[2 + i]);
+        ck_assert_int_eq(mkdir(f[2 + i], 0755), 0);
+        snprintf(path, sizeof path, "%s/server-3.safetensors.tmp.77", f[2 + i]);
+        spill(path, "partial", 7);
+    }
+    ck_assert_int_eq(moe_manifest_remove_uncommitted(dir, 10), 3); /* 20, 40, 50 */
+    ck_assert(exists(f[0]));
+    ck_assert(exists(f[1]));
+    ck_assert(exists(f[2])); /* 5: older than the committed step, prune's business */
+    ck_assert(!exists(f[3]));
+    ck_assert(!exists(f[4]));
+    ck_assert(!exists(f[5]));
+    ck_assert_int_eq(moe_manifest_remove_uncommitted(dir, 10), 0);
+    /* -1: no committed checkpoint at all */
+    ck_assert_int_eq(moe_manifest_remove_uncommitted(dir, -1), 1); /* 5 */
+    ck_assert(exists(f[0]));
+    ck_assert(exists(f[1]));
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Export */
 
@@ -919,6 +950,7 @@ Suite *test_manifest_suite(void)
     tcase_add_test(tc, manifest_latest_skips_bad_and_uncommitted);
     tcase_add_test(tc, manifest_prune_keeps_newest_committed);
     tcase_add_test(tc, manifest_prune_without_committed_removes_nothing);
+    tcase_add_test(tc, manifest_remove_uncommitted_only_newer_partial);
     suite_add_tcase(s, tc);
 
     TCase *te = tcase_create("export");
