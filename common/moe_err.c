@@ -18,6 +18,9 @@ const char *moe_strerror(int err)
     case MOE_ERR_VERSION: return "version mismatch";
     case MOE_ERR_STATE: return "request does not fit the current state";
     case MOE_ERR_EMPTY: return "empty input";
+    case MOE_ERR_UNREGISTERED: return "not registered with the coordinator";
+    case MOE_ERR_STOPPED: return "the cluster was stopped";
+    case MOE_ERR_FAILED: return "the cluster failed";
     }
     return "unknown error";
 }

@@ -20,6 +20,9 @@ enum moe_err {
     MOE_ERR_VERSION = -8,    /* protocol or format version mismatch */
     MOE_ERR_STATE = -9,      /* the request does not fit the current state */
     MOE_ERR_EMPTY = -10,     /* an input that must have content is empty */
+    MOE_ERR_UNREGISTERED = -11, /* the coordinator does not know the sender: register first */
+    MOE_ERR_STOPPED = -12,   /* the operator stopped the cluster: exit cleanly */
+    MOE_ERR_FAILED = -13,    /* the cluster stopped on a failure it cannot recover from */
 };
 
 /* A static sentence describing `err`; never NULL. */

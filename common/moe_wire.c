@@ -514,6 +514,10 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     hdr.epoch = h->epoch;
     hdr.flags = h->flags;
     hdr.checkpoint = h->checkpoint ? (char *)h->checkpoint : (char *)protobuf_c_empty_string;
+    hdr.config = h->config ? (char *)h->config : (char *)protobuf_c_empty_string;
+    hdr.config_digest = h->config_digest;
+    hdr.workers = h->workers ? (char *)h->workers : (char *)protobuf_c_empty_string;
+    hdr.incarnation = h->incarnation;
 
     /* Both frames exist before anything is sent, so that running out of
      * memory cannot leave half a message on the wire. A payload not already

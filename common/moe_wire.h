@@ -18,7 +18,7 @@
 
 #include "moe.pb-c.h"
 
-#define MOE_WIRE_VERSION 1
+#define MOE_WIRE_VERSION 2
 
 /* Longest error_text accepted, in bytes (without the terminating NUL). */
 #define MOE_WIRE_ERROR_TEXT_MAX 1024
@@ -76,6 +76,10 @@ struct moe_wire_out {
     uint32_t epoch;            /* configuration the sender runs in */
     uint32_t flags;            /* MOE_FLAG_* */
     const char *checkpoint;    /* EPOCH: checkpoint folder; NULL = empty */
+    const char *config;        /* REGISTER: "key=value" lines of the training configuration */
+    uint64_t config_digest;    /* REGISTER: digest of config */
+    const char *workers;       /* REGISTER reply: the cluster's worker list; NULL = empty */
+    uint64_t incarnation;      /* REGISTER: random per process */
 };
 
 /* Header flags, by message type. */
@@ -96,6 +100,14 @@ enum {
     MOE_FLAG_DRAINED = 1u << 6,
     /* EPOCH: training is over (every step done), stop */
     MOE_FLAG_FINISHED = 1u << 7,
+    /* STATS_REPLY: checkpoint after this step (with MOE_FLAG_CHECKPOINT), then
+     * stop; EPOCH and ACK: the cluster was stopped by the operator, exit 0 */
+    MOE_FLAG_STOP = 1u << 8,
+    /* ERROR: the cluster stopped on a failure it cannot recover from (the
+     * error text says which): exit non-zero */
+    MOE_FLAG_FAILED = 1u << 9,
+    /* REGISTER (server): `rank` is the id this server already has */
+    MOE_FLAG_HAS_ID = 1u << 10,
 };
 
 /* Pure decoding and validation of already-received frames (no sockets): used

@@ -3,9 +3,19 @@
  * libuv (ZeroMQ through moe_zloop, HTTP through coord_http).
  *
  * Membership: expert servers register with the endpoint they serve on
- * (their routing id is "moe-server@ENDPOINT"), workers with their rank
- * ("moe-worker-R"); both send heartbeats. A server's slot (its index in the
- * monitoring pages) is fixed for the coordinator's lifetime.
+ * (their routing id is "moe-server/INC@ENDPOINT"), workers with their rank
+ * ("moe-worker-R/INC"; INC is a random number of the process, so that no
+ * newcomer can take over a member's connection), each with its training
+ * configuration: a process whose
+ * configuration differs from the cluster's is refused with a sentence
+ * naming the keys, and nothing changes. A server gets an id at its first
+ * registration (the position of its endpoint in --servers, or the next free
+ * number) and keeps it: logs, moectl, the dashboard, /metrics, drain and
+ * checkpoint file names all use it. A dead server's slot is pruned once its
+ * experts have moved. A member the coordinator does not know (it restarted)
+ * is answered MOE_ERR_UNREGISTERED and registers again; epochs stay
+ * monotonic across such a restart (the coordinator continues above the
+ * newest epoch its members report).
  *
  * Epochs (DESIGN §6): the cluster runs in numbered configurations. An epoch
  * is a placement of the experts on the live servers (compact indices
@@ -23,7 +33,15 @@
  *    server reporting trouble, a worker restarting): everyone rolls back to
  *    the last committed checkpoint, the dead server's experts go to the
  *    survivors, and training replays; being deterministic, it ends with the
- *    same bytes as a run without the failure.
+ *    same bytes as a run without the failure. The same failure repeating
+ *    (more than max_rollbacks rollbacks to one checkpoint with no progress
+ *    between them) stops the cluster instead: every member is told the
+ *    cause (the sentence its reporter sent, e.g. a file that cannot be
+ *    written) and exits non-zero; partial checkpoint folders are removed.
+ *
+ * Stopping: SIGTERM of the coordinator or of a worker, or of the last
+ * server, checkpoints at the next step boundary and then tells everyone to
+ * exit 0 (coord_request_stop). SIGTERM of one server of several drains it.
  *
  * Checkpoints: the statistics reply of step s may carry CHECKPOINT (every
  * checkpoint_every steps, at the last step, on demand, before a
@@ -49,7 +67,11 @@
 typedef struct coord coord_t;
 
 struct coord_member {
+    bool used;              /* server slots: the slot holds a server (listed or registered) */
     bool registered, alive;
+    bool ever_registered;   /* server: registered at some point (a dead one is pruned) */
+    uint32_t id;            /* server: its id, stable for its lifetime (logs, moectl,
+                             * dashboard, metrics, drain, checkpoint file names) */
     char endpoint[256];
     double last_seen;   /* seconds, monotonic clock */
     int64_t step;
@@ -66,6 +88,8 @@ struct coord_member {
     bool draining;          /* server: to be removed at the next reconfiguration */
     bool ckpt_done;         /* wrote its files of the checkpoint in progress */
     char ckpt_file[128];    /* ... named this */
+    bool told;              /* was told that the cluster stopped or failed */
+    uint64_t incarnation;   /* of the process registered (the same again: not a restart) */
 };
 
 enum coord_phase {
@@ -73,6 +97,7 @@ enum coord_phase {
     COORD_LOADING,  /* servers loading the epoch's state, workers gathering */
     COORD_RUNNING,  /* training */
     COORD_FINISHED, /* every step done */
+    COORD_STOPPED,  /* stopped by the operator (after a checkpoint when one was possible) */
 };
 
 /* Binds the ROUTER at cfg->coordinator and looks for the newest committed
@@ -94,18 +119,37 @@ void coord_tick(coord_t *c, double now);
 
 /* Operator requests (HTTP POST). Checkpoint: at the end of the next step
  * (MOE_ERR_STATE with a sentence if there is no checkpoint_dir or the
- * cluster is not training). Drain: server slot `slot` leaves at the next
- * step boundary, its experts moving to the others. */
+ * cluster is not training). Drain: the server with id `id` leaves at the
+ * next step boundary, its experts moving to the others (MOE_ERR_NOTFOUND
+ * for an unknown id, MOE_ERR_STATE when it is down or cannot be drained,
+ * with a sentence). */
 int coord_request_checkpoint(coord_t *c, char *err, size_t errlen);
-int coord_request_drain(coord_t *c, int slot, char *err, size_t errlen);
+int coord_request_drain(coord_t *c, uint64_t id, char *err, size_t errlen);
+
+/* Stops the cluster cleanly (SIGTERM of the coordinator, of a worker, of
+ * the last server): a checkpoint at the end of the next step when the
+ * cluster trains and has a checkpoint_dir, then every member is told to
+ * exit 0; at once otherwise. `why` is logged. */
+void coord_request_stop(coord_t *c, const char *why);
+
+/* Whether the coordinator's work is over: the cluster stopped or failed and
+ * every member has been told (or a grace period passed). *code is the exit
+ * status (0 stopped, 1 failed) and why (may be NULL) the failure's sentence. */
+bool coord_should_exit(const coord_t *c, double now, int *code, char *why, size_t cap);
+
+/* The sentence of a failure the cluster cannot recover from, or NULL. */
+const char *coord_failure(const coord_t *c);
+/* Rollbacks so far. */
+uint64_t coord_rollbacks(const coord_t *c);
 
 const coord_stats_t *coord_stats(const coord_t *c);
-int coord_n_servers(const coord_t *c); /* slots */
+int coord_n_servers(const coord_t *c); /* slots: iterate 0..n-1, skip those not `used` */
 int coord_n_workers(const coord_t *c);
-const struct coord_member *coord_server(const coord_t *c, int i);
+const struct coord_member *coord_server(const coord_t *c, int slot);
 const struct coord_member *coord_worker(const coord_t *c, int r);
-/* Server slot of expert e under the current placement (-1 before the first epoch). */
-int coord_server_of(const coord_t *c, int e);
+/* Id of the server holding expert e under the current placement (-1 before
+ * the first epoch). */
+int64_t coord_server_of(const coord_t *c, int e);
 uint32_t coord_placement_version(const coord_t *c);
 uint32_t coord_epoch(const coord_t *c);
 enum coord_phase coord_phase(const coord_t *c);

@@ -6,8 +6,13 @@
  *   GET  /api/v1/cluster   servers, workers, cluster statistics (JSON)
  *   GET  /api/v1/experts   per-expert rows, importance, load (JSON)
  *   POST /api/v1/checkpoint          checkpoint at the end of the next step
- *   POST /api/v1/drain?server=N      move server N's experts away, then it exits
- *        (both need `Authorization: Bearer <http_token>`) */
+ *   POST /api/v1/drain?server=ID     move server ID's experts away, then it exits
+ *        (both need `Authorization: Bearer <http_token>`)
+ * SIGTERM or SIGINT: a checkpoint at the next step boundary, then every
+ * member is told to stop and the coordinator exits 0 (a second signal stops
+ * it at once). When the cluster fails for good, it tells every member why
+ * and exits 1 with that sentence. */
+#include <inttypes.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <stdio.h>
@@ -47,6 +52,8 @@ struct app {
     moe_zloop_sock_t *zs;
     uv_timer_t timer;
     uv_signal_t sig_term, sig_int;
+    int signals, exit_code;
+    double exit_at; /* when to stop serving (0: not yet decided) */
 };
 
 static double now_sec(uv_loop_t *loop) { return (double)uv_now(loop) / 1000.0; }
@@ -61,7 +68,21 @@ static void on_zmq(void *sock, void *user)
 static void on_timer(uv_timer_t *t)
 {
     struct app *a = t->data;
-    coord_tick(a->coord, now_sec(&a->loop));
+    const double now = now_sec(&a->loop);
+    coord_tick(a->coord, now);
+    int code;
+    char why[1100];
+    /* Every member has been told; half a second more of answers, so that
+     * none misses the news (answers sent just before the socket closes
+     * can be lost), then exit. */
+    if (coord_should_exit(a->coord, now, &code, why, sizeof why) && a->exit_at == 0)
+        a->exit_at = now + 0.5;
+    if (a->exit_at > 0 && now >= a->exit_at) {
+        a->exit_code = code;
+        if (code)
+            fprintf(stderr, "moe-coordinator: error: %s\n", why);
+        uv_stop(&a->loop);
+    }
 }
 
 static void respond(struct coord_http_response *resp, int status, const char *type, char *body)
@@ -104,18 +125,56 @@ static char *cached_page(struct app *a, int page)
     return out;
 }
 
-/* 200 with `ok`, or 409 with the sentence as JSON. */
-static void respond_result(struct coord_http_response *resp, int rc, const char *why,
-                           const char *ok)
+/* `status` with {"error": sentence}. */
+static void respond_error(struct coord_http_response *resp, int status, const char *why)
 {
-    if (rc == 0) {
-        respond(resp, 200, "application/json", copy(ok));
-        return;
-    }
     json_t *o = json_pack("{ss}", "error", why);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
-    respond(resp, rc == MOE_ERR_NOTFOUND ? 404 : 409, "application/json", body);
+    respond(resp, body ? status : 500, "application/json", body);
+}
+
+/* 200 with `ok`, or 409 with the sentence as JSON (the request is well
+ * formed but the cluster cannot do it: an unknown or dead server, no
+ * checkpoint_dir, the last server). */
+static void respond_result(struct coord_http_response *resp, int rc, const char *why,
+                           const char *ok)
+{
+    if (rc == 0)
+        respond(resp, 200, "application/json", copy(ok));
+    else
+        respond_error(resp, 409, why);
+}
+
+/* The value of `name` in a query string ("a=1&server=7") as an unsigned
+ * number: digits only, at most max. 0, or -1 when absent, -2 when malformed
+ * or out of range. */
+static int query_uint(const char *query, const char *name, uint64_t max, uint64_t *out)
+{
+    const size_t nl = strlen(name);
+    for (const char *p = query; p && *p;) {
+        const char *amp = strchr(p, '&');
+        const size_t len = amp ? (size_t)(amp - p) : strlen(p);
+        if (len > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {
+            const char *v = p + nl + 1;
+            const size_t vl = len - nl - 1;
+            if (vl == 0 || vl > 20)
+                return -2;
+            uint64_t x = 0;
+            for (size_t i = 0; i < vl; i++) {
+                if (v[i] < '0' || v[i] > '9')
+                    return -2;
+                const uint64_t d = (uint64_t)(v[i] - '0');
+                if (x > (max - d) / 10)
+                    return -2;
+                x = x * 10 + d;
+            }
+            *out = x;
+            return 0;
+        }
+        p = amp ? amp + 1 : NULL;
+    }
+    return -1;
 }
 
 static void on_http(void *user, const struct coord_http_request *req,
@@ -150,16 +209,14 @@ static void on_http(void *user, const struct coord_http_request *req,
             respond_result(resp, coord_request_checkpoint(a->coord, why, sizeof why), why,
                            "{\"ok\":true,\"message\":\"checkpoint at the end of the next step\"}");
         else {
-            /* ?server=N */
-            const char *q = req->query ? strstr(req->query, "server=") : NULL;
-            char *end = NULL;
-            long slot = q ? strtol(q + 7, &end, 10) : -1;
-            if (!q || end == q + 7 || (*end && *end != '&'))
-                respond(resp, 400, "application/json",
-                        copy("{\"error\":\"drain needs ?server=N (a server index)\"}"));
+            /* ?server=ID, a server id (0 .. 2^32-1) */
+            uint64_t id = 0;
+            if (query_uint(req->query, "server", UINT32_MAX, &id) != 0)
+                respond_error(resp, 400, "drain needs ?server=ID, a server id from 0 to 4294967295 "
+                                         "(see moectl status)");
             else
-                respond_result(resp, coord_request_drain(a->coord, (int)slot, why, sizeof why),
-                               why, "{\"ok\":true,\"message\":\"the server leaves at the next step boundary\"}");
+                respond_result(resp, coord_request_drain(a->coord, id, why, sizeof why), why,
+                               "{\"ok\":true,\"message\":\"the server leaves at the next step boundary\"}");
         }
     } else if (!get && !post) {
         respond(resp, 405, "application/json", copy("{\"error\":\"method not allowed\"}"));
@@ -171,8 +228,16 @@ static void on_http(void *user, const struct coord_http_request *req,
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct app *a = s->data;
-    moe_info("signal %d: stopping", signum);
-    uv_stop(&a->loop);
+    if (++a->signals > 1) {
+        moe_warn("signal %d again: stopping at once", signum);
+        a->exit_code = 1;
+        uv_stop(&a->loop);
+        return;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "the coordinator got signal %d (%s)", signum,
+             signum == SIGTERM ? "SIGTERM" : signum == SIGINT ? "SIGINT" : "?");
+    coord_request_stop(a->coord, why);
 }
 
 static int split_host_port(const char *hp, char *host, size_t cap, int *port)
@@ -278,5 +343,5 @@ int main(int argc, char **argv)
     for (int i = 0; i < N_PAGES; i++)
         free(a.cache[i].body);
     coord_destroy(&a.coord);
-    return 0;
+    return a.exit_code;
 }

@@ -23,6 +23,7 @@
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
+#include "moe_mem.h"
 #include "moe_optim.h"
 #include "moe_safetensors.h"
 #include "moe_tensor.h"
@@ -70,6 +71,17 @@ struct expsrv {
     atomic_llong hb_step;
     atomic_ullong hb_rows, hb_bytes, hb_errors, hb_latency_bits;
     atomic_uint hb_seen_epoch;
+    /* what the heartbeat answers said, for the loop */
+    atomic_int hb_unregistered, hb_stopped, hb_failed;
+    char hb_failure[1024];        /* written before hb_failed is set */
+    atomic_llong hb_silence_ms;   /* since the coordinator last answered */
+    char contract[8192];          /* the training configuration it registered with */
+    char workers[4096];           /* the worker list it serves (--workers or the coordinator's) */
+    uint32_t id;                  /* its id from the coordinator (file names, logs) */
+    bool leave_sent;              /* asked the coordinator to drain it (first signal) */
+    bool exit_after_step;         /* stop once no step is in progress */
+    int exit_code;                /* of expsrv_run when it stops on its own */
+    char exit_why[1100];          /* ... and its sentence */
     uint64_t rows_total, bytes_total; /* forward rows computed, tensor bytes in and out */
     double compute_seconds;           /* forward + backward compute of every step */
     double step_started;
@@ -83,6 +95,9 @@ static double now_sec(void)
 }
 
 int64_t expsrv_step(const expsrv_t *s) { return s->step; }
+const char *expsrv_exit_reason(const expsrv_t *s) { return s->exit_why; }
+const char *expsrv_endpoint(const expsrv_t *s) { return s->own; }
+int64_t expsrv_id(const expsrv_t *s) { return s->coord ? (int64_t)s->id : (int64_t)s->cfg->server_index; }
 int64_t expsrv_errors(const expsrv_t *s) { return s->errors; }
 
 /* ------------------------------------------------------------------------ */
@@ -119,8 +134,9 @@ static bool own_endpoint(const struct trainer_config *cfg, char *out, size_t cap
 }
 
 /* The heartbeat thread: every 250 ms the server's counters to the
- * coordinator, on its own socket ("moe-heart@ENDPOINT"); the newest epoch
- * the coordinator mentions goes back to the loop. */
+ * coordinator, on its own socket ("moe-heart/INC@ENDPOINT"); the newest epoch
+ * the coordinator mentions and what its answers say (unknown server,
+ * stopped, failed, silent) go back to the loop. */
 static void *heartbeat_main(void *arg)
 {
     expsrv_t *s = arg;
@@ -132,6 +148,7 @@ static void *heartbeat_main(void *arg)
         moe_error("heartbeat: %s", err);
         return NULL;
     }
+    double logged = 0;
     while (!atomic_load(&s->hb_stop)) {
         uint64_t bits = atomic_load(&s->hb_latency_bits);
         double lat;
@@ -145,6 +162,25 @@ static void *heartbeat_main(void *arg)
             nanosleep(&ts, NULL);
             coord_client_drain(c);
             atomic_store(&s->hb_seen_epoch, coord_client_seen_epoch(c));
+        }
+        const double silent = coord_client_silence(c);
+        atomic_store(&s->hb_silence_ms, (long long)(silent * 1000));
+        if (silent >= 5.0 && silent - logged >= 5.0) {
+            logged = silent;
+            moe_warn("the coordinator at %s has not answered for %.0f s; serving on and waiting "
+                     "for it (gives up after %lld s)", s->cfg->coordinator, silent,
+                     (long long)s->cfg->coordinator_wait_s);
+        } else if (silent < 5.0) {
+            logged = 0;
+        }
+        if (coord_client_take_unregistered(c))
+            atomic_store(&s->hb_unregistered, 1);
+        if (coord_client_stopped(c))
+            atomic_store(&s->hb_stopped, 1);
+        const char *f = coord_client_failure(c);
+        if (f && !atomic_load(&s->hb_failed)) {
+            snprintf(s->hb_failure, sizeof s->hb_failure, "%s", f);
+            atomic_store(&s->hb_failed, 1);
         }
     }
     coord_client_destroy(&c);
@@ -162,6 +198,16 @@ static void publish(expsrv_t *s)
     uint64_t bits;
     memcpy(&bits, &lat, sizeof bits);
     atomic_store(&s->hb_latency_bits, bits);
+}
+
+/* Whether a shard of n experts fits in the machine's memory now (with a
+ * sentence naming this server, the experts and the bytes when it does not). */
+static int check_shard_memory(const expsrv_t *s, int n, char *err, size_t errlen)
+{
+    char what[200];
+    snprintf(what, sizeof what, "its %d experts of %d -> %d -> %d", n, s->D, s->H, s->D);
+    const double b = expert_shard_bytes(s->D, s->H, n, false);
+    return moe_mem_check(b >= 1.8e19 ? UINT64_MAX : (uint64_t)b, what, err, errlen);
 }
 
 expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
@@ -218,8 +264,18 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
         zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover);
         s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, 0, own, cfg->n_experts,
                                     cfg->timeout_ms, err, errlen);
-        if (!s->coord || coord_client_register(s->coord, own, err, errlen))
+        if (!s->coord)
             goto fail;
+        if (trainer_contract(cfg, TRAINER_ROLE_SERVER, s->contract, sizeof s->contract) < 0) {
+            snprintf(err, errlen, "the training configuration is too long to send");
+            goto fail;
+        }
+        if (coord_client_register(s->coord, own, s->contract, cfg->coordinator_wait_s, err, errlen))
+            goto fail;
+        s->id = coord_client_id(s->coord);
+        if (!cfg->workers[0] && coord_client_workers(s->coord)[0])
+            moe_info("the cluster's workers (from the coordinator): %s",
+                     coord_client_workers(s->coord));
         if (pthread_create(&s->hb_thread, NULL, heartbeat_main, s) != 0) {
             snprintf(err, errlen, "cannot start the heartbeat thread");
             goto fail;
@@ -228,7 +284,12 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
         s->waiting = true;
         s->index = -1;
     }
-    if (moe_cluster_parse(&s->cl, cfg->coordinator[0] ? own : cfg->servers, cfg->workers,
+    /* A server without --workers takes the coordinator's list (the contract
+     * check let it through for that reason). */
+    const char *workers = s->coord && !cfg->workers[0] ? coord_client_workers(s->coord)
+                                                       : cfg->workers;
+    snprintf(s->workers, sizeof s->workers, "%s", workers);
+    if (moe_cluster_parse(&s->cl, cfg->coordinator[0] ? own : cfg->servers, s->workers,
                           cfg->coordinator[0] ? "" : cfg->placement, cfg->n_experts, err, errlen))
         goto fail;
     if (!cfg->coordinator[0] && cfg->server_index >= s->cl.n_servers) {
@@ -243,6 +304,12 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
     int n = cfg->coordinator[0] ? 0 : moe_cluster_experts_of(&s->cl, cfg->server_index, ids);
     struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
                                 cfg->expert_clip, cfg->expert_relative_step, 1e-3};
+    if (cfg->memory_check && n > 0 && check_shard_memory(s, n, err, errlen)) {
+        char e2[1200];
+        snprintf(e2, sizeof e2, "server %d: %s", cfg->server_index, err);
+        snprintf(err, errlen, "%s", e2);
+        goto fail;
+    }
     s->shard = expert_shard_new_ex(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo, false);
     if (!s->shard) {
         snprintf(err, errlen, "cannot allocate %d experts of %dx%d", n, s->D, s->H);
@@ -258,7 +325,8 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
         goto fail;
     free(ids);
     if (s->coord)
-        moe_info("serving on %s, %d worker(s); experts come with the coordinator's epoch", ep, s->W);
+        moe_info("serving on %s as server %u, %d worker(s); experts come with the coordinator's "
+                 "epoch", ep, s->id, s->W);
     else
         moe_info("server %d of %d: %d experts (%d..%d), %d worker(s), listening on %s",
                  cfg->server_index, s->cl.n_servers, n, n ? expert_shard_id(s->shard, 0) : -1,
@@ -826,7 +894,7 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
     const struct trainer_config *cfg = s->cfg;
     struct moe_cluster cl;
     memset(&cl, 0, sizeof cl);
-    int rc = moe_cluster_parse(&cl, ep->servers, cfg->workers, ep->placement, cfg->n_experts, err,
+    int rc = moe_cluster_parse(&cl, ep->servers, s->workers, ep->placement, cfg->n_experts, err,
                                errlen);
     if (rc)
         return rc;
@@ -845,6 +913,11 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
     moe_cluster_free(&cl);
     struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps, 1e-30,
                                 cfg->expert_clip, cfg->expert_relative_step, 1e-3};
+    /* The new shard is built beside the old one: it must fit on its own. */
+    if (cfg->memory_check && (rc = check_shard_memory(s, n, err, errlen))) {
+        free(ids);
+        return rc;
+    }
     expert_shard_t *next = expert_shard_new_ex(s->D, s->H, n, ids, (uint64_t)cfg->seed, &fo, false);
     free(ids);
     if (!next) {
@@ -917,24 +990,39 @@ static int load_epoch(expsrv_t *s, const struct coord_epoch *ep, char *err, size
     s->epoch = ep->epoch;
     s->index = ep->index;
     coord_client_set_epoch(s->coord, ep->epoch);
-    moe_info("epoch %u: server %d with %d experts at step %" PRId64 " (%d kept, %d read from the "
-             "checkpoint in %.3f s)", ep->epoch, ep->index, n, ep->step, kept, loaded, dt);
+    moe_info("epoch %u: server %u with %d experts at step %" PRId64 " (%d kept, %d read from the "
+             "checkpoint in %.3f s)", ep->epoch, s->id, n, ep->step, kept, loaded, dt);
     if (loaded)
         moe_info("migration: %.2f ms per expert read", 1e3 * dt / loaded);
     return 0;
 }
 
+/* Tells the coordinator this server failed in its epoch (why: a sentence
+ * naming the cause); the coordinator rolls the cluster back, or stops it
+ * when the same failure keeps repeating. The loop sees the new epoch. */
+static void report_trouble(expsrv_t *s, const char *why)
+{
+    char err[512];
+    struct coord_epoch ep;
+    moe_error("%s", why);
+    if (coord_client_epoch_wait(s->coord, s->step, MOE_FLAG_TROUBLE, why, &ep, err, sizeof err) == 0)
+        coord_epoch_free(&ep);
+}
+
 /* Writes this server's shard of the checkpoint of the current step and
- * reports it to the coordinator. */
+ * reports it to the coordinator; a failure is reported as trouble. */
 static void write_checkpoint(expsrv_t *s)
 {
-    char folder[TRAINER_PATH_MAX + 32], path[TRAINER_PATH_MAX + 96], file[64], err[512];
+    char folder[TRAINER_PATH_MAX + 32], path[TRAINER_PATH_MAX + 96], file[64], err[512],
+        why[1024];
+    snprintf(file, sizeof file, "server-%u.safetensors", s->id);
     if (moe_manifest_make_folder(s->cfg->checkpoint_dir, s->step, folder, sizeof folder, err,
                                  sizeof err)) {
-        moe_error("checkpoint: %s", err);
+        snprintf(why, sizeof why, "server %u cannot write its checkpoint of step %" PRId64 ": %s",
+                 s->id, s->step, err);
+        report_trouble(s, why);
         return;
     }
-    snprintf(file, sizeof file, "server-%d.safetensors", s->index);
     snprintf(path, sizeof path, "%s/%s", folder, file);
     const double t0 = now_sec();
     /* Fault injection for the tests: die by SIGKILL half-way through
@@ -952,33 +1040,129 @@ static void write_checkpoint(expsrv_t *s)
                  path);
         raise(SIGKILL);
     }
-    if (expsrv_write_shard(s, path, err, sizeof err) ||
-        coord_client_checkpoint_done(s->coord, s->step, file, err, sizeof err)) {
+    if (expsrv_write_shard(s, path, err, sizeof err)) {
+        snprintf(why, sizeof why, "server %u cannot write %s: %s", s->id, path, err);
+        report_trouble(s, why);
+        return;
+    }
+    if (coord_client_checkpoint_done(s->coord, s->step, file, err, sizeof err)) {
         moe_error("checkpoint of step %" PRId64 ": %s", s->step, err);
         return;
     }
     moe_info("checkpoint of step %" PRId64 ": %s written in %.3f s", s->step, path, now_sec() - t0);
 }
 
+/* The first SIGTERM/SIGINT with a coordinator: ask to be drained. Returns
+ * 1 when the server may exit at once (it holds nothing, or the cluster is
+ * over), 0 when it serves on until the coordinator drains it or stops the
+ * cluster, -1 when it cannot be drained (it then finishes its step and
+ * exits; the cluster recovers from its absence). */
+static int ask_to_leave(expsrv_t *s)
+{
+    char err[1024], said[256];
+    uint32_t flags = 0;
+    s->leave_sent = true;
+    int rc = coord_client_leave(s->coord, s->step, &flags, said, sizeof said, err, sizeof err);
+    if (rc == MOE_ERR_STOPPED || (rc == 0 && (flags & MOE_FLAG_STOP))) {
+        moe_info("signal: leaving (%s)", rc ? "the cluster is stopped" : said);
+        return 1;
+    }
+    if (rc == 0) {
+        moe_info("signal: asked the coordinator to drain this server: %s (a second signal stops "
+                 "it at once)", said);
+        return 0;
+    }
+    moe_warn("signal: this server cannot be drained (%s); it finishes its step and exits", err);
+    return -1;
+}
+
+/* What the heartbeat thread heard, acted on between messages. Returns 1 to
+ * stop serving (s->exit_code says how), 0 to go on. */
+static int check_coordinator(expsrv_t *s, volatile sig_atomic_t *stop)
+{
+    char err[1024];
+    if (atomic_load(&s->hb_failed)) {
+        snprintf(s->exit_why, sizeof s->exit_why, "%s", s->hb_failure);
+        s->exit_code = MOE_ERR_FAILED;
+        return 1;
+    }
+    /* Either socket may carry the news: the heartbeat thread's, and this
+     * loop's (drained for stale answers). */
+    const char *f = coord_client_failure(s->coord);
+    if (f) {
+        snprintf(s->exit_why, sizeof s->exit_why, "%s", f);
+        s->exit_code = MOE_ERR_FAILED;
+        return 1;
+    }
+    if ((atomic_load(&s->hb_stopped) || coord_client_stopped(s->coord)) && !s->exit_after_step) {
+        moe_info("the operator stopped the cluster: exiting once no step is in progress");
+        s->exit_after_step = true;
+    }
+    const long long silent_ms = atomic_load(&s->hb_silence_ms);
+    if (silent_ms > s->cfg->coordinator_wait_s * 1000) {
+        snprintf(s->exit_why, sizeof s->exit_why, "the coordinator at %s has not answered for "
+                 "%lld s (--coordinator-wait-s); giving up", s->cfg->coordinator,
+                 silent_ms / 1000);
+        s->exit_code = MOE_ERR_IO;
+        return 1;
+    }
+    if (atomic_load(&s->hb_unregistered) && !s->leave_sent) {
+        /* The coordinator restarted and does not know us: register again;
+         * its first epoch rolls the cluster back to the last checkpoint. */
+        atomic_store(&s->hb_unregistered, 0);
+        moe_warn("the coordinator at %s does not know this server (it restarted?): registering "
+                 "again", s->cfg->coordinator);
+        int rc = coord_client_register(s->coord, s->own, s->contract, s->cfg->coordinator_wait_s,
+                                       err, sizeof err);
+        if (rc == MOE_ERR_FAILED || rc == MOE_ERR_CONFIG) {
+            snprintf(s->exit_why, sizeof s->exit_why, "%s", err);
+            s->exit_code = rc;
+            return 1;
+        }
+        if (rc == MOE_ERR_STOPPED) {
+            s->exit_after_step = true;
+        } else if (rc) {
+            moe_warn("registering again: %s", err);
+        } else if (coord_client_id(s->coord) != s->id) {
+            s->id = coord_client_id(s->coord);
+            moe_info("registered again as server %u", s->id);
+        }
+    }
+    if (*stop && !s->leave_sent && !s->exit_after_step) {
+        int r = ask_to_leave(s);
+        if (r != 0)
+            s->exit_after_step = true;
+    }
+    return 0;
+}
+
 /* Between epochs: asks the coordinator until it answers with an epoch for
- * this server, loads it, and says so. Returns 1 when drained (exit), 0
- * when serving, a negative code on error or when stopped. */
+ * this server, loads it, and says so. Returns 1 when it should exit (drained,
+ * or the cluster stopped: s->exit_code says how), 0 when serving, a negative
+ * code on error. */
 static int await_epoch(expsrv_t *s, volatile sig_atomic_t *stop)
 {
     char err[1024];
     s->waiting = true;
     for (;;) {
-        if (*stop)
-            return MOE_ERR_STATE;
+        if (check_coordinator(s, stop))
+            return 1;
+        if (s->exit_after_step)
+            return 1; /* nothing is in progress between epochs */
         struct coord_epoch ep;
-        int rc = coord_client_epoch_wait(s->coord, s->step, 0, &ep, err, sizeof err);
+        int rc = coord_client_epoch_wait(s->coord, s->step, 0, NULL, &ep, err, sizeof err);
         if (rc == MOE_ERR_IO) {
             moe_warn("%s; asking again", err);
             continue;
         }
+        if (rc == MOE_ERR_STOPPED) {
+            moe_info("the operator stopped the cluster; exiting");
+            return 1;
+        }
         if (rc) {
-            moe_error("epoch: %s", err);
-            return rc;
+            snprintf(s->exit_why, sizeof s->exit_why, "%s", err);
+            s->exit_code = rc;
+            return 1;
         }
         if (ep.flags & MOE_FLAG_DRAINED) {
             moe_info("drained: this server's experts moved to the others; exiting");
@@ -999,20 +1183,21 @@ static int await_epoch(expsrv_t *s, volatile sig_atomic_t *stop)
         }
         rc = load_epoch(s, &ep, err, sizeof err);
         const bool initial = ep.flags & MOE_FLAG_INITIAL_CHECKPOINT;
+        const uint32_t epoch = ep.epoch;
         coord_epoch_free(&ep);
         if (rc) {
-            moe_error("epoch %u: %s", ep.epoch, err);
             /* cannot serve this epoch: report trouble, the coordinator moves on */
-            struct coord_epoch e2;
-            if (coord_client_epoch_wait(s->coord, s->step, MOE_FLAG_TROUBLE, &e2, err, sizeof err) == 0)
-                coord_epoch_free(&e2);
+            char why[1200];
+            snprintf(why, sizeof why, "server %u cannot load epoch %u: %s", s->id, epoch, err);
+            coord_client_set_epoch(s->coord, epoch);
+            report_trouble(s, why);
             sleep_ms(500);
             continue;
         }
         if (initial && s->cfg->checkpoint_dir[0])
             write_checkpoint(s);
         struct coord_epoch e2;
-        rc = coord_client_epoch_wait(s->coord, s->step, MOE_FLAG_LOADED, &e2, err, sizeof err);
+        rc = coord_client_epoch_wait(s->coord, s->step, MOE_FLAG_LOADED, NULL, &e2, err, sizeof err);
         if (rc == 0)
             coord_epoch_free(&e2);
         s->waiting = false;
@@ -1026,12 +1211,14 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
     if (s->coord) {
         int rc = await_epoch(s, stop);
         if (rc == 1)
-            return 0;
+            goto done;
         if (rc < 0)
-            return *stop ? 0 : rc;
+            return rc;
     }
     for (;;) {
-        if (*stop) {
+        if (s->coord && check_coordinator(s, stop))
+            break;
+        if ((*stop && !s->coord) || s->exit_after_step) {
             bool mid_step = s->phase == PH_BACKWARD;
             for (int r = 0; r < s->W; r++)
                 mid_step |= s->fwd[r].have;
@@ -1048,7 +1235,7 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
         if (s->coord) {
             publish(s);
             coord_client_drain(s->coord);
-            if (atomic_load(&s->hb_seen_epoch) > s->epoch && !*stop) {
+            if (atomic_load(&s->hb_seen_epoch) > s->epoch && !s->exit_after_step) {
                 /* the cluster moved on (a failure or a reconfiguration):
                  * parameters change only when a step's last backward is in,
                  * so the experts in memory are still those after s->step
@@ -1058,7 +1245,7 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
                 if (rc == 1)
                     break;
                 if (rc < 0)
-                    return *stop ? 0 : rc;
+                    return rc;
                 continue;
             }
         }
@@ -1079,11 +1266,12 @@ int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop)
             handle_message(s);
         }
     }
+done:;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     moe_info("served %" PRId64 " steps, %" PRId64 " messages, rejected %" PRId64
              "; peak RSS %.1f MB", s->step, s->msgs, s->errors, (double)ru.ru_maxrss / 1024.0);
-    return 0;
+    return s->exit_code;
 }
 
 /* ------------------------------------------------------------------------ */

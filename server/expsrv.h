@@ -29,10 +29,24 @@ typedef struct expsrv expsrv_t;
  * binds the ROUTER socket. NULL with a sentence in err. Caller owns. */
 expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen);
 
-/* Serves until *stop becomes non-zero; then finishes a step in progress
- * (or gives up after the timeout) and returns 0, or a negative code on a
- * fatal socket error. */
+/* Serves until it should stop, and returns 0 or a negative code (with a
+ * sentence in expsrv_exit_reason). *stop counts the SIGTERM/SIGINT
+ * received. Without a coordinator, the first finishes the step in progress
+ * (or gives up after the timeout) and returns 0. With one, the first asks
+ * the coordinator to drain this server: it serves on until its experts have
+ * moved, then returns 0 (the last server of a cluster stops the cluster,
+ * after a checkpoint). It also returns when the coordinator says the
+ * cluster stopped (0) or failed (MOE_ERR_FAILED, with the coordinator's
+ * sentence), or stays silent longer than coordinator_wait_s. */
 int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop);
+
+/* Where it serves (the endpoint workers reach), and its id: from the
+ * coordinator, or --server-index without one. */
+const char *expsrv_endpoint(const expsrv_t *s);
+int64_t expsrv_id(const expsrv_t *s);
+
+/* Why expsrv_run returned non-zero ("" otherwise). */
+const char *expsrv_exit_reason(const expsrv_t *s);
 
 /* Writes the shard (parameters, factored-Adam state, step) as safetensors
  * at path, atomically. 0 or a negative code with a sentence. */

@@ -1,14 +1,18 @@
 /* moe-server: the expert-server daemon. Wiring only: configuration,
  * signals, the loop of expsrv.c, and the shard written on the way out.
- * SIGTERM or SIGINT finish the current step, write the shard (--shard-out)
- * and exit 0. */
+ * SIGTERM or SIGINT: with a coordinator, the server is drained (its experts
+ * move to the others at the next step boundary) and exits 0; without one
+ * it finishes the current step, writes the shard (--shard-out) and exits
+ * 0. A second signal stops it at once. */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "expsrv.h"
 #include "moe_blas.h"
 #include "moe_config.h"
+#include "moe_err.h"
 #include "moe_log.h"
 #include "moe_tensor.h"
 #include "trainer.h"
@@ -18,7 +22,12 @@ static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig)
 {
     (void)sig;
-    stop_flag = 1;
+    if (++stop_flag > 1) {
+        static const char msg[] = "moe-server: second signal: stopping at once\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(130);
+    }
 }
 
 static const char summary[] =
@@ -63,7 +72,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-server: error: %s\n", err);
         return 1;
     }
+    /* The line launchers wait for, whatever the log level. */
+    printf("moe-server: server %lld serving on %s\n", (long long)expsrv_id(s), expsrv_endpoint(s));
+    fflush(stdout);
     rc = expsrv_run(s, &stop_flag);
+    if (rc)
+        fprintf(stderr, "moe-server: error: %s\n",
+                expsrv_exit_reason(s)[0] ? expsrv_exit_reason(s) : moe_strerror(rc));
     if (rc == 0 && cfg.shard_out[0]) {
         rc = expsrv_write_shard(s, cfg.shard_out, err, sizeof err);
         if (rc)

@@ -8,6 +8,7 @@
  *   moectl [--http HOST:PORT] [--token T] drain SERVER
  *   moectl verify CHECKPOINT
  *   moectl export CHECKPOINT OUT.safetensors [--params-only]
+ *   moectl free-ports N        N free TCP ports on 127.0.0.1 (for launchers and tests)
  *
  * CHECKPOINT is a cluster checkpoint folder (DIR/step-NNNNNNNN with its
  * manifest.json) or a checkpoint directory DIR; then verify checks the newest
@@ -21,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -38,11 +41,13 @@ static void usage(FILE *f)
                "  experts [--top N] [--sort load|importance|rows]\n"
                "                                   per-expert load table (most loaded first)\n"
                "  checkpoint                       ask for a checkpoint now (needs --token)\n"
-               "  drain SERVER                     move a server's experts away (needs --token)\n"
+               "  drain SERVER                     move a server's experts away (needs --token);\n"
+               "                                   SERVER is its id (moectl status)\n"
                "  verify CHECKPOINT                check a checkpoint's files against its manifest\n"
                "  export CHECKPOINT OUT.safetensors [--params-only]\n"
                "                                   one canonical file of the model (and, unless\n"
                "                                   --params-only, its optimizer state)\n"
+               "  free-ports N                     print N free TCP ports of 127.0.0.1\n"
                "CHECKPOINT is a step-NNNNNNNN folder or a checkpoint directory: verify checks\n"
                "its newest committed checkpoint, export uses its newest one that verifies.\n"
                "verify and export work offline.\n");
@@ -217,6 +222,61 @@ static int cmd_export(const char *arg, const char *out, bool params_only)
     return 0;
 }
 
+/* N distinct TCP ports of 127.0.0.1 that nothing listens on now: random
+ * candidates below the kernel's ephemeral range (so that outgoing
+ * connections do not take them in the meantime), each bound to check it,
+ * all held until every one is found. */
+static int cmd_free_ports(const char *arg)
+{
+    char *end;
+    long n = arg ? strtol(arg, &end, 10) : 0;
+    if (!arg || *end || n < 1 || n > 1000) {
+        fprintf(stderr, "moectl: free-ports needs a count from 1 to 1000\n");
+        return 2;
+    }
+    int *fds = malloc(sizeof(int) * (size_t)n), *ports = malloc(sizeof(int) * (size_t)n);
+    if (!fds || !ports) {
+        free(fds);
+        free(ports);
+        fprintf(stderr, "moectl: out of memory\n");
+        return 1;
+    }
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    unsigned seed = (unsigned)tv.tv_usec ^ (unsigned)getpid() * 2654435761u;
+    long found = 0;
+    for (int tries = 0; found < n && tries < 20000; tries++) {
+        seed = seed * 1103515245u + 12345u;
+        const int port = 20000 + (int)((seed >> 8) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            break;
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 1) != 0) {
+            close(fd);
+            continue;
+        }
+        fds[found] = fd;
+        ports[found++] = port;
+    }
+    for (long i = 0; i < found; i++) {
+        printf("%s%d", i ? " " : "", ports[i]);
+        close(fds[i]);
+    }
+    printf("\n");
+    free(fds);
+    free(ports);
+    if (found < n) {
+        fprintf(stderr, "moectl: found only %ld free ports\n", found);
+        return 1;
+    }
+    return 0;
+}
+
 static const char *sort_key = "load";
 
 static double expert_value(json_t *e)
@@ -260,6 +320,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    if (!strcmp(cmd, "free-ports"))
+        return cmd_free_ports(arg);
     if (strcmp(sort_key, "load") && strcmp(sort_key, "importance") && strcmp(sort_key, "rows")) {
         fprintf(stderr, "moectl: --sort: expected load, importance or rows\n");
         return 2;
@@ -291,14 +353,25 @@ int main(int argc, char **argv)
                    json_number_value(json_object_get(j, "cv_load")),
                    json_number_value(json_object_get(j, "cv_importance")),
                    json_number_value(json_object_get(j, "max_over_mean_load")));
-            printf("%-7s %-30s %-6s %7s\n", "SERVER", "ENDPOINT", "ALIVE", "EXPERTS");
+            const char *phase = json_string_value(json_object_get(j, "phase"));
+            printf("epoch %lld, %s%s, %lld rollback(s), last checkpoint step %lld\n",
+                   (long long)json_integer_value(json_object_get(j, "epoch")), phase ? phase : "?",
+                   json_is_true(json_object_get(j, "stopping")) ? " (stopping)" : "",
+                   (long long)json_integer_value(json_object_get(j, "rollbacks")),
+                   (long long)json_integer_value(json_object_get(j, "committed_checkpoint_step")));
+            const char *failure = json_string_value(json_object_get(j, "failure"));
+            if (failure)
+                printf("FAILED: %s\n", failure);
+            printf("\n%-7s %-30s %-6s %7s\n", "SERVER", "ENDPOINT", "ALIVE", "EXPERTS");
             size_t i;
             json_t *v;
             json_array_foreach(json_object_get(j, "servers"), i, v)
-                printf("%-7lld %-30s %-6s %7lld\n", (long long)json_integer_value(json_object_get(v, "index")),
+                printf("%-7lld %-30s %-6s %7lld%s\n", (long long)json_integer_value(json_object_get(v, "id")),
                        json_string_value(json_object_get(v, "endpoint")),
-                       json_is_true(json_object_get(v, "alive")) ? "yes" : "no",
-                       (long long)json_integer_value(json_object_get(v, "experts")));
+                       json_is_true(json_object_get(v, "alive")) ? "yes"
+                       : json_is_true(json_object_get(v, "registered")) ? "no" : "-",
+                       (long long)json_integer_value(json_object_get(v, "experts")),
+                       json_is_true(json_object_get(v, "draining")) ? "  (draining)" : "");
             printf("\n%-7s %-6s %8s %12s %8s\n", "WORKER", "ALIVE", "STEP", "TOKENS/S", "LOSS");
             json_array_foreach(json_object_get(j, "workers"), i, v)
                 printf("%-7lld %-6s %8lld %12.0f %8.4f\n", (long long)json_integer_value(json_object_get(v, "rank")),
@@ -324,7 +397,8 @@ int main(int argc, char **argv)
             for (size_t i = 0; i < shown; i++)
                 printf("%-7lld %-7lld %10.0f %10.1f%% %12.0f %10.2f %10.2f\n",
                        (long long)json_integer_value(json_object_get(e[i], "id")),
-                       (long long)json_integer_value(json_object_get(e[i], "server")),
+                       json_is_integer(json_object_get(e[i], "server"))
+                           ? (long long)json_integer_value(json_object_get(e[i], "server")) : -1LL,
                        json_number_value(json_object_get(e[i], "rows_last")),
                        100 * json_number_value(json_object_get(e[i], "load_share")),
                        json_number_value(json_object_get(e[i], "rows_total")),
@@ -338,7 +412,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "checkpoint") || !strcmp(cmd, "drain")) {
         if (!strcmp(cmd, "drain") && !arg) {
-            fprintf(stderr, "moectl: drain needs a server index\n");
+            fprintf(stderr, "moectl: drain needs a server id (see moectl status)\n");
             return 2;
         }
         char path[128];
@@ -347,9 +421,21 @@ int main(int argc, char **argv)
         char *body = http(hp, "POST", path, token, &status);
         if (!body)
             return 1;
-        printf("%s", body);
-        if (body[0] && body[strlen(body) - 1] != '\n')
-            putchar('\n');
+        json_error_t je;
+        json_t *j = json_loads(body, 0, &je);
+        const char *msg = j ? json_string_value(json_object_get(j, status / 100 == 2 ? "message"
+                                                                                     : "error"))
+                            : NULL;
+        if (as_json || !msg) {
+            printf("%s", body);
+            if (body[0] && body[strlen(body) - 1] != '\n')
+                putchar('\n');
+        } else if (status / 100 == 2) {
+            printf("%s\n", msg);
+        } else {
+            fprintf(stderr, "moectl: %s: %s\n", cmd, msg);
+        }
+        json_decref(j);
         free(body);
         return status / 100 == 2 ? 0 : 1;
     }

@@ -8,22 +8,65 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
+#include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_log.h"
 #include "moe_tensor.h"
 #include "moe_wire.h"
 
+/* Seconds between the lines that say what a wait is waiting for. */
+#define WAIT_LOG_SECONDS 5.0
+
 struct coord_client {
     void *sock;
-    const char *endpoint_name;
     char endpoint[256];
     int role, index, E;
     int64_t timeout_ms;
     uint64_t request_id;
     uint32_t epoch, seen_epoch; /* ours; the newest the coordinator mentioned */
     float *buf; /* 3E */
+    /* what it registered with, to register again after a coordinator restart */
+    bool registered, reregistering;
+    char served[256];
+    char *contract;
+    bool has_id;
+    uint32_t id;
+    uint64_t incarnation; /* random per process: registering again is not a restart */
+    char workers[4096];
+    /* what heartbeat answers said */
+    bool unregistered, stopped, failed;
+    char failure[1024];
+    double born, last_answer; /* seconds, monotonic */
 };
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A number no other process is likely to draw (the kernel's randomness,
+ * else the clock and the pid). */
+static uint64_t random_incarnation(void)
+{
+    uint64_t v = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        if (fread(&v, sizeof v, 1, f) != 1)
+            v = 0;
+        fclose(f);
+    }
+    if (v == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        v = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
+    }
+    return v ? v : 1;
+}
 
 coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, int index,
                                  const char *served, int n_experts, int64_t timeout_ms, char *err,
@@ -33,23 +76,35 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
     if (!c || n_experts < 1)
         goto fail;
     snprintf(c->endpoint, sizeof c->endpoint, "%s", endpoint);
+    snprintf(c->served, sizeof c->served, "%s", served ? served : "");
     c->role = role;
     c->index = index;
     c->E = n_experts;
     c->timeout_ms = timeout_ms;
+    c->born = now_s();
+    c->incarnation = random_incarnation();
     c->buf = moe_alloc_floats(3 * (size_t)n_experts);
+    /* Routing ids are unique per process (the incarnation is in them): a
+     * second process claiming the same rank or endpoint, refused or not,
+     * cannot take over the connection of the first. */
     char id[300];
+    const unsigned long long inc = (unsigned long long)c->incarnation;
     if (role == 2)
-        snprintf(id, sizeof id, "moe-server@%s", served ? served : "");
+        snprintf(id, sizeof id, "moe-server/%016llx@%s", inc, c->served);
     else if (role == COORD_ROLE_SERVER_HEARTBEAT)
-        snprintf(id, sizeof id, "moe-heart@%s", served ? served : "");
+        snprintf(id, sizeof id, "moe-heart/%016llx@%s", inc, c->served);
     else
-        snprintf(id, sizeof id, "moe-worker-%d", index);
+        snprintf(id, sizeof id, "moe-worker-%d/%016llx", index, inc);
     if (role == COORD_ROLE_SERVER_HEARTBEAT)
         c->role = 2; /* speaks for the server */
     c->sock = zmq_socket(zmq_ctx, ZMQ_DEALER);
-    int linger = 0;
+    /* Nothing is queued for a coordinator that is not connected (it may be
+     * down for a while): a send waits for the connection, bounded by the
+     * caller's deadline, instead of piling up stale requests. */
+    int linger = 0, immediate = 1, sndtimeo = 1000;
     if (!c->buf || !c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) ||
+        zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
         zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, id, strlen(id)) ||
         zmq_connect(c->sock, endpoint) != 0) {
         snprintf(err, errlen, "cannot connect to the coordinator at %s: %s", endpoint,
@@ -70,38 +125,127 @@ void coord_client_destroy(coord_client_t **cp)
     if (c->sock)
         zmq_close(c->sock);
     moe_free_floats(&c->buf);
+    free(c->contract);
     free(c);
     *cp = NULL;
 }
 
-static double now_ms(void)
+uint32_t coord_client_id(const coord_client_t *c) { return c->id; }
+const char *coord_client_workers(const coord_client_t *c) { return c->workers; }
+bool coord_client_take_unregistered(coord_client_t *c)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
+    const bool u = c->unregistered;
+    c->unregistered = false;
+    return u;
+}
+bool coord_client_stopped(const coord_client_t *c) { return c->stopped; }
+const char *coord_client_failure(const coord_client_t *c) { return c->failed ? c->failure : NULL; }
+
+double coord_client_silence(const coord_client_t *c)
+{
+    return now_s() - (c->last_answer > 0 ? c->last_answer : c->born);
 }
 
-/* Waits for the reply to request `req` of type `want`; drops stale replies. */
-static int await(coord_client_t *c, uint64_t req, Moe__MsgType want, uint32_t width,
-                 struct moe_wire_msg *m, char *err, size_t errlen)
+static const char *type_name(Moe__MsgType t)
 {
-    const double deadline = now_ms() + (double)c->timeout_ms;
-    struct moe_wire_limits lim = {64u << 20, width, 1u << 20, 1u << 20};
+    switch (t) {
+    case MOE__MSG_TYPE__MSG_REGISTER: return "the registration";
+    case MOE__MSG_TYPE__MSG_STATS: return "the statistics";
+    case MOE__MSG_TYPE__MSG_EPOCH_WAIT: return "the request for the next epoch";
+    case MOE__MSG_TYPE__MSG_CHECKPOINT_DONE: return "the checkpoint report";
+    case MOE__MSG_TYPE__MSG_LEAVE: return "the request to leave";
+    default: return "a request";
+    }
+}
+
+/* What any answer of the coordinator tells, whatever request it answers. */
+static void note_answer(coord_client_t *c, const Moe__Header *h)
+{
+    c->last_answer = now_s();
+    if (h->epoch > c->seen_epoch)
+        c->seen_epoch = h->epoch;
+}
+
+/* The error reply m as a code and a sentence: a stop or a failure of the
+ * cluster, or a refusal of this request. */
+static int error_of(coord_client_t *c, const Moe__Header *h, char *err, size_t errlen)
+{
+    char text[MOE_WIRE_ERROR_TEXT_MAX + 1];
+    const char *t = h->error_text ? h->error_text : "";
+    moe_log_sanitize(text, sizeof text, t, strlen(t));
+    if (h->flags & MOE_FLAG_FAILED) {
+        snprintf(err, errlen, "the coordinator stopped the cluster: %s", text);
+        return MOE_ERR_FAILED;
+    }
+    if (h->flags & MOE_FLAG_STOP) {
+        snprintf(err, errlen, "%s", text[0] ? text : "the operator stopped the cluster");
+        return MOE_ERR_STOPPED;
+    }
+    snprintf(err, errlen, "the coordinator (%s) refused: %s", c->endpoint, text);
+    int code = h->error_code < 0 ? h->error_code : MOE_ERR_STATE;
+    if (code == MOE_ERR_STOPPED || code == MOE_ERR_FAILED)
+        code = MOE_ERR_STATE; /* only the flags end a run */
+    return code;
+}
+
+/* Sends o, waiting (with a log line every few seconds) while the
+ * coordinator is not connected, until `deadline`. */
+static int send_until(coord_client_t *c, const struct moe_wire_out *o, const float *data,
+                      uint64_t rows, double deadline, char *err, size_t errlen)
+{
+    const double t0 = now_s();
+    double next_log = t0 + WAIT_LOG_SECONDS;
     for (;;) {
-        double wait = deadline - now_ms();
-        if (wait <= 0) {
-            snprintf(err, errlen,
-                     "the coordinator (%s) did not answer within %" PRId64
-                     " ms (it is down, or another worker of this step is late or gone)",
-                     c->endpoint, c->timeout_ms);
+        zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
+        const double left = deadline - now_s();
+        int n = zmq_poll(&it, 1, left > 1.0 ? 1000 : (long)(left * 1000) + 1);
+        if (n > 0 && (it.revents & ZMQ_POLLOUT)) {
+            int rc = moe_wire_send(c->sock, NULL, 0, o, data, rows, err, errlen);
+            if (rc == 0 || zmq_errno() != EAGAIN)
+                return rc;
+        }
+        const double now = now_s();
+        if (now >= deadline) {
+            snprintf(err, errlen, "cannot reach the coordinator at %s (for %.0f s, to send %s)",
+                     c->endpoint, now - t0, type_name(o->type));
             return MOE_ERR_IO;
         }
+        if (now >= next_log) {
+            moe_warn("cannot reach the coordinator at %s for %.0f s (to send %s); still trying",
+                     c->endpoint, now - t0, type_name(o->type));
+            next_log += WAIT_LOG_SECONDS;
+        }
+    }
+}
+
+/* Waits for the reply to request `req` of type `want`; drops stale replies.
+ * Logs every few seconds what it waits for. */
+static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgType want,
+                 uint32_t width, double deadline, struct moe_wire_msg *m, char *err,
+                 size_t errlen)
+{
+    const double t0 = now_s();
+    double next_log = t0 + WAIT_LOG_SECONDS;
+    struct moe_wire_limits lim = {64u << 20, width, 1u << 20, 1u << 20};
+    for (;;) {
+        const double now = now_s();
+        if (now >= deadline) {
+            snprintf(err, errlen,
+                     "the coordinator (%s) did not answer %s within %.0f s (it is down, or "
+                     "another worker of this step is late or gone)",
+                     c->endpoint, type_name(asked), now - t0);
+            return MOE_ERR_IO;
+        }
+        if (now >= next_log) {
+            moe_warn("waiting for the coordinator at %s: no answer to %s for %.0f s",
+                     c->endpoint, type_name(asked), now - t0);
+            next_log += WAIT_LOG_SECONDS;
+        }
+        const double until = deadline < next_log ? deadline : next_log;
         zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
-        int n = zmq_poll(&it, 1, (long)wait + 1);
-        if (n < 0 && zmq_errno() == EINTR)
-            continue;
+        int n = zmq_poll(&it, 1, (long)((until - now) * 1000) + 1);
         if (n <= 0)
-            continue;
+            continue; /* timeout, or EINTR: look at the clock again */
         memset(m, 0, sizeof *m);
         char why[256];
         int rc = moe_wire_recv(c->sock, false, ZMQ_DONTWAIT, &lim, m, why, sizeof why);
@@ -112,16 +256,21 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType want, uint32_t wi
             moe_wire_msg_free(m);
             return rc;
         }
-        if (m->hdr->epoch > c->seen_epoch)
-            c->seen_epoch = m->hdr->epoch;
+        note_answer(c, m->hdr);
         if (m->hdr->request_id != req) {
             moe_wire_msg_free(m);
             continue;
         }
         if (m->hdr->type == MOE__MSG_TYPE__MSG_ERROR) {
-            snprintf(err, errlen, "the coordinator (%s) refused: %s", c->endpoint,
-                     m->hdr->error_text ? m->hdr->error_text : "");
-            rc = m->hdr->error_code < 0 ? m->hdr->error_code : MOE_ERR_STATE;
+            rc = error_of(c, m->hdr, err, errlen);
+            if (rc != MOE_ERR_FAILED && rc != MOE_ERR_STOPPED) {
+                /* name the request refused */
+                char text[MOE_WIRE_ERROR_TEXT_MAX + 1];
+                const char *t = m->hdr->error_text ? m->hdr->error_text : "";
+                moe_log_sanitize(text, sizeof text, t, strlen(t));
+                snprintf(err, errlen, "the coordinator (%s) refused %s: %s", c->endpoint,
+                         type_name(asked), text);
+            }
             moe_wire_msg_free(m);
             return rc;
         }
@@ -149,29 +298,83 @@ static struct moe_wire_out request(coord_client_t *c, Moe__MsgType type, int64_t
     return o;
 }
 
-/* Sends o (with `rows` rows of data) and waits for its reply of type want. */
-static int call(coord_client_t *c, const struct moe_wire_out *o, const float *data, uint64_t rows,
+static int do_register(coord_client_t *c, char *err, size_t errlen);
+
+/* Sends o (with `rows` rows of data) and waits for its reply of type want.
+ * A coordinator that does not know us (it restarted) gets our
+ * registration again, then the request once more. */
+static int call(coord_client_t *c, struct moe_wire_out *o, const float *data, uint64_t rows,
                 Moe__MsgType want, uint32_t width, struct moe_wire_msg *m, char *err, size_t errlen)
 {
-    int rc = moe_wire_send(c->sock, NULL, 0, o, data, rows, err, errlen);
-    return rc ? rc : await(c, o->request_id, want, width, m, err, errlen);
+    for (int attempt = 0;; attempt++) {
+        const double deadline = now_s() + (double)c->timeout_ms / 1000.0;
+        int rc = send_until(c, o, data, rows, deadline, err, errlen);
+        if (!rc)
+            rc = await(c, o->request_id, o->type, want, width, deadline, m, err, errlen);
+        if (rc != MOE_ERR_UNREGISTERED || !c->registered || c->reregistering || attempt > 0)
+            return rc;
+        moe_warn("the coordinator at %s does not know this process (it restarted?): registering "
+                 "again", c->endpoint);
+        if ((rc = do_register(c, err, errlen)))
+            return rc;
+        o->request_id = ++c->request_id;
+        o->epoch = c->epoch;
+    }
 }
 
-int coord_client_register(coord_client_t *c, const char *endpoint_served, char *err,
-                          size_t errlen)
+static int do_register(coord_client_t *c, char *err, size_t errlen)
 {
     struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_REGISTER, 0);
-    o.endpoint = endpoint_served;
+    o.endpoint = c->served;
+    o.config = c->contract;
+    o.config_digest = moe_checksum64(MOE_CHECKSUM_INIT, c->contract, strlen(c->contract));
+    o.incarnation = c->incarnation;
+    if (c->has_id) {
+        o.rank = c->id;
+        o.flags = MOE_FLAG_HAS_ID;
+    }
     struct moe_wire_msg m;
+    c->reregistering = true;
     int rc = call(c, &o, NULL, 0, MOE__MSG_TYPE__MSG_REGISTER, 0, &m, err, errlen);
-    if (!rc)
-        moe_wire_msg_free(&m);
-    return rc;
+    c->reregistering = false;
+    if (rc)
+        return rc;
+    if (c->role == 2) {
+        if (c->has_id && c->id != m.hdr->rank)
+            moe_warn("the coordinator gave this server the id %u (it was %u)", m.hdr->rank, c->id);
+        c->id = m.hdr->rank;
+        c->has_id = true;
+        snprintf(c->workers, sizeof c->workers, "%s", m.hdr->workers ? m.hdr->workers : "");
+    }
+    c->registered = true;
+    c->unregistered = false;
+    moe_wire_msg_free(&m);
+    return 0;
+}
+
+int coord_client_register(coord_client_t *c, const char *endpoint_served, const char *contract,
+                          int64_t patience_s, char *err, size_t errlen)
+{
+    snprintf(c->served, sizeof c->served, "%s", endpoint_served ? endpoint_served : "");
+    free(c->contract);
+    c->contract = strdup(contract ? contract : "");
+    if (!c->contract) {
+        snprintf(err, errlen, "out of memory");
+        return MOE_ERR_NOMEM;
+    }
+    const double t0 = now_s();
+    for (;;) {
+        int rc = do_register(c, err, errlen);
+        if (rc != MOE_ERR_IO || now_s() - t0 >= (double)patience_s)
+            return rc;
+        moe_warn("%s; asking again", err);
+    }
 }
 
 int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const float *load,
-                       const float *rows, double loss, double tokens_per_sec, float *g_imp,
-                       float *g_load, float *g_rows, uint32_t *flags, char *err, size_t errlen)
+                       const float *rows, double loss, double tokens_per_sec, uint32_t req_flags,
+                       float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
+                       size_t errlen)
 {
     const size_t E = (size_t)c->E;
     memcpy(c->buf, imp, sizeof(float) * E);
@@ -187,6 +390,7 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     o.width = (uint32_t)(3 * E);
     o.loss = loss;
     o.tokens_per_sec = tokens_per_sec;
+    o.flags = req_flags;
     struct moe_wire_msg m;
     int rc = call(c, &o, c->buf, 1, MOE__MSG_TYPE__MSG_STATS_REPLY, (uint32_t)(3 * E), &m, err,
                   errlen);
@@ -215,7 +419,11 @@ int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint6
     o.bytes_total = bytes;
     o.errors_total = errors;
     o.latency_seconds = latency;
-    return moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
+    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
+    if (zmq_poll(&it, 1, 0) <= 0 || !(it.revents & ZMQ_POLLOUT))
+        return 0; /* not connected: the silence tells */
+    int rc = moe_wire_send(c->sock, NULL, 0, &o, NULL, 0, err, errlen);
+    return rc && zmq_errno() == EAGAIN ? 0 : rc;
 }
 
 void coord_client_drain(coord_client_t *c)
@@ -230,8 +438,21 @@ void coord_client_drain(coord_client_t *c)
             moe_wire_msg_free(&m);
             return;
         }
-        if (m.hdr && m.hdr->epoch > c->seen_epoch)
-            c->seen_epoch = m.hdr->epoch;
+        if (m.hdr) {
+            note_answer(c, m.hdr);
+            if (m.hdr->type == MOE__MSG_TYPE__MSG_ERROR) {
+                char err[MOE_WIRE_ERROR_TEXT_MAX + 64];
+                int code = error_of(c, m.hdr, err, sizeof err);
+                if (code == MOE_ERR_FAILED && !c->failed) {
+                    c->failed = true;
+                    snprintf(c->failure, sizeof c->failure, "%s", err);
+                } else if (code == MOE_ERR_STOPPED) {
+                    c->stopped = true;
+                } else if (m.hdr->error_code == MOE_ERR_UNREGISTERED) {
+                    c->unregistered = true;
+                }
+            }
+        }
         moe_wire_msg_free(&m);
     }
 }
@@ -247,11 +468,17 @@ void coord_epoch_free(struct coord_epoch *e)
     e->servers = e->placement = NULL;
 }
 
-int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags,
+int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags, const char *why,
                             struct coord_epoch *out, char *err, size_t errlen)
 {
     struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_EPOCH_WAIT, step);
     o.flags = flags;
+    o.error_text = why;
+    char cut[MOE_WIRE_ERROR_TEXT_MAX + 1];
+    if (why && strlen(why) > MOE_WIRE_ERROR_TEXT_MAX) {
+        snprintf(cut, sizeof cut, "%s", why);
+        o.error_text = cut;
+    }
     struct moe_wire_msg m;
     int rc = call(c, &o, NULL, 0, MOE__MSG_TYPE__MSG_EPOCH, 0, &m, err, errlen);
     if (rc)
@@ -288,6 +515,23 @@ int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags,
         for (size_t e = 0; e < h->n_placement; e++)
             o2 += (size_t)snprintf(out->placement + o2, cap2 - o2, "%s%d", e ? "," : "",
                                    h->placement[e]);
+    }
+    moe_wire_msg_free(&m);
+    return 0;
+}
+
+int coord_client_leave(coord_client_t *c, int64_t step, uint32_t *flags, char *said,
+                       size_t saidlen, char *err, size_t errlen)
+{
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_LEAVE, step);
+    struct moe_wire_msg m;
+    int rc = call(c, &o, NULL, 0, MOE__MSG_TYPE__MSG_ACK, 0, &m, err, errlen);
+    if (rc)
+        return rc;
+    *flags = m.hdr->flags;
+    if (said && saidlen) {
+        const char *t = m.hdr->error_text ? m.hdr->error_text : "";
+        moe_log_sanitize(said, saidlen, t, strlen(t));
     }
     moe_wire_msg_free(&m);
     return 0;

@@ -1,20 +1,30 @@
 /* A worker's or expert server's link to the coordinator (DESIGN §3 step 4,
- * §7): registration, heartbeats and, for workers, the exchange of each
- * step's Importance, Load and rows routed for the global vectors. Every wait
- * is bounded by the timeout; an answer that does not come is an error naming
- * the coordinator, never a hang. Single-threaded. */
+ * §6, §7): registration with the training configuration, heartbeats and,
+ * for workers, the exchange of each step's Importance, Load and rows routed
+ * for the global vectors.
+ *
+ * Every wait is bounded by the timeout and logged every few seconds with
+ * what it waits for; an answer that does not come is MOE_ERR_IO naming the
+ * coordinator, never a silent hang. When the coordinator answers that it
+ * does not know this process (it restarted), the client registers again
+ * with what it registered the first time and repeats the request once.
+ * Answers that end the run come back as MOE_ERR_STOPPED (the operator
+ * stopped the cluster: exit 0) or MOE_ERR_FAILED (the cluster stopped on a
+ * failure: exit non-zero with the sentence in err). Single-threaded. */
 #ifndef COORD_CLIENT_H
 #define COORD_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct coord_client coord_client_t;
 
 /* Connects a DEALER to `endpoint` as role 1 (worker `index`, routing id
- * "moe-worker-INDEX"), 2 (expert server serving on `served`, routing id
- * "moe-server@SERVED") or COORD_ROLE_SERVER_HEARTBEAT (that server's
- * heartbeat thread, "moe-heart@SERVED", speaking as role 2). zmq_ctx is
+ * "moe-worker-INDEX/INC"), 2 (expert server serving on `served`, routing id
+ * "moe-server/INC@SERVED") or COORD_ROLE_SERVER_HEARTBEAT (that server's
+ * heartbeat thread, "moe-heart/INC@SERVED", speaking as role 2); INC is a
+ * random 64-bit number of this client in 16 hex digits. zmq_ctx is
  * borrowed. NULL with a sentence. */
 #define COORD_ROLE_SERVER_HEARTBEAT 4
 coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, int index,
@@ -22,28 +32,52 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
                                  size_t errlen);
 void coord_client_destroy(coord_client_t **c);
 
-/* Sends REGISTER (with `endpoint_served`, may be "") and waits for the
- * reply. 0 or a negative code with a sentence. */
-int coord_client_register(coord_client_t *c, const char *endpoint_served, char *err,
-                          size_t errlen);
+/* Sends REGISTER with the endpoint served ("" for workers) and the
+ * training configuration (trainer_contract text, copied), and waits for the
+ * reply, asking again while the coordinator cannot be reached, for at most
+ * `patience_s` seconds. A server that already has an id (it registered
+ * before) claims it. 0, MOE_ERR_CONFIG (the configuration differs: the
+ * sentence names the keys), or another negative code with a sentence. */
+int coord_client_register(coord_client_t *c, const char *endpoint_served, const char *contract,
+                          int64_t patience_s, char *err, size_t errlen);
+
+/* After a server's registration: its id, and the cluster's worker list
+ * (the coordinator's --workers; "" for one worker). */
+uint32_t coord_client_id(const coord_client_t *c);
+const char *coord_client_workers(const coord_client_t *c);
 
 /* Sends this worker's vectors of `step` (n_experts floats each) with its
  * loss and speed, waits for the global vectors (same layout) into g_imp,
  * g_load, g_rows; *flags (may be NULL) gets the coordinator's MOE_FLAG_*
- * for the end of this step (checkpoint, reconfigure). */
+ * for the end of this step (checkpoint, reconfigure, stop). req_flags:
+ * MOE_FLAG_STOP asks the coordinator to stop the cluster after a
+ * checkpoint. */
 int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const float *load,
-                       const float *rows, double loss, double tokens_per_sec, float *g_imp,
-                       float *g_load, float *g_rows, uint32_t *flags, char *err, size_t errlen);
+                       const float *rows, double loss, double tokens_per_sec, uint32_t req_flags,
+                       float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
+                       size_t errlen);
 
-/* Sends a HEARTBEAT without waiting (servers call it from their loop),
- * with the server's counters: rows computed, tensor bytes moved, messages
- * rejected, mean compute seconds per step. */
+/* Sends a HEARTBEAT without waiting (servers call it from their heartbeat
+ * thread), with the server's counters: rows computed, tensor bytes moved,
+ * messages rejected, mean compute seconds per step. An unreachable
+ * coordinator is not an error here (see coord_client_silence). */
 int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint64_t bytes,
                            uint64_t errors, double latency, char *err, size_t errlen);
 
-/* Receives and drops whatever the coordinator sent (heartbeat answers);
- * never blocks. */
+/* Receives and handles whatever the coordinator sent to a heartbeat
+ * socket; never blocks. What it said shows in the getters below. */
 void coord_client_drain(coord_client_t *c);
+
+/* What heartbeat answers said: the coordinator does not know this server
+ * (it restarted: register again; reading it clears it), the operator
+ * stopped the cluster, or the cluster failed (with its sentence). */
+bool coord_client_take_unregistered(coord_client_t *c);
+bool coord_client_stopped(const coord_client_t *c);
+const char *coord_client_failure(const coord_client_t *c); /* NULL: none */
+
+/* Seconds since the coordinator last answered anything (0 before the first
+ * request). */
+double coord_client_silence(const coord_client_t *c);
 
 /* Epochs (see server/coord.h). Every message carries the client's epoch. */
 void coord_client_set_epoch(coord_client_t *c, uint32_t epoch);
@@ -61,10 +95,18 @@ struct coord_epoch {
 };
 void coord_epoch_free(struct coord_epoch *e);
 
-/* One EPOCH_WAIT (flags MOE_FLAG_TROUBLE / MOE_FLAG_LOADED): the answer may
- * be MOE_FLAG_NOT_READY (ask again), DRAINED, FINISHED, or the epoch. */
-int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags,
+/* One EPOCH_WAIT (flags MOE_FLAG_TROUBLE / MOE_FLAG_LOADED; with TROUBLE,
+ * `why` is the failure's sentence, which the coordinator logs and names if
+ * the failure keeps repeating): the answer may be MOE_FLAG_NOT_READY (ask
+ * again), DRAINED, FINISHED, or the epoch. */
+int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags, const char *why,
                             struct coord_epoch *out, char *err, size_t errlen);
+
+/* LEAVE: a server asks to be drained, a worker to stop the cluster (both
+ * after a SIGTERM). *flags gets the answer's flags (MOE_FLAG_STOP: exit
+ * now) and `said` (may be NULL) its sentence. */
+int coord_client_leave(coord_client_t *c, int64_t step, uint32_t *flags, char *said,
+                       size_t saidlen, char *err, size_t errlen);
 
 /* Reports this member's file (a name inside the checkpoint's folder) of the
  * checkpoint of `step`; waits for the acknowledgement. */

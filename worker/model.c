@@ -106,6 +106,30 @@ static void init_params(model_t *m)
 
 void model_set_backend(model_t *m, const struct moe_backend *backend) { m->backend = *backend; }
 
+double model_dense_params(const struct model_config *cfg)
+{
+    double n = 0;
+    for (int p = 0; p < MP_COUNT; p++) {
+        int64_t shape[2] = {0, 1};
+        int nd = param_shape(cfg, (enum model_param)p, shape);
+        n += (double)shape[0] * (nd == 2 ? (double)shape[1] : 1.0);
+    }
+    return n;
+}
+
+double model_bytes(const struct model_config *cfg)
+{
+    /* The allocations of model_new, in doubles so that no size overflows. */
+    const double N = (double)cfg->B_max * cfg->T_max, D = cfg->D, V = cfg->V, E = cfg->E,
+                 K = cfg->K;
+    const double lstm = 2 * 5 * N * D + 8 * N * D;         /* 2 caches (lstm_cache_floats), work */
+    const double gate = 8 * N * E + 3 * N * (K + 1);        /* cache, ints, work */
+    const double disp = 2 * N * K * D;                        /* dispatch and combine */
+    double floats = 2 * model_dense_params(cfg) + 18 * N * D + N * V + lstm + gate + disp +
+                    8 * (double)cfg->B_max * D;
+    return 4 * floats;
+}
+
 model_t *model_new(const struct model_config *cfg, const struct moe_backend *backend)
 {
     if (cfg->V < 2 || cfg->D < 1 || cfg->H < 1 || cfg->E < 1 || cfg->K < 1 || cfg->K > cfg->E ||

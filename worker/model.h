@@ -56,6 +56,13 @@ typedef struct model model_t;
  * (moe.w_gate and moe.w_noise start at zero, as in the paper). `backend`
  * is copied; its ctx is borrowed. NULL on bad sizes or no memory. */
 model_t *model_new(const struct model_config *cfg, const struct moe_backend *backend);
+/* Dense parameters of a model of this shape, and the bytes model_new
+ * allocates for it (parameters, gradients, activations and caches of the
+ * largest batch; optimizer state not included), computed without
+ * allocating: a size check before the allocation. */
+double model_dense_params(const struct model_config *cfg);
+double model_bytes(const struct model_config *cfg);
+
 /* Replaces the expert backend (a new placement). */
 void model_set_backend(model_t *m, const struct moe_backend *backend);
 void model_destroy(model_t **m);

@@ -26,9 +26,11 @@
 #include "moe_allreduce.h"
 #include "moe_blas.h"
 #include "moe_cluster.h"
+#include "moe_checksum.h"
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
+#include "moe_mem.h"
 #include "moe_wire.h"
 #include "moe_optim.h"
 
@@ -91,8 +93,194 @@ const struct moe_opt trainer_options[] = {
     OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)"),
     OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)"),
     OPT("log_level", "output", MOE_OPT_STRING, log_level, 1, 0, "info", "debug, info, warn or error"),
+    OPT("max_rollbacks", "operations", MOE_OPT_INT, max_rollbacks, 0, 1000000, "3", "moe-coordinator: rollbacks to the same checkpoint without progress before the cluster stops with the cause (0: never stop)"),
+    OPT("coordinator_wait_s", "operations", MOE_OPT_I64, coordinator_wait_s, 1, 1e9, "600", "servers and workers: seconds to keep waiting for a silent coordinator before giving up"),
+    OPT("memory_check", "operations", MOE_OPT_BOOL, memory_check, 1, 0, "true", "compare the memory a model or shard needs with MemAvailable before allocating it"),
 };
 const size_t trainer_options_count = sizeof trainer_options / sizeof trainer_options[0];
+
+/* ------------------------------------------------------------------------ */
+/* The configuration contract of a cluster */
+
+/* Keys every member depends on, then those only workers do. */
+static const char *const contract_server_keys[] = {
+    "d_model", "d_hidden", "n_experts", "seed", "lr", "warmup", "expert_beta2", "expert_eps",
+    "expert_decay_pow", "expert_clip", "expert_relative_step", "wire_dtype", "workers",
+};
+static const char *const contract_worker_keys[] = {
+    "vocab_max", "k", "residual", "moe_sigmoid", "dropout", "w_importance", "w_load", "steps",
+    "batch", "unroll", "beta1", "beta2", "adam_eps", "dense_optimizer",
+};
+
+/* "a , b,c " -> "a,b,c" */
+static void canonical_list(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (const char *p = in; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        if (o && o + 1 < cap)
+            out[o++] = ',';
+        for (; a < b && o + 1 < cap; a++)
+            out[o++] = *a;
+        out[o] = '\0';
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+}
+
+static int contract_add(char *out, size_t cap, size_t *len, const char *key, const char *value)
+{
+    int n = snprintf(out + *len, cap - *len, "%s=%s\n", key, value);
+    if (n < 0 || (size_t)n >= cap - *len)
+        return MOE_ERR_RANGE;
+    *len += (size_t)n;
+    return 0;
+}
+
+int trainer_contract(const struct trainer_config *c, int role, char *out, size_t cap)
+{
+    size_t len = 0;
+    char v[4200];
+    if (cap == 0)
+        return MOE_ERR_RANGE;
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof contract_server_keys / sizeof *contract_server_keys; i++) {
+        const char *key = contract_server_keys[i];
+        if (strcmp(key, "workers") == 0)
+            canonical_list(c->workers, v, sizeof v);
+        else
+            moe_config_format_value(trainer_options, trainer_options_count, c, key, v, sizeof v);
+        if (contract_add(out, cap, &len, key, v))
+            return MOE_ERR_RANGE;
+    }
+    if (role != TRAINER_ROLE_WORKER)
+        return (int)len;
+    for (size_t i = 0; i < sizeof contract_worker_keys / sizeof *contract_worker_keys; i++) {
+        moe_config_format_value(trainer_options, trainer_options_count, c,
+                                contract_worker_keys[i], v, sizeof v);
+        if (contract_add(out, cap, &len, contract_worker_keys[i], v))
+            return MOE_ERR_RANGE;
+    }
+    /* The corpus by its bytes, not its path: machines mount data differently. */
+    uint64_t sum = 0, bytes = 0;
+    if (moe_manifest_file_checksum(c->train, &sum, &bytes, NULL, 0) == 0)
+        snprintf(v, sizeof v, "%016" PRIx64, sum);
+    else
+        snprintf(v, sizeof v, "?");
+    if (contract_add(out, cap, &len, "train", v))
+        return MOE_ERR_RANGE;
+    return (int)len;
+}
+
+uint64_t trainer_contract_digest(const char *contract)
+{
+    return moe_checksum64(MOE_CHECKSUM_INIT, contract, strlen(contract));
+}
+
+/* The line of `key` in a contract: start of the value and its length. */
+static const char *contract_find(const char *contract, const char *key, size_t *vlen)
+{
+    const size_t kl = strlen(key);
+    for (const char *p = contract; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        const size_t ll = nl ? (size_t)(nl - p) : strlen(p);
+        if (ll > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            *vlen = ll - kl - 1;
+            return p + kl + 1;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return NULL;
+}
+
+void trainer_contract_get(const char *contract, const char *key, char *out, size_t cap)
+{
+    size_t vl = 0;
+    const char *v = contract_find(contract, key, &vl);
+    snprintf(out, cap, "%.*s", v ? (int)vl : 0, v ? v : "");
+}
+
+/* Whether `key` is one of the comma-separated names of `list`. */
+static bool key_listed(const char *list, const char *key, size_t kl)
+{
+    for (const char *p = list; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == kl && strncmp(p, key, kl) == 0)
+            return true;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
+/* How a contract value reads in a sentence: absent, empty, or as it is. */
+static void show_value(char *out, size_t cap, const char *v, size_t len)
+{
+    if (!v)
+        snprintf(out, cap, "not set");
+    else if (len == 0)
+        snprintf(out, cap, "empty");
+    else
+        snprintf(out, cap, "%.*s%s", (int)(len > 80 ? 80 : len), v, len > 80 ? "..." : "");
+}
+
+/* Appends "KEY is X here and Y in the cluster" (ours a, theirs b). */
+static void diff_note(char *why, size_t cap, size_t *len, int *n, const char *key, const char *a,
+                      size_t al, const char *b, size_t bl)
+{
+    char x[96], y[96];
+    show_value(x, sizeof x, b, bl);
+    show_value(y, sizeof y, a, al);
+    if (*len + 1 < cap) {
+        int w = snprintf(why + *len, cap - *len, "%s%s is %s here and %s in the cluster",
+                         *n ? "; " : "", key, x, y);
+        if (w > 0)
+            *len += (size_t)w < cap - *len ? (size_t)w : cap - *len - 1;
+    }
+    (*n)++;
+}
+
+int trainer_contract_diff(const char *mine, const char *theirs, const char *skip_empty, char *why,
+                          size_t cap)
+{
+    int n = 0;
+    size_t len = 0;
+    if (cap)
+        why[0] = '\0';
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: every key of ours; pass 1: keys only the newcomer has */
+        const char *list = pass == 0 ? mine : theirs;
+        for (const char *p = list; p && *p;) {
+            const char *nl = strchr(p, '\n');
+            const size_t ll = nl ? (size_t)(nl - p) : strlen(p);
+            const char *eq = memchr(p, '=', ll);
+            if (eq) {
+                const size_t kl = (size_t)(eq - p);
+                char key[64];
+                snprintf(key, sizeof key, "%.*s", (int)(kl < 63 ? kl : 63), p);
+                size_t al = 0, bl = 0;
+                const char *a = contract_find(mine, key, &al), *b = contract_find(theirs, key, &bl);
+                if (pass == 0) {
+                    const bool skip = b && bl == 0 && skip_empty && key_listed(skip_empty, key, kl);
+                    if (!skip && (!b || al != bl || memcmp(a, b, al) != 0))
+                        diff_note(why, cap, &len, &n, key, a, al, b, bl);
+                } else if (!a) {
+                    diff_note(why, cap, &len, &n, key, NULL, 0, b, bl);
+                }
+            }
+            p = nl ? nl + 1 : NULL;
+        }
+    }
+    return n;
+}
 
 /* ------------------------------------------------------------------------ */
 
@@ -112,6 +300,8 @@ struct trainer {
     coord_client_t *coord; /* statistics through the coordinator, when configured */
     bool elastic;          /* coordinator + checkpoint_dir: failures roll back, not exit */
     struct coord_epoch ep; /* the epoch this worker runs in */
+    const volatile sig_atomic_t *signals; /* SIGTERM/SIGINT received (trainer_run's caller) */
+    bool stop_asked;       /* the coordinator was asked to stop the cluster */
     uint32_t step_flags;   /* MOE_FLAG_* the coordinator attached to this step */
     int recoveries;
     double *rows_routed;   /* rows this worker dispatched to each expert, whole run */
@@ -322,9 +512,14 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     cnt[E] = (float)xent;
     if (t->coord) {
         /* The coordinator sums every worker's vectors in rank order. */
+        const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
         rc = coord_client_stats(t->coord, s, imp, load, cnt, xent / ((double)t->B * c->unroll),
-                                t->last_tps, t->gstats, t->gstats + E, t->gstats + 2 * E,
+                                t->last_tps, ask, t->gstats, t->gstats + E, t->gstats + 2 * E,
                                 &t->step_flags, err, errlen);
+        if (rc == 0 && ask && !t->stop_asked) {
+            t->stop_asked = true;
+            moe_info("asked the coordinator to stop the cluster after a checkpoint");
+        }
         if (rc)
             return rc;
         memcpy(t->stats, t->gstats, sizeof(float) * 3 * (size_t)E);
@@ -407,13 +602,36 @@ static void sleep_ms(long ms)
 }
 
 /* Asks the coordinator for the next epoch until it has one (flags: its
- * first request's MOE_FLAG_TROUBLE). t->ep gets it. */
-static int wait_epoch(struct trainer *t, uint32_t flags, char *err, size_t errlen)
+ * first request's MOE_FLAG_TROUBLE, with `why`). t->ep gets it. Gives up
+ * when the coordinator stays silent longer than coordinator_wait_s; a
+ * signal meanwhile asks it to stop the cluster. MOE_ERR_STOPPED when the
+ * operator stopped the cluster. */
+static int wait_epoch(struct trainer *t, uint32_t flags, const char *why, char *err, size_t errlen)
 {
     for (;;) {
+        if (t->signals && *t->signals && !t->stop_asked) {
+            uint32_t f = 0;
+            char said[256];
+            int rc = coord_client_leave(t->coord, t->step, &f, said, sizeof said, err, errlen);
+            if (rc == MOE_ERR_STOPPED || (rc == 0 && (f & MOE_FLAG_STOP)))
+                return MOE_ERR_STOPPED;
+            if (rc == 0) {
+                t->stop_asked = true;
+                moe_info("asked the coordinator to stop the cluster: %s", said);
+            }
+        }
         struct coord_epoch ep;
-        int rc = coord_client_epoch_wait(t->coord, t->step, flags, &ep, err, errlen);
+        int rc = coord_client_epoch_wait(t->coord, t->step, flags, why, &ep, err, errlen);
         if (rc == MOE_ERR_IO) {
+            const double silent = coord_client_silence(t->coord);
+            if (silent > (double)t->cfg->coordinator_wait_s) {
+                char e2[1200];
+                snprintf(e2, sizeof e2, "the coordinator at %s has not answered for %.0f s "
+                         "(--coordinator-wait-s %lld); giving up: %s", t->cfg->coordinator,
+                         silent, (long long)t->cfg->coordinator_wait_s, err);
+                snprintf(err, errlen, "%s", e2);
+                return MOE_ERR_IO;
+            }
             moe_warn("%s; asking again", err);
             continue;
         }
@@ -521,6 +739,9 @@ static int apply_epoch(struct trainer *t, bool reload, char *err, size_t errlen)
     return 0;
 }
 
+/* A byte count computed in double, as an unsigned integer (saturating). */
+static uint64_t bytes_of(double b) { return b >= 1.8e19 ? UINT64_MAX : (uint64_t)b; }
+
 /* A step failed (a peer late or gone): wait for the coordinator's next
  * epoch, roll back to its checkpoint and go on. */
 static int recover(struct trainer *t, const char *why, char *err, size_t errlen)
@@ -530,7 +751,7 @@ static int recover(struct trainer *t, const char *why, char *err, size_t errlen)
     moe_warn("step %" PRId64 " failed: %s; waiting for the cluster to recover", at + 1, why);
     int rc;
     for (;;) {
-        if ((rc = wait_epoch(t, MOE_FLAG_TROUBLE, err, errlen)))
+        if ((rc = wait_epoch(t, MOE_FLAG_TROUBLE, why, err, errlen)))
             return rc;
         rc = apply_epoch(t, true, err, errlen);
         if (rc != MOE_ERR_IO)
@@ -562,6 +783,20 @@ static int setup(struct trainer *t, char *err, size_t errlen)
     t->remote = strcmp(c->experts, "remote") == 0;
     t->rank = c->rank;
     t->world = 1;
+    /* The experts this process holds, checked against the machine's memory
+     * before anything is read or allocated (they dominate large models). */
+    const int held = t->remote && c->coordinator[0] ? 0 : c->n_experts;
+    const double expert_bytes =
+        expert_shard_bytes(c->d_model, c->d_hidden, held, true) +
+        (held ? 4.0 * c->batch * c->unroll * c->k * (c->d_model + 2.0 * c->d_hidden) : 0);
+    if (c->memory_check) {
+        char what[160];
+        snprintf(what, sizeof what, "%d experts of %d -> %d -> %d (with their optimizer state)",
+                 held, c->d_model, c->d_hidden, c->d_model);
+        int rc = held ? moe_mem_check(bytes_of(expert_bytes), what, err, errlen) : 0;
+        if (rc)
+            return rc;
+    }
     if (t->remote) {
         t->zctx = zmq_ctx_new();
         if (!t->zctx) {
@@ -576,7 +811,13 @@ static int setup(struct trainer *t, char *err, size_t errlen)
                                         c->timeout_ms, err, errlen);
             if (!t->coord)
                 return MOE_ERR_IO;
-            int rc = coord_client_register(t->coord, "", err, errlen);
+            char contract[8192];
+            if (trainer_contract(c, TRAINER_ROLE_WORKER, contract, sizeof contract) < 0) {
+                snprintf(err, errlen, "the training configuration is too long to send");
+                return MOE_ERR_CONFIG;
+            }
+            int rc = coord_client_register(t->coord, "", contract, c->coordinator_wait_s, err,
+                                           errlen);
             if (rc)
                 return rc;
             /* the servers are known once the epoch comes (end of setup) */
@@ -663,7 +904,6 @@ static int setup(struct trainer *t, char *err, size_t errlen)
      * with a coordinator none (servers write their own shards). */
     struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
                                 c->expert_clip, c->expert_relative_step, 1e-3};
-    const int held = t->coord ? 0 : c->n_experts;
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(held ? held : 1));
     if (!ids)
         return MOE_ERR_NOMEM;
@@ -698,6 +938,18 @@ static int setup(struct trainer *t, char *err, size_t errlen)
                               c->residual, c->moe_sigmoid, c->dropout, c->w_importance,
                               c->w_load, (uint64_t)c->seed,
                               t->B > c->eval_batch ? t->B : c->eval_batch, c->unroll};
+    if (c->memory_check) {
+        /* parameters, gradients, activations, Adam's two moments, and the
+         * all-reduce buffer of several workers */
+        const double dense = model_dense_params(&mc);
+        const double need = model_bytes(&mc) + 4.0 * dense * (t->dense_adam ? 2 : 1) +
+                            (t->world > 1 ? 4.0 * dense : 0);
+        char what[200];
+        snprintf(what, sizeof what, "the dense model (V=%d, D=%d, %.0f parameters, batch %d x %d)",
+                 mc.V, mc.D, dense, mc.B_max, mc.T_max);
+        if ((rc = moe_mem_check(bytes_of(need), what, err, errlen)))
+            return rc;
+    }
     t->model = model_new(&mc, &t->backend);
     if (!t->model) {
         snprintf(err, errlen, "cannot allocate the model (V=%d D=%d)", mc.V, mc.D);
@@ -732,7 +984,7 @@ static int setup(struct trainer *t, char *err, size_t errlen)
     if (t->coord) {
         /* Only now, ready to train, wait for the epoch: the coordinator
          * hands it to every worker at once, so the ring forms at once. */
-        if ((rc = wait_epoch(t, 0, err, errlen)) ||
+        if ((rc = wait_epoch(t, 0, NULL, err, errlen)) ||
             (rc = apply_epoch(t, t->ep.checkpoint[0] != 0, err, errlen)))
             return rc;
         moe_info("epoch %u from the coordinator: servers %s, step %" PRId64, t->ep.epoch,
@@ -769,11 +1021,19 @@ static void teardown(struct trainer *t)
     vocab_destroy(&t->vocab);
 }
 
-int trainer_run(const struct trainer_config *c)
+/* Whether a failed step or checkpoint can be recovered by a rollback: not
+ * when the cluster stopped or failed for good. */
+static bool recoverable(const struct trainer *t, int rc)
+{
+    return t->elastic && rc != MOE_ERR_STOPPED && rc != MOE_ERR_FAILED;
+}
+
+int trainer_run(const struct trainer_config *c, const volatile sig_atomic_t *signals)
 {
     struct trainer t;
     memset(&t, 0, sizeof t);
     t.cfg = c;
+    t.signals = signals;
     char err[1024] = "";
     enum moe_log_level lvl;
     if (moe_log_parse_level(c->log_level, &lvl)) {
@@ -792,10 +1052,12 @@ int trainer_run(const struct trainer_config *c)
     double t0 = now_sec(), tw = t0, train_time = 0;
     int64_t start_step = t.step;
     t.start_step = start_step;
+    bool stopped = false; /* by the operator: a signal here, or the coordinator said so */
+    char stop_note[300] = "";
     while (t.step < c->steps) {
         double ts = now_sec();
         if ((rc = train_step(&t, err, sizeof err))) {
-            if (!t.elastic)
+            if (!recoverable(&t, rc))
                 break;
             char why[1024];
             snprintf(why, sizeof why, "%s", err);
@@ -805,19 +1067,38 @@ int trainer_run(const struct trainer_config *c)
         }
         if (t.coord && (t.step_flags & MOE_FLAG_CHECKPOINT) &&
             (rc = save_cluster_checkpoint(&t, err, sizeof err))) {
-            if (!t.elastic)
+            if (!recoverable(&t, rc))
                 break;
             char why[1024];
-            snprintf(why, sizeof why, "checkpoint: %s", err);
+            snprintf(why, sizeof why, "worker %d cannot write its checkpoint of step %" PRId64
+                     ": %s", t.rank, t.step, err);
             if ((rc = recover(&t, why, err, sizeof err)))
                 break;
+            continue;
+        }
+        if (t.coord && (t.step_flags & MOE_FLAG_STOP)) {
+            /* The cluster stops after this step's checkpoint: wait until it
+             * is committed (the coordinator then says stopped); if it fails
+             * instead, the cluster rolls back and this worker goes on. */
+            rc = wait_epoch(&t, 0, NULL, err, sizeof err);
+            if (rc == MOE_ERR_STOPPED) {
+                rc = 0;
+                stopped = true;
+                snprintf(stop_note, sizeof stop_note, "%s", err);
+                break;
+            }
+            if (rc || (rc = apply_epoch(&t, true, err, sizeof err)))
+                break;
+            moe_warn("the checkpoint before the stop failed: epoch %u rolls back to step %" PRId64,
+                     t.ep.epoch, t.step);
+            t.step_flags = 0;
             continue;
         }
         if (t.coord && (t.step_flags & MOE_FLAG_RECONFIGURE)) {
             /* a server joins or leaves: the new placement starts from the
              * checkpoint just written, which is this worker's state */
             const double tr = now_sec();
-            if ((rc = wait_epoch(&t, 0, err, sizeof err)) ||
+            if ((rc = wait_epoch(&t, 0, NULL, err, sizeof err)) ||
                 (rc = apply_epoch(&t, false, err, sizeof err)))
                 break;
             moe_info("epoch %u: new placement after step %" PRId64 " (%.2f s)", t.ep.epoch, t.step,
@@ -845,6 +1126,12 @@ int trainer_run(const struct trainer_config *c)
             t.win_steps = t.win_tokens = 0;
             tw = now_sec();
         }
+        if (!t.coord && signals && *signals) {
+            /* no cluster to stop: this process checkpoints (below) and ends */
+            stopped = true;
+            snprintf(stop_note, sizeof stop_note, "stopped by a signal");
+            break;
+        }
         if (c->valid[0] && c->valid_every > 0 && t.step % c->valid_every == 0 && t.step < c->steps &&
             t.rank == 0) {
             double vp, up;
@@ -857,14 +1144,30 @@ int trainer_run(const struct trainer_config *c)
             t.step % c->checkpoint_every == 0 && (rc = save_checkpoint(&t, err, sizeof err)))
             break;
     }
+    if (rc == MOE_ERR_STOPPED) {
+        /* the coordinator stopped the cluster while this worker waited */
+        rc = 0;
+        stopped = true;
+        snprintf(stop_note, sizeof stop_note, "%s", err);
+    }
+    if (stopped) {
+        if (!t.coord && c->checkpoint_dir[0] &&
+            (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
+            rc = save_checkpoint(&t, err, sizeof err);
+        if (!rc)
+            printf("stopped at step %" PRId64 " of %" PRId64 " (%s); %s\n", t.step, c->steps,
+                   stop_note, c->checkpoint_dir[0] ? "start it again to resume from its checkpoint"
+                                                   : "no checkpoint_dir: nothing was saved");
+        fflush(stdout);
+    }
     double valid_ppl = NAN, uni = NAN;
-    if (!rc && c->valid[0] && t.rank == 0) {
+    if (!rc && !stopped && c->valid[0] && t.rank == 0) {
         rc = evaluate(&t, &valid_ppl, &uni, err, sizeof err);
         if (!rc)
             printf("validation perplexity %.2f after %" PRId64 " steps (unigram baseline %.2f)\n",
                    valid_ppl, t.step, uni);
     }
-    if (!rc && !t.coord && c->checkpoint_dir[0] &&
+    if (!rc && !stopped && !t.coord && c->checkpoint_dir[0] &&
         (c->checkpoint_every == 0 || t.step % c->checkpoint_every))
         rc = save_checkpoint(&t, err, sizeof err);
     double tps = train_time > 0 ? (double)((t.step - start_step) * tokens_per_step) / train_time : 0;

@@ -1,8 +1,11 @@
 /* moe-worker: the trainer binary. Parses the configuration (INI file and
  * flags, see --help) and runs the training loop of trainer.c. Only this
  * file exits the process. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "moe_config.h"
 #include "moe_log.h"
@@ -16,6 +19,21 @@ static const char summary[] =
     "experts live on moe-server daemons (--servers) and --workers lists the data-parallel\n"
     "workers (see deploy/launch-local.sh). Prints a progress line every --log-every steps\n"
     "and the validation perplexity at the end.";
+
+static volatile sig_atomic_t signals_seen;
+
+/* The first SIGTERM/SIGINT asks for a clean stop (trainer_run looks at
+ * the count); a second one ends the process at once. */
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (++signals_seen > 1) {
+        static const char msg[] = "moe-worker: second signal: stopping at once\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(130);
+    }
+}
 
 int main(int argc, char **argv)
 {
@@ -33,5 +51,10 @@ int main(int argc, char **argv)
         return 2;
     }
     moe_malloc_keep_freed();
-    return trainer_run(&cfg);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    return trainer_run(&cfg, &signals_seen);
 }

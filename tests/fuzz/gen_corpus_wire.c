@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "moe.pb-c.h"
+#include "moe_wire.h"
 
 #define WIDTH4 0x80
 
@@ -72,7 +73,7 @@ int main(int argc, char **argv)
 
     Moe__Header h = MOE__HEADER__INIT;
     h.type = MOE__MSG_TYPE__MSG_EXPERT_FORWARD;
-    h.version = 1;
+    h.version = MOE_WIRE_VERSION;
     h.step = 12;
     h.rank = 1;
     h.request_id = 99;
@@ -100,7 +101,7 @@ int main(int argc, char **argv)
 
     Moe__Header e = MOE__HEADER__INIT;
     e.type = MOE__MSG_TYPE__MSG_ERROR;
-    e.version = 1;
+    e.version = MOE_WIRE_VERSION;
     e.step = 12;
     e.request_id = 99;
     e.error_code = -4;

@@ -132,10 +132,10 @@ experts = [{"id": e, "server": e // 8, "rows_last": int(4 * loads[e]),
            for e in range(E)]
 hist = [[s, round(5.5 + 4.9 * math.exp(-s / 30) + 0.08 * math.sin(s), 4)] for s in range(1, step + 1)]
 cluster = {"step": step, "placement_version": 1,
-           "servers": [{"index": 0, "endpoint": "tcp://127.0.0.1:5600", "alive": True, "experts": 8,
+           "servers": [{"id": 0, "endpoint": "tcp://127.0.0.1:5600", "alive": True, "experts": 8,
                         "rows_per_sec": 4500.0, "bytes_total": 123456, "errors_total": 0,
                         "latency_seconds": 0.0012},
-                       {"index": 1, "endpoint": "tcp://127.0.0.1:5601", "alive": True, "experts": 8,
+                       {"id": 1, "endpoint": "tcp://127.0.0.1:5601", "alive": True, "experts": 8,
                         "rows_per_sec": 4380.5, "bytes_total": 120012345, "errors_total": 2,
                         "latency_seconds": 0.0017}],
            "workers": [{"rank": 0, "step": step, "tokens_per_sec": 2100.0, "loss": hist[-1][1]},

@@ -123,7 +123,7 @@ static void m_truncated(struct wt *t)
     t->h.placement_version = 300; /* last field, a two-byte varint: cut inside it */
     t->header_cut = 1;
 }
-static void m_version(struct wt *t) { t->h.version = 2; }
+static void m_version(struct wt *t) { t->h.version = MOE_WIRE_VERSION + 1; }
 static void m_version0(struct wt *t) { t->h.version = 0; }
 static void m_type_unknown_value(struct wt *t) { t->h.type = (Moe__MsgType)99; }
 static void m_type_msg_unknown(struct wt *t) { t->h.type = MOE__MSG_TYPE__MSG_UNKNOWN; }
