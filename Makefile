@@ -171,15 +171,18 @@ deps-test:
 
 # make run: a local cluster of RUN_SERVERS expert servers and RUN_WORKERS
 # workers on 127.0.0.1 (deploy/launch-local.sh), default model and corpus.
+# RUN_OPTS are added to every process's options (make test runs this target
+# with a few steps: RUN_OPTS="--steps 20 ...").
 RUN_DIR ?= run
 RUN_SERVERS ?= 2
 RUN_WORKERS ?= 1
+RUN_OPTS ?=
 run: deps
-	@$(MAKE) --no-print-directory $(BIN_WORKER) $(BIN_SERVER)
+	@$(MAKE) --no-print-directory $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL)
 	@mkdir -p $(RUN_DIR)
 	sh deploy/launch-local.sh --bin $(BUILD)/bin --run-dir $(RUN_DIR) --servers $(RUN_SERVERS) \
 	    --workers $(RUN_WORKERS) -- --config deploy/default.ini \
-	    --checkpoint-dir $(RUN_DIR)/checkpoints --report $(RUN_DIR)/report.json
+	    --checkpoint-dir $(RUN_DIR)/checkpoints --report $(RUN_DIR)/report.json $(RUN_OPTS)
 
 # Unit, gradient and integration tests in the normal build, then the same
 # tests in the AddressSanitizer + UndefinedBehaviorSanitizer build.
@@ -207,7 +210,7 @@ test-unit: $(TEST_BIN)
 	$(TEST_BIN)
 
 test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(BIN_PROBE)
-	sh tests/integration/run.sh $(BUILD)
+	MOE_SANITIZE="$(SANITIZE)" sh tests/integration/run.sh $(BUILD)
 
 deps-bench:
 	@sh deploy/install-deps.sh --bench

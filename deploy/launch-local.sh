@@ -2,8 +2,13 @@
 # Starts a local cluster on this machine (127.0.0.1 or ipc sockets): a
 # coordinator (dashboard on http://127.0.0.1:HTTP_PORT/), N expert servers and
 # M data-parallel workers, waits for the workers, then stops the servers and
-# the coordinator with SIGTERM (servers finish their step, write their shard,
-# exit 0).
+# the coordinator with SIGTERM (each exits 0).
+#
+# Ports: free ones are picked (moectl free-ports) unless --base-port is
+# given; each process is checked to be up before the next is started.
+# Ctrl-C (or SIGTERM to this script): the coordinator checkpoints at the next
+# step boundary and stops the cluster cleanly (everyone exits 0; start again
+# to resume); a second Ctrl-C kills everything at once.
 #
 #   deploy/launch-local.sh [--servers N] [--workers M] [--transport tcp|ipc]
 #                          [--base-port P] [--http-port H] [--no-coordinator]
@@ -13,7 +18,7 @@
 # OPTIONS go to every process (moe-server and moe-worker share one option
 # table, e.g. --config deploy/default.ini). Worker 0 prints to the terminal;
 # servers and the other workers log to RUN_DIR/*.log. The exit code is worker
-# 0's (or the first failing worker's). Ctrl-C stops everything.
+# 0's (or the first failing worker's).
 # --server-threads T gives each expert server T compute threads instead of
 # OPTIONS' --threads (on one machine the processes share its cores).
 set -u
@@ -26,7 +31,7 @@ export OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}"
 n_servers=2
 n_workers=1
 transport=tcp
-base_port=$((10000 + $$ % 22000))
+base_port=
 bin=build/bin
 run_dir=run
 use_coord=1
@@ -44,21 +49,53 @@ while [ $# -gt 0 ]; do
     --run-dir) run_dir=$2; shift 2 ;;
     --) shift; break ;;
     --server-threads) server_threads=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "launch-local: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$run_dir"
 run_abs=$(cd "$run_dir" && pwd)
 
+# Ports: servers, workers, the coordinator and its HTTP, all free now (a
+# bind test), unless --base-port fixes them (PORT+i, PORT+100+r, PORT+200,
+# PORT+201).
+n_ports=$((n_servers + n_workers + 2))
+if [ -z "$base_port" ]; then
+    ports=$("$bin/moectl" free-ports "$n_ports" 2>/dev/null) ||
+        { echo "launch-local: cannot find $n_ports free ports on 127.0.0.1 (is $bin/moectl built?)" >&2; exit 1; }
+else
+    ports=""
+    i=0
+    while [ $i -lt "$n_servers" ]; do ports="$ports $((base_port + i))"; i=$((i + 1)); done
+    i=0
+    while [ $i -lt "$n_workers" ]; do ports="$ports $((base_port + 100 + i))"; i=$((i + 1)); done
+    ports="$ports $((base_port + 200)) $((base_port + 201))"
+fi
+port_at() { # N: the N-th port (from 1)
+    echo $ports | tr ' ' '\n' | sed -n "$1p"
+}
 endpoint() { # kind index
     if [ "$transport" = ipc ]; then
         echo "ipc://$run_abs/$1-$2.sock"
     elif [ "$1" = server ]; then
-        echo "tcp://127.0.0.1:$((base_port + $2))"
+        echo "tcp://127.0.0.1:$(port_at $(($2 + 1)))"
     else
-        echo "tcp://127.0.0.1:$((base_port + 100 + $2))"
+        echo "tcp://127.0.0.1:$(port_at $((n_servers + $2 + 1)))"
     fi
+}
+# wait_up PID LOG PATTERN WHAT: until LOG shows PATTERN (the process is up
+# and answering), or the process died (then say why and stop everything).
+wait_up() {
+    n=0
+    until grep -q "$3" "$2" 2>/dev/null; do
+        if ! kill -0 "$1" 2>/dev/null || [ $n -gt 600 ]; then
+            echo "launch-local: $4 did not start: $(tail -n 3 "$2")" >&2
+            cleanup
+            exit 1
+        fi
+        sleep 0.1
+        n=$((n + 1))
+    done
 }
 servers=""
 i=0
@@ -81,30 +118,36 @@ coord_pid=""
 cleanup() {
     for p in $worker_pids $server_pids $coord_pid; do kill -9 "$p" 2>/dev/null; done
 }
-trap 'cleanup; exit 130' INT TERM
+# The first Ctrl-C / SIGTERM: a clean stop through the coordinator (a
+# checkpoint, then everyone exits 0); the second: kill everything.
+stopping=0
+on_stop() {
+    stopping=$((stopping + 1))
+    if [ $stopping -gt 1 ] || [ -z "$coord_pid" ]; then
+        echo "launch-local: killing every process" >&2
+        cleanup
+        exit 130
+    fi
+    echo "launch-local: stopping: the cluster checkpoints at the next step boundary and stops" \
+        "(Ctrl-C again to kill everything)" >&2
+    kill -TERM "$coord_pid" 2>/dev/null
+}
+trap on_stop INT TERM
 
 coordinator=""
 if [ "$use_coord" -eq 1 ]; then
     if [ "$transport" = ipc ]; then
         coordinator="ipc://$run_abs/coordinator.sock"
     else
-        coordinator="tcp://127.0.0.1:$((base_port + 200))"
+        coordinator=""
     fi
-    [ -n "$http_port" ] || http_port=$((base_port + 201))
+    [ "$transport" = ipc ] || coordinator="tcp://127.0.0.1:$(port_at $((n_ports - 1)))"
+    [ -n "$http_port" ] || http_port=$(port_at "$n_ports")
     "$bin/moe-coordinator" "$@" --servers "$servers" --workers "$workers" \
         --coordinator "$coordinator" --http "127.0.0.1:$http_port" \
         >"$run_abs/coordinator.log" 2>&1 &
     coord_pid=$!
-    n=0
-    until grep -q "dashboard at" "$run_abs/coordinator.log" 2>/dev/null; do
-        if ! kill -0 "$coord_pid" 2>/dev/null || [ $n -gt 100 ]; then
-            echo "launch-local: the coordinator did not start: $(tail -n 3 "$run_abs/coordinator.log")" >&2
-            cleanup
-            exit 1
-        fi
-        sleep 0.1
-        n=$((n + 1))
-    done
+    wait_up "$coord_pid" "$run_abs/coordinator.log" "dashboard at" "the coordinator"
     echo "launch-local: dashboard at http://127.0.0.1:$http_port/ (moectl --http 127.0.0.1:$http_port experts)" >&2
     set -- "$@" --coordinator "$coordinator"
 fi
@@ -114,7 +157,9 @@ while [ $i -lt "$n_servers" ]; do
     "$bin/moe-server" "$@" ${server_threads:+--threads "$server_threads"} --servers "$servers" \
         --workers "$workers" --server-index $i \
         --shard-out "$run_abs/server-$i.safetensors" >"$run_abs/server-$i.log" 2>&1 &
-    server_pids="$server_pids $!"
+    pid=$!
+    server_pids="$server_pids $pid"
+    wait_up "$pid" "$run_abs/server-$i.log" "moe-server: server .* serving on" "expert server $i"
     i=$((i + 1))
 done
 echo "launch-local: $n_servers expert server(s) at $servers; logs in $run_dir/" >&2
@@ -130,11 +175,20 @@ done
 w0=$!
 worker_pids="$w0 $worker_pids"
 
+# wait_pid PID: its exit status, waiting again when a trapped signal
+# interrupts the wait.
+wait_pid() {
+    while :; do
+        wait "$1"
+        st=$?
+        kill -0 "$1" 2>/dev/null || return $st
+    done
+}
 status=0
-wait "$w0" || status=$?
+wait_pid "$w0" || status=$?
 for p in $worker_pids; do
     [ "$p" = "$w0" ] && continue
-    wait "$p" || { [ $status -eq 0 ] && status=$?; }
+    wait_pid "$p" || { [ $status -eq 0 ] && status=$?; }
 done
 
 # Stop the servers: SIGTERM, then SIGKILL after 30 s.
@@ -151,6 +205,6 @@ for p in $server_pids; do
 done
 if [ -n "$coord_pid" ]; then
     kill -TERM "$coord_pid" 2>/dev/null
-    wait "$coord_pid" 2>/dev/null
+    wait_pid "$coord_pid" 2>/dev/null
 fi
 exit $status

@@ -26,10 +26,10 @@ expect_fail() {
 # wait_for_step LOG N [SECONDS]: waits (at most SECONDS, default 10) until a
 # progress line of step N shows in LOG.
 wait_for_step() {
-    n=0
-    until grep -q "^step *$2/" "$1" 2>/dev/null || [ $n -gt $((${3:-10} * 50)) ]; do
+    _h_n=0
+    until grep -q "^step *$2/" "$1" 2>/dev/null || [ $_h_n -gt $((${3:-10} * 50)) ]; do
         sleep 0.02
-        n=$((n + 1))
+        _h_n=$((_h_n + 1))
     done
 }
 
@@ -43,45 +43,133 @@ make_corpora() {
 TINY="--d-model 16 --d-hidden 24 --n-experts 6 --k 2 --batch 4 --unroll 8 --eval-batch 3 \
 --warmup 5 --lr 0.01 --threads 1 --log-every 1000 --log-level warn"
 
+# free_ports N: PORTS = N distinct TCP ports of 127.0.0.1 that nothing
+# listens on now (a bind test, moectl free-ports); P1 .. PN name them. Other
+# suites may run on this machine at the same time: never assume a port.
+free_ports() {
+    PORTS=$("$BIN/moectl" free-ports "$1") || fail "cannot find $1 free ports"
+    _fp_i=1
+    for _fp_p in $PORTS; do
+        eval "P$_fp_i=$_fp_p"
+        _fp_i=$((_fp_i + 1))
+    done
+}
+
+# count PATTERN FILE: lines of FILE matching PATTERN (0 when it is missing)
+count() {
+    _cn_c=$(grep -c -- "$1" "$2" 2>/dev/null)
+    echo "${_cn_c:-0}"
+}
+
+# wait_up PID LOG PATTERN WHAT [SECONDS]: until LOG matches PATTERN (grep
+# -E): the process is up and answering. Fails, naming WHAT and the end of
+# its log, when the process dies first or after SECONDS (default 30).
+wait_up() {
+    _h_n=0
+    until grep -Eq -- "$3" "$2" 2>/dev/null; do
+        kill -0 "$1" 2>/dev/null || fail "$4 did not start: $(tail -n 3 "$2" 2>/dev/null)"
+        [ $_h_n -lt $((${5:-30} * 20)) ] || fail "$4 not up after ${5:-30} s: $(tail -n 3 "$2" 2>/dev/null)"
+        sleep 0.05
+        _h_n=$((_h_n + 1))
+    done
+}
+
 # Clusters for the elasticity tests: a coordinator, servers and workers
 # started one by one (so that a test can kill, add and restart them), each
 # logging into $CL/NAME.log. $A holds the options shared by every process.
-# cl_init NAME PORT WORKERS: ports PORT.. (servers PORT+i, workers PORT+100+r,
-# coordinator PORT+200, HTTP PORT+201).
+# cl_init NAME WORKERS: free ports for the coordinator (CLC), its HTTP (CLH)
+# and the workers' ring (CLWS); each server gets its own when first started
+# (cl_port I), and keeps it across restarts.
 cl_init() {
     CL=$WORK/$1
     mkdir -p "$CL"
-    CLP=$2
-    CLW=$3
+    CLW=$2
+    free_ports $((CLW + 2))
+    CLC=tcp://127.0.0.1:$P1
+    CLH=127.0.0.1:$P2
     CLWS=""
     if [ "$CLW" -gt 1 ]; then
-        i=0
-        while [ $i -lt "$CLW" ]; do
-            CLWS="$CLWS${CLWS:+,}tcp://127.0.0.1:$((CLP + 100 + i))"
-            i=$((i + 1))
+        _ci_i=0
+        for _ci_p in $PORTS; do
+            [ $_ci_i -ge 2 ] && CLWS="$CLWS${CLWS:+,}tcp://127.0.0.1:$_ci_p"
+            _ci_i=$((_ci_i + 1))
         done
     fi
-    CLC=tcp://127.0.0.1:$((CLP + 200))
-    CLH=127.0.0.1:$((CLP + 201))
     CL_PIDS=""
+    CL_SERVER_PORTS=""
 }
-cl_coord() { # [OPTIONS]
+# cl_port I: the port of server I (picked once per cluster).
+cl_port() {
+    eval "CLSP=\${CLSP_$1:-}"
+    if [ -z "$CLSP" ]; then
+        free_ports 1
+        CLSP=$P1
+        eval "CLSP_$1=$CLSP"
+    fi
+}
+# cl_server_endpoints I J ...: CLSV = their endpoints, comma-separated.
+cl_server_endpoints() {
+    CLSV=""
+    for _se_i in "$@"; do
+        cl_port "$_se_i"
+        CLSV="$CLSV${CLSV:+,}tcp://127.0.0.1:$CLSP"
+    done
+}
+cl_coord() { # [OPTIONS]: waits until it is up
+    start_lines=$(count "dashboard at" "$CL/coordinator.log")
     "$BIN/moe-coordinator" $A --workers "$CLWS" --coordinator "$CLC" --http "$CLH" \
         --http-token secret "$@" >>"$CL/coordinator.log" 2>&1 &
     CPID=$!
     CL_PIDS="$CL_PIDS $!"
+    _h_n=0
+    until [ "$(count "dashboard at" "$CL/coordinator.log")" -gt "$start_lines" ]; do
+        kill -0 "$CPID" 2>/dev/null || fail "the coordinator did not start: $(tail -n 3 "$CL/coordinator.log")"
+        [ $_h_n -lt 600 ] || fail "the coordinator is not up after 30 s"
+        sleep 0.05
+        _h_n=$((_h_n + 1))
+    done
 }
-cl_server() { # I: serves on PORT+I
+# cl_server I [OPTIONS]: serves on its port; waits until it registered.
+cl_server() {
+    cl_server_bg "$@"
+    _h_n=0
+    until [ "$(count "moe-server: server .* serving on" "$CL/server-$1.log")" -gt "$start_lines" ]; do
+        kill -0 "$SPID" 2>/dev/null || fail "server $1 did not start: $(tail -n 3 "$CL/server-$1.log")"
+        [ $_h_n -lt 600 ] || fail "server $1 is not up after 30 s"
+        sleep 0.05
+        _h_n=$((_h_n + 1))
+    done
+}
+# cl_server_bg I [OPTIONS]: the same without waiting (SPID, SPIDI).
+cl_server_bg() {
+    _sb_i=$1
+    shift
+    cl_port "$_sb_i"
+    start_lines=$(count "moe-server: server .* serving on" "$CL/server-$_sb_i.log")
     "$BIN/moe-server" $A --workers "$CLWS" --coordinator "$CLC" \
-        --bind "tcp://127.0.0.1:$((CLP + $1))" >>"$CL/server-$1.log" 2>&1 &
-    eval "SPID$1=$!"
+        --bind "tcp://127.0.0.1:$CLSP" "$@" >>"$CL/server-$_sb_i.log" 2>&1 &
+    SPID=$!
+    eval "SPID$_sb_i=$!"
     CL_PIDS="$CL_PIDS $!"
 }
-cl_worker() { # R
-    "$BIN/moe-worker" $A --experts remote --workers "$CLWS" --coordinator "$CLC" --rank "$1" \
-        >>"$CL/worker-$1.log" 2>&1 &
-    eval "WPID$1=$!"
+# cl_worker R [OPTIONS]: waits until the coordinator saw it register.
+cl_worker() {
+    _cw_r=$1
+    shift
+    before=$(count "worker $_cw_r registered" "$CL/coordinator.log")
+    "$BIN/moe-worker" $A --experts remote --workers "$CLWS" --coordinator "$CLC" --rank "$_cw_r" \
+        "$@" >>"$CL/worker-$_cw_r.log" 2>&1 &
+    WPID=$!
+    eval "WPID$_cw_r=$!"
     CL_PIDS="$CL_PIDS $!"
+    _h_n=0
+    until [ "$(count "worker $_cw_r registered" "$CL/coordinator.log")" -gt "$before" ]; do
+        kill -0 "$WPID" 2>/dev/null ||
+            fail "worker $_cw_r did not start: $(tail -n 3 "$CL/worker-$_cw_r.log")"
+        [ $_h_n -lt 600 ] || fail "worker $_cw_r did not register within 30 s"
+        sleep 0.05
+        _h_n=$((_h_n + 1))
+    done
 }
 # cl_wait_step R N: until worker R printed step N (at most 60 s).
 cl_wait_step() {

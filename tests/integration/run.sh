@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs every tests/integration/test_*.sh against one build folder, each in a
-# fresh temporary folder with a time limit. Usage: run.sh BUILD_DIR
+# fresh temporary folder and its own process group, with a time limit.
+# Usage: run.sh BUILD_DIR [NAME...]   (NAME: run only test_NAME.sh)
 # Ends with the line "N passed, N failed".
 set -u
 build=${1:-build}
@@ -13,18 +14,28 @@ ARTIFACTS=$(cd "$build" && pwd)/test-artifacts
 export BIN DATA IT_DIR ARTIFACTS
 pass=0
 failed=0
+shift
+only="$*"
 for t in "$here"/test_*.sh; do
     name=$(basename "$t" .sh)
+    if [ -n "$only" ] && ! echo " $only " | grep -q " ${name#test_} "; then
+        continue
+    fi
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/moe-it-XXXXXX")
     export WORK
     echo "== $name"
-    if timeout 600 sh -c ". '$here/lib.sh'; . '$t'"; then
+    # Its own process group, so that whatever a failing test leaves running
+    # is killed before the next test starts.
+    setsid timeout 600 sh -c ". '$here/lib.sh'; . '$t'" &
+    pid=$!
+    if wait $pid; then
         pass=$((pass + 1))
         echo "PASS $name"
     else
         failed=$((failed + 1))
         echo "FAIL $name"
     fi
+    kill -9 -$pid 2>/dev/null
     rm -rf "$WORK"
 done
 echo "integration: $pass passed, $failed failed"

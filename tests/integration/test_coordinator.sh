@@ -6,21 +6,23 @@
 # what the workers dispatched; /metrics passes a strict parser of the
 # Prometheus text format; moectl shows the five most loaded experts.
 make_corpora
-base=$((10000 + $$ % 22000))
-C="tcp://127.0.0.1:$base"
-HTTP="127.0.0.1:$((base + 1))"
-SV="tcp://127.0.0.1:$((base + 2)),tcp://127.0.0.1:$((base + 3))"
-WK="tcp://127.0.0.1:$((base + 4)),tcp://127.0.0.1:$((base + 5))"
+free_ports 6
+C="tcp://127.0.0.1:$P1"
+HTTP="127.0.0.1:$P2"
+SV="tcp://127.0.0.1:$P3,tcp://127.0.0.1:$P4"
+WK="tcp://127.0.0.1:$P5,tcp://127.0.0.1:$P6"
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 15 --servers $SV --workers $WK --coordinator $C \
 --checkpoint-dir $WORK/ck"
 "$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret >"$WORK/coord.out" 2>"$WORK/coord.err" &
 coord=$!
-sleep 0.3
+wait_up $coord "$WORK/coord.out" "dashboard at" "the coordinator"
 # the servers too learn the placement from the coordinator: only --bind
-"$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$((base + 2))" --server-index 0 2>"$WORK/s0.err" &
+"$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$P3" --server-index 0 >"$WORK/s0.err" 2>&1 &
 s0=$!
-"$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$((base + 3))" --server-index 1 2>"$WORK/s1.err" &
+wait_up $s0 "$WORK/s0.err" "moe-server: server .* serving on" "server 0"
+"$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$P4" --server-index 1 >"$WORK/s1.err" 2>&1 &
 s1=$!
+wait_up $s1 "$WORK/s1.err" "moe-server: server .* serving on" "server 1"
 # the workers find the servers through the coordinator (--servers= empty)
 "$BIN/moe-worker" $A --servers= --experts remote --rank 1 --report "$WORK/r.json" >/dev/null 2>"$WORK/w1.err" &
 w1=$!

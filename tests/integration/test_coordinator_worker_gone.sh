@@ -4,19 +4,21 @@
 # coordinator says a worker of the step may be gone); the coordinator keeps
 # serving and exits 0 on SIGTERM.
 make_corpora
-base=$((10000 + ($$ + 13) % 22000))
-C="tcp://127.0.0.1:$base"
-HTTP="127.0.0.1:$((base + 1))"
-SV="tcp://127.0.0.1:$((base + 2)),tcp://127.0.0.1:$((base + 3))"
-WK="tcp://127.0.0.1:$((base + 4)),tcp://127.0.0.1:$((base + 5))"
+free_ports 6
+C="tcp://127.0.0.1:$P1"
+HTTP="127.0.0.1:$P2"
+SV="tcp://127.0.0.1:$P3,tcp://127.0.0.1:$P4"
+WK="tcp://127.0.0.1:$P5,tcp://127.0.0.1:$P6"
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 1000000 --log-every 1 --servers $SV --workers $WK --coordinator $C --timeout-ms 2000"
-"$BIN/moe-coordinator" $A --http "$HTTP" >/dev/null 2>&1 &
+"$BIN/moe-coordinator" $A --http "$HTTP" >"$WORK/coord.log" 2>&1 &
 coord=$!
-sleep 0.3
-"$BIN/moe-server" $A --server-index 0 2>/dev/null &
+wait_up $coord "$WORK/coord.log" "dashboard at" "the coordinator"
+"$BIN/moe-server" $A --server-index 0 >"$WORK/s0.log" 2>&1 &
 s0=$!
-"$BIN/moe-server" $A --server-index 1 2>/dev/null &
+wait_up $s0 "$WORK/s0.log" "moe-server: server .* serving on" "server 0"
+"$BIN/moe-server" $A --server-index 1 >"$WORK/s1.log" 2>&1 &
 s1=$!
+wait_up $s1 "$WORK/s1.log" "moe-server: server .* serving on" "server 1"
 "$BIN/moe-worker" $A --experts remote --rank 1 >/dev/null 2>&1 &
 w1=$!
 "$BIN/moe-worker" $A --experts remote --rank 0 >"$WORK/w0.log" 2>"$WORK/w0.err" &

@@ -11,9 +11,12 @@
 #     manifest)
 #   - a flipped byte in a shard file (moectl verify and the coordinator's
 #     restart name the file; the previous checkpoint is used)
+#   - kill -9 of the coordinator mid-run, restarted with the same flags after
+#     a gap (61 s; 5 s in the sanitizer build): servers and workers ride it
+#     out, logging what they wait for, and training continues without
+#     restarting any of them
 make_corpora
 K=400
-port=$((10000 + ($$ * 7) % 19000))
 base_args() { # NAME
     A="--train $WORK/train.txt --valid= $TINY --log-every 1 --log-level info --steps $K \
 --checkpoint-dir $WORK/$1/ck --checkpoint-every 40 --timeout-ms 2000 --heartbeat-timeout-ms 1500"
@@ -28,12 +31,13 @@ same_as_base() { # NAME WHAT
         fail "$2: the export at step $K differs from the undisturbed run"
     grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
 }
-# start NAME PORT: coordinator (expecting servers 0 and 1 as its slots 0 and
-# 1), servers 0 and 1, worker 0
+# start NAME: coordinator (expecting servers 0 and 1 as its ids 0 and 1),
+# servers 0 and 1, worker 0
 start() {
     base_args "$1"
-    cl_init "$1" "$2" 1
-    cl_coord --servers "tcp://127.0.0.1:$2,tcp://127.0.0.1:$(($2 + 1))"
+    cl_init "$1" 1
+    cl_server_endpoints 0 1
+    cl_coord --servers "$CLSV"
     cl_server 0
     cl_server 1
     cl_worker 0
@@ -45,14 +49,14 @@ finish() { # wait for worker 0, stop the rest; echo its wall time in ms
 
 # 1. The undisturbed run.
 t0=$(now_ms)
-start base $port
+start base
 finish
 base_ms=$(($(now_ms) - t0))
 export_of base
 echo "  ok: undisturbed run: $K steps in $base_ms ms, checkpoint every 40 steps"
 
 # 2. A third server joins at step 100.
-start add $((port + 300))
+start add
 cl_wait_step 0 100
 cl_server 2
 finish
@@ -66,7 +70,7 @@ mig=$(sed -n 's/.*migration: \([0-9.]*\) ms per expert.*/\1/p' "$CL/server-2.log
 echo "  ok: server added at step 100: $moved of 6 experts moved ($mig ms per expert read), export identical"
 
 # 3. Server 1 drained at step 100.
-start drain $((port + 600))
+start drain
 cl_wait_step 0 100
 "$BIN/moectl" --http "$CLH" --token secret drain 1 >"$WORK/drain.out" 2>&1 ||
     fail "moectl drain: $(cat "$WORK/drain.out")"
@@ -79,7 +83,7 @@ echo "  ok: server 1 drained at step 100: it exited 0, its experts moved, export
 
 # 4. kill -9 of server 1 at step 100.
 t0=$(now_ms)
-start kill $((port + 900))
+start kill
 cl_wait_step 0 100
 kill -9 "$SPID1"
 finish
@@ -96,7 +100,7 @@ echo "  ok: kill -9 at step 100: detected after $det s of silence, worker recove
 # 5. kill -9 of server 1 while it writes the checkpoint of step 160.
 t0=$(now_ms)
 base_args ckill
-cl_init ckill $((port + 1200)) 1
+cl_init ckill 1
 cl_coord --min-servers 2
 cl_server 0
 MOE_FAULT_KILL_IN_CHECKPOINT=160 cl_server 1
@@ -109,7 +113,7 @@ grep -q "rolling back to step 120" "$CL/coordinator.log" ||
 echo "  ok: kill -9 while writing the checkpoint of step 160: rolled back to step 120, export identical"
 
 # 6. Every process killed at step 200, then started again.
-start restart $((port + 1500))
+start restart
 cl_wait_step 0 200
 cl_kill_all
 last=$(ls "$WORK/restart/ck" | grep '^step-' | tail -n 1)
@@ -126,7 +130,7 @@ echo "  ok: everything killed after step 200, restarted: resumed from $(sed -n '
 # checkpoint` at step 150 is the only one between step 0 and the last step.
 base_args opck
 A="$A --checkpoint-every 0"
-cl_init opck $((port + 2700)) 1
+cl_init opck 1
 cl_coord --min-servers 2
 cl_server 0
 cl_server 1
@@ -151,7 +155,7 @@ size=$(stat -c %s "$f")
 printf '\377' | dd of="$f" bs=1 seek=$((size - 7)) conv=notrunc 2>/dev/null
 expect_fail "moectl verify of a flipped byte" "server-0.safetensors" "$BIN/moectl" verify "$ck/$newest"
 base_args base
-cl_init flip $((port + 1800)) 1
+cl_init flip 1
 "$BIN/moe-coordinator" $A --coordinator "$CLC" --http "$CLH" >"$CL/coordinator.log" 2>&1 &
 c=$!
 n=0
@@ -167,20 +171,21 @@ echo "  ok: a flipped byte in $newest/server-0.safetensors is named; the restart
 # 8. Two workers; worker 1 killed at step 100 and started again: it rejoins,
 # everyone rolls back to the last checkpoint, and the export equals that of
 # an undisturbed 2-worker run.
-start2() { # NAME PORT
+start2() { # NAME
     base_args "$1"
-    cl_init "$1" "$2" 2
-    cl_coord --servers "tcp://127.0.0.1:$2,tcp://127.0.0.1:$(($2 + 1))"
+    cl_init "$1" 2
+    cl_server_endpoints 0 1
+    cl_coord --servers "$CLSV"
     cl_server 0
     cl_server 1
     cl_worker 0
     cl_worker 1
 }
-start2 base2 $((port + 2100))
+start2 base2
 wait "$WPID1" || fail "2 workers: worker 1 failed"
 finish
 export_of base2
-start2 wkill $((port + 2400))
+start2 wkill
 cl_wait_step 1 100
 kill -9 "$WPID1"
 wait "$WPID1" 2>/dev/null
@@ -191,3 +196,29 @@ export_of wkill
 cmp -s "$WORK/base2.export" "$WORK/wkill.export" || fail "after a worker restart the export differs"
 grep -q "worker 1 restarted" "$CL/coordinator.log" || fail "the coordinator did not see the restart"
 echo "  ok: worker 1 of 2 killed at step 100 and restarted: $(sed -n 's/.*W moe-coordinator: \(rolling back to step [0-9]*\).*/\1/p' "$CL/coordinator.log" | head -n 1), export identical to an undisturbed 2-worker run"
+
+# 9. kill -9 of the coordinator at step 100; after a gap it is started again
+# with the same flags. Nothing else is restarted: the servers register again,
+# everyone rolls back to the last checkpoint, and the export is identical.
+GAP=61
+[ -n "${MOE_SANITIZE:-}" ] && GAP=5
+start ckdead
+cl_wait_step 0 100
+kill -9 "$CPID"
+wait "$CPID" 2>/dev/null
+sleep "$GAP"
+grep -q "step *[0-9]*/$K" "$CL/worker-0.log" || fail "no progress line before the gap"
+at=$(sed -n "s/^step *\([0-9]*\)\/.*/step \1/p" "$CL/worker-0.log" | tail -n 1)
+silent='cannot reach the coordinator|coordinator .*(did not answer|has not answered|no answer)'
+waits=$(grep -Ec "$silent" "$CL/server-0.log")
+wwaits=$(grep -Ec "$silent" "$CL/worker-0.log")
+[ "$waits" -ge $((GAP / 6)) ] || fail "server 0 logged $waits lines about the silent coordinator in $GAP s"
+[ "$wwaits" -ge $((GAP / 6)) ] || fail "worker 0 logged $wwaits lines about the silent coordinator in $GAP s"
+kill -0 "$SPID0" && kill -0 "$SPID1" && kill -0 "$WPID0" || fail "a member gave up during a $GAP s gap"
+cl_coord --servers "$CLSV"
+finish
+same_as_base ckdead "kill -9 and restart of the coordinator"
+grep -q "registering again" "$CL/server-0.log" || fail "server 0 did not register again"
+grep -q "resuming from" "$CL/coordinator.log" || fail "the restarted coordinator did not resume"
+echo "  ok: coordinator killed at step 100 ($at), restarted after $GAP s: server 0 logged $waits" \
+    "and worker 0 $wwaits lines while waiting, none restarted; export identical"

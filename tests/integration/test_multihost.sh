@@ -54,10 +54,13 @@ run() { # NAME [cut]
     ip netns exec "moeh1$$" "$BIN/moe-coordinator" $A --coordinator "$C" --http "$(addr 1):8780" --min-servers 2 \
         >"$d/coordinator.log" 2>&1 &
     c=$!
+    wait_up $c "$d/coordinator.log" "dashboard at" "$1: the coordinator"
     ip netns exec "moeh2$$" "$BIN/moe-server" $A --coordinator "$C" --bind "tcp://$(addr 2):5600" >"$d/server-2.log" 2>&1 &
     s2=$!
+    wait_up $s2 "$d/server-2.log" "moe-server: server .* serving on" "$1: server on host 2"
     ip netns exec "moeh3$$" "$BIN/moe-server" $A --coordinator "$C" --bind "tcp://$(addr 3):5600" >"$d/server-3.log" 2>&1 &
     s3=$!
+    wait_up $s3 "$d/server-3.log" "moe-server: server .* serving on" "$1: server on host 3"
     ip netns exec "moeh4$$" "$BIN/moe-worker" $A --experts remote --coordinator "$C" >"$d/worker.log" 2>&1 &
     w=$!
     if [ "${2:-}" = cut ]; then
@@ -79,7 +82,7 @@ grep -q "registered at tcp://$(addr 3):5600" "$WORK/hosts/coordinator.log" ||
     fail "the servers did not register with their host addresses"
 # the same model on loopback, one process each
 A="$A0 --checkpoint-dir $WORK/lo/ck"
-cl_init lo $((10000 + ($$ * 13) % 22000)) 1
+cl_init lo 1
 cl_coord --min-servers 2
 cl_server 0
 cl_server 1

@@ -3,12 +3,15 @@
 # the final model is byte-identical to a run without the garbage.
 make_corpora
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 150 --log-every 1 --log-level info"
-port=$((10000 + $$ % 22000))
-SV="tcp://127.0.0.1:$port,tcp://127.0.0.1:$((port + 1))"
-"$BIN/moe-server" $A --servers "$SV" --server-index 0 --max-message-mb 1 2>"$WORK/s0.log" &
+free_ports 2
+port=$P1
+SV="tcp://127.0.0.1:$P1,tcp://127.0.0.1:$P2"
+"$BIN/moe-server" $A --servers "$SV" --server-index 0 --max-message-mb 1 >"$WORK/s0.log" 2>&1 &
 s0=$!
-"$BIN/moe-server" $A --servers "$SV" --server-index 1 2>"$WORK/s1.log" &
+wait_up $s0 "$WORK/s0.log" "moe-server: server .* serving on" "server 0"
+"$BIN/moe-server" $A --servers "$SV" --server-index 1 >"$WORK/s1.log" 2>&1 &
 s1=$!
+wait_up $s1 "$WORK/s1.log" "moe-server: server .* serving on" "server 1"
 "$BIN/moe-worker" $A --experts remote --servers "$SV" --checkpoint-dir "$WORK/garbage" \
     >"$WORK/w.log" 2>&1 &
 w=$!

@@ -2,13 +2,15 @@
 # error naming that server within the timeout (recovery comes later).
 make_corpora
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 1000000 --log-every 1"
-port=$((10000 + ($$ + 7) % 22000))
-S1="tcp://127.0.0.1:$((port + 1))"
-SV="tcp://127.0.0.1:$port,$S1"
-"$BIN/moe-server" $A --servers "$SV" --server-index 0 2>/dev/null &
+free_ports 2
+S1="tcp://127.0.0.1:$P2"
+SV="tcp://127.0.0.1:$P1,$S1"
+"$BIN/moe-server" $A --servers "$SV" --server-index 0 >"$WORK/s0.log" 2>&1 &
 s0=$!
-"$BIN/moe-server" $A --servers "$SV" --server-index 1 2>/dev/null &
+wait_up $s0 "$WORK/s0.log" "moe-server: server .* serving on" "server 0"
+"$BIN/moe-server" $A --servers "$SV" --server-index 1 >"$WORK/s1.log" 2>&1 &
 s1=$!
+wait_up $s1 "$WORK/s1.log" "moe-server: server .* serving on" "server 1"
 "$BIN/moe-worker" $A --experts remote --servers "$SV" --timeout-ms 2000 >"$WORK/w.log" 2>"$WORK/w.err" &
 w=$!
 wait_for_step "$WORK/w.log" 20

@@ -2,8 +2,10 @@
 # Randomised chaos run (make test-long): a coordinator, expert servers and
 # two workers train a small model while, every few seconds, a random event
 # hits the cluster: kill -9 of a server (restarted later on a new port),
-# a new server joining, a server drained with moectl, kill -9 of a worker
-# (restarted at once), a moectl checkpoint. When training ends, the export of
+# a new server joining, a server drained with moectl, SIGTERM of a server
+# (it is drained), kill -9 of a worker (restarted at once), a moectl
+# checkpoint, kill -9 of the coordinator (restarted with the same flags after
+# a gap of up to 65 s, nothing else restarted). When training ends, the export of
 # its last checkpoint must be byte-identical to that of an undisturbed run
 # of the same configuration, whatever happened in between.
 #
@@ -32,11 +34,12 @@ rnd() { # N: R = a pseudo-random 0..N-1 (a linear congruential generator)
 }
 args() { # NAME STEPS
     A="--train $WORK/train.txt --valid= $MODEL --steps $2 --checkpoint-dir $WORK/$1/ck \
---checkpoint-every 50 --timeout-ms 3000 --heartbeat-timeout-ms 2000 --keep-checkpoints 4"
+--checkpoint-every 50 --timeout-ms 3000 --heartbeat-timeout-ms 2000 --keep-checkpoints 4 \
+--max-rollbacks 50"
 }
-undisturbed() { # NAME STEPS PORT
+undisturbed() { # NAME STEPS
     args "$1" "$2"
-    cl_init "$1" "$3" 2
+    cl_init "$1" 2
     cl_coord --min-servers 2
     cl_server 0
     cl_server 1
@@ -49,18 +52,17 @@ undisturbed() { # NAME STEPS PORT
 
 # Calibration: how many steps per second undisturbed?
 t0=$(now_ms)
-undisturbed calib 300 $((10000 + $$ % 5000))
+undisturbed calib 300
 ms=$(($(now_ms) - t0))
 steps=$((300 * seconds * 1000 / ms / 3 * 2))
 [ "$steps" -ge 600 ] || steps=600
 echo "chaos: seed $seed, $steps steps (calibration: 300 steps in $ms ms), about $seconds s"
 
-base_port=$((16000 + $$ % 5000))
-undisturbed base "$steps" "$base_port"
+undisturbed base "$steps"
 "$BIN/moectl" export "$WORK/base/ck" "$WORK/base.export" >/dev/null || fail "export of the undisturbed run"
 
 args chaos "$steps"
-cl_init chaos $((base_port + 5000)) 2
+cl_init chaos 2
 cl_coord --min-servers 2
 cl_server 0
 cl_server 1
@@ -84,7 +86,7 @@ while kill -0 "$WPID0" 2>/dev/null; do
     sleep $((3 + R))
     kill -0 "$WPID0" 2>/dev/null || break
     alive_servers
-    rnd 5
+    rnd 7
     t=$((($(now_ms) - start) / 1000))
     case $R in
     0) # kill -9 a server (at least one stays)
@@ -95,18 +97,19 @@ while kill -0 "$WPID0" 2>/dev/null; do
         echo "  t=${t}s: kill -9 server $victim" ;;
     1) # a new server joins
         [ "$next" -lt 60 ] || continue
-        cl_server $next
+        cl_server_bg $next
         echo "  t=${t}s: server $next joins"
         next=$((next + 1)) ;;
     2) # drain a server through the coordinator (found by its endpoint)
         [ "$NLIVE" -ge 2 ] || continue
         rnd "$NLIVE"
         victim=$(echo $LIVE | tr ' ' '\n' | sed -n "$((R + 1))p")
+        cl_port "$victim"
         slot=$("$BIN/moectl" --http "$CLH" --json status 2>/dev/null | python3 -c "
 import json, sys
 c = json.load(sys.stdin)
-ep = 'tcp://127.0.0.1:$((CLP + victim))'
-print(next((x['index'] for x in c['servers'] if x['endpoint'] == ep), ''))" 2>/dev/null)
+ep = 'tcp://127.0.0.1:$CLSP'
+print(next((x['id'] for x in c['servers'] if x['endpoint'] == ep), ''))" 2>/dev/null)
         [ -n "$slot" ] || continue
         "$BIN/moectl" --http "$CLH" --token secret drain "$slot" >/dev/null 2>&1 &&
             echo "  t=${t}s: drain server $victim (slot $slot)" ;;
@@ -118,12 +121,26 @@ print(next((x['index'] for x in c['servers'] if x['endpoint'] == ep), ''))" 2>/d
     4) # an operator checkpoint
         "$BIN/moectl" --http "$CLH" --token secret checkpoint >/dev/null 2>&1 &&
             echo "  t=${t}s: moectl checkpoint" ;;
+    5) # SIGTERM of a server: it is drained (at least one stays)
+        [ "$NLIVE" -ge 2 ] || continue
+        rnd "$NLIVE"
+        victim=$(echo $LIVE | tr ' ' '\n' | sed -n "$((R + 1))p")
+        eval "kill -TERM \$SPID$victim"
+        echo "  t=${t}s: SIGTERM to server $victim (drain)" ;;
+    6) # kill -9 of the coordinator, restarted after a gap
+        rnd 64
+        gap=$((R + 2))
+        kill -9 "$CPID"
+        wait "$CPID" 2>/dev/null
+        echo "  t=${t}s: kill -9 the coordinator; restarted after $gap s"
+        sleep "$gap"
+        cl_coord --min-servers 2 ;;
     esac
     events=$((events + 1))
     # keep two servers running
     alive_servers
     while [ "$NLIVE" -lt 2 ]; do
-        cl_server $next
+        cl_server_bg $next
         echo "  t=${t}s: server $next joins (replacement)"
         next=$((next + 1))
         NLIVE=$((NLIVE + 1))
