@@ -2,11 +2,16 @@
 #include "moe_blas.h"
 
 #include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "moe_par.h"
 
 static moe_sgemm_trace_fn trace_fn;
 static void *trace_ctx;
+/* MOE_BLAS=reference: every product through moe_sgemm_ref (read once by
+ * moe_blas_set_threads). */
+static bool use_reference;
 
 void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx)
 {
@@ -21,6 +26,10 @@ void moe_sgemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, con
         return;
     if (trace_fn)
         trace_fn(trace_ctx, trans_a, trans_b, m, n, k);
+    if (use_reference) {
+        moe_sgemm_ref(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
     if (k <= 0) {
         /* BLAS would still scale C by beta; do the same without it. */
         for (int i = 0; i < m; i++)
@@ -49,8 +58,12 @@ void moe_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
     }
 }
 
+bool moe_blas_reference(void) { return use_reference; }
+
 void moe_blas_set_threads(int n)
 {
+    const char *e = getenv("MOE_BLAS");
+    use_reference = e && strcmp(e, "reference") == 0;
     openblas_set_num_threads(n < 1 ? 1 : n);
     moe_par_set_threads(n);
 }

@@ -25,7 +25,13 @@ void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx);
 
 /* Sets the OpenBLAS thread count (>= 1) and sizes the moe_par pool that
  * runs the elementwise work between products to match. Call from the main
- * thread before any product. */
+ * thread before any product. It also reads MOE_BLAS from the environment:
+ * "reference" makes every moe_sgemm run moe_sgemm_ref instead of OpenBLAS,
+ * so that results do not depend on the kernels OpenBLAS picks for the CPU
+ * (slow: the golden-file tests of small models use it). */
 void moe_blas_set_threads(int n);
+
+/* Whether MOE_BLAS=reference is in effect. */
+bool moe_blas_reference(void);
 
 #endif

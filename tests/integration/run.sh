@@ -26,14 +26,15 @@ for t in "$here"/test_*.sh; do
     echo "== $name"
     # Its own process group, so that whatever a failing test leaves running
     # is killed before the next test starts.
+    t0=$(date +%s)
     setsid timeout 600 sh -c ". '$here/lib.sh'; . '$t'" &
     pid=$!
     if wait $pid; then
         pass=$((pass + 1))
-        echo "PASS $name"
+        echo "PASS $name ($(($(date +%s) - t0)) s)"
     else
         failed=$((failed + 1))
-        echo "FAIL $name"
+        echo "FAIL $name ($(($(date +%s) - t0)) s)"
     fi
     kill -9 -$pid 2>/dev/null
     rm -rf "$WORK"
