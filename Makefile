@@ -45,7 +45,32 @@ PKG_LIBS   = $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm -lpthread
 TEST_CFLAGS = $(shell pkg-config --cflags $(TEST_PKGS))
 TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS))
 
-INCLUDES = -Icommon -Iworker -Iserver -I$(BUILD)/proto
+# ---------------------------------------------------------------------------
+# The parts of the tree (docs/ARCHITECTURE.md). common/ is what every process
+# shares and knows no process; each program's part sees common/ and itself
+# only: its own include path and its own library, and a program links
+# common/ and its part. `make check-layers` (run by `make test`) fails on an
+# include that crosses a part.
+#
+#   part            folder               library              program
+#   common          common/ (+ proto)    libmoe_common.a      -
+#   worker          worker/              libmoe_worker.a      moe-worker
+#   expert          server/expert/       libmoe_expert.a      moe-server
+#   coordinator     server/coordinator/  libmoe_coordinator.a moe-coordinator
+#   moectl          server/moectl/       libmoe_moectl.a      moectl
+PARTS_DIRS = common worker server/expert server/coordinator server/moectl
+
+INC_COMMON = -Icommon -I$(BUILD)/proto
+INCLUDES = $(INC_COMMON)
+$(BUILD)/obj/worker/%.o: INCLUDES = $(INC_COMMON) -Iworker
+$(BUILD)/obj/server/expert/%.o: INCLUDES = $(INC_COMMON) -Iserver/expert
+$(BUILD)/obj/server/coordinator/%.o: INCLUDES = $(INC_COMMON) -Iserver/coordinator
+$(BUILD)/obj/server/moectl/%.o: INCLUDES = $(INC_COMMON) -Iserver/moectl
+# Tests and benchmarks look inside every part.
+INC_ALL = $(INC_COMMON) -Iworker -Iserver/expert -Iserver/coordinator -Iserver/moectl
+$(BUILD)/obj/tests/%.o: INCLUDES = $(INC_ALL)
+$(BUILD)/obj/benchmarks/%.o: INCLUDES = $(INC_ALL)
+
 ALL_CFLAGS = $(STD) $(WARN) $(OPT) $(DEBUG) $(SAN_FLAGS) $(INCLUDES) $(PKG_CFLAGS) $(CFLAGS)
 ALL_LDFLAGS = $(SAN_FLAGS) $(LDFLAGS)
 
@@ -54,15 +79,22 @@ ALL_LDFLAGS = $(SAN_FLAGS) $(LDFLAGS)
 
 PROTO_C   = $(BUILD)/proto/moe.pb-c.c
 PROTO_H   = $(BUILD)/proto/moe.pb-c.h
-LIB_SRC   = $(wildcard common/*.c) $(filter-out worker/trainer_main.c,$(wildcard worker/*.c))
-LIB_OBJ   = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/proto/moe.pb-c.o
-LIB       = $(BUILD)/libmoe.a
+obj_of    = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+COMMON_OBJ = $(call obj_of,$(wildcard common/*.c)) $(BUILD)/obj/proto/moe.pb-c.o
+WORKER_OBJ = $(call obj_of,$(filter-out worker/trainer_main.c,$(wildcard worker/*.c)))
+EXPERT_OBJ = $(call obj_of,$(filter-out server/expert/expert_server_main.c,$(wildcard server/expert/*.c)))
+COORD_OBJ  = $(call obj_of,$(filter-out server/coordinator/coord_main.c,$(wildcard server/coordinator/*.c)))
+CTL_OBJ    = $(call obj_of,$(filter-out server/moectl/moectl.c,$(wildcard server/moectl/*.c)))
+
+LIB_COMMON = $(BUILD)/libmoe_common.a
+LIB_WORKER = $(BUILD)/libmoe_worker.a
+LIB_EXPERT = $(BUILD)/libmoe_expert.a
+LIB_COORD  = $(BUILD)/libmoe_coordinator.a
+LIB_CTL    = $(BUILD)/libmoe_moectl.a
 
 BIN_WORKER = $(BUILD)/bin/moe-worker
 BIN_SERVER = $(BUILD)/bin/moe-server
-SERVER_OBJ = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out server/expsrv_main.c,$(wildcard server/expsrv*.c)))
-# The coordinator's parts (everything of server/coord*.c but its main).
-COORD_OBJ  = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out server/coord_main.c,$(wildcard server/coord*.c)))
 BIN_COORD  = $(BUILD)/bin/moe-coordinator
 BIN_CTL    = $(BUILD)/bin/moectl
 # The dashboard page, compiled in as coord_dashboard_html[] / coord_dashboard_html_len.
@@ -79,7 +111,8 @@ BENCH_COMMON = $(BUILD)/obj/benchmarks/gemm_rate.o
 BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
 .PHONY: all deps deps-test deps-bench run test test-long test-chaos test-normal test-san test-unit \
-        test-integration bench clean
+        test-integration bench clean check-layers check-functions \
+        layout check-layout
 .DEFAULT_GOAL := all
 
 BIN_PROBE = $(BUILD)/bin/moe-wire-probe
@@ -99,19 +132,26 @@ $(PROTO_C) $(PROTO_H): proto/moe.proto
 	@mkdir -p $(BUILD)/proto
 	protoc-c --proto_path=proto --c_out=$(BUILD)/proto $<
 
-$(LIB): $(LIB_OBJ)
-	@rm -f $@
-	ar rcs $@ $^
+define library
+$(1): $(2)
+	@rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(eval $(call library,$(LIB_COMMON),$(COMMON_OBJ)))
+$(eval $(call library,$(LIB_WORKER),$(WORKER_OBJ)))
+$(eval $(call library,$(LIB_EXPERT),$(EXPERT_OBJ)))
+$(eval $(call library,$(LIB_COORD),$(COORD_OBJ) $(DASH_O)))
+$(eval $(call library,$(LIB_CTL),$(CTL_OBJ)))
 
-$(BIN_WORKER): $(BUILD)/obj/worker/trainer_main.o $(LIB)
+$(BIN_WORKER): $(BUILD)/obj/worker/trainer_main.o $(LIB_WORKER) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BIN_SERVER): $(BUILD)/obj/server/expsrv_main.o $(SERVER_OBJ) $(LIB)
+$(BIN_SERVER): $(BUILD)/obj/server/expert/expert_server_main.o $(LIB_EXPERT) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(DASH_C): server/coord_dashboard.html deploy/embed_file.sh
+$(DASH_C): server/coordinator/coord_dashboard.html deploy/embed_file.sh
 	@mkdir -p $(dir $@)
 	sh deploy/embed_file.sh $< $@ coord_dashboard_html
 
@@ -119,15 +159,15 @@ $(DASH_O): $(DASH_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BIN_COORD): $(BUILD)/obj/server/coord_main.o $(COORD_OBJ) $(DASH_O) $(LIB)
+$(BIN_COORD): $(BUILD)/obj/server/coordinator/coord_main.o $(LIB_COORD) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BIN_CTL): $(BUILD)/obj/server/moectl.o $(LIB)
+$(BIN_CTL): $(BUILD)/obj/server/moectl/moectl.o $(LIB_CTL) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BIN_PROBE): $(BUILD)/obj/tests/tools/wire_probe.o $(LIB)
+$(BIN_PROBE): $(BUILD)/obj/tests/tools/wire_probe.o $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -150,15 +190,34 @@ $(BUILD)/obj/tests/%.o: tests/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(TEST_CFLAGS) -Itests -MMD -MP -c $< -o $@
 
-$(TEST_BIN): $(TEST_OBJ) $(SERVER_OBJ) $(COORD_OBJ) $(LIB)
+$(TEST_BIN): $(TEST_OBJ) $(LIB_WORKER) $(LIB_EXPERT) $(LIB_COORD) $(LIB_CTL) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(TEST_LIBS) $(PKG_LIBS)
 
-$(BUILD)/bin/bench_%: $(BUILD)/obj/benchmarks/bench_%.o $(BENCH_COMMON) $(LIB)
+$(BUILD)/bin/bench_%: $(BUILD)/obj/benchmarks/bench_%.o $(BENCH_COMMON) $(LIB_WORKER) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+
+# The layering rule, checked on the sources (every #include "..." of each
+# part must be of common/, generated protobuf, or the part itself).
+check-layers:
+	@sh tests/tools/test_check_layers.sh $(PARTS_DIRS)
+	@sh tests/tools/check_layers.sh $(PARTS_DIRS)
+
+# The README's layout section is generated from the tree: `make layout`
+# rewrites it, `make check-layout` (run by `make test`) fails when it is stale.
+layout:
+	@python3 tests/tools/layout.py --write README.md
+check-layout:
+	@python3 tests/tools/layout.py --check README.md
+	@python3 tests/tools/check_architecture.py docs/ARCHITECTURE.md
+
+# No production function longer than FUNC_MAX lines (the longest are listed).
+FUNC_MAX ?= 120
+check-functions:
+	@python3 tests/tools/long_functions.py --max $(FUNC_MAX) common worker server
 
 # ---------------------------------------------------------------------------
 # The two commands of the README, plus the pieces they are made of.
@@ -187,6 +246,7 @@ run: deps
 # Unit, gradient and integration tests in the normal build, then the same
 # tests in the AddressSanitizer + UndefinedBehaviorSanitizer build.
 test: deps-test
+	@$(MAKE) --no-print-directory check-layers check-functions check-layout
 	@$(MAKE) --no-print-directory test-normal
 	@$(MAKE) --no-print-directory test-san SANITIZE=address,undefined
 	@$(MAKE) --no-print-directory test-fuzz
@@ -235,7 +295,7 @@ FUZZ_TIME      ?= 20
 FUZZ_LONG_TIME ?= 600
 FUZZ_CFLAGS     = $(STD) $(WARN) -Wno-unknown-warning-option -g -O1 -fno-omit-frame-pointer \
                   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-                  $(INCLUDES) $(shell pkg-config --cflags libzmq libprotobuf-c)
+                  $(INC_COMMON) $(shell pkg-config --cflags libzmq libprotobuf-c)
 FUZZ_LIBS       = $(shell pkg-config --libs libzmq libprotobuf-c) -lm
 FUZZ_OBJ        = $(BUILD)/fuzz/obj
 FUZZ_WIRE_SRC   = tests/fuzz/fuzz_wire.c common/moe_wire.c common/moe_err.c common/moe_tensor.c

@@ -70,11 +70,15 @@ int main(int argc, char **argv)
     expert_shard_t *shard = expert_shard_new(D, H, E, ids, 1, &fo);
     struct moe_backend be;
     expert_local_backend(&be, shard);
-    struct model_config mc = {vocab_size(voc), D, H, E, K, true, false, 0.1, 0.1, 0.1, 1, B, T};
+    const struct model_config mc = {.V = vocab_size(voc), .D = D, .H = H, .E = E, .K = K,
+                                    .residual = true, .moe_sigmoid = false, .dropout = 0.1,
+                                    .w_importance = 0.1, .w_load = 0.1, .seed = 1, .B_max = B,
+                                    .T_max = T};
     model_t *m = model_new(&mc, &be);
-    float *opt[MP_COUNT];
-    for (int p = 0; p < MP_COUNT; p++)
-        opt[p] = moe_alloc_floats(moe_adam_state_size(model_param(m, (enum model_param)p)->numel));
+    float *opt[MODEL_MAX_PARAMS] = {0};
+    const int n_params = model_n_params(m);
+    for (int p = 0; p < n_params; p++)
+        opt[p] = moe_alloc_floats(moe_adam_state_size(model_param_at(m, p).w->numel));
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * T), *tgt = malloc(sizeof(int32_t) * (size_t)B * T);
     struct moe_adam_opts ao = {0.9, 0.999, 1e-8};
     struct gemm_trace tr = {.n = 0};
@@ -99,8 +103,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_step: %s\n", err);
                 return 1;
             }
-            for (int p = 0; p < MP_COUNT; p++) {
-                moe_tensor *w = model_param(m, (enum model_param)p), *g = model_grad(m, (enum model_param)p);
+            for (int p = 0; p < n_params; p++) {
+                moe_tensor *w = model_param_at(m, p).w, *g = model_param_at(m, p).g;
                 moe_adam_update(w->data, g->data, opt[p], w->numel, s + 1, 1e-3, &ao);
             }
             expert_shard_apply(shard, s + 1, 1e-3);
@@ -144,7 +148,7 @@ int main(int argc, char **argv)
             fclose(f);
         }
     }
-    for (int p = 0; p < MP_COUNT; p++)
+    for (int p = 0; p < n_params; p++)
         free(opt[p]);
     free(tok);
     free(tgt);

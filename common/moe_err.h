@@ -34,4 +34,9 @@ const char *moe_strerror(int err);
 void moe_err_set(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* The same, returning `code`: every check reads
+ * `return moe_err_fail(MOE_ERR_X, err, errlen, "...")`. */
+int moe_err_fail(int code, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #endif

@@ -1,6 +1,7 @@
 /* Cluster checkpoints: the manifest that commits a checkpoint folder, its
- * verification, finding the newest good one, pruning old ones and exporting
- * one canonical safetensors file (DESIGN §6).
+ * verification, finding the newest good one and pruning old ones (DESIGN
+ * §6). Exporting one canonical file of a checkpoint is moectl's
+ * (server/moectl/moectl_export.h).
  *
  * A checkpoint is a folder DIR/step-%08lld (steps completed) holding
  * worker-R.safetensors for every worker rank R (rank 0's also holds the dense
@@ -30,7 +31,6 @@
 
 #define MOE_MANIFEST_FORMAT "moe-cluster-checkpoint-1"
 #define MOE_MANIFEST_NAME "manifest.json"
-#define MOE_EXPORT_FORMAT "moe-export-1"
 
 struct moe_manifest_file {
     char name[128];            /* a plain file name: non-empty, no '/', not "." or ".." */
@@ -121,23 +121,5 @@ int moe_manifest_prune(const char *dir, int keep);
  * MOE_ERR_NOMEM; each failure is logged. Only the coordinator, when no
  * checkpoint is in progress, may call it. */
 int moe_manifest_remove_uncommitted(const char *dir, int64_t committed_step);
-
-/* Gathers a verified checkpoint into one canonical safetensors file at
- * out_path: every tensor of every listed file except the per-worker state
- * ("state.*") and, if params_only, the optimizer state (names ending in
- * ".adam_m", ".adam_v" or ".fadam"); sorted by strcmp of name (the writer's
- * canonical layout); metadata exactly {"format":"moe-export-1","step":"S"}.
- * The bytes depend only on the tensors, not on how many files held them or
- * in what order. Checks first: the manifest reads and every file verifies;
- * every tensor is F32; no tensor appears twice (MOE_ERR_FORMAT naming it and
- * both files); every expert 0..n_experts-1 has all its parts (and, unless
- * params_only, their ".fadam" state) with the shapes of d_model and d_hidden
- * in the file the manifest names for it (MOE_ERR_NOTFOUND / MOE_ERR_FORMAT /
- * MOE_ERR_SHAPE naming the tensor); no tensor names an expert outside
- * 0..n_experts-1; out_path is not one of the checkpoint's files. Holds every
- * listed file in memory at once. The write is atomic (temp file, fsync,
- * rename). Returns 0 or a negative MOE_ERR_* code. */
-int moe_manifest_export(const char *folder, const char *out_path, bool params_only, char *err,
-                        size_t errlen);
 
 #endif

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "moe_err.h"
+#include "moe_file.h"
 
 #define ST_MAX_HEADER ((uint64_t)100000000) /* same limit as the reference implementation */
 #define ST_META_KEY "__metadata__"
@@ -177,32 +178,12 @@ static int utf8_valid(const char *s)
     return 1;
 }
 
-static int write_all(int fd, const void *buf, size_t n)
-{
-    const unsigned char *p = buf;
-    while (n > 0) {
-        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (w == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
 
 /* Writes `count` floats little-endian. */
 static int write_f32_le(int fd, const float *src, size_t count)
 {
     if (host_is_le())
-        return write_all(fd, src, count * sizeof(float));
+        return moe_write_all(fd, src, count * sizeof(float));
     unsigned char tmp[4096];
     while (count > 0) {
         size_t k = count < sizeof tmp / 4 ? count : sizeof tmp / 4;
@@ -214,7 +195,7 @@ static int write_f32_le(int fd, const float *src, size_t count)
             tmp[4 * i + 2] = (unsigned char)(u >> 16);
             tmp[4 * i + 3] = (unsigned char)(u >> 24);
         }
-        if (write_all(fd, tmp, 4 * k) < 0)
+        if (moe_write_all(fd, tmp, 4 * k) < 0)
             return -1;
         src += k;
         count -= k;
@@ -247,9 +228,8 @@ static ssize_t read_full(int fd, void *buf, size_t n)
 static int fsync_parent(const char *path)
 {
     char *dir = strdup(path);
-    int rc = -1, fd = -1;
     if (!dir)
-        goto cleanup;
+        return -1;
     char *slash = strrchr(dir, '/');
     const char *d = dir;
     if (!slash)
@@ -258,19 +238,12 @@ static int fsync_parent(const char *path)
         dir[1] = '\0';
     else
         *slash = '\0';
-    fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        goto cleanup;
-    if (fsync(fd) < 0 && errno != EINVAL)
-        goto cleanup;
-    rc = 0;
-cleanup:
-    if (fd >= 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-    }
+    int rc = moe_fsync_dir(d);
+    if (rc < 0 && errno == EINVAL)
+        rc = 0;
+    int e = errno;
     free(dir);
+    errno = e;
     return rc;
 }
 
@@ -537,7 +510,7 @@ static int write_atomic(const char *path, const unsigned char *head, size_t head
         goto cleanup;
     created = 1;
     step = "writing";
-    if (write_all(fd, head, headlen) < 0)
+    if (moe_write_all(fd, head, headlen) < 0)
         goto cleanup;
     for (size_t i = 0; i < n; i++) {
         size_t nb = 0;
@@ -740,148 +713,143 @@ static int parse_tensor(const char *key, json_t *v, size_t data_size, struct st_
     return 0;
 }
 
-moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errlen)
+/* Reads the whole file at st->path into st->buf, placed so that the data
+ * region (file offset 8 + header length) lands on an 8-byte boundary;
+ * sets data, data_size and *hlen after checking the sizes. 0 or -1 with
+ * the sentence in err. */
+static int read_file(moe_safetensors_t *st, uint64_t *hlen_out, char *err, size_t errlen)
 {
-    moe_safetensors_t *st = NULL;
-    struct st_tensor **by_range = NULL;
-    int fd = -1, ok = 0;
+    const char *path = st->path;
     unsigned char len8[8];
-    char why[256], name[ST_NAME_SHOW];
-
-    if (err && errlen)
-        err[0] = '\0';
-    if (!path) {
-        moe_err_set(err, errlen, "cannot open a safetensors file: the path is NULL");
-        return NULL;
-    }
-    st = calloc(1, sizeof *st);
-    if (!st || !(st->path = strdup(path))) {
-        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
-        goto cleanup;
-    }
-    fd = open(path, O_RDONLY | O_CLOEXEC);
+    int rc = -1, fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) < 0) {
         moe_err_set(err, errlen, "cannot open safetensors file \"%s\": %s", path, strerror(errno));
-        goto cleanup;
+        goto out;
     }
     if (!S_ISREG(sb.st_mode)) {
         moe_err_set(err, errlen, "cannot open safetensors file \"%s\": not a regular file", path);
-        goto cleanup;
+        goto out;
     }
     if (sb.st_size < 8) {
         moe_err_set(err, errlen,
-                "safetensors file \"%s\" is %lld bytes, too short for the 8-byte header length",
-                path, (long long)sb.st_size);
-        goto cleanup;
+                    "safetensors file \"%s\" is %lld bytes, too short for the 8-byte header "
+                    "length", path, (long long)sb.st_size);
+        goto out;
     }
     if ((uint64_t)sb.st_size > (uint64_t)SIZE_MAX - 16) {
         moe_err_set(err, errlen, "safetensors file \"%s\" is too large to load", path);
-        goto cleanup;
+        goto out;
     }
-    size_t size = (size_t)sb.st_size;
+    const size_t size = (size_t)sb.st_size;
     ssize_t got = read_full(fd, len8, 8);
     if (got != 8) {
         moe_err_set(err, errlen, "cannot read safetensors file \"%s\": %s", path,
-                got < 0 ? strerror(errno) : "it shrank while being read");
-        goto cleanup;
+                    got < 0 ? strerror(errno) : "it shrank while being read");
+        goto out;
     }
     uint64_t hlen = 0;
     for (int b = 7; b >= 0; b--)
         hlen = (hlen << 8) | len8[b];
     if (hlen > (uint64_t)(size - 8)) {
         moe_err_set(err, errlen,
-                "safetensors file \"%s\" declares a %llu-byte header but has only %zu bytes "
-                "after the length", path, (unsigned long long)hlen, size - 8);
-        goto cleanup;
+                    "safetensors file \"%s\" declares a %llu-byte header but has only %zu bytes "
+                    "after the length", path, (unsigned long long)hlen, size - 8);
+        goto out;
     }
     if (hlen > ST_MAX_HEADER) {
         moe_err_set(err, errlen,
-                "safetensors file \"%s\" declares a %llu-byte header, over the %llu-byte limit",
-                path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
-        goto cleanup;
+                    "safetensors file \"%s\" declares a %llu-byte header, over the %llu-byte "
+                    "limit", path, (unsigned long long)hlen, (unsigned long long)ST_MAX_HEADER);
+        goto out;
     }
-
-    /* Place the file at buf + pad so that the data region (file offset
-     * 8 + hlen) lands on an 8-byte boundary of the malloc'd buffer. */
-    size_t pad = (size_t)((8 - (hlen & 7)) & 7);
-    st->buf = malloc(pad + size);
-    if (!st->buf) {
-        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory for %zu bytes",
-                path, size);
-        goto cleanup;
+    const size_t pad = (size_t)((8 - (hlen & 7)) & 7);
+    if (!(st->buf = malloc(pad + size))) {
+        moe_err_set(err, errlen,
+                    "cannot open safetensors file \"%s\": out of memory for %zu bytes", path, size);
+        goto out;
     }
     unsigned char *file = st->buf + pad;
     memcpy(file, len8, 8);
     got = read_full(fd, file + 8, size - 8);
     if (got < 0 || (size_t)got != size - 8) {
         moe_err_set(err, errlen, "cannot read safetensors file \"%s\": %s", path,
-                got < 0 ? strerror(errno) : "it shrank while being read");
-        goto cleanup;
+                    got < 0 ? strerror(errno) : "it shrank while being read");
+        goto out;
     }
     st->data = file + 8 + hlen;
     st->data_size = size - 8 - (size_t)hlen;
+    *hlen_out = hlen;
+    rc = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
 
+/* Parses the JSON header: the metadata (strings only) and every tensor
+ * entry into st->t (by_range gets the same entries, for the tiling check).
+ * 0 or -1 with the sentence in err. */
+static int parse_header(moe_safetensors_t *st, const unsigned char *json, size_t len,
+                        struct st_tensor ***by_range, char *err, size_t errlen)
+{
+    const char *path = st->path;
+    char why[256], name[ST_NAME_SHOW];
     json_error_t jerr;
-    st->root = json_loadb((const char *)file + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+    st->root = json_loadb((const char *)json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!st->root) {
         show(why, sizeof why, jerr.text);
-        moe_err_set(err, errlen, "safetensors file \"%s\" has a malformed JSON header: %s (byte %d)",
-                path, why, jerr.position);
-        goto cleanup;
+        return moe_err_fail(-1, err, errlen,
+                            "safetensors file \"%s\" has a malformed JSON header: %s (byte %d)",
+                            path, why, jerr.position);
     }
-    if (!json_is_object(st->root)) {
-        moe_err_set(err, errlen, "safetensors file \"%s\" has a header that is not a JSON object", path);
-        goto cleanup;
-    }
-
+    if (!json_is_object(st->root))
+        return moe_err_fail(-1, err, errlen,
+                            "safetensors file \"%s\" has a header that is not a JSON object", path);
     st->meta = json_object_get(st->root, ST_META_KEY);
-    size_t total = json_object_size(st->root);
-    size_t cap = total - (st->meta ? 1 : 0);
+    const size_t cap = json_object_size(st->root) - (st->meta ? 1 : 0);
     st->t = calloc(cap ? cap : 1, sizeof *st->t);
-    by_range = malloc((cap ? cap : 1) * sizeof *by_range);
-    if (!st->t || !by_range) {
-        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
-        goto cleanup;
-    }
+    *by_range = malloc((cap ? cap : 1) * sizeof **by_range);
+    if (!st->t || !*by_range)
+        return moe_err_fail(-1, err, errlen, "cannot open safetensors file \"%s\": out of memory",
+                            path);
+    const char *k;
+    json_t *v;
+    if (st->meta && !json_is_object(st->meta))
+        return moe_err_fail(-1, err, errlen,
+                            "safetensors file \"%s\" has a __metadata__ that is not an object",
+                            path);
     if (st->meta) {
-        const char *k;
-        json_t *v;
-        if (!json_is_object(st->meta)) {
-            moe_err_set(err, errlen, "safetensors file \"%s\" has a __metadata__ that is not an object",
-                    path);
-            goto cleanup;
-        }
         json_object_foreach(st->meta, k, v) {
             if (!json_is_string(v)) {
                 show(name, sizeof name, k);
-                moe_err_set(err, errlen,
-                        "safetensors file \"%s\" has a non-string value for metadata key \"%s\"",
-                        path, name);
-                goto cleanup;
+                return moe_err_fail(-1, err, errlen,
+                                    "safetensors file \"%s\" has a non-string value for "
+                                    "metadata key \"%s\"", path, name);
             }
         }
     }
-    {
-        const char *k;
-        json_t *v;
-        json_object_foreach(st->root, k, v) {
-            if (strcmp(k, ST_META_KEY) == 0)
-                continue;
-            if (st->n >= cap)
-                break; /* cannot happen: the object size was counted above */
-            struct st_tensor *t = &st->t[st->n];
-            if (parse_tensor(k, v, st->data_size, t, why, sizeof why) < 0) {
-                show(name, sizeof name, k);
-                moe_err_set(err, errlen, "safetensors file \"%s\": tensor \"%s\" %s", path, name, why);
-                goto cleanup;
-            }
-            by_range[st->n] = t;
-            st->n++;
+    json_object_foreach(st->root, k, v) {
+        if (strcmp(k, ST_META_KEY) == 0)
+            continue;
+        if (st->n >= cap)
+            break; /* cannot happen: the object size was counted above */
+        struct st_tensor *t = &st->t[st->n];
+        if (parse_tensor(k, v, st->data_size, t, why, sizeof why) < 0) {
+            show(name, sizeof name, k);
+            return moe_err_fail(-1, err, errlen, "safetensors file \"%s\": tensor \"%s\" %s",
+                                path, name, why);
         }
+        (*by_range)[st->n++] = t;
     }
+    return 0;
+}
 
-    /* The ranges must tile the data region exactly. */
+/* The tensors' byte ranges must tile the data region exactly. */
+static int check_tiling(const moe_safetensors_t *st, struct st_tensor **by_range, char *err,
+                        size_t errlen)
+{
+    char name[ST_NAME_SHOW];
     if (st->n > 1)
         qsort(by_range, st->n, sizeof *by_range, cmp_tensor_range);
     size_t pos = 0;
@@ -889,30 +857,48 @@ moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errl
         const struct st_tensor *t = by_range[i];
         if (t->begin != pos) {
             show(name, sizeof name, t->name);
-            moe_err_set(err, errlen,
-                    "safetensors file \"%s\": tensor \"%s\" starts at data byte %zu, but the "
-                    "previous tensor ends at %zu (%s)", path, name, t->begin, pos,
-                    t->begin < pos ? "overlap" : "gap");
-            goto cleanup;
+            return moe_err_fail(-1, err, errlen,
+                                "safetensors file \"%s\": tensor \"%s\" starts at data byte "
+                                "%zu, but the previous tensor ends at %zu (%s)", st->path, name,
+                                t->begin, pos, t->begin < pos ? "overlap" : "gap");
         }
         pos = t->end;
     }
-    if (pos != st->data_size) {
-        moe_err_set(err, errlen,
-                "safetensors file \"%s\": the tensors cover %zu bytes of a %zu-byte data region",
-                path, pos, st->data_size);
-        goto cleanup;
+    if (pos != st->data_size)
+        return moe_err_fail(-1, err, errlen,
+                            "safetensors file \"%s\": the tensors cover %zu bytes of a "
+                            "%zu-byte data region", st->path, pos, st->data_size);
+    return 0;
+}
+
+moe_safetensors_t *moe_safetensors_open(const char *path, char *err, size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (!path) {
+        moe_err_set(err, errlen, "cannot open a safetensors file: the path is NULL");
+        return NULL;
+    }
+    moe_safetensors_t *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(path))) {
+        moe_err_set(err, errlen, "cannot open safetensors file \"%s\": out of memory", path);
+        free(st);
+        return NULL;
+    }
+    struct st_tensor **by_range = NULL;
+    uint64_t hlen = 0;
+    int rc = read_file(st, &hlen, err, errlen);
+    if (!rc)
+        rc = parse_header(st, st->data - hlen, (size_t)hlen, &by_range, err, errlen);
+    if (!rc)
+        rc = check_tiling(st, by_range, err, errlen);
+    free(by_range);
+    if (rc) {
+        moe_safetensors_close(&st);
+        return NULL;
     }
     if (st->n > 1)
         qsort(st->t, st->n, sizeof *st->t, cmp_tensor_name);
-    ok = 1;
-
-cleanup:
-    if (fd >= 0)
-        close(fd);
-    free(by_range);
-    if (!ok)
-        moe_safetensors_close(&st);
     return st;
 }
 

@@ -25,21 +25,6 @@
 /* ------------------------------------------------------------------------- */
 /* Errors */
 
-static int wire_fail(int code, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Writes the sentence into err (when there is room) and returns code, so that
- * every check reads `return wire_fail(MOE_ERR_X, err, errlen, "...")`. */
-static int wire_fail(int code, char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* The schema's name of a message type, for error sentences. */
 static const char *wire_type_name(int type)
@@ -125,6 +110,18 @@ void moe_wire_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
         const uint32_t x = (uint32_t)src[i] << 16;
         memcpy(&dst[i], &x, sizeof x);
     }
+}
+
+int moe_wire_dtype_parse(const char *name, Moe__DType *out, char *err, size_t errlen)
+{
+    if (strcmp(name, "f32") == 0)
+        *out = MOE__DTYPE__DTYPE_F32;
+    else if (strcmp(name, "bf16") == 0)
+        *out = MOE__DTYPE__DTYPE_BF16;
+    else
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--wire-dtype: expected f32 or bf16, got \"%s\"", name);
+    return 0;
 }
 
 size_t moe_wire_dtype_size(int dtype)
@@ -236,53 +233,53 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
     msg->rows = 0;
 
     if (nframes < 1 || nframes > 2)
-        return wire_fail(MOE_ERR_FORMAT, err, errlen,
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                          "message has %d frames, expected a header and at most one payload",
                          nframes);
     /* An empty frame would unpack to an all-default header (proto3); calling
      * that a version mismatch would hide what is wrong. */
     if (sizes[0] == 0)
-        return wire_fail(MOE_ERR_FORMAT, err, errlen, "header frame is empty");
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "header frame is empty");
     if (sizes[0] > lim->max_bytes)
-        return wire_fail(MOE_ERR_RANGE, err, errlen,
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen,
                          "header frame of %zu bytes exceeds the %zu-byte message limit", sizes[0],
                          lim->max_bytes);
     Moe__Header *hdr = moe__header__unpack(NULL, sizes[0], frames[0]);
     if (!hdr)
-        return wire_fail(MOE_ERR_FORMAT, err, errlen, "header does not decode");
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "header does not decode");
     msg->hdr = hdr;
 
     if (hdr->version != MOE_WIRE_VERSION)
-        return wire_fail(MOE_ERR_VERSION, err, errlen, "protocol version %u, expected %d",
+        return moe_err_fail(MOE_ERR_VERSION, err, errlen, "protocol version %u, expected %d",
                          hdr->version, MOE_WIRE_VERSION);
     if (hdr->type == MOE__MSG_TYPE__MSG_UNKNOWN ||
         !protobuf_c_enum_descriptor_get_value(&moe__msg_type__descriptor, hdr->type))
-        return wire_fail(MOE_ERR_FORMAT, err, errlen, "unknown message type %d", (int)hdr->type);
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "unknown message type %d", (int)hdr->type);
     const size_t dsize = moe_wire_dtype_size(hdr->dtype);
     if (dsize == 0)
-        return wire_fail(MOE_ERR_FORMAT, err, errlen, "unknown dtype %d", (int)hdr->dtype);
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "unknown dtype %d", (int)hdr->dtype);
 
     if (hdr->n_row_counts != hdr->n_expert_ids)
-        return wire_fail(MOE_ERR_FORMAT, err, errlen, "%zu row counts for %zu expert ids",
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "%zu row counts for %zu expert ids",
                          hdr->n_row_counts, hdr->n_expert_ids);
     if (hdr->n_expert_ids > lim->max_experts)
-        return wire_fail(MOE_ERR_RANGE, err, errlen, "%zu expert ids, at most %u allowed",
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "%zu expert ids, at most %u allowed",
                          hdr->n_expert_ids, lim->max_experts);
     uint64_t rows = 0;
     for (size_t i = 0; i < hdr->n_expert_ids; i++) {
         if (hdr->expert_ids[i] < 0)
-            return wire_fail(MOE_ERR_FORMAT, err, errlen, "expert id %d is negative",
+            return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "expert id %d is negative",
                              (int)hdr->expert_ids[i]);
         if (i > 0 && hdr->expert_ids[i] <= hdr->expert_ids[i - 1])
-            return wire_fail(MOE_ERR_FORMAT, err, errlen,
+            return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                              "expert ids are not strictly ascending (%d after %d)",
                              (int)hdr->expert_ids[i], (int)hdr->expert_ids[i - 1]);
         if (hdr->row_counts[i] > UINT64_MAX - rows)
-            return wire_fail(MOE_ERR_RANGE, err, errlen, "row counts overflow");
+            return moe_err_fail(MOE_ERR_RANGE, err, errlen, "row counts overflow");
         rows += hdr->row_counts[i];
     }
     if (rows > lim->max_rows)
-        return wire_fail(MOE_ERR_RANGE, err, errlen, "%llu rows, at most %llu allowed",
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "%llu rows, at most %llu allowed",
                          (unsigned long long)rows, (unsigned long long)lim->max_rows);
     msg->rows = rows;
 
@@ -291,29 +288,29 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
     size_t need = 0, numel = 0;
     if (tensor) {
         if (hdr->width == 0)
-            return wire_fail(MOE_ERR_SHAPE, err, errlen, "%s with width 0",
+            return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "%s with width 0",
                              wire_type_name(hdr->type));
         if (lim->width != 0 && hdr->width != lim->width)
-            return wire_fail(MOE_ERR_SHAPE, err, errlen, "width %u, expected %u", hdr->width,
+            return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "width %u, expected %u", hdr->width,
                              lim->width);
         if (rows > SIZE_MAX || moe_size_mul((size_t)rows, hdr->width, &numel) ||
             moe_size_mul(numel, dsize, &need))
-            return wire_fail(MOE_ERR_RANGE, err, errlen, "payload size overflows");
+            return moe_err_fail(MOE_ERR_RANGE, err, errlen, "payload size overflows");
         if (payload != need)
-            return wire_fail(MOE_ERR_SHAPE, err, errlen,
+            return moe_err_fail(MOE_ERR_SHAPE, err, errlen,
                              "payload is %zu bytes, expected %zu (%llu rows x %u x %zu bytes)",
                              payload, need, (unsigned long long)rows, hdr->width, dsize);
     } else if (payload != 0) {
-        return wire_fail(MOE_ERR_SHAPE, err, errlen, "%s carries no payload, got %zu bytes",
+        return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "%s carries no payload, got %zu bytes",
                          wire_type_name(hdr->type), payload);
     }
     size_t total;
     if (moe_size_add(sizes[0], payload, &total) || total > lim->max_bytes)
-        return wire_fail(MOE_ERR_RANGE, err, errlen,
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen,
                          "message of %zu + %zu bytes exceeds the %zu-byte limit", sizes[0],
                          payload, lim->max_bytes);
     if (hdr->error_text && strlen(hdr->error_text) > MOE_WIRE_ERROR_TEXT_MAX)
-        return wire_fail(MOE_ERR_RANGE, err, errlen, "error text longer than %d bytes",
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "error text longer than %d bytes",
                          MOE_WIRE_ERROR_TEXT_MAX);
 
     if (tensor && numel > 0) {
@@ -328,7 +325,7 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
          * zero fill would only touch the pages twice. */
         void *p = NULL;
         if (posix_memalign(&p, 64, numel * sizeof(float)) != 0)
-            return wire_fail(MOE_ERR_NOMEM, err, errlen, "no memory for a %zu-byte payload",
+            return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "no memory for a %zu-byte payload",
                              numel * sizeof(float));
         wire_payload_to_f32(p, frames[1], numel, hdr->dtype);
         msg->data = p;
@@ -387,9 +384,9 @@ int moe_wire_recv(void *sock, bool router, int flags, const struct moe_wire_limi
             if (!first && e == EINTR)
                 continue;
             if (first && e == EAGAIN)
-                rc = wire_fail(MOE_ERR_STATE, err, errlen, "no message");
+                rc = moe_err_fail(MOE_ERR_STATE, err, errlen, "no message");
             else
-                rc = wire_fail(MOE_ERR_IO, err, errlen, "receive failed: %s", zmq_strerror(e));
+                rc = moe_err_fail(MOE_ERR_IO, err, errlen, "receive failed: %s", zmq_strerror(e));
             goto out;
         }
         more = zmq_msg_more(m) != 0;
@@ -438,7 +435,7 @@ static int wire_send_frame(zmq_msg_t *m, void *sock, int flags, bool started, ch
             return 0;
         const int e = zmq_errno();
         if (!(started && e == EINTR))
-            return wire_fail(MOE_ERR_IO, err, errlen, "send failed: %s", zmq_strerror(e));
+            return moe_err_fail(MOE_ERR_IO, err, errlen, "send failed: %s", zmq_strerror(e));
     }
 }
 
@@ -451,25 +448,25 @@ static int wire_send_check(const struct moe_wire_out *h, bool have_data, uint64_
     assert(h->n_experts == 0 || (h->expert_ids && h->row_counts));
     const size_t dsize = moe_wire_dtype_size(h->dtype);
     if (dsize == 0)
-        return wire_fail(MOE_ERR_SHAPE, err, errlen, "cannot send dtype %d", (int)h->dtype);
+        return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "cannot send dtype %d", (int)h->dtype);
     uint64_t sum = 0;
     for (size_t i = 0; i < h->n_experts; i++) {
         if (h->row_counts[i] > UINT64_MAX - sum)
-            return wire_fail(MOE_ERR_RANGE, err, errlen, "row counts overflow");
+            return moe_err_fail(MOE_ERR_RANGE, err, errlen, "row counts overflow");
         sum += h->row_counts[i];
     }
     if (sum != rows)
-        return wire_fail(MOE_ERR_SHAPE, err, errlen, "row counts sum to %llu, but %llu rows given",
+        return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "row counts sum to %llu, but %llu rows given",
                          (unsigned long long)sum, (unsigned long long)rows);
     if (rows > 0 && (h->width == 0 || !have_data))
-        return wire_fail(MOE_ERR_SHAPE, err, errlen, "%llu rows without width or data",
+        return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "%llu rows without width or data",
                          (unsigned long long)rows);
     if (h->error_text && strlen(h->error_text) > MOE_WIRE_ERROR_TEXT_MAX)
-        return wire_fail(MOE_ERR_RANGE, err, errlen, "error text longer than %d bytes",
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "error text longer than %d bytes",
                          MOE_WIRE_ERROR_TEXT_MAX);
     if (rows > SIZE_MAX || moe_size_mul((size_t)rows, h->width, numel) ||
         moe_size_mul(*numel, dsize, bytes))
-        return wire_fail(MOE_ERR_RANGE, err, errlen, "payload size overflows");
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "payload size overflows");
     return 0;
 }
 
@@ -529,7 +526,7 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     const bool fill = bytes > 0 && zmq_msg_size(pm) != bytes;
     const size_t hlen = moe__header__get_packed_size(&hdr);
     if (zmq_msg_init_size(&hm, hlen) != 0 || (fill && zmq_msg_init_size(pm, bytes) != 0)) {
-        rc = wire_fail(MOE_ERR_NOMEM, err, errlen, "no memory for a %zu + %zu-byte message",
+        rc = moe_err_fail(MOE_ERR_NOMEM, err, errlen, "no memory for a %zu + %zu-byte message",
                        hlen, bytes);
         goto out;
     }
@@ -543,7 +540,7 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     if (identity_len > 0) {
         zmq_msg_t im;
         if (zmq_msg_init_size(&im, identity_len) != 0) {
-            rc = wire_fail(MOE_ERR_NOMEM, err, errlen, "no memory for the identity frame");
+            rc = moe_err_fail(MOE_ERR_NOMEM, err, errlen, "no memory for the identity frame");
             goto out;
         }
         memcpy(zmq_msg_data(&im), identity, identity_len);

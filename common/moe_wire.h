@@ -224,6 +224,10 @@ int moe_wire_send_pooled(void *sock, const uint8_t *identity, size_t identity_le
                          const struct moe_wire_out *h, float *buf, uint64_t rows, char *err,
                          size_t errlen);
 
+/* The dtype named by the option wire_dtype ("f32" or "bf16") into *out.
+ * 0, or MOE_ERR_CONFIG with a sentence naming the option. */
+int moe_wire_dtype_parse(const char *name, Moe__DType *out, char *err, size_t errlen);
+
 /* Bytes of one element of a dtype (4 for F32, 2 for BF16 and F16), 0 for an
  * unknown value. */
 size_t moe_wire_dtype_size(int dtype);

@@ -69,8 +69,8 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
     const int D = mc->D, H = mc->H;
     char name[NAME_LEN];
     int rc = 0;
-    for (int p = 0; p < MP_COUNT && !rc; p++) {
-        moe_tensor *t = model_param(s->model, (enum model_param)p);
+    for (int p = 0; p < model_n_params(s->model) && !rc; p++) {
+        const moe_tensor *t = model_param_at(s->model, p).w;
         rc = tlist_add(model, t->name, t->data, t->ndim, t->shape[0], t->shape[1]);
         if (rc)
             break;
@@ -105,12 +105,11 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
             st += nst;
         }
     }
-    static const char *const st_names[2][2] = {{"state.lstm1.h", "state.lstm1.c"},
-                                               {"state.lstm2.h", "state.lstm2.c"}};
-    for (int l = 0; l < 2 && !rc; l++)
-        for (int c = 0; c < 2 && !rc; c++)
-            rc = tlist_add(optim, st_names[l][c], model_state(s->model, false, l, c), 2,
-                           s->lstm_rows, D);
+    /* the carried state of this worker's streams */
+    for (int i = 0; i < model_n_states(s->model) && !rc; i++) {
+        const struct layer_state ls = model_state_at(s->model, false, i);
+        rc = tlist_add(optim, ls.name, ls.data, 2, s->lstm_rows, ls.width);
+    }
     tlist_finish(model);
     tlist_finish(optim);
     return rc;
@@ -167,7 +166,7 @@ static void remove_tree(const char *dir)
 {
     static const char *const files[] = {"config.ini", "vocab.txt", "model.safetensors",
                                         "optim.safetensors"};
-    char p[TRAINER_PATH_MAX + 64];
+    char p[MOE_PATH_MAX + 64];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
         unlink(p);
@@ -179,7 +178,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
                     size_t errlen)
 {
     struct tlist model = {0}, optim = {0};
-    char tmp[TRAINER_PATH_MAX + 64], final[TRAINER_PATH_MAX + 64], p[TRAINER_PATH_MAX + 128];
+    char tmp[MOE_PATH_MAX + 64], final[MOE_PATH_MAX + 64], p[MOE_PATH_MAX + 128];
     int rc = 0;
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
         moe_err_set(err, errlen, "%s: cannot create checkpoint folder: %s", dir, strerror(errno));
@@ -212,7 +211,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
         goto fail;
     snprintf(p, sizeof p, "%s/config.ini", tmp);
     FILE *f = fopen(p, "w");
-    if (!f || moe_config_write_ini_except(trainer_options, trainer_options_count, s->cfg, f,
+    if (!f || moe_config_write_ini_except(moe_options_table, moe_options_count, s->cfg, f,
                                                "output,cluster") ||
         fflush(f) || fsync(fileno(f))) {
         moe_err_set(err, errlen, "%s: write failed: %s", p, strerror(errno));
@@ -235,7 +234,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
         goto fail;
     }
     /* latest: written to a temporary name, then renamed. */
-    char latest[TRAINER_PATH_MAX + 64], latest_tmp[TRAINER_PATH_MAX + 80];
+    char latest[MOE_PATH_MAX + 64], latest_tmp[MOE_PATH_MAX + 80];
     snprintf(latest, sizeof latest, "%s/latest", dir);
     snprintf(latest_tmp, sizeof latest_tmp, "%s/.latest.tmp.%ld", dir, (long)getpid());
     f = fopen(latest_tmp, "w");
@@ -261,7 +260,7 @@ fail:
 
 int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_t errlen)
 {
-    char p[TRAINER_PATH_MAX + 64];
+    char p[MOE_PATH_MAX + 64];
     struct stat st;
     snprintf(p, sizeof p, "%s/model.safetensors", path);
     if (stat(p, &st) == 0) {
@@ -297,7 +296,7 @@ static int read_tensor(moe_safetensors_t *st, const char *name, int ndim, int64_
 
 int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen)
 {
-    char p[TRAINER_PATH_MAX + 64];
+    char p[MOE_PATH_MAX + 64];
     struct tlist model = {0}, optim = {0};
     moe_safetensors_t *mst = NULL, *ost = NULL;
     int rc = build_lists(s, &model, &optim);
@@ -402,7 +401,7 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
         moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
         return rc;
     }
-    char step_s[32], sum_s[32], rank_s[16], p[TRAINER_PATH_MAX + 96];
+    char step_s[32], sum_s[32], rank_s[16], p[MOE_PATH_MAX + 96];
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&l));
     snprintf(rank_s, sizeof rank_s, "%d", rank);
@@ -437,7 +436,7 @@ int checkpoint_load_worker(const char *folder, struct ckpt_state *s, int rank, c
     int rc = worker_list(s, 0, false, &dense);
     if (!rc)
         rc = worker_list(s, rank, true, &state);
-    char p[TRAINER_PATH_MAX + 96];
+    char p[MOE_PATH_MAX + 96];
     if (!rc) {
         snprintf(p, sizeof p, "%s/worker-0.safetensors", folder);
         rc = load_list(p, &dense, err, errlen);

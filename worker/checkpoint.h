@@ -20,18 +20,18 @@
 #include "data.h"
 #include "expert_shard.h"
 #include "model.h"
-#include "trainer.h"
+#include "moe_options.h"
 
 struct ckpt_state {
     model_t *model;
     expert_shard_t *shard;      /* experts held in this process */
     vocab_t *vocab;
-    float *dense_opt[MP_COUNT]; /* optimizer state per dense parameter */
-    size_t dense_opt_n[MP_COUNT];
+    float *dense_opt[MODEL_MAX_PARAMS]; /* optimizer state per dense parameter */
+    size_t dense_opt_n[MODEL_MAX_PARAMS];
     int dense_adam;             /* 1: Adam (m | v halves), 0: factored */
     int64_t step;               /* steps completed */
     int lstm_rows;              /* streams of this worker's carried LSTM state */
-    const struct trainer_config *cfg;
+    const struct moe_options *cfg;
 };
 
 /* Writes checkpoint of s->step under dir (created if missing). On success
@@ -48,7 +48,7 @@ int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_
  * name, dtype and shape is checked; an error names the file and tensor. */
 int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen);
 
-/* Cluster checkpoints (with a coordinator; see server/coord.h): worker
+/* Cluster checkpoints (with a coordinator; see server/coordinator/coord.h): worker
  * `rank` writes FOLDER/worker-RANK.safetensors (rank 0: the dense
  * parameters, their optimizer state and its carried LSTM state; other
  * ranks: their carried LSTM state), written to a temporary name, fsynced

@@ -13,6 +13,7 @@
 #include "moe_err.h"
 #include "moe_tensor.h"
 #include "moe_wire.h"
+#include "moe_time.h"
 
 struct server_io {
     void *sock;
@@ -72,7 +73,7 @@ expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, 
             zmq_setsockopt(io->sock, ZMQ_ROUTING_ID, id, strlen(id)) ||
             zmq_setsockopt(io->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
             zmq_connect(io->sock, cl->servers[s]) != 0) {
-            snprintf(err, errlen, "cannot connect to expert server %d (%s): %s", s, cl->servers[s],
+            moe_err_set(err, errlen, "cannot connect to expert server %d (%s): %s", s, cl->servers[s],
                      zmq_strerror(zmq_errno()));
             goto fail;
         }
@@ -108,12 +109,6 @@ void expert_remote_set_backward_flags(expert_remote_t *r, uint32_t flags) { r->b
 
 void expert_remote_set_row0(expert_remote_t *r, int64_t row0) { r->row0 = row0; }
 
-static double now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
-}
 
 /* Waits for one reply per server: type `want`, this request, the layout
  * sent. Copies each payload to out (same packing as the request's input).
@@ -130,7 +125,7 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
     int left = S;
     for (int s = 0; s < S; s++)
         r->io[s].done = false;
-    const double deadline = now_ms() + (double)r->timeout_ms;
+    const double deadline = moe_now_ms() + (double)r->timeout_ms;
     zmq_pollitem_t *items = calloc((size_t)S, sizeof *items);
     if (!items)
         return MOE_ERR_NOMEM;
@@ -138,7 +133,7 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
     while (left > 0 && rc == 0) {
         for (int s = 0; s < S; s++)
             items[s] = (zmq_pollitem_t){r->io[s].sock, 0, r->io[s].done ? 0 : ZMQ_POLLIN, 0};
-        double wait = deadline - now_ms();
+        double wait = deadline - moe_now_ms();
         if (wait <= 0) {
             for (int s = 0; s < S; s++) {
                 if (!r->io[s].done) {
@@ -386,7 +381,7 @@ int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, c
     if ((rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY, req, width, all, err, errlen)))
         goto out;
     if (n > 0 && (r->min_reply_step != step || r->max_reply_step != step)) {
-        snprintf(err, errlen, "expert servers hold experts of steps %" PRId64 "..%" PRId64
+        moe_err_set(err, errlen, "expert servers hold experts of steps %" PRId64 "..%" PRId64
                  ", expected step %" PRId64, r->min_reply_step, r->max_reply_step, step);
         rc = MOE_ERR_STATE;
         goto out;

@@ -2,9 +2,12 @@
 #include "lstm.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "moe_blas.h"
+#include "moe_rng.h"
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -169,4 +172,138 @@ void lstm_forward_ref(float *h, float *c_last, const float *x, const struct lstm
         if (c_last)
             memcpy(c_last + (size_t)b * H, cp, sizeof(float) * (size_t)H);
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The layer */
+
+enum { LSTM_W_IH, LSTM_W_HH, LSTM_B_IH, LSTM_B_HH, LSTM_PARAMS };
+
+struct lstm_layer {
+    struct layer base;
+    moe_tensor w[LSTM_PARAMS], g[LSTM_PARAMS];
+    int B_max, T_max;
+    float *cache_buf, *work;
+    struct lstm_dims dims;      /* of the last forward */
+    struct lstm_cache cache;
+    const float *h_last;        /* the last training forward's output */
+    float *state[2][2];         /* [eval][h or c] (B_max, D) */
+    char state_name[2][48];
+};
+
+static struct lstm_params lstm_layer_view(moe_tensor *t)
+{
+    return (struct lstm_params){t[LSTM_W_IH].data, t[LSTM_W_HH].data, t[LSTM_B_IH].data,
+                                t[LSTM_B_HH].data};
+}
+
+static int lstm_layer_forward(struct layer *l, struct layer_pass *p, float *out, const float *in,
+                              char *err, size_t errlen)
+{
+    (void)err, (void)errlen;
+    struct lstm_layer *s = (struct lstm_layer *)l;
+    const int D = l->out_width;
+    s->dims = (struct lstm_dims){p->B, p->T, D, D};
+    s->cache = lstm_cache_view(s->cache_buf, &s->dims);
+    const struct lstm_params w = lstm_layer_view(s->w);
+    float **st = s->state[!p->train];
+    lstm_forward(out, &s->cache, in, &w, st[0], st[1], &s->dims);
+    if (p->train)
+        s->h_last = out;
+    else /* evaluation carries its own state forward right away */
+        lstm_final_state(st[0], st[1], out, &s->cache, &s->dims);
+    return 0;
+}
+
+static int lstm_layer_backward(struct layer *l, struct layer_pass *p, float *din,
+                               const float *dout, const float *in, const float *out, char *err,
+                               size_t errlen)
+{
+    (void)p, (void)err, (void)errlen;
+    struct lstm_layer *s = (struct lstm_layer *)l;
+    const struct lstm_params w = lstm_layer_view(s->w), g = lstm_layer_view(s->g);
+    lstm_backward(din, &g, s->work, dout, in, out, &s->cache, &w, &s->dims);
+    return 0;
+}
+
+static struct layer_param lstm_layer_param(struct layer *l, int i)
+{
+    struct lstm_layer *s = (struct lstm_layer *)l;
+    return (struct layer_param){s->w[i].name, &s->w[i], &s->g[i]};
+}
+
+static struct layer_state lstm_layer_state(struct layer *l, bool eval, int i)
+{
+    struct lstm_layer *s = (struct lstm_layer *)l;
+    return (struct layer_state){s->state_name[i], s->state[eval][i], s->B_max, l->out_width};
+}
+
+static void lstm_layer_carry(struct layer *l)
+{
+    struct lstm_layer *s = (struct lstm_layer *)l;
+    lstm_final_state(s->state[0][0], s->state[0][1], s->h_last, &s->cache, &s->dims);
+}
+
+static void lstm_layer_destroy(struct layer *l)
+{
+    struct lstm_layer *s = (struct lstm_layer *)l;
+    for (int i = 0; i < LSTM_PARAMS; i++) {
+        moe_tensor_free(&s->w[i]);
+        moe_tensor_free(&s->g[i]);
+    }
+    moe_free_floats(&s->cache_buf);
+    moe_free_floats(&s->work);
+    for (int e = 0; e < 2; e++)
+        for (int c = 0; c < 2; c++)
+            moe_free_floats(&s->state[e][c]);
+    free(s);
+}
+
+static const struct layer_ops lstm_layer_ops = {
+    .forward = lstm_layer_forward,
+    .backward = lstm_layer_backward,
+    .param = lstm_layer_param,
+    .state = lstm_layer_state,
+    .carry = lstm_layer_carry,
+    .destroy = lstm_layer_destroy,
+};
+
+struct layer *lstm_layer_new(const char *name, int D, int B_max, int T_max, uint64_t seed)
+{
+    struct lstm_layer *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->base = (struct layer){.ops = &lstm_layer_ops, .in_width = D, .out_width = D,
+                             .n_params = LSTM_PARAMS, .n_states = 2};
+    snprintf(s->base.name, sizeof s->base.name, "%s", name);
+    s->B_max = B_max;
+    s->T_max = T_max;
+    static const char *const suffix[LSTM_PARAMS] = {"weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                                    "bias_hh_l0"};
+    int rc = 0;
+    for (int i = 0; i < LSTM_PARAMS && !rc; i++) {
+        char pname[64];
+        snprintf(pname, sizeof pname, "%s.%s", name, suffix[i]);
+        rc = i < LSTM_B_IH ? moe_tensor_init2(&s->w[i], pname, 4 * (int64_t)D, D) ||
+                                 moe_tensor_init2(&s->g[i], pname, 4 * (int64_t)D, D)
+                           : moe_tensor_init1(&s->w[i], pname, 4 * (int64_t)D) ||
+                                 moe_tensor_init1(&s->g[i], pname, 4 * (int64_t)D);
+    }
+    snprintf(s->state_name[0], sizeof s->state_name[0], "state.%s.h", name);
+    snprintf(s->state_name[1], sizeof s->state_name[1], "state.%s.c", name);
+    const struct lstm_dims dmax = {B_max, T_max, D, D};
+    s->cache_buf = moe_alloc_floats(lstm_cache_floats(&dmax));
+    s->work = moe_alloc_floats(lstm_work_floats(&dmax));
+    for (int e = 0; e < 2; e++)
+        for (int c = 0; c < 2; c++)
+            if (!(s->state[e][c] = moe_alloc_floats((size_t)B_max * D)))
+                rc = 1;
+    if (rc || !s->cache_buf || !s->work) {
+        lstm_layer_destroy(&s->base);
+        return NULL;
+    }
+    const float bound = 1.0f / sqrtf((float)D);
+    for (int i = 0; i < LSTM_PARAMS; i++)
+        moe_rng_fill_uniform(s->w[i].data, s->w[i].numel, s->w[i].name, seed, bound);
+    return &s->base;
 }

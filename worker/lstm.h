@@ -10,6 +10,9 @@
 #define LSTM_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+#include "layer.h"
 
 struct lstm_dims {
     int B, T, I, H;
@@ -51,4 +54,12 @@ void lstm_final_state(float *h_out, float *c_out, const float *h, const struct l
 void lstm_forward_ref(float *h, float *c_last, const float *x, const struct lstm_params *p,
                       const float *h0, const float *c0, const struct lstm_dims *d);
 
+/* One LSTM as a layer (layer.h) of width D for batches of up to B_max x
+ * T_max: parameters NAME.weight_ih_l0 (4D,D), NAME.weight_hh_l0 (4D,D),
+ * NAME.bias_ih_l0, NAME.bias_hh_l0 (4D), initialised uniform in
+ * [-1/sqrt(D), 1/sqrt(D)) from `seed` by name; carried state
+ * state.NAME.h and state.NAME.c (B_max, D), one pair for training and one
+ * for evaluation (which carries its state forward at once). NULL when out
+ * of memory. */
+struct layer *lstm_layer_new(const char *name, int D, int B_max, int T_max, uint64_t seed);
 #endif

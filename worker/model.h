@@ -1,25 +1,27 @@
-/* The MoE language model of one worker (DESIGN §2):
+/* The MoE language model of one worker (DESIGN §2), assembled from layers
+ * (layer.h):
  *
  *   tokens -> Embedding(V,D) -> LSTM(D) -> MoE(E experts, top K, hidden H)
  *          -> LSTM(D) -> Softmax(V)
  *
- * Every layer output except the softmax gets dropout and (option
- * `residual`) a residual add of the previous layer's output; the MoE output
- * optionally goes through a sigmoid first (paper, Appendix C). The MoE is
- * applied convolutionally: all B*T rows of the unroll form one macro-batch.
+ * The model is a list of blocks, each a layer whose output gets dropout
+ * and (option `residual`) a residual add of the block's input, as in the
+ * paper's Appendix C (not the embedding's), then the output layer. The MoE
+ * is applied convolutionally: all B*T rows of the unroll form one
+ * macro-batch; its output optionally goes through a sigmoid first.
  *
  * A training step is model_forward() -> (global Importance/Load from every
  * worker) -> model_backward() -> optimizer -> model_carry_state(). Dense
- * parameters live here; experts live behind a moe_backend. Buffers are
- * allocated once by model_new(); steps never allocate. Single-threaded use. */
+ * parameters live in the layers; experts live behind a moe_backend. Buffers
+ * are allocated once by model_new(); steps never allocate. Single-threaded
+ * use. */
 #ifndef MODEL_H
 #define MODEL_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "gate.h"
-#include "lstm.h"
+#include "layer.h"
 #include "moe_layer.h"
 #include "moe_tensor.h"
 
@@ -30,15 +32,6 @@ struct model_config {
     double w_importance, w_load;
     uint64_t seed;
     int B_max, T_max; /* largest batch the buffers must hold */
-};
-
-enum model_param {
-    MP_EMBEDDING,
-    MP_L1_W_IH, MP_L1_W_HH, MP_L1_B_IH, MP_L1_B_HH,
-    MP_W_GATE, MP_W_NOISE,
-    MP_L2_W_IH, MP_L2_W_HH, MP_L2_B_IH, MP_L2_B_HH,
-    MP_SOFTMAX_W, MP_SOFTMAX_B,
-    MP_COUNT
 };
 
 /* One batch: B sequences of T tokens, b-major; row0 = global index of
@@ -52,10 +45,17 @@ struct model_batch {
 
 typedef struct model model_t;
 
-/* Allocates the model, initialises dense parameters from cfg->seed
+/* Most dense parameters a model has (arrays of per-parameter state). */
+#define MODEL_MAX_PARAMS 64
+
+/* Allocates the model, initialises dense parameters from cfg->seed by name
  * (moe.w_gate and moe.w_noise start at zero, as in the paper). `backend`
  * is copied; its ctx is borrowed. NULL on bad sizes or no memory. */
 model_t *model_new(const struct model_config *cfg, const struct moe_backend *backend);
+/* Replaces the expert backend (a new placement). */
+void model_set_backend(model_t *m, const struct moe_backend *backend);
+void model_destroy(model_t **m);
+
 /* Dense parameters of a model of this shape, and the bytes model_new
  * allocates for it (parameters, gradients, activations and caches of the
  * largest batch; optimizer state not included), computed without
@@ -63,32 +63,33 @@ model_t *model_new(const struct model_config *cfg, const struct moe_backend *bac
 double model_dense_params(const struct model_config *cfg);
 double model_bytes(const struct model_config *cfg);
 
-/* Replaces the expert backend (a new placement). */
-void model_set_backend(model_t *m, const struct moe_backend *backend);
-void model_destroy(model_t **m);
-
 const struct model_config *model_config_of(const model_t *m);
-moe_tensor *model_param(model_t *m, enum model_param p);
-moe_tensor *model_grad(model_t *m, enum model_param p);
-/* PyTorch-style name of a dense parameter ("lstm1.weight_ih_l0"). */
-const char *model_param_name(enum model_param p);
 
-/* LSTM state carried across unrolls for `B` streams: [layer][h or c], each
- * (B,D). Training and evaluation keep separate states. */
-float *model_state(model_t *m, bool eval, int layer, bool cell);
+/* The dense parameters, layer by layer in model order ("embedding.weight",
+ * "lstm1.weight_ih_l0", ..., "softmax.bias"): parameter i with its gradient
+ * and checkpoint name. model_param_named gives w == NULL for an unknown
+ * name. */
+int model_n_params(const model_t *m);
+struct layer_param model_param_at(model_t *m, int i);
+struct layer_param model_param_named(model_t *m, const char *name);
+
+/* State carried across unrolls ("state.lstm1.h", (B_max, D) ...), of
+ * training (eval false) or evaluation. */
+int model_n_states(const model_t *m);
+struct layer_state model_state_at(model_t *m, bool eval, int i);
 void model_reset_state(model_t *m, bool eval);
 
 /* Forward pass. Returns 0 or a negative code (with a sentence in err) if
  * the expert backend failed. *xent_sum receives the sum of -log p over the
- * batch's rows; imp and load (E each, owned by the model, see
- * model_local_stats) receive this batch's Importance and Load. */
+ * batch's rows; model_local_importance/load give this batch's Importance
+ * and Load. */
 int model_forward(model_t *m, const struct model_batch *b, int64_t step, bool train,
                   double *xent_sum, char *err, size_t errlen);
 
-/* This batch's Importance and Load vectors from the last forward (E each). */
+/* This batch's Importance and Load vectors from the last forward (E each),
+ * and the rows routed to each expert (E). */
 const float *model_local_importance(const model_t *m);
 const float *model_local_load(const model_t *m);
-/* Rows routed to each expert by the last forward (E). */
 const int *model_local_counts(const model_t *m);
 
 /* Backward of the last training forward, given the global Importance and

@@ -1,11 +1,15 @@
-/* Dispatch and combine (see moe_layer.h). */
+/* Dispatch and combine, and the MoE layer made of them and the gate (see
+ * moe_layer.h). */
 #include "moe_layer.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "gate.h"
 #include "moe_err.h"
 #include "moe_tensor.h"
+#include "nn_ops.h"
 
 int moe_dispatch_init(struct moe_dispatch *m, int N, int K, int E, int D)
 {
@@ -147,3 +151,150 @@ void moe_dispatch_backward(float *dx, const struct moe_dispatch *m, int n)
         }
     }
 }
+
+/* ------------------------------------------------------------------------ */
+/* The layer */
+
+struct moe_layer {
+    struct layer base;
+    struct moe_layer_config cfg;
+    struct moe_backend backend;
+    moe_tensor w[2], g[2];        /* w_gate, w_noise */
+    float *gate_f, *gate_work, *dgates;
+    int32_t *gate_i;
+    struct gate_dims gd;          /* of the last forward */
+    struct gate_cache gc;
+    struct moe_dispatch disp;
+    float *imp, *load, *dimp, *dload;
+    float *mo, *dsig;             /* sigmoid: its input, and the gradient through it */
+};
+
+static int moe_layer_forward(struct layer *l, struct layer_pass *p, float *out, const float *in,
+                             char *err, size_t errlen)
+{
+    struct moe_layer *m = (struct moe_layer *)l;
+    const struct moe_layer_config *c = &m->cfg;
+    const int N = p->B * p->T;
+    m->gd = (struct gate_dims){N, c->D, c->E, c->K, p->train, c->seed, p->step, p->row0};
+    m->gc = gate_cache_view(m->gate_f, m->gate_i, &m->gd);
+    memset(m->imp, 0, sizeof(float) * (size_t)c->E);
+    memset(m->load, 0, sizeof(float) * (size_t)c->E);
+    gate_forward(&m->gc, m->imp, m->load, in, m->w[0].data, m->w[1].data, &m->gd);
+    moe_dispatch_forward(&m->disp, N, m->gc.idx, m->gc.gates, in);
+    int rc = m->backend.forward(m->backend.ctx, p->step, p->train, m->disp.n_active, m->disp.ids,
+                                m->disp.rows, m->disp.xe, m->disp.ye, err, errlen);
+    if (rc)
+        return rc;
+    if (c->sigmoid) {
+        moe_combine_forward(m->mo, &m->disp, N, m->gc.gates);
+        sigmoid_forward(out, m->mo, N * c->D);
+    } else {
+        moe_combine_forward(out, &m->disp, N, m->gc.gates);
+    }
+    return 0;
+}
+
+static int moe_layer_backward(struct layer *l, struct layer_pass *p, float *din, const float *dout,
+                              const float *in, const float *out, char *err, size_t errlen)
+{
+    struct moe_layer *m = (struct moe_layer *)l;
+    const struct moe_layer_config *c = &m->cfg;
+    const int N = p->B * p->T, ND = N * c->D;
+    p->balance_loss = gate_balance_loss(p->imp_global, p->load_global, c->E, c->w_importance,
+                                        c->w_load, m->dimp, m->dload);
+    const float *dmo = dout;
+    if (c->sigmoid) {
+        memset(m->dsig, 0, sizeof(float) * (size_t)ND);
+        sigmoid_backward(m->dsig, dout, out, ND);
+        dmo = m->dsig;
+    }
+    moe_combine_backward(m->dgates, &m->disp, N, dmo, m->gc.gates);
+    int rc = m->backend.backward(m->backend.ctx, p->step, m->disp.n_active, m->disp.ids,
+                                 m->disp.rows, m->disp.dye, m->disp.dxe, err, errlen);
+    if (rc)
+        return rc;
+    moe_dispatch_backward(din, &m->disp, N);
+    gate_backward(din, m->g[0].data, m->g[1].data, m->gate_work, m->dgates, m->dimp, m->dload, in,
+                  m->w[0].data, m->w[1].data, &m->gc, &m->gd);
+    return 0;
+}
+
+static struct layer_param moe_layer_param(struct layer *l, int i)
+{
+    struct moe_layer *m = (struct moe_layer *)l;
+    return (struct layer_param){m->w[i].name, &m->w[i], &m->g[i]};
+}
+
+static void moe_layer_destroy(struct layer *l)
+{
+    struct moe_layer *m = (struct moe_layer *)l;
+    for (int i = 0; i < 2; i++) {
+        moe_tensor_free(&m->w[i]);
+        moe_tensor_free(&m->g[i]);
+    }
+    float **bufs[] = {&m->gate_f, &m->gate_work, &m->dgates, &m->imp, &m->load, &m->dimp,
+                      &m->dload, &m->mo, &m->dsig};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        moe_free_floats(bufs[i]);
+    free(m->gate_i);
+    moe_dispatch_free(&m->disp);
+    free(m);
+}
+
+static const struct layer_ops moe_layer_ops = {
+    .forward = moe_layer_forward,
+    .backward = moe_layer_backward,
+    .param = moe_layer_param,
+    .destroy = moe_layer_destroy,
+};
+
+struct layer *moe_layer_new(const char *name, const struct moe_layer_config *cfg,
+                            const struct moe_backend *backend)
+{
+    struct moe_layer *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    m->base = (struct layer){.ops = &moe_layer_ops, .in_width = cfg->D, .out_width = cfg->D,
+                             .n_params = 2};
+    snprintf(m->base.name, sizeof m->base.name, "%s", name);
+    m->cfg = *cfg;
+    m->backend = *backend;
+    const size_t N = (size_t)cfg->N_max, E = (size_t)cfg->E;
+    int rc = 0;
+    static const char *const suffix[2] = {"w_gate", "w_noise"};
+    for (int i = 0; i < 2 && !rc; i++) {
+        char pname[64];
+        snprintf(pname, sizeof pname, "%s.%s", name, suffix[i]);
+        rc = moe_tensor_init2(&m->w[i], pname, cfg->D, cfg->E) ||
+             moe_tensor_init2(&m->g[i], pname, cfg->D, cfg->E);
+    }
+    const struct gate_dims gd = {cfg->N_max, cfg->D, cfg->E, cfg->K, true, 0, 0, 0};
+    m->gate_f = moe_alloc_floats(gate_cache_floats(&gd));
+    m->gate_i = calloc(gate_cache_ints(&gd), sizeof(int32_t));
+    m->gate_work = moe_alloc_floats(2 * N * E);
+    m->dgates = moe_alloc_floats(N * (size_t)cfg->K);
+    m->imp = moe_alloc_floats(E);
+    m->load = moe_alloc_floats(E);
+    m->dimp = moe_alloc_floats(E);
+    m->dload = moe_alloc_floats(E);
+    if (cfg->sigmoid) {
+        m->mo = moe_alloc_floats(N * (size_t)cfg->D);
+        m->dsig = moe_alloc_floats(N * (size_t)cfg->D);
+    }
+    if (rc || !m->gate_f || !m->gate_i || !m->gate_work || !m->dgates || !m->imp || !m->load ||
+        !m->dimp || !m->dload || (cfg->sigmoid && (!m->mo || !m->dsig)) ||
+        moe_dispatch_init(&m->disp, cfg->N_max, cfg->K, cfg->E, cfg->D)) {
+        moe_layer_destroy(&m->base);
+        return NULL;
+    }
+    return &m->base;
+}
+
+void moe_layer_set_backend(struct layer *l, const struct moe_backend *backend)
+{
+    ((struct moe_layer *)l)->backend = *backend;
+}
+
+const float *moe_layer_importance(const struct layer *l) { return ((const struct moe_layer *)l)->imp; }
+const float *moe_layer_load(const struct layer *l) { return ((const struct moe_layer *)l)->load; }
+const int *moe_layer_counts(const struct layer *l) { return ((const struct moe_layer *)l)->disp.counts; }

@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layer.h"
+
 /* Experts reached through function pointers. Each call gets the experts
  * with at least one row: ids[e] with rows[e] rows, consecutive in x. */
 struct moe_backend {
@@ -61,4 +63,27 @@ void moe_combine_backward(float *dgates, struct moe_dispatch *m, int n, const fl
 /* dx (n,D) += dxe scattered back to the source rows, in slot order. */
 void moe_dispatch_backward(float *dx, const struct moe_dispatch *m, int n);
 
+/* ------------------------------------------------------------------------ */
+/* The MoE layer (layer.h): noisy top-k gate (gate.h), dispatch, the experts
+ * behind `backend`, combine, and with `sigmoid` a sigmoid on the output (the
+ * paper's Appendix C). Applied to all N rows of the pass at once. Parameters
+ * NAME.w_gate and NAME.w_noise (D,E), zero at start. The backward also
+ * computes the balancing loss of the pass's global Importance and Load
+ * (layer_pass.balance_loss) and its gradient into the gate. */
+struct moe_layer_config {
+    int D, E, K;
+    bool sigmoid;
+    double w_importance, w_load;
+    uint64_t seed;
+    int N_max;          /* largest batch rows */
+};
+struct layer *moe_layer_new(const char *name, const struct moe_layer_config *cfg,
+                            const struct moe_backend *backend);
+/* Replaces the expert backend (a new placement); ctx is borrowed. */
+void moe_layer_set_backend(struct layer *l, const struct moe_backend *backend);
+/* This pass's Importance and Load (E each, the local part of the step's
+ * global vectors) and rows dispatched to each expert, from the last forward. */
+const float *moe_layer_importance(const struct layer *l);
+const float *moe_layer_load(const struct layer *l);
+const int *moe_layer_counts(const struct layer *l);
 #endif

@@ -3,10 +3,13 @@
 
 #include <math.h>
 #include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "moe_blas.h"
 #include "moe_par.h"
+#include "moe_rng.h"
 #include "moe_vmath.h"
 
 /* Reductions over a row with a fixed number of independent lanes, combined
@@ -154,4 +157,89 @@ void softmax_xent_backward(float *dx, float *dW, float *db, float *probs, const 
     struct sx_job j = {.probs = probs, .targets = targets, .scale = scale, .N = N, .V = V};
     moe_par_for(moe_par_tasks(N, SX_ROWS), backward_rows, &j);
     softmax_xent_backward_dlogits(dx, dW, db, probs, x, W, N, V, D);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The layer */
+
+struct softmax_layer {
+    struct layer base;
+    moe_tensor w[2], g[2];   /* weight (V,D), bias (V) */
+    int V;
+    float *probs;            /* (N_max, V): probabilities, or dlogits in training */
+};
+
+static int softmax_layer_forward(struct layer *l, struct layer_pass *p, float *out,
+                                 const float *in, char *err, size_t errlen)
+{
+    (void)out, (void)err, (void)errlen;
+    struct softmax_layer *s = (struct softmax_layer *)l;
+    const int N = p->B * p->T, D = l->in_width;
+    /* Training leaves the softmax's dlogits (scale 1 / global tokens) in
+     * probs right away, in the same pass over the logits. */
+    if (p->train)
+        p->xent_sum = softmax_xent_forward_grad(s->probs, in, s->w[0].data, s->w[1].data, p->tgt,
+                                                (float)(1.0 / (double)p->n_global), N, s->V, D);
+    else
+        p->xent_sum = softmax_xent_forward(s->probs, in, s->w[0].data, s->w[1].data, p->tgt, N,
+                                           s->V, D);
+    return 0;
+}
+
+static int softmax_layer_backward(struct layer *l, struct layer_pass *p, float *din,
+                                  const float *dout, const float *in, const float *out, char *err,
+                                  size_t errlen)
+{
+    (void)dout, (void)out, (void)err, (void)errlen;
+    struct softmax_layer *s = (struct softmax_layer *)l;
+    softmax_xent_backward_dlogits(din, s->g[0].data, s->g[1].data, s->probs, in, s->w[0].data,
+                                  p->B * p->T, s->V, l->in_width);
+    return 0;
+}
+
+static struct layer_param softmax_layer_param(struct layer *l, int i)
+{
+    struct softmax_layer *s = (struct softmax_layer *)l;
+    return (struct layer_param){s->w[i].name, &s->w[i], &s->g[i]};
+}
+
+static void softmax_layer_destroy(struct layer *l)
+{
+    struct softmax_layer *s = (struct softmax_layer *)l;
+    for (int i = 0; i < 2; i++) {
+        moe_tensor_free(&s->w[i]);
+        moe_tensor_free(&s->g[i]);
+    }
+    moe_free_floats(&s->probs);
+    free(s);
+}
+
+static const struct layer_ops softmax_layer_ops = {
+    .forward = softmax_layer_forward,
+    .backward = softmax_layer_backward,
+    .param = softmax_layer_param,
+    .destroy = softmax_layer_destroy,
+};
+
+struct layer *softmax_layer_new(const char *name, int V, int D, int N_max, uint64_t seed)
+{
+    struct softmax_layer *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->base = (struct layer){.ops = &softmax_layer_ops, .in_width = D, .out_width = 0,
+                             .n_params = 2};
+    snprintf(s->base.name, sizeof s->base.name, "%s", name);
+    s->V = V;
+    char wname[64], bname[64];
+    snprintf(wname, sizeof wname, "%s.weight", name);
+    snprintf(bname, sizeof bname, "%s.bias", name);
+    s->probs = moe_alloc_floats((size_t)N_max * (size_t)V);
+    if (!s->probs || moe_tensor_init2(&s->w[0], wname, V, D) ||
+        moe_tensor_init2(&s->g[0], wname, V, D) || moe_tensor_init1(&s->w[1], bname, V) ||
+        moe_tensor_init1(&s->g[1], bname, V)) {
+        softmax_layer_destroy(&s->base);
+        return NULL;
+    }
+    moe_rng_fill_uniform(s->w[0].data, s->w[0].numel, s->w[0].name, seed, 1.0f / sqrtf((float)D));
+    return &s->base;
 }

@@ -5,6 +5,8 @@
 
 #include <stdint.h>
 
+#include "layer.h"
+
 /* Computes probabilities into probs (N,V) and returns the sum over rows of
  * -log p(target). Targets must be < V. Rows run as moe_par tasks of 16;
  * the loss is summed per task and then over tasks, in row order, so it is
@@ -30,4 +32,12 @@ double softmax_xent_forward_grad(float *dlogits, const float *x, const float *W,
 void softmax_xent_backward_dlogits(float *dx, float *dW, float *db, const float *dlogits,
                                    const float *x, const float *W, int N, int V, int D);
 
+/* The output layer as a layer (layer.h): logits over V words from (N,D),
+ * softmax and cross-entropy against the pass's targets. Its forward writes
+ * the sum of -log p into layer_pass.xent_sum (no output rows); in training
+ * it leaves the dlogits of the mean over the global batch, which its
+ * backward turns into the input gradient. Parameters NAME.weight (V,D),
+ * uniform in [-1/sqrt(D), 1/sqrt(D)) from `seed` by name, and NAME.bias
+ * (V), zero. NULL when out of memory. */
+struct layer *softmax_layer_new(const char *name, int V, int D, int N_max, uint64_t seed);
 #endif

@@ -37,13 +37,13 @@ static void on_signal(int sig)
 
 int main(int argc, char **argv)
 {
-    static struct trainer_config cfg;
+    static struct moe_options cfg;
     char err[1024];
     moe_log_set_name("moe-worker");
-    int rc = moe_config_parse_args(trainer_options, trainer_options_count, &cfg, argc, argv, err,
+    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv, err,
                                    sizeof err);
     if (rc == 1) {
-        moe_config_print_help(trainer_options, trainer_options_count, stdout, "moe-worker", summary);
+        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-worker", summary);
         return 0;
     }
     if (rc < 0) {

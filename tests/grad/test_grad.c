@@ -432,11 +432,12 @@ static void model_case(bool residual, bool sigmoid, double dropout)
     struct model_ctx c = {.m = model_new(&cfg, &be), .E = E};
     ck_assert_ptr_nonnull(c.m);
     /* non-zero gate weights so that every term is exercised */
-    tu_fill(model_param(c.m, MP_W_GATE)->data, (size_t)cfg.D * E, 70, 0.8f);
-    tu_fill(model_param(c.m, MP_W_NOISE)->data, (size_t)cfg.D * E, 71, 0.8f);
-    tu_fill(model_param(c.m, MP_SOFTMAX_B)->data, (size_t)V, 72, 0.3f);
-    tu_fill(model_state(c.m, false, 0, false), (size_t)B * cfg.D, 73, 0.3f);
-    tu_fill(model_state(c.m, false, 1, true), (size_t)B * cfg.D, 74, 0.3f);
+    tu_fill(model_param_named(c.m, "moe.w_gate").w->data, (size_t)cfg.D * E, 70, 0.8f);
+    tu_fill(model_param_named(c.m, "moe.w_noise").w->data, (size_t)cfg.D * E, 71, 0.8f);
+    tu_fill(model_param_named(c.m, "softmax.bias").w->data, (size_t)V, 72, 0.3f);
+    /* carried state: lstm1's h and lstm2's c */
+    tu_fill(model_state_at(c.m, false, 0).data, (size_t)B * cfg.D, 73, 0.3f);
+    tu_fill(model_state_at(c.m, false, 3).data, (size_t)B * cfg.D, 74, 0.3f);
     int32_t tok[12], tgt[12];
     for (int i = 0; i < B * T; i++) {
         tok[i] = (i * 7 + 2) % V;
@@ -454,14 +455,15 @@ static void model_case(bool residual, bool sigmoid, double dropout)
     float *eg = malloc(sizeof(float) * np * E);
     for (int e = 0; e < E; e++)
         memcpy(eg + np * e, expert_shard_grads(shard, e), sizeof(float) * np);
-    float **dg = malloc(sizeof(float *) * MP_COUNT);
-    for (int p = 0; p < MP_COUNT; p++) {
-        moe_tensor *g = model_grad(c.m, (enum model_param)p);
+    const int n_params = model_n_params(c.m);
+    float **dg = malloc(sizeof(float *) * (size_t)n_params);
+    for (int p = 0; p < n_params; p++) {
+        const moe_tensor *g = model_param_at(c.m, p).g;
         dg[p] = malloc(sizeof(float) * g->numel);
         memcpy(dg[p], g->data, sizeof(float) * g->numel);
     }
-    for (int p = 0; p < MP_COUNT; p++) {
-        moe_tensor *t = model_param(c.m, (enum model_param)p);
+    for (int p = 0; p < n_params; p++) {
+        moe_tensor *t = model_param_at(c.m, p).w;
         double err_p = tu_grad_check(model_loss, &c, t->data, dg[p], t->numel, 1e-2, 3,
                                      (uint32_t)p + 1, 1e-3);
         ck_assert_msg(err_p < TOL, "%s: relative error %g", t->name, err_p);
@@ -471,7 +473,7 @@ static void model_case(bool residual, bool sigmoid, double dropout)
                                      np, 1e-2, 3, 100u + (uint32_t)e, 1e-3);
         ck_assert_msg(err_e < TOL, "expert %d: relative error %g", e, err_e);
     }
-    for (int p = 0; p < MP_COUNT; p++)
+    for (int p = 0; p < n_params; p++)
         free(dg[p]);
     free(dg);
     free(eg);

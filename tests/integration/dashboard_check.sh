@@ -1,6 +1,6 @@
 #!/bin/sh
 # Headless-browser check of the coordinator's dashboard page
-# (server/coord_dashboard.html). Standalone, not run by run.sh:
+# (server/coordinator/coord_dashboard.html). Standalone, not run by run.sh:
 #
 #   tests/integration/dashboard_check.sh OUTDIR
 #
@@ -33,7 +33,7 @@ if [ $# -ne 1 ]; then
 fi
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
-page="$top/server/coord_dashboard.html"
+page="$top/server/coordinator/coord_dashboard.html"
 mkdir -p "$1"
 out=$(cd "$1" && pwd)
 

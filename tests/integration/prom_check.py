@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strict validator of the Prometheus text exposition format, version 0.0.4.
 
-Checks a /metrics page as the coordinator serves it (see common/moe_prom.h):
+Checks a /metrics page as the coordinator serves it (see server/coordinator/moe_prom.h):
 
     prom_check.py [FILE|-] [--require FAMILY]... [--warn-units]
     prom_check.py --self-test

@@ -1,4 +1,4 @@
-/* Unit tests for common/moe_allreduce: rings of 1 to 4 ranks run as threads
+/* Unit tests for worker/moe_allreduce: rings of 1 to 4 ranks run as threads
  * of the test process, over inproc:// (one shared context) and over
  * tcp://127.0.0.1 with ports picked free at run time. Every rank must end
  * with the same bits, equal to a reference summed in the order documented

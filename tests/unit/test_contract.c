@@ -1,5 +1,5 @@
 /* Tests of the configuration contract every member of a cluster registers
- * with (trainer_contract, _diff, _digest, _get): which keys each role
+ * with (moe_options_contract, _diff, _digest, _get): which keys each role
  * carries, canonical values, the corpus compared by its bytes, and the
  * sentence that names every differing key with both values. */
 #include <stdio.h>
@@ -9,13 +9,13 @@
 #include "moe_config.h"
 #include "moe_err.h"
 #include "test_util.h"
-#include "trainer.h"
+#include "moe_options.h"
 
-static struct trainer_config base_cfg(void)
+static struct moe_options base_cfg(void)
 {
-    struct trainer_config c;
+    struct moe_options c;
     char err[256];
-    ck_assert_int_eq(moe_config_defaults(trainer_options, trainer_options_count, &c, err, sizeof err), 0);
+    ck_assert_int_eq(moe_config_defaults(moe_options_table, moe_options_count, &c, err, sizeof err), 0);
     snprintf(c.train, sizeof c.train, "/nonexistent/corpus.txt");
     return c;
 }
@@ -38,10 +38,10 @@ static int has_key(const char *contract, const char *key)
 
 START_TEST(contract_keys_by_role)
 {
-    struct trainer_config c = base_cfg();
+    struct moe_options c = base_cfg();
     char srv[8192], wrk[8192];
-    ck_assert_int_gt(trainer_contract(&c, TRAINER_ROLE_SERVER, srv, sizeof srv), 0);
-    ck_assert_int_gt(trainer_contract(&c, TRAINER_ROLE_WORKER, wrk, sizeof wrk), 0);
+    ck_assert_int_gt(moe_options_contract(&c, MOE_ROLE_SERVER, srv, sizeof srv), 0);
+    ck_assert_int_gt(moe_options_contract(&c, MOE_ROLE_WORKER, wrk, sizeof wrk), 0);
     static const char *const server_keys[] = {"d_model", "d_hidden", "n_experts", "seed", "lr",
                                               "warmup", "expert_beta2", "wire_dtype", "workers"};
     for (size_t i = 0; i < sizeof server_keys / sizeof *server_keys; i++) {
@@ -59,30 +59,30 @@ START_TEST(contract_keys_by_role)
     for (size_t i = 0; i < sizeof local / sizeof *local; i++)
         ck_assert_msg(!has_key(wrk, local[i]), "worker contract has %s", local[i]);
     char v[64];
-    trainer_contract_get(wrk, "train", v, sizeof v);
+    moe_options_contract_get(wrk, "train", v, sizeof v);
     ck_assert_str_eq(v, "?"); /* unreadable corpus */
-    trainer_contract_get(wrk, "d_hidden", v, sizeof v);
+    moe_options_contract_get(wrk, "d_hidden", v, sizeof v);
     ck_assert_str_eq(v, "256");
-    trainer_contract_get(wrk, "no_such_key", v, sizeof v);
+    moe_options_contract_get(wrk, "no_such_key", v, sizeof v);
     ck_assert_str_eq(v, "");
-    ck_assert_int_eq(trainer_contract(&c, TRAINER_ROLE_WORKER, wrk, 10), MOE_ERR_RANGE);
+    ck_assert_int_eq(moe_options_contract(&c, MOE_ROLE_WORKER, wrk, 10), MOE_ERR_RANGE);
 }
 END_TEST
 
 START_TEST(contract_canonical_values)
 {
-    struct trainer_config a = base_cfg(), b = base_cfg();
+    struct moe_options a = base_cfg(), b = base_cfg();
     snprintf(a.workers, sizeof a.workers, "tcp://h:1, tcp://h:2 ");
     snprintf(b.workers, sizeof b.workers, "tcp://h:1,tcp://h:2");
     b.threads = 7; /* not part of the contract */
     char x[8192], y[8192];
-    trainer_contract(&a, TRAINER_ROLE_WORKER, x, sizeof x);
-    trainer_contract(&b, TRAINER_ROLE_WORKER, y, sizeof y);
+    moe_options_contract(&a, MOE_ROLE_WORKER, x, sizeof x);
+    moe_options_contract(&b, MOE_ROLE_WORKER, y, sizeof y);
     ck_assert_str_eq(x, y);
-    ck_assert(trainer_contract_digest(x) == trainer_contract_digest(y));
+    ck_assert(moe_options_contract_digest(x) == moe_options_contract_digest(y));
     b.lr = 0.02;
-    trainer_contract(&b, TRAINER_ROLE_WORKER, y, sizeof y);
-    ck_assert(trainer_contract_digest(x) != trainer_contract_digest(y));
+    moe_options_contract(&b, MOE_ROLE_WORKER, y, sizeof y);
+    ck_assert(moe_options_contract_digest(x) != moe_options_contract_digest(y));
 }
 END_TEST
 
@@ -100,21 +100,21 @@ START_TEST(contract_corpus_by_bytes)
     f = fopen(p2, "w");
     fputs("the cat sat\non the mat\n", f);
     fclose(f);
-    struct trainer_config a = base_cfg(), b = base_cfg();
+    struct moe_options a = base_cfg(), b = base_cfg();
     snprintf(a.train, sizeof a.train, "%s", p1);
     snprintf(b.train, sizeof b.train, "%s", p2);
     char x[8192], y[8192], why[1024];
-    trainer_contract(&a, TRAINER_ROLE_WORKER, x, sizeof x);
-    trainer_contract(&b, TRAINER_ROLE_WORKER, y, sizeof y);
+    moe_options_contract(&a, MOE_ROLE_WORKER, x, sizeof x);
+    moe_options_contract(&b, MOE_ROLE_WORKER, y, sizeof y);
     ck_assert_str_eq(x, y);
     char v[64];
-    trainer_contract_get(x, "train", v, sizeof v);
+    moe_options_contract_get(x, "train", v, sizeof v);
     ck_assert_uint_eq(strlen(v), 16);
     f = fopen(p2, "a");
     fputs("x", f);
     fclose(f);
-    trainer_contract(&b, TRAINER_ROLE_WORKER, y, sizeof y);
-    ck_assert_int_eq(trainer_contract_diff(x, y, NULL, why, sizeof why), 1);
+    moe_options_contract(&b, MOE_ROLE_WORKER, y, sizeof y);
+    ck_assert_int_eq(moe_options_contract_diff(x, y, NULL, why, sizeof why), 1);
     ck_assert_msg(strstr(why, "train is ") != NULL, "%s", why);
     tu_rmtree(dir);
 }
@@ -122,16 +122,16 @@ END_TEST
 
 START_TEST(contract_diff_names_every_key)
 {
-    struct trainer_config a = base_cfg(), b = base_cfg();
+    struct moe_options a = base_cfg(), b = base_cfg();
     b.d_hidden = 512;
     b.lr = 0.02;
     snprintf(b.wire_dtype, sizeof b.wire_dtype, "bf16");
     char x[8192], y[8192], why[1024];
-    trainer_contract(&a, TRAINER_ROLE_SERVER, x, sizeof x);
-    trainer_contract(&b, TRAINER_ROLE_SERVER, y, sizeof y);
-    ck_assert_int_eq(trainer_contract_diff(x, x, NULL, why, sizeof why), 0);
+    moe_options_contract(&a, MOE_ROLE_SERVER, x, sizeof x);
+    moe_options_contract(&b, MOE_ROLE_SERVER, y, sizeof y);
+    ck_assert_int_eq(moe_options_contract_diff(x, x, NULL, why, sizeof why), 0);
     ck_assert_str_eq(why, "");
-    ck_assert_int_eq(trainer_contract_diff(x, y, NULL, why, sizeof why), 3);
+    ck_assert_int_eq(moe_options_contract_diff(x, y, NULL, why, sizeof why), 3);
     ck_assert_msg(strstr(why, "d_hidden is 512 here and 256 in the cluster"), "%s", why);
     ck_assert_msg(strstr(why, "lr is 0.02 here and 0.0050000000000000001 in the cluster"), "%s", why);
     ck_assert_msg(strstr(why, "wire_dtype is bf16 here and f32 in the cluster"), "%s", why);
@@ -142,23 +142,23 @@ END_TEST
  * keys missing on either side are differences too. */
 START_TEST(contract_diff_skip_and_missing)
 {
-    struct trainer_config a = base_cfg(), b = base_cfg();
+    struct moe_options a = base_cfg(), b = base_cfg();
     snprintf(a.workers, sizeof a.workers, "tcp://h:1,tcp://h:2");
     char x[8192], y[8192], why[1024];
-    trainer_contract(&a, TRAINER_ROLE_SERVER, x, sizeof x);
-    trainer_contract(&b, TRAINER_ROLE_SERVER, y, sizeof y);
-    ck_assert_int_eq(trainer_contract_diff(x, y, NULL, why, sizeof why), 1);
+    moe_options_contract(&a, MOE_ROLE_SERVER, x, sizeof x);
+    moe_options_contract(&b, MOE_ROLE_SERVER, y, sizeof y);
+    ck_assert_int_eq(moe_options_contract_diff(x, y, NULL, why, sizeof why), 1);
     ck_assert_msg(strstr(why, "workers is empty here and tcp://h:1,tcp://h:2 in the cluster"), "%s",
                   why);
-    ck_assert_int_eq(trainer_contract_diff(x, y, "workers", why, sizeof why), 0);
+    ck_assert_int_eq(moe_options_contract_diff(x, y, "workers", why, sizeof why), 0);
     /* the other way round an empty cluster list is not skipped */
-    ck_assert_int_eq(trainer_contract_diff(y, x, "workers", why, sizeof why), 1);
-    ck_assert_int_eq(trainer_contract_diff("a=1\nb=2\n", "a=1\nc=3\n", NULL, why, sizeof why), 2);
+    ck_assert_int_eq(moe_options_contract_diff(y, x, "workers", why, sizeof why), 1);
+    ck_assert_int_eq(moe_options_contract_diff("a=1\nb=2\n", "a=1\nc=3\n", NULL, why, sizeof why), 2);
     ck_assert_msg(strstr(why, "b is not set here and 2 in the cluster"), "%s", why);
     ck_assert_msg(strstr(why, "c is 3 here and not set in the cluster"), "%s", why);
     /* a tiny buffer still counts every difference, and stays a string */
     char small[8];
-    ck_assert_int_eq(trainer_contract_diff("a=1\nb=2\n", "a=2\nb=3\n", NULL, small, sizeof small), 2);
+    ck_assert_int_eq(moe_options_contract_diff("a=1\nb=2\n", "a=2\nb=3\n", NULL, small, sizeof small), 2);
     ck_assert_uint_lt(strlen(small), sizeof small);
 }
 END_TEST

@@ -1,4 +1,4 @@
-/* Unit tests of the coordinator's HTTP server (server/coord_http.c).
+/* Unit tests of the coordinator's HTTP server (server/coordinator/coord_http.c).
  *
  * The server runs on 127.0.0.1, port 0, in a uv loop on a second thread;
  * the test thread talks to it through raw sockets, and every wait is bounded

@@ -1,4 +1,4 @@
-/* Tests of the coordinator's balancing statistics (server/coord_stats.c):
+/* Tests of the coordinator's balancing statistics (server/coordinator/coord_stats.c):
  * global vectors are rank-order sums whatever the arrival order, every bad
  * submission is rejected without a change, and the history adds up. */
 #include <math.h>

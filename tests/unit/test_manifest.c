@@ -27,6 +27,7 @@
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
+#include "moectl_export.h"
 #include "moe_safetensors.h"
 #include "test_util.h"
 
@@ -838,10 +839,10 @@ START_TEST(manifest_export_is_canonical)
     snprintf(ob, sizeof ob, "%s/b.safetensors", tmp);
     snprintf(pa, sizeof pa, "%s/a-params.safetensors", tmp);
     snprintf(pb, sizeof pb, "%s/b-params.safetensors", tmp);
-    ck_assert_msg(moe_manifest_export(fa, oa, false, err, sizeof err) == 0, "%s", err);
-    ck_assert_msg(moe_manifest_export(fb, ob, false, err, sizeof err) == 0, "%s", err);
-    ck_assert_msg(moe_manifest_export(fa, pa, true, err, sizeof err) == 0, "%s", err);
-    ck_assert_msg(moe_manifest_export(fb, pb, true, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(moectl_export(fa, oa, false, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(moectl_export(fb, ob, false, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(moectl_export(fa, pa, true, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(moectl_export(fb, pb, true, err, sizeof err) == 0, "%s", err);
 
     size_t na, nb;
     unsigned char *ba = slurp(oa, &na), *bb = slurp(ob, &nb);
@@ -861,7 +862,7 @@ START_TEST(manifest_export_is_canonical)
     check_export(pa, true, 12);
 
     /* exporting again over the same path gives the same bytes */
-    ck_assert_msg(moe_manifest_export(fb, oa, false, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(moectl_export(fb, oa, false, err, sizeof err) == 0, "%s", err);
     ba = slurp(oa, &na);
     bb = slurp(ob, &nb);
     ck_assert(na == nb && memcmp(ba, bb, na) == 0);
@@ -880,7 +881,7 @@ START_TEST(manifest_export_errors)
     struct layout dup = TWO;
     dup.dup = 1;
     make_ckpt(dir, 1, &dup, folder);
-    ck_assert_int_eq(moe_manifest_export(folder, out, false, err, sizeof err), MOE_ERR_FORMAT);
+    ck_assert_int_eq(moectl_export(folder, out, false, err, sizeof err), MOE_ERR_FORMAT);
     ck_assert_msg(strstr(err, "moe.experts.1.") && strstr(err, "appears twice") &&
                       strstr(err, "server-0.safetensors") && strstr(err, "server-1.safetensors"),
                   "%s", err);
@@ -890,7 +891,7 @@ START_TEST(manifest_export_errors)
     struct layout miss = TWO;
     miss.skip = 3;
     make_ckpt(dir, 2, &miss, folder);
-    ck_assert_int_eq(moe_manifest_export(folder, out, true, err, sizeof err), MOE_ERR_NOTFOUND);
+    ck_assert_int_eq(moectl_export(folder, out, true, err, sizeof err), MOE_ERR_NOTFOUND);
     ck_assert_msg(strstr(err, "expert 3 is missing") && strstr(err, "moe.experts.3.w1.weight"),
                   "%s", err);
     ck_assert(!exists(out));
@@ -903,21 +904,21 @@ START_TEST(manifest_export_errors)
     m.expert_file[0] = m.expert_file[1];
     ck_assert_int_eq(moe_manifest_write(folder, &m, err, sizeof err), 0);
     moe_manifest_free(&m);
-    ck_assert_int_eq(moe_manifest_export(folder, out, false, err, sizeof err), MOE_ERR_FORMAT);
+    ck_assert_int_eq(moectl_export(folder, out, false, err, sizeof err), MOE_ERR_FORMAT);
     ck_assert_msg(strstr(err, "moe.experts.0.") && strstr(err, "puts expert 0"), "%s", err);
 
     /* a corrupted file is caught before anything is written */
     make_ckpt(dir, 4, &ONE, folder);
     snprintf(path, sizeof path, "%s/server-0.safetensors", folder);
     flip_byte(path, 200);
-    ck_assert_int_eq(moe_manifest_export(folder, out, false, err, sizeof err), MOE_ERR_FORMAT);
+    ck_assert_int_eq(moectl_export(folder, out, false, err, sizeof err), MOE_ERR_FORMAT);
     ck_assert_msg(strstr(err, path) && strstr(err, "checksum mismatch"), "%s", err);
     ck_assert(!exists(out));
 
     /* never over one of the checkpoint's own files */
     make_ckpt(dir, 5, &ONE, folder);
     snprintf(path, sizeof path, "%s/worker-0.safetensors", folder);
-    ck_assert_int_eq(moe_manifest_export(folder, path, false, err, sizeof err), MOE_ERR_STATE);
+    ck_assert_int_eq(moectl_export(folder, path, false, err, sizeof err), MOE_ERR_STATE);
     struct moe_manifest m5;
     ck_assert_int_eq(moe_manifest_read(folder, &m5, err, sizeof err), 0);
     ck_assert_msg(moe_manifest_verify(folder, &m5, err, sizeof err) == 0, "%s", err);
@@ -927,7 +928,7 @@ START_TEST(manifest_export_errors)
     char f6[512];
     moe_manifest_folder(dir, 6, f6, sizeof f6);
     ck_assert_int_eq(mkdir(f6, 0755), 0);
-    ck_assert_int_eq(moe_manifest_export(f6, out, false, err, sizeof err), MOE_ERR_NOTFOUND);
+    ck_assert_int_eq(moectl_export(f6, out, false, err, sizeof err), MOE_ERR_NOTFOUND);
     ck_assert_ptr_nonnull(strstr(err, f6));
 }
 END_TEST

@@ -1,4 +1,4 @@
-/* Unit tests of the Prometheus text writer (common/moe_prom.c).
+/* Unit tests of the Prometheus text writer (server/coordinator/moe_prom.c).
  *
  * text: the exact bytes of a counter, a gauge with labels, a histogram and a
  * summary, and a buffer grown over many samples then reset.

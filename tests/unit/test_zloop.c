@@ -1,4 +1,4 @@
-/* Unit tests of the ZeroMQ-in-libuv glue (common/moe_zloop.c).
+/* Unit tests of the ZeroMQ-in-libuv glue (server/coordinator/moe_zloop.c).
  *
  * A ROUTER watched by moe_zloop in a uv loop on the test thread; DEALERs in
  * a second thread (tcp on 127.0.0.1) or on the same thread (inproc). Each

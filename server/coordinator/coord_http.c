@@ -24,6 +24,7 @@
 #include <strings.h>
 
 #include "moe_log.h"
+#include "moe_err.h"
 
 #define CH_READ_BYTES 16384         /* input buffer per connection */
 #define CH_MAX_HEADERS 100          /* header lines per request */
@@ -955,14 +956,14 @@ coord_http_t *coord_http_new(uv_loop_t *loop, const char *host, int port,
     if (!host)
         host = "127.0.0.1";
     if (port < 0 || port > 65535) {
-        snprintf(err, errlen, "http: port %d out of range", port);
+        moe_err_set(err, errlen, "http: port %d out of range", port);
         return NULL;
     }
     struct sockaddr_storage addr;
     int rc = strchr(host, ':') ? uv_ip6_addr(host, port, (struct sockaddr_in6 *)&addr)
                                : uv_ip4_addr(host, port, (struct sockaddr_in *)&addr);
     if (rc != 0) {
-        snprintf(err, errlen, "http: \"%s\" is not an IP address", host);
+        moe_err_set(err, errlen, "http: \"%s\" is not an IP address", host);
         return NULL;
     }
     /* libuv writes with write(2): a client that resets the connection
@@ -973,7 +974,7 @@ coord_http_t *coord_http_new(uv_loop_t *loop, const char *host, int port,
         signal(SIGPIPE, SIG_IGN);
     struct coord_http *s = calloc(1, sizeof *s);
     if (!s) {
-        snprintf(err, errlen, "http: out of memory");
+        moe_err_set(err, errlen, "http: out of memory");
         return NULL;
     }
     s->loop = loop;
@@ -997,7 +998,7 @@ coord_http_t *coord_http_new(uv_loop_t *loop, const char *host, int port,
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, 511, ch_on_connection);
     if (rc != 0) {
-        snprintf(err, errlen, "http: cannot listen on %s port %d: %s", host, port,
+        moe_err_set(err, errlen, "http: cannot listen on %s port %d: %s", host, port,
                  uv_strerror(rc));
         s->closing = true;
         uv_close((uv_handle_t *)&s->listener, ch_listener_close_cb);

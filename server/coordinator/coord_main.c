@@ -28,7 +28,7 @@
 #include "moe_config.h"
 #include "moe_log.h"
 #include "moe_zloop.h"
-#include "trainer.h"
+#include "moe_options.h"
 
 extern const char coord_dashboard_html[];
 extern const size_t coord_dashboard_html_len;
@@ -45,7 +45,7 @@ enum { PAGE_METRICS, PAGE_CLUSTER, PAGE_EXPERTS, N_PAGES };
 
 struct app {
     struct render_cache cache[N_PAGES];
-    struct trainer_config cfg;
+    struct moe_options cfg;
     uv_loop_t loop;
     coord_t *coord;
     coord_http_t *http;
@@ -274,10 +274,10 @@ int main(int argc, char **argv)
     static struct app a;
     char err[1024];
     moe_log_set_name("moe-coordinator");
-    int rc = moe_config_parse_args(trainer_options, trainer_options_count, &a.cfg, argc, argv, err,
+    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &a.cfg, argc, argv, err,
                                    sizeof err);
     if (rc == 1) {
-        moe_config_print_help(trainer_options, trainer_options_count, stdout, "moe-coordinator",
+        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-coordinator",
                               summary);
         return 0;
     }

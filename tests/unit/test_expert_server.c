@@ -1,5 +1,5 @@
-/* Unit tests for server/expsrv: a real expert server (expsrv_new +
- * expsrv_run in a thread) bound on tcp://127.0.0.1 at a port picked free at
+/* Unit tests for server/expert/expert_server: a real expert server (expert_server_new +
+ * expert_server_run in a thread) bound on tcp://127.0.0.1 at a port picked free at
  * run time, driven by DEALER sockets that connect as "moe-worker-0" and
  * "moe-worker-1". Tiny dims (D 4, H 5, 4 experts over two servers: this one
  * is server 0 and owns experts 0 and 1; the other endpoint is never used).
@@ -32,7 +32,7 @@
 
 #include "expert_ffn.h"
 #include "expert_shard.h"
-#include "expsrv.h"
+#include "expert_server.h"
 #include "moe_config.h"
 #include "moe_err.h"
 #include "moe_log.h"
@@ -40,9 +40,9 @@
 #include "moe_safetensors.h"
 #include "moe_wire.h"
 #include "test_util.h"
-#include "trainer.h"
+#include "moe_options.h"
 
-Suite *test_expsrv_suite(void);
+Suite *test_expert_server_suite(void);
 
 enum {
     D = 4,          /* d_model */
@@ -69,12 +69,12 @@ static const int32_t own_ids[N_OWN] = {0, 1};
 /* ------------------------------------------------------------ the server */
 
 struct srv {
-    struct trainer_config cfg; /* outlives the server, which keeps a pointer */
-    expsrv_t *s;
+    struct moe_options cfg; /* outlives the server, which keeps a pointer */
+    expert_server_t *s;
     pthread_t th;
     bool started, joined;
     volatile sig_atomic_t stop;
-    atomic_int done; /* set by the thread when expsrv_run returned */
+    atomic_int done; /* set by the thread when expert_server_run returned */
     int rc;
     char ep[64];
     void *ctx;
@@ -101,7 +101,7 @@ static int free_port(void)
 static void *srv_thread(void *arg)
 {
     struct srv *v = arg;
-    v->rc = expsrv_run(v->s, &v->stop);
+    v->rc = expert_server_run(v->s, &v->stop);
     atomic_store(&v->done, 1);
     return NULL;
 }
@@ -124,7 +124,7 @@ static void srv_start(int64_t timeout_ms)
     memset(&SV, 0, sizeof SV);
     moe_log_set_level(MOE_LOG_ERROR); /* rejected messages are expected here */
     char err[512] = "";
-    ck_assert_msg(moe_config_defaults(trainer_options, trainer_options_count, &SV.cfg, err,
+    ck_assert_msg(moe_config_defaults(moe_options_table, moe_options_count, &SV.cfg, err,
                                       sizeof err) == 0,
                   "defaults: %s", err);
     SV.cfg.d_model = D;
@@ -140,11 +140,11 @@ static void srv_start(int64_t timeout_ms)
     for (int attempt = 0; attempt < 20 && !SV.s; attempt++) {
         snprintf(SV.ep, sizeof SV.ep, "tcp://127.0.0.1:%d", free_port());
         snprintf(SV.cfg.servers, sizeof SV.cfg.servers, "%s,tcp://127.0.0.1:3", SV.ep);
-        SV.s = expsrv_new(&SV.cfg, err, sizeof err);
+        SV.s = expert_server_new(&SV.cfg, err, sizeof err);
     }
-    ck_assert_msg(SV.s != NULL, "expsrv_new: %s", err);
-    ck_assert_int_eq(expsrv_step(SV.s), 0);
-    ck_assert_int_eq(expsrv_errors(SV.s), 0);
+    ck_assert_msg(SV.s != NULL, "expert_server_new: %s", err);
+    ck_assert_int_eq(expert_server_step(SV.s), 0);
+    ck_assert_int_eq(expert_server_errors(SV.s), 0);
     ck_assert_int_eq(pthread_create(&SV.th, NULL, srv_thread, &SV), 0);
     SV.started = true;
     SV.ctx = zmq_ctx_new();
@@ -179,7 +179,7 @@ static void srv_finish(void)
     srv_close_socket(&SV.tool);
     zmq_ctx_term(SV.ctx);
     SV.ctx = NULL;
-    expsrv_destroy(&SV.s);
+    expert_server_destroy(&SV.s);
     ck_assert_ptr_null(SV.s);
 }
 
@@ -365,8 +365,8 @@ struct ref {
 
 static void ref_init(struct ref *r)
 {
-    const struct trainer_config *c = &SV.cfg;
-    /* the options expsrv_new derives from the configuration */
+    const struct moe_options *c = &SV.cfg;
+    /* the options expert_server_new derives from the configuration */
     const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
                                       c->expert_clip, c->expert_relative_step, 1e-3};
     r->sh = expert_shard_new(D, H, N_OWN, own_ids, (uint64_t)c->seed, &fo);
@@ -559,8 +559,8 @@ static void step_ok(struct ref *r, uint32_t stream)
 static void finish_expect(int64_t steps, int64_t errors)
 {
     srv_join();
-    ck_assert_int_eq(expsrv_step(SV.s), steps);
-    ck_assert_int_eq(expsrv_errors(SV.s), errors);
+    ck_assert_int_eq(expert_server_step(SV.s), steps);
+    ck_assert_int_eq(expert_server_errors(SV.s), errors);
     srv_finish();
 }
 
@@ -570,7 +570,7 @@ static void finish_expect(int64_t steps, int64_t errors)
  * replies only once every worker's message is in, outputs and input
  * gradients bitwise equal to the reference, parameters and state after each
  * step equal to a local shard applying the same lr schedule. */
-START_TEST(expsrv_full_steps)
+START_TEST(expert_server_full_steps)
 {
     srv_start(30000);
     struct ref r;
@@ -614,7 +614,7 @@ END_TEST
  * order: worker 1 sends first, and the gradient of w2.bias (a plain sum over
  * rows) is 1e8 + -1e8 + 1 = 1 in rank order but -1e8 + 1 + 1e8 = 0 the other
  * way, so the update tells the two orders apart. */
-START_TEST(expsrv_rank_order)
+START_TEST(expert_server_rank_order)
 {
     srv_start(30000);
     struct ref r, rev;
@@ -663,7 +663,7 @@ END_TEST
  * gets an (empty) reply, and the step completes. _i: 0 worker 1 sends no
  * experts; 1 worker 1 lists both experts with zero rows; 2 both workers are
  * empty (the update then only decays the second moments). */
-START_TEST(expsrv_zero_rows)
+START_TEST(expert_server_zero_rows)
 {
     srv_start(30000);
     struct ref r;
@@ -696,7 +696,7 @@ END_TEST
 /* Evaluation forwards are answered at once, whatever their step, with the
  * current parameters, and neither count for nor disturb the barrier of the
  * step in progress (also between its forward and backward). */
-START_TEST(expsrv_eval_forward)
+START_TEST(expert_server_eval_forward)
 {
     srv_start(30000);
     struct ref r;
@@ -759,7 +759,7 @@ END_TEST
 /* ------------------------------------------------------------ tests: rejected */
 
 /* Forwards and backwards of a stale or a future step. */
-START_TEST(expsrv_wrong_step)
+START_TEST(expert_server_wrong_step)
 {
     srv_start(30000);
     struct ref r;
@@ -805,7 +805,7 @@ END_TEST
 /* Experts this server does not own (2 and 3 live on server 1; 7 is past
  * the model's experts) in forwards, evaluation forwards and fetches, and
  * ranks that are not workers of the cluster. */
-START_TEST(expsrv_unknown_expert_and_rank)
+START_TEST(expert_server_unknown_expert_and_rank)
 {
     srv_start(30000);
     struct ref r;
@@ -862,7 +862,7 @@ END_TEST
 /* Only the peer connected as "moe-worker-R" may fill rank R's slot: a
  * DEALER "intruder" (and worker 0 claiming rank 1) is refused, before and
  * after the real worker's message, in forward and in backward. */
-START_TEST(expsrv_wrong_identity)
+START_TEST(expert_server_wrong_identity)
 {
     srv_start(30000);
     struct ref r;
@@ -911,7 +911,7 @@ END_TEST
 
 /* A second forward of the same step from a worker (other data) is refused
  * and the first one is what counts; also a forward in the backward phase. */
-START_TEST(expsrv_duplicate_forward)
+START_TEST(expert_server_duplicate_forward)
 {
     srv_start(30000);
     struct ref r;
@@ -938,7 +938,7 @@ END_TEST
 
 /* Worker 0 sends its backward twice before worker 1 (the second with other
  * gradients): refused; the first one is what counts. */
-START_TEST(expsrv_duplicate_backward)
+START_TEST(expert_server_duplicate_backward)
 {
     srv_start(30000);
     struct ref r;
@@ -968,7 +968,7 @@ START_TEST(expsrv_duplicate_backward)
 END_TEST
 
 /* Backwards before every worker's forward is in are refused. */
-START_TEST(expsrv_backward_before_forwards)
+START_TEST(expert_server_backward_before_forwards)
 {
     srv_start(30000);
     struct ref r;
@@ -994,7 +994,7 @@ START_TEST(expsrv_backward_before_forwards)
 END_TEST
 
 /* A backward whose experts or rows differ from its own forward's. */
-START_TEST(expsrv_backward_layout_mismatch)
+START_TEST(expert_server_backward_layout_mismatch)
 {
     srv_start(30000);
     struct ref r;
@@ -1030,7 +1030,7 @@ END_TEST
  * parameters only change when the step's last backward is in, so in the
  * middle of step s it returns those after s steps, with header.step = s,
  * and the barrier of the step is not disturbed. */
-START_TEST(expsrv_fetch_mid_step)
+START_TEST(expert_server_fetch_mid_step)
 {
     srv_start(30000);
     struct ref r, r0; /* r0 stays at step 0 */
@@ -1076,7 +1076,7 @@ END_TEST
 
 /* Messages the codec or the dispatcher refuses: garbage bytes, a type an
  * expert server does not serve, the wrong row width, too many frames. */
-START_TEST(expsrv_malformed)
+START_TEST(expert_server_malformed)
 {
     srv_start(30000);
     struct ref r;
@@ -1129,21 +1129,21 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-START_TEST(expsrv_stop_idle)
+START_TEST(expert_server_stop_idle)
 {
     srv_start(30000);
     sleep_ms(100);
     double t0 = now_sec();
-    srv_join(); /* asserts expsrv_run returned 0 */
+    srv_join(); /* asserts expert_server_run returned 0 */
     ck_assert_double_lt(now_sec() - t0, 2.0);
-    ck_assert_int_eq(expsrv_step(SV.s), 0);
-    ck_assert_int_eq(expsrv_errors(SV.s), 0);
+    ck_assert_int_eq(expert_server_step(SV.s), 0);
+    ck_assert_int_eq(expert_server_errors(SV.s), 0);
     srv_finish();
 }
 END_TEST
 
 /* A stop in the middle of a step lets the step finish, then returns 0. */
-START_TEST(expsrv_stop_mid_step)
+START_TEST(expert_server_stop_mid_step)
 {
     srv_start(30000);
     struct ref r;
@@ -1157,23 +1157,23 @@ START_TEST(expsrv_stop_mid_step)
     expect_quiet(SV.wk[0], "forward before worker 1's forward");
     SV.stop = 1;
     sleep_ms(500);
-    ck_assert_msg(!atomic_load(&SV.done), "expsrv_run returned in the middle of a step");
+    ck_assert_msg(!atomic_load(&SV.done), "expert_server_run returned in the middle of a step");
     uint64_t q1 = send_fwd(1, 0, &b1);
     expect_tensor(SV.wk[0], T_FWD_R, 0, q0, &b0, b0.y);
     expect_tensor(SV.wk[1], T_FWD_R, 0, q1, &b1, b1.y);
     sleep_ms(300);
-    ck_assert_msg(!atomic_load(&SV.done), "expsrv_run returned between forward and backward");
+    ck_assert_msg(!atomic_load(&SV.done), "expert_server_run returned between forward and backward");
     backwards_ok(0, &b0, &b1);
     srv_join();
-    ck_assert_int_eq(expsrv_step(SV.s), 1);
-    ck_assert_int_eq(expsrv_errors(SV.s), 0);
+    ck_assert_int_eq(expert_server_step(SV.s), 1);
+    ck_assert_int_eq(expert_server_errors(SV.s), 0);
     ref_free(&r);
     srv_finish();
 }
 END_TEST
 
 /* ... but gives up on a step that does not complete within timeout_ms. */
-START_TEST(expsrv_stop_mid_step_timeout)
+START_TEST(expert_server_stop_mid_step_timeout)
 {
     srv_start(300);
     static struct wb b0, b1;
@@ -1184,14 +1184,14 @@ START_TEST(expsrv_stop_mid_step_timeout)
     srv_join();
     double dt = now_sec() - t0;
     ck_assert_msg(dt > 0.25 && dt < 3.0, "stopped after %.3f s with a 0.3 s timeout", dt);
-    ck_assert_int_eq(expsrv_step(SV.s), 0);
+    ck_assert_int_eq(expert_server_step(SV.s), 0);
     srv_finish();
 }
 END_TEST
 
 /* The shard file after a step: 8 tensors per expert (4 parameters and
  * their factored-Adam state) equal to the reference, and the step. */
-START_TEST(expsrv_shard_file)
+START_TEST(expert_server_shard_file)
 {
     srv_start(30000);
     struct ref r;
@@ -1199,11 +1199,11 @@ START_TEST(expsrv_shard_file)
     step_ok(&r, 180);
     expect_params(&r);
     srv_join();
-    ck_assert_int_eq(expsrv_step(SV.s), 1);
+    ck_assert_int_eq(expert_server_step(SV.s), 1);
     char dir[256], path[512], err[512] = "";
     tu_tmpdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/shard.safetensors", dir);
-    ck_assert_msg(expsrv_write_shard(SV.s, path, err, sizeof err) == 0, "write: %s", err);
+    ck_assert_msg(expert_server_write_shard(SV.s, path, err, sizeof err) == 0, "write: %s", err);
     moe_safetensors_t *st = moe_safetensors_open(path, err, sizeof err);
     ck_assert_msg(st != NULL, "open: %s", err);
     ck_assert_uint_eq(moe_safetensors_count(st), (size_t)N_OWN * EXPERT_PARTS * 2);
@@ -1245,34 +1245,34 @@ START_TEST(expsrv_shard_file)
 }
 END_TEST
 
-Suite *test_expsrv_suite(void)
+Suite *test_expert_server_suite(void)
 {
-    Suite *s = suite_create("expsrv");
+    Suite *s = suite_create("expert_server");
     TCase *ts = tcase_create("step");
     tcase_set_timeout(ts, 60);
-    tcase_add_test(ts, expsrv_full_steps);
-    tcase_add_test(ts, expsrv_rank_order);
-    tcase_add_loop_test(ts, expsrv_zero_rows, 0, 3);
-    tcase_add_test(ts, expsrv_eval_forward);
+    tcase_add_test(ts, expert_server_full_steps);
+    tcase_add_test(ts, expert_server_rank_order);
+    tcase_add_loop_test(ts, expert_server_zero_rows, 0, 3);
+    tcase_add_test(ts, expert_server_eval_forward);
     suite_add_tcase(s, ts);
     TCase *tr = tcase_create("rejected");
     tcase_set_timeout(tr, 60);
-    tcase_add_test(tr, expsrv_wrong_step);
-    tcase_add_test(tr, expsrv_unknown_expert_and_rank);
-    tcase_add_test(tr, expsrv_wrong_identity);
-    tcase_add_test(tr, expsrv_duplicate_forward);
-    tcase_add_test(tr, expsrv_duplicate_backward);
-    tcase_add_test(tr, expsrv_backward_before_forwards);
-    tcase_add_test(tr, expsrv_backward_layout_mismatch);
-    tcase_add_test(tr, expsrv_fetch_mid_step);
-    tcase_add_test(tr, expsrv_malformed);
+    tcase_add_test(tr, expert_server_wrong_step);
+    tcase_add_test(tr, expert_server_unknown_expert_and_rank);
+    tcase_add_test(tr, expert_server_wrong_identity);
+    tcase_add_test(tr, expert_server_duplicate_forward);
+    tcase_add_test(tr, expert_server_duplicate_backward);
+    tcase_add_test(tr, expert_server_backward_before_forwards);
+    tcase_add_test(tr, expert_server_backward_layout_mismatch);
+    tcase_add_test(tr, expert_server_fetch_mid_step);
+    tcase_add_test(tr, expert_server_malformed);
     suite_add_tcase(s, tr);
     TCase *tl = tcase_create("lifecycle");
     tcase_set_timeout(tl, 30);
-    tcase_add_test(tl, expsrv_stop_idle);
-    tcase_add_test(tl, expsrv_stop_mid_step);
-    tcase_add_test(tl, expsrv_stop_mid_step_timeout);
-    tcase_add_test(tl, expsrv_shard_file);
+    tcase_add_test(tl, expert_server_stop_idle);
+    tcase_add_test(tl, expert_server_stop_mid_step);
+    tcase_add_test(tl, expert_server_stop_mid_step_timeout);
+    tcase_add_test(tl, expert_server_shard_file);
     suite_add_tcase(s, tl);
     return s;
 }

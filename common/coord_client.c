@@ -16,6 +16,7 @@
 #include "moe_log.h"
 #include "moe_tensor.h"
 #include "moe_wire.h"
+#include "moe_time.h"
 
 /* Seconds between the lines that say what a wait is waiting for. */
 #define WAIT_LOG_SECONDS 5.0
@@ -42,12 +43,6 @@ struct coord_client {
     double born, last_answer; /* seconds, monotonic */
 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* A number no other process is likely to draw (the kernel's randomness,
  * else the clock and the pid). */
@@ -81,7 +76,7 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
     c->index = index;
     c->E = n_experts;
     c->timeout_ms = timeout_ms;
-    c->born = now_s();
+    c->born = moe_now_sec();
     c->incarnation = random_incarnation();
     c->buf = moe_alloc_floats(3 * (size_t)n_experts);
     /* Routing ids are unique per process (the incarnation is in them): a
@@ -107,7 +102,7 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
         zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
         zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, id, strlen(id)) ||
         zmq_connect(c->sock, endpoint) != 0) {
-        snprintf(err, errlen, "cannot connect to the coordinator at %s: %s", endpoint,
+        moe_err_set(err, errlen, "cannot connect to the coordinator at %s: %s", endpoint,
                  zmq_strerror(zmq_errno()));
         goto fail;
     }
@@ -143,7 +138,7 @@ const char *coord_client_failure(const coord_client_t *c) { return c->failed ? c
 
 double coord_client_silence(const coord_client_t *c)
 {
-    return now_s() - (c->last_answer > 0 ? c->last_answer : c->born);
+    return moe_now_sec() - (c->last_answer > 0 ? c->last_answer : c->born);
 }
 
 static const char *type_name(Moe__MsgType t)
@@ -161,7 +156,7 @@ static const char *type_name(Moe__MsgType t)
 /* What any answer of the coordinator tells, whatever request it answers. */
 static void note_answer(coord_client_t *c, const Moe__Header *h)
 {
-    c->last_answer = now_s();
+    c->last_answer = moe_now_sec();
     if (h->epoch > c->seen_epoch)
         c->seen_epoch = h->epoch;
 }
@@ -174,14 +169,14 @@ static int error_of(coord_client_t *c, const Moe__Header *h, char *err, size_t e
     const char *t = h->error_text ? h->error_text : "";
     moe_log_sanitize(text, sizeof text, t, strlen(t));
     if (h->flags & MOE_FLAG_FAILED) {
-        snprintf(err, errlen, "the coordinator stopped the cluster: %s", text);
+        moe_err_set(err, errlen, "the coordinator stopped the cluster: %s", text);
         return MOE_ERR_FAILED;
     }
     if (h->flags & MOE_FLAG_STOP) {
-        snprintf(err, errlen, "%s", text[0] ? text : "the operator stopped the cluster");
+        moe_err_set(err, errlen, "%s", text[0] ? text : "the operator stopped the cluster");
         return MOE_ERR_STOPPED;
     }
-    snprintf(err, errlen, "the coordinator (%s) refused: %s", c->endpoint, text);
+    moe_err_set(err, errlen, "the coordinator (%s) refused: %s", c->endpoint, text);
     int code = h->error_code < 0 ? h->error_code : MOE_ERR_STATE;
     if (code == MOE_ERR_STOPPED || code == MOE_ERR_FAILED)
         code = MOE_ERR_STATE; /* only the flags end a run */
@@ -193,20 +188,20 @@ static int error_of(coord_client_t *c, const Moe__Header *h, char *err, size_t e
 static int send_until(coord_client_t *c, const struct moe_wire_out *o, const float *data,
                       uint64_t rows, double deadline, char *err, size_t errlen)
 {
-    const double t0 = now_s();
+    const double t0 = moe_now_sec();
     double next_log = t0 + WAIT_LOG_SECONDS;
     for (;;) {
         zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
-        const double left = deadline - now_s();
+        const double left = deadline - moe_now_sec();
         int n = zmq_poll(&it, 1, left > 1.0 ? 1000 : (long)(left * 1000) + 1);
         if (n > 0 && (it.revents & ZMQ_POLLOUT)) {
             int rc = moe_wire_send(c->sock, NULL, 0, o, data, rows, err, errlen);
             if (rc == 0 || zmq_errno() != EAGAIN)
                 return rc;
         }
-        const double now = now_s();
+        const double now = moe_now_sec();
         if (now >= deadline) {
-            snprintf(err, errlen, "cannot reach the coordinator at %s (for %.0f s, to send %s)",
+            moe_err_set(err, errlen, "cannot reach the coordinator at %s (for %.0f s, to send %s)",
                      c->endpoint, now - t0, type_name(o->type));
             return MOE_ERR_IO;
         }
@@ -224,13 +219,13 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
                  uint32_t width, double deadline, struct moe_wire_msg *m, char *err,
                  size_t errlen)
 {
-    const double t0 = now_s();
+    const double t0 = moe_now_sec();
     double next_log = t0 + WAIT_LOG_SECONDS;
     struct moe_wire_limits lim = {64u << 20, width, 1u << 20, 1u << 20};
     for (;;) {
-        const double now = now_s();
+        const double now = moe_now_sec();
         if (now >= deadline) {
-            snprintf(err, errlen,
+            moe_err_set(err, errlen,
                      "the coordinator (%s) did not answer %s within %.0f s (it is down, or "
                      "another worker of this step is late or gone)",
                      c->endpoint, type_name(asked), now - t0);
@@ -252,7 +247,7 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
         if (rc == MOE_ERR_STATE && !m->hdr)
             continue;
         if (rc) {
-            snprintf(err, errlen, "bad reply from the coordinator (%s): %s", c->endpoint, why);
+            moe_err_set(err, errlen, "bad reply from the coordinator (%s): %s", c->endpoint, why);
             moe_wire_msg_free(m);
             return rc;
         }
@@ -268,14 +263,14 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
                 char text[MOE_WIRE_ERROR_TEXT_MAX + 1];
                 const char *t = m->hdr->error_text ? m->hdr->error_text : "";
                 moe_log_sanitize(text, sizeof text, t, strlen(t));
-                snprintf(err, errlen, "the coordinator (%s) refused %s: %s", c->endpoint,
+                moe_err_set(err, errlen, "the coordinator (%s) refused %s: %s", c->endpoint,
                          type_name(asked), text);
             }
             moe_wire_msg_free(m);
             return rc;
         }
         if (m->hdr->type != want) {
-            snprintf(err, errlen, "the coordinator (%s) answered message type %d, expected %d",
+            moe_err_set(err, errlen, "the coordinator (%s) answered message type %d, expected %d",
                      c->endpoint, (int)m->hdr->type, (int)want);
             moe_wire_msg_free(m);
             return MOE_ERR_FORMAT;
@@ -307,7 +302,7 @@ static int call(coord_client_t *c, struct moe_wire_out *o, const float *data, ui
                 Moe__MsgType want, uint32_t width, struct moe_wire_msg *m, char *err, size_t errlen)
 {
     for (int attempt = 0;; attempt++) {
-        const double deadline = now_s() + (double)c->timeout_ms / 1000.0;
+        const double deadline = moe_now_sec() + (double)c->timeout_ms / 1000.0;
         int rc = send_until(c, o, data, rows, deadline, err, errlen);
         if (!rc)
             rc = await(c, o->request_id, o->type, want, width, deadline, m, err, errlen);
@@ -359,13 +354,13 @@ int coord_client_register(coord_client_t *c, const char *endpoint_served, const 
     free(c->contract);
     c->contract = strdup(contract ? contract : "");
     if (!c->contract) {
-        snprintf(err, errlen, "out of memory");
+        moe_err_set(err, errlen, "out of memory");
         return MOE_ERR_NOMEM;
     }
-    const double t0 = now_s();
+    const double t0 = moe_now_sec();
     for (;;) {
         int rc = do_register(c, err, errlen);
-        if (rc != MOE_ERR_IO || now_s() - t0 >= (double)patience_s)
+        if (rc != MOE_ERR_IO || moe_now_sec() - t0 >= (double)patience_s)
             return rc;
         moe_warn("%s; asking again", err);
     }
@@ -397,7 +392,7 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     if (rc)
         return rc;
     if (m.rows != 1 || m.hdr->step != (uint64_t)step) {
-        snprintf(err, errlen, "the coordinator (%s) answered statistics of another step",
+        moe_err_set(err, errlen, "the coordinator (%s) answered statistics of another step",
                  c->endpoint);
         moe_wire_msg_free(&m);
         return MOE_ERR_FORMAT;
@@ -491,9 +486,11 @@ int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags, con
     out->index = (int)h->rank;
     out->placement_version = h->placement_version;
     snprintf(out->checkpoint, sizeof out->checkpoint, "%s", h->checkpoint ? h->checkpoint : "");
+    if (h->error_text && h->error_text[0])
+        moe_log_sanitize(out->note, sizeof out->note, h->error_text, strlen(h->error_text));
     if (!(h->flags & (MOE_FLAG_NOT_READY | MOE_FLAG_DRAINED | MOE_FLAG_FINISHED))) {
         if (h->n_placement != (size_t)c->E || h->n_servers == 0) {
-            snprintf(err, errlen, "the coordinator's epoch %u has %zu placement entries for %d "
+            moe_err_set(err, errlen, "the coordinator's epoch %u has %zu placement entries for %d "
                      "experts and %zu servers", h->epoch, h->n_placement, c->E, h->n_servers);
             moe_wire_msg_free(&m);
             return MOE_ERR_FORMAT;

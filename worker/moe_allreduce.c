@@ -20,6 +20,7 @@
 
 #include "moe_err.h"
 #include "moe_log.h"
+#include "moe_time.h"
 
 /* Payloads are host-order floats; every rank runs on the same kind of
  * machine, and the header's magic would expose a byte-order mix anyway. */
@@ -147,26 +148,7 @@ struct moe_allreduce {
     char **endpoints; /* world copies, in the same allocation as the pointers */
 };
 
-static int ar_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
 
-static int ar_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-static int64_t ar_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int ar_prev(const moe_allreduce_t *a) { return (a->rank + a->world - 1) % a->world; }
 static int ar_next(const moe_allreduce_t *a) { return (a->rank + 1) % a->world; }
@@ -212,21 +194,21 @@ static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *msg, struct ar_hdr *h, str
     if (zmq_msg_recv(msg, a->pull, ZMQ_DONTWAIT) < 0) {
         if (errno == EAGAIN)
             return 1; /* nothing after all: the caller polls again */
-        return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: receiving from rank %d at %s failed: %s",
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: receiving from rank %d at %s failed: %s",
                        a->rank, prev, ep, zmq_strerror(errno));
     }
     const size_t size = zmq_msg_size(msg);
     const unsigned char *p = zmq_msg_data(msg);
     if (zmq_msg_more(msg))
-        return ar_fail(err, errlen, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                        "rank %d: malformed message from %s: more than one frame", a->rank, ep);
     if (size < AR_HDR_SIZE || ar_get32(p) != AR_MAGIC)
-        return ar_fail(err, errlen, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                        "rank %d: malformed message from %s: %zu bytes that do not start with an "
                        "all-reduce header",
                        a->rank, ep, size);
     if (p[4] != AR_VERSION)
-        return ar_fail(err, errlen, MOE_ERR_VERSION,
+        return moe_err_fail(MOE_ERR_VERSION, err, errlen,
                        "rank %d: message from %s has all-reduce protocol version %u, expected %u",
                        a->rank, ep, p[4], (unsigned)AR_VERSION);
     *h = (struct ar_hdr){.kind = p[5], .dtype = p[6], .rank = ar_get32(p + 8),
@@ -234,7 +216,7 @@ static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *msg, struct ar_hdr *h, str
                          .step = ar_get32(p + 32), .chunk = ar_get32(p + 36),
                          .piece = ar_get32(p + 40), .aux = ar_get32(p + 44)};
     if (h->kind < AR_KIND_HELLO || h->kind > AR_KIND_ABORT || p[7] != 0)
-        return ar_fail(err, errlen, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                        "rank %d: message from %s has kind %u and reserved byte %u (known kinds "
                        "are 1 to 4, the byte must be 0)",
                        a->rank, ep, h->kind, p[7]);
@@ -244,11 +226,11 @@ static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *msg, struct ar_hdr *h, str
                             : h->kind == AR_KIND_ABORT ? AR_MSG_MAX
                                                        : 0;
     if (body->size > body_max)
-        return ar_fail(err, errlen, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                        "rank %d: %s message from %s has %zu bytes of payload, at most %zu allowed",
                        a->rank, ar_kind_name(h->kind), ep, body->size, body_max);
     if (h->rank != (uint32_t)prev || h->world != (uint32_t)a->world)
-        return ar_fail(err, errlen, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                        "rank %d: message at %s claims to come from rank %u of a ring of %u, "
                        "expected rank %d of %d (were all ranks given the same endpoints?)",
                        a->rank, a->endpoints[a->rank], h->rank, h->world, prev, a->world);
@@ -263,7 +245,7 @@ static int ar_recv_msg(moe_allreduce_t *a, zmq_msg_t *msg, struct ar_hdr *h, str
 static int ar_handshake(moe_allreduce_t *a, char *err, size_t errlen)
 {
     const int prev = ar_prev(a), next = ar_next(a);
-    const int64_t deadline = ar_now_ms() + a->timeout_ms;
+    const int64_t deadline = (int64_t)moe_now_ms() + a->timeout_ms;
     const struct ar_hdr hello = {.kind = AR_KIND_HELLO, .rank = (uint32_t)a->rank,
                                  .world = (uint32_t)a->world,
                                  .aux = (uint32_t)MOE_ALLREDUCE_PIECE_BYTES};
@@ -272,18 +254,18 @@ static int ar_handshake(moe_allreduce_t *a, char *err, size_t errlen)
         if (!sent) {
             int rc = ar_send_msg(a, &hello, NULL, 0);
             if (rc < 0)
-                return ar_fail(err, errlen, MOE_ERR_IO,
+                return moe_err_fail(MOE_ERR_IO, err, errlen,
                                "rank %d: sending the hello to rank %d at %s failed: %s", a->rank,
                                next, a->endpoints[next], zmq_strerror(errno));
             sent = rc == 0;
         }
-        int64_t now = ar_now_ms();
+        int64_t now = (int64_t)moe_now_ms();
         if (now >= deadline) {
             if (!sent)
-                return ar_fail(err, errlen, MOE_ERR_IO,
+                return moe_err_fail(MOE_ERR_IO, err, errlen,
                                "rank %d: rank %d at %s took no hello within %d ms", a->rank, next,
                                a->endpoints[next], a->timeout_ms);
-            return ar_fail(err, errlen, MOE_ERR_IO,
+            return moe_err_fail(MOE_ERR_IO, err, errlen,
                            "rank %d: no hello from rank %d at %s within %d ms (every rank must "
                            "join the ring within the timeout)",
                            a->rank, prev, a->endpoints[prev], a->timeout_ms);
@@ -293,7 +275,7 @@ static int ar_handshake(moe_allreduce_t *a, char *err, size_t errlen)
         if (zmq_poll(&it, 1, (long)(deadline - now)) < 0) {
             if (errno == EINTR)
                 continue;
-            return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: zmq_poll failed: %s", a->rank,
+            return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: zmq_poll failed: %s", a->rank,
                            zmq_strerror(errno));
         }
         if (!sent || !(it.revents & ZMQ_POLLIN))
@@ -309,12 +291,12 @@ static int ar_handshake(moe_allreduce_t *a, char *err, size_t errlen)
         if (rc)
             return rc;
         if (h.kind != AR_KIND_HELLO)
-            return ar_fail(err, errlen, MOE_ERR_STATE,
+            return moe_err_fail(MOE_ERR_STATE, err, errlen,
                            "rank %d: a %s message from rank %d at %s came before its hello "
                            "(a ring left over from an earlier run?)",
                            a->rank, ar_kind_name(h.kind), prev, a->endpoints[prev]);
         if (h.aux != (uint32_t)MOE_ALLREDUCE_PIECE_BYTES)
-            return ar_fail(err, errlen, MOE_ERR_VERSION,
+            return moe_err_fail(MOE_ERR_VERSION, err, errlen,
                            "rank %d: rank %d at %s cuts messages at %u bytes, this rank at %zu "
                            "(different builds?)",
                            a->rank, prev, a->endpoints[prev], h.aux, MOE_ALLREDUCE_PIECE_BYTES);
@@ -329,7 +311,7 @@ static char **ar_copy_endpoints(const char *const *endpoints, int world, char *e
     for (int r = 0; r < world; r++) {
         size_t len = endpoints[r] ? strlen(endpoints[r]) : 0;
         if (len == 0 || len > AR_ENDPOINT_MAX) {
-            ar_fail(err, errlen, MOE_ERR_CONFIG,
+            moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                     "all-reduce: endpoint of rank %d is %s (1 to %d characters needed)", r,
                     !endpoints[r] ? "NULL" : len == 0 ? "empty" : "too long", AR_ENDPOINT_MAX);
             return NULL;
@@ -338,7 +320,7 @@ static char **ar_copy_endpoints(const char *const *endpoints, int world, char *e
     }
     char **copy = malloc(total);
     if (!copy) {
-        ar_fail(err, errlen, MOE_ERR_NOMEM, "all-reduce: out of memory for %d endpoints", world);
+        moe_err_fail(MOE_ERR_NOMEM, err, errlen, "all-reduce: out of memory for %d endpoints", world);
         return NULL;
     }
     char *s = (char *)(copy + world);
@@ -369,27 +351,27 @@ static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t 
     a->pull = zmq_socket(zmq_ctx, ZMQ_PULL);
     a->push = zmq_socket(zmq_ctx, ZMQ_PUSH);
     if (!a->pull || !a->push)
-        return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: cannot create a ZeroMQ socket: %s",
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: cannot create a ZeroMQ socket: %s",
                        a->rank, zmq_strerror(errno));
     if (zmq_setsockopt(a->pull, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(a->push, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(a->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
-        return ar_fail(err, errlen, MOE_ERR_IO, "rank %d: cannot set socket options: %s", a->rank,
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: cannot set socket options: %s", a->rank,
                        zmq_strerror(errno));
     /* A ring rebuilt in the same process (after a rollback) binds the
      * address its predecessor just closed, which ZeroMQ releases
      * asynchronously: retry within the timeout. */
-    const int64_t deadline = ar_now_ms() + a->timeout_ms;
+    const int64_t deadline = (int64_t)moe_now_ms() + a->timeout_ms;
     while (zmq_bind(a->pull, a->endpoints[a->rank]) != 0 && errno == EADDRINUSE &&
-           ar_now_ms() < deadline) {
+           (int64_t)moe_now_ms() < deadline) {
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL);
     }
     if (!ar_bound(a->pull))
-        return ar_fail(err, errlen, MOE_ERR_IO, "rank %d cannot bind %s: %s", a->rank,
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d cannot bind %s: %s", a->rank,
                        a->endpoints[a->rank], zmq_strerror(errno));
     if (zmq_connect(a->push, a->endpoints[next]))
-        return ar_fail(err, errlen, MOE_ERR_IO, "rank %d cannot connect to rank %d at %s: %s",
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d cannot connect to rank %d at %s: %s",
                        a->rank, next, a->endpoints[next], zmq_strerror(errno));
     return 0;
 }
@@ -398,24 +380,24 @@ moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const cha
                                    int timeout_ms, char *err, size_t errlen)
 {
     if (world < 1 || world > AR_WORLD_MAX || rank < 0 || rank >= world) {
-        ar_fail(err, errlen, MOE_ERR_CONFIG,
+        moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                 "all-reduce: rank %d of world %d is invalid (need 0 <= rank < world <= %d)", rank,
                 world, AR_WORLD_MAX);
         return NULL;
     }
     if (timeout_ms <= 0) {
-        ar_fail(err, errlen, MOE_ERR_CONFIG, "all-reduce: timeout_ms must be positive, not %d",
+        moe_err_fail(MOE_ERR_CONFIG, err, errlen, "all-reduce: timeout_ms must be positive, not %d",
                 timeout_ms);
         return NULL;
     }
     if (world > 1 && (!zmq_ctx || !endpoints)) {
-        ar_fail(err, errlen, MOE_ERR_CONFIG, "all-reduce: %s is NULL",
+        moe_err_fail(MOE_ERR_CONFIG, err, errlen, "all-reduce: %s is NULL",
                 !zmq_ctx ? "the ZeroMQ context" : "the endpoint list");
         return NULL;
     }
     moe_allreduce_t *a = calloc(1, sizeof *a);
     if (!a) {
-        ar_fail(err, errlen, MOE_ERR_NOMEM, "all-reduce: out of memory");
+        moe_err_fail(MOE_ERR_NOMEM, err, errlen, "all-reduce: out of memory");
         return NULL;
     }
     a->rank = rank;
@@ -514,7 +496,7 @@ static int ar_send_piece(struct ar_call *c, uint32_t step, int chunk, const stru
                              .chunk = (uint32_t)chunk, .piece = piece, .aux = s->pieces};
     int rc = ar_send_msg(a, &h, c->data + off * c->esize, len * c->esize);
     if (rc < 0)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_IO,
+        return moe_err_fail(MOE_ERR_IO, c->msg, AR_MSG_MAX,
                        "rank %d: sending to rank %d at %s failed: %s", a->rank, ar_next(a),
                        a->endpoints[ar_next(a)], zmq_strerror(errno));
     return rc;
@@ -560,18 +542,18 @@ static int ar_take_data(struct ar_call *c, const struct ar_hdr *h, const struct 
     const int prev = ar_prev(a);
     const char *ep = a->endpoints[prev];
     if (h->tag != c->tag)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_STATE,
+        return moe_err_fail(MOE_ERR_STATE, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s sent a piece of call tag %llu during call tag %llu "
                        "(the ranks are not in the same call)",
                        a->rank, prev, ep, (unsigned long long)h->tag, (unsigned long long)c->tag);
     if (h->dtype != c->dtype || h->n != c->n)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_SHAPE,
+        return moe_err_fail(MOE_ERR_SHAPE, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s sums %llu %s values, this rank %zu %s values (tag %llu)",
                        a->rank, prev, ep, (unsigned long long)h->n, ar_dtype_name(h->dtype), c->n,
                        ar_dtype_name(c->dtype), (unsigned long long)c->tag);
     if (h->step != step || h->chunk != (uint32_t)chunk || h->piece != piece ||
         h->aux != s->pieces)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_STATE,
+        return moe_err_fail(MOE_ERR_STATE, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s sent step %u chunk %u piece %u of %u, expected step "
                        "%u chunk %d piece %u of %u (tag %llu)",
                        a->rank, prev, ep, h->step, h->chunk, h->piece, h->aux, step, chunk, piece,
@@ -579,7 +561,7 @@ static int ar_take_data(struct ar_call *c, const struct ar_hdr *h, const struct 
     size_t off, len;
     ar_piece_of(c, s, piece, &off, &len);
     if (body->size != len * c->esize)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, c->msg, AR_MSG_MAX,
                        "rank %d: piece from rank %d at %s has %zu bytes, expected %zu (tag %llu)",
                        a->rank, prev, ep, body->size, len * c->esize,
                        (unsigned long long)c->tag);
@@ -603,13 +585,13 @@ static int ar_take_note(struct ar_call *c, const struct ar_hdr *h)
     moe_allreduce_t *a = c->a;
     const int prev = ar_prev(a);
     if (h->tag != c->tag)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_STATE,
+        return moe_err_fail(MOE_ERR_STATE, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s sent a note of call tag %llu during call tag %llu "
                        "(the ranks are not in the same call)",
                        a->rank, prev, a->endpoints[prev], (unsigned long long)h->tag,
                        (unsigned long long)c->tag);
     if (h->aux >= (uint32_t)a->world)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s says it waits for rank %u of %d", a->rank, prev,
                        a->endpoints[prev], h->aux, a->world);
     /* Waiting for us would be a cycle: then blame our neighbour. */
@@ -628,13 +610,13 @@ static int ar_take_abort(struct ar_call *c, const struct ar_hdr *h, const struct
     if (code >= 0 || code < MOE_ERR_EMPTY)
         code = MOE_ERR_STATE;
     if (h->chunk >= (uint32_t)a->world)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_FORMAT,
+        return moe_err_fail(MOE_ERR_FORMAT, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s sent an abort from rank %u of %d", a->rank, prev,
                        a->endpoints[prev], h->chunk, a->world);
     /* The text came off the network: keep it printable and bounded. */
     moe_log_sanitize(c->reason, sizeof c->reason, body->p, body->size);
     c->abort_origin = (int)h->chunk;
-    return ar_fail(c->msg, AR_MSG_MAX, code, "rank %d: rank %u aborted the all-reduce (tag %llu): %s",
+    return moe_err_fail(code, c->msg, AR_MSG_MAX, "rank %d: rank %u aborted the all-reduce (tag %llu): %s",
                    a->rank, h->chunk, (unsigned long long)c->tag, c->reason);
 }
 
@@ -670,7 +652,7 @@ static int ar_take(struct ar_call *c, uint32_t step, int chunk, const struct ar_
         rc = ar_take_abort(c, &h, &body);
         break;
     default:
-        rc = ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_STATE,
+        rc = moe_err_fail(MOE_ERR_STATE, c->msg, AR_MSG_MAX,
                      "rank %d: unexpected %s message from rank %d at %s during call tag %llu",
                      c->a->rank, ar_kind_name(h.kind), ar_prev(c->a),
                      c->a->endpoints[ar_prev(c->a)], (unsigned long long)c->tag);
@@ -687,16 +669,16 @@ static int ar_fail_timeout(struct ar_call *c, uint32_t step, bool sending)
     const int prev = ar_prev(a), next = ar_next(a);
     const unsigned long long tag = (unsigned long long)c->tag;
     if (sending)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_IO,
+        return moe_err_fail(MOE_ERR_IO, c->msg, AR_MSG_MAX,
                        "rank %d: rank %d at %s took no message within %d ms (step %u of %u, "
                        "tag %llu)",
                        a->rank, next, a->endpoints[next], a->timeout_ms, step + 1, c->steps, tag);
     if (c->blame == prev)
-        return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_IO,
+        return moe_err_fail(MOE_ERR_IO, c->msg, AR_MSG_MAX,
                        "rank %d: no message from rank %d at %s within %d ms (step %u of %u, "
                        "tag %llu)",
                        a->rank, prev, a->endpoints[prev], a->timeout_ms, step + 1, c->steps, tag);
-    return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_IO,
+    return moe_err_fail(MOE_ERR_IO, c->msg, AR_MSG_MAX,
                    "rank %d: rank %d at %s did not answer within %d ms; the ring waits for it "
                    "(rank %d at %s was still waiting for it; step %u of %u, tag %llu)",
                    a->rank, c->blame, a->endpoints[c->blame], a->timeout_ms, prev,
@@ -715,7 +697,7 @@ static int ar_step(struct ar_call *c, uint32_t step, int send_c, int recv_c, boo
     const int64_t note_ms = a->timeout_ms / 4 > 0 ? a->timeout_ms / 4 : 1;
     const bool last_step = step + 1 == c->steps;
     uint32_t sent = 0, got = 0;
-    int64_t now = ar_now_ms(), deadline = now + a->timeout_ms, note_at = now + note_ms;
+    int64_t now = (int64_t)moe_now_ms(), deadline = now + a->timeout_ms, note_at = now + note_ms;
     c->blame = ar_prev(a);
     for (;;) {
         while (sent < out.pieces) {
@@ -725,12 +707,12 @@ static int ar_step(struct ar_call *c, uint32_t step, int send_c, int recv_c, boo
             if (rc == 1)
                 break;
             sent++;
-            deadline = ar_now_ms() + a->timeout_ms;
+            deadline = (int64_t)moe_now_ms() + a->timeout_ms;
         }
         if (sent == out.pieces && got == in.pieces)
             return 0;
         const bool may_note = !last_step || sent < out.pieces;
-        now = ar_now_ms();
+        now = (int64_t)moe_now_ms();
         if (may_note && now >= note_at) {
             ar_send_note(c, step);
             note_at = now + note_ms;
@@ -749,7 +731,7 @@ static int ar_step(struct ar_call *c, uint32_t step, int send_c, int recv_c, boo
         if (zmq_poll(items, count, (long)(wake - now)) < 0) {
             if (errno == EINTR)
                 continue;
-            return ar_fail(c->msg, AR_MSG_MAX, MOE_ERR_IO, "rank %d: zmq_poll failed: %s",
+            return moe_err_fail(MOE_ERR_IO, c->msg, AR_MSG_MAX, "rank %d: zmq_poll failed: %s",
                            a->rank, zmq_strerror(errno));
         }
         if (in_i < 0 || !(items[in_i].revents & ZMQ_POLLIN))
@@ -759,8 +741,8 @@ static int ar_step(struct ar_call *c, uint32_t step, int send_c, int recv_c, boo
             return rc;
         if (rc == 1) {
             got++;
-            deadline = ar_now_ms() + a->timeout_ms;
-            note_at = ar_now_ms() + note_ms;
+            deadline = (int64_t)moe_now_ms() + a->timeout_ms;
+            note_at = (int64_t)moe_now_ms() + note_ms;
             c->blame = ar_prev(a);
         } else if (rc == 2 && may_note) {
             ar_send_note(c, step); /* pass the news on at once */
@@ -774,13 +756,13 @@ static int ar_sum(moe_allreduce_t *a, void *data, size_t n, size_t esize, uint8_
                   uint64_t tag, char *err, size_t errlen)
 {
     if (!a)
-        return ar_fail(err, errlen, MOE_ERR_CONFIG, "all-reduce: the object is NULL");
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "all-reduce: the object is NULL");
     if (a->world == 1)
         return data || n == 0 ? 0
-                              : ar_fail(err, errlen, MOE_ERR_CONFIG,
+                              : moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                                         "all-reduce: data is NULL for %zu elements", n);
     if (a->failed)
-        return ar_fail(err, errlen, MOE_ERR_STATE,
+        return moe_err_fail(MOE_ERR_STATE, err, errlen,
                        "rank %d: this all-reduce failed before and its ring is out of step; "
                        "destroy it and rebuild the ring",
                        a->rank);
@@ -795,10 +777,10 @@ static int ar_sum(moe_allreduce_t *a, void *data, size_t n, size_t esize, uint8_
                         .steps = 2 * (uint32_t)(a->world - 1), .abort_origin = -1, .msg = msg};
     int rc = 0;
     if (!data && n > 0)
-        rc = ar_fail(msg, sizeof msg, MOE_ERR_CONFIG, "rank %d: data is NULL for %zu elements",
+        rc = moe_err_fail(MOE_ERR_CONFIG, msg, sizeof msg, "rank %d: data is NULL for %zu elements",
                      a->rank, n);
     else if (n > SIZE_MAX / esize || (uint64_t)n / piece_elems >= UINT32_MAX)
-        rc = ar_fail(msg, sizeof msg, MOE_ERR_RANGE, "rank %d: %zu elements are too many to sum",
+        rc = moe_err_fail(MOE_ERR_RANGE, msg, sizeof msg, "rank %d: %zu elements are too many to sum",
                      a->rank, n);
     const int r = a->rank, w = a->world;
     for (int s = 0; !rc && s < w - 1; s++)
@@ -809,7 +791,7 @@ static int ar_sum(moe_allreduce_t *a, void *data, size_t n, size_t esize, uint8_
         return 0;
     a->failed = true;
     ar_send_abort(&c, rc);
-    return ar_fail(err, errlen, rc, "%s", msg);
+    return moe_err_fail(rc, err, errlen, "%s", msg);
 }
 
 int moe_allreduce_sum(moe_allreduce_t *a, float *data, size_t n, uint64_t tag, char *err,

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "moe_err.h"
+#include "moe_file.h"
 
 /* ------------------------------------------------------------------------- */
 /* Buffer */
@@ -160,11 +161,6 @@ static int valid_utf8(const char *str)
     return 1;
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-    const size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && memcmp(s + n - m, suffix, m) == 0;
-}
 
 const char *moe_prom_type_name(enum moe_prom_type type)
 {
@@ -209,7 +205,7 @@ int moe_prom_family(struct moe_prom_buf *b, const char *name, enum moe_prom_type
     const char *type_name = moe_prom_type_name(type);
     if (!type_name || !valid_name(name, 1) || (help && !valid_utf8(help)))
         return MOE_ERR_FORMAT;
-    if (type == MOE_PROM_COUNTER && !ends_with(name, "_total"))
+    if (type == MOE_PROM_COUNTER && !moe_has_suffix(name, "_total"))
         return MOE_ERR_FORMAT;
     if (strlen(name) + type_max_suffix(type) > MOE_PROM_NAME_MAX)
         return MOE_ERR_RANGE;

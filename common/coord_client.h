@@ -33,7 +33,7 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
 void coord_client_destroy(coord_client_t **c);
 
 /* Sends REGISTER with the endpoint served ("" for workers) and the
- * training configuration (trainer_contract text, copied), and waits for the
+ * training configuration (moe_options_contract text, copied), and waits for the
  * reply, asking again while the coordinator cannot be reached, for at most
  * `patience_s` seconds. A server that already has an id (it registered
  * before) claims it. 0, MOE_ERR_CONFIG (the configuration differs: the
@@ -79,7 +79,7 @@ const char *coord_client_failure(const coord_client_t *c); /* NULL: none */
  * request). */
 double coord_client_silence(const coord_client_t *c);
 
-/* Epochs (see server/coord.h). Every message carries the client's epoch. */
+/* Epochs (see server/coordinator/coord.h). Every message carries the client's epoch. */
 void coord_client_set_epoch(coord_client_t *c, uint32_t epoch);
 uint32_t coord_client_epoch(const coord_client_t *c);
 /* The newest epoch any coordinator reply mentioned (heartbeat acks too):
@@ -91,6 +91,7 @@ struct coord_epoch {
     int64_t step;                  /* checkpoint step to start from */
     int index;                     /* expert server: its index in the epoch */
     char checkpoint[4096];         /* folder to load ("" = fresh) */
+    char note[256];                /* NOT_READY: what the cluster waits for */
     char *servers, *placement;     /* comma lists for moe_cluster_parse (malloc'd) */
 };
 void coord_epoch_free(struct coord_epoch *e);
@@ -98,7 +99,9 @@ void coord_epoch_free(struct coord_epoch *e);
 /* One EPOCH_WAIT (flags MOE_FLAG_TROUBLE / MOE_FLAG_LOADED; with TROUBLE,
  * `why` is the failure's sentence, which the coordinator logs and names if
  * the failure keeps repeating): the answer may be MOE_FLAG_NOT_READY (ask
- * again), DRAINED, FINISHED, or the epoch. */
+ * again; `note` says what the cluster waits for), DRAINED, FINISHED, or the
+ * epoch. A worker that loaded its epoch asks with LOADED and gets the same
+ * epoch back once every worker has: the start barrier. */
 int coord_client_epoch_wait(coord_client_t *c, int64_t step, uint32_t flags, const char *why,
                             struct coord_epoch *out, char *err, size_t errlen);
 

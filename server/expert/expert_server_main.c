@@ -1,5 +1,5 @@
 /* moe-server: the expert-server daemon. Wiring only: configuration,
- * signals, the loop of expsrv.c, and the shard written on the way out.
+ * signals, the loop of expert_server.c, and the shard written on the way out.
  * SIGTERM or SIGINT: with a coordinator, the server is drained (its experts
  * move to the others at the next step boundary) and exits 0; without one
  * it finishes the current step, writes the shard (--shard-out) and exits
@@ -9,13 +9,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "expsrv.h"
+#include "expert_server.h"
 #include "moe_blas.h"
 #include "moe_config.h"
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_tensor.h"
-#include "trainer.h"
+#include "moe_options.h"
 
 static volatile sig_atomic_t stop_flag;
 
@@ -39,13 +39,13 @@ static const char summary[] =
 
 int main(int argc, char **argv)
 {
-    static struct trainer_config cfg;
+    static struct moe_options cfg;
     char err[1024];
     moe_log_set_name("moe-server");
-    int rc = moe_config_parse_args(trainer_options, trainer_options_count, &cfg, argc, argv, err,
+    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv, err,
                                    sizeof err);
     if (rc == 1) {
-        moe_config_print_help(trainer_options, trainer_options_count, stdout, "moe-server", summary);
+        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-server", summary);
         return 0;
     }
     if (rc < 0) {
@@ -67,25 +67,25 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    expsrv_t *s = expsrv_new(&cfg, err, sizeof err);
+    expert_server_t *s = expert_server_new(&cfg, err, sizeof err);
     if (!s) {
         fprintf(stderr, "moe-server: error: %s\n", err);
         return 1;
     }
     /* The line launchers wait for, whatever the log level. */
-    printf("moe-server: server %lld serving on %s\n", (long long)expsrv_id(s), expsrv_endpoint(s));
+    printf("moe-server: server %lld serving on %s\n", (long long)expert_server_id(s), expert_server_endpoint(s));
     fflush(stdout);
-    rc = expsrv_run(s, &stop_flag);
+    rc = expert_server_run(s, &stop_flag);
     if (rc)
         fprintf(stderr, "moe-server: error: %s\n",
-                expsrv_exit_reason(s)[0] ? expsrv_exit_reason(s) : moe_strerror(rc));
+                expert_server_exit_reason(s)[0] ? expert_server_exit_reason(s) : moe_strerror(rc));
     if (rc == 0 && cfg.shard_out[0]) {
-        rc = expsrv_write_shard(s, cfg.shard_out, err, sizeof err);
+        rc = expert_server_write_shard(s, cfg.shard_out, err, sizeof err);
         if (rc)
             fprintf(stderr, "moe-server: error: %s\n", err);
         else
-            moe_info("shard of step %lld written to %s", (long long)expsrv_step(s), cfg.shard_out);
+            moe_info("shard of step %lld written to %s", (long long)expert_server_step(s), cfg.shard_out);
     }
-    expsrv_destroy(&s);
+    expert_server_destroy(&s);
     return rc ? 1 : 0;
 }

@@ -14,23 +14,23 @@
  * at once and change nothing. Every message is validated first; a bad one
  * gets an MSG_ERROR reply with a code and a sentence, is counted, and
  * changes no state. Single-threaded. */
-#ifndef EXPSRV_H
-#define EXPSRV_H
+#ifndef EXPERT_SERVER_H
+#define EXPERT_SERVER_H
 
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "trainer.h"
+#include "moe_options.h"
 
-typedef struct expsrv expsrv_t;
+typedef struct expert_server expert_server_t;
 
 /* Creates the shard (experts of cfg->server_index under the placement),
  * binds the ROUTER socket. NULL with a sentence in err. Caller owns. */
-expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen);
+expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, size_t errlen);
 
 /* Serves until it should stop, and returns 0 or a negative code (with a
- * sentence in expsrv_exit_reason). *stop counts the SIGTERM/SIGINT
+ * sentence in expert_server_exit_reason). *stop counts the SIGTERM/SIGINT
  * received. Without a coordinator, the first finishes the step in progress
  * (or gives up after the timeout) and returns 0. With one, the first asks
  * the coordinator to drain this server: it serves on until its experts have
@@ -38,24 +38,24 @@ expsrv_t *expsrv_new(const struct trainer_config *cfg, char *err, size_t errlen)
  * after a checkpoint). It also returns when the coordinator says the
  * cluster stopped (0) or failed (MOE_ERR_FAILED, with the coordinator's
  * sentence), or stays silent longer than coordinator_wait_s. */
-int expsrv_run(expsrv_t *s, volatile sig_atomic_t *stop);
+int expert_server_run(expert_server_t *s, volatile sig_atomic_t *stop);
 
 /* Where it serves (the endpoint workers reach), and its id: from the
  * coordinator, or --server-index without one. */
-const char *expsrv_endpoint(const expsrv_t *s);
-int64_t expsrv_id(const expsrv_t *s);
+const char *expert_server_endpoint(const expert_server_t *s);
+int64_t expert_server_id(const expert_server_t *s);
 
-/* Why expsrv_run returned non-zero ("" otherwise). */
-const char *expsrv_exit_reason(const expsrv_t *s);
+/* Why expert_server_run returned non-zero ("" otherwise). */
+const char *expert_server_exit_reason(const expert_server_t *s);
 
 /* Writes the shard (parameters, factored-Adam state, step) as safetensors
  * at path, atomically. 0 or a negative code with a sentence. */
-int expsrv_write_shard(expsrv_t *s, const char *path, char *err, size_t errlen);
+int expert_server_write_shard(expert_server_t *s, const char *path, char *err, size_t errlen);
 
 /* Steps completed and messages rejected so far. */
-int64_t expsrv_step(const expsrv_t *s);
-int64_t expsrv_errors(const expsrv_t *s);
+int64_t expert_server_step(const expert_server_t *s);
+int64_t expert_server_errors(const expert_server_t *s);
 
-void expsrv_destroy(expsrv_t **s);
+void expert_server_destroy(expert_server_t **s);
 
 #endif

@@ -62,7 +62,7 @@
 #include <stdint.h>
 
 #include "coord_stats.h"
-#include "trainer.h"
+#include "moe_options.h"
 
 typedef struct coord coord_t;
 
@@ -85,6 +85,7 @@ struct coord_member {
     int index;              /* server: index in the current epoch, -1 if none */
     uint32_t loaded_epoch;  /* server: last epoch it loaded */
     uint32_t waiting_epoch; /* worker: last epoch it asked for */
+    uint32_t started_epoch; /* worker: last epoch it loaded and is ready to train in */
     bool draining;          /* server: to be removed at the next reconfiguration */
     bool ckpt_done;         /* wrote its files of the checkpoint in progress */
     char ckpt_file[128];    /* ... named this */
@@ -102,7 +103,7 @@ enum coord_phase {
 
 /* Binds the ROUTER at cfg->coordinator and looks for the newest committed
  * checkpoint in cfg->checkpoint_dir. NULL with a sentence. Caller owns. */
-coord_t *coord_new(const struct trainer_config *cfg, char *err, size_t errlen);
+coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen);
 void coord_destroy(coord_t **c);
 
 /* The ROUTER socket, for the event loop. */

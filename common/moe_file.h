@@ -1,0 +1,24 @@
+/* Small file-system helpers every writer of durable files shares (DESIGN
+ * §6: temp file, fsync, rename, fsync of the folder): writing a whole
+ * buffer, fsyncing a folder, joining and testing paths. They set errno and
+ * return -1 (or a MOE_ERR_* code where said); no state, thread-safe. */
+#ifndef MOE_FILE_H
+#define MOE_FILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+/* Writes all n bytes of p to fd, retrying short writes and EINTR (in
+ * chunks of at most 1 GiB). 0, or -1 with errno (EIO when write returns 0). */
+int moe_write_all(int fd, const void *p, size_t n);
+
+/* fsync of a folder, so that a rename in it is durable. 0 or -1 (errno). */
+int moe_fsync_dir(const char *dir);
+
+/* dir + "/" + name into out; MOE_ERR_RANGE when it does not fit in cap. */
+int moe_path_join(char *out, size_t cap, const char *dir, const char *name);
+
+/* Whether s ends with suffix. */
+bool moe_has_suffix(const char *s, const char *suffix);
+
+#endif

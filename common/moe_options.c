@@ -1,0 +1,260 @@
+/* The option table and the cluster's configuration contract (see
+ * moe_options.h). */
+#include "moe_options.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "moe_checksum.h"
+#include "moe_err.h"
+#include "moe_manifest.h"
+
+#define OPT(key, sec, type, field, lo, hi, def, help) \
+    {key, sec, type, offsetof(struct moe_options, field), sizeof(((struct moe_options *)0)->field), lo, hi, def, help}
+
+const struct moe_opt moe_options_table[] = {
+    OPT("train", "data", MOE_OPT_STRING, train, 1, 0, "data/wikitext-2/wiki.train.tokens", "training corpus (one sentence per line)"),
+    OPT("valid", "data", MOE_OPT_STRING, valid, 1, 0, "data/wikitext-2/wiki.valid.tokens", "validation corpus (empty: none)"),
+    OPT("vocab_max", "data", MOE_OPT_INT, vocab_max, 0, 10000000, "0", "vocabulary cap including <unk> and <eos> (0: no cap)"),
+    OPT("d_model", "model", MOE_OPT_INT, d_model, 1, 65536, "128", "model width D (embedding, LSTMs, expert input/output)"),
+    OPT("d_hidden", "model", MOE_OPT_INT, d_hidden, 1, 1 << 20, "256", "expert hidden width H"),
+    OPT("n_experts", "model", MOE_OPT_INT, n_experts, 1, 1 << 20, "16", "number of experts E"),
+    OPT("k", "model", MOE_OPT_INT, k, 1, 1 << 20, "4", "experts per row (top-k)"),
+    OPT("residual", "model", MOE_OPT_BOOL, residual, 1, 0, "true", "residual add around every layer (paper, App. C)"),
+    OPT("moe_sigmoid", "model", MOE_OPT_BOOL, moe_sigmoid, 1, 0, "false", "sigmoid on the MoE output before dropout"),
+    OPT("dropout", "model", MOE_OPT_DOUBLE, dropout, 0, 0.95, "0.1", "dropout probability on layer outputs"),
+    OPT("w_importance", "model", MOE_OPT_DOUBLE, w_importance, 0, 1e6, "0.1", "weight of the importance loss"),
+    OPT("w_load", "model", MOE_OPT_DOUBLE, w_load, 0, 1e6, "0.1", "weight of the load loss"),
+    OPT("steps", "train", MOE_OPT_I64, steps, 0, 1e15, "2000", "training steps (total, counting resumed ones)"),
+    OPT("seed", "train", MOE_OPT_I64, seed, 0, 9.2e18, "1", "seed of every random number (init, noise, dropout)"),
+    OPT("batch", "train", MOE_OPT_INT, batch, 1, 1 << 20, "32", "sequences per batch B"),
+    OPT("unroll", "train", MOE_OPT_INT, unroll, 1, 1 << 20, "35", "time steps per unroll T (truncated BPTT)"),
+    OPT("eval_batch", "train", MOE_OPT_INT, eval_batch, 1, 1 << 20, "10", "sequences per validation batch"),
+    OPT("threads", "train", MOE_OPT_INT, threads, 1, 256, "2", "OpenBLAS threads (part of the determinism contract)"),
+    OPT("warmup", "train", MOE_OPT_I64, warmup, 0, 1e15, "100", "steps of linear learning-rate warm-up, then 1/sqrt(step)"),
+    OPT("lr", "train", MOE_OPT_DOUBLE, lr, 0, 10, "0.005", "peak learning rate"),
+    OPT("beta1", "train", MOE_OPT_DOUBLE, beta1, 0, 0.999999, "0.9", "Adam beta1 (dense parameters)"),
+    OPT("beta2", "train", MOE_OPT_DOUBLE, beta2, 0, 0.999999, "0.999", "Adam beta2 (dense parameters)"),
+    OPT("adam_eps", "train", MOE_OPT_DOUBLE, adam_eps, 0, 1, "1e-8", "Adam epsilon"),
+    OPT("dense_optimizer", "train", MOE_OPT_STRING, dense_optimizer, 1, 0, "adam", "adam or factored (factored Adam for dense matrices too)"),
+    OPT("expert_beta2", "experts", MOE_OPT_DOUBLE, expert_beta2, 0, 0.999999, "0.999", "factored Adam decay of second moments"),
+    OPT("expert_eps", "experts", MOE_OPT_DOUBLE, expert_eps, 0, 1, "1e-8", "factored Adam epsilon added to sqrt(V)"),
+    OPT("expert_decay_pow", "experts", MOE_OPT_DOUBLE, expert_decay_pow, 0, 10, "0", "Adafactor decay: beta2_t = 1 - t^-pow (0.8); 0 = fixed beta2"),
+    OPT("expert_clip", "experts", MOE_OPT_DOUBLE, expert_clip, 0, 1e6, "0", "Adafactor update clipping threshold (0 = off)"),
+    OPT("expert_relative_step", "experts", MOE_OPT_BOOL, expert_relative_step, 1, 0, "false", "Adafactor relative step size instead of the lr schedule"),
+    OPT("experts", "cluster", MOE_OPT_STRING, experts, 1, 0, "local", "where experts run: local (this process) or remote (expert servers)"),
+    OPT("servers", "cluster", MOE_OPT_STRING, servers, 1, 0, "", "expert-server endpoints, comma-separated (entry j is server j)"),
+    OPT("placement", "cluster", MOE_OPT_STRING, placement, 1, 0, "", "server of each expert, comma-separated (empty: contiguous blocks)"),
+    OPT("workers", "cluster", MOE_OPT_STRING, workers, 1, 0, "", "all-reduce endpoints of the workers by rank, comma-separated (empty: one worker)"),
+    OPT("rank", "cluster", MOE_OPT_INT, rank, 0, 65535, "0", "this worker's rank"),
+    OPT("server_index", "cluster", MOE_OPT_INT, server_index, 0, 65535, "0", "moe-server: which entry of `servers` this daemon is"),
+    OPT("bind", "cluster", MOE_OPT_STRING, bind, 1, 0, "", "moe-server: address to bind (default: its entry of `servers`)"),
+    OPT("advertise", "cluster", MOE_OPT_STRING, advertise, 1, 0, "", "moe-server: address workers reach it at, given to the coordinator (default: --bind; needed when binding tcp://*:PORT)"),
+    OPT("timeout_ms", "cluster", MOE_OPT_I64, timeout_ms, 1, 86400000, "30000", "a peer that does not answer within this many ms is an error"),
+    OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16"),
+    OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 1, 65536, "512", "largest message accepted, in MiB"),
+    OPT("shard_out", "cluster", MOE_OPT_STRING, shard_out, 1, 0, "", "moe-server: write its shard (safetensors) here when it stops"),
+    OPT("coordinator", "cluster", MOE_OPT_STRING, coordinator, 1, 0, "", "coordinator endpoint (empty: no coordinator)"),
+    OPT("http", "cluster", MOE_OPT_STRING, http, 1, 0, "127.0.0.1:8780", "moe-coordinator: HTTP monitoring address HOST:PORT"),
+    OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints"),
+    OPT("min_servers", "cluster", MOE_OPT_INT, min_servers, 0, 65535, "0", "moe-coordinator: expert servers to wait for before training starts (0: as many as `servers` lists, at least 1)"),
+    OPT("heartbeat_timeout_ms", "cluster", MOE_OPT_I64, heartbeat_timeout_ms, 100, 86400000, "3000", "moe-coordinator: a server silent this long is dead (its experts move, the cluster rolls back)"),
+    OPT("keep_checkpoints", "output", MOE_OPT_INT, keep_checkpoints, 1, 1000000, "3", "moe-coordinator: committed cluster checkpoints kept (older ones are pruned)"),
+    OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)"),
+    OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)"),
+    OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from"),
+    OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file (worker r > 0: FILE.rank<r>)"),
+    OPT("log_every", "output", MOE_OPT_I64, log_every, 1, 1e15, "50", "steps between progress lines"),
+    OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)"),
+    OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)"),
+    OPT("log_level", "output", MOE_OPT_STRING, log_level, 1, 0, "info", "debug, info, warn or error"),
+    OPT("max_rollbacks", "operations", MOE_OPT_INT, max_rollbacks, 0, 1000000, "3", "moe-coordinator: rollbacks to the same checkpoint without progress before the cluster stops with the cause (0: never stop)"),
+    OPT("coordinator_wait_s", "operations", MOE_OPT_I64, coordinator_wait_s, 1, 1e9, "600", "servers and workers: seconds to keep waiting for a silent coordinator before giving up"),
+    OPT("memory_check", "operations", MOE_OPT_BOOL, memory_check, 1, 0, "true", "compare the memory a model or shard needs with MemAvailable before allocating it"),
+};
+const size_t moe_options_count = sizeof moe_options_table / sizeof moe_options_table[0];
+
+/* ------------------------------------------------------------------------ */
+/* The configuration contract of a cluster */
+
+/* Keys every member depends on, then those only workers do. */
+static const char *const contract_server_keys[] = {
+    "d_model", "d_hidden", "n_experts", "seed", "lr", "warmup", "expert_beta2", "expert_eps",
+    "expert_decay_pow", "expert_clip", "expert_relative_step", "wire_dtype", "workers",
+};
+static const char *const contract_worker_keys[] = {
+    "vocab_max", "k", "residual", "moe_sigmoid", "dropout", "w_importance", "w_load", "steps",
+    "batch", "unroll", "beta1", "beta2", "adam_eps", "dense_optimizer",
+};
+
+/* "a , b,c " -> "a,b,c" */
+static void canonical_list(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (const char *p = in; *p;) {
+        size_t len = strcspn(p, ",");
+        const char *a = p, *b = p + len;
+        while (a < b && (*a == ' ' || *a == '\t'))
+            a++;
+        while (b > a && (b[-1] == ' ' || b[-1] == '\t'))
+            b--;
+        if (o && o + 1 < cap)
+            out[o++] = ',';
+        for (; a < b && o + 1 < cap; a++)
+            out[o++] = *a;
+        out[o] = '\0';
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+}
+
+static int contract_add(char *out, size_t cap, size_t *len, const char *key, const char *value)
+{
+    int n = snprintf(out + *len, cap - *len, "%s=%s\n", key, value);
+    if (n < 0 || (size_t)n >= cap - *len)
+        return MOE_ERR_RANGE;
+    *len += (size_t)n;
+    return 0;
+}
+
+int moe_options_contract(const struct moe_options *c, int role, char *out, size_t cap)
+{
+    size_t len = 0;
+    char v[4200];
+    if (cap == 0)
+        return MOE_ERR_RANGE;
+    out[0] = '\0';
+    for (size_t i = 0; i < sizeof contract_server_keys / sizeof *contract_server_keys; i++) {
+        const char *key = contract_server_keys[i];
+        if (strcmp(key, "workers") == 0)
+            canonical_list(c->workers, v, sizeof v);
+        else
+            moe_config_format_value(moe_options_table, moe_options_count, c, key, v, sizeof v);
+        if (contract_add(out, cap, &len, key, v))
+            return MOE_ERR_RANGE;
+    }
+    if (role != MOE_ROLE_WORKER)
+        return (int)len;
+    for (size_t i = 0; i < sizeof contract_worker_keys / sizeof *contract_worker_keys; i++) {
+        moe_config_format_value(moe_options_table, moe_options_count, c,
+                                contract_worker_keys[i], v, sizeof v);
+        if (contract_add(out, cap, &len, contract_worker_keys[i], v))
+            return MOE_ERR_RANGE;
+    }
+    /* The corpus by its bytes, not its path: machines mount data differently. */
+    uint64_t sum = 0, bytes = 0;
+    if (moe_manifest_file_checksum(c->train, &sum, &bytes, NULL, 0) == 0)
+        snprintf(v, sizeof v, "%016" PRIx64, sum);
+    else
+        snprintf(v, sizeof v, "?");
+    if (contract_add(out, cap, &len, "train", v))
+        return MOE_ERR_RANGE;
+    return (int)len;
+}
+
+uint64_t moe_options_contract_digest(const char *contract)
+{
+    return moe_checksum64(MOE_CHECKSUM_INIT, contract, strlen(contract));
+}
+
+/* The line of `key` in a contract: start of the value and its length. */
+static const char *contract_find(const char *contract, const char *key, size_t *vlen)
+{
+    const size_t kl = strlen(key);
+    for (const char *p = contract; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        const size_t ll = nl ? (size_t)(nl - p) : strlen(p);
+        if (ll > kl && strncmp(p, key, kl) == 0 && p[kl] == '=') {
+            *vlen = ll - kl - 1;
+            return p + kl + 1;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return NULL;
+}
+
+void moe_options_contract_get(const char *contract, const char *key, char *out, size_t cap)
+{
+    size_t vl = 0;
+    const char *v = contract_find(contract, key, &vl);
+    snprintf(out, cap, "%.*s", v ? (int)vl : 0, v ? v : "");
+}
+
+/* Whether `key` is one of the comma-separated names of `list`. */
+static bool key_listed(const char *list, const char *key, size_t kl)
+{
+    for (const char *p = list; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == kl && strncmp(p, key, kl) == 0)
+            return true;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
+/* How a contract value reads in a sentence: absent, empty, or as it is. */
+static void show_value(char *out, size_t cap, const char *v, size_t len)
+{
+    if (!v)
+        snprintf(out, cap, "not set");
+    else if (len == 0)
+        snprintf(out, cap, "empty");
+    else
+        snprintf(out, cap, "%.*s%s", (int)(len > 80 ? 80 : len), v, len > 80 ? "..." : "");
+}
+
+/* Appends "KEY is X here and Y in the cluster" (ours a, theirs b). */
+static void diff_note(char *why, size_t cap, size_t *len, int *n, const char *key, const char *a,
+                      size_t al, const char *b, size_t bl)
+{
+    char x[96], y[96];
+    show_value(x, sizeof x, b, bl);
+    show_value(y, sizeof y, a, al);
+    if (*len + 1 < cap) {
+        int w = snprintf(why + *len, cap - *len, "%s%s is %s here and %s in the cluster",
+                         *n ? "; " : "", key, x, y);
+        if (w > 0)
+            *len += (size_t)w < cap - *len ? (size_t)w : cap - *len - 1;
+    }
+    (*n)++;
+}
+
+int moe_options_contract_diff(const char *mine, const char *theirs, const char *skip_empty, char *why,
+                          size_t cap)
+{
+    int n = 0;
+    size_t len = 0;
+    if (cap)
+        why[0] = '\0';
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: every key of ours; pass 1: keys only the newcomer has */
+        const char *list = pass == 0 ? mine : theirs;
+        for (const char *p = list; p && *p;) {
+            const char *nl = strchr(p, '\n');
+            const size_t ll = nl ? (size_t)(nl - p) : strlen(p);
+            const char *eq = memchr(p, '=', ll);
+            if (eq) {
+                const size_t kl = (size_t)(eq - p);
+                char key[64];
+                snprintf(key, sizeof key, "%.*s", (int)(kl < 63 ? kl : 63), p);
+                size_t al = 0, bl = 0;
+                const char *a = contract_find(mine, key, &al), *b = contract_find(theirs, key, &bl);
+                if (pass == 0) {
+                    const bool skip = b && bl == 0 && skip_empty && key_listed(skip_empty, key, kl);
+                    if (!skip && (!b || al != bl || memcmp(a, b, al) != 0))
+                        diff_note(why, cap, &len, &n, key, a, al, b, bl);
+                } else if (!a) {
+                    diff_note(why, cap, &len, &n, key, NULL, 0, b, bl);
+                }
+            }
+            p = nl ? nl + 1 : NULL;
+        }
+    }
+    return n;
+}
+

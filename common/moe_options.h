@@ -1,0 +1,96 @@
+/* The configuration every process of the cluster reads (DESIGN §7): one
+ * struct, one option table (each key an INI key and a --flag), and the
+ * contract of keys the members of a cluster must agree on (DESIGN §6).
+ * Shared by moe-worker, moe-server, moe-coordinator and the tests; the
+ * parsing itself is moe_config's. Holds no state. */
+#ifndef MOE_OPTIONS_H
+#define MOE_OPTIONS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moe_config.h"
+
+#define MOE_PATH_MAX 1024
+
+struct moe_options {
+    /* data */
+    char train[MOE_PATH_MAX], valid[MOE_PATH_MAX];
+    int vocab_max;
+    /* model */
+    int d_model, d_hidden, n_experts, k;
+    bool residual, moe_sigmoid;
+    double dropout, w_importance, w_load;
+    /* training */
+    int64_t steps, seed;
+    int batch, unroll, eval_batch, threads;
+    int64_t warmup;
+    double lr, beta1, beta2, adam_eps;
+    char dense_optimizer[16];
+    /* experts */
+    char experts[16];
+    double expert_beta2, expert_eps, expert_decay_pow, expert_clip;
+    bool expert_relative_step;
+    /* cluster (expert servers and data-parallel workers) */
+    char servers[4096];   /* comma-separated expert-server endpoints; entry j is server j */
+    char placement[4096]; /* comma-separated server of each expert; empty: contiguous blocks */
+    char workers[4096];   /* comma-separated all-reduce endpoints of the workers, by rank */
+    int rank;             /* this worker's rank */
+    int server_index;     /* moe-server: which entry of `servers` this daemon is */
+    char bind[256];       /* moe-server: address to bind (default: its entry of `servers`) */
+    char advertise[256];  /* moe-server: address others reach it at (default: bind) */
+    int64_t timeout_ms;   /* a peer that does not answer within this is an error */
+    char wire_dtype[8];   /* f32 or bf16: tensors on the wire */
+    int max_message_mb;   /* cap on any message received */
+    char shard_out[MOE_PATH_MAX]; /* moe-server: write the shard here when stopping */
+    char coordinator[256];  /* coordinator endpoint (empty: none) */
+    char http[256];         /* moe-coordinator: HTTP monitoring address HOST:PORT */
+    char http_token[256];   /* moe-coordinator: bearer token of mutating endpoints */
+    int min_servers;        /* moe-coordinator: servers to wait for before the first step */
+    int64_t heartbeat_timeout_ms; /* moe-coordinator: silence that makes a server dead */
+    int keep_checkpoints;   /* moe-coordinator: committed checkpoints kept */
+    /* checkpoints, output */
+    char checkpoint_dir[MOE_PATH_MAX], resume[MOE_PATH_MAX], report[MOE_PATH_MAX];
+    int64_t checkpoint_every, log_every, valid_every, valid_max_tokens;
+    char log_level[16];
+    /* operations */
+    int max_rollbacks;          /* moe-coordinator: failures without progress before it stops */
+    int64_t coordinator_wait_s; /* servers, workers: how long to wait for a silent coordinator */
+    bool memory_check;          /* compare the memory needed with MemAvailable before allocating */
+};
+
+/* The option table (every key is also a --flag). */
+extern const struct moe_opt moe_options_table[];
+extern const size_t moe_options_count;
+
+/* Roles of the processes of a cluster (as in the wire header's `role`). */
+enum { MOE_ROLE_WORKER = 1, MOE_ROLE_SERVER = 2 };
+
+/* The training configuration every process of a cluster must agree on
+ * (DESIGN §6), as "key=value\n" lines in a fixed order: for
+ * MOE_ROLE_SERVER the keys an expert server depends on (expert shape,
+ * expert optimizer, learning-rate schedule, seed, wire dtype, worker list),
+ * for MOE_ROLE_WORKER all of those plus the dense model, its optimizer,
+ * batch, steps and a digest of the training corpus's bytes ("train=" 16 hex
+ * digits, or "train=?" when the file cannot be read). Values are in the
+ * form of the INI writer; the worker list is canonical (entries trimmed).
+ * Returns the length written, or MOE_ERR_RANGE when cap is too small. */
+int moe_options_contract(const struct moe_options *c, int role, char *out, size_t cap);
+
+/* Compares two contracts key by key. Writes into why (cap bytes) one
+ * sentence naming every key whose values differ, with both ("d_hidden is
+ * 512 here and 256 in the cluster"), keys missing on either side included,
+ * and returns how many differ (0: they agree). `mine` is the cluster's,
+ * `theirs` the newcomer's. Keys named in `skip_empty` (comma list) are not
+ * compared when the newcomer's value is empty. */
+int moe_options_contract_diff(const char *mine, const char *theirs, const char *skip_empty, char *why,
+                          size_t cap);
+
+/* 64-bit digest of a contract's text (moe_checksum64). */
+uint64_t moe_options_contract_digest(const char *contract);
+
+/* The value of `key` in a contract into out ("" when absent). */
+void moe_options_contract_get(const char *contract, const char *key, char *out, size_t cap);
+
+#endif

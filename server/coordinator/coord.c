@@ -1,0 +1,434 @@
+/* The coordinator's life cycle, its replies, the dispatch of each message
+ * and its clock (moe-coordinator process; see coord.h). */
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "coord_internal.h"
+#include "moe_err.h"
+#include "moe_log.h"
+#include "moe_manifest.h"
+#include "moe_prom.h"
+#include "moe_wire.h"
+
+static int count_list(const char *s)
+{
+    if (!s[0])
+        return 0;
+    int n = 1;
+    for (; *s; s++)
+        n += *s == ',';
+    return n;
+}
+
+/* The highest N of "server-N.safetensors" among a manifest's files: ids
+ * given before a coordinator restart stay taken. -1 if none. */
+static int64_t max_server_file_id(const struct moe_manifest *m)
+{
+    int64_t best = -1;
+    for (int i = 0; i < m->n_files; i++) {
+        unsigned long long id;
+        char tail[32];
+        if (sscanf(m->files[i].name, "server-%llu.%31s", &id, tail) == 2 &&
+            strcmp(tail, "safetensors") == 0 && id < UINT32_MAX && (int64_t)id > best)
+            best = (int64_t)id;
+    }
+    return best;
+}
+
+/* --servers: the endpoints expected; entry i is server id i. */
+static int parse_servers(coord_t *c, const char *list, char *err, size_t errlen)
+{
+    const char *p = list;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        while (len && *p == ' ') {
+            p++;
+            len--;
+        }
+        size_t l2 = len;
+        while (l2 && p[l2 - 1] == ' ')
+            l2--;
+        if (l2 == 0 || l2 >= sizeof c->listed[0] || c->n_slots == MAX_SLOTS) {
+            moe_err_set(err, errlen, "servers: empty or too long entry (or more than %d)", MAX_SLOTS);
+            return MOE_ERR_CONFIG;
+        }
+        struct coord_member *m = &c->servers[c->n_slots];
+        memcpy(m->endpoint, p, l2);
+        memcpy(c->listed[c->n_slots], p, l2);
+        m->used = true;
+        m->id = (uint32_t)c->n_slots;
+        c->n_slots++;
+        p += len;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+/* The newest committed checkpoint of --checkpoint-dir, if any: its step
+ * (training resumes there) and the server ids it used. */
+static int resume_from_checkpoint(coord_t *c, const struct moe_options *cfg, char *err,
+                                  size_t errlen)
+{
+    struct moe_manifest m;
+    memset(&m, 0, sizeof m);
+    char why[512];
+    int rc = moe_manifest_latest(cfg->checkpoint_dir, true, c->committed, sizeof c->committed,
+                                 &m, why, sizeof why);
+    if (rc == 0) {
+        if (m.n_experts != c->E || m.d_model != cfg->d_model || m.d_hidden != cfg->d_hidden ||
+            m.workers != c->W) {
+            moe_err_set(err, errlen,
+                     "%s: checkpoint of another shape (E %d, D %d, H %d, %d workers; this "
+                     "cluster: E %d, D %d, H %d, %d workers)",
+                     c->committed, m.n_experts, m.d_model, m.d_hidden, m.workers, c->E,
+                     cfg->d_model, cfg->d_hidden, c->W);
+            moe_manifest_free(&m);
+            return MOE_ERR_CONFIG;
+        }
+        c->committed_step = m.step;
+        const int64_t top = max_server_file_id(&m);
+        if (top >= (int64_t)c->next_id)
+            c->next_id = (uint32_t)top + 1;
+        moe_manifest_free(&m);
+        moe_info("resuming from %s (step %" PRId64 ")", c->committed, c->committed_step);
+    } else if (rc != MOE_ERR_NOTFOUND) {
+        moe_err_set(err, errlen, "%s", why);
+        return MOE_ERR_CONFIG;
+    } else {
+        c->committed[0] = '\0';
+    }
+    return 0;
+}
+
+static int bind_socket(coord_t *c, const char *endpoint, char *err, size_t errlen)
+{
+    c->ctx = zmq_ctx_new();
+    c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_ROUTER) : NULL;
+    /* No ROUTER_HANDOVER: every process has its own routing id, so a
+     * newcomer never takes over the connection of a member. */
+    int linger = 0;
+    int64_t maxmsg = 2 << 20;
+    if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_bind(c->sock, endpoint) != 0) {
+        moe_err_set(err, errlen, "cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
+        return MOE_ERR_IO;
+    }
+    return 0;
+}
+
+coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
+{
+    coord_t *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->cfg = cfg;
+    c->E = cfg->n_experts;
+    c->W = count_list(cfg->workers);
+    if (c->W == 0)
+        c->W = 1;
+    if (!cfg->coordinator[0]) {
+        moe_err_set(err, errlen, "coordinator: no endpoint to bind (use --coordinator tcp://HOST:PORT)");
+        goto fail;
+    }
+    c->stats = coord_stats_new(c->E, c->W, 0.9, 1000);
+    c->servers = calloc(MAX_SLOTS, sizeof *c->servers);
+    c->listed = calloc(MAX_SLOTS, sizeof *c->listed);
+    c->workers = calloc((size_t)c->W, sizeof *c->workers);
+    c->pending = calloc((size_t)c->W, sizeof *c->pending);
+    c->reply = calloc(3 * (size_t)c->E, sizeof(float));
+    c->server_of = malloc(sizeof(int32_t) * (size_t)c->E);
+    c->ep_place = malloc(sizeof(int32_t) * (size_t)c->E);
+    c->ep_slot = calloc(MAX_SLOTS, sizeof(int));
+    if (!c->stats || !c->servers || !c->listed || !c->workers || !c->pending || !c->reply ||
+        !c->server_of || !c->ep_place || !c->ep_slot) {
+        moe_err_set(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (moe_options_contract(cfg, MOE_ROLE_SERVER, c->contract_server, CONTRACT_MAX) < 0 ||
+        moe_options_contract(cfg, MOE_ROLE_WORKER, c->contract_worker, CONTRACT_MAX) < 0) {
+        moe_err_set(err, errlen, "the training configuration is too long to compare");
+        goto fail;
+    }
+    for (int e = 0; e < c->E; e++)
+        c->server_of[e] = c->ep_place[e] = -1;
+    for (int s = 0; s < MAX_SLOTS; s++)
+        c->servers[s].index = -1;
+    if (parse_servers(c, cfg->servers, err, errlen))
+        goto fail;
+    c->n_listed = c->n_slots;
+    c->next_id = (uint32_t)c->n_listed;
+    c->min_servers = cfg->min_servers > 0 ? cfg->min_servers : (c->n_slots > 0 ? c->n_slots : 1);
+    c->placement_version = 0;
+    c->ck_step = c->committed_step = -1;
+    c->rb_target = c->rb_high = -1;
+    c->phase = COORD_FORMING;
+    if (cfg->checkpoint_dir[0] && resume_from_checkpoint(c, cfg, err, errlen))
+        goto fail;
+    c->lim = (struct moe_wire_limits){1u << 20, 0, (uint32_t)c->E, 1u << 20};
+    if (bind_socket(c, cfg->coordinator, err, errlen))
+        goto fail;
+    return c;
+fail:
+    coord_destroy(&c);
+    return NULL;
+}
+
+void coord_destroy(coord_t **cp)
+{
+    if (!cp || !*cp)
+        return;
+    coord_t *c = *cp;
+    if (c->sock) {
+        /* the last answers (stop, failure) still get out */
+        int linger = 1000;
+        zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
+        zmq_close(c->sock);
+    }
+    if (c->ctx)
+        zmq_ctx_term(c->ctx);
+    coord_stats_destroy(&c->stats);
+    free(c->servers);
+    free(c->listed);
+    free(c->workers);
+    free(c->pending);
+    free(c->reply);
+    free(c->server_of);
+    free(c->ep_place);
+    free(c->ep_slot);
+    free(c);
+    *cp = NULL;
+}
+
+void *coord_socket(coord_t *c) { return c->sock; }
+
+const coord_stats_t *coord_stats(const coord_t *c) { return c->stats; }
+
+int coord_n_servers(const coord_t *c) { return c->n_slots; }
+
+int coord_n_workers(const coord_t *c) { return c->W; }
+
+const struct coord_member *coord_server(const coord_t *c, int i) { return &c->servers[i]; }
+
+const struct coord_member *coord_worker(const coord_t *c, int r) { return &c->workers[r]; }
+
+uint32_t coord_placement_version(const coord_t *c) { return c->placement_version; }
+
+uint32_t coord_epoch(const coord_t *c) { return c->epoch; }
+
+enum coord_phase coord_phase(const coord_t *c) { return c->phase; }
+
+int64_t coord_committed_step(const coord_t *c) { return c->committed_step; }
+
+uint64_t coord_errors(const coord_t *c) { return c->errors; }
+
+uint64_t coord_generation(const coord_t *c) { return c->generation; }
+
+uint64_t coord_rollbacks(const coord_t *c) { return c->rollbacks; }
+
+const char *coord_failure(const coord_t *c) { return c->failed ? c->failed_why : NULL; }
+
+int64_t coord_server_of(const coord_t *c, int e)
+{
+    return c->server_of[e] < 0 ? -1 : (int64_t)c->servers[c->server_of[e]].id;
+}
+
+
+void coord_placement_compute(int E, const int32_t *old, const int *live, int n_live, int32_t *out)
+{
+    int target[MAX_SLOTS], have[MAX_SLOTS], cur[MAX_SLOTS], order[MAX_SLOTS];
+    const int base = E / n_live, extra = E % n_live;
+    for (int j = 0; j < n_live; j++) {
+        cur[j] = 0;
+        have[j] = 0;
+        order[j] = j;
+    }
+    for (int e = 0; e < E; e++)
+        for (int j = 0; j < n_live; j++)
+            if (old[e] == live[j])
+                cur[j]++;
+    /* the +1 shares go to the slots holding most now (ties: lower slot) */
+    for (int a = 1; a < n_live; a++) {
+        int x = order[a], b = a;
+        while (b > 0 && cur[order[b - 1]] < cur[x]) {
+            order[b] = order[b - 1];
+            b--;
+        }
+        order[b] = x;
+    }
+    for (int r = 0; r < n_live; r++)
+        target[order[r]] = base + (r < extra ? 1 : 0);
+    for (int e = 0; e < E; e++) {
+        out[e] = -1;
+        for (int j = 0; j < n_live; j++)
+            if (old[e] == live[j] && have[j] < target[j]) {
+                out[e] = live[j];
+                have[j]++;
+                break;
+            }
+    }
+    int j = 0;
+    for (int e = 0; e < E; e++) {
+        if (out[e] >= 0)
+            continue;
+        while (have[j] >= target[j])
+            j++;
+        out[e] = live[j];
+        have[j]++;
+    }
+}
+
+
+void coord__send_out(coord_t *c, const uint8_t *id, size_t id_len, struct moe_wire_out *o,
+                     const float *data, uint64_t rows)
+{
+    char err[128];
+    o->epoch = c->epoch;
+    if (moe_wire_send(c->sock, id, id_len, o, data, rows, err, sizeof err))
+        moe_warn("cannot send a reply: %s", err);
+}
+
+/* An error reply with a code and a sentence (and flags, e.g. FAILED). */
+void coord__reply_error_flags(coord_t *c, const struct moe_wire_msg *m, int code, const char *text,
+                              uint32_t flags)
+{
+    if (!(flags & (MOE_FLAG_FAILED | MOE_FLAG_STOP)) && code != MOE_ERR_UNREGISTERED) {
+        c->errors++;
+        if (c->errors <= 20 || c->errors % 100 == 0) {
+            char safe[200];
+            moe_log_sanitize(safe, sizeof safe, text, strlen(text));
+            moe_warn("rejected message #%" PRIu64 ": %s", c->errors, safe);
+        }
+    }
+    if (!m->identity_len)
+        return;
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_ERROR;
+    o.step = m->hdr ? m->hdr->step : 0;
+    o.request_id = m->hdr ? m->hdr->request_id : 0;
+    o.error_code = code;
+    o.error_text = text;
+    o.flags = flags;
+    coord__send_out(c, m->identity, m->identity_len, &o, NULL, 0);
+}
+
+void coord__reply_error(coord_t *c, const struct moe_wire_msg *m, int code, const char *text)
+{
+    coord__reply_error_flags(c, m, code, text, 0);
+}
+
+void coord__ack_flags(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type, uint32_t flags,
+                      const char *text)
+{
+    struct moe_wire_out o = {0};
+    o.type = type;
+    o.step = m->hdr->step;
+    o.request_id = m->hdr->request_id;
+    o.placement_version = c->placement_version;
+    o.flags = flags;
+    o.error_text = text;
+    coord__send_out(c, m->identity, m->identity_len, &o, NULL, 0);
+}
+
+void coord__ack(coord_t *c, const struct moe_wire_msg *m, Moe__MsgType type)
+{
+    coord__ack_flags(c, m, type, 0, NULL);
+}
+
+/* Sends `o` (with `rows` rows of data) to every worker waiting for the
+ * global vectors, each with its own request id; none waits afterwards. */
+void coord__answer_pending(coord_t *c, struct moe_wire_out *o, const float *data, uint64_t rows)
+{
+    for (int r = 0; r < c->W; r++) {
+        struct pending *p = &c->pending[r];
+        if (!p->waiting)
+            continue;
+        o->request_id = p->request_id;
+        coord__send_out(c, p->identity, p->identity_len, o, data, rows);
+        p->waiting = false;
+    }
+}
+
+/* Workers waiting for the global vectors of a step that will not complete. */
+void coord__fail_pending(coord_t *c, const char *why, uint32_t flags)
+{
+    struct moe_wire_out o = {0};
+    o.type = MOE__MSG_TYPE__MSG_ERROR;
+    o.error_code = MOE_ERR_STATE;
+    o.error_text = why;
+    o.flags = flags;
+    coord__answer_pending(c, &o, NULL, 0);
+}
+
+
+int coord_handle_one(coord_t *c, double now)
+{
+    struct moe_wire_msg m;
+    memset(&m, 0, sizeof m);
+    char err[256];
+    c->lim.width = 0;
+    c->now = now;
+    int rc = moe_wire_recv(c->sock, true, ZMQ_DONTWAIT, &c->lim, &m, err, sizeof err);
+    if (rc == MOE_ERR_STATE && !m.hdr && m.identity_len == 0)
+        return 0;
+    c->messages++;
+    c->generation++;
+    if (rc) {
+        coord__reply_error(c, &m, rc, err);
+        moe_wire_msg_free(&m);
+        return 1;
+    }
+    switch (m.hdr->type) {
+    case MOE__MSG_TYPE__MSG_REGISTER: coord__handle_register(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_HEARTBEAT: coord__handle_heartbeat(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_STATS: coord__handle_stats(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_EPOCH_WAIT: coord__handle_epoch_wait(c, &m, now); break;
+    case MOE__MSG_TYPE__MSG_CHECKPOINT_DONE: coord__handle_ckpt_done(c, &m); break;
+    case MOE__MSG_TYPE__MSG_LEAVE: coord__handle_leave(c, &m); break;
+    default: {
+        char why[96];
+        snprintf(why, sizeof why, "message type %d is not served by the coordinator",
+                 (int)m.hdr->type);
+        coord__reply_error(c, &m, MOE_ERR_FORMAT, why);
+    }
+    }
+    moe_wire_msg_free(&m);
+    return 1;
+}
+
+void coord_tick(coord_t *c, double now)
+{
+    c->now = now;
+    const double timeout = (double)c->cfg->heartbeat_timeout_ms / 1000.0;
+    for (int s = 0; s < c->n_slots; s++) {
+        struct coord_member *m = &c->servers[s];
+        if (m->used && m->alive && now - m->last_seen > timeout) {
+            m->alive = false;
+            c->generation++;
+            moe_warn("server %u (%s) not heard from for %.1f s", m->id, m->endpoint,
+                     now - m->last_seen);
+            if (m->index >= 0 && (c->phase == COORD_RUNNING || c->phase == COORD_LOADING)) {
+                char why[320];
+                snprintf(why, sizeof why, "server %u (%.200s) is silent", m->id, m->endpoint);
+                coord__rollback(c, why);
+            } else if (m->index < 0 && c->started && c->phase != COORD_FORMING) {
+                /* held nothing: nothing moves, it is simply gone */
+                coord__prune_slot(c, s);
+            }
+        }
+    }
+    for (int r = 0; r < c->W; r++) {
+        struct coord_member *m = &c->workers[r];
+        if (m->alive && now - m->last_seen > timeout) {
+            m->alive = false;
+            c->generation++;
+        }
+    }
+    coord__try_form(c);
+}

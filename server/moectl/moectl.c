@@ -1,0 +1,663 @@
+/* moectl: the operator's command-line tool. Talks HTTP to the coordinator's
+ * monitoring address (--http HOST:PORT or http://HOST:PORT, default
+ * 127.0.0.1:8780), except for the checkpoint commands, which work offline
+ * on the files:
+ *
+ *   moectl [--http ADDR] [--json] status
+ *   moectl [--http ADDR] [--json] experts [--top N] [--sort load|importance|rows]
+ *   moectl [--http ADDR] [--token T] checkpoint
+ *   moectl [--http ADDR] [--token T] drain SERVER
+ *   moectl verify CHECKPOINT
+ *   moectl export CHECKPOINT OUT.safetensors [--params-only]
+ *   moectl free-ports N        N free TCP ports on 127.0.0.1 (for launchers and tests)
+ *
+ * Options go before or after the command, as --flag VALUE or --flag=VALUE
+ * (getopt_long). Exit status: 0 done, 1 the command failed, 2 the command
+ * line is wrong (nothing was done). Errors are one sentence on stderr;
+ * --json prints the coordinator's JSON as is.
+ *
+ * CHECKPOINT is a cluster checkpoint folder (DIR/step-NNNNNNNN with its
+ * manifest.json) or a checkpoint directory DIR; then verify checks the newest
+ * committed checkpoint and export uses the newest one that verifies, and the
+ * folder used is printed (common/moe_manifest.h). */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "moe_cli.h"
+#include "moe_err.h"
+#include "moe_log.h"
+#include "moe_manifest.h"
+#include "moectl_export.h"
+#include "moe_safetensors.h"
+
+/* The parsed command line. */
+struct ctl {
+    char host[256], port[16]; /* of --http */
+    const char *token;
+    bool json, params_only;
+    long top;                 /* experts --top; 0: all */
+    const char *sort;         /* experts --sort */
+    char **args;              /* the command's operands */
+    int n_args;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moectl [OPTIONS] COMMAND [ARGS]\n"
+               "\n"
+               "Commands talking to the coordinator:\n"
+               "  status                   cluster, servers, workers, step\n"
+               "  experts                  per-expert load table (most loaded first)\n"
+               "  checkpoint               ask for a checkpoint now (needs --token)\n"
+               "  drain SERVER             move a server's experts away (needs --token);\n"
+               "                           SERVER is its id (moectl status)\n"
+               "Commands on files (offline):\n"
+               "  verify CHECKPOINT        check a checkpoint's files against its manifest\n"
+               "  export CHECKPOINT OUT.safetensors\n"
+               "                           one canonical file of the model (and, unless\n"
+               "                           --params-only, its optimizer state)\n"
+               "  free-ports N             print N free TCP ports of 127.0.0.1\n"
+               "\n"
+               "Options (--flag VALUE or --flag=VALUE, before or after the command):\n"
+               "  --http ADDR              the coordinator's monitoring address, HOST:PORT or\n"
+               "                           http://HOST:PORT (default 127.0.0.1:8780)\n"
+               "  --token T                bearer token of the coordinator's http_token\n"
+               "  --json                   print the coordinator's JSON answer as is\n"
+               "  --top N                  experts: show the N first rows only\n"
+               "  --sort KEY               experts: load (default), importance or rows\n"
+               "  --params-only            export: parameters without optimizer state\n"
+               "  -h, --help               this help\n"
+               "\n"
+               "CHECKPOINT is a step-NNNNNNNN folder or a checkpoint directory: verify checks\n"
+               "its newest committed checkpoint, export uses its newest one that verifies.\n"
+               "Exit status: 0 done, 1 the command failed, 2 usage error.\n");
+}
+
+/* "HOST:PORT", "http://HOST:PORT", "http://HOST:PORT/" or "[V6]:PORT" into
+ * host and port; false (with the sentence printed) otherwise. */
+static bool parse_address(const char *arg, struct ctl *c)
+{
+    const char *s = arg;
+    if (strncmp(s, "http://", 7) == 0)
+        s += 7;
+    else if (strstr(s, "://")) {
+        fprintf(stderr, "moectl: --http: only http:// addresses are served, got \"%s\"\n", arg);
+        return false;
+    }
+    size_t len = strcspn(s, "/");
+    if (s[len] == '/' && s[len + 1] != '\0') {
+        fprintf(stderr, "moectl: --http: expected HOST:PORT without a path, got \"%s\"\n", arg);
+        return false;
+    }
+    const char *colon = NULL;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == ':')
+            colon = s + i;
+    const char *host = s;
+    size_t hlen = colon ? (size_t)(colon - s) : 0;
+    if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']') {
+        host++;
+        hlen -= 2;
+    }
+    long port;
+    char pbuf[16];
+    size_t plen = colon ? len - (size_t)(colon - s) - 1 : 0;
+    if (!colon || hlen == 0 || hlen >= sizeof c->host || plen == 0 || plen >= sizeof pbuf) {
+        fprintf(stderr, "moectl: --http: expected HOST:PORT or http://HOST:PORT, got \"%s\"\n",
+                arg);
+        return false;
+    }
+    memcpy(pbuf, colon + 1, plen);
+    pbuf[plen] = '\0';
+    if (!moe_cli_long(pbuf, 1, 65535, &port)) {
+        fprintf(stderr, "moectl: --http: the port must be a number from 1 to 65535, got \"%s\"\n",
+                pbuf);
+        return false;
+    }
+    memcpy(c->host, host, hlen);
+    c->host[hlen] = '\0';
+    snprintf(c->port, sizeof c->port, "%ld", port);
+    return true;
+}
+
+/* A connected socket to the coordinator with 10 s timeouts, or -1 (printed). */
+static int connect_to(const struct ctl *c)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int gai = getaddrinfo(c->host, c->port, &hints, &ai);
+    if (gai != 0 || !ai) {
+        fprintf(stderr, "moectl: cannot resolve %s: %s\n", c->host, gai_strerror(gai));
+        return -1;
+    }
+    int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    struct timeval tv = {10, 0};
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        fprintf(stderr, "moectl: cannot connect to the coordinator at %s:%s: %s\n", c->host,
+                c->port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(ai);
+    return fd;
+}
+
+/* One HTTP/1.0 request; returns the body (malloc'd) and the status, or
+ * NULL with the error printed. */
+static char *http(const struct ctl *c, const char *method, const char *path, int *status)
+{
+    int fd = connect_to(c);
+    if (fd < 0)
+        return NULL;
+    char req[1024];
+    int n = snprintf(req, sizeof req,
+                     "%s %s HTTP/1.0\r\nHost: %s:%s\r\n%s%s%sContent-Length: 0\r\n\r\n", method,
+                     path, c->host, c->port, c->token ? "Authorization: Bearer " : "",
+                     c->token ? c->token : "", c->token ? "\r\n" : "");
+    if (n < 0 || n >= (int)sizeof req || write(fd, req, (size_t)n) != n) {
+        fprintf(stderr, "moectl: cannot send the request to %s:%s\n", c->host, c->port);
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (len + 4096 > cap) {
+            char *bigger = realloc(buf, cap * 2);
+            if (!bigger) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = bigger;
+            cap *= 2;
+        }
+        ssize_t r = read(fd, buf + len, cap - len - 1);
+        if (r <= 0)
+            break;
+        len += (size_t)r;
+    }
+    close(fd);
+    if (!buf) {
+        fprintf(stderr, "moectl: out of memory reading the answer\n");
+        return NULL;
+    }
+    buf[len] = '\0';
+    char *body = strstr(buf, "\r\n\r\n");
+    if (!body || sscanf(buf, "HTTP/%*s %d", status) != 1) {
+        fprintf(stderr, "moectl: %s:%s did not answer HTTP (is it the coordinator's --http-port?)\n",
+                c->host, c->port);
+        free(buf);
+        return NULL;
+    }
+    char *out = strdup(body + 4);
+    free(buf);
+    return out;
+}
+
+/* The sentence of an error answer: its JSON "error", else its text. */
+static void print_http_error(const char *what, int status, const char *body)
+{
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
+    if (msg)
+        fprintf(stderr, "moectl: %s: %s (HTTP %d)\n", what, msg, status);
+    else
+        fprintf(stderr, "moectl: %s: HTTP %d: %.200s\n", what, status, body);
+    json_decref(j);
+}
+
+static json_t *get_json(const struct ctl *c, const char *path)
+{
+    int status = 0;
+    char *body = http(c, "GET", path, &status);
+    if (!body)
+        return NULL;
+    json_error_t je;
+    json_t *j = NULL;
+    if (status != 200)
+        print_http_error(path, status, body);
+    else if (!(j = json_loads(body, 0, &je)))
+        fprintf(stderr, "moectl: %s: the answer is not JSON: %s\n", path, je.text);
+    free(body);
+    return j;
+}
+
+/* CHECKPOINT of verify and export: a folder holding a manifest (or named
+ * step-*) is used as is; otherwise it is a checkpoint directory and its
+ * newest committed checkpoint (newest_good: the newest that verifies) is
+ * used. Fills folder and m (read, and verified if *verified). Returns 0 or
+ * prints the error. */
+static int resolve_checkpoint(const char *arg, bool newest_good, char *folder, size_t cap,
+                              struct moe_manifest *m, bool *verified)
+{
+    char err[1024], mpath[4096];
+    size_t len = strlen(arg);
+    while (len > 1 && arg[len - 1] == '/') /* "DIR/step-N/" */
+        len--;
+    if (len >= cap) {
+        fprintf(stderr, "moectl: %s: path too long\n", arg);
+        return 1;
+    }
+    memcpy(folder, arg, len);
+    folder[len] = '\0';
+    const char *slash = strrchr(folder, '/');
+    const char *base = slash ? slash + 1 : folder;
+    snprintf(mpath, sizeof mpath, "%s/%s", folder, MOE_MANIFEST_NAME);
+    if (access(mpath, F_OK) == 0 || strncmp(base, "step-", 5) == 0) {
+        int rc = moe_manifest_read(folder, m, err, sizeof err);
+        if (rc) {
+            fprintf(stderr, "moectl: %s\n", err);
+            return 1;
+        }
+        *verified = false;
+        return 0;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", folder);
+    int rc = moe_manifest_latest(dir, newest_good, folder, cap, m, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "moectl: %s\n", err);
+        return 1;
+    }
+    printf("using %s\n", folder);
+    *verified = newest_good;
+    return 0;
+}
+
+static int cmd_verify(const struct ctl *c)
+{
+    const char *arg = c->args[0];
+    char folder[4096], err[1024];
+    struct moe_manifest m;
+    bool verified;
+    if (resolve_checkpoint(arg, false, folder, sizeof folder, &m, &verified))
+        return 1;
+    int rc = verified ? 0 : moe_manifest_verify(folder, &m, err, sizeof err);
+    if (rc)
+        fprintf(stderr, "moectl: %s\n", err);
+    else
+        printf("OK step %lld, %d files\n", (long long)m.step, m.n_files);
+    moe_manifest_free(&m);
+    return rc ? 1 : 0;
+}
+
+static int cmd_export(const struct ctl *c)
+{
+    const char *arg = c->args[0], *out = c->args[1];
+    const bool params_only = c->params_only;
+    char folder[4096], err[1024];
+    struct moe_manifest m;
+    bool verified;
+    if (resolve_checkpoint(arg, true, folder, sizeof folder, &m, &verified))
+        return 1;
+    (void)verified; /* export verifies again */
+    int64_t step = m.step;
+    moe_manifest_free(&m);
+    int rc = moectl_export(folder, out, params_only, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "moectl: %s\n", err);
+        return 1;
+    }
+    moe_safetensors_t *st = moe_safetensors_open(out, err, sizeof err);
+    if (!st) {
+        fprintf(stderr, "moectl: the export was written but does not read back: %s\n", err);
+        return 1;
+    }
+    size_t tensors = moe_safetensors_count(st);
+    moe_safetensors_close(&st);
+    struct stat sb;
+    long long bytes = stat(out, &sb) == 0 ? (long long)sb.st_size : -1;
+    printf("exported step %lld%s: %zu tensors, %lld bytes -> %s\n", (long long)step,
+           params_only ? " (parameters only)" : "", tensors, bytes, out);
+    return 0;
+}
+
+/* N distinct TCP ports of 127.0.0.1 that nothing listens on now: random
+ * candidates below the kernel's ephemeral range (so that outgoing
+ * connections do not take them in the meantime), each bound to check it,
+ * all held until every one is found. */
+static int cmd_free_ports(const struct ctl *c)
+{
+    long n;
+    if (!moe_cli_long(c->args[0], 1, 1000, &n)) {
+        fprintf(stderr, "moectl: free-ports: the count must be a number from 1 to 1000, got \"%s\"\n",
+                c->args[0]);
+        return MOE_EXIT_USAGE;
+    }
+    int *fds = malloc(sizeof(int) * (size_t)n), *ports = malloc(sizeof(int) * (size_t)n);
+    if (!fds || !ports) {
+        free(fds);
+        free(ports);
+        fprintf(stderr, "moectl: out of memory\n");
+        return 1;
+    }
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    unsigned seed = (unsigned)tv.tv_usec ^ (unsigned)getpid() * 2654435761u;
+    long found = 0;
+    for (int tries = 0; found < n && tries < 20000; tries++) {
+        seed = seed * 1103515245u + 12345u;
+        const int port = 20000 + (int)((seed >> 8) % 12000);
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0)
+            break;
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 1) != 0) {
+            close(fd);
+            continue;
+        }
+        fds[found] = fd;
+        ports[found++] = port;
+    }
+    for (long i = 0; i < found; i++) {
+        printf("%s%d", i ? " " : "", ports[i]);
+        close(fds[i]);
+    }
+    printf("\n");
+    free(fds);
+    free(ports);
+    if (found < n) {
+        fprintf(stderr, "moectl: found only %ld free ports\n", found);
+        return 1;
+    }
+    return 0;
+}
+
+static long long jint(json_t *o, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(o, key));
+}
+
+static double jnum(json_t *o, const char *key)
+{
+    return json_number_value(json_object_get(o, key));
+}
+
+static void print_status(json_t *j)
+{
+    printf("step %lld, placement version %lld\n", jint(j, "step"), jint(j, "placement_version"));
+    printf("load CV %.3f, importance CV %.3f, max/mean load %.2f\n\n", jnum(j, "cv_load"),
+           jnum(j, "cv_importance"), jnum(j, "max_over_mean_load"));
+    const char *phase = json_string_value(json_object_get(j, "phase"));
+    printf("epoch %lld, %s%s, %lld rollback(s), last checkpoint step %lld\n", jint(j, "epoch"),
+           phase ? phase : "?", json_is_true(json_object_get(j, "stopping")) ? " (stopping)" : "",
+           jint(j, "rollbacks"), jint(j, "committed_checkpoint_step"));
+    const char *failure = json_string_value(json_object_get(j, "failure"));
+    if (failure)
+        printf("FAILED: %s\n", failure);
+    printf("\n%-7s %-30s %-6s %7s\n", "SERVER", "ENDPOINT", "ALIVE", "EXPERTS");
+    size_t i;
+    json_t *v;
+    json_array_foreach(json_object_get(j, "servers"), i, v) {
+        const char *alive = json_is_true(json_object_get(v, "alive"))        ? "yes"
+                            : json_is_true(json_object_get(v, "registered")) ? "no"
+                                                                              : "-";
+        const char *ep = json_string_value(json_object_get(v, "endpoint"));
+        printf("%-7lld %-30s %-6s %7lld%s\n", jint(v, "id"), ep ? ep : "?", alive,
+               jint(v, "experts"),
+               json_is_true(json_object_get(v, "draining")) ? "  (draining)" : "");
+    }
+    printf("\n%-7s %-6s %8s %12s %8s\n", "WORKER", "ALIVE", "STEP", "TOKENS/S", "LOSS");
+    json_array_foreach(json_object_get(j, "workers"), i, v)
+        printf("%-7lld %-6s %8lld %12.0f %8.4f\n", jint(v, "rank"),
+               json_is_true(json_object_get(v, "alive")) ? "yes" : "no", jint(v, "step"),
+               jnum(v, "tokens_per_sec"), jnum(v, "loss"));
+}
+
+static const char *sort_field = "rows_last"; /* of --sort, for cmp_expert */
+
+static int cmp_expert(const void *a, const void *b)
+{
+    json_t *x = *(json_t *const *)a, *y = *(json_t *const *)b;
+    double vx = jnum(x, sort_field), vy = jnum(y, sort_field);
+    if (vx != vy)
+        return vx > vy ? -1 : 1;
+    return jint(x, "id") < jint(y, "id") ? -1 : jint(x, "id") > jint(y, "id");
+}
+
+static int print_experts(const struct ctl *c, json_t *j)
+{
+    json_t *arr = json_object_get(j, "experts");
+    size_t n = json_array_size(arr);
+    json_t **e = malloc(sizeof(json_t *) * (n ? n : 1));
+    if (!e) {
+        fprintf(stderr, "moectl: out of memory\n");
+        return MOE_EXIT_FAILURE;
+    }
+    for (size_t i = 0; i < n; i++)
+        e[i] = json_array_get(arr, i);
+    sort_field = !strcmp(c->sort, "importance") ? "importance_last"
+                 : !strcmp(c->sort, "rows")     ? "rows_total"
+                                                : "rows_last";
+    qsort(e, n, sizeof *e, cmp_expert);
+    size_t shown = c->top > 0 && (size_t)c->top < n ? (size_t)c->top : n;
+    printf("step %lld; %zu experts, sorted by %s\n", jint(j, "step"), n, c->sort);
+    printf("%-7s %-7s %10s %11s %12s %10s %10s\n", "EXPERT", "SERVER", "ROWS", "LOAD SHARE",
+           "ROWS TOTAL", "IMPORTANCE", "LOAD");
+    for (size_t i = 0; i < shown; i++) {
+        json_t *server = json_object_get(e[i], "server");
+        printf("%-7lld %-7lld %10.0f %10.1f%% %12.0f %10.2f %10.2f\n", jint(e[i], "id"),
+               json_is_integer(server) ? (long long)json_integer_value(server) : -1LL,
+               jnum(e[i], "rows_last"), 100 * jnum(e[i], "load_share"), jnum(e[i], "rows_total"),
+               jnum(e[i], "importance_last"), jnum(e[i], "load_last"));
+    }
+    free(e);
+    return MOE_EXIT_OK;
+}
+
+/* status and experts: GET, then a table or the JSON. */
+static int cmd_show(const struct ctl *c, bool status)
+{
+    json_t *j = get_json(c, status ? "/api/v1/cluster" : "/api/v1/experts");
+    if (!j)
+        return MOE_EXIT_FAILURE;
+    int rc = MOE_EXIT_OK;
+    if (c->json) {
+        char *s = json_dumps(j, JSON_INDENT(2));
+        puts(s ? s : "null");
+        free(s);
+    } else if (status) {
+        print_status(j);
+    } else {
+        rc = print_experts(c, j);
+    }
+    json_decref(j);
+    return rc;
+}
+
+static int cmd_status(const struct ctl *c) { return cmd_show(c, true); }
+static int cmd_experts(const struct ctl *c) { return cmd_show(c, false); }
+
+/* checkpoint and drain: a POST whose answer's "message" (or "error") is
+ * printed as one sentence. */
+static int cmd_post(const struct ctl *c, const char *what, const char *server)
+{
+    char path[128];
+    if (server) {
+        long long id;
+        long v;
+        if (!moe_cli_long(server, 0, 0x7fffffffL, &v)) {
+            fprintf(stderr, "moectl: drain: SERVER must be a server id (a number, see moectl "
+                            "status), got \"%s\"\n", server);
+            return MOE_EXIT_USAGE;
+        }
+        id = v;
+        snprintf(path, sizeof path, "/api/v1/%s?server=%lld", what, id);
+    } else {
+        snprintf(path, sizeof path, "/api/v1/%s", what);
+    }
+    int status = 0;
+    char *body = http(c, "POST", path, &status);
+    if (!body)
+        return MOE_EXIT_FAILURE;
+    const bool ok = status / 100 == 2;
+    json_error_t je;
+    json_t *j = json_loads(body, 0, &je);
+    const char *msg = j ? json_string_value(json_object_get(j, "message")) : NULL;
+    if (c->json) {
+        fputs(body, stdout);
+        if (body[0] && body[strlen(body) - 1] != '\n')
+            putchar('\n');
+    } else if (!ok) {
+        print_http_error(what, status, body);
+    } else {
+        printf("%s\n", msg ? msg : "done");
+    }
+    json_decref(j);
+    free(body);
+    return ok ? MOE_EXIT_OK : MOE_EXIT_FAILURE;
+}
+
+static int cmd_checkpoint(const struct ctl *c) { return cmd_post(c, "checkpoint", NULL); }
+static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
+
+static const struct command {
+    const char *name;
+    int n_args;
+    const char *operands;
+    int (*run)(const struct ctl *c);
+} commands[] = {
+    {"status", 0, "", cmd_status},
+    {"experts", 0, "", cmd_experts},
+    {"checkpoint", 0, "", cmd_checkpoint},
+    {"drain", 1, " SERVER", cmd_drain},
+    {"verify", 1, " CHECKPOINT", cmd_verify},
+    {"export", 2, " CHECKPOINT OUT.safetensors", cmd_export},
+    {"free-ports", 1, " N", cmd_free_ports},
+};
+enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
+
+static const struct option long_options[] = {
+    {"http", required_argument, NULL, 'H'},  {"token", required_argument, NULL, 't'},
+    {"json", no_argument, NULL, 'j'},        {"top", required_argument, NULL, 'n'},
+    {"sort", required_argument, NULL, 's'},  {"params-only", no_argument, NULL, 'p'},
+    {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
+};
+
+/* The nearest command or --option to a mistyped one, for "did you mean". */
+static const char *suggest(const char *word, bool option)
+{
+    const char *names[16];
+    size_t n = 0;
+    if (option)
+        for (const struct option *o = long_options; o->name && n < 16; o++)
+            names[n++] = o->name;
+    else
+        for (size_t i = 0; i < N_COMMANDS; i++)
+            names[n++] = commands[i].name;
+    return moe_cli_nearest(word, names, n);
+}
+
+static int usage_error(const char *fmt, const char *a, const char *b)
+{
+    fprintf(stderr, "moectl: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (see moectl --help)\n");
+    return MOE_EXIT_USAGE;
+}
+
+/* An unknown or incomplete option reported by getopt_long. */
+static int option_error(char **argv, int at, int code)
+{
+    const char *arg = argv[at];
+    char name[64];
+    size_t len = strcspn(arg + (arg[1] == '-' ? 2 : 1), "=");
+    snprintf(name, sizeof name, "%.*s", (int)(len < 63 ? len : 63), arg + (arg[1] == '-' ? 2 : 1));
+    if (code == ':')
+        return usage_error("%s: missing value%s", arg, "");
+    const char *near = arg[1] == '-' ? suggest(name, true) : NULL;
+    if (near) {
+        fprintf(stderr, "moectl: unknown option %s (did you mean --%s?)\n", arg, near);
+        return MOE_EXIT_USAGE;
+    }
+    return usage_error("unknown option %s%s", arg, "");
+}
+
+/* Fills c from argv; returns -1 to go on, else the exit status. */
+static int parse_options(int argc, char **argv, struct ctl *c)
+{
+    opterr = 0;
+    int code;
+    while ((code = getopt_long(argc, argv, ":h", long_options, NULL)) != -1) {
+        switch (code) {
+        case 'H':
+            if (!parse_address(optarg, c))
+                return MOE_EXIT_USAGE;
+            break;
+        case 't': c->token = optarg; break;
+        case 'j': c->json = true; break;
+        case 'p': c->params_only = true; break;
+        case 'n':
+            if (!moe_cli_long(optarg, 1, 1000000000L, &c->top))
+                return usage_error("--top: expected a number of rows from 1, got \"%s\"%s",
+                                   optarg, "");
+            break;
+        case 's':
+            if (strcmp(optarg, "load") && strcmp(optarg, "importance") && strcmp(optarg, "rows"))
+                return usage_error("--sort: expected load, importance or rows, got \"%s\"%s",
+                                   optarg, "");
+            c->sort = optarg;
+            break;
+        case 'h': usage(stdout); return MOE_EXIT_OK;
+        default: return option_error(argv, optind - 1, code);
+        }
+    }
+    return -1;
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl c = {.host = "127.0.0.1", .port = "8780", .sort = "load"};
+    moe_log_set_name("moectl");
+    int rc = parse_options(argc, argv, &c);
+    if (rc >= 0)
+        return rc;
+    if (optind >= argc) {
+        usage(stderr);
+        return MOE_EXIT_USAGE;
+    }
+    const char *name = argv[optind];
+    const struct command *cmd = NULL;
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(commands[i].name, name))
+            cmd = &commands[i];
+    if (!cmd) {
+        const char *near = suggest(name, false);
+        if (near) {
+            fprintf(stderr, "moectl: unknown command \"%s\" (did you mean %s?)\n", name, near);
+            return MOE_EXIT_USAGE;
+        }
+        return usage_error("unknown command \"%s\"%s", name, "");
+    }
+    c.args = argv + optind + 1;
+    c.n_args = argc - optind - 1;
+    if (c.n_args != cmd->n_args) {
+        fprintf(stderr, "moectl: %s %s; usage: moectl %s%s\n", cmd->name,
+                c.n_args < cmd->n_args ? "needs more arguments" : "takes fewer arguments",
+                cmd->name, cmd->operands);
+        return MOE_EXIT_USAGE;
+    }
+    return cmd->run(&c);
+}

@@ -1,0 +1,72 @@
+# moectl's command line, against a live coordinator (no servers needed):
+#   - the address as HOST:PORT, http://HOST:PORT and http://HOST:PORT/, with
+#     --http VALUE or --http=VALUE, options before or after the command
+#   - usage errors exit 2 with one sentence (unknown options and commands
+#     suggest the nearest; numbers are validated, never a silent 0)
+#   - runtime failures exit 1 with one sentence, never raw JSON; --json
+#     prints the coordinator's JSON
+make_corpora
+free_ports 4
+C="tcp://127.0.0.1:$P1"
+HTTP="127.0.0.1:$P2"
+A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 5 --servers tcp://127.0.0.1:$P3 \
+--coordinator $C"
+"$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret >"$WORK/coord.out" 2>&1 &
+coord=$!
+wait_up $coord "$WORK/coord.out" "dashboard at" "the coordinator"
+M="$BIN/moectl"
+# expect RC PATTERN ARGS...: exit status RC and PATTERN (grep -E) in stdout+stderr
+expect() {
+    want=$1
+    pattern=$2
+    shift 2
+    "$M" "$@" >"$WORK/out.txt" 2>&1
+    got=$?
+    [ "$got" = "$want" ] || fail "moectl $*: exit $got, expected $want: $(head -c 300 "$WORK/out.txt")"
+    grep -Eq -- "$pattern" "$WORK/out.txt" ||
+        fail "moectl $*: output does not match /$pattern/: $(head -c 300 "$WORK/out.txt")"
+    echo "  ok: moectl $* -> $got: $(head -n 1 "$WORK/out.txt")"
+}
+# one sentence: a single line on stderr, no JSON
+one_sentence() {
+    [ "$(wc -l <"$WORK/out.txt")" -eq 1 ] || fail "moectl $*: more than one line: $(cat "$WORK/out.txt")"
+    ! grep -q '[{}]' "$WORK/out.txt" || fail "moectl $*: raw JSON in the error: $(cat "$WORK/out.txt")"
+}
+for addr in "$HTTP" "http://$HTTP" "http://$HTTP/"; do
+    expect 0 "^epoch 0, " --http "$addr" status
+    expect 0 "^epoch 0, " status --http="$addr"
+done
+expect 0 '"servers"' --json --http "$HTTP" status
+expect 0 "^EXPERT +SERVER" experts --http "$HTTP" --top 3 --sort importance
+expect 0 "^EXPERT +SERVER" experts --http "$HTTP" --top=3 --sort=rows
+# usage errors: 2, nothing sent
+expect 2 "unknown command \"stauts\" \(did you mean status\?\)" --http "$HTTP" stauts
+expect 2 "unknown option --htp \(did you mean --http\?\)" --htp "$HTTP" status
+one_sentence --htp status
+expect 2 "unknown option --bogus-flag" status --bogus-flag
+expect 2 "--top: expected a number of rows from 1, got \"abc\"" experts --top abc
+expect 2 "--top: expected a number of rows from 1, got \"0\"" experts --top=0
+expect 2 "--sort: expected load, importance or rows" experts --sort lod
+expect 2 "--http: expected HOST:PORT or http://HOST:PORT" --http nocolon status
+expect 2 "--http: only http:// addresses" --http "https://$HTTP" status
+expect 2 "--http: the port must be a number from 1 to 65535" --http 127.0.0.1:99999 status
+expect 2 "--http: missing value" status --http
+expect 2 "drain needs more arguments; usage: moectl drain SERVER" drain
+expect 2 "drain: SERVER must be a server id" --http "$HTTP" --token secret drain x
+expect 2 "export needs more arguments" export "$WORK/ck"
+expect 2 "status takes fewer arguments" status now
+expect 2 "free-ports: the count must be a number from 1 to 1000" free-ports 3x
+expect 2 "^usage: moectl"
+expect 0 "^usage: moectl" --help
+# runtime failures: 1, one sentence
+expect 1 "moectl: checkpoint: a valid bearer token \(http_token\) is required \(HTTP 401\)" \
+    --http "$HTTP" checkpoint
+one_sentence checkpoint
+expect 1 '"error"' --json --http "$HTTP" checkpoint
+expect 1 "moectl: drain: there is no server 7 .*\(HTTP 409\)" --http "$HTTP" --token secret drain 7
+one_sentence drain 7
+expect 1 "cannot connect to the coordinator at 127.0.0.1:$P4" --http "127.0.0.1:$P4" status
+one_sentence status
+expect 1 "no such directory" verify "$WORK/nothing"
+kill -TERM $coord
+wait $coord

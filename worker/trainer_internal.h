@@ -1,0 +1,91 @@
+/* One worker's state (moe-worker process), shared by the files of the
+ * trainer: trainer.c (the loop: a step, evaluation, progress, the report),
+ * trainer_setup.c (options, data, experts, model, resume) and
+ * trainer_cluster.c (the coordinator's epochs: joining, the start barrier,
+ * recovery, cluster checkpoints). Nothing outside worker/ includes it. */
+#ifndef TRAINER_INTERNAL_H
+#define TRAINER_INTERNAL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "checkpoint.h"
+#include "coord_client.h"
+#include "data.h"
+#include "expert_remote.h"
+#include "expert_shard.h"
+#include "model.h"
+#include "moe_allreduce.h"
+#include "moe_cluster.h"
+#include "trainer.h"
+
+struct trainer {
+    const struct moe_options *cfg;
+    /* data parallelism: this worker's streams [b0, b0 + B) of the global batch */
+    int rank, world, B, b0;
+    bool remote;
+    struct moe_cluster cl;
+    void *zctx;
+    expert_remote_t *remote_be;
+    moe_allreduce_t *ar;
+    struct moe_backend backend;
+    float *flat;        /* dense gradients, flattened for the all-reduce */
+    size_t flat_n;
+    float *stats;       /* Importance | Load | rows per expert | cross-entropy */
+    coord_client_t *coord; /* statistics through the coordinator, when configured */
+    bool elastic;          /* coordinator + checkpoint_dir: failures roll back, not exit */
+    struct coord_epoch ep; /* the epoch this worker runs in */
+    const volatile sig_atomic_t *signals; /* SIGTERM/SIGINT received (trainer_run's caller) */
+    bool stop_asked;       /* the coordinator was asked to stop the cluster */
+    uint32_t step_flags;   /* MOE_FLAG_* the coordinator attached to this step */
+    int recoveries;
+    double *rows_routed;   /* rows this worker dispatched to each expert, whole run */
+    float *gstats;      /* global Importance | Load | rows from the coordinator */
+    double last_tps;
+    vocab_t *vocab;
+    struct corpus train, valid;
+    struct batcher tb, vb;
+    expert_shard_t *shard;
+    model_t *model;
+    float *dense_opt[MODEL_MAX_PARAMS];
+    size_t dense_opt_n[MODEL_MAX_PARAMS];
+    bool dense_adam;
+    int32_t *tok, *tgt;
+    int64_t step; /* steps completed */
+    /* statistics over the last window of steps */
+    double win_loss, win_bal;
+    int64_t win_steps, win_tokens;
+    double cv_imp_sum, cv_load_sum, maxmean_sum;
+    int64_t cv_n;
+    double last_train_ppl;
+    int64_t start_step; /* step this run started at (after a resume) */
+    double *uni_logp; /* (V) unigram log-probabilities of the training data */
+};
+
+/* trainer_setup.c: everything a run needs, allocated before the first step
+ * (0 or a negative code with a sentence), and its release. */
+int trainer__setup(struct trainer *t, char *err, size_t errlen);
+void trainer__teardown(struct trainer *t);
+/* A byte count computed in double, as an unsigned integer (saturating). */
+uint64_t trainer__bytes_of(double b);
+
+/* trainer_cluster.c: the coordinator's epochs. */
+int trainer__wait_epoch(struct trainer *t, uint32_t flags, const char *why, char *err,
+                        size_t errlen);
+int trainer__enter_epoch(struct trainer *t, bool reload, char *err, size_t errlen);
+/* The first epoch of this worker (a peer that does not join the ring in
+ * time makes it ask for another), and its initial checkpoint. */
+int trainer__join_cluster(struct trainer *t, char *err, size_t errlen);
+int trainer__recover(struct trainer *t, const char *why, char *err, size_t errlen);
+int trainer__make_remote(struct trainer *t, char *err, size_t errlen);
+/* What the coordinator attached to the step just done: its checkpoint, a
+ * stop (*stopped, with the sentence in note), a new placement. 0 to go on,
+ * or a negative code; a failed checkpoint is recovered like a failed step. */
+int trainer__cluster_after_step(struct trainer *t, bool *stopped, char *note, size_t notelen,
+                                char *err, size_t errlen);
+/* The checkpoint view of this worker's state. */
+struct ckpt_state trainer__ckpt_state(struct trainer *t);
+
+#endif

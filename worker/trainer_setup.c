@@ -1,0 +1,325 @@
+/* Everything a worker's run needs, prepared before the first step
+ * (moe-worker process): the options checked, the cluster (the coordinator
+ * registration or the static server list), the memory checked, the data,
+ * the experts this process holds and their backend, the model and its
+ * optimizer state, a resumed checkpoint, and the first epoch. A step never
+ * allocates. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "expert_local.h"
+#include "moe_err.h"
+#include "moe_log.h"
+#include "moe_mem.h"
+#include "moe_optim.h"
+#include "moe_wire.h"
+#include "trainer_internal.h"
+
+uint64_t trainer__bytes_of(double b) { return b >= 1.8e19 ? UINT64_MAX : (uint64_t)b; }
+
+/* Values the option table cannot check by itself. */
+static int check_options(const struct moe_options *c, char *err, size_t errlen)
+{
+    Moe__DType dtype;
+    if (strcmp(c->experts, "local") != 0 && strcmp(c->experts, "remote") != 0)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--experts: expected local or remote, got \"%s\"", c->experts);
+    int rc = moe_wire_dtype_parse(c->wire_dtype, &dtype, err, errlen);
+    if (rc)
+        return rc;
+    if (strcmp(c->dense_optimizer, "adam") != 0 && strcmp(c->dense_optimizer, "factored") != 0)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--dense-optimizer: expected adam or factored, got \"%s\"",
+                            c->dense_optimizer);
+    if (c->k > c->n_experts)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--k %d is larger than --n-experts %d",
+                            c->k, c->n_experts);
+    if (strcmp(c->experts, "remote") == 0 && c->resume[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--resume: with --experts remote the coordinator resumes the cluster "
+                            "from the newest checkpoint in checkpoint_dir");
+    if (strcmp(c->experts, "local") == 0 && c->workers[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--workers: data-parallel workers need --experts remote");
+    return 0;
+}
+
+/* The experts this process holds: all of them in-process; with expert
+ * servers and no coordinator, a mirror that checkpoints fetch into; with a
+ * coordinator none (servers write their own shards). */
+static int experts_held(const struct moe_options *c)
+{
+    return strcmp(c->experts, "remote") == 0 && c->coordinator[0] ? 0 : c->n_experts;
+}
+
+/* Those experts against the machine's memory, before anything is read or
+ * allocated (they dominate large models). */
+static int check_expert_memory(const struct moe_options *c, char *err, size_t errlen)
+{
+    const int held = experts_held(c);
+    if (!c->memory_check || held == 0)
+        return 0;
+    const double bytes = expert_shard_bytes(c->d_model, c->d_hidden, held, true) +
+                         4.0 * c->batch * c->unroll * c->k * (c->d_model + 2.0 * c->d_hidden);
+    char what[160];
+    snprintf(what, sizeof what, "%d experts of %d -> %d -> %d (with their optimizer state)", held,
+             c->d_model, c->d_hidden, c->d_model);
+    return moe_mem_check(trainer__bytes_of(bytes), what, err, errlen);
+}
+
+/* Remote experts: the coordinator (registration with this worker's
+ * configuration; the servers come with the epoch) or the static list; this
+ * worker's streams of the global batch. */
+static int setup_cluster(struct trainer *t, char *err, size_t errlen)
+{
+    const struct moe_options *c = t->cfg;
+    t->remote = strcmp(c->experts, "remote") == 0;
+    t->rank = c->rank;
+    t->world = 1;
+    if (t->remote) {
+        if (!(t->zctx = zmq_ctx_new()))
+            return moe_err_fail(MOE_ERR_IO, err, errlen, "cannot create a ZeroMQ context");
+        const char *servers = c->servers, *placement = c->placement;
+        if (c->coordinator[0]) {
+            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, NULL, c->n_experts,
+                                        c->timeout_ms, err, errlen);
+            if (!t->coord)
+                return MOE_ERR_IO;
+            char contract[8192];
+            if (moe_options_contract(c, MOE_ROLE_WORKER, contract, sizeof contract) < 0)
+                return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                                    "the training configuration is too long to send");
+            int rc = coord_client_register(t->coord, "", contract, c->coordinator_wait_s, err,
+                                           errlen);
+            if (rc)
+                return rc;
+            servers = "inproc://no-server-before-the-epoch";
+            placement = "";
+            t->elastic = c->checkpoint_dir[0] != 0;
+        }
+        int rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
+                                   errlen);
+        if (rc)
+            return rc;
+        t->world = t->cl.n_workers;
+    }
+    if (t->rank >= t->world)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--rank %d: only %d worker(s) are listed in --workers", t->rank,
+                            t->world);
+    if (c->batch % t->world != 0)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--batch %d cannot be split evenly over %d workers", c->batch,
+                            t->world);
+    t->B = c->batch / t->world;
+    t->b0 = t->rank * t->B;
+    return 0;
+}
+
+/* log p(word) of the add-one smoothed unigram model of the training data. */
+static int unigram_init(struct trainer *t)
+{
+    const int V = vocab_size(t->vocab);
+    t->uni_logp = calloc((size_t)V, sizeof(double));
+    if (!t->uni_logp)
+        return MOE_ERR_NOMEM;
+    for (size_t i = 0; i < t->train.n; i++)
+        t->uni_logp[t->train.ids[i]] += 1;
+    const double total = (double)t->train.n + V;
+    for (int v = 0; v < V; v++)
+        t->uni_logp[v] = log((t->uni_logp[v] + 1) / total);
+    return 0;
+}
+
+/* A corpus and its batcher; errors name the file. */
+static int load_corpus(struct corpus *co, struct batcher *bt, const char *path, const vocab_t *v,
+                       int B, int T, char *err, size_t errlen)
+{
+    int rc = corpus_load(co, path, v, err, errlen);
+    if (rc)
+        return rc;
+    if ((rc = batcher_init(bt, co, B, T, err, errlen))) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s: %s", path, err);
+        moe_err_set(err, errlen, "%s", msg);
+    }
+    return rc;
+}
+
+/* The vocabulary (the checkpoint's when resuming: ckpt gets its folder, else
+ * built from the training corpus), both corpora, the unigram baseline. */
+static int setup_data(struct trainer *t, char *ckpt, size_t cap, char *err, size_t errlen)
+{
+    const struct moe_options *c = t->cfg;
+    if (c->resume[0]) {
+        int rc = checkpoint_resolve(c->resume, ckpt, cap, err, errlen);
+        if (rc)
+            return rc;
+        char vp[MOE_PATH_MAX + 80];
+        snprintf(vp, sizeof vp, "%s/vocab.txt", ckpt);
+        t->vocab = vocab_load(vp, err, errlen);
+    } else {
+        t->vocab = vocab_build(c->train, c->vocab_max, err, errlen);
+    }
+    if (!t->vocab)
+        return MOE_ERR_FORMAT;
+    int rc = load_corpus(&t->train, &t->tb, c->train, t->vocab, c->batch, c->unroll, err, errlen);
+    if (!rc && c->valid[0])
+        rc = load_corpus(&t->valid, &t->vb, c->valid, t->vocab, c->eval_batch, c->unroll, err,
+                         errlen);
+    if (!rc && (rc = unigram_init(t)))
+        moe_err_set(err, errlen, "out of memory for the unigram baseline");
+    if (!rc)
+        moe_info("vocabulary %d words; train %zu tokens (%zu <unk>)%s", vocab_size(t->vocab),
+                 t->train.n, t->train.n_unk, c->valid[0] ? "" : "; no validation corpus");
+    return rc;
+}
+
+/* The experts held here (experts_held) and the backend the model calls. */
+static int setup_experts(struct trainer *t, char *err, size_t errlen)
+{
+    const struct moe_options *c = t->cfg;
+    const int held = experts_held(c);
+    const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
+                                      c->expert_clip, c->expert_relative_step, 1e-3};
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(held ? held : 1));
+    if (!ids)
+        return MOE_ERR_NOMEM;
+    for (int e = 0; e < held; e++)
+        ids[e] = e;
+    t->shard = expert_shard_new(c->d_model, c->d_hidden, held, ids, (uint64_t)c->seed, &fo);
+    free(ids);
+    if (!t->shard)
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate %d experts of %dx%d",
+                            c->n_experts, c->d_model, c->d_hidden);
+    int rc;
+    if (!t->remote) {
+        expert_local_backend(&t->backend, t->shard);
+    } else if (t->coord) {
+        if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
+            return MOE_ERR_NOMEM;
+    } else {
+        if ((rc = trainer__make_remote(t, err, errlen)))
+            return rc;
+        if (t->world > 1 &&
+            !(t->ar = moe_allreduce_new(t->zctx, t->rank, t->world,
+                                        (const char *const *)t->cl.workers, (int)c->timeout_ms,
+                                        err, errlen)))
+            return MOE_ERR_IO;
+    }
+    t->stats = moe_alloc_floats(3 * (size_t)c->n_experts + 1);
+    t->rows_routed = calloc((size_t)c->n_experts, sizeof(double));
+    return t->stats && t->rows_routed ? 0 : MOE_ERR_NOMEM;
+}
+
+/* The model of the configuration, its optimizer state and the batch
+ * buffers, after a memory check of all of it. */
+static int setup_model(struct trainer *t, char *err, size_t errlen)
+{
+    const struct moe_options *c = t->cfg;
+    t->dense_adam = strcmp(c->dense_optimizer, "adam") == 0;
+    const struct model_config mc = {
+        .V = vocab_size(t->vocab),
+        .D = c->d_model,
+        .H = c->d_hidden,
+        .E = c->n_experts,
+        .K = c->k,
+        .residual = c->residual,
+        .moe_sigmoid = c->moe_sigmoid,
+        .dropout = c->dropout,
+        .w_importance = c->w_importance,
+        .w_load = c->w_load,
+        .seed = (uint64_t)c->seed,
+        .B_max = t->B > c->eval_batch ? t->B : c->eval_batch,
+        .T_max = c->unroll,
+    };
+    int rc;
+    if (c->memory_check) {
+        /* parameters, gradients, activations, Adam's two moments, and the
+         * all-reduce buffer of several workers */
+        const double dense = model_dense_params(&mc);
+        const double need = model_bytes(&mc) + 4.0 * dense * (t->dense_adam ? 2 : 1) +
+                            (t->world > 1 ? 4.0 * dense : 0);
+        char what[200];
+        snprintf(what, sizeof what, "the dense model (V=%d, D=%d, %.0f parameters, batch %d x %d)",
+                 mc.V, mc.D, dense, mc.B_max, mc.T_max);
+        if ((rc = moe_mem_check(trainer__bytes_of(need), what, err, errlen)))
+            return rc;
+    }
+    if (!(t->model = model_new(&mc, &t->backend)))
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate the model (V=%d D=%d)",
+                            mc.V, mc.D);
+    for (int p = 0; p < model_n_params(t->model); p++) {
+        const moe_tensor *w = model_param_at(t->model, p).w;
+        t->flat_n += w->numel;
+        t->dense_opt_n[p] = t->dense_adam
+                                ? moe_adam_state_size(w->numel)
+                                : moe_fadam_state_size((size_t)w->shape[0],
+                                                       w->ndim == 2 ? (size_t)w->shape[1] : 0);
+        if (!(t->dense_opt[p] = moe_alloc_floats(t->dense_opt_n[p])))
+            return MOE_ERR_NOMEM;
+    }
+    if (t->world > 1 && !(t->flat = moe_alloc_floats(t->flat_n)))
+        return MOE_ERR_NOMEM;
+    const size_t nb = (size_t)mc.B_max * (size_t)c->unroll;
+    t->tok = malloc(sizeof(int32_t) * nb);
+    t->tgt = malloc(sizeof(int32_t) * nb);
+    return t->tok && t->tgt ? 0 : MOE_ERR_NOMEM;
+}
+
+int trainer__setup(struct trainer *t, char *err, size_t errlen)
+{
+    char ckpt[MOE_PATH_MAX + 64] = "";
+    int rc = check_options(t->cfg, err, errlen);
+    if (!rc)
+        rc = check_expert_memory(t->cfg, err, errlen);
+    if (!rc)
+        rc = setup_cluster(t, err, errlen);
+    if (!rc)
+        rc = setup_data(t, ckpt, sizeof ckpt, err, errlen);
+    if (!rc)
+        rc = setup_experts(t, err, errlen);
+    if (!rc)
+        rc = setup_model(t, err, errlen);
+    if (!rc && ckpt[0]) {
+        struct ckpt_state cs = trainer__ckpt_state(t);
+        cs.shard = t->shard;
+        cs.step = 0;
+        if (!(rc = checkpoint_load(ckpt, &cs, err, errlen))) {
+            t->step = cs.step;
+            moe_info("resumed from %s at step %" PRId64, ckpt, t->step);
+        }
+    }
+    if (!rc && t->coord)
+        rc = trainer__join_cluster(t, err, errlen);
+    return rc;
+}
+
+void trainer__teardown(struct trainer *t)
+{
+    model_destroy(&t->model);
+    moe_allreduce_destroy(&t->ar);
+    coord_client_destroy(&t->coord);
+    coord_epoch_free(&t->ep);
+    moe_free_floats(&t->gstats);
+    free(t->rows_routed);
+    expert_remote_destroy(&t->remote_be);
+    if (t->zctx)
+        zmq_ctx_term(t->zctx);
+    moe_cluster_free(&t->cl);
+    moe_free_floats(&t->flat);
+    moe_free_floats(&t->stats);
+    expert_shard_destroy(&t->shard);
+    for (int p = 0; p < MODEL_MAX_PARAMS; p++)
+        moe_free_floats(&t->dense_opt[p]);
+    free(t->tok);
+    free(t->tgt);
+    corpus_free(&t->train);
+    corpus_free(&t->valid);
+    free(t->uni_logp);
+    vocab_destroy(&t->vocab);
+}
