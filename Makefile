@@ -116,8 +116,10 @@ BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 .DEFAULT_GOAL := all
 
 BIN_PROBE = $(BUILD)/bin/moe-wire-probe
+BIN_ATTACK = $(BUILD)/bin/moe-attack
 
-all: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(TEST_BIN) $(BENCH_BIN) $(BIN_PROBE)
+all: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(TEST_BIN) $(BENCH_BIN) $(BIN_PROBE) \
+     $(BIN_ATTACK)
 
 # Every object also waits for the generated protobuf header.
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
@@ -168,6 +170,10 @@ $(BIN_CTL): $(BUILD)/obj/server/moectl/moectl.o $(LIB_CTL) $(LIB_COMMON)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
 $(BIN_PROBE): $(BUILD)/obj/tests/tools/wire_probe.o $(LIB_COMMON)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(BIN_ATTACK): $(BUILD)/obj/tests/tools/attack.o $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -269,7 +275,7 @@ test-normal test-san: test-unit test-integration
 test-unit: $(TEST_BIN)
 	$(TEST_BIN)
 
-test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(BIN_PROBE)
+test-integration: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(BIN_PROBE) $(BIN_ATTACK)
 	MOE_SANITIZE="$(SANITIZE)" sh tests/integration/run.sh $(BUILD)
 
 deps-bench:
@@ -303,14 +309,26 @@ FUZZ_WIRE_OBJS  = $(FUZZ_WIRE_SRC:%.c=$(FUZZ_OBJ)/%.o) $(FUZZ_OBJ)/proto/moe.pb-
 FUZZ_WIRE_BIN   = $(BUILD)/bin/fuzz_wire
 FUZZ_WIRE_GEN   = $(BUILD)/bin/gen_corpus_wire
 FUZZ_WIRE_DIR   = $(BUILD)/fuzz/wire
+# The daemons' decode-and-dispatch path (tests/fuzz/fuzz_dispatch.c): a
+# coordinator and an expert server with keys, fed messages from every role.
+FUZZ_DISPATCH_SRC = tests/fuzz/fuzz_dispatch.c $(wildcard common/*.c) \
+                  $(filter-out server/expert/expert_server_main.c,$(wildcard server/expert/*.c)) \
+                  $(filter-out server/coordinator/coord_main.c,$(wildcard server/coordinator/*.c))
+FUZZ_DISPATCH_OBJS = $(FUZZ_DISPATCH_SRC:%.c=$(FUZZ_OBJ)/%.o) $(FUZZ_OBJ)/proto/moe.pb-c.o
+FUZZ_DISPATCH_BIN = $(BUILD)/bin/fuzz_dispatch
+FUZZ_DISPATCH_DIR = $(BUILD)/fuzz/dispatch
+$(FUZZ_OBJ)/tests/fuzz/fuzz_dispatch.o: FUZZ_INC = -Iserver/expert -Iserver/coordinator
+$(FUZZ_OBJ)/server/expert/%.o: FUZZ_INC = -Iserver/expert
+$(FUZZ_OBJ)/server/coordinator/%.o: FUZZ_INC = -Iserver/coordinator
 
-.PHONY: fuzz-wire test-fuzz test-fuzz-long
+.PHONY: fuzz-wire fuzz-dispatch test-fuzz test-fuzz-long
 
 fuzz-wire: $(FUZZ_WIRE_BIN)
+fuzz-dispatch: $(FUZZ_DISPATCH_BIN)
 
 $(FUZZ_OBJ)/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_INC) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
 
 $(FUZZ_OBJ)/proto/moe.pb-c.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
@@ -319,6 +337,10 @@ $(FUZZ_OBJ)/proto/moe.pb-c.o: $(PROTO_C)
 $(FUZZ_WIRE_BIN): $(FUZZ_WIRE_OBJS)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(FUZZ_LIBS)
+
+$(FUZZ_DISPATCH_BIN): $(FUZZ_DISPATCH_OBJS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(PKG_LIBS)
 
 $(FUZZ_WIRE_GEN): tests/fuzz/gen_corpus_wire.c $(BUILD)/obj/proto/moe.pb-c.o $(PROTO_H)
 	@mkdir -p $(dir $@)
@@ -332,10 +354,16 @@ $(FUZZ_WIRE_DIR)/seeds.stamp: $(FUZZ_WIRE_GEN)
 
 test-fuzz: FUZZ_WIRE_SECONDS = $(FUZZ_TIME)
 test-fuzz-long: FUZZ_WIRE_SECONDS = $(FUZZ_LONG_TIME)
-test-fuzz test-fuzz-long: $(FUZZ_WIRE_BIN) $(FUZZ_WIRE_DIR)/seeds.stamp
+test-fuzz test-fuzz-long: $(FUZZ_WIRE_BIN) $(FUZZ_DISPATCH_BIN) $(FUZZ_WIRE_DIR)/seeds.stamp
 	@rm -rf $(FUZZ_WIRE_DIR)/corpus && mkdir -p $(FUZZ_WIRE_DIR)/corpus $(FUZZ_WIRE_DIR)/artifacts
 	cp $(FUZZ_WIRE_DIR)/seeds/* $(FUZZ_WIRE_DIR)/corpus/
 	$(FUZZ_WIRE_BIN) -max_total_time=$(FUZZ_WIRE_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=$(FUZZ_WIRE_DIR)/artifacts/ $(FUZZ_WIRE_DIR)/corpus
+	@# the same seeds for every daemon, role and peer (byte 0 of fuzz_dispatch.c)
+	@rm -rf $(FUZZ_DISPATCH_DIR)/corpus && mkdir -p $(FUZZ_DISPATCH_DIR)/corpus $(FUZZ_DISPATCH_DIR)/artifacts
+	@for f in $(FUZZ_WIRE_DIR)/seeds/*; do for w in 002 003 012 025 043 053 063 073; do \
+	    printf "\\$$w" | cat - "$$f" >"$(FUZZ_DISPATCH_DIR)/corpus/$$w-$${f##*/}"; done; done
+	$(FUZZ_DISPATCH_BIN) -max_total_time=$(FUZZ_WIRE_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -print_final_stats=1 -artifact_prefix=$(FUZZ_DISPATCH_DIR)/artifacts/ $(FUZZ_DISPATCH_DIR)/corpus
 
 -include $(shell find $(FUZZ_OBJ) -name '*.d' 2>/dev/null)

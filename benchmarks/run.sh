@@ -46,12 +46,15 @@ if want dist; then
     for r in 1 2 3; do
         OPENBLAS_THREAD_TIMEOUT="${OPENBLAS_THREAD_TIMEOUT:-4}" \
             "$build/bin/moe-worker" $common --report "$out/dist_local_r$r.json" >/dev/null
-        for v in tcp:f32 ipc:f32 tcp:bf16; do
+        # tcp runs CURVE (the default); tcpplain is the same with --insecure
+        for v in tcp:f32 ipc:f32 tcp:bf16 tcpplain:f32; do
             tr=${v%%:*}
             dt=${v##*:}
+            plain=""
+            [ "$tr" = tcpplain ] && plain=--insecure
             sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$out/run-$tr-$dt" \
-                --transport "$tr" --servers 2 --workers 1 -- $common --wire-dtype "$dt" \
-                --report "$out/dist_${tr}_${dt}_r$r.json" >/dev/null 2>&1
+                --transport "${tr%plain}" --servers 2 --workers 1 -- $common --wire-dtype "$dt" \
+                $plain --report "$out/dist_${tr}_${dt}_r$r.json" >/dev/null 2>&1
             rm -rf "$out/run-$tr-$dt"
         done
     done
@@ -138,6 +141,13 @@ for name, stem in (("tcp, fp32", "dist_tcp_f32"), ("ipc, fp32", "dist_ipc_f32"),
                 f"{w['rtt_ms']:.2f} ms round trip | **{ratio:.3f}** x in-process step time "
                 f"(rounds: {', '.join(f'{x:.3f}' for x in ratios)}) |")
 rows.append(f"| step, in-process (same rounds, for the ratios; median) | {loc['tokens_per_sec']:.0f} tok/s | | | |")
+if os.path.exists(os.path.join(out, "dist_tcpplain_f32_r1.json")):
+    cu, pl = runs("dist_tcp_f32"), runs("dist_tcpplain_f32")
+    cost = [p["tokens_per_sec"] / c["tokens_per_sec"] for c, p in zip(cu, pl)]
+    rows.append(f"| CURVE: step, 2 expert servers, tcp fp32, keys against --insecure | "
+                f"{med([c['tokens_per_sec'] for c in cu]):.0f} tok/s with CURVE | | "
+                f"--insecure (plain tcp): {med([p['tokens_per_sec'] for p in pl]):.0f} tok/s | "
+                f"**{med(cost):.3f}** x plain step time (rounds: {', '.join(f'{x:.3f}' for x in cost)}) |")
 pf, pb = J("wireppl_f32.json"), J("wireppl_bf16.json")
 rows.append(f"| wire precision: validation perplexity after {pf['steps']} steps (default model, 2 servers, tcp) | "
             f"bf16 on the wire: {pb['valid_ppl']:.2f} | {pb['wire_bytes_per_token']:.0f} wire bytes/token "

@@ -63,7 +63,8 @@ static uint64_t random_incarnation(void)
     return v ? v : 1;
 }
 
-coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, int index,
+coord_client_t *coord_client_new(void *zmq_ctx, const struct moe_net *net, const char *endpoint,
+                                 int role, int index,
                                  const char *served, int n_experts, int64_t timeout_ms, char *err,
                                  size_t errlen)
 {
@@ -100,12 +101,14 @@ coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, 
     if (!c->buf || !c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
         zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate) ||
         zmq_setsockopt(c->sock, ZMQ_SNDTIMEO, &sndtimeo, sizeof sndtimeo) ||
-        zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, id, strlen(id)) ||
-        zmq_connect(c->sock, endpoint) != 0) {
+        zmq_setsockopt(c->sock, ZMQ_ROUTING_ID, id, strlen(id))) {
         moe_err_set(err, errlen, "cannot connect to the coordinator at %s: %s", endpoint,
                  zmq_strerror(zmq_errno()));
         goto fail;
     }
+    if (moe_net_connect(net, c->sock, MOE_SEC_COORDINATOR, endpoint, "the coordinator", err,
+                        errlen))
+        goto fail;
     return c;
 fail:
     coord_client_destroy(&c);
@@ -406,14 +409,15 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     return 0;
 }
 
-int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint64_t bytes,
-                           uint64_t errors, double latency, char *err, size_t errlen)
+int coord_client_heartbeat(coord_client_t *c, const struct coord_heartbeat *hb, char *err,
+                           size_t errlen)
 {
-    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_HEARTBEAT, step);
-    o.rows_total = rows;
-    o.bytes_total = bytes;
-    o.errors_total = errors;
-    o.latency_seconds = latency;
+    struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_HEARTBEAT, hb->step);
+    o.rows_total = hb->rows;
+    o.bytes_total = hb->bytes;
+    o.errors_total = hb->errors;
+    o.refused_total = hb->refused;
+    o.latency_seconds = hb->latency;
     zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
     if (zmq_poll(&it, 1, 0) <= 0 || !(it.revents & ZMQ_POLLOUT))
         return 0; /* not connected: the silence tells */

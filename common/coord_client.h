@@ -18,16 +18,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moe_guard.h"
+
 typedef struct coord_client coord_client_t;
 
 /* Connects a DEALER to `endpoint` as role 1 (worker `index`, routing id
  * "moe-worker-INDEX/INC"), 2 (expert server serving on `served`, routing id
  * "moe-server/INC@SERVED") or COORD_ROLE_SERVER_HEARTBEAT (that server's
  * heartbeat thread, "moe-heart/INC@SERVED", speaking as role 2); INC is a
- * random 64-bit number of this client in 16 hex digits. zmq_ctx is
- * borrowed. NULL with a sentence. */
+ * random 64-bit number of this client in 16 hex digits. zmq_ctx and net
+ * (the process's keys and guard; NULL: plain) are borrowed. NULL with a
+ * sentence. */
 #define COORD_ROLE_SERVER_HEARTBEAT 4
-coord_client_t *coord_client_new(void *zmq_ctx, const char *endpoint, int role, int index,
+coord_client_t *coord_client_new(void *zmq_ctx, const struct moe_net *net, const char *endpoint,
+                                 int role, int index,
                                  const char *served, int n_experts, int64_t timeout_ms, char *err,
                                  size_t errlen);
 void coord_client_destroy(coord_client_t **c);
@@ -57,12 +61,19 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
                        float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
                        size_t errlen);
 
+/* A server's counters in a heartbeat: rows computed, tensor bytes moved,
+ * messages rejected, connections refused, mean compute seconds per step. */
+struct coord_heartbeat {
+    int64_t step;
+    uint64_t rows, bytes, errors, refused;
+    double latency;
+};
+
 /* Sends a HEARTBEAT without waiting (servers call it from their heartbeat
- * thread), with the server's counters: rows computed, tensor bytes moved,
- * messages rejected, mean compute seconds per step. An unreachable
- * coordinator is not an error here (see coord_client_silence). */
-int coord_client_heartbeat(coord_client_t *c, int64_t step, uint64_t rows, uint64_t bytes,
-                           uint64_t errors, double latency, char *err, size_t errlen);
+ * thread). An unreachable coordinator is not an error here (see
+ * coord_client_silence). */
+int coord_client_heartbeat(coord_client_t *c, const struct coord_heartbeat *hb, char *err,
+                           size_t errlen);
 
 /* Receives and handles whatever the coordinator sent to a heartbeat
  * socket; never blocks. What it said shows in the getters below. */

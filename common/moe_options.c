@@ -3,12 +3,15 @@
 #include "moe_options.h"
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "expert_ffn.h"
 #include "moe_checksum.h"
 #include "moe_err.h"
 #include "moe_manifest.h"
+#include "moe_wire.h"
 
 #define OPT(key, sec, type, field, lo, hi, def, help) \
     {key, sec, type, offsetof(struct moe_options, field), sizeof(((struct moe_options *)0)->field), lo, hi, def, help}
@@ -53,11 +56,15 @@ const struct moe_opt moe_options_table[] = {
     OPT("advertise", "cluster", MOE_OPT_STRING, advertise, 1, 0, "", "moe-server: address workers reach it at, given to the coordinator (default: --bind; needed when binding tcp://*:PORT)"),
     OPT("timeout_ms", "cluster", MOE_OPT_I64, timeout_ms, 1, 86400000, "30000", "a peer that does not answer within this many ms is an error"),
     OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16"),
-    OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 1, 65536, "512", "largest message accepted, in MiB"),
+    OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 0, 65536, "0", "cap on any message received, in MiB (0: only the limits derived from the model)"),
     OPT("shard_out", "cluster", MOE_OPT_STRING, shard_out, 1, 0, "", "moe-server: write its shard (safetensors) here when it stops"),
     OPT("coordinator", "cluster", MOE_OPT_STRING, coordinator, 1, 0, "", "coordinator endpoint (empty: no coordinator)"),
     OPT("http", "cluster", MOE_OPT_STRING, http, 1, 0, "127.0.0.1:8780", "moe-coordinator: HTTP monitoring address HOST:PORT"),
-    OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints"),
+    OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints (prefer http_token_file or MOE_HTTP_TOKEN: a command line is visible to every user)"),
+    OPT("http_token_file", "cluster", MOE_OPT_STRING, http_token_file, 1, 0, "", "moe-coordinator: read the bearer token from this file's first line"),
+    OPT("keys", "cluster", MOE_OPT_STRING, keys, 1, 0, "", "directory of the cluster's CURVE keys (moectl keygen DIR); needed for tcp:// unless --insecure"),
+    OPT("insecure", "cluster", MOE_OPT_BOOL, insecure, 1, 0, "false", "plain TCP without CURVE (anyone who reaches a port can join, read or stall the cluster)"),
+    OPT("max_connections", "cluster", MOE_OPT_INT, max_connections, 1, 65536, "256", "connections a listening socket accepts; more are shut at once"),
     OPT("min_servers", "cluster", MOE_OPT_INT, min_servers, 0, 65535, "0", "moe-coordinator: expert servers to wait for before training starts (0: as many as `servers` lists, at least 1)"),
     OPT("heartbeat_timeout_ms", "cluster", MOE_OPT_I64, heartbeat_timeout_ms, 100, 86400000, "3000", "moe-coordinator: a server silent this long is dead (its experts move, the cluster rolls back)"),
     OPT("keep_checkpoints", "output", MOE_OPT_INT, keep_checkpoints, 1, 1000000, "3", "moe-coordinator: committed cluster checkpoints kept (older ones are pruned)"),
@@ -258,3 +265,25 @@ int moe_options_contract_diff(const char *mine, const char *theirs, const char *
     return n;
 }
 
+
+size_t moe_options_message_limit(const struct moe_options *c, int receiver)
+{
+    const double E = c->n_experts, D = c->d_model;
+    const double header = 4096.0 + 16.0 * E + MOE_WIRE_ERROR_TEXT_MAX;
+    const double rows = (double)(c->batch > c->eval_batch ? c->batch : c->eval_batch) * c->unroll *
+                        c->k;
+    double bytes;
+    if (receiver == MOE_ROLE_COORDINATOR) {
+        bytes = header + 65536.0 + 4.0 * (3.0 * E + 1);
+    } else {
+        bytes = header + 4.0 * rows * D;
+        if (receiver == MOE_ROLE_WORKER) {
+            const double fetch = header + 8.0 * E * (double)expert_ffn_param_count(c->d_model,
+                                                                                  c->d_hidden);
+            bytes = fetch > bytes ? fetch : bytes;
+        }
+    }
+    const double cap = c->max_message_mb > 0 ? (double)c->max_message_mb * 1048576.0 : 1e300;
+    bytes = bytes < cap ? bytes : cap;
+    return bytes >= (double)SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)bytes;
+}

@@ -47,6 +47,10 @@ struct moe_options {
     char coordinator[256];  /* coordinator endpoint (empty: none) */
     char http[256];         /* moe-coordinator: HTTP monitoring address HOST:PORT */
     char http_token[256];   /* moe-coordinator: bearer token of mutating endpoints */
+    char http_token_file[MOE_PATH_MAX]; /* ... read from this file's first line */
+    char keys[MOE_PATH_MAX];   /* directory of the cluster's CURVE keys (moectl keygen) */
+    bool insecure;             /* plain TCP without CURVE */
+    int max_connections;       /* connections a bound socket accepts */
     int min_servers;        /* moe-coordinator: servers to wait for before the first step */
     int64_t heartbeat_timeout_ms; /* moe-coordinator: silence that makes a server dead */
     int keep_checkpoints;   /* moe-coordinator: committed checkpoints kept */
@@ -65,7 +69,19 @@ extern const struct moe_opt moe_options_table[];
 extern const size_t moe_options_count;
 
 /* Roles of the processes of a cluster (as in the wire header's `role`). */
-enum { MOE_ROLE_WORKER = 1, MOE_ROLE_SERVER = 2 };
+enum { MOE_ROLE_WORKER = 1, MOE_ROLE_SERVER = 2, MOE_ROLE_COORDINATOR = 3 };
+
+/* The largest message, header and payload, a process of `receiver` role
+ * accepts from its peers, derived from the model (DESIGN §5):
+ *   MOE_ROLE_SERVER       a worker's forward, backward or evaluation: every
+ *                         row of its batch (or evaluation batch) times k, of
+ *                         d_model floats, plus a header of n_experts entries;
+ *   MOE_ROLE_WORKER       a server's replies (the same) or a fetch of every
+ *                         expert's parameters and optimizer state;
+ *   MOE_ROLE_COORDINATOR  a registration (its configuration) or a step's
+ *                         statistics (3 n_experts + 1 floats).
+ * max_message_mb, when not 0, caps it further. */
+size_t moe_options_message_limit(const struct moe_options *c, int receiver);
 
 /* The training configuration every process of a cluster must agree on
  * (DESIGN §6), as "key=value\n" lines in a fixed order: for

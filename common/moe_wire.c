@@ -342,6 +342,20 @@ int moe_wire_decode(const void *const *frames, const size_t *sizes, int nframes,
     return wire_decode_frames(frames, sizes, nframes, lim, false, msg, err, errlen);
 }
 
+int moe_wire_decode_as(const void *const *frames, const size_t *sizes, int nframes,
+                       const struct moe_wire_limits *lim, const uint8_t *identity,
+                       size_t identity_len, const char *user_id, struct moe_wire_msg *msg,
+                       char *err, size_t errlen)
+{
+    int rc = moe_wire_decode(frames, sizes, nframes, lim, msg, err, errlen);
+    if (identity_len > sizeof msg->identity)
+        identity_len = sizeof msg->identity;
+    memcpy(msg->identity, identity, identity_len);
+    msg->identity_len = identity_len;
+    snprintf(msg->user_id, sizeof msg->user_id, "%s", user_id ? user_id : "");
+    return rc;
+}
+
 void moe_wire_msg_free(struct moe_wire_msg *msg)
 {
     if (!msg)
@@ -402,6 +416,10 @@ int moe_wire_recv(void *sock, bool router, int flags, const struct moe_wire_limi
         first = false;
     }
     {
+        /* the connection's authenticated user id, set by the ZAP handler */
+        const char *uid = nframes > 0 ? zmq_msg_gets(&parts[0], "User-Id") : NULL;
+        if (uid)
+            snprintf(msg->user_id, sizeof msg->user_id, "%s", uid);
         const void *frames[2] = {zmq_msg_data(&parts[0]), zmq_msg_data(&parts[1])};
         const size_t sizes[2] = {zmq_msg_size(&parts[0]), zmq_msg_size(&parts[1])};
         /* the payload frame is kept (moved into a zmq_msg_t of the message's
@@ -507,6 +525,7 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     hdr.rows_total = h->rows_total;
     hdr.bytes_total = h->bytes_total;
     hdr.errors_total = h->errors_total;
+    hdr.refused_total = h->refused_total;
     hdr.latency_seconds = h->latency_seconds;
     hdr.epoch = h->epoch;
     hdr.flags = h->flags;

@@ -44,6 +44,8 @@ struct moe_wire_msg {
     uint64_t rows;         /* sum of row_counts */
     uint8_t identity[256]; /* ROUTER peer identity (router receives) */
     size_t identity_len;
+    char user_id[16];      /* what the ZAP handler authenticated the sender as ("" when the
+                            * connection is not authenticated; moe_sec_peer reads it) */
 };
 
 /* What to send: the header fields the sender chooses (version is set by
@@ -72,6 +74,7 @@ struct moe_wire_out {
     const char *const *servers; /* REGISTER reply: endpoint of each server */
     size_t n_servers;
     uint64_t rows_total, bytes_total, errors_total; /* HEARTBEAT of a server */
+    uint64_t refused_total;    /* HEARTBEAT of a server: connections refused */
     double latency_seconds;
     uint32_t epoch;            /* configuration the sender runs in */
     uint32_t flags;            /* MOE_FLAG_* */
@@ -149,6 +152,15 @@ enum {
 int moe_wire_decode(const void *const *frames, const size_t *sizes, int nframes,
                     const struct moe_wire_limits *lim, struct moe_wire_msg *msg, char *err,
                     size_t errlen);
+
+/* moe_wire_decode of frames as if received on a ROUTER from the peer
+ * `identity`, authenticated as `user_id` (NULL or "": not): fills
+ * msg->identity and msg->user_id too (tests and fuzzing feed daemons this
+ * way, without a network). */
+int moe_wire_decode_as(const void *const *frames, const size_t *sizes, int nframes,
+                       const struct moe_wire_limits *lim, const uint8_t *identity,
+                       size_t identity_len, const char *user_id, struct moe_wire_msg *msg,
+                       char *err, size_t errlen);
 
 /* Receives one whole multipart message from sock (ROUTER when router is true:
  * the first frame is the peer identity, copied into msg->identity). Always

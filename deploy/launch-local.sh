@@ -13,7 +13,12 @@
 #   deploy/launch-local.sh [--servers N] [--workers M] [--transport tcp|ipc]
 #                          [--base-port P] [--http-port H] [--no-coordinator]
 #                          [--bin DIR] [--run-dir DIR] [--server-threads T]
-#                          -- OPTIONS...
+#                          [--keys DIR] -- OPTIONS...
+#
+# Security: every TCP socket runs CURVE with the cluster's keys, from
+# --keys DIR (default RUN_DIR/keys, made with `moectl keygen` when missing);
+# the coordinator's HTTP token (for moectl checkpoint and drain) is
+# RUN_DIR/http-token, made when missing: moectl --token-file RUN_DIR/http-token.
 #
 # OPTIONS go to every process (moe-server and moe-worker share one option
 # table, e.g. --config deploy/default.ini). Worker 0 prints to the terminal;
@@ -37,6 +42,7 @@ run_dir=run
 use_coord=1
 http_port=
 server_threads=
+keys=
 while [ $# -gt 0 ]; do
     case "$1" in
     --servers) n_servers=$2; shift 2 ;;
@@ -49,12 +55,27 @@ while [ $# -gt 0 ]; do
     --run-dir) run_dir=$2; shift 2 ;;
     --) shift; break ;;
     --server-threads) server_threads=$2; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --keys) keys=$2; shift 2 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "launch-local: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$run_dir"
 run_abs=$(cd "$run_dir" && pwd)
+
+# The cluster's CURVE keys and the HTTP token, made once per run folder.
+[ -n "$keys" ] || keys="$run_abs/keys"
+if [ ! -f "$keys/coordinator.key" ]; then
+    "$bin/moectl" keygen "$keys" >/dev/null ||
+        { echo "launch-local: cannot write the cluster's keys into $keys" >&2; exit 1; }
+    echo "launch-local: wrote the cluster's CURVE keys into $keys" >&2
+fi
+token_file="$run_abs/http-token"
+if [ ! -s "$token_file" ]; then
+    (umask 077 && od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$token_file" && echo >>"$token_file") ||
+        { echo "launch-local: cannot write $token_file" >&2; exit 1; }
+fi
+set -- --keys "$keys" "$@"
 
 # Ports: servers, workers, the coordinator and its HTTP, all free now (a
 # bind test), unless --base-port fixes them (PORT+i, PORT+100+r, PORT+200,
@@ -144,11 +165,12 @@ if [ "$use_coord" -eq 1 ]; then
     [ "$transport" = ipc ] || coordinator="tcp://127.0.0.1:$(port_at $((n_ports - 1)))"
     [ -n "$http_port" ] || http_port=$(port_at "$n_ports")
     "$bin/moe-coordinator" "$@" --servers "$servers" --workers "$workers" \
-        --coordinator "$coordinator" --http "127.0.0.1:$http_port" \
+        --coordinator "$coordinator" --http "127.0.0.1:$http_port" --http-token-file "$token_file" \
         >"$run_abs/coordinator.log" 2>&1 &
     coord_pid=$!
     wait_up "$coord_pid" "$run_abs/coordinator.log" "dashboard at" "the coordinator"
-    echo "launch-local: dashboard at http://127.0.0.1:$http_port/ (moectl --http 127.0.0.1:$http_port experts)" >&2
+    echo "launch-local: dashboard at http://127.0.0.1:$http_port/ (moectl --http 127.0.0.1:$http_port experts;" \
+        "checkpoint and drain with --token-file $token_file)" >&2
     set -- "$@" --coordinator "$coordinator"
 fi
 

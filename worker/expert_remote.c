@@ -41,7 +41,8 @@ struct expert_remote {
     int64_t min_reply_step, max_reply_step; /* header.step range of the last gather */
 };
 
-expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, int rank, int D,
+expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_net *net,
+                                   const struct moe_cluster *cl, int rank, int D,
                                    int64_t timeout_ms, Moe__DType dtype, size_t max_bytes,
                                    char *err, size_t errlen)
 {
@@ -71,12 +72,15 @@ expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, 
         if (!io->ids || !io->rows || !io->src || !io->sock ||
             zmq_setsockopt(io->sock, ZMQ_LINGER, &linger, sizeof linger) ||
             zmq_setsockopt(io->sock, ZMQ_ROUTING_ID, id, strlen(id)) ||
-            zmq_setsockopt(io->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-            zmq_connect(io->sock, cl->servers[s]) != 0) {
+            zmq_setsockopt(io->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) {
             moe_err_set(err, errlen, "cannot connect to expert server %d (%s): %s", s, cl->servers[s],
                      zmq_strerror(zmq_errno()));
             goto fail;
         }
+        char what[64];
+        snprintf(what, sizeof what, "expert server %d", s);
+        if (moe_net_connect(net, io->sock, MOE_SEC_SERVER, cl->servers[s], what, err, errlen))
+            goto fail;
     }
     return r;
 fail:

@@ -14,14 +14,17 @@
 #include "expert_shard.h"
 #include "moe.pb-c.h"
 #include "moe_cluster.h"
+#include "moe_guard.h"
 #include "moe_layer.h"
 
 typedef struct expert_remote expert_remote_t;
 
 /* Connects a DEALER (routing id "moe-worker-<rank>") to every server of the
- * cluster (borrowed; must outlive the backend). zmq_ctx is borrowed. row0 is
+ * cluster (borrowed; must outlive the backend). zmq_ctx and net (keys and
+ * guard; NULL: plain sockets) are borrowed. row0 is
  * sent with every message. NULL with a sentence in err. */
-expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_cluster *cl, int rank, int D,
+expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_net *net,
+                                   const struct moe_cluster *cl, int rank, int D,
                                    int64_t timeout_ms, Moe__DType dtype, size_t max_bytes,
                                    char *err, size_t errlen);
 void expert_remote_destroy(expert_remote_t **r);

@@ -146,6 +146,7 @@ struct moe_allreduce {
     int rank, world, timeout_ms;
     bool failed;      /* a call failed: the ring is out of step */
     char **endpoints; /* world copies, in the same allocation as the pointers */
+    const struct moe_net *net;
 };
 
 
@@ -358,6 +359,10 @@ static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t 
         zmq_setsockopt(a->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
         return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: cannot set socket options: %s", a->rank,
                        zmq_strerror(errno));
+    int rc = moe_net_serve(a->net, a->pull, MOE_SEC_DOMAIN_RING, a->endpoints[a->rank],
+                           "the all-reduce ring socket", err, errlen);
+    if (rc)
+        return rc;
     /* A ring rebuilt in the same process (after a rollback) binds the
      * address its predecessor just closed, which ZeroMQ releases
      * asynchronously: retry within the timeout. */
@@ -370,14 +375,16 @@ static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t 
     if (!ar_bound(a->pull))
         return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d cannot bind %s: %s", a->rank,
                        a->endpoints[a->rank], zmq_strerror(errno));
-    if (zmq_connect(a->push, a->endpoints[next]))
-        return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d cannot connect to rank %d at %s: %s",
-                       a->rank, next, a->endpoints[next], zmq_strerror(errno));
+    char what[64];
+    snprintf(what, sizeof what, "worker %d (the next in the ring)", next);
+    if (moe_net_connect(a->net, a->push, MOE_SEC_WORKER, a->endpoints[next], what, err, errlen))
+        return MOE_ERR_IO;
     return 0;
 }
 
-moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const char *const *endpoints,
-                                   int timeout_ms, char *err, size_t errlen)
+moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, const struct moe_net *net, int rank, int world,
+                                   const char *const *endpoints, int timeout_ms, char *err,
+                                   size_t errlen)
 {
     if (world < 1 || world > AR_WORLD_MAX || rank < 0 || rank >= world) {
         moe_err_fail(MOE_ERR_CONFIG, err, errlen,
@@ -403,6 +410,7 @@ moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const cha
     a->rank = rank;
     a->world = world;
     a->timeout_ms = timeout_ms;
+    a->net = net;
     if (world == 1)
         return a;
     a->endpoints = ar_copy_endpoints(endpoints, world, err, errlen);

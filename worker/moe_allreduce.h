@@ -36,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moe_guard.h"
+
 /* Largest payload of one message; the receiving socket's ZMQ_MAXMSGSIZE is
  * set to this plus the 48-byte header, so a larger message is refused by
  * ZeroMQ (tcp, ipc: the connection is dropped) or by our own size check. */
@@ -58,11 +60,13 @@ typedef struct moe_allreduce moe_allreduce_t;
  * timeout_ms (> 0) bounds every wait here and in the sums: a peer that sends
  * nothing for that long gives an error naming its endpoint, never a hang.
  * world == 1 creates no socket (zmq_ctx and endpoints may then be NULL) and
- * every sum is a no-op. Sockets get ZMQ_LINGER 0. Returns NULL on error with a sentence in
+ * every sum is a no-op. net (the keys and guard of the process; NULL: plain
+ * sockets) is borrowed and must outlive the ring. Sockets get ZMQ_LINGER 0. Returns NULL on error with a sentence in
  * err (err may be NULL). Caller owns (moe_allreduce_destroy). The object must
  * be used by one thread at a time (ZeroMQ sockets are not thread-safe). */
-moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, int rank, int world, const char *const *endpoints,
-                                   int timeout_ms, char *err, size_t errlen);
+moe_allreduce_t *moe_allreduce_new(void *zmq_ctx, const struct moe_net *net, int rank, int world,
+                                   const char *const *endpoints, int timeout_ms, char *err,
+                                   size_t errlen);
 
 /* In place: data (n floats) becomes the sum over ranks, in the order given at
  * the top of this file; all ranks end bitwise identical. Collective: every

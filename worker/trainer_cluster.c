@@ -118,8 +118,8 @@ int trainer__make_remote(struct trainer *t, char *err, size_t errlen)
     const struct moe_options *c = t->cfg;
     Moe__DType dt = MOE__DTYPE__DTYPE_F32;
     moe_wire_dtype_parse(c->wire_dtype, &dt, NULL, 0); /* checked by setup */
-    t->remote_be = expert_remote_new(t->zctx, &t->cl, t->rank, c->d_model, c->timeout_ms, dt,
-                                     (size_t)c->max_message_mb << 20, err, errlen);
+    t->remote_be = expert_remote_new(t->zctx, &t->net, &t->cl, t->rank, c->d_model, c->timeout_ms, dt,
+                                     moe_options_message_limit(c, MOE_ROLE_WORKER), err, errlen);
     if (!t->remote_be)
         return MOE_ERR_IO;
     expert_remote_set_row0(t->remote_be, (int64_t)t->b0 * c->unroll);
@@ -146,7 +146,7 @@ static int apply_epoch(struct trainer *t, bool reload, char *err, size_t errlen)
     if ((reload || !t->ar) && t->world > 1) {
         /* after a failure the ring is rebuilt: a worker may have restarted */
         moe_allreduce_destroy(&t->ar);
-        t->ar = moe_allreduce_new(t->zctx, t->rank, t->world, (const char *const *)t->cl.workers,
+        t->ar = moe_allreduce_new(t->zctx, &t->net, t->rank, t->world, (const char *const *)t->cl.workers,
                                   (int)c->timeout_ms, err, errlen);
         if (!t->ar)
             return MOE_ERR_IO;

@@ -19,6 +19,7 @@
 #include "model.h"
 #include "moe_allreduce.h"
 #include "moe_cluster.h"
+#include "moe_guard.h"
 #include "trainer.h"
 
 struct trainer {
@@ -28,6 +29,9 @@ struct trainer {
     bool remote;
     struct moe_cluster cl;
     void *zctx;
+    struct moe_sec sec;    /* keys (tcp:// runs CURVE) */
+    struct moe_net net;    /* what this worker's sockets are made with */
+    moe_guard_t *guard;    /* the ZAP handler of zctx (the ring socket authenticates workers) */
     expert_remote_t *remote_be;
     moe_allreduce_t *ar;
     struct moe_backend backend;

@@ -71,6 +71,31 @@ static int check_expert_memory(const struct moe_options *c, char *err, size_t er
     return moe_mem_check(trainer__bytes_of(bytes), what, err, errlen);
 }
 
+/* The keys (every tcp:// endpoint needs them, or --insecure), the ZeroMQ
+ * context and its guard (the ZAP handler of the ring socket). */
+static int setup_security(struct trainer *t, char *err, size_t errlen)
+{
+    const struct moe_options *c = t->cfg;
+    int rc = moe_sec_init(&t->sec, MOE_SEC_WORKER, c->keys, c->insecure, err, errlen);
+    if (!rc)
+        rc = moe_sec_check(&t->sec, c->coordinator, "the coordinator", err, errlen);
+    if (!rc)
+        rc = moe_sec_check_list(&t->sec, c->servers, "an expert server", err, errlen);
+    if (!rc)
+        rc = moe_sec_check_list(&t->sec, c->workers, "the workers' ring", err, errlen);
+    if (rc)
+        return rc;
+    if (c->insecure)
+        moe_warn("--insecure: this worker talks plain TCP; anyone who reaches its ports can read "
+                 "or disturb the training");
+    if (!(t->zctx = zmq_ctx_new()))
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "cannot create a ZeroMQ context");
+    if (t->sec.keys && !(t->guard = moe_guard_new(t->zctx, &t->sec, err, errlen)))
+        return MOE_ERR_IO;
+    t->net = (struct moe_net){&t->sec, t->guard, c->max_connections};
+    return 0;
+}
+
 /* Remote experts: the coordinator (registration with this worker's
  * configuration; the servers come with the epoch) or the static list; this
  * worker's streams of the global batch. */
@@ -81,28 +106,29 @@ static int setup_cluster(struct trainer *t, char *err, size_t errlen)
     t->rank = c->rank;
     t->world = 1;
     if (t->remote) {
-        if (!(t->zctx = zmq_ctx_new()))
-            return moe_err_fail(MOE_ERR_IO, err, errlen, "cannot create a ZeroMQ context");
+        int rc = setup_security(t, err, errlen);
+        if (rc)
+            return rc;
         const char *servers = c->servers, *placement = c->placement;
         if (c->coordinator[0]) {
-            t->coord = coord_client_new(t->zctx, c->coordinator, 1, t->rank, NULL, c->n_experts,
-                                        c->timeout_ms, err, errlen);
+            t->coord = coord_client_new(t->zctx, &t->net, c->coordinator, 1, t->rank, NULL,
+                                        c->n_experts, c->timeout_ms, err, errlen);
             if (!t->coord)
                 return MOE_ERR_IO;
             char contract[8192];
             if (moe_options_contract(c, MOE_ROLE_WORKER, contract, sizeof contract) < 0)
                 return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                                     "the training configuration is too long to send");
-            int rc = coord_client_register(t->coord, "", contract, c->coordinator_wait_s, err,
-                                           errlen);
+            rc = coord_client_register(t->coord, "", contract, c->coordinator_wait_s, err,
+                                       errlen);
             if (rc)
                 return rc;
             servers = "inproc://no-server-before-the-epoch";
             placement = "";
             t->elastic = c->checkpoint_dir[0] != 0;
         }
-        int rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
-                                   errlen);
+        rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
+                               errlen);
         if (rc)
             return rc;
         t->world = t->cl.n_workers;
@@ -206,7 +232,7 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
         if ((rc = trainer__make_remote(t, err, errlen)))
             return rc;
         if (t->world > 1 &&
-            !(t->ar = moe_allreduce_new(t->zctx, t->rank, t->world,
+            !(t->ar = moe_allreduce_new(t->zctx, &t->net, t->rank, t->world,
                                         (const char *const *)t->cl.workers, (int)c->timeout_ms,
                                         err, errlen)))
             return MOE_ERR_IO;
@@ -308,6 +334,7 @@ void trainer__teardown(struct trainer *t)
     moe_free_floats(&t->gstats);
     free(t->rows_routed);
     expert_remote_destroy(&t->remote_be);
+    moe_guard_destroy(&t->guard); /* after every socket it guards */
     if (t->zctx)
         zmq_ctx_term(t->zctx);
     moe_cluster_free(&t->cl);

@@ -106,21 +106,35 @@ static int resume_from_checkpoint(coord_t *c, const struct moe_options *cfg, cha
     return 0;
 }
 
+/* The keys, the context with its guard (ZAP handler), and the ROUTER
+ * socket members register with. */
 static int bind_socket(coord_t *c, const char *endpoint, char *err, size_t errlen)
 {
+    const struct moe_options *cfg = c->cfg;
+    int rc = moe_sec_init(&c->sec, MOE_SEC_COORDINATOR, cfg->keys, cfg->insecure, err, errlen);
+    if (!rc)
+        rc = moe_sec_check(&c->sec, endpoint, "the coordinator's address", err, errlen);
+    if (rc)
+        return rc;
+    if (cfg->insecure)
+        moe_warn("--insecure: the coordinator talks plain TCP; anyone who reaches %s can join, "
+                 "stall or drain the cluster", endpoint);
     c->ctx = zmq_ctx_new();
+    if (c->ctx && c->sec.keys && !(c->guard = moe_guard_new(c->ctx, &c->sec, err, errlen)))
+        return MOE_ERR_IO;
+    c->net = (struct moe_net){&c->sec, c->guard, cfg->max_connections};
+    c->curve = moe_sec_curve(&c->sec, endpoint);
     c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_ROUTER) : NULL;
     /* No ROUTER_HANDOVER: every process has its own routing id, so a
      * newcomer never takes over the connection of a member. */
     int linger = 0;
-    int64_t maxmsg = 2 << 20;
+    int64_t maxmsg = (int64_t)c->lim.max_bytes + 4096;
     if (!c->sock || zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        zmq_bind(c->sock, endpoint) != 0) {
-        moe_err_set(err, errlen, "cannot bind %s: %s", endpoint, zmq_strerror(zmq_errno()));
-        return MOE_ERR_IO;
-    }
-    return 0;
+        zmq_setsockopt(c->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "cannot bind %s: %s", endpoint,
+                            zmq_strerror(zmq_errno()));
+    return moe_net_bind(&c->net, c->sock, MOE_SEC_DOMAIN_COORDINATOR, endpoint,
+                        "the coordinator socket", err, errlen);
 }
 
 coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
@@ -171,7 +185,8 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     c->phase = COORD_FORMING;
     if (cfg->checkpoint_dir[0] && resume_from_checkpoint(c, cfg, err, errlen))
         goto fail;
-    c->lim = (struct moe_wire_limits){1u << 20, 0, (uint32_t)c->E, 1u << 20};
+    c->lim = (struct moe_wire_limits){moe_options_message_limit(cfg, MOE_ROLE_COORDINATOR), 0,
+                                      (uint32_t)c->E, 1};
     if (bind_socket(c, cfg->coordinator, err, errlen))
         goto fail;
     return c;
@@ -191,6 +206,7 @@ void coord_destroy(coord_t **cp)
         zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close(c->sock);
     }
+    moe_guard_destroy(&c->guard); /* after the socket it guards */
     if (c->ctx)
         zmq_ctx_term(c->ctx);
     coord_stats_destroy(&c->stats);
@@ -207,6 +223,20 @@ void coord_destroy(coord_t **cp)
 }
 
 void *coord_socket(coord_t *c) { return c->sock; }
+
+bool coord_insecure(const coord_t *c)
+{
+    return c->sec.insecure && strncmp(c->cfg->coordinator, "tcp://", 6) == 0;
+}
+
+void coord_refused(const coord_t *c, uint64_t *keys, uint64_t *handshakes, uint64_t *over_cap)
+{
+    struct moe_guard_counts g;
+    moe_guard_counts(c->guard, &g);
+    *keys = g.refused_keys;
+    *handshakes = g.handshake_failures;
+    *over_cap = g.refused_connections;
+}
 
 const coord_stats_t *coord_stats(const coord_t *c) { return c->stats; }
 
@@ -367,6 +397,58 @@ void coord__fail_pending(coord_t *c, const char *why, uint32_t flags)
 }
 
 
+/* Every message speaks for a role (header.role: 1 worker, 2 server); with
+ * CURVE it must be the role its key was authenticated as. */
+static bool role_matches_key(const coord_t *c, const struct moe_wire_msg *m, char *why, size_t len)
+{
+    if (!c->curve)
+        return true;
+    const int peer = moe_sec_peer(m), claimed = (int)m->hdr->role;
+    if ((claimed == MOE_ROLE_WORKER && peer == MOE_SEC_WORKER) ||
+        (claimed == MOE_ROLE_SERVER && peer == MOE_SEC_SERVER))
+        return true;
+    snprintf(why, len, "this connection is authenticated with the %s key: it cannot speak as %s",
+             moe_sec_role_name(peer),
+             claimed == MOE_ROLE_WORKER   ? "a worker"
+             : claimed == MOE_ROLE_SERVER ? "an expert server"
+                                          : "an unknown role");
+    return false;
+}
+
+/* One decoded message to its handler. */
+static void dispatch(coord_t *c, struct moe_wire_msg *m, double now)
+{
+    char why[160];
+    if (!role_matches_key(c, m, why, sizeof why)) {
+        coord__reply_error(c, m, MOE_ERR_STATE, why);
+        return;
+    }
+    switch (m->hdr->type) {
+    case MOE__MSG_TYPE__MSG_REGISTER: coord__handle_register(c, m, now); break;
+    case MOE__MSG_TYPE__MSG_HEARTBEAT: coord__handle_heartbeat(c, m, now); break;
+    case MOE__MSG_TYPE__MSG_STATS: coord__handle_stats(c, m, now); break;
+    case MOE__MSG_TYPE__MSG_EPOCH_WAIT: coord__handle_epoch_wait(c, m, now); break;
+    case MOE__MSG_TYPE__MSG_CHECKPOINT_DONE: coord__handle_ckpt_done(c, m); break;
+    case MOE__MSG_TYPE__MSG_LEAVE: coord__handle_leave(c, m); break;
+    default:
+        snprintf(why, sizeof why, "message type %d is not served by the coordinator",
+                 (int)m->hdr->type);
+        coord__reply_error(c, m, MOE_ERR_FORMAT, why);
+    }
+}
+
+/* A received message (rc: its decoding) to its handler or its error reply. */
+static void handle(coord_t *c, struct moe_wire_msg *m, int rc, const char *err, double now)
+{
+    c->messages++;
+    c->generation++;
+    if (rc)
+        coord__reply_error(c, m, rc, err);
+    else
+        dispatch(c, m, now);
+    moe_wire_msg_free(m);
+}
+
 int coord_handle_one(coord_t *c, double now)
 {
     struct moe_wire_msg m;
@@ -377,29 +459,20 @@ int coord_handle_one(coord_t *c, double now)
     int rc = moe_wire_recv(c->sock, true, ZMQ_DONTWAIT, &c->lim, &m, err, sizeof err);
     if (rc == MOE_ERR_STATE && !m.hdr && m.identity_len == 0)
         return 0;
-    c->messages++;
-    c->generation++;
-    if (rc) {
-        coord__reply_error(c, &m, rc, err);
-        moe_wire_msg_free(&m);
-        return 1;
-    }
-    switch (m.hdr->type) {
-    case MOE__MSG_TYPE__MSG_REGISTER: coord__handle_register(c, &m, now); break;
-    case MOE__MSG_TYPE__MSG_HEARTBEAT: coord__handle_heartbeat(c, &m, now); break;
-    case MOE__MSG_TYPE__MSG_STATS: coord__handle_stats(c, &m, now); break;
-    case MOE__MSG_TYPE__MSG_EPOCH_WAIT: coord__handle_epoch_wait(c, &m, now); break;
-    case MOE__MSG_TYPE__MSG_CHECKPOINT_DONE: coord__handle_ckpt_done(c, &m); break;
-    case MOE__MSG_TYPE__MSG_LEAVE: coord__handle_leave(c, &m); break;
-    default: {
-        char why[96];
-        snprintf(why, sizeof why, "message type %d is not served by the coordinator",
-                 (int)m.hdr->type);
-        coord__reply_error(c, &m, MOE_ERR_FORMAT, why);
-    }
-    }
-    moe_wire_msg_free(&m);
+    handle(c, &m, rc, err, now);
     return 1;
+}
+
+void coord_inject(coord_t *c, const void *const *frames, const size_t *sizes, int nframes,
+                  const uint8_t *identity, size_t identity_len, const char *user_id, double now)
+{
+    struct moe_wire_msg m;
+    char err[256];
+    c->lim.width = 0;
+    c->now = now;
+    int rc = moe_wire_decode_as(frames, sizes, nframes, &c->lim, identity, identity_len, user_id,
+                                &m, err, sizeof err);
+    handle(c, &m, rc, err, now);
 }
 
 void coord_tick(coord_t *c, double now)

@@ -78,6 +78,7 @@ struct coord_member {
     uint64_t messages, errors;
     /* expert servers, from their heartbeats */
     uint64_t rows_total, bytes_total, errors_total;
+    uint64_t refused_total; /* connections the server refused (its heartbeats) */
     double latency_seconds, rows_per_sec;
     double rate_time;       /* when rows_per_sec was last computed */
     uint64_t rate_rows;
@@ -112,6 +113,18 @@ void *coord_socket(coord_t *c);
 /* Receives and handles one message if there is one (non-blocking).
  * Returns 1 if one was handled, 0 if none was waiting. */
 int coord_handle_one(coord_t *c, double now);
+
+/* Handles frames as if they had arrived from the peer `identity`,
+ * authenticated as `user_id` ("worker", "server"; "" none): the whole
+ * decode-and-dispatch path without a network (tests, fuzzing). Replies go
+ * to the socket, which drops them for an unknown peer. */
+void coord_inject(coord_t *c, const void *const *frames, const size_t *sizes, int nframes,
+                  const uint8_t *identity, size_t identity_len, const char *user_id, double now);
+
+/* Whether the cluster's sockets run without CURVE (--insecure), and the
+ * connections this coordinator refused (its guard's counts). */
+bool coord_insecure(const coord_t *c);
+void coord_refused(const coord_t *c, uint64_t *keys, uint64_t *handshakes, uint64_t *over_cap);
 
 /* Marks members not heard from within heartbeat_timeout_ms as not alive; a
  * dead server of the running or loading epoch starts a rollback epoch. Also

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "coord.h"
+#include "moe_guard.h"
 #include "moe_wire.h"
 
 #define MAX_SLOTS 1024
@@ -37,6 +38,10 @@ struct coord {
     int E, W;
     coord_stats_t *stats;
     void *ctx, *sock;
+    struct moe_sec sec;    /* keys: on tcp:// the socket runs CURVE */
+    struct moe_net net;
+    moe_guard_t *guard;    /* ZAP handler and monitor of ctx */
+    bool curve;            /* the socket authenticates (worker and server keys) */
     struct coord_member *servers, *workers;
     int n_slots, min_servers;
     char (*listed)[256];  /* --servers: endpoint of ids 0..n_listed-1 */

@@ -29,6 +29,7 @@
 #include "moe_log.h"
 #include "moe_zloop.h"
 #include "moe_options.h"
+#include "moe_sec.h"
 
 extern const char coord_dashboard_html[];
 extern const size_t coord_dashboard_html_len;
@@ -46,6 +47,7 @@ enum { PAGE_METRICS, PAGE_CLUSTER, PAGE_EXPERTS, N_PAGES };
 struct app {
     struct render_cache cache[N_PAGES];
     struct moe_options cfg;
+    char token[256]; /* the bearer token of the mutating endpoints ("" none) */
     uv_loop_t loop;
     coord_t *coord;
     coord_http_t *http;
@@ -201,8 +203,8 @@ static void on_http(void *user, const struct coord_http_request *req,
     } else if (post && (strcmp(req->path, "/api/v1/checkpoint") == 0 ||
                         strcmp(req->path, "/api/v1/drain") == 0)) {
         char want[300], why[300];
-        snprintf(want, sizeof want, "Bearer %s", a->cfg.http_token);
-        if (!a->cfg.http_token[0] || !req->authorization || strcmp(req->authorization, want) != 0)
+        snprintf(want, sizeof want, "Bearer %s", a->token);
+        if (!a->token[0] || !req->authorization || !moe_sec_equal(req->authorization, want))
             respond(resp, 401, "application/json",
                     copy("{\"error\":\"a valid bearer token (http_token) is required\"}"));
         else if (strcmp(req->path, "/api/v1/checkpoint") == 0)
@@ -290,6 +292,15 @@ int main(int argc, char **argv)
         moe_log_set_level(lvl);
     char host[200];
     int port;
+    if (moe_sec_secret(a.cfg.http_token, a.cfg.http_token_file, "MOE_HTTP_TOKEN", a.token,
+                       sizeof a.token, err, sizeof err)) {
+        fprintf(stderr, "moe-coordinator: error: %s\n", err);
+        return 2;
+    }
+    for (int i = 1; i < argc; i++)
+        if (strncmp(argv[i], "--http-token", 12) == 0 && strncmp(argv[i], "--http-token-file", 17))
+            moe_warn("--http-token on the command line is visible to every user of this machine "
+                     "(ps): prefer --http-token-file FILE or the MOE_HTTP_TOKEN variable");
     if (split_host_port(a.cfg.http, host, sizeof host, &port)) {
         fprintf(stderr, "moe-coordinator: error: --http: expected HOST:PORT, got \"%s\"\n",
                 a.cfg.http);

@@ -388,6 +388,7 @@ void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
         mem->rows_total = h->rows_total;
         mem->bytes_total = h->bytes_total;
         mem->errors_total = h->errors_total;
+        mem->refused_total = h->refused_total;
         mem->latency_seconds = isfinite(h->latency_seconds) ? h->latency_seconds : 0;
     }
     if (coord__answer_ended(c, m, mem))

@@ -75,6 +75,8 @@ char *coord_render_cluster_json(const coord_t *c)
         json_object_set_new(j, "rows_total", json_integer((json_int_t)m->rows_total));
         json_object_set_new(j, "bytes_total", json_integer((json_int_t)m->bytes_total));
         json_object_set_new(j, "errors_total", json_integer((json_int_t)m->errors_total));
+        json_object_set_new(j, "refused_connections_total",
+                            json_integer((json_int_t)m->refused_total));
         json_object_set_new(j, "latency_seconds", json_real(m->latency_seconds));
         json_array_append_new(servers, j);
     }
@@ -109,6 +111,12 @@ char *coord_render_cluster_json(const coord_t *c)
     json_object_set_new(o, "cv_load", json_real(coord_stats_cv_load(c->stats)));
     json_object_set_new(o, "max_over_mean_load", json_real(coord_stats_max_over_mean_load(c->stats)));
     json_object_set_new(o, "errors_total", json_integer((json_int_t)c->errors));
+    json_object_set_new(o, "insecure", json_boolean(coord_insecure(c)));
+    uint64_t keys, handshakes, over_cap;
+    coord_refused(c, &keys, &handshakes, &over_cap);
+    json_object_set_new(o, "refused_connections",
+                        json_pack("{sIsIsI}", "key", (json_int_t)keys, "handshake",
+                                  (json_int_t)handshakes, "limit", (json_int_t)over_cap));
     json_object_set_new(o, "loss_history", hist);
     return dump(o);
 }
@@ -127,6 +135,28 @@ static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char 
         snprintf(srv, sizeof srv, "%" PRId64, coord_server_of(c, e));
         const char *labels[] = {"expert", id, "server", srv, NULL};
         rc = moe_prom_sample(b, NULL, labels, v[field]);
+    }
+    return rc;
+}
+
+/* Whether the cluster runs without CURVE, and the connections the
+ * coordinator refused, by reason. */
+static int prom_security(struct moe_prom_buf *b, const coord_t *c)
+{
+    int rc = moe_prom_family(b, "moe_insecure", MOE_PROM_GAUGE,
+                             "1 when the cluster's TCP sockets run without CURVE (--insecure).");
+    if (!rc)
+        rc = moe_prom_sample(b, NULL, NULL, coord_insecure(c) ? 1 : 0);
+    uint64_t n[3];
+    coord_refused(c, &n[0], &n[1], &n[2]);
+    static const char *const reason[] = {"key", "handshake", "limit"};
+    if (!rc)
+        rc = moe_prom_family(b, "moe_coordinator_refused_connections_total", MOE_PROM_COUNTER,
+                             "Connections the coordinator refused: an unknown or wrong-role key, "
+                             "a failed secure handshake, or beyond max_connections.");
+    for (int i = 0; !rc && i < 3; i++) {
+        const char *labels[] = {"reason", reason[i], NULL};
+        rc = moe_prom_sample(b, NULL, labels, (double)n[i]);
     }
     return rc;
 }
@@ -173,6 +203,8 @@ char *coord_render_metrics(const coord_t *c)
             rc = moe_prom_sample(&b, NULL, NULL, gauges[i].v);
     }
     if (!rc)
+        rc = prom_security(&b, c);
+    if (!rc)
         rc = moe_prom_family(&b, "moe_coordinator_rejected_messages_total", MOE_PROM_COUNTER,
                              "Messages the coordinator rejected as malformed or out of turn.");
     if (!rc)
@@ -203,6 +235,7 @@ char *coord_render_metrics(const coord_t *c)
         {"moe_server_rejected_messages_total", "Messages the expert server rejected.", MOE_PROM_COUNTER, 2},
         {"moe_server_rows_per_second", "Rows per second computed by the expert server.", MOE_PROM_GAUGE, 3},
         {"moe_server_step_compute_seconds", "Mean compute time of a step on the expert server.", MOE_PROM_GAUGE, 4},
+        {"moe_server_refused_connections_total", "Connections the expert server refused (keys, handshakes, connection cap).", MOE_PROM_COUNTER, 5},
     };
     for (size_t f = 0; !rc && f < sizeof per_server / sizeof per_server[0]; f++) {
         rc = moe_prom_family(&b, per_server[f].name, per_server[f].type, per_server[f].help);
@@ -211,7 +244,8 @@ char *coord_render_metrics(const coord_t *c)
             if (!m->used)
                 continue;
             const double v[] = {(double)m->rows_total, (double)m->bytes_total,
-                                (double)m->errors_total, m->rows_per_sec, m->latency_seconds};
+                                (double)m->errors_total, m->rows_per_sec, m->latency_seconds,
+                                (double)m->refused_total};
             char idx[16];
             snprintf(idx, sizeof idx, "%u", m->id);
             const char *labels[] = {"server", idx, NULL};

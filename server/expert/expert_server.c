@@ -79,7 +79,8 @@ static void *heartbeat_main(void *arg)
 {
     expert_server_t *s = arg;
     char err[256];
-    coord_client_t *c = coord_client_new(s->ctx, s->cfg->coordinator, COORD_ROLE_SERVER_HEARTBEAT,
+    coord_client_t *c = coord_client_new(s->ctx, &s->net, s->cfg->coordinator,
+                                         COORD_ROLE_SERVER_HEARTBEAT,
                                          0, s->own, s->cfg->n_experts, s->cfg->timeout_ms, err,
                                          sizeof err);
     if (!c) {
@@ -91,9 +92,14 @@ static void *heartbeat_main(void *arg)
         uint64_t bits = atomic_load(&s->hb_latency_bits);
         double lat;
         memcpy(&lat, &bits, sizeof lat);
-        if (coord_client_heartbeat(c, (int64_t)atomic_load(&s->hb_step), atomic_load(&s->hb_rows),
-                                   atomic_load(&s->hb_bytes), atomic_load(&s->hb_errors), lat, err,
-                                   sizeof err))
+        struct moe_guard_counts gc;
+        moe_guard_counts(s->guard, &gc);
+        const struct coord_heartbeat hb = {
+            .step = (int64_t)atomic_load(&s->hb_step), .rows = atomic_load(&s->hb_rows),
+            .bytes = atomic_load(&s->hb_bytes), .errors = atomic_load(&s->hb_errors),
+            .refused = gc.refused_keys + gc.handshake_failures + gc.refused_connections,
+            .latency = lat};
+        if (coord_client_heartbeat(c, &hb, err, sizeof err))
             moe_warn("heartbeat: %s", err);
         for (int i = 0; i < 5 && !atomic_load(&s->hb_stop); i++) {
             struct timespec ts = {0, 50 * 1000000L};
@@ -159,19 +165,33 @@ static const char *bind_socket(expert_server_t *s, char *bound, size_t cap, char
     if (!own_endpoint(cfg, own, sizeof own, err, errlen))
         return NULL;
     snprintf(bound, cap, "%s", cfg->bind[0] ? cfg->bind : own);
+    if (moe_sec_init(&s->sec, MOE_SEC_SERVER, cfg->keys, cfg->insecure, err, errlen) ||
+        moe_sec_check(&s->sec, bound, "this server's address", err, errlen) ||
+        moe_sec_check(&s->sec, cfg->coordinator, "the coordinator", err, errlen))
+        return NULL;
+    if (cfg->insecure)
+        moe_warn("--insecure: this server talks plain TCP; anyone who reaches %s can read its "
+                 "experts or disturb the training", bound);
     s->ctx = zmq_ctx_new();
+    if (s->ctx && s->sec.keys && !(s->guard = moe_guard_new(s->ctx, &s->sec, err, errlen)))
+        return NULL;
+    s->net = (struct moe_net){&s->sec, s->guard, cfg->max_connections};
+    s->curve = moe_sec_curve(&s->sec, bound);
     s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
     int linger = 0;
-    /* libzmq drops a peer whose message exceeds ZMQ_MAXMSGSIZE, with no
-     * reply possible; up to twice our own limit the message is received and
-     * answered with an error instead. */
-    int64_t maxmsg = 2 * (int64_t)s->lim.max_bytes + (1 << 20);
+    /* libzmq drops a peer whose frame exceeds ZMQ_MAXMSGSIZE, with no reply
+     * possible (and it reserves a frame's declared size when it starts
+     * receiving it); a little over our own limit the message is received
+     * and answered with an error instead. */
+    int64_t maxmsg = (int64_t)s->lim.max_bytes + 65536;
     if (!s->sock || zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
-        zmq_bind(s->sock, bound) != 0) {
+        zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg)) {
         moe_err_set(err, errlen, "cannot bind %s: %s", bound, zmq_strerror(zmq_errno()));
         return NULL;
     }
+    if (moe_net_bind(&s->net, s->sock, MOE_SEC_DOMAIN_SERVER, bound, "the expert server socket",
+                     err, errlen))
+        return NULL;
     if (cfg->advertise[0])
         snprintf(own, sizeof own, "%s", cfg->advertise);
     if (cfg->coordinator[0] && (strchr(own, '*') || strstr(own, "0.0.0.0"))) {
@@ -191,7 +211,7 @@ static int join_coordinator(expert_server_t *s, char *err, size_t errlen)
     const struct moe_options *cfg = s->cfg;
     int handover = 1;
     zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover);
-    s->coord = coord_client_new(s->ctx, cfg->coordinator, 2, 0, s->own, cfg->n_experts,
+    s->coord = coord_client_new(s->ctx, &s->net, cfg->coordinator, 2, 0, s->own, cfg->n_experts,
                                 cfg->timeout_ms, err, errlen);
     if (!s->coord)
         return MOE_ERR_IO;
@@ -260,8 +280,12 @@ expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, siz
     s->D = cfg->d_model;
     s->H = cfg->d_hidden;
     s->sched = (struct moe_lr_schedule){cfg->lr, cfg->warmup};
-    s->lim = (struct moe_wire_limits){(size_t)cfg->max_message_mb << 20, (uint32_t)s->D,
-                                      (uint32_t)cfg->n_experts, (uint64_t)1 << 31};
+    /* a worker sends at most every row of its batch times k (DESIGN §5) */
+    const uint64_t max_rows = (uint64_t)(cfg->batch > cfg->eval_batch ? cfg->batch
+                                                                      : cfg->eval_batch) *
+                              (uint64_t)cfg->unroll * (uint64_t)cfg->k;
+    s->lim = (struct moe_wire_limits){moe_options_message_limit(cfg, MOE_ROLE_SERVER),
+                                      (uint32_t)s->D, (uint32_t)cfg->n_experts, max_rows};
     s->index = cfg->server_index;
     char bound[256];
     if (!bind_socket(s, bound, sizeof bound, err, errlen) ||
@@ -319,6 +343,7 @@ void expert_server_destroy(expert_server_t **sp)
     coord_client_destroy(&s->coord);
     if (s->sock)
         zmq_close(s->sock);
+    moe_guard_destroy(&s->guard); /* after every socket it guards */
     if (s->ctx)
         zmq_ctx_term(s->ctx);
     expert_shard_destroy(&s->shard);

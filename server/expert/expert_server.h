@@ -56,6 +56,14 @@ int expert_server_write_shard(expert_server_t *s, const char *path, char *err, s
 int64_t expert_server_step(const expert_server_t *s);
 int64_t expert_server_errors(const expert_server_t *s);
 
+/* Handles frames as if they had arrived on the socket from the peer
+ * `identity`, authenticated as `user_id` ("worker", ...; "" none): the
+ * whole decode-and-dispatch path without a network (tests, fuzzing).
+ * Replies go to the socket, which drops them for an unknown peer. */
+void expert_server_inject(expert_server_t *s, const void *const *frames, const size_t *sizes,
+                          int nframes, const uint8_t *identity, size_t identity_len,
+                          const char *user_id);
+
 void expert_server_destroy(expert_server_t **s);
 
 #endif

@@ -16,6 +16,7 @@
 #include "expert_server.h"
 #include "expert_shard.h"
 #include "moe_cluster.h"
+#include "moe_guard.h"
 #include "moe_optim.h"
 #include "moe_wire.h"
 
@@ -32,6 +33,10 @@ struct expert_server {
     struct moe_cluster cl;
     expert_shard_t *shard;
     void *ctx, *sock;
+    struct moe_sec sec;    /* keys: on tcp:// the socket runs CURVE */
+    struct moe_net net;
+    moe_guard_t *guard;    /* ZAP handler and monitor of ctx */
+    bool curve;            /* the socket authenticates (only worker keys get in) */
     int W, D, H;
     struct moe_wire_limits lim;
     Moe__DType dtype;
@@ -81,6 +86,8 @@ struct expert_server {
  * answers a message with an error (counted, logged, sampled); drops the
  * held messages of a step that will not complete, telling their senders. */
 void expert_server__handle_message(expert_server_t *s);
+/* One decoded message (its sender's role checked first) to its handler. */
+void expert_server__dispatch(expert_server_t *s, struct moe_wire_msg *m);
 void expert_server__reply_error(expert_server_t *s, const struct moe_wire_msg *m, int code,
                                 const char *text);
 void expert_server__abandon_step(expert_server_t *s, const char *why);

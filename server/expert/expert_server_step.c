@@ -10,6 +10,7 @@
 #include <zmq.h>
 
 #include "expert_server_internal.h"
+#include "moe_sec.h"
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_optim.h"
@@ -338,8 +339,8 @@ static int validate_step_request(const expert_server_t *s, const struct moe_wire
     if (!check_rank(s, h, why, len) ||
         (fwd && (!owned_ids(s, h, why, len) || !check_rows_fit(h, why, len))))
         return MOE_ERR_NOTFOUND;
-    if (fwd && h->eval)
-        return 0;
+    if (fwd && h->eval) /* answered only to a worker of the cluster */
+        return check_identity(m, why, len) ? 0 : MOE_ERR_STATE;
     if ((int64_t)h->step != s->step) {
         snprintf(why, len, "%s of step %" PRIu64 " is %s: this server is at step %" PRId64, what,
                  h->step, (int64_t)h->step < s->step ? "stale" : "from the future", s->step);
@@ -392,6 +393,10 @@ static void handle_fetch(expert_server_t *s, struct moe_wire_msg *m)
 {
     char why[256];
     const Moe__Header *h = m->hdr;
+    if (!check_rank(s, h, why, sizeof why) || !check_identity(m, why, sizeof why)) {
+        expert_server__reply_error(s, m, MOE_ERR_STATE, why);
+        return;
+    }
     if (!owned_ids(s, h, why, sizeof why)) {
         expert_server__reply_error(s, m, MOE_ERR_NOTFOUND, why);
         return;
@@ -433,6 +438,44 @@ static void handle_fetch(expert_server_t *s, struct moe_wire_msg *m)
     free(ones);
 }
 
+void expert_server__dispatch(expert_server_t *s, struct moe_wire_msg *m)
+{
+    char why[160];
+    s->msgs++;
+    if (s->curve && moe_sec_peer(m) != MOE_SEC_WORKER) {
+        /* the ZAP handler admits only worker keys; this is the second lock */
+        snprintf(why, sizeof why, "this connection is authenticated as %s, not as a worker",
+                 moe_sec_role_name(moe_sec_peer(m)));
+        expert_server__reply_error(s, m, MOE_ERR_STATE, why);
+    } else if (s->waiting || m->hdr->epoch != s->epoch) {
+        snprintf(why, sizeof why, "message of epoch %u: this server %s epoch %u", m->hdr->epoch,
+                 s->waiting ? "is between epochs after" : "serves", s->epoch);
+        expert_server__reply_error(s, m, MOE_ERR_STATE, why);
+    } else {
+        switch (m->hdr->type) {
+        case MOE__MSG_TYPE__MSG_EXPERT_FORWARD:
+        case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD: handle_step_request(s, m); break;
+        case MOE__MSG_TYPE__MSG_EXPERT_FETCH: handle_fetch(s, m); break;
+        default:
+            snprintf(why, sizeof why, "message type %d is not served by an expert server",
+                     (int)m->hdr->type);
+            expert_server__reply_error(s, m, MOE_ERR_FORMAT, why);
+        }
+    }
+}
+
+/* A received message (rc: its decoding) to its handler or its error reply. */
+static void handle(expert_server_t *s, struct moe_wire_msg *m, int rc, const char *err)
+{
+    if (rc) {
+        s->msgs++;
+        expert_server__reply_error(s, m, rc, err);
+    } else {
+        expert_server__dispatch(s, m);
+    }
+    moe_wire_msg_free(m);
+}
+
 void expert_server__handle_message(expert_server_t *s)
 {
     struct moe_wire_msg m;
@@ -442,28 +485,7 @@ void expert_server__handle_message(expert_server_t *s)
     int rc = moe_wire_recv(s->sock, true, ZMQ_DONTWAIT, &s->lim, &m, err, sizeof err);
     if (rc == MOE_ERR_STATE && !m.hdr && m.identity_len == 0)
         return; /* nothing there */
-    s->msgs++;
-    if (rc) {
-        expert_server__reply_error(s, &m, rc, err);
-    } else if (s->waiting || m.hdr->epoch != s->epoch) {
-        char why[160];
-        snprintf(why, sizeof why, "message of epoch %u: this server %s epoch %u", m.hdr->epoch,
-                 s->waiting ? "is between epochs after" : "serves", s->epoch);
-        expert_server__reply_error(s, &m, MOE_ERR_STATE, why);
-    } else {
-        switch (m.hdr->type) {
-        case MOE__MSG_TYPE__MSG_EXPERT_FORWARD:
-        case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD: handle_step_request(s, &m); break;
-        case MOE__MSG_TYPE__MSG_EXPERT_FETCH: handle_fetch(s, &m); break;
-        default: {
-            char why[96];
-            snprintf(why, sizeof why, "message type %d is not served by an expert server",
-                     (int)m.hdr->type);
-            expert_server__reply_error(s, &m, MOE_ERR_FORMAT, why);
-        }
-        }
-    }
-    moe_wire_msg_free(&m);
+    handle(s, &m, rc, err);
 }
 
 /* Held forward/backward messages of a step that will not complete. */
@@ -478,4 +500,15 @@ void expert_server__abandon_step(expert_server_t *s, const char *why)
     expert_server__clear_slots(s->fwd, s->W);
     expert_server__clear_slots(s->bwd, s->W);
     s->phase = PH_FORWARD;
+}
+
+void expert_server_inject(expert_server_t *s, const void *const *frames, const size_t *sizes,
+                          int nframes, const uint8_t *identity, size_t identity_len,
+                          const char *user_id)
+{
+    struct moe_wire_msg m;
+    char err[256];
+    int rc = moe_wire_decode_as(frames, sizes, nframes, &s->lim, identity, identity_len, user_id,
+                                &m, err, sizeof err);
+    handle(s, &m, rc, err);
 }

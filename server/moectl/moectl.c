@@ -10,6 +10,7 @@
  *   moectl verify CHECKPOINT
  *   moectl export CHECKPOINT OUT.safetensors [--params-only]
  *   moectl free-ports N        N free TCP ports on 127.0.0.1 (for launchers and tests)
+ *   moectl keygen DIR [--force]   the cluster's CURVE keys (common/moe_sec.h)
  *
  * Options go before or after the command, as --flag VALUE or --flag=VALUE
  * (getopt_long). Exit status: 0 done, 1 the command failed, 2 the command
@@ -41,12 +42,15 @@
 #include "moe_manifest.h"
 #include "moectl_export.h"
 #include "moe_safetensors.h"
+#include "moe_sec.h"
 
 /* The parsed command line. */
 struct ctl {
     char host[256], port[16]; /* of --http */
     const char *token;
-    bool json, params_only;
+    char token_buf[256];      /* --token-file or MOE_HTTP_TOKEN */
+    const char *token_file;
+    bool json, params_only, force;
     long top;                 /* experts --top; 0: all */
     const char *sort;         /* experts --sort */
     char **args;              /* the command's operands */
@@ -69,15 +73,21 @@ static void usage(FILE *f)
                "                           one canonical file of the model (and, unless\n"
                "                           --params-only, its optimizer state)\n"
                "  free-ports N             print N free TCP ports of 127.0.0.1\n"
+               "  keygen DIR               write a cluster's CURVE keys into DIR (one key pair\n"
+               "                           per role: coordinator, server, worker); --force\n"
+               "                           replaces existing keys\n"
                "\n"
                "Options (--flag VALUE or --flag=VALUE, before or after the command):\n"
                "  --http ADDR              the coordinator's monitoring address, HOST:PORT or\n"
                "                           http://HOST:PORT (default 127.0.0.1:8780)\n"
-               "  --token T                bearer token of the coordinator's http_token\n"
+               "  --token-file FILE        the coordinator's bearer token (http_token), from\n"
+               "                           FILE's first line; or set MOE_HTTP_TOKEN\n"
+               "  --token T                the same on the command line (visible in ps)\n"
                "  --json                   print the coordinator's JSON answer as is\n"
                "  --top N                  experts: show the N first rows only\n"
                "  --sort KEY               experts: load (default), importance or rows\n"
                "  --params-only            export: parameters without optimizer state\n"
+               "  --force                  keygen: replace existing keys\n"
                "  -h, --help               this help\n"
                "\n"
                "CHECKPOINT is a step-NNNNNNNN folder or a checkpoint directory: verify checks\n"
@@ -531,6 +541,22 @@ static int cmd_post(const struct ctl *c, const char *what, const char *server)
 }
 
 static int cmd_checkpoint(const struct ctl *c) { return cmd_post(c, "checkpoint", NULL); }
+
+static int cmd_keygen(const struct ctl *c)
+{
+    char err[1024];
+    const char *dir = c->args[0];
+    if (moe_sec_keygen(dir, c->force, err, sizeof err)) {
+        fprintf(stderr, "moectl: keygen: %s\n", err);
+        return MOE_EXIT_FAILURE;
+    }
+    printf("wrote the cluster's keys into %s:\n"
+           "  coordinator.key  server.key  worker.key   secret: each only on the machines of its role\n"
+           "  coordinator.pub  server.pub  worker.pub   public: on every machine\n"
+           "give every process --keys DIR with its role's .key and the three .pub files\n",
+           dir);
+    return MOE_EXIT_OK;
+}
 static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
 
 static const struct command {
@@ -546,6 +572,7 @@ static const struct command {
     {"verify", 1, " CHECKPOINT", cmd_verify},
     {"export", 2, " CHECKPOINT OUT.safetensors", cmd_export},
     {"free-ports", 1, " N", cmd_free_ports},
+    {"keygen", 1, " DIR", cmd_keygen},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
 
@@ -553,6 +580,7 @@ static const struct option long_options[] = {
     {"http", required_argument, NULL, 'H'},  {"token", required_argument, NULL, 't'},
     {"json", no_argument, NULL, 'j'},        {"top", required_argument, NULL, 'n'},
     {"sort", required_argument, NULL, 's'},  {"params-only", no_argument, NULL, 'p'},
+    {"token-file", required_argument, NULL, 'T'}, {"force", no_argument, NULL, 'f'},
     {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
 };
 
@@ -607,6 +635,8 @@ static int parse_options(int argc, char **argv, struct ctl *c)
                 return MOE_EXIT_USAGE;
             break;
         case 't': c->token = optarg; break;
+        case 'T': c->token_file = optarg; break;
+        case 'f': c->force = true; break;
         case 'j': c->json = true; break;
         case 'p': c->params_only = true; break;
         case 'n':
@@ -634,6 +664,13 @@ int main(int argc, char **argv)
     int rc = parse_options(argc, argv, &c);
     if (rc >= 0)
         return rc;
+    char err[512];
+    if (moe_sec_secret(c.token, c.token_file, "MOE_HTTP_TOKEN", c.token_buf, sizeof c.token_buf,
+                       err, sizeof err)) {
+        fprintf(stderr, "moectl: --token-file: %s\n", err);
+        return MOE_EXIT_USAGE;
+    }
+    c.token = c.token_buf[0] ? c.token_buf : NULL;
     if (optind >= argc) {
         usage(stderr);
         return MOE_EXIT_USAGE;

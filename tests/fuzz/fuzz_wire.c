@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_frames.h"
 #include "moe_err.h"
 #include "moe_wire.h"
 
@@ -38,28 +39,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    const int nframes = 1 + (data[0] & 3) % 3;
     const struct moe_wire_limits lim = {
         .max_bytes = 4096, .width = (data[0] & 0x80) ? 4 : 0, .max_experts = 8, .max_rows = 64};
-    size_t pos = 1;
-    size_t len[3] = {0};
-    for (int i = 0; i + 1 < nframes; i++) {
-        uint32_t n = 0;
-        for (int k = 0; k < 4 && pos < size; k++, pos++)
-            n |= (uint32_t)data[pos] << (8 * k);
-        len[i] = n;
-    }
-    uint8_t *frame[3] = {0};
-    for (int i = 0; i < nframes; i++) {
-        const size_t left = size - pos;
-        if (i + 1 == nframes || len[i] > left)
-            len[i] = left;
-        frame[i] = malloc(len[i] ? len[i] : 1);
-        if (!frame[i])
-            abort();
-        memcpy(frame[i], data + pos, len[i]);
-        pos += len[i];
-    }
+    uint8_t *frame[3];
+    size_t len[3];
+    const int nframes = fuzz_frames_split(data, size, frame, len);
     const void *frames[3] = {frame[0], frame[1], frame[2]};
 
     struct moe_wire_msg msg;
@@ -86,7 +70,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(memchr(err, 0, sizeof err) != NULL && err[0] != 0);
     }
     moe_wire_msg_free(&msg);
-    for (int i = 0; i < nframes; i++)
-        free(frame[i]);
+    fuzz_frames_free(frame);
     return 0;
 }

@@ -39,9 +39,13 @@ make_corpora() {
     head -n 60 "$DATA/wiki.valid.tokens" >"$WORK/valid.txt"
 }
 
+# The cluster's CURVE keys (every tcp:// socket needs them, as in the README).
+KEYS=$WORK/keys
+"$BIN/moectl" keygen "$KEYS" >/dev/null || fail "moectl keygen failed"
+
 # A tiny model that trains in about a second.
 TINY="--d-model 16 --d-hidden 24 --n-experts 6 --k 2 --batch 4 --unroll 8 --eval-batch 3 \
---warmup 5 --lr 0.01 --threads 1 --log-every 1000 --log-level warn"
+--warmup 5 --lr 0.01 --threads 1 --log-every 1000 --log-level warn --keys $KEYS"
 
 # free_ports N: PORTS = N distinct TCP ports of 127.0.0.1 that nothing
 # listens on now (a bind test, moectl free-ports); P1 .. PN name them. Other
@@ -117,8 +121,8 @@ cl_server_endpoints() {
 }
 cl_coord() { # [OPTIONS]: waits until it is up
     start_lines=$(count "dashboard at" "$CL/coordinator.log")
-    "$BIN/moe-coordinator" $A --workers "$CLWS" --coordinator "$CLC" --http "$CLH" \
-        --http-token secret "$@" >>"$CL/coordinator.log" 2>&1 &
+    MOE_HTTP_TOKEN=secret "$BIN/moe-coordinator" $A --keys "$KEYS" --workers "$CLWS" \
+        --coordinator "$CLC" --http "$CLH" "$@" >>"$CL/coordinator.log" 2>&1 &
     CPID=$!
     CL_PIDS="$CL_PIDS $!"
     _h_n=0
@@ -146,7 +150,7 @@ cl_server_bg() {
     shift
     cl_port "$_sb_i"
     start_lines=$(count "moe-server: server .* serving on" "$CL/server-$_sb_i.log")
-    "$BIN/moe-server" $A --workers "$CLWS" --coordinator "$CLC" \
+    "$BIN/moe-server" $A --keys "$KEYS" --workers "$CLWS" --coordinator "$CLC" \
         --bind "tcp://127.0.0.1:$CLSP" "$@" >>"$CL/server-$_sb_i.log" 2>&1 &
     SPID=$!
     eval "SPID$_sb_i=$!"
@@ -157,7 +161,8 @@ cl_worker() {
     _cw_r=$1
     shift
     before=$(count "worker $_cw_r registered" "$CL/coordinator.log")
-    "$BIN/moe-worker" $A --experts remote --workers "$CLWS" --coordinator "$CLC" --rank "$_cw_r" \
+    "$BIN/moe-worker" $A --keys "$KEYS" --experts remote --workers "$CLWS" --coordinator "$CLC" \
+        --rank "$_cw_r" \
         "$@" >>"$CL/worker-$_cw_r.log" 2>&1 &
     WPID=$!
     eval "WPID$_cw_r=$!"

@@ -68,5 +68,19 @@ one_sentence drain 7
 expect 1 "cannot connect to the coordinator at 127.0.0.1:$P4" --http "127.0.0.1:$P4" status
 one_sentence status
 expect 1 "no such directory" verify "$WORK/nothing"
+# the token from a file or the environment, never needed on the command line
+printf 'secret\n' >"$WORK/token"
+printf 'wrong\n' >"$WORK/wrong"
+expect 1 "there is no server 7 .*\(HTTP 409\)" --http "$HTTP" --token-file "$WORK/token" drain 7
+expect 1 "a valid bearer token .*\(HTTP 401\)" --http "$HTTP" --token-file "$WORK/wrong" drain 7
+MOE_HTTP_TOKEN=secret expect 1 "there is no server 7 .*\(HTTP 409\)" --http "$HTTP" drain 7
+expect 2 "cannot read the token file" --http "$HTTP" --token-file "$WORK/none" drain 7
+expect 1 "keygen: .*already exists" keygen "$KEYS"
+expect 0 "wrote the cluster's keys into" keygen "$WORK/newkeys"
 kill -TERM $coord
 wait $coord
+# the coordinator takes its token from a file or MOE_HTTP_TOKEN; an unreadable file is a usage error
+"$BIN/moe-coordinator" $A --http-token-file "$WORK/none" >"$WORK/c2.out" 2>&1
+[ $? -eq 2 ] && grep -q "cannot read the token file" "$WORK/c2.out" ||
+    fail "an unreadable --http-token-file: $(cat "$WORK/c2.out")"
+echo "  ok: moe-coordinator --http-token-file (missing): $(head -n 1 "$WORK/c2.out")"

@@ -17,7 +17,9 @@ wait_up $s1 "$WORK/s1.log" "moe-server: server .* serving on" "server 1"
 w=$!
 # wait until training is under way, then send the garbage
 wait_for_step "$WORK/w.log" 5
-"$BIN/moe-wire-probe" "tcp://127.0.0.1:$port" 16 1048576 >"$WORK/probe.txt"
+# the oversized case sends 4096 / (16 x 4) + 16 = 80 rows: more than any worker of
+# this model sends (batch 4 x unroll 8 x k 2 = 64), still under the frame limit
+"$BIN/moe-wire-probe" "tcp://127.0.0.1:$port" 16 4096 "$KEYS" >"$WORK/probe.txt"
 probe=$?
 sed 's/^/    /' "$WORK/probe.txt"
 wait $w || { kill $s0 $s1; fail "the worker failed: $(tail -n 3 "$WORK/w.log")"; }

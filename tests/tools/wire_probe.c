@@ -3,7 +3,9 @@
  * §5). Used by tests/integration/test_server_bad_input.sh while a worker
  * trains against the same server.
  *
- * Usage: moe-wire-probe ENDPOINT D MAX_BYTES
+ * Usage: moe-wire-probe ENDPOINT D MAX_BYTES [KEYS_DIR]
+ * (with KEYS_DIR it connects with the worker key, as a member of the
+ * cluster would: the malformed messages come from inside)
  * Prints one line per case; exits 1 if any case got no error reply. */
 #include <stdbool.h>
 #include <stdint.h>
@@ -13,6 +15,7 @@
 #include <zmq.h>
 
 #include "moe.pb-c.h"
+#include "moe_sec.h"
 #include "moe_wire.h"
 
 static void *sock;
@@ -51,8 +54,8 @@ static uint8_t *pack(Moe__Header *h, size_t *len)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: moe-wire-probe ENDPOINT D MAX_BYTES\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: moe-wire-probe ENDPOINT D MAX_BYTES [KEYS_DIR]\n");
         return 2;
     }
     const int D = atoi(argv[2]);
@@ -62,8 +65,12 @@ int main(int argc, char **argv)
     int linger = 0;
     zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(sock, ZMQ_ROUTING_ID, "probe", 5);
-    if (zmq_connect(sock, argv[1]) != 0) {
-        fprintf(stderr, "moe-wire-probe: cannot connect to %s\n", argv[1]);
+    struct moe_sec sec;
+    char err[512];
+    if (moe_sec_init(&sec, MOE_SEC_WORKER, argc == 5 ? argv[4] : NULL, argc != 5, err,
+                     sizeof err) ||
+        moe_sec_connect(&sec, sock, MOE_SEC_SERVER, argv[1], err, sizeof err)) {
+        fprintf(stderr, "moe-wire-probe: %s\n", err);
         return 2;
     }
     int failures = 0;

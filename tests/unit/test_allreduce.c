@@ -177,7 +177,7 @@ static void *ar_job_main(void *arg)
     struct ar_job *j = arg;
     if (j->delay_ms > 0)
         ar_sleep_ms(j->delay_ms);
-    moe_allreduce_t *a = moe_allreduce_new(j->ctx, j->rank, j->world, j->endpoints, j->timeout_ms,
+    moe_allreduce_t *a = moe_allreduce_new(j->ctx, NULL, j->rank, j->world, j->endpoints, j->timeout_ms,
                                            j->err_new, sizeof j->err_new);
     j->joined = a != NULL;
     if (!a)
@@ -279,7 +279,7 @@ static void ar_inproc_endpoints(char names[AR_WORLD_MAX][64], const char *eps[AR
 START_TEST(allreduce_world1_is_noop)
 {
     char err[AR_ERR] = "";
-    moe_allreduce_t *a = moe_allreduce_new(NULL, 0, 1, NULL, 100, err, sizeof err);
+    moe_allreduce_t *a = moe_allreduce_new(NULL, NULL, 0, 1, NULL, 100, err, sizeof err);
     ck_assert_msg(a != NULL, "%s", err);
     float x[5] = {1e8f, 1.0f, -3.5f, 0.0f, 7.0f}, y[5];
     memcpy(y, x, sizeof x);
@@ -315,13 +315,13 @@ START_TEST(allreduce_bad_arguments)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
-        moe_allreduce_t *a = moe_allreduce_new(bad[i].ctx, bad[i].rank, bad[i].world, bad[i].eps,
+        moe_allreduce_t *a = moe_allreduce_new(bad[i].ctx, NULL, bad[i].rank, bad[i].world, bad[i].eps,
                                                bad[i].timeout_ms, err, sizeof err);
         ck_assert_msg(a == NULL, "case %zu accepted", i);
         ck_assert_msg(strlen(err) > 10, "case %zu: no sentence", i);
     }
     /* err may be NULL. */
-    ck_assert_ptr_null(moe_allreduce_new(ctx, 5, 2, eps, 100, NULL, 0));
+    ck_assert_ptr_null(moe_allreduce_new(ctx, NULL, 5, 2, eps, 100, NULL, 0));
     ck_assert_int_eq(moe_allreduce_sum(NULL, NULL, 0, 0, err, sizeof err), MOE_ERR_CONFIG);
     ck_assert_int_eq(moe_allreduce_sum_f64(NULL, NULL, 0, 0, NULL, 0), MOE_ERR_CONFIG);
     zmq_ctx_term(ctx);
@@ -508,7 +508,7 @@ START_TEST(allreduce_missing_rank_at_join)
     char err[AR_ERR] = "";
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    moe_allreduce_t *a = moe_allreduce_new(ctx, 0, 2, eps, 200, err, sizeof err);
+    moe_allreduce_t *a = moe_allreduce_new(ctx, NULL, 0, 2, eps, 200, err, sizeof err);
     double ms = ar_ms_since(&t0);
     ck_assert_ptr_null(a);
     ck_assert_msg(strstr(err, eps[1]) != NULL, "%s", err);

@@ -79,7 +79,7 @@ struct srv {
     char ep[64];
     void *ctx;
     void *wk[W];  /* DEALERs "moe-worker-0", "moe-worker-1" */
-    void *tool;   /* DEALER "moe-tool": fetches */
+    void *tool;   /* DEALER "moe-tool": a peer that is no worker (refused) */
     uint64_t req; /* last request id used */
 };
 
@@ -136,6 +136,7 @@ static void srv_start(int64_t timeout_ms)
     SV.cfg.warmup = 3; /* steps 1, 2, 3 get different rates */
     SV.cfg.timeout_ms = timeout_ms;
     SV.cfg.server_index = 0;
+    SV.cfg.insecure = true; /* the protocol, not the keys (test_sec, test_security) */
     snprintf(SV.cfg.workers, sizeof SV.cfg.workers, "tcp://127.0.0.1:1,tcp://127.0.0.1:2");
     for (int attempt = 0; attempt < 20 && !SV.s; attempt++) {
         snprintf(SV.ep, sizeof SV.ep, "tcp://127.0.0.1:%d", free_port());
@@ -475,14 +476,14 @@ static size_t fetch_width(void)
     return expert_ffn_param_count(D, H) + (size_t)((H + D) + H + (D + H) + D);
 }
 
-/* EXPERT_FETCH of experts 0 and 1 (from the "moe-tool" DEALER); the reply
- * goes into out (N_OWN rows of P + S floats). */
+/* EXPERT_FETCH of experts 0 and 1 (by worker 0, between its steps); the
+ * reply goes into out (N_OWN rows of P + S floats). */
 static void fetch(uint64_t step, float *out)
 {
     const uint32_t zeros[N_OWN] = {0, 0};
-    uint64_t req = send_msg(SV.tool, T_FETCH, 0, 0, false, N_OWN, own_ids, zeros, NULL, 0);
+    uint64_t req = send_msg(SV.wk[0], T_FETCH, 0, 0, false, N_OWN, own_ids, zeros, NULL, 0);
     struct moe_wire_msg m;
-    recv_one(SV.tool, &m);
+    recv_one(SV.wk[0], &m);
     const Moe__Header *h = m.hdr;
     ck_assert_msg(h->type == T_FETCH_R, "fetch: got type %d (error %d: %s)", h->type,
                   h->error_code, h->error_text ? h->error_text : "");
@@ -822,7 +823,10 @@ START_TEST(expert_server_unknown_expert_and_rank)
     wb_set(&bad, 2, i07, r11, 82);
     errors += expect_error(SV.wk[1], MOE_ERR_NOTFOUND, send_fwd(1, 0, &bad));
     const uint32_t z1[] = {0};
-    errors += expect_error(SV.tool, MOE_ERR_NOTFOUND,
+    errors += expect_error(SV.wk[0], MOE_ERR_NOTFOUND,
+                 send_msg(SV.wk[0], T_FETCH, 0, 0, false, 1, i3, z1, NULL, 0));
+    /* only a worker of the cluster may fetch: not another peer */
+    errors += expect_error(SV.tool, MOE_ERR_STATE,
                  send_msg(SV.tool, T_FETCH, 0, 0, false, 1, i3, z1, NULL, 0));
     /* ranks 2 and 1000: not workers (the identity matches rank 2, so this is
      * the rank check) */
