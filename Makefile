@@ -50,22 +50,24 @@ TEST_LIBS   = $(shell pkg-config --libs $(TEST_PKGS))
 # shares and knows no process; each program's part sees common/ and itself
 # only: its own include path and its own library, and a program links
 # common/ and its part. `make check-layers` (run by `make test`) fails on an
-# include that crosses a part.
+# include that crosses a part. One use is declared: moectl runs trained
+# models (eval, generate) with the worker's model code, so it sees and
+# links worker/ too (PART:USES below).
 #
 #   part            folder               library              program
 #   common          common/ (+ proto)    libmoe_common.a      -
 #   worker          worker/              libmoe_worker.a      moe-worker
 #   expert          server/expert/       libmoe_expert.a      moe-server
 #   coordinator     server/coordinator/  libmoe_coordinator.a moe-coordinator
-#   moectl          server/moectl/       libmoe_moectl.a      moectl
-PARTS_DIRS = common worker server/expert server/coordinator server/moectl
+#   moectl          server/moectl/       libmoe_moectl.a      moectl (+ worker)
+PARTS_DIRS = common worker server/expert server/coordinator server/moectl:worker
 
 INC_COMMON = -Icommon -I$(BUILD)/proto
 INCLUDES = $(INC_COMMON)
 $(BUILD)/obj/worker/%.o: INCLUDES = $(INC_COMMON) -Iworker
 $(BUILD)/obj/server/expert/%.o: INCLUDES = $(INC_COMMON) -Iserver/expert
 $(BUILD)/obj/server/coordinator/%.o: INCLUDES = $(INC_COMMON) -Iserver/coordinator
-$(BUILD)/obj/server/moectl/%.o: INCLUDES = $(INC_COMMON) -Iserver/moectl
+$(BUILD)/obj/server/moectl/%.o: INCLUDES = $(INC_COMMON) -Iserver/moectl -Iworker
 # Tests and benchmarks look inside every part.
 INC_ALL = $(INC_COMMON) -Iworker -Iserver/expert -Iserver/coordinator -Iserver/moectl
 $(BUILD)/obj/tests/%.o: INCLUDES = $(INC_ALL)
@@ -100,6 +102,9 @@ BIN_CTL    = $(BUILD)/bin/moectl
 # The dashboard page, compiled in as coord_dashboard_html[] / coord_dashboard_html_len.
 DASH_C = $(BUILD)/gen/coord_dashboard_html.c
 DASH_O = $(BUILD)/obj/gen/coord_dashboard_html.o
+# The PyTorch module of export bundles, compiled into moectl.
+TORCH_C = $(BUILD)/gen/moectl_torch_model_py.c
+TORCH_O = $(BUILD)/obj/gen/moectl_torch_model_py.o
 
 TEST_SRC  = $(wildcard tests/unit/test_*.c tests/grad/test_*.c)
 TEST_OBJ  = $(TEST_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/tests/test_main.o \
@@ -143,7 +148,7 @@ $(eval $(call library,$(LIB_COMMON),$(COMMON_OBJ)))
 $(eval $(call library,$(LIB_WORKER),$(WORKER_OBJ)))
 $(eval $(call library,$(LIB_EXPERT),$(EXPERT_OBJ)))
 $(eval $(call library,$(LIB_COORD),$(COORD_OBJ) $(DASH_O)))
-$(eval $(call library,$(LIB_CTL),$(CTL_OBJ)))
+$(eval $(call library,$(LIB_CTL),$(CTL_OBJ) $(TORCH_O)))
 
 $(BIN_WORKER): $(BUILD)/obj/worker/trainer_main.o $(LIB_WORKER) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
@@ -157,6 +162,14 @@ $(DASH_C): server/coordinator/coord_dashboard.html deploy/embed_file.sh
 	@mkdir -p $(dir $@)
 	sh deploy/embed_file.sh $< $@ coord_dashboard_html
 
+$(TORCH_C): deploy/torch_model.py deploy/embed_file.sh
+	@mkdir -p $(dir $@)
+	sh deploy/embed_file.sh $< $@ moectl_torch_model_py
+
+$(TORCH_O): $(TORCH_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
 $(DASH_O): $(DASH_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
@@ -165,7 +178,7 @@ $(BIN_COORD): $(BUILD)/obj/server/coordinator/coord_main.o $(LIB_COORD) $(LIB_CO
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
-$(BIN_CTL): $(BUILD)/obj/server/moectl/moectl.o $(LIB_CTL) $(LIB_COMMON)
+$(BIN_CTL): $(BUILD)/obj/server/moectl/moectl.o $(LIB_CTL) $(LIB_WORKER) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(PKG_LIBS)
 
@@ -196,7 +209,7 @@ $(BUILD)/obj/tests/%.o: tests/%.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(TEST_CFLAGS) -Itests -MMD -MP -c $< -o $@
 
-$(TEST_BIN): $(TEST_OBJ) $(LIB_WORKER) $(LIB_EXPERT) $(LIB_COORD) $(LIB_CTL) $(LIB_COMMON)
+$(TEST_BIN): $(TEST_OBJ) $(LIB_CTL) $(LIB_WORKER) $(LIB_EXPERT) $(LIB_COORD) $(LIB_COMMON)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(TEST_LIBS) $(PKG_LIBS)
 
@@ -248,6 +261,7 @@ run: deps
 	sh deploy/launch-local.sh --bin $(BUILD)/bin --run-dir $(RUN_DIR) --servers $(RUN_SERVERS) \
 	    --workers $(RUN_WORKERS) -- --config deploy/default.ini \
 	    --checkpoint-dir $(RUN_DIR)/checkpoints --report $(RUN_DIR)/report.json $(RUN_OPTS)
+	@sh deploy/after-run.sh $(BUILD)/bin $(RUN_DIR)
 
 # Unit, gradient and integration tests in the normal build, then the same
 # tests in the AddressSanitizer + UndefinedBehaviorSanitizer build.

@@ -2,6 +2,7 @@
 #include "moe_config.h"
 
 #include <errno.h>
+#include <getopt.h>
 #include <ini.h>
 #include <math.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe_cli.h"
 #include "moe_err.h"
 
 static const struct moe_opt *find_opt(const struct moe_opt *table, size_t n, const char *key)
@@ -130,6 +132,7 @@ struct ini_ctx {
     size_t n;
     void *cfg;
     const char *path;
+    bool *given;
     int rc;
     char msg[512];
 };
@@ -146,18 +149,21 @@ static int ini_on_entry(void *user, const char *section, const char *name, const
                            sizeof c->msg);
     if (c->rc == MOE_ERR_NOTFOUND)
         c->rc = MOE_ERR_CONFIG;
+    const struct moe_opt *o = c->rc == 0 && c->given ? find_opt(c->table, c->n, name) : NULL;
+    if (o)
+        c->given[o - c->table] = true;
     return c->rc == 0;
 }
 
-int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
-                        char *err, size_t errlen)
+static int config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
+                           bool *given, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
         moe_err_set(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
         return MOE_ERR_IO;
     }
-    struct ini_ctx c = {table, n, cfg, path, 0, ""};
+    struct ini_ctx c = {table, n, cfg, path, given, 0, ""};
     int r = ini_parse_file(f, ini_on_entry, &c);
     fclose(f);
     if (c.rc) {
@@ -171,98 +177,192 @@ int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const 
     return 0;
 }
 
-/* "--d-model" -> "d_model" into buf; returns false when too long. */
-static bool flag_to_key(const char *flag, char *buf, size_t cap)
+int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
+                        char *err, size_t errlen)
 {
-    size_t len = strlen(flag);
-    if (len >= cap)
-        return false;
-    for (size_t i = 0; i <= len; i++)
-        buf[i] = flag[i] == '-' ? '_' : flag[i];
-    return true;
+    return config_load_ini(table, n, cfg, path, NULL, err, errlen);
 }
 
-int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int argc,
-                          char **argv, char *err, size_t errlen)
+int moe_config_load_ini_text(const struct moe_opt *table, size_t n, void *cfg, const char *text,
+                             const char *name, bool *given, char *err, size_t errlen)
 {
-    int rc = moe_config_defaults(table, n, cfg, err, errlen);
-    if (rc)
-        return rc;
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
-            return 1;
-    /* The config file first, so that flags override it wherever they are. */
+    struct ini_ctx c = {table, n, cfg, name, given, 0, ""};
+    int r = ini_parse_string(text, ini_on_entry, &c);
+    if (c.rc)
+        return moe_err_fail(c.rc, err, errlen, "%s:%d: %s", name, r, c.msg);
+    if (r != 0)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "%s:%d: malformed line (expected key = value or [section])", name, r);
+    return 0;
+}
+
+/* The flag of a key: "d_model" -> "d-model" into buf. */
+static void key_to_flag(const char *key, char *buf, size_t cap)
+{
+    size_t k = 0;
+    for (const char *p = key; *p && k + 1 < cap; p++)
+        buf[k++] = *p == '_' ? '-' : *p;
+    buf[k] = '\0';
+}
+
+/* getopt_long's table for `table`: --kebab-key and --snake_key (val =
+ * VAL0 + i), --no-key for booleans (VAL0 + n + i), --config (VAL0 + 2n),
+ * --help ('h'); VAL0 keeps them apart from getopt's '?' and ':'. The names
+ * live in `names`; both are freed by the caller. */
+enum { VAL0 = 1000 };
+static struct option *long_options(const struct moe_opt *table, size_t n, char **names)
+{
+    struct option *o = calloc(3 * n + 3, sizeof *o);
+    char *buf = malloc(3 * n * 136 + 1);
+    *names = buf;
+    if (!o || !buf) {
+        free(o);
+        return NULL;
+    }
+    size_t k = 0;
+    char *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        char flag[128];
+        key_to_flag(table[i].key, flag, sizeof flag);
+        const int arg = table[i].type == MOE_OPT_BOOL ? optional_argument : required_argument;
+        p += sprintf(p, "%s", flag) + 1;
+        o[k++] = (struct option){p - strlen(flag) - 1, arg, NULL, VAL0 + (int)i};
+        if (strcmp(flag, table[i].key) != 0)
+            o[k++] = (struct option){table[i].key, arg, NULL, VAL0 + (int)i};
+        if (table[i].type == MOE_OPT_BOOL) {
+            p += sprintf(p, "no-%s", flag) + 1;
+            o[k++] = (struct option){p - strlen(flag) - 4, no_argument, NULL, VAL0 + (int)(n + i)};
+        }
+    }
+    o[k++] = (struct option){"config", required_argument, NULL, VAL0 + (int)(2 * n)};
+    o[k++] = (struct option){"help", no_argument, NULL, 'h'};
+    return o;
+}
+
+/* "unknown option --x (did you mean --y?)", preferring options of `roles`. */
+static void unknown_option(const struct moe_opt *table, size_t n, unsigned roles, const char *arg,
+                           char *err, size_t errlen)
+{
+    char name[128];
+    const char *start = arg + strspn(arg, "-");
+    snprintf(name, sizeof name, "%.*s", (int)strcspn(start, "="), start);
+    for (char *q = name; *q; q++)
+        *q = *q == '_' ? '-' : *q;
+    const char *cand[1024];
+    char flags[1024][128];
+    size_t m = 0;
+    for (int pass = 0; pass < 2 && m == 0; pass++)
+        for (size_t i = 0; i < n && m < 1024; i++)
+            if (pass == 1 || !roles || (table[i].roles & roles)) {
+                key_to_flag(table[i].key, flags[m], sizeof flags[m]);
+                cand[m] = flags[m];
+                m++;
+            }
+    const char *near = arg[0] == '-' && arg[1] == '-' ? moe_cli_nearest(name, cand, m) : NULL;
+    if (near)
+        moe_err_set(err, errlen, "unknown option %s (did you mean --%s?)", arg, near);
+    else
+        moe_err_set(err, errlen, "unknown option %s (see --help)", arg);
+}
+
+/* --config FILE (or =FILE) anywhere on the command line, first. */
+static int load_config_flag(const struct moe_opt *table, size_t n, void *cfg, int argc,
+                            char **argv, bool *given, char *err, size_t errlen)
+{
     for (int i = 1; i < argc; i++) {
         const char *path = NULL;
         if (strcmp(argv[i], "--config") == 0) {
-            if (i + 1 >= argc) {
-                moe_err_set(err, errlen, "--config: missing file name");
-                return MOE_ERR_CONFIG;
-            }
+            if (i + 1 >= argc)
+                return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--config: missing file name");
             path = argv[i + 1];
         } else if (strncmp(argv[i], "--config=", 9) == 0) {
             path = argv[i] + 9;
         }
-        if (path && (rc = moe_config_load_ini(table, n, cfg, path, err, errlen)))
-            return rc;
-    }
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-            moe_err_set(err, errlen, "unexpected argument \"%s\" (options start with --)", arg);
-            return MOE_ERR_CONFIG;
-        }
-        char name[128];
-        const char *eq = strchr(arg + 2, '=');
-        size_t nlen = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        if (nlen >= sizeof name) {
-            moe_err_set(err, errlen, "option name too long: %.40s...", arg);
-            return MOE_ERR_CONFIG;
-        }
-        memcpy(name, arg + 2, nlen);
-        name[nlen] = '\0';
-        if (strcmp(name, "config") == 0) {
-            if (!eq)
-                i++;
-            continue;
-        }
-        char key[128];
-        flag_to_key(name, key, sizeof key);
-        char where[160];
-        snprintf(where, sizeof where, "--%s", name);
-        const struct moe_opt *o = find_opt(table, n, key);
-        const char *value = eq ? eq + 1 : NULL;
-        if (!o && !value && strncmp(key, "no_", 3) == 0) {
-            o = find_opt(table, n, key + 3);
-            if (o && o->type == MOE_OPT_BOOL) {
-                rc = parse_value(o, cfg, "false", where, err, errlen);
-                if (rc)
-                    return rc;
-                continue;
-            }
-            o = NULL;
-        }
-        if (!o) {
-            moe_err_set(err, errlen, "unknown option --%s (see --help)", name);
-            return MOE_ERR_CONFIG;
-        }
-        if (!value) {
-            if (o->type == MOE_OPT_BOOL && (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)) {
-                value = "true";
-            } else if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0) {
-                /* "--valid --steps 3" is a forgotten value, not the value "--steps" */
-                moe_err_set(err, errlen, "--%s: missing value (use --%s=VALUE for values starting with --)",
-                        name, name);
-                return MOE_ERR_CONFIG;
-            } else {
-                value = argv[++i];
-            }
-        }
-        rc = parse_value(o, cfg, value, where, err, errlen);
+        int rc = path ? config_load_ini(table, n, cfg, path, given, err, errlen) : 0;
         if (rc)
             return rc;
     }
     return 0;
+}
+
+static bool is_bool_word(const char *s)
+{
+    static const char *const words[] = {"1", "true", "yes", "on", "0", "false", "no", "off"};
+    for (int i = 0; s && i < 8; i++)
+        if (strcmp(s, words[i]) == 0)
+            return true;
+    return false;
+}
+
+/* One option getopt_long found: index i of the table (or n + i: --no-). */
+static int take_option(const struct moe_opt *table, size_t n, void *cfg, int i, int argc,
+                       char **argv, bool *given, char *err, size_t errlen)
+{
+    const bool negated = (size_t)i >= n;
+    const struct moe_opt *o = &table[negated ? (size_t)i - n : (size_t)i];
+    char where[140], flag[128];
+    key_to_flag(o->key, flag, sizeof flag);
+    snprintf(where, sizeof where, "--%s%s", negated ? "no-" : "", flag);
+    const char *value = optarg;
+    if (negated) {
+        value = "false";
+    } else if (o->type == MOE_OPT_BOOL && !value) {
+        /* "--residual false" as well as "--residual=false" and "--residual" */
+        value = optind < argc && is_bool_word(argv[optind]) ? argv[optind++] : "true";
+    } else if (value == argv[optind - 1] && strncmp(value, "--", 2) == 0) {
+        /* "--valid --steps 3" is a forgotten value, not the value "--steps" */
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "%s: missing value (use %s=VALUE for values starting with --)", where,
+                            where);
+    }
+    if (given)
+        given[o - table] = true;
+    return parse_value(o, cfg, value, where, err, errlen);
+}
+
+int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int argc,
+                          char **argv, unsigned roles, bool *given, char *err, size_t errlen)
+{
+    if (given)
+        memset(given, 0, sizeof(bool) * n);
+    int rc = moe_config_defaults(table, n, cfg, err, errlen);
+    if (rc)
+        return rc;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            return 1;
+        if (strcmp(argv[i], "--") == 0)
+            return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                                "unexpected argument \"--\" (options start with --)");
+    }
+    /* The config file first, so that flags override it wherever they are. */
+    if ((rc = load_config_flag(table, n, cfg, argc, argv, given, err, errlen)))
+        return rc;
+    char *names = NULL;
+    struct option *lo = long_options(table, n, &names);
+    if (!lo) {
+        free(names);
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory");
+    }
+    opterr = 0;
+    optind = 0; /* a full reset of GNU getopt (tests parse many times) */
+    int c;
+    while (rc == 0 && (c = getopt_long(argc, argv, "+:h", lo, NULL)) != -1) {
+        if (c == '?')
+            unknown_option(table, n, roles, argv[optind - 1], err, errlen), rc = MOE_ERR_CONFIG;
+        else if (c == ':')
+            rc = moe_err_fail(MOE_ERR_CONFIG, err, errlen, "%s: missing value", argv[optind - 1]);
+        else if (c >= VAL0 && c < VAL0 + 2 * (int)n)
+            rc = take_option(table, n, cfg, c - VAL0, argc, argv, given, err, errlen);
+        /* VAL0 + 2n: --config, loaded above; 'h': --help, seen above */
+    }
+    if (rc == 0 && optind < argc)
+        rc = moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                          "unexpected argument \"%s\" (options start with --; a value goes with "
+                          "its flag, e.g. --lr 0.01 or --lr=0.01)", argv[optind]);
+    free(lo);
+    free(names);
+    return rc;
 }
 
 static void format_value(const struct moe_opt *o, const void *cfg, char *buf, size_t cap)
@@ -331,29 +431,55 @@ int moe_config_write_ini_except(const struct moe_opt *table, size_t n, const voi
     return ferror(out) ? MOE_ERR_IO : 0;
 }
 
-void moe_config_print_help(const struct moe_opt *table, size_t n, FILE *out, const char *prog,
-                           const char *summary)
+/* Section names as headings of --help. */
+static const char *section_title(const char *sec)
 {
-    fprintf(out, "Usage: %s [--config FILE.ini] [--option value ...]\n\n%s\n\n", prog, summary);
-    fprintf(out, "Every option can also be set in the INI file as `key = value` (key = the\n"
-                 "option name with '_' for '-'); flags override the file.\n\n");
-    fprintf(out, "  %-28s %s\n", "--config FILE", "read options from an INI file");
-    fprintf(out, "  %-28s %s\n", "--help", "print this help and exit");
-    const char *sec = "";
+    static const char *const names[][2] = {
+        {"data", "Data"},       {"model", "Model"},          {"train", "Training"},
+        {"experts", "Experts (their optimizer)"},           {"cluster", "Cluster"},
+        {"output", "Checkpoints and output"},               {"operations", "Operations"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(names[i][0], sec) == 0)
+            return names[i][1];
+    return sec;
+}
+
+void moe_config_print_help(const struct moe_opt *table, size_t n, FILE *out, const char *prog,
+                           const char *summary, unsigned roles, const char *also)
+{
+    fprintf(out, "Usage: %s [--config FILE.ini] [--option VALUE | --option=VALUE ...]\n\n%s\n\n",
+            prog, summary);
+    fprintf(out, "Every option is also an INI key (`key = value`, '_' for '-'); flags override\n"
+                 "the file. Exit status: 0 done, 1 failed, 2 wrong command line.\n\n");
+    fprintf(out, "  %-30s %s\n", "--config FILE", "read options from an INI file");
+    fprintf(out, "  %-30s %s\n", "-h, --help", "print this help and exit");
+    const char *done[64];
+    size_t ndone = 0;
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(sec, table[i].section) != 0) {
-            sec = table[i].section;
-            fprintf(out, "\n[%s]\n", sec);
+        const char *sec = table[i].section;
+        bool seen = false;
+        for (size_t j = 0; j < ndone; j++)
+            seen |= strcmp(done[j], sec) == 0;
+        if (seen || ndone == 64)
+            continue;
+        done[ndone++] = sec;
+        bool header = false;
+        for (size_t j = i; j < n; j++) {
+            if (strcmp(table[j].section, sec) != 0 || (roles && table[j].roles &&
+                                                        !(table[j].roles & roles)))
+                continue;
+            if (!header)
+                fprintf(out, "\n%s:\n", section_title(sec));
+            header = true;
+            char flag[128], left[160];
+            key_to_flag(table[j].key, flag, sizeof flag);
+            static const char *const arg[] = {" N", " N", " X", "[=BOOL]", " TEXT"};
+            snprintf(left, sizeof left, "--%s%s", flag, arg[table[j].type]);
+            fprintf(out, "  %-30s %s (default: %s)\n", left, table[j].help,
+                    table[j].def[0] ? table[j].def : "\"\"");
         }
-        char flag[128];
-        size_t k = 0;
-        for (const char *p = table[i].key; *p && k + 1 < sizeof flag; p++)
-            flag[k++] = *p == '_' ? '-' : *p;
-        flag[k] = '\0';
-        char left[160];
-        snprintf(left, sizeof left, "--%s%s", flag,
-                 table[i].type == MOE_OPT_BOOL ? "[=BOOL]" : " VALUE");
-        fprintf(out, "  %-28s %s (default: %s)\n", left, table[i].help,
-                table[i].def[0] ? table[i].def : "\"\"");
     }
+    if (also)
+        fprintf(out, "\n%s\n", also);
 }

@@ -5,10 +5,13 @@
  * table default < INI file (given by --config PATH) < flags. INI sections
  * group keys for people; a key is found by name whatever section it is in.
  * Unknown keys, bad numbers and out-of-range values are errors that name the
- * file and line or the flag. This module never prints or exits. */
+ * file and line or the flag (an unknown flag with the nearest known one).
+ * Flags are parsed with getopt_long. This module never prints (but for
+ * --help) or exits. */
 #ifndef MOE_CONFIG_H
 #define MOE_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -23,6 +26,7 @@ struct moe_opt {
     double min, max;     /* inclusive bounds for numbers (ignored when min > max) */
     const char *def;     /* default value as text */
     const char *help;
+    unsigned roles;      /* the programs that use it (bits the caller defines; 0: all) */
 };
 
 /* Sets every field of `cfg` to its default. 0 or MOE_ERR_CONFIG (a bad
@@ -40,12 +44,19 @@ int moe_config_set(const struct moe_opt *table, size_t n, void *cfg, const char 
 int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
                         char *err, size_t errlen);
 
+/* The same from INI text in memory; `name` stands for the file in errors;
+ * `given` (may be NULL) marks the keys the text sets. */
+int moe_config_load_ini_text(const struct moe_opt *table, size_t n, void *cfg, const char *text,
+                             const char *name, bool *given, char *err, size_t errlen);
+
 /* Defaults, then --config FILE if present, then every other flag
- * (`--key value`, `--key=value`; a bool flag alone means true, `--no-key`
- * false). Returns 0, 1 when --help was asked for, or a negative code.
- * Positional arguments are errors. */
+ * (`--key value`, `--key=value`, `--key_with_underscores` too; a bool flag
+ * alone means true, `--no-key` false). Returns 0, 1 when --help was asked
+ * for, or a negative code. Positional arguments are errors. An unknown flag
+ * names the nearest known one, among the options of `roles` first (0: all).
+ * `given` (n entries, may be NULL) marks the keys the file or a flag set. */
 int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int argc,
-                          char **argv, char *err, size_t errlen);
+                          char **argv, unsigned roles, bool *given, char *err, size_t errlen);
 
 /* Writes the whole configuration as INI, grouped by section. 0 or MOE_ERR_IO. */
 int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg, FILE *out);
@@ -61,8 +72,9 @@ int moe_config_write_ini_except(const struct moe_opt *table, size_t n, const voi
 int moe_config_format_value(const struct moe_opt *table, size_t n, const void *cfg,
                             const char *key, char *buf, size_t cap);
 
-/* Prints usage and one line per option with its default. */
+/* Prints usage, the summary and the options of `roles` (0: all), grouped
+ * by section, each with its default; then `also` (may be NULL). */
 void moe_config_print_help(const struct moe_opt *table, size_t n, FILE *out, const char *prog,
-                           const char *summary);
+                           const char *summary, unsigned roles, const char *also);
 
 #endif

@@ -11,75 +11,79 @@
 #include "moe_checksum.h"
 #include "moe_err.h"
 #include "moe_manifest.h"
+#include "moe_sec.h"
 #include "moe_wire.h"
 
-#define OPT(key, sec, type, field, lo, hi, def, help) \
-    {key, sec, type, offsetof(struct moe_options, field), sizeof(((struct moe_options *)0)->field), lo, hi, def, help}
+#define OPT(key, sec, type, field, lo, hi, def, help, roles) \
+    {key, sec, type, offsetof(struct moe_options, field), sizeof(((struct moe_options *)0)->field), lo, hi, def, help, roles}
 
 const struct moe_opt moe_options_table[] = {
-    OPT("train", "data", MOE_OPT_STRING, train, 1, 0, "data/wikitext-2/wiki.train.tokens", "training corpus (one sentence per line)"),
-    OPT("valid", "data", MOE_OPT_STRING, valid, 1, 0, "data/wikitext-2/wiki.valid.tokens", "validation corpus (empty: none)"),
-    OPT("vocab_max", "data", MOE_OPT_INT, vocab_max, 0, 10000000, "0", "vocabulary cap including <unk> and <eos> (0: no cap)"),
-    OPT("d_model", "model", MOE_OPT_INT, d_model, 1, 65536, "128", "model width D (embedding, LSTMs, expert input/output)"),
-    OPT("d_hidden", "model", MOE_OPT_INT, d_hidden, 1, 1 << 20, "256", "expert hidden width H"),
-    OPT("n_experts", "model", MOE_OPT_INT, n_experts, 1, 1 << 20, "16", "number of experts E"),
-    OPT("k", "model", MOE_OPT_INT, k, 1, 1 << 20, "4", "experts per row (top-k)"),
-    OPT("residual", "model", MOE_OPT_BOOL, residual, 1, 0, "true", "residual add around every layer (paper, App. C)"),
-    OPT("moe_sigmoid", "model", MOE_OPT_BOOL, moe_sigmoid, 1, 0, "false", "sigmoid on the MoE output before dropout"),
-    OPT("dropout", "model", MOE_OPT_DOUBLE, dropout, 0, 0.95, "0.1", "dropout probability on layer outputs"),
-    OPT("w_importance", "model", MOE_OPT_DOUBLE, w_importance, 0, 1e6, "0.1", "weight of the importance loss"),
-    OPT("w_load", "model", MOE_OPT_DOUBLE, w_load, 0, 1e6, "0.1", "weight of the load loss"),
-    OPT("steps", "train", MOE_OPT_I64, steps, 0, 1e15, "2000", "training steps (total, counting resumed ones)"),
-    OPT("seed", "train", MOE_OPT_I64, seed, 0, 9.2e18, "1", "seed of every random number (init, noise, dropout)"),
-    OPT("batch", "train", MOE_OPT_INT, batch, 1, 1 << 20, "32", "sequences per batch B"),
-    OPT("unroll", "train", MOE_OPT_INT, unroll, 1, 1 << 20, "35", "time steps per unroll T (truncated BPTT)"),
-    OPT("eval_batch", "train", MOE_OPT_INT, eval_batch, 1, 1 << 20, "10", "sequences per validation batch"),
-    OPT("threads", "train", MOE_OPT_INT, threads, 1, 256, "2", "OpenBLAS threads (part of the determinism contract)"),
-    OPT("warmup", "train", MOE_OPT_I64, warmup, 0, 1e15, "100", "steps of linear learning-rate warm-up, then 1/sqrt(step)"),
-    OPT("lr", "train", MOE_OPT_DOUBLE, lr, 0, 10, "0.005", "peak learning rate"),
-    OPT("beta1", "train", MOE_OPT_DOUBLE, beta1, 0, 0.999999, "0.9", "Adam beta1 (dense parameters)"),
-    OPT("beta2", "train", MOE_OPT_DOUBLE, beta2, 0, 0.999999, "0.999", "Adam beta2 (dense parameters)"),
-    OPT("adam_eps", "train", MOE_OPT_DOUBLE, adam_eps, 0, 1, "1e-8", "Adam epsilon"),
-    OPT("dense_optimizer", "train", MOE_OPT_STRING, dense_optimizer, 1, 0, "adam", "adam or factored (factored Adam for dense matrices too)"),
-    OPT("expert_beta2", "experts", MOE_OPT_DOUBLE, expert_beta2, 0, 0.999999, "0.999", "factored Adam decay of second moments"),
-    OPT("expert_eps", "experts", MOE_OPT_DOUBLE, expert_eps, 0, 1, "1e-8", "factored Adam epsilon added to sqrt(V)"),
-    OPT("expert_decay_pow", "experts", MOE_OPT_DOUBLE, expert_decay_pow, 0, 10, "0", "Adafactor decay: beta2_t = 1 - t^-pow (0.8); 0 = fixed beta2"),
-    OPT("expert_clip", "experts", MOE_OPT_DOUBLE, expert_clip, 0, 1e6, "0", "Adafactor update clipping threshold (0 = off)"),
-    OPT("expert_relative_step", "experts", MOE_OPT_BOOL, expert_relative_step, 1, 0, "false", "Adafactor relative step size instead of the lr schedule"),
-    OPT("experts", "cluster", MOE_OPT_STRING, experts, 1, 0, "local", "where experts run: local (this process) or remote (expert servers)"),
-    OPT("servers", "cluster", MOE_OPT_STRING, servers, 1, 0, "", "expert-server endpoints, comma-separated (entry j is server j)"),
-    OPT("placement", "cluster", MOE_OPT_STRING, placement, 1, 0, "", "server of each expert, comma-separated (empty: contiguous blocks)"),
-    OPT("workers", "cluster", MOE_OPT_STRING, workers, 1, 0, "", "all-reduce endpoints of the workers by rank, comma-separated (empty: one worker)"),
-    OPT("rank", "cluster", MOE_OPT_INT, rank, 0, 65535, "0", "this worker's rank"),
-    OPT("server_index", "cluster", MOE_OPT_INT, server_index, 0, 65535, "0", "moe-server: which entry of `servers` this daemon is"),
-    OPT("bind", "cluster", MOE_OPT_STRING, bind, 1, 0, "", "moe-server: address to bind (default: its entry of `servers`)"),
-    OPT("advertise", "cluster", MOE_OPT_STRING, advertise, 1, 0, "", "moe-server: address workers reach it at, given to the coordinator (default: --bind; needed when binding tcp://*:PORT)"),
-    OPT("timeout_ms", "cluster", MOE_OPT_I64, timeout_ms, 1, 86400000, "30000", "a peer that does not answer within this many ms is an error"),
-    OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16"),
-    OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 0, 65536, "0", "cap on any message received, in MiB (0: only the limits derived from the model)"),
-    OPT("shard_out", "cluster", MOE_OPT_STRING, shard_out, 1, 0, "", "moe-server: write its shard (safetensors) here when it stops"),
-    OPT("coordinator", "cluster", MOE_OPT_STRING, coordinator, 1, 0, "", "coordinator endpoint (empty: no coordinator)"),
-    OPT("http", "cluster", MOE_OPT_STRING, http, 1, 0, "127.0.0.1:8780", "moe-coordinator: HTTP monitoring address HOST:PORT"),
-    OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints (prefer http_token_file or MOE_HTTP_TOKEN: a command line is visible to every user)"),
-    OPT("http_token_file", "cluster", MOE_OPT_STRING, http_token_file, 1, 0, "", "moe-coordinator: read the bearer token from this file's first line"),
-    OPT("keys", "cluster", MOE_OPT_STRING, keys, 1, 0, "", "directory of the cluster's CURVE keys (moectl keygen DIR); needed for tcp:// unless --insecure"),
-    OPT("insecure", "cluster", MOE_OPT_BOOL, insecure, 1, 0, "false", "plain TCP without CURVE (anyone who reaches a port can join, read or stall the cluster)"),
-    OPT("max_connections", "cluster", MOE_OPT_INT, max_connections, 1, 65536, "256", "connections a listening socket accepts; more are shut at once"),
-    OPT("min_servers", "cluster", MOE_OPT_INT, min_servers, 0, 65535, "0", "moe-coordinator: expert servers to wait for before training starts (0: as many as `servers` lists, at least 1)"),
-    OPT("heartbeat_timeout_ms", "cluster", MOE_OPT_I64, heartbeat_timeout_ms, 100, 86400000, "3000", "moe-coordinator: a server silent this long is dead (its experts move, the cluster rolls back)"),
-    OPT("keep_checkpoints", "output", MOE_OPT_INT, keep_checkpoints, 1, 1000000, "3", "moe-coordinator: committed cluster checkpoints kept (older ones are pruned)"),
-    OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)"),
-    OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)"),
-    OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from"),
-    OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file (worker r > 0: FILE.rank<r>)"),
-    OPT("log_every", "output", MOE_OPT_I64, log_every, 1, 1e15, "50", "steps between progress lines"),
-    OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)"),
-    OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)"),
-    OPT("log_level", "output", MOE_OPT_STRING, log_level, 1, 0, "info", "debug, info, warn or error"),
-    OPT("max_rollbacks", "operations", MOE_OPT_INT, max_rollbacks, 0, 1000000, "3", "moe-coordinator: rollbacks to the same checkpoint without progress before the cluster stops with the cause (0: never stop)"),
-    OPT("coordinator_wait_s", "operations", MOE_OPT_I64, coordinator_wait_s, 1, 1e9, "600", "servers and workers: seconds to keep waiting for a silent coordinator before giving up"),
-    OPT("memory_check", "operations", MOE_OPT_BOOL, memory_check, 1, 0, "true", "compare the memory a model or shard needs with MemAvailable before allocating it"),
+    OPT("train", "data", MOE_OPT_STRING, train, 1, 0, "data/wikitext-2/wiki.train.tokens", "training corpus (one sentence per line)", MOE_FOR_WORKER | MOE_FOR_COORDINATOR),
+    OPT("valid", "data", MOE_OPT_STRING, valid, 1, 0, "data/wikitext-2/wiki.valid.tokens", "validation corpus (empty: none)", MOE_FOR_WORKER),
+    OPT("vocab_max", "data", MOE_OPT_INT, vocab_max, 0, 10000000, "0", "vocabulary cap including <unk> and <eos> (0: no cap)", MOE_FOR_WORKER),
+    OPT("d_model", "model", MOE_OPT_INT, d_model, 1, 65536, "128", "model width D (embedding, LSTMs, expert input/output)", MOE_FOR_ALL),
+    OPT("d_hidden", "model", MOE_OPT_INT, d_hidden, 1, 1 << 20, "256", "expert hidden width H", MOE_FOR_ALL),
+    OPT("n_experts", "model", MOE_OPT_INT, n_experts, 1, 1 << 20, "16", "number of experts E", MOE_FOR_ALL),
+    OPT("k", "model", MOE_OPT_INT, k, 1, 1 << 20, "4", "experts per row (top-k)", MOE_FOR_ALL),
+    OPT("residual", "model", MOE_OPT_BOOL, residual, 1, 0, "true", "residual add around every layer (paper, App. C)", MOE_FOR_WORKER),
+    OPT("moe_sigmoid", "model", MOE_OPT_BOOL, moe_sigmoid, 1, 0, "false", "sigmoid on the MoE output before dropout", MOE_FOR_WORKER),
+    OPT("dropout", "model", MOE_OPT_DOUBLE, dropout, 0, 0.95, "0.1", "dropout probability on layer outputs", MOE_FOR_WORKER),
+    OPT("w_importance", "model", MOE_OPT_DOUBLE, w_importance, 0, 1e6, "0.1", "weight of the importance loss", MOE_FOR_WORKER),
+    OPT("w_load", "model", MOE_OPT_DOUBLE, w_load, 0, 1e6, "0.1", "weight of the load loss", MOE_FOR_WORKER),
+    OPT("steps", "train", MOE_OPT_I64, steps, 0, 1e15, "2000", "training steps (total, counting resumed ones)", MOE_FOR_WORKER | MOE_FOR_COORDINATOR),
+    OPT("seed", "train", MOE_OPT_I64, seed, 0, 9.2e18, "1", "seed of every random number (init, noise, dropout)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("batch", "train", MOE_OPT_INT, batch, 1, 1 << 20, "32", "sequences per batch B", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("unroll", "train", MOE_OPT_INT, unroll, 1, 1 << 20, "35", "time steps per unroll T (truncated BPTT)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("eval_batch", "train", MOE_OPT_INT, eval_batch, 1, 1 << 20, "10", "sequences per validation batch", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("threads", "train", MOE_OPT_INT, threads, 1, 256, "2", "OpenBLAS threads (part of the determinism contract)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("warmup", "train", MOE_OPT_I64, warmup, 0, 1e15, "100", "steps of linear learning-rate warm-up, then 1/sqrt(step)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("lr", "train", MOE_OPT_DOUBLE, lr, 0, 10, "0.005", "peak learning rate", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("beta1", "train", MOE_OPT_DOUBLE, beta1, 0, 0.999999, "0.9", "Adam beta1 (dense parameters)", MOE_FOR_WORKER),
+    OPT("beta2", "train", MOE_OPT_DOUBLE, beta2, 0, 0.999999, "0.999", "Adam beta2 (dense parameters)", MOE_FOR_WORKER),
+    OPT("adam_eps", "train", MOE_OPT_DOUBLE, adam_eps, 0, 1, "1e-8", "Adam epsilon", MOE_FOR_WORKER),
+    OPT("dense_optimizer", "train", MOE_OPT_STRING, dense_optimizer, 1, 0, "adam", "adam or factored (factored Adam for dense matrices too)", MOE_FOR_WORKER),
+    OPT("expert_beta2", "experts", MOE_OPT_DOUBLE, expert_beta2, 0, 0.999999, "0.999", "factored Adam decay of second moments", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("expert_eps", "experts", MOE_OPT_DOUBLE, expert_eps, 0, 1, "1e-8", "factored Adam epsilon added to sqrt(V)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("expert_decay_pow", "experts", MOE_OPT_DOUBLE, expert_decay_pow, 0, 10, "0", "Adafactor decay: beta2_t = 1 - t^-pow (0.8); 0 = fixed beta2", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("expert_clip", "experts", MOE_OPT_DOUBLE, expert_clip, 0, 1e6, "0", "Adafactor update clipping threshold (0 = off)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("expert_relative_step", "experts", MOE_OPT_BOOL, expert_relative_step, 1, 0, "false", "Adafactor relative step size instead of the lr schedule", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("experts", "cluster", MOE_OPT_STRING, experts, 1, 0, "local", "where experts run: local (this process) or remote (expert servers)", MOE_FOR_WORKER),
+    OPT("servers", "cluster", MOE_OPT_STRING, servers, 1, 0, "", "expert-server endpoints, comma-separated (entry j is server j)", MOE_FOR_ALL),
+    OPT("placement", "cluster", MOE_OPT_STRING, placement, 1, 0, "", "server of each expert, comma-separated (empty: contiguous blocks)", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("workers", "cluster", MOE_OPT_STRING, workers, 1, 0, "", "all-reduce endpoints of the workers by rank, comma-separated (empty: one worker)", MOE_FOR_ALL),
+    OPT("rank", "cluster", MOE_OPT_INT, rank, 0, 65535, "0", "this worker's rank", MOE_FOR_WORKER),
+    OPT("server_index", "cluster", MOE_OPT_INT, server_index, 0, 65535, "0", "moe-server: which entry of `servers` this daemon is", MOE_FOR_SERVER),
+    OPT("bind", "cluster", MOE_OPT_STRING, bind, 1, 0, "", "moe-server: address to bind (default: its entry of `servers`)", MOE_FOR_SERVER),
+    OPT("advertise", "cluster", MOE_OPT_STRING, advertise, 1, 0, "", "moe-server: address workers reach it at, given to the coordinator (default: --bind; needed when binding tcp://*:PORT)", MOE_FOR_SERVER),
+    OPT("timeout_ms", "cluster", MOE_OPT_I64, timeout_ms, 1, 86400000, "30000", "a peer that does not answer within this many ms is an error", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("wire_dtype", "cluster", MOE_OPT_STRING, wire_dtype, 1, 0, "f32", "tensor encoding on the wire: f32 or bf16", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("max_message_mb", "cluster", MOE_OPT_INT, max_message_mb, 0, 65536, "0", "cap on any message received, in MiB (0: only the limits derived from the model)", MOE_FOR_ALL),
+    OPT("shard_out", "cluster", MOE_OPT_STRING, shard_out, 1, 0, "", "moe-server: write its shard (safetensors) here when it stops", MOE_FOR_SERVER),
+    OPT("coordinator", "cluster", MOE_OPT_STRING, coordinator, 1, 0, "", "coordinator endpoint (empty: no coordinator)", MOE_FOR_ALL),
+    OPT("http", "cluster", MOE_OPT_STRING, http, 1, 0, "127.0.0.1:8780", "moe-coordinator: HTTP monitoring address HOST:PORT", MOE_FOR_COORDINATOR),
+    OPT("http_token", "cluster", MOE_OPT_STRING, http_token, 1, 0, "", "moe-coordinator: bearer token for mutating endpoints (prefer http_token_file or MOE_HTTP_TOKEN: a command line is visible to every user)", MOE_FOR_COORDINATOR),
+    OPT("http_token_file", "cluster", MOE_OPT_STRING, http_token_file, 1, 0, "", "moe-coordinator: read the bearer token from this file's first line", MOE_FOR_COORDINATOR),
+    OPT("keys", "cluster", MOE_OPT_STRING, keys, 1, 0, "", "directory of the cluster's CURVE keys (moectl keygen DIR); needed for tcp:// unless --insecure", MOE_FOR_ALL),
+    OPT("insecure", "cluster", MOE_OPT_BOOL, insecure, 1, 0, "false", "plain TCP without CURVE (anyone who reaches a port can join, read or stall the cluster)", MOE_FOR_ALL),
+    OPT("max_connections", "cluster", MOE_OPT_INT, max_connections, 1, 65536, "256", "connections a listening socket accepts; more are shut at once", MOE_FOR_ALL),
+    OPT("min_servers", "cluster", MOE_OPT_INT, min_servers, 0, 65535, "0", "moe-coordinator: expert servers to wait for before training starts (0: as many as `servers` lists, at least 1)", MOE_FOR_COORDINATOR),
+    OPT("heartbeat_timeout_ms", "cluster", MOE_OPT_I64, heartbeat_timeout_ms, 100, 86400000, "3000", "moe-coordinator: a server silent this long is dead (its experts move, the cluster rolls back)", MOE_FOR_COORDINATOR),
+    OPT("keep_checkpoints", "output", MOE_OPT_INT, keep_checkpoints, 1, 1000000, "3", "moe-coordinator: committed cluster checkpoints kept (older ones are pruned)", MOE_FOR_COORDINATOR),
+    OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)", MOE_FOR_ALL),
+    OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)", MOE_FOR_WORKER | MOE_FOR_COORDINATOR),
+    OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from", MOE_FOR_WORKER),
+    OPT("final_model", "output", MOE_OPT_STRING, final_model, 1, 0, "moe-model", "without checkpoint_dir: the folder that gets the final model of a run without a coordinator (none: not saved)", MOE_FOR_WORKER),
+    OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file (worker r > 0: FILE.rank<r>)", MOE_FOR_WORKER),
+    OPT("log_every", "output", MOE_OPT_I64, log_every, 1, 1e15, "50", "steps between progress lines", MOE_FOR_WORKER),
+    OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)", MOE_FOR_WORKER),
+    OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)", MOE_FOR_WORKER),
+    OPT("log_level", "output", MOE_OPT_STRING, log_level, 1, 0, "info", "debug, info, warn or error", MOE_FOR_ALL),
+    OPT("max_rollbacks", "operations", MOE_OPT_INT, max_rollbacks, 0, 1000000, "3", "moe-coordinator: rollbacks to the same checkpoint without progress before the cluster stops with the cause (0: never stop)", MOE_FOR_COORDINATOR),
+    OPT("coordinator_wait_s", "operations", MOE_OPT_I64, coordinator_wait_s, 1, 1e9, "600", "servers and workers: seconds to keep waiting for a silent coordinator before giving up", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    OPT("memory_check", "operations", MOE_OPT_BOOL, memory_check, 1, 0, "true", "compare the memory a model or shard needs with MemAvailable before allocating it", MOE_FOR_WORKER | MOE_FOR_SERVER),
 };
+_Static_assert(sizeof moe_options_table / sizeof moe_options_table[0] <= MOE_OPTIONS_MAX,
+               "raise MOE_OPTIONS_MAX");
 const size_t moe_options_count = sizeof moe_options_table / sizeof moe_options_table[0];
 
 /* ------------------------------------------------------------------------ */
@@ -286,4 +290,162 @@ size_t moe_options_message_limit(const struct moe_options *c, int receiver)
     const double cap = c->max_message_mb > 0 ? (double)c->max_message_mb * 1048576.0 : 1e300;
     bytes = bytes < cap ? bytes : cap;
     return bytes >= (double)SIZE_MAX / 2 ? SIZE_MAX / 2 : (size_t)bytes;
+}
+
+static int check_words(const char *value, const char *flag, const char *const *words, int n,
+                       const char *expected, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        if (strcmp(value, words[i]) == 0)
+            return 0;
+    return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--%s: expected %s, got \"%s\"", flag,
+                        expected, value);
+}
+
+/* tcp:// endpoints of a comma list need keys or --insecure. */
+static int check_endpoints(const struct moe_options *c, const char *list, const char *what,
+                           char *err, size_t errlen)
+{
+    struct moe_sec s = {.keys = c->keys[0] != 0, .insecure = c->insecure};
+    return moe_sec_check_list(&s, list, what, err, errlen);
+}
+
+static int check_worker(const struct moe_options *c, char *err, size_t errlen)
+{
+    static const char *const experts[] = {"local", "remote"}, *const opt[] = {"adam", "factored"};
+    int rc = check_words(c->experts, "experts", experts, 2, "local or remote", err, errlen);
+    if (!rc)
+        rc = check_words(c->dense_optimizer, "dense-optimizer", opt, 2, "adam or factored", err,
+                         errlen);
+    if (rc)
+        return rc;
+    const bool remote = strcmp(c->experts, "remote") == 0;
+    if (remote && c->resume[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--resume: with --experts remote the coordinator resumes the cluster "
+                            "from the newest checkpoint in checkpoint_dir");
+    if (!remote && c->workers[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--workers: data-parallel workers need --experts remote");
+    if (!remote)
+        return 0;
+    if ((rc = check_endpoints(c, c->servers, "an expert server", err, errlen)))
+        return rc;
+    return check_endpoints(c, c->workers, "the workers' ring", err, errlen);
+}
+
+int moe_options_check(const struct moe_options *c, unsigned role, char *err, size_t errlen)
+{
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    static const char *const dtypes[] = {"f32", "bf16"};
+    int rc = check_words(c->log_level, "log-level", levels, 4, "debug, info, warn or error", err,
+                         errlen);
+    if (!rc)
+        rc = check_words(c->wire_dtype, "wire-dtype", dtypes, 2, "f32 or bf16", err, errlen);
+    if (rc)
+        return rc;
+    if (c->k > c->n_experts)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--k %d is larger than --n-experts %d",
+                            c->k, c->n_experts);
+    if (c->coordinator[0] && (rc = check_endpoints(c, c->coordinator, "the coordinator", err,
+                                                   errlen)))
+        return rc;
+    if (role == MOE_FOR_WORKER)
+        return check_worker(c, err, errlen);
+    if (role == MOE_FOR_SERVER)
+        return check_endpoints(c, c->bind[0] ? c->bind : c->servers, "this server's address",
+                               err, errlen);
+    if (role == MOE_FOR_COORDINATOR && !c->coordinator[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--coordinator: the address to bind is missing (e.g. "
+                            "--coordinator tcp://0.0.0.0:5550)");
+    return 0;
+}
+
+int moe_options_exit_code(int rc)
+{
+    return rc == 0 ? 0 : rc == MOE_ERR_CONFIG ? 2 : 1;
+}
+
+/* Whether key belongs to a model's configuration (moe_options_model_ini). */
+static bool is_model_key(const struct moe_opt *o)
+{
+    if (!strcmp(o->key, "vocab_max"))
+        return true;
+    if (!strcmp(o->key, "threads"))
+        return false;
+    return !strcmp(o->section, "model") || !strcmp(o->section, "train") ||
+           !strcmp(o->section, "experts");
+}
+
+/* The keys that fix a model's shape: a checkpoint cannot be loaded into
+ * another (the rest of its configuration may change when training resumes
+ * with the flags given). */
+static bool is_shape_key(const char *key)
+{
+    static const char *const shape[] = {"d_model", "d_hidden", "n_experts", "k", "residual",
+                                        "moe_sigmoid", "vocab_max", "dense_optimizer"};
+    for (size_t i = 0; i < sizeof shape / sizeof shape[0]; i++)
+        if (!strcmp(key, shape[i]))
+            return true;
+    return false;
+}
+
+int moe_options_model_ini(const struct moe_options *c, char *out, size_t cap)
+{
+    size_t len = 0;
+    const char *sec = "";
+    for (size_t i = 0; i < moe_options_count; i++) {
+        const struct moe_opt *o = &moe_options_table[i];
+        if (!is_model_key(o))
+            continue;
+        char v[4200];
+        moe_config_format_value(moe_options_table, moe_options_count, c, o->key, v, sizeof v);
+        int n = snprintf(out + len, len < cap ? cap - len : 0, "%s%s%s%s = %s\n",
+                         strcmp(sec, o->section) ? (len ? "\n[" : "[") : "",
+                         strcmp(sec, o->section) ? o->section : "",
+                         strcmp(sec, o->section) ? "]\n" : "", o->key, v);
+        sec = o->section;
+        len += (size_t)n;
+    }
+    return len < cap ? (int)len : MOE_ERR_RANGE;
+}
+
+int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *from,
+                      bool strict_shape_only, char *err, size_t errlen)
+{
+    static struct moe_options m; /* large: not on the stack */
+    bool in_model[MOE_OPTIONS_MAX] = {0};
+    int rc = moe_config_defaults(moe_options_table, moe_options_count, &m, err, errlen);
+    if (!rc)
+        rc = moe_config_load_ini_text(moe_options_table, moe_options_count, &m, model_ini, from,
+                                      in_model, err, errlen);
+    if (rc)
+        return MOE_ERR_CONFIG;
+    for (size_t i = 0; i < moe_options_count; i++) {
+        const struct moe_opt *o = &moe_options_table[i];
+        if (!in_model[i] || !is_model_key(o))
+            continue;
+        char mine[4200], theirs[4200];
+        moe_config_format_value(moe_options_table, moe_options_count, c, o->key, mine,
+                                sizeof mine);
+        moe_config_format_value(moe_options_table, moe_options_count, &m, o->key, theirs,
+                                sizeof theirs);
+        if (!strcmp(mine, theirs))
+            continue;
+        if (c->given[i] && (is_shape_key(o->key) || !strict_shape_only)) {
+            char flag[128];
+            size_t k = 0;
+            for (const char *p = o->key; *p && k + 1 < sizeof flag; p++)
+                flag[k++] = *p == '_' ? '-' : *p;
+            flag[k] = '\0';
+            return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                                "--%s %s contradicts %s, which was trained with %s = %s (leave "
+                                "it out to use the model's)", flag, mine, from, o->key, theirs);
+        }
+        if (!c->given[i])
+            moe_config_set(moe_options_table, moe_options_count, c, o->key, theirs, from, err,
+                           errlen);
+    }
+    return 0;
 }

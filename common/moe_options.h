@@ -13,6 +13,7 @@
 #include "moe_config.h"
 
 #define MOE_PATH_MAX 1024
+#define MOE_OPTIONS_MAX 128 /* entries of the option table, at most */
 
 struct moe_options {
     /* data */
@@ -56,13 +57,55 @@ struct moe_options {
     int keep_checkpoints;   /* moe-coordinator: committed checkpoints kept */
     /* checkpoints, output */
     char checkpoint_dir[MOE_PATH_MAX], resume[MOE_PATH_MAX], report[MOE_PATH_MAX];
+    char final_model[MOE_PATH_MAX];
     int64_t checkpoint_every, log_every, valid_every, valid_max_tokens;
     char log_level[16];
     /* operations */
     int max_rollbacks;          /* moe-coordinator: failures without progress before it stops */
     int64_t coordinator_wait_s; /* servers, workers: how long to wait for a silent coordinator */
     bool memory_check;          /* compare the memory needed with MemAvailable before allocating */
+    /* which keys the INI file or a flag set (moe_config_parse_args), by table index */
+    bool given[MOE_OPTIONS_MAX];
 };
+
+/* The programs an option is for (moe_opt.roles): --help lists each
+ * program's own; every program accepts all of them, so that one INI file
+ * or one command line serves the whole cluster. */
+enum {
+    MOE_FOR_WORKER = 1,
+    MOE_FOR_SERVER = 2,
+    MOE_FOR_COORDINATOR = 4,
+    MOE_FOR_ALL = 7,
+};
+
+/* Checks what the table cannot check by itself, for a program of `role`
+ * (MOE_FOR_*): words from a list (log_level, experts, wire_dtype,
+ * dense_optimizer), k <= n_experts, TCP endpoints it uses without keys or
+ * --insecure, and the combinations its role refuses. 0, or MOE_ERR_CONFIG
+ * with one sentence naming the option: a usage error (exit 2). */
+int moe_options_check(const struct moe_options *c, unsigned role, char *err, size_t errlen);
+
+/* The exit status of a program for a result code: 0, 2 for a usage error
+ * (MOE_ERR_CONFIG: the command line or the configuration is wrong), 1 for
+ * any other failure. */
+int moe_options_exit_code(int rc);
+
+/* The configuration a trained model carries (checkpoints, exports): the
+ * keys that define the model and how it was trained (sections model,
+ * train, experts, and vocab_max; not paths, threads, cluster or output
+ * settings, so that one process and a cluster give the same text), as INI
+ * text in the table's order. Returns its length, or MOE_ERR_RANGE. */
+int moe_options_model_ini(const struct moe_options *c, char *out, size_t cap);
+
+/* Takes a model's configuration (INI text of moe_options_model_ini; `from`
+ * names it in sentences) into c: keys the user did not give (c->given) take
+ * the model's values; a key the user gave with another value is an error
+ * naming both ("--d-hidden 512, but FROM was trained with d_hidden = 256"),
+ * unless it is one that may change when training resumes (steps,
+ * log_every, ...; `strict_shape_only`: only the model's shape must agree).
+ * 0 or MOE_ERR_CONFIG. */
+int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *from,
+                      bool strict_shape_only, char *err, size_t errlen);
 
 /* The option table (every key is also a --flag). */
 extern const struct moe_opt moe_options_table[];

@@ -13,6 +13,9 @@
 
 #include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_file.h"
+#include "moe_log.h"
+#include "moe_manifest.h"
 #include "moe_safetensors.h"
 
 #define NAME_LEN 96
@@ -128,7 +131,7 @@ static uint64_t tlist_checksum(const struct tlist *l)
     return sum;
 }
 
-static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen)
+int checkpoint_verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen)
 {
     const char *want = moe_safetensors_meta(st, "checksum");
     if (!want) {
@@ -152,6 +155,53 @@ static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen
     return 0;
 }
 
+/* What makes a checkpoint self-describing, in the metadata of the file
+ * with the dense model (model.safetensors; a cluster's worker-0): the
+ * model's configuration (moe_options_model_ini) and its vocabulary
+ * (vocab_to_text). */
+struct self_desc {
+    char config[8192];
+    char *vocab;
+};
+
+static int describe(const struct ckpt_state *s, struct self_desc *d, char *err, size_t errlen)
+{
+    if (moe_options_model_ini(s->cfg, d->config, sizeof d->config) < 0)
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "the configuration is too long to store");
+    if (!(d->vocab = vocab_to_text(s->vocab)))
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the vocabulary");
+    return 0;
+}
+
+/* The manifest of a single-process checkpoint (moe_manifest.h): its four
+ * files with their checksums, every expert in model.safetensors. Written
+ * into the folder before it is renamed into place. */
+static int write_manifest(const char *folder, const struct ckpt_state *s, char *err,
+                          size_t errlen)
+{
+    static const char *const names[] = {"model.safetensors", "optim.safetensors", "config.ini",
+                                        "vocab.txt"};
+    struct moe_manifest_file files[4];
+    const struct model_config *mc = model_config_of(s->model);
+    int *experts = calloc((size_t)mc->E, sizeof(int));
+    if (!experts)
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory");
+    int rc = 0;
+    for (int i = 0; i < 4 && !rc; i++) {
+        char p[MOE_PATH_MAX + 96];
+        snprintf(files[i].name, sizeof files[i].name, "%s", names[i]);
+        snprintf(p, sizeof p, "%s/%s", folder, names[i]);
+        rc = moe_manifest_file_checksum(p, &files[i].checksum, &files[i].bytes, err, errlen);
+    }
+    struct moe_manifest m = {.step = s->step, .n_experts = mc->E, .d_model = mc->D,
+                             .d_hidden = mc->H, .workers = 1, .n_files = 4, .files = files,
+                             .expert_file = experts};
+    if (!rc)
+        rc = moe_manifest_write(folder, &m, err, errlen);
+    free(experts);
+    return rc;
+}
+
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY);
@@ -165,7 +215,7 @@ static int fsync_path(const char *path)
 static void remove_tree(const char *dir)
 {
     static const char *const files[] = {"config.ini", "vocab.txt", "model.safetensors",
-                                        "optim.safetensors"};
+                                        "optim.safetensors", MOE_MANIFEST_NAME};
     char p[MOE_PATH_MAX + 64];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
@@ -191,18 +241,23 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
         moe_err_set(err, errlen, "%s: cannot create: %s", tmp, strerror(errno));
         return MOE_ERR_IO;
     }
+    struct self_desc d = {.vocab = NULL};
     if ((rc = build_lists(s, &model, &optim))) {
         moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
         goto fail;
     }
+    if ((rc = describe(s, &d, err, errlen)))
+        goto fail;
     char step_s[32], sum_s[32];
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&model));
-    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s, NULL};
+    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s,
+                          "config", d.config, "vocab", d.vocab, NULL};
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, model.e, model.n, meta, err, errlen)))
         goto fail;
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&optim));
+    meta[6] = NULL; /* the description once, with the model */
     snprintf(p, sizeof p, "%s/optim.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, optim.e, optim.n, meta, err, errlen)))
         goto fail;
@@ -221,6 +276,8 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
         goto fail;
     }
     fclose(f);
+    if ((rc = write_manifest(tmp, s, err, errlen)))
+        goto fail;
     if (fsync_path(tmp) != 0) {
         moe_err_set(err, errlen, "%s: fsync failed: %s", tmp, strerror(errno));
         rc = MOE_ERR_IO;
@@ -250,11 +307,13 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
         snprintf(out, cap, "%s", final);
     tlist_free(&model);
     tlist_free(&optim);
+    free(d.vocab);
     return 0;
 fail:
     remove_tree(tmp);
     tlist_free(&model);
     tlist_free(&optim);
+    free(d.vocab);
     return rc ? rc : MOE_ERR_IO;
 }
 
@@ -292,68 +351,6 @@ static int read_tensor(moe_safetensors_t *st, const char *name, int ndim, int64_
 {
     int64_t shape[2] = {d0, d1};
     return moe_safetensors_read_f32(st, name, ndim, shape, dst, err, errlen);
-}
-
-int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen)
-{
-    char p[MOE_PATH_MAX + 64];
-    struct tlist model = {0}, optim = {0};
-    moe_safetensors_t *mst = NULL, *ost = NULL;
-    int rc = build_lists(s, &model, &optim);
-    if (rc) {
-        moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
-        goto out;
-    }
-    snprintf(p, sizeof p, "%s/model.safetensors", ckpt);
-    if (!(mst = moe_safetensors_open(p, err, errlen))) {
-        rc = MOE_ERR_FORMAT;
-        goto out;
-    }
-    snprintf(p, sizeof p, "%s/optim.safetensors", ckpt);
-    if (!(ost = moe_safetensors_open(p, err, errlen))) {
-        rc = MOE_ERR_FORMAT;
-        goto out;
-    }
-    if ((rc = verify_checksum(mst, err, errlen)) || (rc = verify_checksum(ost, err, errlen)))
-        goto out;
-    /* Every expected tensor must be there with its shape, and nothing else. */
-    struct {
-        moe_safetensors_t *st;
-        struct tlist *l;
-    } files[2] = {{mst, &model}, {ost, &optim}};
-    for (int f = 0; f < 2; f++) {
-        if (moe_safetensors_count(files[f].st) != files[f].l->n) {
-            moe_err_set(err, errlen, "%s: holds %zu tensors, this model has %zu (another model shape?)",
-                    moe_safetensors_path(files[f].st), moe_safetensors_count(files[f].st),
-                    files[f].l->n);
-            rc = MOE_ERR_SHAPE;
-            goto out;
-        }
-        for (size_t i = 0; i < files[f].l->n; i++) {
-            const struct moe_st_entry *e = &files[f].l->e[i];
-            rc = read_tensor(files[f].st, e->name, e->ndim, e->shape[0], e->shape[1],
-                             (float *)e->data, err, errlen);
-            if (rc)
-                goto out;
-        }
-    }
-    const char *step_s = moe_safetensors_meta(ost, "step");
-    char *end = NULL;
-    long long step = step_s ? strtoll(step_s, &end, 10) : -1;
-    if (!step_s || *end != '\0' || step < 0) {
-        moe_err_set(err, errlen, "%s/optim.safetensors: missing or bad \"step\" metadata", ckpt);
-        rc = MOE_ERR_FORMAT;
-        goto out;
-    }
-    s->step = step;
-    for (int i = 0; s->shard && i < expert_shard_count(s->shard); i++)
-        *expert_shard_opt_step(s->shard, i) = step;
-out:
-    moe_safetensors_close(&mst);
-    moe_safetensors_close(&ost);
-    tlist_free(&model);
-    tlist_free(&optim);
-    return rc;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -405,12 +402,20 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&l));
     snprintf(rank_s, sizeof rank_s, "%d", rank);
+    struct self_desc d = {.vocab = NULL};
+    if (rank == 0 && (rc = describe(s, &d, err, errlen))) {
+        tlist_free(&l);
+        return rc;
+    }
     const char *meta[] = {"format", "moe-worker-1", "step", step_s, "rank", rank_s,
-                          "checksum", sum_s, NULL};
+                          "checksum", sum_s, "config", d.config, "vocab", d.vocab, NULL};
+    if (rank != 0)
+        meta[8] = NULL; /* the description once, with the dense model */
     snprintf(file, cap, "worker-%d.safetensors", rank);
     snprintf(p, sizeof p, "%s/%s", folder, file);
     rc = moe_safetensors_write(p, l.e, l.n, meta, err, errlen);
     tlist_free(&l);
+    free(d.vocab);
     return rc;
 }
 
@@ -419,7 +424,7 @@ static int load_list(const char *path, const struct tlist *l, char *err, size_t 
     moe_safetensors_t *st = moe_safetensors_open(path, err, errlen);
     if (!st)
         return MOE_ERR_FORMAT;
-    int rc = verify_checksum(st, err, errlen);
+    int rc = checkpoint_verify_checksum(st, err, errlen);
     for (size_t i = 0; !rc && i < l->n; i++) {
         const struct moe_st_entry *e = &l->e[i];
         rc = read_tensor(st, e->name, e->ndim, e->shape[0], e->shape[1], (float *)e->data, err,
@@ -447,5 +452,63 @@ int checkpoint_load_worker(const char *folder, struct ckpt_state *s, int rank, c
     }
     tlist_free(&dense);
     tlist_free(&state);
+    return rc;
+}
+
+static bool is_optimizer(const char *name)
+{
+    return moe_has_suffix(name, ".adam_m") || moe_has_suffix(name, ".adam_v") ||
+           moe_has_suffix(name, ".fadam");
+}
+
+int checkpoint_load_source(const struct model_source *ms, struct ckpt_state *s, char *err,
+                           size_t errlen)
+{
+    struct tlist model = {0}, optim = {0};
+    int rc = build_lists(s, &model, &optim);
+    if (rc)
+        moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
+    for (size_t i = 0; i < model.n && !rc; i++) {
+        const struct moe_st_entry *e = &model.e[i];
+        rc = model_source_read(ms, e->name, e->ndim, e->shape, (float *)e->data, err, errlen);
+    }
+    /* the optimizer state and the carried LSTM state, when it has them */
+    bool opt_all = true, state_all = true;
+    for (size_t i = 0; i < optim.n && !rc; i++) {
+        const struct moe_st_entry *e = &optim.e[i];
+        bool *all = is_optimizer(e->name) ? &opt_all : &state_all;
+        if (*all && model_source_has(ms, e->name)) {
+            int r = model_source_read(ms, e->name, e->ndim, e->shape, (float *)e->data, err,
+                                      errlen);
+            if (r == MOE_ERR_SHAPE && !is_optimizer(e->name))
+                *all = false; /* the state of another batch split */
+            else if (r)
+                rc = r;
+        } else {
+            *all = false;
+        }
+    }
+    if (!rc && !opt_all) {
+        moe_warn("%s holds no optimizer state (exported with --params-only?): the optimizer "
+                 "starts afresh from its parameters", ms->path);
+        for (size_t i = 0; i < optim.n; i++)
+            if (is_optimizer(optim.e[i].name))
+                memset((float *)optim.e[i].data, 0,
+                       sizeof(float) * (size_t)optim.e[i].shape[0]);
+    }
+    if (!rc && !state_all) {
+        moe_info("%s holds no LSTM state for this batch: the streams start afresh", ms->path);
+        for (size_t i = 0; i < optim.n; i++)
+            if (!is_optimizer(optim.e[i].name))
+                memset((float *)optim.e[i].data, 0,
+                       sizeof(float) * (size_t)(optim.e[i].shape[0] * optim.e[i].shape[1]));
+    }
+    if (!rc) {
+        s->step = ms->step;
+        for (int i = 0; s->shard && i < expert_shard_count(s->shard); i++)
+            *expert_shard_opt_step(s->shard, i) = opt_all ? ms->step : 0;
+    }
+    tlist_free(&model);
+    tlist_free(&optim);
     return rc;
 }

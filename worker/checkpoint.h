@@ -20,7 +20,9 @@
 #include "data.h"
 #include "expert_shard.h"
 #include "model.h"
+#include "model_source.h"
 #include "moe_options.h"
+#include "moe_safetensors.h"
 
 struct ckpt_state {
     model_t *model;
@@ -43,10 +45,17 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
  * model.safetensors, else the one named by path/latest. */
 int checkpoint_resolve(const char *path, char *out, size_t cap, char *err, size_t errlen);
 
-/* Loads parameters, optimizer state, LSTM state and step from folder
- * `ckpt` into s (model, shard and buffers already sized). Every tensor's
- * name, dtype and shape is checked; an error names the file and tensor. */
-int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t errlen);
+/* The file's "checksum" metadata against its tensors: 0, or MOE_ERR_FORMAT
+ * with a sentence naming the file (missing, or a mismatch: corrupted). */
+int checkpoint_verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen);
+
+/* Loads from any model source (a checkpoint of one process or of a
+ * cluster, or an export): the parameters, required with their shapes; the
+ * optimizer state, or zeros with a warning when the source has none (an
+ * export with --params-only); the carried LSTM state when the source has
+ * it for this batch, else zeros; the step. */
+int checkpoint_load_source(const struct model_source *ms, struct ckpt_state *s, char *err,
+                           size_t errlen);
 
 /* Cluster checkpoints (with a coordinator; see server/coordinator/coord.h): worker
  * `rank` writes FOLDER/worker-RANK.safetensors (rank 0: the dense

@@ -331,12 +331,36 @@ done:
     return v;
 }
 
-vocab_t *vocab_load(const char *path, char *err, size_t errlen)
+static int hex_digit(char c)
 {
-    size_t len;
-    char *buf = read_file(path, &len, err, errlen);
-    if (!buf)
-        return NULL;
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* Undoes vocab_to_text's %HH in place; false for a malformed escape. */
+static bool unescape_word(char *w)
+{
+    char *o = w;
+    for (const char *p = w; *p; p++) {
+        if (*p != '%') {
+            *o++ = *p;
+            continue;
+        }
+        const int hi = hex_digit(p[1]), lo = hi < 0 ? -1 : hex_digit(p[2]);
+        if (lo < 0 || (hi == 0 && lo == 0))
+            return false;
+        *o++ = (char)(hi * 16 + lo);
+        p += 2;
+    }
+    *o = '\0';
+    return *w != '\0';
+}
+
+/* Parses vocab.txt's text (buf, len bytes, modified in place); `name`
+ * names it in sentences; `percent`: words are %HH-escaped (vocab_to_text). */
+static vocab_t *vocab_parse(char *buf, size_t len, const char *name, bool percent, char *err,
+                            size_t errlen)
+{
     int cap = 1024, n = 0;
     char **words = malloc(sizeof(char *) * (size_t)cap);
     vocab_t *v = NULL;
@@ -347,12 +371,12 @@ vocab_t *vocab_load(const char *path, char *err, size_t errlen)
         while (e < len && buf[e] != '\n')
             e++;
         if (e == i) {
-            moe_err_set(err, errlen, "%s: line %d is empty", path, n + 1);
+            moe_err_set(err, errlen, "%s: line %d is empty", name, n + 1);
             goto out;
         }
         for (size_t k = i; k < e; k++) {
             if (is_space(buf[k])) {
-                moe_err_set(err, errlen, "%s: line %d contains whitespace", path, n + 1);
+                moe_err_set(err, errlen, "%s: line %d contains whitespace", name, n + 1);
                 goto out;
             }
         }
@@ -364,18 +388,87 @@ vocab_t *vocab_load(const char *path, char *err, size_t errlen)
             words = nw;
         }
         buf[e] = '\0';
+        if (percent && !unescape_word(buf + i)) {
+            moe_err_set(err, errlen, "%s: line %d has a malformed %%HH escape", name, n + 1);
+            goto out;
+        }
         words[n++] = buf + i;
         i = e + 1;
     }
     if (n < 3 || strcmp(words[0], "<unk>") != 0 || strcmp(words[1], "<eos>") != 0) {
-        moe_err_set(err, errlen, "%s: not a vocabulary file (needs <unk>, <eos>, then words)", path);
+        moe_err_set(err, errlen, "%s: not a vocabulary (needs <unk>, <eos>, then words)", name);
         goto out;
     }
     v = vocab_from_words(words, NULL, n);
     if (!v)
-        moe_err_set(err, errlen, "%s: duplicate words or out of memory", path);
+        moe_err_set(err, errlen, "%s: duplicate words or out of memory", name);
 out:
     free(words);
+    return v;
+}
+
+vocab_t *vocab_load(const char *path, char *err, size_t errlen)
+{
+    size_t len;
+    char *buf = read_file(path, &len, err, errlen);
+    if (!buf)
+        return NULL;
+    vocab_t *v = vocab_parse(buf, len, path, false, err, errlen);
+    free(buf);
+    return v;
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0. */
+static int utf8_len(const unsigned char *s)
+{
+    if (s[0] < 0x80)
+        return 1;
+    int n = (s[0] & 0xe0) == 0xc0 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3 : (s[0] & 0xf8) == 0xf0 ? 4 : 0;
+    if (n == 0 || (n == 2 && s[0] < 0xc2) || (n == 4 && s[0] > 0xf4))
+        return 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    if ((n == 3 && s[0] == 0xe0 && s[1] < 0xa0) || (n == 3 && s[0] == 0xed && s[1] >= 0xa0) ||
+        (n == 4 && s[0] == 0xf0 && s[1] < 0x90) || (n == 4 && s[0] == 0xf4 && s[1] >= 0x90))
+        return 0;
+    return n;
+}
+
+char *vocab_to_text(const vocab_t *v)
+{
+    size_t cap = 1;
+    for (int i = 0; i < v->n; i++)
+        cap += 3 * strlen(v->words[i]) + 1;
+    char *out = malloc(cap), *p = out;
+    for (int i = 0; out && i < v->n; i++) {
+        const unsigned char *w = (const unsigned char *)v->words[i];
+        while (*w) {
+            int n = *w == '%' ? 0 : utf8_len(w);
+            if (n == 0) {
+                p += sprintf(p, "%%%02X", *w);
+                w++;
+            } else {
+                memcpy(p, w, (size_t)n);
+                p += n;
+                w += n;
+            }
+        }
+        *p++ = '\n';
+    }
+    if (out)
+        *p = '\0';
+    return out;
+}
+
+vocab_t *vocab_from_text(const char *text, const char *name, char *err, size_t errlen)
+{
+    char *buf = strdup(text);
+    if (!buf) {
+        moe_err_set(err, errlen, "%s: out of memory", name);
+        return NULL;
+    }
+    vocab_t *v = vocab_parse(buf, strlen(buf), name, true, err, errlen);
     free(buf);
     return v;
 }

@@ -29,6 +29,14 @@ vocab_t *vocab_build(const char *path, int max_size, char *err, size_t errlen);
 /* Reads vocab.txt (one token per line in id order; first two lines <unk>,
  * <eos>). NULL with a sentence on error. */
 vocab_t *vocab_load(const char *path, char *err, size_t errlen);
+/* The vocabulary as text for a checkpoint's or an export's metadata: one
+ * word per line in id order, as vocab.txt, with '%' and the bytes that are
+ * not valid UTF-8 written %HH (JSON strings must be UTF-8). malloc'd, or
+ * NULL when out of memory. vocab_from_text reads it back (`name` names it
+ * in sentences). */
+char *vocab_to_text(const vocab_t *v);
+vocab_t *vocab_from_text(const char *text, const char *name, char *err, size_t errlen);
+
 /* Writes vocab.txt atomically (temp file, fsync, rename). 0 or MOE_ERR_IO. */
 int vocab_save(const vocab_t *v, const char *path, char *err, size_t errlen);
 void vocab_destroy(vocab_t **v);

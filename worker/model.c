@@ -290,3 +290,28 @@ void model_carry_state(model_t *m)
             l->ops->carry(l);
     }
 }
+
+const float *model_probs(const model_t *m)
+{
+    return softmax_layer_probs(m->head);
+}
+
+struct model_config model_config_from_options(const struct moe_options *c, int V, int B_max,
+                                              int T_max)
+{
+    return (struct model_config){
+        .V = V,
+        .D = c->d_model,
+        .H = c->d_hidden,
+        .E = c->n_experts,
+        .K = c->k,
+        .residual = c->residual,
+        .moe_sigmoid = c->moe_sigmoid,
+        .dropout = c->dropout,
+        .w_importance = c->w_importance,
+        .w_load = c->w_load,
+        .seed = (uint64_t)c->seed,
+        .B_max = B_max,
+        .T_max = T_max,
+    };
+}

@@ -23,6 +23,7 @@
 
 #include "layer.h"
 #include "moe_layer.h"
+#include "moe_options.h"
 #include "moe_tensor.h"
 
 struct model_config {
@@ -42,6 +43,11 @@ struct model_batch {
     const int32_t *tok, *tgt;
     int64_t row0, n_global;
 };
+
+/* The model of a configuration, for V words and batches up to B_max x
+ * T_max. */
+struct model_config model_config_from_options(const struct moe_options *c, int V, int B_max,
+                                              int T_max);
 
 typedef struct model model_t;
 
@@ -85,6 +91,10 @@ void model_reset_state(model_t *m, bool eval);
  * and Load. */
 int model_forward(model_t *m, const struct model_batch *b, int64_t step, bool train,
                   double *xent_sum, char *err, size_t errlen);
+
+/* The next-word probabilities (B*T rows of V, rows b*T + t) of the last
+ * evaluation forward (train false). */
+const float *model_probs(const model_t *m);
 
 /* This batch's Importance and Load vectors from the last forward (E each),
  * and the rows routed to each expert (E). */

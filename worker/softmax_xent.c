@@ -243,3 +243,8 @@ struct layer *softmax_layer_new(const char *name, int V, int D, int N_max, uint6
     moe_rng_fill_uniform(s->w[0].data, s->w[0].numel, s->w[0].name, seed, 1.0f / sqrtf((float)D));
     return &s->base;
 }
+
+const float *softmax_layer_probs(const struct layer *l)
+{
+    return ((const struct softmax_layer *)l)->probs;
+}

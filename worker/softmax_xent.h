@@ -40,4 +40,6 @@ void softmax_xent_backward_dlogits(float *dx, float *dW, float *db, const float 
  * uniform in [-1/sqrt(D), 1/sqrt(D)) from `seed` by name, and NAME.bias
  * (V), zero. NULL when out of memory. */
 struct layer *softmax_layer_new(const char *name, int V, int D, int N_max, uint64_t seed);
+/* The probabilities (N, V) of its last evaluation forward. */
+const float *softmax_layer_probs(const struct layer *l);
 #endif

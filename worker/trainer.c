@@ -4,6 +4,7 @@
  * (trainer_setup.c), and what a coordinator adds between steps is
  * trainer_cluster.c's. */
 #include "trainer.h"
+#include "inference.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -57,27 +58,12 @@ static void format_eta(char *buf, size_t cap, double sec)
  * exactly the same predictions: the baseline to beat. */
 static int evaluate(struct trainer *t, double *ppl, double *uni_ppl, char *err, size_t errlen)
 {
-    model_reset_state(t->model, true);
-    double sum = 0, uni = 0;
-    int64_t count = 0, chunks = batcher_eval_chunks(&t->vb);
-    const int64_t cap = t->cfg->valid_max_tokens;
-    for (int64_t c = 0; c < chunks; c++) {
-        int T = batcher_eval(&t->vb, c, t->tok, t->tgt);
-        struct model_batch b = {t->vb.B, T, t->tok, t->tgt, 0, (int64_t)t->vb.B * T};
-        double xs;
-        int rc = model_forward(t->model, &b, t->step, false, &xs, err, errlen);
-        if (rc)
-            return rc;
-        sum += xs;
-        for (int i = 0; i < t->vb.B * T; i++)
-            uni -= t->uni_logp[t->tgt[i]];
-        count += (int64_t)t->vb.B * T;
-        if (cap > 0 && count >= cap)
-            break;
-    }
-    *ppl = exp(sum / (double)count);
-    *uni_ppl = exp(uni / (double)count);
-    return 0;
+    struct eval_result r;
+    int rc = eval_corpus(t->model, &t->vb, t->step, t->cfg->valid_max_tokens, t->uni_logp, t->tok,
+                         t->tgt, &r, err, errlen);
+    *ppl = r.ppl;
+    *uni_ppl = r.unigram_ppl;
+    return rc;
 }
 
 static int write_report(const struct trainer *t, double tokens_per_sec, double valid_ppl,
@@ -124,7 +110,7 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
     else
         snprintf(path, sizeof path, "%s.rank%d", c->report, t->rank);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(8));
+    int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     json_decref(o);
     if (rc != 0 || rename(tmp, path) != 0) {
         moe_err_set(err, errlen, "%s: cannot write the report: %s", path, strerror(errno));
@@ -244,7 +230,7 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     return 0;
 }
 
-static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
+static int save_checkpoint_in(struct trainer *t, const char *dir, char *err, size_t errlen)
 {
     if (t->rank != 0)
         return 0;
@@ -261,9 +247,28 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
     struct ckpt_state cs = trainer__ckpt_state(t);
     cs.shard = t->shard;
     char where[MOE_PATH_MAX + 64];
-    int rc = checkpoint_save(t->cfg->checkpoint_dir, &cs, where, sizeof where, err, errlen);
+    int rc = checkpoint_save(dir, &cs, where, sizeof where, err, errlen);
     if (rc == 0)
         moe_info("checkpoint of step %" PRId64 " written to %s", t->step, where);
+    return rc;
+}
+
+static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
+{
+    return save_checkpoint_in(t, t->cfg->checkpoint_dir, err, errlen);
+}
+
+/* The final model of a run without checkpoint_dir (option final_model):
+ * a checkpoint folder like any other, which moectl and --resume take. */
+static int save_final_model(struct trainer *t, char *err, size_t errlen)
+{
+    const char *dir = t->cfg->final_model;
+    if (t->coord || t->rank != 0 || t->cfg->checkpoint_dir[0] || !dir[0] || !strcmp(dir, "none"))
+        return 0;
+    int rc = save_checkpoint_in(t, dir, err, errlen);
+    if (!rc)
+        printf("model of step %" PRId64 " written to %s (no --checkpoint-dir; moectl eval, "
+               "generate and export take that folder)\n", t->step, dir);
     return rc;
 }
 
@@ -361,7 +366,9 @@ static int finish_run(struct trainer *t, const struct run_clock *k, bool stopped
         if (!rc)
             printf("stopped at step %" PRId64 " of %" PRId64 " (%s); %s\n", t->step, c->steps,
                    note, c->checkpoint_dir[0] ? "start it again to resume from its checkpoint"
-                                              : "no checkpoint_dir: nothing was saved");
+                                              : "the model so far is saved as final_model");
+        if (!rc)
+            rc = save_final_model(t, err, errlen);
         fflush(stdout);
     } else {
         if (c->valid[0] && t->rank == 0 &&
@@ -370,6 +377,8 @@ static int finish_run(struct trainer *t, const struct run_clock *k, bool stopped
                    valid_ppl, t->step, uni);
         if (!rc && !t->coord && c->checkpoint_dir[0] && !last_saved)
             rc = save_checkpoint(t, err, errlen);
+        if (!rc)
+            rc = save_final_model(t, err, errlen);
     }
     const int64_t tokens = (t->step - t->start_step) * (int64_t)c->batch * c->unroll;
     const double tps = k->train_time > 0 ? (double)tokens / k->train_time : 0;
@@ -385,18 +394,15 @@ int trainer_run(const struct moe_options *c, const volatile sig_atomic_t *signal
     t.cfg = c;
     t.signals = signals;
     char err[1024] = "";
-    enum moe_log_level lvl;
-    if (moe_log_parse_level(c->log_level, &lvl)) {
-        fprintf(stderr, "moe-worker: --log-level: expected debug, info, warn or error\n");
-        return 2;
-    }
+    enum moe_log_level lvl = MOE_LOG_INFO;
+    moe_log_parse_level(c->log_level, &lvl); /* checked by moe_options_check */
     moe_log_set_level(lvl);
     moe_blas_set_threads(c->threads);
     int rc = trainer__setup(&t, err, sizeof err);
     if (rc) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         trainer__teardown(&t);
-        return 1;
+        return moe_options_exit_code(rc);
     }
     t.start_step = t.step;
     struct run_clock k = {moe_now_sec(), moe_now_sec(), 0};
@@ -414,5 +420,5 @@ int trainer_run(const struct moe_options *c, const volatile sig_atomic_t *signal
     if (rc)
         fprintf(stderr, "moe-worker: error: %s\n", err);
     trainer__teardown(&t);
-    return rc ? 1 : 0;
+    return rc ? 1 : 0; /* a failure while training is never a usage error */
 }

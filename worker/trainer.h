@@ -14,9 +14,10 @@
 /* Runs training as configured. `signals` (may be NULL) counts the SIGTERM
  * and SIGINT the process received: the first stops training cleanly (with
  * a coordinator: the whole cluster, after a checkpoint at the next step
- * boundary; alone: this process, after its checkpoint). Returns 0 on
- * success or a clean stop; on failure prints a sentence naming the file or
- * key to stderr and returns non-zero. */
+ * boundary; alone: this process, after its checkpoint). Returns the exit
+ * status: 0 on success or a clean stop; on failure it prints a sentence
+ * naming the file or key to stderr and returns 2 when the configuration is
+ * wrong, 1 otherwise. */
 int trainer_run(const struct moe_options *cfg, const volatile sig_atomic_t *signals);
 
 #endif

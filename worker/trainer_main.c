@@ -9,7 +9,9 @@
 
 #include "moe_config.h"
 #include "moe_log.h"
+#include "moe_options.h"
 #include "moe_tensor.h"
+#include "model_source.h"
 #include "trainer.h"
 
 static const char summary[] =
@@ -19,6 +21,10 @@ static const char summary[] =
     "experts live on moe-server daemons (--servers) and --workers lists the data-parallel\n"
     "workers (see deploy/launch-local.sh). Prints a progress line every --log-every steps\n"
     "and the validation perplexity at the end.";
+
+static const char also[] =
+    "moe-server and moe-coordinator options are accepted too (one configuration file serves\n"
+    "the whole cluster); see their --help.";
 
 static volatile sig_atomic_t signals_seen;
 
@@ -35,18 +41,39 @@ static void on_signal(int sig)
     }
 }
 
+/* --resume: the model's configuration comes from the checkpoint; flags
+ * may change how it trains on (rate, steps, data), not its shape. */
+static int adopt_model(struct moe_options *cfg, char *err, size_t errlen)
+{
+    struct model_source ms;
+    int rc = model_source_open(&ms, cfg->resume, err, errlen);
+    if (!rc)
+        rc = moe_options_adopt(cfg, ms.config, ms.path, true, err, errlen);
+    model_source_close(&ms);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static struct moe_options cfg;
     char err[1024];
     moe_log_set_name("moe-worker");
-    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv, err,
-                                   sizeof err);
+    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv,
+                                   MOE_FOR_WORKER, cfg.given, err, sizeof err);
     if (rc == 1) {
-        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-worker", summary);
+        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-worker", summary,
+                              MOE_FOR_WORKER, also);
         return 0;
     }
     if (rc < 0) {
+        fprintf(stderr, "moe-worker: error: %s\n", err);
+        return 2;
+    }
+    if (cfg.resume[0] && (rc = adopt_model(&cfg, err, sizeof err))) {
+        fprintf(stderr, "moe-worker: error: %s\n", err);
+        return moe_options_exit_code(rc);
+    }
+    if ((rc = moe_options_check(&cfg, MOE_FOR_WORKER, err, sizeof err))) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;
     }

@@ -21,33 +21,6 @@
 
 uint64_t trainer__bytes_of(double b) { return b >= 1.8e19 ? UINT64_MAX : (uint64_t)b; }
 
-/* Values the option table cannot check by itself. */
-static int check_options(const struct moe_options *c, char *err, size_t errlen)
-{
-    Moe__DType dtype;
-    if (strcmp(c->experts, "local") != 0 && strcmp(c->experts, "remote") != 0)
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--experts: expected local or remote, got \"%s\"", c->experts);
-    int rc = moe_wire_dtype_parse(c->wire_dtype, &dtype, err, errlen);
-    if (rc)
-        return rc;
-    if (strcmp(c->dense_optimizer, "adam") != 0 && strcmp(c->dense_optimizer, "factored") != 0)
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--dense-optimizer: expected adam or factored, got \"%s\"",
-                            c->dense_optimizer);
-    if (c->k > c->n_experts)
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--k %d is larger than --n-experts %d",
-                            c->k, c->n_experts);
-    if (strcmp(c->experts, "remote") == 0 && c->resume[0])
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--resume: with --experts remote the coordinator resumes the cluster "
-                            "from the newest checkpoint in checkpoint_dir");
-    if (strcmp(c->experts, "local") == 0 && c->workers[0])
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--workers: data-parallel workers need --experts remote");
-    return 0;
-}
-
 /* The experts this process holds: all of them in-process; with expert
  * servers and no coordinator, a mirror that checkpoints fetch into; with a
  * coordinator none (servers write their own shards). */
@@ -176,18 +149,14 @@ static int load_corpus(struct corpus *co, struct batcher *bt, const char *path, 
     return rc;
 }
 
-/* The vocabulary (the checkpoint's when resuming: ckpt gets its folder, else
- * built from the training corpus), both corpora, the unigram baseline. */
-static int setup_data(struct trainer *t, char *ckpt, size_t cap, char *err, size_t errlen)
+/* The vocabulary (the resumed model's, taken from its source, else built
+ * from the training corpus), both corpora, the unigram baseline. */
+static int setup_data(struct trainer *t, struct model_source *ms, char *err, size_t errlen)
 {
     const struct moe_options *c = t->cfg;
-    if (c->resume[0]) {
-        int rc = checkpoint_resolve(c->resume, ckpt, cap, err, errlen);
-        if (rc)
-            return rc;
-        char vp[MOE_PATH_MAX + 80];
-        snprintf(vp, sizeof vp, "%s/vocab.txt", ckpt);
-        t->vocab = vocab_load(vp, err, errlen);
+    if (ms) {
+        t->vocab = ms->vocab;
+        ms->vocab = NULL;
     } else {
         t->vocab = vocab_build(c->train, c->vocab_max, err, errlen);
     }
@@ -248,21 +217,9 @@ static int setup_model(struct trainer *t, char *err, size_t errlen)
 {
     const struct moe_options *c = t->cfg;
     t->dense_adam = strcmp(c->dense_optimizer, "adam") == 0;
-    const struct model_config mc = {
-        .V = vocab_size(t->vocab),
-        .D = c->d_model,
-        .H = c->d_hidden,
-        .E = c->n_experts,
-        .K = c->k,
-        .residual = c->residual,
-        .moe_sigmoid = c->moe_sigmoid,
-        .dropout = c->dropout,
-        .w_importance = c->w_importance,
-        .w_load = c->w_load,
-        .seed = (uint64_t)c->seed,
-        .B_max = t->B > c->eval_batch ? t->B : c->eval_batch,
-        .T_max = c->unroll,
-    };
+    const struct model_config mc =
+        model_config_from_options(c, vocab_size(t->vocab),
+                                  t->B > c->eval_batch ? t->B : c->eval_batch, c->unroll);
     int rc;
     if (c->memory_check) {
         /* parameters, gradients, activations, Adam's two moments, and the
@@ -299,26 +256,36 @@ static int setup_model(struct trainer *t, char *err, size_t errlen)
 
 int trainer__setup(struct trainer *t, char *err, size_t errlen)
 {
-    char ckpt[MOE_PATH_MAX + 64] = "";
-    int rc = check_options(t->cfg, err, errlen);
+    struct model_source *ms = NULL;
+    int rc = moe_options_check(t->cfg, MOE_FOR_WORKER, err, errlen);
     if (!rc)
         rc = check_expert_memory(t->cfg, err, errlen);
     if (!rc)
         rc = setup_cluster(t, err, errlen);
+    if (!rc && t->cfg->resume[0]) {
+        if (!(ms = malloc(sizeof *ms)))
+            rc = MOE_ERR_NOMEM;
+        else
+            rc = model_source_open(ms, t->cfg->resume, err, errlen);
+    }
     if (!rc)
-        rc = setup_data(t, ckpt, sizeof ckpt, err, errlen);
+        rc = setup_data(t, ms, err, errlen);
     if (!rc)
         rc = setup_experts(t, err, errlen);
     if (!rc)
         rc = setup_model(t, err, errlen);
-    if (!rc && ckpt[0]) {
+    if (!rc && ms) {
         struct ckpt_state cs = trainer__ckpt_state(t);
         cs.shard = t->shard;
         cs.step = 0;
-        if (!(rc = checkpoint_load(ckpt, &cs, err, errlen))) {
+        if (!(rc = checkpoint_load_source(ms, &cs, err, errlen))) {
             t->step = cs.step;
-            moe_info("resumed from %s at step %" PRId64, ckpt, t->step);
+            moe_info("resumed from %s at step %" PRId64, ms->path, t->step);
         }
+    }
+    if (ms) {
+        model_source_close(ms);
+        free(ms);
     }
     if (!rc && t->coord)
         rc = trainer__join_cluster(t, err, errlen);

@@ -271,19 +271,25 @@ static const char summary[] =
     "(--http): a dashboard at /, /metrics (Prometheus), /api/v1/cluster and\n"
     "/api/v1/experts. Shares its configuration file with moe-worker and moe-server.";
 
+static const char coord_also[] =
+    "The coordinator also reads the training configuration (the model, training and expert\n"
+    "options of moe-worker --help) to check that every member that registers agrees with it:\n"
+    "give it the same --config file as the workers and servers. The other options of\n"
+    "moe-worker and moe-server are accepted too.";
+
 int main(int argc, char **argv)
 {
     static struct app a;
     char err[1024];
     moe_log_set_name("moe-coordinator");
-    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &a.cfg, argc, argv, err,
-                                   sizeof err);
+    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &a.cfg, argc, argv,
+                                   MOE_FOR_COORDINATOR, a.cfg.given, err, sizeof err);
     if (rc == 1) {
         moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-coordinator",
-                              summary);
+                              summary, MOE_FOR_COORDINATOR, coord_also);
         return 0;
     }
-    if (rc < 0) {
+    if (rc < 0 || (rc = moe_options_check(&a.cfg, MOE_FOR_COORDINATOR, err, sizeof err))) {
         fprintf(stderr, "moe-coordinator: error: %s\n", err);
         return 2;
     }

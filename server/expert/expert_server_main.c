@@ -42,21 +42,22 @@ int main(int argc, char **argv)
     static struct moe_options cfg;
     char err[1024];
     moe_log_set_name("moe-server");
-    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv, err,
-                                   sizeof err);
+    int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv,
+                                   MOE_FOR_SERVER, cfg.given, err, sizeof err);
     if (rc == 1) {
-        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-server", summary);
+        moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-server", summary,
+                              MOE_FOR_SERVER,
+                              "The other options of moe-worker and moe-coordinator are accepted "
+                              "too (one configuration\nfile serves the whole cluster); see their "
+                              "--help.");
         return 0;
     }
-    if (rc < 0) {
+    if (rc < 0 || (rc = moe_options_check(&cfg, MOE_FOR_SERVER, err, sizeof err))) {
         fprintf(stderr, "moe-server: error: %s\n", err);
         return 2;
     }
-    enum moe_log_level lvl;
-    if (moe_log_parse_level(cfg.log_level, &lvl)) {
-        fprintf(stderr, "moe-server: error: --log-level: expected debug, info, warn or error\n");
-        return 2;
-    }
+    enum moe_log_level lvl = MOE_LOG_INFO;
+    moe_log_parse_level(cfg.log_level, &lvl); /* checked by moe_options_check */
     moe_log_set_level(lvl);
     moe_malloc_keep_freed();
     moe_blas_set_threads(cfg.threads);

@@ -8,7 +8,10 @@
  *   moectl [--http ADDR] [--token T] checkpoint
  *   moectl [--http ADDR] [--token T] drain SERVER
  *   moectl verify CHECKPOINT
- *   moectl export CHECKPOINT OUT.safetensors [--params-only]
+ *   moectl export CHECKPOINT OUT [--params-only]   OUT: a bundle folder, or OUT.safetensors
+ *   moectl eval CHECKPOINT --corpus FILE [--batch B] [--threads N] [--json]
+ *   moectl generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]
+ *                   [--top-k K] [--seed S] [--threads N]
  *   moectl free-ports N        N free TCP ports on 127.0.0.1 (for launchers and tests)
  *   moectl keygen DIR [--force]   the cluster's CURVE keys (common/moe_sec.h)
  *
@@ -17,10 +20,11 @@
  * line is wrong (nothing was done). Errors are one sentence on stderr;
  * --json prints the coordinator's JSON as is.
  *
- * CHECKPOINT is a cluster checkpoint folder (DIR/step-NNNNNNNN with its
- * manifest.json) or a checkpoint directory DIR; then verify checks the newest
- * committed checkpoint and export uses the newest one that verifies, and the
- * folder used is printed (common/moe_manifest.h). */
+ * CHECKPOINT is a checkpoint folder (DIR/step-NNNNNNNN with its
+ * manifest.json, of a cluster or of one process) or a checkpoint directory
+ * DIR; then verify checks the newest committed checkpoint and export uses
+ * the newest one that verifies, and the folder used is printed
+ * (common/moe_manifest.h). eval and generate also take an export. */
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
@@ -38,9 +42,11 @@
 
 #include "moe_cli.h"
 #include "moe_err.h"
+#include "moe_file.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
 #include "moectl_export.h"
+#include "moectl_model.h"
 #include "moe_safetensors.h"
 #include "moe_sec.h"
 
@@ -52,6 +58,7 @@ struct ctl {
     const char *token_file;
     bool json, params_only, force;
     long top;                 /* experts --top; 0: all */
+    struct moectl_model_opts model; /* eval and generate */
     const char *sort;         /* experts --sort */
     char **args;              /* the command's operands */
     int n_args;
@@ -69,9 +76,14 @@ static void usage(FILE *f)
                "                           SERVER is its id (moectl status)\n"
                "Commands on files (offline):\n"
                "  verify CHECKPOINT        check a checkpoint's files against its manifest\n"
-               "  export CHECKPOINT OUT.safetensors\n"
-               "                           one canonical file of the model (and, unless\n"
-               "                           --params-only, its optimizer state)\n"
+               "  export CHECKPOINT OUT    a bundle folder OUT for PyTorch: model.safetensors\n"
+               "                           (one canonical file of the model and, unless\n"
+               "                           --params-only, its optimizer state), config.ini,\n"
+               "                           vocab.txt and tools/torch_model.py; or, when OUT\n"
+               "                           ends in .safetensors, that file alone (it carries\n"
+               "                           the configuration and vocabulary as metadata)\n"
+               "  eval CHECKPOINT          perplexity of --corpus FILE under the model\n"
+               "  generate CHECKPOINT      text sampled from the model\n"
                "  free-ports N             print N free TCP ports of 127.0.0.1\n"
                "  keygen DIR               write a cluster's CURVE keys into DIR (one key pair\n"
                "                           per role: coordinator, server, worker); --force\n"
@@ -87,11 +99,24 @@ static void usage(FILE *f)
                "  --top N                  experts: show the N first rows only\n"
                "  --sort KEY               experts: load (default), importance or rows\n"
                "  --params-only            export: parameters without optimizer state\n"
+               "  --corpus FILE            eval: the text to measure (one sentence per line)\n"
+               "  --batch B                eval: streams read in parallel (default: the\n"
+               "                           model's eval_batch, as moe-worker validates)\n"
+               "  --threads N              eval, generate: threads (default 2, as moe-worker)\n"
+               "  --prompt TEXT            generate: words to start from (after an <eos>)\n"
+               "  --tokens N               generate: words to draw (default 50)\n"
+               "  --temperature T          generate: 0 the most probable word each time;\n"
+               "                           else sample p^(1/T) (default 1)\n"
+               "  --top-k K                generate: sample among the K most probable words\n"
+               "                           (default 0: all)\n"
+               "  --seed S                 generate: the sample's seed (default 1); the same\n"
+               "                           seed gives the same text\n"
                "  --force                  keygen: replace existing keys\n"
                "  -h, --help               this help\n"
                "\n"
-               "CHECKPOINT is a step-NNNNNNNN folder or a checkpoint directory: verify checks\n"
-               "its newest committed checkpoint, export uses its newest one that verifies.\n"
+               "CHECKPOINT is a step-NNNNNNNN folder or a checkpoint directory, of a cluster\n"
+               "or of one process: verify checks its newest committed checkpoint, the others\n"
+               "use its newest one that verifies; eval and generate also read an export.\n"
                "Exit status: 0 done, 1 the command failed, 2 usage error.\n");
 }
 
@@ -321,12 +346,17 @@ static int cmd_export(const struct ctl *c)
     (void)verified; /* export verifies again */
     int64_t step = m.step;
     moe_manifest_free(&m);
-    int rc = moectl_export(folder, out, params_only, err, sizeof err);
+    /* OUT.safetensors: that file alone; else a bundle folder */
+    const bool bundle = !moe_has_suffix(out, ".safetensors");
+    char file[4200];
+    snprintf(file, sizeof file, "%s%s", out, bundle ? "/model.safetensors" : "");
+    int rc = bundle ? moectl_export_bundle(folder, out, params_only, err, sizeof err)
+                    : moectl_export(folder, out, params_only, err, sizeof err);
     if (rc) {
         fprintf(stderr, "moectl: %s\n", err);
         return 1;
     }
-    moe_safetensors_t *st = moe_safetensors_open(out, err, sizeof err);
+    moe_safetensors_t *st = moe_safetensors_open(file, err, sizeof err);
     if (!st) {
         fprintf(stderr, "moectl: the export was written but does not read back: %s\n", err);
         return 1;
@@ -334,9 +364,13 @@ static int cmd_export(const struct ctl *c)
     size_t tensors = moe_safetensors_count(st);
     moe_safetensors_close(&st);
     struct stat sb;
-    long long bytes = stat(out, &sb) == 0 ? (long long)sb.st_size : -1;
+    long long bytes = stat(file, &sb) == 0 ? (long long)sb.st_size : -1;
     printf("exported step %lld%s: %zu tensors, %lld bytes -> %s\n", (long long)step,
-           params_only ? " (parameters only)" : "", tensors, bytes, out);
+           params_only ? " (parameters only)" : "", tensors, bytes, file);
+    if (bundle)
+        printf("with %s/config.ini, %s/vocab.txt and %s/tools/torch_model.py; in PyTorch:\n"
+               "  python3 %s/tools/torch_model.py %s CORPUS   (prints its perplexity)\n",
+               out, out, out, out, out);
     return 0;
 }
 
@@ -559,6 +593,15 @@ static int cmd_keygen(const struct ctl *c)
 }
 static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
 
+static int cmd_eval(const struct ctl *c)
+{
+    struct moectl_model_opts o = c->model;
+    o.json = c->json;
+    return moectl_eval(c->args[0], &o);
+}
+
+static int cmd_generate(const struct ctl *c) { return moectl_generate(c->args[0], &c->model); }
+
 static const struct command {
     const char *name;
     int n_args;
@@ -570,7 +613,9 @@ static const struct command {
     {"checkpoint", 0, "", cmd_checkpoint},
     {"drain", 1, " SERVER", cmd_drain},
     {"verify", 1, " CHECKPOINT", cmd_verify},
-    {"export", 2, " CHECKPOINT OUT.safetensors", cmd_export},
+    {"export", 2, " CHECKPOINT OUT", cmd_export},
+    {"eval", 1, " CHECKPOINT --corpus FILE", cmd_eval},
+    {"generate", 1, " CHECKPOINT", cmd_generate},
     {"free-ports", 1, " N", cmd_free_ports},
     {"keygen", 1, " DIR", cmd_keygen},
 };
@@ -581,16 +626,20 @@ static const struct option long_options[] = {
     {"json", no_argument, NULL, 'j'},        {"top", required_argument, NULL, 'n'},
     {"sort", required_argument, NULL, 's'},  {"params-only", no_argument, NULL, 'p'},
     {"token-file", required_argument, NULL, 'T'}, {"force", no_argument, NULL, 'f'},
+    {"corpus", required_argument, NULL, 'c'}, {"batch", required_argument, NULL, 'b'},
+    {"threads", required_argument, NULL, 'N'}, {"prompt", required_argument, NULL, 'P'},
+    {"tokens", required_argument, NULL, 'k'}, {"temperature", required_argument, NULL, 'x'},
+    {"top-k", required_argument, NULL, 'K'},  {"seed", required_argument, NULL, 'S'},
     {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
 };
 
 /* The nearest command or --option to a mistyped one, for "did you mean". */
 static const char *suggest(const char *word, bool option)
 {
-    const char *names[16];
+    const char *names[32];
     size_t n = 0;
     if (option)
-        for (const struct option *o = long_options; o->name && n < 16; o++)
+        for (const struct option *o = long_options; o->name && n < 32; o++)
             names[n++] = o->name;
     else
         for (size_t i = 0; i < N_COMMANDS; i++)
@@ -623,6 +672,29 @@ static int option_error(char **argv, int at, int code)
     return usage_error("unknown option %s%s", arg, "");
 }
 
+/* The numbers of eval and generate; false (with the sentence printed) on a
+ * bad one. */
+static bool parse_model_number(int code, const char *arg, struct moectl_model_opts *m)
+{
+    long v = 0;
+    bool ok;
+    const char *what;
+    switch (code) {
+    case 'b': ok = moe_cli_long(arg, 1, 1 << 20, &m->batch), what = "--batch: expected a number of streams from 1"; break;
+    case 'N': ok = moe_cli_long(arg, 1, 256, &m->threads), what = "--threads: expected a number from 1 to 256"; break;
+    case 'k': ok = moe_cli_long(arg, 1, 1000000, &m->tokens), what = "--tokens: expected a number of words from 1 to 1000000"; break;
+    case 'K': ok = moe_cli_long(arg, 0, 1 << 30, &m->top_k), what = "--top-k: expected a number of words from 0 (all)"; break;
+    case 'S':
+        ok = moe_cli_long(arg, 0, 0x7fffffffffffffffL, &v), what = "--seed: expected a number from 0";
+        m->seed = (uint64_t)v;
+        break;
+    default: ok = moe_cli_double(arg, 0, 100, &m->temperature), what = "--temperature: expected a number from 0 to 100"; break;
+    }
+    if (!ok)
+        fprintf(stderr, "moectl: %s, got \"%s\" (see moectl --help)\n", what, arg);
+    return ok;
+}
+
 /* Fills c from argv; returns -1 to go on, else the exit status. */
 static int parse_options(int argc, char **argv, struct ctl *c)
 {
@@ -650,6 +722,12 @@ static int parse_options(int argc, char **argv, struct ctl *c)
                                    optarg, "");
             c->sort = optarg;
             break;
+        case 'c': c->model.corpus = optarg; break;
+        case 'P': c->model.prompt = optarg; break;
+        case 'b': case 'N': case 'k': case 'K': case 'S': case 'x':
+            if (!parse_model_number(code, optarg, &c->model))
+                return MOE_EXIT_USAGE;
+            break;
         case 'h': usage(stdout); return MOE_EXIT_OK;
         default: return option_error(argv, optind - 1, code);
         }
@@ -659,7 +737,8 @@ static int parse_options(int argc, char **argv, struct ctl *c)
 
 int main(int argc, char **argv)
 {
-    struct ctl c = {.host = "127.0.0.1", .port = "8780", .sort = "load"};
+    struct ctl c = {.host = "127.0.0.1", .port = "8780", .sort = "load",
+                    .model = {.threads = 2, .tokens = 50, .temperature = 1, .seed = 1}};
     moe_log_set_name("moectl");
     int rc = parse_options(argc, argv, &c);
     if (rc >= 0)

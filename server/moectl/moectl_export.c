@@ -1,13 +1,16 @@
 /* Export of a checkpoint into one canonical file (see moectl_export.h). */
 #include "moectl_export.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "data.h"
 #include "expert_shard.h"
 #include "moe_err.h"
 #include "moe_file.h"
@@ -135,7 +138,9 @@ static int check_experts(const struct xent *x, size_t n, const struct moe_manife
                         m->n_experts - 1);
             return MOE_ERR_RANGE;
         }
-        if (x[i].file != m->expert_file[id]) {
+        /* a parameter lies where the manifest says (its optimizer state may
+         * lie in another file: a single process keeps it apart) */
+        if (x[i].file != m->expert_file[id] && !is_optimizer_name(x[i].name)) {
             moe_err_set(err, errlen,
                         "%s/%s: holds tensor %s, but the manifest puts expert %ld in %s", folder,
                         m->files[x[i].file].name, sn, id, m->files[m->expert_file[id]].name);
@@ -210,109 +215,211 @@ static int check_out_path(const char *folder, const struct moe_manifest *m, cons
     return 0;
 }
 
-int moectl_export(const char *folder, const char *out_path, bool params_only, char *err,
-                        size_t errlen)
-{
+/* The checkpoint being exported: its manifest, its open tensor files (the
+ * .safetensors of the manifest; config.ini and vocab.txt are not read),
+ * the tensors found, and the model's description from their metadata. */
+struct source {
     struct moe_manifest m;
-    int rc = moe_manifest_read(folder, &m, err, errlen);
-    if (rc)
-        return rc;
-    if ((rc = moe_manifest_verify(folder, &m, err, errlen)) ||
-        (rc = check_out_path(folder, &m, out_path, err, errlen))) {
-        moe_manifest_free(&m);
-        return rc;
-    }
-    /* m.n_files >= 1 after a successful read; the guard is for the compiler */
-    moe_safetensors_t **st = calloc(m.n_files > 0 ? (size_t)m.n_files : 1u, sizeof *st);
-    struct xent *x = NULL;
-    struct moe_st_entry *e = NULL;
-    float **copies = NULL;
-    size_t n = 0, ncopies = 0;
-    char sn[MF_SHOW], p[MF_PATH];
-    if (!st) {
-        rc = MOE_ERR_NOMEM;
-        goto oom;
-    }
+    moe_safetensors_t **st; /* by manifest index; NULL for other files */
+    struct xent *x;
+    size_t n;
+    const char *config, *vocab; /* borrowed from the files' metadata, or NULL */
+};
+
+static int open_files(const char *folder, struct source *src, char *err, size_t errlen)
+{
+    const struct moe_manifest *m = &src->m;
+    /* m->n_files >= 1 after a successful read; the guard is for the compiler */
+    src->st = calloc(m->n_files > 0 ? (size_t)m->n_files : 1u, sizeof *src->st);
+    if (!src->st)
+        return MOE_ERR_NOMEM;
     size_t total = 0;
-    for (int i = 0; i < m.n_files; i++) {
-        if (moe_path_join(p, sizeof p, folder, m.files[i].name)) {
-            moe_err_set(err, errlen, "%s/%s: path too long", folder, m.files[i].name);
-            rc = MOE_ERR_RANGE;
-            goto out;
-        }
-        st[i] = moe_safetensors_open(p, err, errlen);
-        if (!st[i]) {
-            rc = MOE_ERR_FORMAT;
-            goto out;
-        }
-        total += moe_safetensors_count(st[i]);
+    char p[MF_PATH];
+    for (int i = 0; i < m->n_files; i++) {
+        if (!moe_has_suffix(m->files[i].name, ".safetensors"))
+            continue;
+        if (moe_path_join(p, sizeof p, folder, m->files[i].name))
+            return moe_err_fail(MOE_ERR_RANGE, err, errlen, "%s/%s: path too long", folder,
+                                m->files[i].name);
+        if (!(src->st[i] = moe_safetensors_open(p, err, errlen)))
+            return MOE_ERR_FORMAT;
+        total += moe_safetensors_count(src->st[i]);
+        if (!src->config)
+            src->config = moe_safetensors_meta(src->st[i], "config");
+        if (!src->vocab)
+            src->vocab = moe_safetensors_meta(src->st[i], "vocab");
     }
-    x = calloc(total ? total : 1, sizeof *x);
-    if (!x) {
-        rc = MOE_ERR_NOMEM;
-        goto oom;
-    }
-    for (int i = 0; i < m.n_files; i++)
-        for (size_t k = 0; k < moe_safetensors_count(st[i]); k++) {
+    src->x = calloc(total ? total : 1, sizeof *src->x);
+    return src->x ? 0 : MOE_ERR_NOMEM;
+}
+
+/* Every tensor to export, sorted by name and checked. */
+static int collect(const char *folder, struct source *src, bool params_only, char *err,
+                   size_t errlen)
+{
+    char sn[MF_SHOW];
+    for (int i = 0; i < src->m.n_files; i++)
+        for (size_t k = 0; src->st[i] && k < moe_safetensors_count(src->st[i]); k++) {
             struct moe_st_view v;
-            moe_safetensors_at(st[i], k, &v);
+            moe_safetensors_at(src->st[i], k, &v);
             if (!strncmp(v.name, "state.", 6) || (params_only && is_optimizer_name(v.name)))
                 continue;
             if (strcmp(v.dtype, "F32") != 0) {
                 show(sn, sizeof sn, v.name);
-                moe_err_set(err, errlen, "%s/%s: tensor %s is %s; export handles F32 only",
-                            folder, m.files[i].name, sn, v.dtype);
-                rc = MOE_ERR_FORMAT;
-                goto out;
+                return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                                    "%s/%s: tensor %s is %s; export handles F32 only", folder,
+                                    src->m.files[i].name, sn, v.dtype);
             }
-            x[n++] = (struct xent){v.name, i, v};
+            src->x[src->n++] = (struct xent){v.name, i, v};
         }
-    if (n)
-        qsort(x, n, sizeof *x, cmp_xent);
-    if ((rc = check_unique(x, n, &m, folder, err, errlen)))
-        goto out;
-    if ((rc = check_experts(x, n, &m, params_only, folder, err, errlen)))
-        goto out;
-    e = calloc(n ? n : 1, sizeof *e);
-    copies = calloc(n ? n : 1, sizeof *copies);
-    if (!e || !copies) {
-        rc = MOE_ERR_NOMEM;
-        goto oom;
-    }
-    for (size_t i = 0; i < n; i++) {
-        e[i].name = x[i].name;
-        e[i].ndim = x[i].v.ndim;
-        memcpy(e[i].shape, x[i].v.shape, sizeof e[i].shape);
+    if (src->n)
+        qsort(src->x, src->n, sizeof *src->x, cmp_xent);
+    int rc = check_unique(src->x, src->n, &src->m, folder, err, errlen);
+    return rc ? rc : check_experts(src->x, src->n, &src->m, params_only, folder, err, errlen);
+}
+
+/* Writes the sorted tensors with the description as metadata. */
+static int write_export(const struct source *src, const char *out_path, char *err, size_t errlen)
+{
+    const size_t n = src->n;
+    struct moe_st_entry *e = calloc(n ? n : 1, sizeof *e);
+    float **copies = calloc(n ? n : 1, sizeof *copies);
+    size_t ncopies = 0;
+    int rc = e && copies ? 0 : MOE_ERR_NOMEM;
+    for (size_t i = 0; i < n && !rc; i++) {
+        const struct xent *x = &src->x[i];
+        e[i].name = x->name;
+        e[i].ndim = x->v.ndim;
+        memcpy(e[i].shape, x->v.shape, sizeof e[i].shape);
+        e[i].data = x->v.data;
         /* views of files from other writers may be unaligned for float */
-        if ((uintptr_t)x[i].v.data % _Alignof(float) != 0) {
-            float *c = malloc(x[i].v.nbytes ? x[i].v.nbytes : 1);
+        if ((uintptr_t)x->v.data % _Alignof(float) != 0) {
+            float *c = malloc(x->v.nbytes ? x->v.nbytes : 1);
             if (!c) {
                 rc = MOE_ERR_NOMEM;
-                goto oom;
+                break;
             }
-            memcpy(c, x[i].v.data, x[i].v.nbytes);
+            memcpy(c, x->v.data, x->v.nbytes);
             copies[ncopies++] = c;
             e[i].data = c;
-        } else {
-            e[i].data = x[i].v.data;
         }
     }
     char step_s[32];
-    snprintf(step_s, sizeof step_s, "%" PRId64, m.step);
-    const char *meta[] = {"format", MOE_EXPORT_FORMAT, "step", step_s, NULL};
-    rc = moe_safetensors_write(out_path, e, n, meta, err, errlen);
-    goto out;
-oom:
-    moe_err_set(err, errlen, "%s: out of memory exporting the checkpoint", folder);
-out:
+    snprintf(step_s, sizeof step_s, "%" PRId64, src->m.step);
+    const char *meta[] = {"format", MOE_EXPORT_FORMAT, "step", step_s,
+                          src->config ? "config" : NULL, src->config, "vocab", src->vocab, NULL};
+    if (src->config && !src->vocab)
+        meta[6] = NULL;
+    if (rc)
+        moe_err_set(err, errlen, "out of memory exporting the checkpoint");
+    else
+        rc = moe_safetensors_write(out_path, e, n, meta, err, errlen);
     for (size_t i = 0; i < ncopies; i++)
         free(copies[i]);
     free(copies);
     free(e);
-    free(x);
-    for (int i = 0; st && i < m.n_files; i++)
-        moe_safetensors_close(&st[i]);
-    free(st);
-    moe_manifest_free(&m);
+    return rc;
+}
+
+int moectl_export(const char *folder, const char *out_path, bool params_only, char *err,
+                  size_t errlen)
+{
+    struct source src = {.st = NULL};
+    int rc = moe_manifest_read(folder, &src.m, err, errlen);
+    if (rc)
+        return rc;
+    if (!(rc = moe_manifest_verify(folder, &src.m, err, errlen)) &&
+        !(rc = check_out_path(folder, &src.m, out_path, err, errlen)) &&
+        !(rc = open_files(folder, &src, err, errlen)) &&
+        !(rc = collect(folder, &src, params_only, err, errlen)))
+        rc = write_export(&src, out_path, err, errlen);
+    if (rc == MOE_ERR_NOMEM)
+        moe_err_set(err, errlen, "%s: out of memory exporting the checkpoint", folder);
+    free(src.x);
+    for (int i = 0; src.st && i < src.m.n_files; i++)
+        moe_safetensors_close(&src.st[i]);
+    free(src.st);
+    moe_manifest_free(&src.m);
+    return rc;
+}
+
+/* tools/torch_model.py, compiled in (deploy/torch_model.py). */
+extern const char moectl_torch_model_py[];
+extern const size_t moectl_torch_model_py_len;
+
+/* Writes text to path atomically (temp file, fsync, rename). */
+static int write_text(const char *path, const char *text, size_t len, char *err, size_t errlen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot create: %s", tmp,
+                            strerror(errno));
+    int bad = fwrite(text, 1, len, f) != len;
+    bad |= (fflush(f) != 0) | (fsync(fileno(f)) != 0);
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: write failed: %s", path, strerror(e));
+    }
+    return 0;
+}
+
+static int make_dir(const char *dir, char *err, size_t errlen)
+{
+    struct stat sb;
+    if (mkdir(dir, 0755) != 0 && !(errno == EEXIST && stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode)))
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot create the folder: %s", dir,
+                            strerror(errno == EEXIST ? ENOTDIR : errno));
+    return 0;
+}
+
+/* config.ini and vocab.txt of the bundle, from the export's metadata. */
+static int write_description(const char *dir, const char *file, char *err, size_t errlen)
+{
+    moe_safetensors_t *st = moe_safetensors_open(file, err, errlen);
+    if (!st)
+        return MOE_ERR_FORMAT;
+    const char *config = moe_safetensors_meta(st, "config");
+    const char *vtext = moe_safetensors_meta(st, "vocab");
+    char p[4200];
+    int rc = 0;
+    vocab_t *v = NULL;
+    if (!config || !vtext)
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s: the checkpoint does not describe its model (no configuration or "
+                          "vocabulary; written by an older version?)", file);
+    if (!rc && !(rc = moe_path_join(p, sizeof p, dir, "config.ini")))
+        rc = write_text(p, config, strlen(config), err, errlen);
+    if (!rc && !(v = vocab_from_text(vtext, file, err, errlen)))
+        rc = MOE_ERR_FORMAT;
+    if (!rc && !(rc = moe_path_join(p, sizeof p, dir, "vocab.txt")))
+        rc = vocab_save(v, p, err, errlen);
+    vocab_destroy(&v);
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int moectl_export_bundle(const char *folder, const char *dir, bool params_only, char *err,
+                         size_t errlen)
+{
+    char file[4200], tools[4200], py[4200];
+    int rc = make_dir(dir, err, errlen);
+    if (!rc)
+        rc = moe_path_join(file, sizeof file, dir, "model.safetensors");
+    if (!rc)
+        rc = moectl_export(folder, file, params_only, err, errlen);
+    if (!rc)
+        rc = write_description(dir, file, err, errlen);
+    if (!rc && !(rc = moe_path_join(tools, sizeof tools, dir, "tools")) &&
+        !(rc = make_dir(tools, err, errlen)) &&
+        !(rc = moe_path_join(py, sizeof py, tools, "torch_model.py")))
+        rc = write_text(py, moectl_torch_model_py, moectl_torch_model_py_len, err, errlen);
+    if (!rc)
+        rc = moe_fsync_dir(dir) ? moe_err_fail(MOE_ERR_IO, err, errlen, "%s: fsync: %s", dir,
+                                                strerror(errno))
+                                : 0;
     return rc;
 }

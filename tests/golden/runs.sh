@@ -33,9 +33,9 @@ golden_run() {
         wait "$WPID0" || fail "golden cluster: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
         wait "$WPID1" || fail "golden cluster: worker 1 failed"
         cl_stop
-        "$BIN/moectl" export "$WORK/golden-cl/ck" "$WORK/golden-cl.export" >/dev/null ||
+        "$BIN/moectl" export "$WORK/golden-cl/ck" "$WORK/golden-cl.export.safetensors" >/dev/null ||
             fail "golden cluster: export"
-        /usr/bin/python3 "$GOLDEN_DIR/canon.py" "$2" "$WORK/golden-cl.export" ||
+        /usr/bin/python3 "$GOLDEN_DIR/canon.py" "$2" "$WORK/golden-cl.export.safetensors" ||
             fail "golden cluster: canon.py"
         ;;
     esac

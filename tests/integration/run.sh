@@ -27,7 +27,8 @@ for t in "$here"/test_*.sh; do
     # Its own process group, so that whatever a failing test leaves running
     # is killed before the next test starts.
     t0=$(date +%s)
-    setsid timeout 600 sh -c ". '$here/lib.sh'; . '$t'" &
+    # in its folder: what a test leaves in the working directory goes with it
+    setsid timeout 600 sh -c "cd '$WORK' && . '$here/lib.sh'; . '$t'" &
     pid=$!
     if wait $pid; then
         pass=$((pass + 1))

@@ -76,7 +76,7 @@ PY
 sed 's/^/    /' "$WORK/top5.txt"
 "$BIN/moe-worker" --train "$WORK/train.txt" --valid "$WORK/valid.txt" $TINY --steps 15 \
     --checkpoint-dir "$WORK/one" >/dev/null || fail "single worker run"
-"$BIN/moectl" export --params-only "$WORK/ck" "$WORK/ck.export" >/dev/null || fail "moectl export"
+"$BIN/moectl" export --params-only "$WORK/ck" "$WORK/ck.export.safetensors" >/dev/null || fail "moectl export"
 /usr/bin/python3 "$IT_DIR/compare_safetensors.py" "$WORK/one/step-00000015/model.safetensors" \
-    "$WORK/ck.export" 1e-4 || fail "2 workers with the coordinator differ from 1 worker"
+    "$WORK/ck.export.safetensors" 1e-4 || fail "2 workers with the coordinator differ from 1 worker"
 echo "  ok: coordinator statistics, rows routed exact, /metrics valid, moectl"

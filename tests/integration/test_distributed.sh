@@ -10,26 +10,32 @@ A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 15"
 L="$IT_DIR/../../deploy/launch-local.sh"
 "$BIN/moe-worker" $A --checkpoint-dir "$WORK/local" >/dev/null || fail "in-process run"
 ck=step-00000015
+# an export does not depend on how the model was trained: the in-process
+# checkpoint's export is byte for byte the cluster's below
+"$BIN/moectl" export "$WORK/local" "$WORK/local.export.safetensors" >/dev/null ||
+    fail "export of the in-process checkpoint"
 for t in tcp ipc; do
     sh "$L" --bin "$BIN" --run-dir "$WORK/r1$t" --transport $t --servers 2 --workers 1 -- $A \
         --checkpoint-dir "$WORK/r1$t/ck" >/dev/null || fail "2 servers + 1 worker over $t"
-    "$BIN/moectl" export "$WORK/r1$t/ck" "$WORK/r1$t.export" >/dev/null || fail "export ($t)"
+    "$BIN/moectl" export "$WORK/r1$t/ck" "$WORK/r1$t.export.safetensors" >/dev/null || fail "export ($t)"
     /usr/bin/python3 "$IT_DIR/compare_safetensors.py" \
-        "$WORK/local/$ck/model.safetensors+$WORK/local/$ck/optim.safetensors" "$WORK/r1$t.export" \
+        "$WORK/local/$ck/model.safetensors+$WORK/local/$ck/optim.safetensors" "$WORK/r1$t.export.safetensors" \
         exact || fail "2 servers + 1 worker over $t differ from in-process"
+    cmp "$WORK/local.export.safetensors" "$WORK/r1$t.export.safetensors" ||
+        fail "the export of one process and of 2 servers + 1 worker over $t differ in bytes"
     [ -f "$WORK/r1$t/ck/$ck/manifest.json" ] || fail "no committed cluster checkpoint ($t)"
     [ -s "$WORK/r1$t/server-0.safetensors" ] || fail "server 0 wrote no shard on SIGTERM ($t)"
-    echo "  ok: 2 servers + 1 worker over $t are byte-identical to in-process"
+    echo "  ok: 2 servers + 1 worker over $t are byte-identical to in-process (and so are their exports)"
 done
 for run in a b; do
     sh "$L" --bin "$BIN" --run-dir "$WORK/r2$run" --servers 2 --workers 2 -- $A \
         --checkpoint-dir "$WORK/r2$run/ck" >/dev/null || fail "2 servers + 2 workers (run $run)"
 done
 for run in a b; do
-    "$BIN/moectl" export --params-only "$WORK/r2$run/ck" "$WORK/r2$run.export" >/dev/null ||
+    "$BIN/moectl" export --params-only "$WORK/r2$run/ck" "$WORK/r2$run.export.safetensors" >/dev/null ||
         fail "export (2 workers, run $run)"
 done
-cmp "$WORK/r2a.export" "$WORK/r2b.export" || fail "2 workers: a rerun is not byte-identical"
+cmp "$WORK/r2a.export.safetensors" "$WORK/r2b.export.safetensors" || fail "2 workers: a rerun is not byte-identical"
 /usr/bin/python3 "$IT_DIR/compare_safetensors.py" "$WORK/local/$ck/model.safetensors" \
-    "$WORK/r2a.export" 1e-4 || fail "2 workers differ from 1 worker beyond tolerance"
+    "$WORK/r2a.export.safetensors" 1e-4 || fail "2 workers differ from 1 worker beyond tolerance"
 echo "  ok: 2 workers x 2 servers: rerun byte-identical; within tolerance of 1 worker"

@@ -21,13 +21,13 @@ base_args() { # NAME
     A="--train $WORK/train.txt --valid= $TINY --log-every 1 --log-level info --steps $K \
 --checkpoint-dir $WORK/$1/ck --checkpoint-every 40 --timeout-ms 2000 --heartbeat-timeout-ms 1500"
 }
-export_of() { # NAME -> $WORK/NAME.export
-    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export" >/dev/null ||
+export_of() { # NAME -> $WORK/NAME.export.safetensors
+    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export.safetensors" >/dev/null ||
         fail "$1: moectl export of its last checkpoint failed"
 }
 same_as_base() { # NAME WHAT
     export_of "$1"
-    cmp -s "$WORK/base.export" "$WORK/$1.export" ||
+    cmp -s "$WORK/base.export.safetensors" "$WORK/$1.export.safetensors" ||
         fail "$2: the export at step $K differs from the undisturbed run"
     grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
 }
@@ -193,7 +193,7 @@ cl_worker 1
 wait "$WPID1" || fail "the restarted worker 1 failed: $(tail -n 3 "$CL/worker-1.log")"
 finish
 export_of wkill
-cmp -s "$WORK/base2.export" "$WORK/wkill.export" || fail "after a worker restart the export differs"
+cmp -s "$WORK/base2.export.safetensors" "$WORK/wkill.export.safetensors" || fail "after a worker restart the export differs"
 grep -q "worker 1 restarted" "$CL/coordinator.log" || fail "the coordinator did not see the restart"
 echo "  ok: worker 1 of 2 killed at step 100 and restarted: $(sed -n 's/.*W moe-coordinator: \(rolling back to step [0-9]*\).*/\1/p' "$CL/coordinator.log" | head -n 1), export identical to an undisturbed 2-worker run"
 

@@ -20,4 +20,8 @@ r = json.load(open(sys.argv[1]))
 assert r["steps"] == 12, r["steps"]
 assert r["valid_ppl"] > 1, r["valid_ppl"]
 PY
+grep -q "^Sampled from the model just trained" "$out" || fail "make run printed no sample"
+[ "$(sed -n '/^Sampled from/,/^Use it:/p' "$out" | grep -c '^    [^ ]')" -ge 1 ] ||
+    fail "make run sampled no text: $(tail -n 12 "$out")"
+grep -q "moectl eval .*checkpoints --corpus" "$out" || fail "make run did not print how to evaluate"
 echo "  ok: make run (12 steps): $(grep '^validation perplexity' "$out")"

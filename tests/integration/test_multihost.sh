@@ -75,7 +75,7 @@ run() { # NAME [cut]
     kill -TERM $s2 $s3 $c 2>/dev/null
     kill -9 $s3 2>/dev/null
     wait $s2 $s3 $c 2>/dev/null
-    "$BIN/moectl" export "$d/ck" "$WORK/$1.export" >/dev/null || fail "$1: export"
+    "$BIN/moectl" export "$d/ck" "$WORK/$1.export.safetensors" >/dev/null || fail "$1: export"
 }
 run hosts
 grep -q "registered at tcp://$(addr 3):5600" "$WORK/hosts/coordinator.log" ||
@@ -89,11 +89,11 @@ cl_server 1
 cl_worker 0
 wait "$WPID0" || fail "loopback run failed"
 cl_stop
-"$BIN/moectl" export "$WORK/lo/ck" "$WORK/lo.export" >/dev/null || fail "loopback export"
-cmp -s "$WORK/hosts.export" "$WORK/lo.export" || fail "4 hosts and loopback trained different models"
+"$BIN/moectl" export "$WORK/lo/ck" "$WORK/lo.export.safetensors" >/dev/null || fail "loopback export"
+cmp -s "$WORK/hosts.export.safetensors" "$WORK/lo.export.safetensors" || fail "4 hosts and loopback trained different models"
 echo "  ok: coordinator, 2 servers and a worker on 4 network namespaces (10.$tag.0.1-4): export identical to loopback"
 run cut cut
 grep -q "not heard from" "$WORK/cut/coordinator.log" || fail "the cut went unnoticed"
 grep -q "rolling back" "$WORK/cut/coordinator.log" || fail "no rollback after the cut"
-cmp -s "$WORK/hosts.export" "$WORK/cut.export" || fail "after a network cut the export differs"
+cmp -s "$WORK/hosts.export.safetensors" "$WORK/cut.export.safetensors" || fail "after a network cut the export differs"
 echo "  ok: host 3 cut off at step 100: $(sed -n 's/.*W moe-coordinator: \(server .* not heard from for [0-9.]* s\).*/\1/p' "$WORK/cut/coordinator.log" | head -n 1); rolled back; export identical"

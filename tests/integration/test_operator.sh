@@ -24,12 +24,12 @@ base_args() { # NAME
 --heartbeat-timeout-ms 1500"
 }
 export_of() { # NAME
-    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export" >/dev/null ||
+    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export.safetensors" >/dev/null ||
         fail "$1: moectl export of its last checkpoint failed"
 }
 same_as() { # NAME BASE WHAT
     export_of "$1"
-    cmp -s "$WORK/$2.export" "$WORK/$1.export" ||
+    cmp -s "$WORK/$2.export.safetensors" "$WORK/$1.export.safetensors" ||
         fail "$3: the export at step $K differs from the undisturbed run"
 }
 start() { # NAME WORKERS: coordinator expecting servers 0 and 1, the servers, the workers

@@ -16,7 +16,7 @@ base_args() { # NAME
 --max-connections 64"
 }
 export_of() { # NAME
-    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export" >/dev/null ||
+    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export.safetensors" >/dev/null ||
         fail "$1: moectl export of its last checkpoint failed"
 }
 finish() {
@@ -111,7 +111,7 @@ get /api/v1/cluster >"$WORK/cluster.json" || fail "GET /api/v1/cluster"
 get /metrics >"$WORK/metrics.txt" || fail "GET /metrics"
 finish
 export_of att
-cmp -s "$WORK/base.export" "$WORK/att.export" ||
+cmp -s "$WORK/base.export.safetensors" "$WORK/att.export.safetensors" ||
     fail "the export after the attacks differs from the undisturbed run's"
 echo "  ok: the export at step $K is byte-identical to the undisturbed run's"
 # the refusals were counted (logged lines rate-limited)

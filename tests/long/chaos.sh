@@ -59,7 +59,7 @@ steps=$((300 * seconds * 1000 / ms / 3 * 2))
 echo "chaos: seed $seed, $steps steps (calibration: 300 steps in $ms ms), about $seconds s"
 
 undisturbed base "$steps"
-"$BIN/moectl" export "$WORK/base/ck" "$WORK/base.export" >/dev/null || fail "export of the undisturbed run"
+"$BIN/moectl" export "$WORK/base/ck" "$WORK/base.export.safetensors" >/dev/null || fail "export of the undisturbed run"
 
 args chaos "$steps"
 cl_init chaos 2
@@ -150,10 +150,10 @@ wait "$WPID0" || fail "worker 0 failed: $(tail -n 5 "$CL/worker-0.log")"
 wait "$WPID1" 2>/dev/null || true
 cl_stop
 elapsed=$((($(now_ms) - start) / 1000))
-"$BIN/moectl" export "$WORK/chaos/ck" "$WORK/chaos.export" >/dev/null || fail "export of the chaos run"
+"$BIN/moectl" export "$WORK/chaos/ck" "$WORK/chaos.export.safetensors" >/dev/null || fail "export of the chaos run"
 rollbacks=$(grep -c "rolling back" "$CL/coordinator.log")
 epochs=$(grep -c "I moe-coordinator: epoch [0-9]*:" "$CL/coordinator.log")
-cmp -s "$WORK/base.export" "$WORK/chaos.export" ||
+cmp -s "$WORK/base.export.safetensors" "$WORK/chaos.export.safetensors" ||
     fail "after $events events ($epochs epochs, $rollbacks rollbacks) the export differs from the undisturbed run"
 echo "chaos: ok: $steps steps in $elapsed s with $events events, $epochs epochs, $rollbacks rollbacks;" \
     "the export is byte-identical to the undisturbed run"

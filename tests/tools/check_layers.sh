@@ -2,12 +2,18 @@
 # The layering rule of the tree (docs/ARCHITECTURE.md), checked on the
 # sources: every #include "..." in a part must name a header of common/, the
 # generated protobuf header, or a header of the part itself. common/ knows no
-# process. Prints FILE:LINE and what is wrong for each violation and exits 1;
-# prints one summary line and exits 0 when the tree is clean.
-# Usage: check_layers.sh PART_DIR...   (the first-listed part is common/)
+# process. A part may declare parts it uses (PART:USED,...): their headers
+# are allowed too. Prints FILE:LINE and what is wrong for each violation and
+# exits 1; prints one summary line and exits 0 when the tree is clean.
+# Usage: check_layers.sh PART_DIR[:USED,...]...   (the first is common/)
 set -u
-parts="$*"
-for part in $parts; do
+specs="$*"
+parts=""
+for spec in $specs; do parts="$parts ${spec%%:*}"; done
+for spec in $specs; do
+    part=${spec%%:*}
+    uses=""
+    [ "$spec" != "$part" ] && uses=$(echo "${spec#*:}" | tr ',' ' ')
     for f in "$part"/*.c "$part"/*.h; do
         [ -f "$f" ] || continue
         grep -n '^[[:space:]]*#[[:space:]]*include[[:space:]]*"' "$f" | while IFS= read -r hit; do
@@ -20,12 +26,15 @@ for part in $parts; do
             esac
             [ -f "$part/$hdr" ] && continue
             [ -f "common/$hdr" ] && continue
+            used=no
+            for u in $uses; do [ -f "$u/$hdr" ] && used=yes; done
+            [ $used = yes ] && continue
             owner=""
             for other in $parts; do
                 [ -f "$other/$hdr" ] && owner=$other
             done
             if [ -n "$owner" ]; then
-                echo "$f:$line: includes \"$hdr\" of $owner/: $part/ may include only common/ and its own headers"
+                echo "$f:$line: includes \"$hdr\" of $owner/: $part/ may include only common/${uses:+, $uses/} and its own headers"
             else
                 echo "$f:$line: includes \"$hdr\", which is in no part of the tree"
             fi

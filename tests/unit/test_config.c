@@ -34,15 +34,17 @@ struct tcfg {
     int workers;
 };
 
-#define OPT(k, sec, type, field, size, lo, hi, def)                                               \
-    {k, sec, type, offsetof(struct tcfg, field), size, lo, hi, def, "help for " k}
+/* roles: every option is for program 1 but "verbose", which is for 2 */
+#define OPT_R(k, sec, type, field, size, lo, hi, def, roles)                                      \
+    {k, sec, type, offsetof(struct tcfg, field), size, lo, hi, def, "help for " k, roles}
+#define OPT(k, sec, type, field, size, lo, hi, def) OPT_R(k, sec, type, field, size, lo, hi, def, 1u)
 
 /* Sections interleave on purpose: write_ini must group them. */
 static const struct moe_opt table[] = {
     OPT("d_model", "model", MOE_OPT_INT, d_model, 0, 1, 4096, "512"),
     OPT("steps", "train", MOE_OPT_I64, steps, 0, -1e12, 1e12, "1000"),
     OPT("lr", "train", MOE_OPT_DOUBLE, lr, 0, 0, 1, "0.001"),
-    OPT("verbose", "io", MOE_OPT_BOOL, verbose, 0, 1, 0, "false"),
+    OPT_R("verbose", "io", MOE_OPT_BOOL, verbose, 0, 1, 0, "false", 2u),
     OPT("name", "io", MOE_OPT_STRING, name, 16, 1, 0, "moe"),
     OPT("use_cache", "model", MOE_OPT_BOOL, use_cache, 0, 1, 0, "true"),
     OPT("seed", "train", MOE_OPT_I64, seed, 0, 1, 0, "7"),      /* unbounded */
@@ -74,10 +76,12 @@ static const char *put(const char *name, const char *text)
     return path;
 }
 
+static bool given[NT];
+
 static int parse(struct tcfg *c, int argc, char **argv)
 {
     memset(c, 0xA5, sizeof *c);
-    return moe_config_parse_args(table, NT, c, argc, argv, err, sizeof err);
+    return moe_config_parse_args(table, NT, c, argc, argv, 1u, given, err, sizeof err);
 }
 
 static void check_defaults(const struct tcfg *c)
@@ -330,6 +334,44 @@ START_TEST(config_bad_numbers_leave_field)
 }
 END_TEST
 
+START_TEST(config_cli_grammar)
+{
+    struct tcfg c;
+    /* the nearest option is suggested, among the program's own first */
+    char *a1[] = {"prog", "--d-modle", "8"};
+    ck_assert_int_eq(parse(&c, 3, a1), MOE_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "unknown option --d-modle (did you mean --d-model?)"), "%s", err);
+    char *a2[] = {"prog", "--setps=3"};
+    ck_assert_int_eq(parse(&c, 2, a2), MOE_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "did you mean --steps?"), "%s", err);
+    char *a3[] = {"prog", "--zzzzzzzzzz"};
+    ck_assert_int_eq(parse(&c, 2, a3), MOE_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "unknown option --zzzzzzzzzz (see --help)"), "%s", err);
+    /* a flag followed by another flag has no value */
+    char *a4[] = {"prog", "--name", "--steps", "3"};
+    ck_assert_int_eq(parse(&c, 4, a4), MOE_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "--name: missing value (use --name=VALUE"), "%s", err);
+    char *a5[] = {"prog", "--name=--odd", "--steps", "3"};
+    ck_assert_int_eq(parse(&c, 4, a5), 0);
+    ck_assert_str_eq(c.name, "--odd");
+    /* which keys the command line and the file set */
+    const char *path = put("g.ini", "[train]\nlr = 0.5\n");
+    char p[600];
+    snprintf(p, sizeof p, "%s", path);
+    char *a6[] = {"prog", "--config", p, "--steps", "5", "--no-use-cache"};
+    ck_assert_int_eq(parse(&c, 6, a6), 0);
+    for (size_t i = 0; i < NT; i++) {
+        const bool want = !strcmp(table[i].key, "lr") || !strcmp(table[i].key, "steps") ||
+                          !strcmp(table[i].key, "use_cache");
+        ck_assert_msg(given[i] == want, "%s given %d", table[i].key, given[i]);
+    }
+    /* positional arguments are errors, with a hint */
+    char *a7[] = {"prog", "--steps", "5", "extra"};
+    ck_assert_int_eq(parse(&c, 4, a7), MOE_ERR_CONFIG);
+    ck_assert_msg(strstr(err, "unexpected argument \"extra\""), "%s", err);
+}
+END_TEST
+
 START_TEST(config_help)
 {
     struct tcfg c;
@@ -344,7 +386,7 @@ START_TEST(config_help)
     snprintf(path, sizeof path, "%s/help.txt", dir);
     FILE *f = fopen(path, "w+");
     ck_assert_ptr_nonnull(f);
-    moe_config_print_help(table, NT, f, "prog", "A test program.");
+    moe_config_print_help(table, NT, f, "prog", "A test program.", 1u, "See also: prog2.");
     rewind(f);
     char text[8192];
     size_t n = fread(text, 1, sizeof text - 1, f);
@@ -353,6 +395,10 @@ START_TEST(config_help)
     ck_assert_ptr_nonnull(strstr(text, "--d-model"));
     ck_assert_ptr_nonnull(strstr(text, "--use-cache"));
     ck_assert_ptr_nonnull(strstr(text, "(default: 512)"));
+    /* only the program's own options, grouped, then the note */
+    ck_assert_msg(!strstr(text, "--verbose"), "%s", text);
+    ck_assert_ptr_nonnull(strstr(text, "\nModel:\n")); /* section titles */
+    ck_assert_ptr_nonnull(strstr(text, "See also: prog2."));
 }
 END_TEST
 
@@ -419,7 +465,7 @@ START_TEST(config_overlong_line_is_an_error)
     /* inih reads lines of at most 200 bytes: a longer line must fail to
      * load rather than set a silently truncated value. */
     static const struct moe_opt long_table[] = {
-        {"path", "io", MOE_OPT_STRING, 0, 400, 1, 0, "", "a long string"},
+        {"path", "io", MOE_OPT_STRING, 0, 400, 1, 0, "", "a long string", 0},
     };
     char cfg[400] = {0}, text[600];
     memset(text, 0, sizeof text);
@@ -450,6 +496,7 @@ Suite *test_config_suite(void)
     tcase_add_test(tc, config_unknown_flag_and_arguments);
     tcase_add_test(tc, config_bad_numbers_leave_field);
     tcase_add_test(tc, config_help);
+    tcase_add_test(tc, config_cli_grammar);
     suite_add_tcase(s, tc);
     TCase *tw = tcase_create("ini");
     tcase_set_timeout(tw, 10);

@@ -1,0 +1,63 @@
+# One command-line grammar for every binary: --help lists only the
+# program's own options, grouped; --flag=value and --flag value; an unknown
+# flag names the nearest one; numbers are validated; usage errors exit 2,
+# failures 1 (moectl's own grammar: test_moectl.sh).
+make_corpora
+T="--train $WORK/train.txt --valid $WORK/valid.txt"
+# status WANT PATTERN CMD...: exit status WANT and PATTERN (grep -E) in its output
+status() {
+    want=$1
+    pattern=$2
+    shift 2
+    "$@" >"$WORK/out.txt" 2>&1
+    got=$?
+    [ "$got" = "$want" ] || fail "$*: exit $got, expected $want: $(head -c 300 "$WORK/out.txt")"
+    grep -Eq -- "$pattern" "$WORK/out.txt" ||
+        fail "$*: output does not match /$pattern/: $(head -c 300 "$WORK/out.txt")"
+}
+for p in moe-worker moe-server moe-coordinator; do
+    status 0 "Exit status: 0 done, 1 failed, 2 wrong command line" "$BIN/$p" --help
+    cp "$WORK/out.txt" "$WORK/$p.help"
+    status 2 "unknown option --n-exprets \(did you mean --n-experts\?\)" "$BIN/$p" --n-exprets 4
+    status 2 "--steps: expected an integer, got \"abc\"" "$BIN/$p" --steps=abc
+    status 2 "--lr: -1 is out of range" "$BIN/$p" --lr -1
+    status 2 "unexpected argument \"extra\"" "$BIN/$p" --steps 3 extra
+    status 2 "--log-level: expected debug, info, warn or error" "$BIN/$p" --log-level=loud
+    echo "  ok: $p: --help, a suggestion, bad numbers, extra arguments: exit 2"
+done
+has() { grep -q -- "$2" "$WORK/$1.help" || fail "$1 --help does not list $2"; }
+hasnt() { ! grep -q -- "$2" "$WORK/$1.help" || fail "$1 --help lists $2, not its option"; }
+has moe-worker "--dropout"
+has moe-worker "--resume"
+hasnt moe-worker "--http-token-file"
+hasnt moe-worker "--bind "
+has moe-server "--bind"
+has moe-server "--expert-beta2"
+hasnt moe-server "--dropout"
+hasnt moe-server "--http "
+has moe-coordinator "--http-token-file"
+has moe-coordinator "--min-servers"
+hasnt moe-coordinator "--dropout"
+hasnt moe-coordinator "--resume"
+grep -q "^Model:" "$WORK/moe-worker.help" || fail "moe-worker --help is not grouped"
+echo "  ok: each --help lists its program's options only, grouped"
+# both spellings of a value, and a runtime failure exits 1
+status 0 "validation perplexity" "$BIN/moe-worker" --train="$WORK/train.txt" --valid "$WORK/valid.txt" \
+    $TINY --steps=3 --log-level=info
+status 1 "nope.txt: cannot open" "$BIN/moe-worker" --train "$WORK/nope.txt" $TINY --steps 1
+status 2 "is on TCP, which needs the cluster's keys" "$BIN/moe-server" --servers tcp://127.0.0.1:9
+status 2 "--coordinator: the address to bind is missing" "$BIN/moe-coordinator" --keys "$KEYS"
+echo "  ok: --flag=value and --flag value; a missing corpus exits 1, configurations 2"
+# --resume takes the model from the checkpoint: without the shape flags the
+# run goes on as it would with them, to the same bytes (--threads is the
+# machine's choice, never taken from a checkpoint)
+"$BIN/moe-worker" $T $TINY --steps 4 --checkpoint-dir "$WORK/ck0" >/dev/null 2>&1 ||
+    fail "training the checkpoint to resume"
+cp -r "$WORK/ck0" "$WORK/ck1"
+"$BIN/moe-worker" $T $TINY --steps 8 --resume "$WORK/ck0" --checkpoint-dir "$WORK/ck0" \
+    >/dev/null 2>&1 || fail "resuming with the model's flags"
+status 0 "resumed from .*step-00000004 at step 4" "$BIN/moe-worker" $T --steps 8 --threads 1 \
+    --resume "$WORK/ck1" --checkpoint-dir "$WORK/ck1" --log-level info
+cmp "$WORK/ck0/step-00000008/model.safetensors" "$WORK/ck1/step-00000008/model.safetensors" ||
+    fail "a resume without the model's flags trained another model"
+echo "  ok: --resume adopts the checkpoint's model: the same bytes without its flags"
