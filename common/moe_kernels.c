@@ -319,6 +319,45 @@ static void kernels_decide_auto(struct moe_kernels_decision *d, const struct moe
                           "allow; never downgraded", best->name);
 }
 
+/* Checks `option` against the table and the CPU: NULL when it is auto or
+ * keep (case-insensitive), else the set it names; *rc is MOE_ERR_CONFIG
+ * (with the sentence in err and the reason in d) for a name the table does
+ * not know or a set the CPU cannot run. */
+static const struct kernels_set *kernels_option(struct moe_kernels_decision *d,
+                                                const struct moe_kernels_cpu *cpu,
+                                                const char *option, int *rc, char *err,
+                                                size_t errlen)
+{
+    *rc = 0;
+    if (!option || strcasecmp(option, "auto") == 0 || strcasecmp(option, "keep") == 0)
+        return NULL;
+    const struct kernels_set *want = kernels_set_find(option);
+    if (!want) {
+        char shown[48], names[400];
+        moe_log_sanitize(shown, sizeof shown, option, strlen(option));
+        size_t o = 0;
+        for (size_t i = 0; i < KERNELS_N_SETS && o < sizeof names; i++) {
+            int n = snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "",
+                             kernels_sets[i].name);
+            o += n > 0 ? (size_t)n : 0;
+        }
+        moe_err_set(err, errlen,
+                    "--blas-kernels: unknown BLAS kernel set \"%s\": expected auto, keep or one "
+                    "of %s", shown, names);
+        KERNELS_REASON(d, "unknown BLAS kernel set \"%s\"", shown);
+        *rc = MOE_ERR_CONFIG;
+        return NULL;
+    }
+    const char *missing = kernels_missing(cpu, want);
+    if (missing) {
+        moe_err_set(err, errlen, "--blas-kernels: BLAS kernel set %s needs %s, which this CPU "
+                    "lacks", want->name, missing);
+        KERNELS_REASON(d, "%s needs %s, which this CPU lacks", want->name, missing);
+        *rc = MOE_ERR_CONFIG;
+    }
+    return want;
+}
+
 int moe_kernels_decide(struct moe_kernels_decision *out, const struct moe_kernels_cpu *cpu,
                        const char *chosen, const char *env, const char *option, char *err,
                        size_t errlen)
@@ -329,6 +368,12 @@ int moe_kernels_decide(struct moe_kernels_decision *out, const struct moe_kernel
         chosen = "Unknown";
     snprintf(out->target, sizeof out->target, "%s", chosen);
 
+    /* A wrong option is an error whatever the environment says: the
+     * command line is wrong for this machine. */
+    int rc;
+    const struct kernels_set *want = kernels_option(out, cpu, option, &rc, err, errlen);
+    if (rc)
+        return rc;
     /* The user's (or the machine's) own setting wins over every option:
      * some machines set it because other kernels misbehave there. */
     if (env) {
@@ -341,33 +386,9 @@ int moe_kernels_decide(struct moe_kernels_decision *out, const struct moe_kernel
         kernels_decide_auto(out, cpu, chosen);
         return 0;
     }
-    if (strcasecmp(option, "keep") == 0) {
+    if (!want) {
         KERNELS_REASON(out, "OpenBLAS's own choice, kept by option keep");
         return 0;
-    }
-
-    const struct kernels_set *want = kernels_set_find(option);
-    if (!want) {
-        char shown[48], names[400];
-        moe_log_sanitize(shown, sizeof shown, option, strlen(option));
-        size_t o = 0;
-        for (size_t i = 0; i < KERNELS_N_SETS && o < sizeof names; i++) {
-            int n = snprintf(names + o, sizeof names - o, "%s%s", i ? ", " : "",
-                             kernels_sets[i].name);
-            o += n > 0 ? (size_t)n : 0;
-        }
-        moe_err_set(err, errlen,
-                    "unknown BLAS kernel set \"%s\": expected auto, keep or one of %s", shown,
-                    names);
-        KERNELS_REASON(out, "unknown BLAS kernel set \"%s\"", shown);
-        return MOE_ERR_CONFIG;
-    }
-    const char *missing = kernels_missing(cpu, want);
-    if (missing) {
-        moe_err_set(err, errlen, "BLAS kernel set %s needs %s, which this CPU lacks", want->name,
-                    missing);
-        KERNELS_REASON(out, "%s needs %s, which this CPU lacks", want->name, missing);
-        return MOE_ERR_CONFIG;
     }
     if (strcasecmp(want->name, chosen) == 0) {
         KERNELS_REASON(out, "OpenBLAS's own choice, as the option asks");
@@ -757,3 +778,27 @@ const char *moe_kernels_name(void)
 bool moe_kernels_switched(void) { return kernels_state.switched; }
 const char *moe_kernels_reason(void) { return kernels_state.reason; }
 double moe_kernels_gflops(void) { return kernels_state.gflops; }
+
+const char *moe_kernels_effective(void)
+{
+    return moe_blas_reference() ? "reference" : moe_kernels_name();
+}
+
+int moe_kernels_compare(const char *recorded, const char *what, bool strict, char *err,
+                        size_t errlen)
+{
+    const char *mine = moe_kernels_effective();
+    if (!recorded || !recorded[0] || strcasecmp(recorded, mine) == 0)
+        return 0;
+    char shown[48];
+    moe_log_sanitize(shown, sizeof shown, recorded, strlen(recorded));
+    if (strict)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "%s was computed with the BLAS kernels %s and this process runs %s, "
+                            "so the results would not be bitwise those of a run on %s "
+                            "(refused by --strict-determinism)",
+                            what, shown, mine, shown);
+    moe_warn("%s was computed with the BLAS kernels %s and this process runs %s: the results "
+             "will not be bitwise those of a run on %s", what, shown, mine, shown);
+    return 0;
+}

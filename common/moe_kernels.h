@@ -166,6 +166,25 @@ const char *moe_kernels_reason(void);
 double moe_kernels_gflops(void);
 
 /* ------------------------------------------------------------------------
+ * The kernel set in the determinism contract (DESIGN §4) */
+
+/* The name of what computes this process's products, as checkpoints,
+ * reports and cluster registrations record it: "reference" under
+ * MOE_BLAS=reference (moe_blas_reference(): the bits then depend on no
+ * OpenBLAS kernel), else moe_kernels_name(). Borrowed; any thread. */
+const char *moe_kernels_effective(void);
+
+/* Compares the kernel set `recorded` by `what` (a checkpoint file, a
+ * cluster: "step-00000040/worker-0.safetensors") with this process's
+ * (moe_kernels_effective). Equal (case-insensitive), or nothing recorded
+ * (NULL or "": files of an older version): 0. Different: the results will
+ * not be bitwise those of a run on `recorded`; with strict false that is a
+ * warning (one moe_warn line naming both sets) and 0, with strict true
+ * MOE_ERR_CONFIG with the sentence in err. */
+int moe_kernels_compare(const char *recorded, const char *what, bool strict, char *err,
+                        size_t errlen);
+
+/* ------------------------------------------------------------------------
  * Tests and tools only. */
 
 struct moe_kernels__hooks {

@@ -57,8 +57,12 @@ struct decision_row {
 };
 
 #define UNKNOWN "Frobnicator"
-/* With OPENBLAS_CORETYPE set, every option keeps OpenBLAS's choice. */
-#define KEEP_ALL(c) {"K:" c, "K:" c, "K:" c, "K:" c, "K:" c, "K:" c}
+/* With OPENBLAS_CORETYPE set, every good option keeps OpenBLAS's choice;
+ * a name the table does not know, or a set the CPU cannot run, is still an
+ * error (the command line is wrong for this machine). */
+#define KEEP_ENV_SSE(c) {"K:" c, "K:" c, "E", "E", "E", "E"}
+#define KEEP_ENV_AVX2(c) {"K:" c, "K:" c, "K:" c, "E", "E", "E"}
+#define KEEP_ENV_512(c) {"K:" c, "K:" c, "K:" c, "K:" c, "E", "E"}
 
 static const struct decision_row decision_rows[] = {
     /* features, chosen, env; then auto, keep, Haswell, SkylakeX, Bulldozer, garbage */
@@ -102,39 +106,39 @@ static const struct decision_row decision_rows[] = {
      {"K:Cooperlake", "K:Cooperlake", "S:Haswell", "S:SkylakeX", "E", "E"}},
     {F_BF16, UNKNOWN, NULL, {"K:" UNKNOWN, "K:" UNKNOWN, "S:Haswell", "S:SkylakeX", "E", "E"}},
 
-    /* OPENBLAS_CORETYPE in the environment: kept whatever the option, even
-     * a bad one (the environment's value need not match `chosen`: OpenBLAS
-     * ignores names it does not know). */
-    {F_NONE, "Prescott", "Prescott", KEEP_ALL("Prescott")},
-    {F_NONE, "Haswell", "Haswell", KEEP_ALL("Haswell")},
-    {F_NONE, "SkylakeX", "SkylakeX", KEEP_ALL("SkylakeX")},
-    {F_NONE, "Cooperlake", "Cooperlake", KEEP_ALL("Cooperlake")},
-    {F_NONE, UNKNOWN, UNKNOWN, KEEP_ALL(UNKNOWN)},
-    {F_SSE3, "Prescott", "Prescott", KEEP_ALL("Prescott")},
-    {F_SSE3, "Haswell", "Haswell", KEEP_ALL("Haswell")},
-    {F_SSE3, "SkylakeX", "SkylakeX", KEEP_ALL("SkylakeX")},
-    {F_SSE3, "Cooperlake", "Cooperlake", KEEP_ALL("Cooperlake")},
-    {F_SSE3, UNKNOWN, "", KEEP_ALL(UNKNOWN)},
-    {F_AVX, "Prescott", "Prescott", KEEP_ALL("Prescott")},
-    {F_AVX, "Haswell", "haswell", KEEP_ALL("Haswell")},
-    {F_AVX, "SkylakeX", "SkylakeX", KEEP_ALL("SkylakeX")},
-    {F_AVX, "Cooperlake", "Cooperlake", KEEP_ALL("Cooperlake")},
-    {F_AVX, UNKNOWN, "Prescott", KEEP_ALL(UNKNOWN)},
-    {F_AVX2, "Prescott", "Prescott", KEEP_ALL("Prescott")},
-    {F_AVX2, "Haswell", "Haswell", KEEP_ALL("Haswell")},
-    {F_AVX2, "SkylakeX", "SkylakeX", KEEP_ALL("SkylakeX")},
-    {F_AVX2, "Cooperlake", "Cooperlake", KEEP_ALL("Cooperlake")},
-    {F_AVX2, UNKNOWN, "Haswell", KEEP_ALL(UNKNOWN)},
-    {F_512, "Prescott", "Prescott", KEEP_ALL("Prescott")},
-    {F_512, "Haswell", "Haswell", KEEP_ALL("Haswell")},
-    {F_512, "SkylakeX", "SkylakeX", KEEP_ALL("SkylakeX")},
-    {F_512, "Cooperlake", "Cooperlake", KEEP_ALL("Cooperlake")},
-    {F_512, UNKNOWN, "garbage", KEEP_ALL(UNKNOWN)},
-    {F_BF16, "Prescott", "Prescott", KEEP_ALL("Prescott")},
-    {F_BF16, "Haswell", "Haswell", KEEP_ALL("Haswell")},
-    {F_BF16, "SkylakeX", "SkylakeX", KEEP_ALL("SkylakeX")},
-    {F_BF16, "Cooperlake", "Cooperlake", KEEP_ALL("Cooperlake")},
-    {F_BF16, UNKNOWN, "Zen", KEEP_ALL(UNKNOWN)},
+    /* OPENBLAS_CORETYPE in the environment: kept whatever the option (the
+     * environment's value need not match `chosen`: OpenBLAS ignores names
+     * it does not know), but a bad option is still refused. */
+    {F_NONE, "Prescott", "Prescott", KEEP_ENV_SSE("Prescott")},
+    {F_NONE, "Haswell", "Haswell", KEEP_ENV_SSE("Haswell")},
+    {F_NONE, "SkylakeX", "SkylakeX", KEEP_ENV_SSE("SkylakeX")},
+    {F_NONE, "Cooperlake", "Cooperlake", KEEP_ENV_SSE("Cooperlake")},
+    {F_NONE, UNKNOWN, UNKNOWN, KEEP_ENV_SSE(UNKNOWN)},
+    {F_SSE3, "Prescott", "Prescott", KEEP_ENV_SSE("Prescott")},
+    {F_SSE3, "Haswell", "Haswell", KEEP_ENV_SSE("Haswell")},
+    {F_SSE3, "SkylakeX", "SkylakeX", KEEP_ENV_SSE("SkylakeX")},
+    {F_SSE3, "Cooperlake", "Cooperlake", KEEP_ENV_SSE("Cooperlake")},
+    {F_SSE3, UNKNOWN, "", KEEP_ENV_SSE(UNKNOWN)},
+    {F_AVX, "Prescott", "Prescott", KEEP_ENV_SSE("Prescott")},
+    {F_AVX, "Haswell", "haswell", KEEP_ENV_SSE("Haswell")},
+    {F_AVX, "SkylakeX", "SkylakeX", KEEP_ENV_SSE("SkylakeX")},
+    {F_AVX, "Cooperlake", "Cooperlake", KEEP_ENV_SSE("Cooperlake")},
+    {F_AVX, UNKNOWN, "Prescott", KEEP_ENV_SSE(UNKNOWN)},
+    {F_AVX2, "Prescott", "Prescott", KEEP_ENV_AVX2("Prescott")},
+    {F_AVX2, "Haswell", "Haswell", KEEP_ENV_AVX2("Haswell")},
+    {F_AVX2, "SkylakeX", "SkylakeX", KEEP_ENV_AVX2("SkylakeX")},
+    {F_AVX2, "Cooperlake", "Cooperlake", KEEP_ENV_AVX2("Cooperlake")},
+    {F_AVX2, UNKNOWN, "Haswell", KEEP_ENV_AVX2(UNKNOWN)},
+    {F_512, "Prescott", "Prescott", KEEP_ENV_512("Prescott")},
+    {F_512, "Haswell", "Haswell", KEEP_ENV_512("Haswell")},
+    {F_512, "SkylakeX", "SkylakeX", KEEP_ENV_512("SkylakeX")},
+    {F_512, "Cooperlake", "Cooperlake", KEEP_ENV_512("Cooperlake")},
+    {F_512, UNKNOWN, "garbage", KEEP_ENV_512(UNKNOWN)},
+    {F_BF16, "Prescott", "Prescott", KEEP_ENV_512("Prescott")},
+    {F_BF16, "Haswell", "Haswell", KEEP_ENV_512("Haswell")},
+    {F_BF16, "SkylakeX", "SkylakeX", KEEP_ENV_512("SkylakeX")},
+    {F_BF16, "Cooperlake", "Cooperlake", KEEP_ENV_512("Cooperlake")},
+    {F_BF16, UNKNOWN, "Zen", KEEP_ENV_512(UNKNOWN)},
 };
 
 START_TEST(kernels_decision_table)
@@ -264,6 +268,27 @@ START_TEST(kernels_set_table)
     const struct moe_kernels_cpu some = {"", MOE_KERNELS_SSE2 | MOE_KERNELS_AVX512_BF16};
     moe_kernels_cpu_describe(&some, desc, sizeof desc);
     ck_assert_str_eq(desc, "sse2 avx512_bf16");
+}
+END_TEST
+
+/* The kernel set against a recorded one (checkpoints, DESIGN §4). */
+START_TEST(kernels_compare_recorded)
+{
+    char err[512] = "";
+    const char *mine = moe_kernels_effective();
+    ck_assert_str_eq(mine, moe_blas_reference() ? "reference" : moe_kernels_name());
+    ck_assert_int_eq(moe_kernels_compare(NULL, "old.safetensors", true, err, sizeof err), 0);
+    ck_assert_int_eq(moe_kernels_compare("", "old.safetensors", true, err, sizeof err), 0);
+    ck_assert_int_eq(moe_kernels_compare(mine, "a.safetensors", true, err, sizeof err), 0);
+    const char *other = strcmp(mine, "Frobnicator") ? "Frobnicator" : "Prescott";
+    ck_assert_int_eq(moe_kernels_compare(other, "a.safetensors", false, err, sizeof err), 0);
+    ck_assert_int_eq(moe_kernels_compare(other, "a.safetensors", true, err, sizeof err),
+                     MOE_ERR_CONFIG);
+    char want[256];
+    snprintf(want, sizeof want,
+             "a.safetensors was computed with the BLAS kernels %s and this process runs %s", other,
+             mine);
+    ck_assert_msg(strstr(err, want) == err && strstr(err, "--strict-determinism"), "%s", err);
 }
 END_TEST
 
@@ -690,7 +715,7 @@ START_TEST(kernels_reexec_keep_and_name)
     ck_assert_msg(WIFEXITED(st3) && WEXITSTATUS(st3) == 0, "status %#x:\n%s", st3, helper_out);
     ck_assert_int_eq(count_of(helper_out, "BLAS kernels:"), 0);
     ck_assert_msg(strstr(helper_out, "helper: rc=-5 ") &&
-                      strstr(helper_out, "err=unknown BLAS kernel set \"fastest\""),
+                      strstr(helper_out, "unknown BLAS kernel set \"fastest\""),
                   "%s", helper_out);
 }
 END_TEST
@@ -703,6 +728,7 @@ Suite *test_kernels_suite(void)
     tcase_add_test(tc, kernels_decision_table);
     tcase_add_test(tc, kernels_decision_reasons);
     tcase_add_test(tc, kernels_set_table);
+    tcase_add_test(tc, kernels_compare_recorded);
     suite_add_tcase(s, tc);
 
     TCase *ts = tcase_create("selftest");
