@@ -13,6 +13,7 @@
 
 #include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_kernels.h"
 #include "moe_safetensors.h"
 
 #define NAME_LEN 96
@@ -152,6 +153,16 @@ static int verify_checksum(const moe_safetensors_t *st, char *err, size_t errlen
     return 0;
 }
 
+/* The BLAS kernels the file was computed with against this process's
+ * (DESIGN §4): a warning, or with strict_determinism a refusal. */
+static int check_kernels(const moe_safetensors_t *st, const struct ckpt_state *s, char *err,
+                         size_t errlen)
+{
+    return moe_kernels_compare(moe_safetensors_meta(st, "blas_kernels"),
+                               moe_safetensors_path(st),
+                               s->cfg ? s->cfg->strict_determinism : false, err, errlen);
+}
+
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY);
@@ -198,7 +209,8 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     char step_s[32], sum_s[32];
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&model));
-    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s, NULL};
+    const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s,
+                          "blas_kernels", moe_kernels_effective(), NULL};
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, model.e, model.n, meta, err, errlen)))
         goto fail;
@@ -314,7 +326,8 @@ int checkpoint_load(const char *ckpt, struct ckpt_state *s, char *err, size_t er
         rc = MOE_ERR_FORMAT;
         goto out;
     }
-    if ((rc = verify_checksum(mst, err, errlen)) || (rc = verify_checksum(ost, err, errlen)))
+    if ((rc = verify_checksum(mst, err, errlen)) || (rc = verify_checksum(ost, err, errlen)) ||
+        (rc = check_kernels(ost, s, err, errlen)))
         goto out;
     /* Every expected tensor must be there with its shape, and nothing else. */
     struct {
@@ -406,7 +419,7 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&l));
     snprintf(rank_s, sizeof rank_s, "%d", rank);
     const char *meta[] = {"format", "moe-worker-1", "step", step_s, "rank", rank_s,
-                          "checksum", sum_s, NULL};
+                          "checksum", sum_s, "blas_kernels", moe_kernels_effective(), NULL};
     snprintf(file, cap, "worker-%d.safetensors", rank);
     snprintf(p, sizeof p, "%s/%s", folder, file);
     rc = moe_safetensors_write(p, l.e, l.n, meta, err, errlen);
@@ -414,12 +427,15 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
     return rc;
 }
 
-static int load_list(const char *path, const struct tlist *l, char *err, size_t errlen)
+static int load_list(const char *path, const struct tlist *l, const struct ckpt_state *s,
+                     char *err, size_t errlen)
 {
     moe_safetensors_t *st = moe_safetensors_open(path, err, errlen);
     if (!st)
         return MOE_ERR_FORMAT;
     int rc = verify_checksum(st, err, errlen);
+    if (!rc)
+        rc = check_kernels(st, s, err, errlen);
     for (size_t i = 0; !rc && i < l->n; i++) {
         const struct moe_st_entry *e = &l->e[i];
         rc = read_tensor(st, e->name, e->ndim, e->shape[0], e->shape[1], (float *)e->data, err,
@@ -439,11 +455,11 @@ int checkpoint_load_worker(const char *folder, struct ckpt_state *s, int rank, c
     char p[MOE_PATH_MAX + 96];
     if (!rc) {
         snprintf(p, sizeof p, "%s/worker-0.safetensors", folder);
-        rc = load_list(p, &dense, err, errlen);
+        rc = load_list(p, &dense, s, err, errlen);
     }
     if (!rc) {
         snprintf(p, sizeof p, "%s/worker-%d.safetensors", folder, rank);
-        rc = load_list(p, &state, err, errlen);
+        rc = load_list(p, &state, s, err, errlen);
     }
     tlist_free(&dense);
     tlist_free(&state);

@@ -52,12 +52,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-server: error: %s\n", err);
         return 2;
     }
-    enum moe_log_level lvl;
-    if (moe_log_parse_level(cfg.log_level, &lvl)) {
-        fprintf(stderr, "moe-server: error: --log-level: expected debug, info, warn or error\n");
-        return 2;
+    /* Log level, values the table cannot check, the BLAS kernels (this may
+     * re-execute the process): before any thread of ours starts. */
+    if ((rc = moe_options_start(&cfg, argc, argv, err, sizeof err))) {
+        fprintf(stderr, "moe-server: error: %s\n", err);
+        return rc == MOE_ERR_CONFIG ? 2 : 1;
     }
-    moe_log_set_level(lvl);
     moe_malloc_keep_freed();
     moe_blas_set_threads(cfg.threads);
     struct sigaction sa;
