@@ -196,6 +196,7 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
     if (!t->shard)
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate %d experts of %dx%d",
                             c->n_experts, c->d_model, c->d_hidden);
+    expert_shard_set_recompute(t->shard, moe_options_recompute_mode(c) != MOE_RECOMPUTE_NONE);
     int rc;
     if (!t->remote) {
         expert_local_backend(&t->backend, t->shard);
@@ -236,6 +237,7 @@ static int setup_model(struct trainer *t, char *err, size_t errlen)
         .seed = (uint64_t)c->seed,
         .B_max = t->B > c->eval_batch ? t->B : c->eval_batch,
         .T_max = c->unroll,
+        .recompute_lstm = moe_options_recompute_mode(c) == MOE_RECOMPUTE_ALL,
     };
     int rc;
     if (c->memory_check) {

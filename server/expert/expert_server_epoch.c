@@ -88,6 +88,7 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
         moe_err_set(err, errlen, "cannot allocate %d experts", n);
         return MOE_ERR_NOMEM;
     }
+    expert_shard_set_recompute(next, moe_options_recompute_mode(cfg) != MOE_RECOMPUTE_NONE);
     const double t0 = moe_now_sec();
     const bool current = s->shard && s->step == ep->step;
     const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(next);
