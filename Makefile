@@ -318,7 +318,8 @@ FUZZ_CFLAGS     = $(STD) $(WARN) -Wno-unknown-warning-option -g -O1 -fno-omit-fr
                   $(INC_COMMON) $(shell pkg-config --cflags libzmq libprotobuf-c)
 FUZZ_LIBS       = $(shell pkg-config --libs libzmq libprotobuf-c) -lm
 FUZZ_OBJ        = $(BUILD)/fuzz/obj
-FUZZ_WIRE_SRC   = tests/fuzz/fuzz_wire.c common/moe_wire.c common/moe_err.c common/moe_tensor.c
+FUZZ_WIRE_SRC   = tests/fuzz/fuzz_wire.c common/moe_wire.c common/moe_bf16.c common/moe_err.c \
+                  common/moe_tensor.c
 FUZZ_WIRE_OBJS  = $(FUZZ_WIRE_SRC:%.c=$(FUZZ_OBJ)/%.o) $(FUZZ_OBJ)/proto/moe.pb-c.o
 FUZZ_WIRE_BIN   = $(BUILD)/bin/fuzz_wire
 FUZZ_WIRE_GEN   = $(BUILD)/bin/gen_corpus_wire

@@ -61,17 +61,25 @@ static void relu_back_cols(void *ctx, int task)
     }
 }
 
-void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_ffn_params *p,
-                        int R, int D, int H)
+void expert_ffn_hidden(float *z, const float *x, const struct expert_ffn_params *p, int R, int D,
+                       int H)
 {
     if (R <= 0)
         return;
-    /* z = relu(x W1^T + b1): bias preloaded so the GEMM adds onto it. */
+    /* bias preloaded so the GEMM adds onto it */
     for (int r = 0; r < R; r++)
         memcpy(z + (size_t)r * H, p->b1, sizeof(float) * (size_t)H);
     moe_sgemm(false, true, R, H, D, 1.0f, x, D, p->w1, D, 1.0f, z, H);
     struct ffn_job j = {.z = z, .R = R, .C = H};
     moe_par_for(moe_par_tasks(R, FFN_ROWS), relu_rows, &j);
+}
+
+void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_ffn_params *p,
+                        int R, int D, int H)
+{
+    if (R <= 0)
+        return;
+    expert_ffn_hidden(z, x, p, R, D, H);
     for (int r = 0; r < R; r++)
         memcpy(y + (size_t)r * D, p->b2, sizeof(float) * (size_t)D);
     moe_sgemm(false, true, R, D, H, 1.0f, z, H, p->w2, H, 1.0f, y, D);

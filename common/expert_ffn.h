@@ -22,6 +22,13 @@ size_t expert_ffn_param_count(int D, int H);
 /* Views into a w1|b1|w2|b2 block of expert_ffn_param_count() floats. */
 struct expert_ffn_params expert_ffn_view(float *block, int D, int H);
 
+/* z (R,H) = relu(x W1^T + b1): the hidden activations, the first half of
+ * expert_ffn_forward with the same operations in the same order, so that
+ * a backward that recomputes them (--recompute experts) gets the same bits
+ * the forward had. R may be 0. */
+void expert_ffn_hidden(float *z, const float *x, const struct expert_ffn_params *p, int R, int D,
+                       int H);
+
 /* y (R,D) = relu(x W1^T + b1) W2^T + b2; z (R,H) receives relu(...) and is
  * what backward needs besides x. R may be 0. */
 void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_ffn_params *p,

@@ -21,12 +21,16 @@ struct expert_shard {
     bool *touched;      /* got a backward since its last update */
     bool keep_grads;    /* grads holds every expert's (else one scratch) */
     struct moe_fadam_opts opts;
-    /* cache of the last forward */
+    /* cache of the last forward: its inputs x and, unless recompute, the
+     * hidden activations z; dz (and with recompute the recomputed z) are
+     * scratch for one expert at a time */
+    bool recompute;
     int c_n;
     int32_t *c_ids;
     int *c_rows;
-    float *c_x, *c_z, *dz;
-    size_t c_rows_cap;  /* rows the x/z/dz buffers hold */
+    float *c_x, *c_z, *dz, *z1;
+    size_t c_rows_cap;  /* rows the x (and z) buffers hold */
+    size_t e_rows_cap;  /* rows of one expert the dz (and z1) buffers hold */
     int c_n_cap;
     float *i_z;         /* evaluation scratch (rows, H) */
     size_t i_rows_cap;
@@ -123,6 +127,7 @@ void expert_shard_destroy(expert_shard_t **sp)
     moe_free_floats(&s->c_x);
     moe_free_floats(&s->c_z);
     moe_free_floats(&s->dz);
+    moe_free_floats(&s->z1);
     moe_free_floats(&s->i_z);
     free(s);
     *sp = NULL;
@@ -161,11 +166,28 @@ float *expert_shard_opt_state(expert_shard_t *s, int i) { return s->opt + s->S *
 int64_t *expert_shard_opt_step(expert_shard_t *s, int i) { return &s->t[i]; }
 size_t expert_shard_opt_state_size(const expert_shard_t *s) { return s->S; }
 
-/* Validates a batch layout; returns total rows through *total. */
-static int check_batch(const expert_shard_t *s, int n, const int32_t *ids, const int *rows,
-                       size_t *total)
+void expert_shard_set_recompute(expert_shard_t *s, bool recompute)
 {
-    size_t sum = 0;
+    if (s->recompute == recompute)
+        return;
+    s->recompute = recompute;
+    s->c_n = 0;
+    /* the buffers are sized for the other mode: sized again next forward */
+    moe_free_floats(&s->c_x);
+    moe_free_floats(&s->c_z);
+    moe_free_floats(&s->dz);
+    moe_free_floats(&s->z1);
+    s->c_rows_cap = s->e_rows_cap = 0;
+}
+
+bool expert_shard_recompute(const expert_shard_t *s) { return s->recompute; }
+
+/* Validates a batch layout; returns total rows through *total and the
+ * largest expert's through *most. */
+static int check_batch(const expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                       size_t *total, size_t *most)
+{
+    size_t sum = 0, mx = 0;
     if (n < 0)
         return MOE_ERR_RANGE;
     for (int e = 0; e < n; e++) {
@@ -173,12 +195,32 @@ static int check_batch(const expert_shard_t *s, int n, const int32_t *ids, const
             return MOE_ERR_NOTFOUND;
         if (rows[e] < 0 || moe_size_add(sum, (size_t)rows[e], &sum))
             return MOE_ERR_RANGE;
+        mx = (size_t)rows[e] > mx ? (size_t)rows[e] : mx;
     }
     *total = sum;
+    if (most)
+        *most = mx;
     return 0;
 }
 
-static int reserve(expert_shard_t *s, int n, size_t rows)
+/* Replaces *buf by a buffer of rows x width floats (what it held is not
+ * kept: callers fill it again). */
+static int grow(float **buf, size_t rows, size_t width)
+{
+    size_t nf;
+    if (moe_size_mul(rows, width, &nf))
+        return MOE_ERR_RANGE;
+    float *b = moe_alloc_floats(nf);
+    if (!b)
+        return MOE_ERR_NOMEM;
+    moe_free_floats(buf);
+    *buf = b;
+    return 0;
+}
+
+/* The forward cache for `rows` rows (x, and z unless recompute) and the
+ * per-expert scratch for `most` rows (dz, and the recomputed z). */
+static int reserve(expert_shard_t *s, int n, size_t rows, size_t most)
 {
     if (n > s->c_n_cap) {
         int32_t *ids = realloc(s->c_ids, sizeof(int32_t) * (size_t)n);
@@ -191,37 +233,38 @@ static int reserve(expert_shard_t *s, int n, size_t rows)
         s->c_rows = r;
         s->c_n_cap = n;
     }
+    int rc;
     if (rows > s->c_rows_cap) {
-        size_t nx, nz;
-        if (moe_size_mul(rows, (size_t)s->D, &nx) || moe_size_mul(rows, (size_t)s->H, &nz))
-            return MOE_ERR_RANGE;
-        float *x = moe_alloc_floats(nx), *z = moe_alloc_floats(nz), *dz = moe_alloc_floats(nz);
-        if (!x || !z || !dz) {
-            moe_free_floats(&x);
-            moe_free_floats(&z);
-            moe_free_floats(&dz);
-            return MOE_ERR_NOMEM;
-        }
-        moe_free_floats(&s->c_x);
-        moe_free_floats(&s->c_z);
-        moe_free_floats(&s->dz);
-        s->c_x = x;
-        s->c_z = z;
-        s->dz = dz;
+        if ((rc = grow(&s->c_x, rows, (size_t)s->D)) ||
+            (!s->recompute && (rc = grow(&s->c_z, rows, (size_t)s->H))))
+            return rc;
         s->c_rows_cap = rows;
     }
+    if (most > s->e_rows_cap) {
+        if ((rc = grow(&s->dz, most, (size_t)s->H)) ||
+            (s->recompute && (rc = grow(&s->z1, most, (size_t)s->H))))
+            return rc;
+        s->e_rows_cap = most;
+    }
     return 0;
+}
+
+/* Where expert e's hidden activations (rows at offset off) are: in the
+ * cache, or in the one-expert scratch when they are recomputed. */
+static float *hidden_of(expert_shard_t *s, size_t off)
+{
+    return s->recompute ? s->z1 : s->c_z + off * (size_t)s->H;
 }
 
 int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                          const float *x, float *y)
 {
-    size_t total;
-    int rc = check_batch(s, n, ids, rows, &total);
+    size_t total, most;
+    int rc = check_batch(s, n, ids, rows, &total, &most);
     if (rc)
         return rc;
     s->c_n = 0;
-    if ((rc = reserve(s, n, total)))
+    if ((rc = reserve(s, n, total, most)))
         return rc;
     /* An empty batch leaves the cache buffers NULL; memcpy of 0 bytes
      * from or to NULL is still undefined behaviour. */
@@ -231,7 +274,7 @@ int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int
     for (int e = 0; e < n; e++) {
         int li = expert_shard_find(s, ids[e]);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
-        expert_ffn_forward(y + off * (size_t)s->D, s->c_z + off * (size_t)s->H,
+        expert_ffn_forward(y + off * (size_t)s->D, hidden_of(s, off),
                            s->c_x + off * (size_t)s->D, &p, rows[e], s->D, s->H);
         off += (size_t)rows[e];
     }
@@ -247,7 +290,7 @@ int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *
                        const float *x, float *y)
 {
     size_t total;
-    int rc = check_batch(s, n, ids, rows, &total);
+    int rc = check_batch(s, n, ids, rows, &total, NULL);
     if (rc)
         return rc;
     if (total > s->i_rows_cap) {
@@ -290,9 +333,11 @@ static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *row
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
         struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
         s->touched[li] = true;
-        expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D,
-                            s->c_x + off * (size_t)s->D, s->c_z + off * (size_t)s->H, &p,
-                            rows[e], s->D, s->H);
+        const float *x = s->c_x + off * (size_t)s->D;
+        if (s->recompute) /* the forward's operations again: the same bits */
+            expert_ffn_hidden(s->z1, x, &p, rows[e], s->D, s->H);
+        expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D, x,
+                            hidden_of(s, off), &p, rows[e], s->D, s->H);
         if (apply)
             update_one(s, li, t, lr);
         off += (size_t)rows[e];

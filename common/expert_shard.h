@@ -33,8 +33,17 @@ void expert_shard_destroy(expert_shard_t **s);
 
 /* Bytes expert_shard_new_ex allocates for n experts (parameters, factored
  * Adam state, gradients), without allocating: a size check before it.
- * Per-step caches (rows x (D + 2H) floats) come on top. */
+ * Per-step caches come on top: rows x (D + H) floats for a step's rows plus
+ * R x H for its largest expert's R rows; with recompute rows x D + 2 R x H. */
 double expert_shard_bytes(int D, int H, int n, bool keep_grads);
+
+/* Activation recomputation (--recompute experts, DESIGN §10): the forward
+ * keeps only its inputs, and the backward computes each expert's hidden
+ * activations again (expert_ffn_hidden) just before its gradient, so the
+ * shard holds a step's rows x D floats instead of rows x (D + H). The
+ * results are the same bits. Off by default; set it between steps. */
+void expert_shard_set_recompute(expert_shard_t *s, bool recompute);
+bool expert_shard_recompute(const expert_shard_t *s);
 
 int expert_shard_count(const expert_shard_t *s);
 /* Width D and hidden size H of the shard's experts. */

@@ -10,6 +10,8 @@
 #include "expert_ffn.h"
 #include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_kernels.h"
+#include "moe_log.h"
 #include "moe_manifest.h"
 #include "moe_sec.h"
 #include "moe_wire.h"
@@ -81,6 +83,10 @@ const struct moe_opt moe_options_table[] = {
     OPT("max_rollbacks", "operations", MOE_OPT_INT, max_rollbacks, 0, 1000000, "3", "moe-coordinator: rollbacks to the same checkpoint without progress before the cluster stops with the cause (0: never stop)", MOE_FOR_COORDINATOR),
     OPT("coordinator_wait_s", "operations", MOE_OPT_I64, coordinator_wait_s, 1, 1e9, "600", "servers and workers: seconds to keep waiting for a silent coordinator before giving up", MOE_FOR_WORKER | MOE_FOR_SERVER),
     OPT("memory_check", "operations", MOE_OPT_BOOL, memory_check, 1, 0, "true", "compare the memory a model or shard needs with MemAvailable before allocating it", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    /* compute: BLAS kernels, determinism, memory */
+    OPT("blas_kernels", "compute", MOE_OPT_STRING, blas_kernels, 1, 0, "auto", "OpenBLAS kernel set: auto (the best set the CPU runs, when OpenBLAS chose an older one), keep (OpenBLAS's choice) or a set (Haswell, SkylakeX, Cooperlake, ...); an OPENBLAS_CORETYPE in the environment always wins", MOE_FOR_ALL),
+    OPT("strict_determinism", "compute", MOE_OPT_BOOL, strict_determinism, 1, 0, "false", "refuse to resume a checkpoint or join a cluster computed with other BLAS kernels (default: warn)", MOE_FOR_ALL),
+    OPT("recompute", "compute", MOE_OPT_STRING, recompute, 1, 0, "none", "recompute in the backward pass instead of keeping: none, experts (their hidden activations) or all (also the LSTM gates and cells); the same results", MOE_FOR_WORKER | MOE_FOR_SERVER),
 };
 _Static_assert(sizeof moe_options_table / sizeof moe_options_table[0] <= MOE_OPTIONS_MAX,
                "raise MOE_OPTIONS_MAX");
@@ -93,7 +99,11 @@ const size_t moe_options_count = sizeof moe_options_table / sizeof moe_options_t
 static const char *const contract_server_keys[] = {
     "d_model", "d_hidden", "n_experts", "seed", "lr", "warmup", "expert_beta2", "expert_eps",
     "expert_decay_pow", "expert_clip", "expert_relative_step", "wire_dtype", "workers",
+    "strict_determinism",
 };
+/* The last line of every contract: compared on its own terms
+ * (moe_options_contract_kernels), never by moe_options_contract_diff. */
+#define CONTRACT_KERNELS "blas_kernels"
 static const char *const contract_worker_keys[] = {
     "vocab_max", "k", "residual", "moe_sigmoid", "dropout", "w_importance", "w_load", "steps",
     "batch", "unroll", "beta1", "beta2", "adam_eps", "dense_optimizer",
@@ -131,6 +141,32 @@ static int contract_add(char *out, size_t cap, size_t *len, const char *key, con
     return 0;
 }
 
+/* The keys only workers depend on. */
+static int contract_worker_keys_add(const struct moe_options *c, char *out, size_t cap,
+                                    size_t *len)
+{
+    char v[4200];
+    for (size_t i = 0; i < sizeof contract_worker_keys / sizeof *contract_worker_keys; i++) {
+        moe_config_format_value(moe_options_table, moe_options_count, c,
+                                contract_worker_keys[i], v, sizeof v);
+        if (contract_add(out, cap, len, contract_worker_keys[i], v))
+            return MOE_ERR_RANGE;
+    }
+    return 0;
+}
+
+/* The corpus by its bytes, not its path: machines mount data differently. */
+static int contract_train_add(const struct moe_options *c, char *out, size_t cap, size_t *len)
+{
+    char v[32];
+    uint64_t sum = 0, bytes = 0;
+    if (moe_manifest_file_checksum(c->train, &sum, &bytes, NULL, 0) == 0)
+        snprintf(v, sizeof v, "%016" PRIx64, sum);
+    else
+        snprintf(v, sizeof v, "?");
+    return contract_add(out, cap, len, "train", v);
+}
+
 int moe_options_contract(const struct moe_options *c, int role, char *out, size_t cap)
 {
     size_t len = 0;
@@ -147,24 +183,14 @@ int moe_options_contract(const struct moe_options *c, int role, char *out, size_
         if (contract_add(out, cap, &len, key, v))
             return MOE_ERR_RANGE;
     }
-    if (role != MOE_ROLE_WORKER)
-        return (int)len;
-    for (size_t i = 0; i < sizeof contract_worker_keys / sizeof *contract_worker_keys; i++) {
-        moe_config_format_value(moe_options_table, moe_options_count, c,
-                                contract_worker_keys[i], v, sizeof v);
-        if (contract_add(out, cap, &len, contract_worker_keys[i], v))
-            return MOE_ERR_RANGE;
-    }
-    /* The corpus by its bytes, not its path: machines mount data differently. */
-    uint64_t sum = 0, bytes = 0;
-    if (moe_manifest_file_checksum(c->train, &sum, &bytes, NULL, 0) == 0)
-        snprintf(v, sizeof v, "%016" PRIx64, sum);
-    else
-        snprintf(v, sizeof v, "?");
-    if (contract_add(out, cap, &len, "train", v))
+    if (role == MOE_ROLE_WORKER && (contract_worker_keys_add(c, out, cap, &len) ||
+                                    contract_train_add(c, out, cap, &len)))
+        return MOE_ERR_RANGE;
+    if (contract_add(out, cap, &len, CONTRACT_KERNELS, moe_kernels_effective()))
         return MOE_ERR_RANGE;
     return (int)len;
 }
+
 
 uint64_t moe_options_contract_digest(const char *contract)
 {
@@ -255,7 +281,9 @@ int moe_options_contract_diff(const char *mine, const char *theirs, const char *
                 snprintf(key, sizeof key, "%.*s", (int)(kl < 63 ? kl : 63), p);
                 size_t al = 0, bl = 0;
                 const char *a = contract_find(mine, key, &al), *b = contract_find(theirs, key, &bl);
-                if (pass == 0) {
+                if (strcmp(key, CONTRACT_KERNELS) == 0) {
+                    /* compared by moe_options_contract_kernels */
+                } else if (pass == 0) {
                     const bool skip = b && bl == 0 && skip_empty && key_listed(skip_empty, key, kl);
                     if (!skip && (!b || al != bl || memcmp(a, b, al) != 0))
                         diff_note(why, cap, &len, &n, key, a, al, b, bl);
@@ -448,4 +476,90 @@ int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *
                            errlen);
     }
     return 0;
+}
+
+int moe_options_contract_put(char *contract, size_t cap, const char *key, const char *value)
+{
+    size_t vl = 0, len = strlen(contract);
+    const char *v = contract_find(contract, key, &vl);
+    if (!v)
+        return contract_add(contract, cap, &len, key, value);
+    const size_t nl = strlen(value), at = (size_t)(v - contract);
+    if (len - vl + nl >= cap)
+        return MOE_ERR_RANGE;
+    memmove(contract + at + nl, contract + at + vl, len - at - vl + 1);
+    memcpy(contract + at, value, nl);
+    return 0;
+}
+
+int moe_options_contract_kernels(char *const *mine, int n, size_t cap, const char *theirs,
+                                 const char *who, char *why, size_t len)
+{
+    char cluster[64], newcomer[64], strict[16];
+    why[0] = '\0';
+    if (n < 1)
+        return 0;
+    moe_options_contract_get(mine[0], CONTRACT_KERNELS, cluster, sizeof cluster);
+    moe_options_contract_get(theirs, CONTRACT_KERNELS, newcomer, sizeof newcomer);
+    moe_options_contract_get(mine[0], "strict_determinism", strict, sizeof strict);
+    char shown[64];
+    moe_log_sanitize(shown, sizeof shown, newcomer, strlen(newcomer));
+    if (!newcomer[0] || strcmp(cluster, newcomer) == 0)
+        return 0;
+    if (!cluster[0]) {
+        for (int i = 0; i < n; i++)
+            if (moe_options_contract_put(mine[i], cap, CONTRACT_KERNELS, shown))
+                return 0; /* no room: the cluster keeps no set */
+        snprintf(why, len, "the BLAS kernels of this cluster are %s (from %s)", shown, who);
+        return 0;
+    }
+    if (strcmp(strict, "true") == 0) {
+        snprintf(why, len, "%s runs the BLAS kernels %s and the cluster %s, so results would not "
+                 "be bitwise those of one kernel set (refused by strict_determinism)", who, shown,
+                 cluster);
+        return MOE_ERR_CONFIG;
+    }
+    snprintf(why, len, "%s runs the BLAS kernels %s and the cluster %s: results will not be "
+             "bitwise those of one kernel set", who, shown, cluster);
+    return 1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Start-up */
+
+int moe_options_recompute(const struct moe_options *c, enum moe_recompute *out, char *err,
+                          size_t errlen)
+{
+    static const char *const names[] = {"none", "experts", "all"};
+    for (int i = 0; i < 3; i++)
+        if (strcmp(c->recompute, names[i]) == 0) {
+            *out = (enum moe_recompute)i;
+            return 0;
+        }
+    char shown[48];
+    moe_log_sanitize(shown, sizeof shown, c->recompute, strlen(c->recompute));
+    return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                        "--recompute: expected none, experts or all, got \"%s\"", shown);
+}
+
+enum moe_recompute moe_options_recompute_mode(const struct moe_options *c)
+{
+    enum moe_recompute m = MOE_RECOMPUTE_NONE;
+    char err[160];
+    return moe_options_recompute(c, &m, err, sizeof err) == 0 ? m : MOE_RECOMPUTE_NONE;
+}
+
+int moe_options_start(const struct moe_options *c, int argc, char **argv, char *err,
+                      size_t errlen)
+{
+    enum moe_log_level lvl;
+    enum moe_recompute rc_mode;
+    if (moe_log_parse_level(c->log_level, &lvl))
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--log-level: expected debug, info, warn or error");
+    moe_log_set_level(lvl);
+    int rc = moe_options_recompute(c, &rc_mode, err, errlen);
+    if (rc)
+        return rc;
+    return moe_kernels_init(argc, argv, c->blas_kernels, err, errlen);
 }

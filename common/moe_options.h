@@ -66,6 +66,10 @@ struct moe_options {
     bool memory_check;          /* compare the memory needed with MemAvailable before allocating */
     /* which keys the INI file or a flag set (moe_config_parse_args), by table index */
     bool given[MOE_OPTIONS_MAX];
+    /* compute: BLAS kernels, determinism, memory (DESIGN §4, §10) */
+    char blas_kernels[32];      /* auto, keep or an OpenBLAS kernel set (moe_kernels_decide) */
+    bool strict_determinism;    /* other kernels on resume or join: refuse, not warn */
+    char recompute[16];         /* none, experts or all (enum moe_recompute) */
 };
 
 /* The programs an option is for (moe_opt.roles): --help lists each
@@ -111,6 +115,31 @@ int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *
 extern const struct moe_opt moe_options_table[];
 extern const size_t moe_options_count;
 
+/* What the backward pass recomputes instead of keeping from the forward
+ * (--recompute); the results are the same bits either way. */
+enum moe_recompute {
+    MOE_RECOMPUTE_NONE = 0, /* keep every activation */
+    MOE_RECOMPUTE_EXPERTS,  /* the experts' hidden activations (expert_shard) */
+    MOE_RECOMPUTE_ALL,      /* those, and the LSTMs' gate activations and cells */
+};
+
+/* c->recompute as an enum, or MOE_ERR_CONFIG with a sentence for a value
+ * that is none of none, experts, all. */
+int moe_options_recompute(const struct moe_options *c, enum moe_recompute *out, char *err,
+                          size_t errlen);
+/* The same for values already checked (moe_options_start): NONE when bad. */
+enum moe_recompute moe_options_recompute_mode(const struct moe_options *c);
+
+/* What every program does first with its options, from main() before any
+ * other thread of ours starts: sets the log level, checks the values the
+ * table cannot (log_level, recompute, blas_kernels), then chooses the BLAS
+ * kernels (moe_kernels_init with c->blas_kernels, which may re-execute the
+ * process with the same argv). Returns 0; MOE_ERR_CONFIG for a bad value
+ * (a usage error: the program exits 2); another code when the kernels fail
+ * their self-test; each with one sentence in err. */
+int moe_options_start(const struct moe_options *c, int argc, char **argv, char *err,
+                      size_t errlen);
+
 /* Roles of the processes of a cluster (as in the wire header's `role`). */
 enum { MOE_ROLE_WORKER = 1, MOE_ROLE_SERVER = 2, MOE_ROLE_COORDINATOR = 3 };
 
@@ -145,6 +174,27 @@ int moe_options_contract(const struct moe_options *c, int role, char *out, size_
  * compared when the newcomer's value is empty. */
 int moe_options_contract_diff(const char *mine, const char *theirs, const char *skip_empty, char *why,
                           size_t cap);
+
+/* The BLAS kernel set in contracts. Every contract ends with the line
+ * "blas_kernels=NAME" (moe_kernels_effective of the process that wrote
+ * it), which moe_options_contract_diff does not compare: machines of a
+ * cluster may differ, and a different set changes bits but not the model.
+ * The coordinator keeps the cluster's set in the contracts it holds
+ * (`mine`, n of them, each cap bytes): empty at its start (it blanks them
+ * with moe_options_contract_put), then the first member's. Compares the
+ * newcomer's (`theirs`, from `who`, e.g. "worker 1") with it:
+ *   0  the same, or the cluster had none (it takes the newcomer's: every
+ *      `mine` is rewritten, and why says so, for an info line);
+ *   1  different while the cluster's contract has strict_determinism=false:
+ *      why holds the warning, naming both sets;
+ *   MOE_ERR_CONFIG  different under strict_determinism=true: why holds the
+ *      refusal. */
+int moe_options_contract_kernels(char *const *mine, int n, size_t cap, const char *theirs,
+                                 const char *who, char *why, size_t len);
+
+/* Sets the value of `key` in a contract (cap bytes) to `value`, appending
+ * the line when the key is absent. 0 or MOE_ERR_RANGE (too long). */
+int moe_options_contract_put(char *contract, size_t cap, const char *key, const char *value);
 
 /* 64-bit digest of a contract's text (moe_checksum64). */
 uint64_t moe_options_contract_digest(const char *contract);

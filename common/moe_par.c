@@ -177,7 +177,9 @@ void moe_par_span(int task, int per, int n, int *lo, int *hi)
     *hi = n - *lo > per ? *lo + per : n;
 }
 
-#define COLSUM_COLS 256
+/* Columns per task: wide enough that each row's part is a long contiguous
+ * read (the matrix is usually far larger than the caches). */
+#define COLSUM_COLS 2048
 
 struct colsum_job {
     float *acc;
@@ -185,13 +187,27 @@ struct colsum_job {
     int rows, cols;
 };
 
+/* Four rows at a time: each column's running sum stays in a register
+ * across them, the additions still one row after another. */
 static void colsum_task(void *ctx, int task)
 {
     const struct colsum_job *j = ctx;
-    int c0, c1;
+    const size_t C = (size_t)j->cols;
+    int c0, c1, r = 0;
     moe_par_span(task, COLSUM_COLS, j->cols, &c0, &c1);
-    for (int r = 0; r < j->rows; r++) {
-        const float *row = j->m + (size_t)r * j->cols;
+    for (; r + 4 <= j->rows; r += 4) {
+        const float *a = j->m + (size_t)r * C;
+        for (int c = c0; c < c1; c++) {
+            float s = j->acc[c];
+            s += a[c];
+            s += a[C + c];
+            s += a[2 * C + c];
+            s += a[3 * C + c];
+            j->acc[c] = s;
+        }
+    }
+    for (; r < j->rows; r++) {
+        const float *row = j->m + (size_t)r * C;
         for (int c = c0; c < c1; c++)
             j->acc[c] += row[c];
     }

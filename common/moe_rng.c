@@ -2,6 +2,7 @@
 #include "moe_rng.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "moe_vmath.h"
@@ -56,11 +57,14 @@ void moe_rng_block(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
     moe_rng_philox(ctr, key, out);
 }
 
+/* A uniform in [0, 1) from the top 24 bits of a word. */
+static inline float uniform_of(uint32_t w) { return (float)(w >> 8) * (1.0f / 16777216.0f); }
+
 float moe_rng_uniform(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row, uint32_t col)
 {
     uint32_t b[4];
     moe_rng_block(seed, purpose, step, row, col, b);
-    return (float)(b[0] >> 8) * (1.0f / 16777216.0f);
+    return uniform_of(b[0]);
 }
 
 /* Box-Muller on two words of a block, in float (moe_vmath): u1 in (0, 1] so
@@ -132,8 +136,11 @@ static void philox8(uint32_t w0[8], uint32_t w1[8], const uint32_t key[2], uint6
 }
 #endif
 
-void moe_rng_normal_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
-                        uint32_t col0, size_t n)
+/* n draws of one row, eight counters at a time: normals (Box-Muller on
+ * the first two words) or uniforms (the first word), each the scalar
+ * draw's bits. */
+static inline void rng_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step,
+                           uint32_t row, uint32_t col0, size_t n, bool normal)
 {
     uint32_t key[2];
     rng_key(key, seed, purpose);
@@ -142,10 +149,22 @@ void moe_rng_normal_row(float *out, uint64_t seed, uint32_t purpose, uint64_t st
         philox8(w0, w1, key, step, row, col0 + (uint32_t)j0);
         float z[8];
         for (int l = 0; l < 8; l++)
-            z[l] = box_muller(w0[l], w1[l]);
+            z[l] = normal ? box_muller(w0[l], w1[l]) : uniform_of(w0[l]);
         const size_t m = n - j0 < 8 ? n - j0 : 8;
         memcpy(out + j0, z, m * sizeof(float));
     }
+}
+
+void moe_rng_normal_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
+                        uint32_t col0, size_t n)
+{
+    rng_row(out, seed, purpose, step, row, col0, n, true);
+}
+
+void moe_rng_uniform_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
+                         uint32_t col0, size_t n)
+{
+    rng_row(out, seed, purpose, step, row, col0, n, false);
 }
 
 uint32_t moe_rng_hash(const char *s)

@@ -39,6 +39,11 @@ float moe_rng_normal(uint64_t seed, uint32_t purpose, uint64_t step, uint32_t ro
 void moe_rng_normal_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
                         uint32_t col0, size_t n);
 
+/* out[j] = moe_rng_uniform(seed, purpose, step, row, col0 + j) for j < n,
+ * bit for bit, many columns at a time. */
+void moe_rng_uniform_row(float *out, uint64_t seed, uint32_t purpose, uint64_t step, uint32_t row,
+                         uint32_t col0, size_t n);
+
 /* FNV-1a hash of a string; used to key initialisation by tensor name. */
 uint32_t moe_rng_hash(const char *s);
 

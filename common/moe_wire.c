@@ -19,6 +19,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "moe_bf16.h"
 #include "moe_err.h"
 #include "moe_tensor.h"
 
@@ -36,18 +37,8 @@ static const char *wire_type_name(int type)
 
 /* ------------------------------------------------------------------------- */
 /* Element conversions. Scalar helpers on bit patterns, shared by the public
- * host-order functions and the little-endian frame readers and writers. */
-
-/* Round to nearest even by adding just under half an ulp of bf16, plus one
- * when the kept part is odd. NaN is handled first: rounding a NaN whose
- * payload sits only in the low 16 bits would carry it into infinity (or, for
- * 0x7fffffff, into the sign bit), so its top bits are kept and it is quieted. */
-static inline uint16_t wire_bf16_from_bits(uint32_t x)
-{
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x0040u);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
+ * host-order functions and the little-endian frame readers and writers;
+ * bf16 has vectorised kernels of its own (moe_bf16.h). */
 
 /* IEEE binary16 from binary32 bits, round to nearest even, in integers so
  * that the FPU rounding mode plays no part. */
@@ -97,19 +88,12 @@ static inline uint32_t wire_f16_to_bits(uint16_t h)
 
 void moe_wire_f32_to_bf16(uint16_t *dst, const float *src, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        uint32_t x;
-        memcpy(&x, &src[i], sizeof x);
-        dst[i] = wire_bf16_from_bits(x);
-    }
+    moe_bf16_from_f32(dst, src, n);
 }
 
 void moe_wire_bf16_to_f32(float *dst, const uint16_t *src, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        const uint32_t x = (uint32_t)src[i] << 16;
-        memcpy(&dst[i], &x, sizeof x);
-    }
+    moe_bf16_to_f32(dst, src, n);
 }
 
 int moe_wire_dtype_parse(const char *name, Moe__DType *out, char *err, size_t errlen)
@@ -151,10 +135,14 @@ static void wire_payload_to_f32(float *dst, const uint8_t *src, size_t n, int dt
 #endif
         break;
     case MOE__DTYPE__DTYPE_BF16:
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        moe_bf16_to_f32(dst, src, n); /* vectorised (moe_bf16.h) */
+#else
         for (size_t i = 0; i < n; i++) {
             const uint32_t x = ((uint32_t)src[2 * i] | (uint32_t)src[2 * i + 1] << 8) << 16;
             memcpy(&dst[i], &x, sizeof x);
         }
+#endif
         break;
     case MOE__DTYPE__DTYPE_F16:
         for (size_t i = 0; i < n; i++) {
@@ -185,11 +173,15 @@ static void wire_f32_to_payload(uint8_t *dst, const float *src, size_t n, int dt
 #endif
         break;
     case MOE__DTYPE__DTYPE_BF16:
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        moe_bf16_from_f32(dst, src, n); /* vectorised (moe_bf16.h) */
+        break;
+#endif
     case MOE__DTYPE__DTYPE_F16:
         for (size_t i = 0; i < n; i++) {
             uint32_t x;
             memcpy(&x, &src[i], sizeof x);
-            const uint16_t h = dtype == MOE__DTYPE__DTYPE_BF16 ? wire_bf16_from_bits(x)
+            const uint16_t h = dtype == MOE__DTYPE__DTYPE_BF16 ? moe_bf16_round(x)
                                                                : wire_f16_from_bits(x);
             dst[2 * i] = (uint8_t)h;
             dst[2 * i + 1] = (uint8_t)(h >> 8);

@@ -14,6 +14,7 @@
 #include "moe_checksum.h"
 #include "moe_err.h"
 #include "moe_file.h"
+#include "moe_kernels.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
 #include "moe_safetensors.h"
@@ -202,6 +203,16 @@ static int write_manifest(const char *folder, const struct ckpt_state *s, char *
     return rc;
 }
 
+/* The BLAS kernels the file was computed with against this process's
+ * (DESIGN §4): a warning, or with strict_determinism a refusal. */
+static int check_kernels(const moe_safetensors_t *st, const struct ckpt_state *s, char *err,
+                         size_t errlen)
+{
+    return moe_kernels_compare(moe_safetensors_meta(st, "blas_kernels"),
+                               moe_safetensors_path(st),
+                               s->cfg ? s->cfg->strict_determinism : false, err, errlen);
+}
+
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY);
@@ -252,12 +263,13 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&model));
     const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s,
-                          "config", d.config, "vocab", d.vocab, NULL};
+                          "blas_kernels", moe_kernels_effective(), "config", d.config, "vocab",
+                          d.vocab, NULL};
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, model.e, model.n, meta, err, errlen)))
         goto fail;
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&optim));
-    meta[6] = NULL; /* the description once, with the model */
+    meta[8] = NULL; /* the description once, with the model */
     snprintf(p, sizeof p, "%s/optim.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, optim.e, optim.n, meta, err, errlen)))
         goto fail;
@@ -408,9 +420,10 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
         return rc;
     }
     const char *meta[] = {"format", "moe-worker-1", "step", step_s, "rank", rank_s,
-                          "checksum", sum_s, "config", d.config, "vocab", d.vocab, NULL};
+                          "checksum", sum_s, "blas_kernels", moe_kernels_effective(), "config",
+                          d.config, "vocab", d.vocab, NULL};
     if (rank != 0)
-        meta[8] = NULL; /* the description once, with the dense model */
+        meta[10] = NULL; /* the description once, with the dense model */
     snprintf(file, cap, "worker-%d.safetensors", rank);
     snprintf(p, sizeof p, "%s/%s", folder, file);
     rc = moe_safetensors_write(p, l.e, l.n, meta, err, errlen);
@@ -419,12 +432,15 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
     return rc;
 }
 
-static int load_list(const char *path, const struct tlist *l, char *err, size_t errlen)
+static int load_list(const char *path, const struct tlist *l, const struct ckpt_state *s,
+                     char *err, size_t errlen)
 {
     moe_safetensors_t *st = moe_safetensors_open(path, err, errlen);
     if (!st)
         return MOE_ERR_FORMAT;
     int rc = checkpoint_verify_checksum(st, err, errlen);
+    if (!rc)
+        rc = check_kernels(st, s, err, errlen);
     for (size_t i = 0; !rc && i < l->n; i++) {
         const struct moe_st_entry *e = &l->e[i];
         rc = read_tensor(st, e->name, e->ndim, e->shape[0], e->shape[1], (float *)e->data, err,
@@ -444,11 +460,11 @@ int checkpoint_load_worker(const char *folder, struct ckpt_state *s, int rank, c
     char p[MOE_PATH_MAX + 96];
     if (!rc) {
         snprintf(p, sizeof p, "%s/worker-0.safetensors", folder);
-        rc = load_list(p, &dense, err, errlen);
+        rc = load_list(p, &dense, s, err, errlen);
     }
     if (!rc) {
         snprintf(p, sizeof p, "%s/worker-%d.safetensors", folder, rank);
-        rc = load_list(p, &state, err, errlen);
+        rc = load_list(p, &state, s, err, errlen);
     }
     tlist_free(&dense);
     tlist_free(&state);
@@ -468,6 +484,10 @@ int checkpoint_load_source(const struct model_source *ms, struct ckpt_state *s, 
     int rc = build_lists(s, &model, &optim);
     if (rc)
         moe_err_set(err, errlen, "checkpoint: %s", moe_strerror(rc));
+    /* the kernels each file was computed with (files of an older version
+     * record none) */
+    for (int f = 0; f < ms->n_files && !rc; f++)
+        rc = check_kernels(ms->st[f], s, err, errlen);
     for (size_t i = 0; i < model.n && !rc; i++) {
         const struct moe_st_entry *e = &model.e[i];
         rc = model_source_read(ms, e->name, e->ndim, e->shape, (float *)e->data, err, errlen);

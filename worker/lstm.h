@@ -9,6 +9,7 @@
 #ifndef LSTM_H
 #define LSTM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,6 +41,14 @@ size_t lstm_work_floats(const struct lstm_dims *d);
 void lstm_forward(float *h, struct lstm_cache *cache, const float *x, const struct lstm_params *p,
                   const float *h0, const float *c0, const struct lstm_dims *d);
 
+/* Writes into cache->acts and cache->c what lstm_forward wrote there, from
+ * the forward's input x and output h (h0, c0 already in the cache): the same
+ * operations in the same order, so the same bits. For --recompute all, with
+ * acts and c in the backward's workspace (lstm_backward allows that: acts at
+ * work, c at work + N*4H). */
+void lstm_recompute(const struct lstm_cache *cache, const float *x, const float *h,
+                    const struct lstm_params *p, const struct lstm_dims *d);
+
 /* Accumulates dx (N,I) and parameter gradients from dh (N,H). h is the
  * forward's output. */
 void lstm_backward(float *dx, const struct lstm_params *dp, float *work, const float *dh,
@@ -61,5 +70,6 @@ void lstm_forward_ref(float *h, float *c_last, const float *x, const struct lstm
  * state.NAME.h and state.NAME.c (B_max, D), one pair for training and one
  * for evaluation (which carries its state forward at once). NULL when out
  * of memory. */
-struct layer *lstm_layer_new(const char *name, int D, int B_max, int T_max, uint64_t seed);
+struct layer *lstm_layer_new(const char *name, int D, int B_max, int T_max, uint64_t seed,
+                             bool recompute);
 #endif

@@ -66,14 +66,16 @@ static int assemble_language_model(model_t *m, const struct moe_backend *backend
                                         .seed = c->seed, .N_max = N};
     int rc = add_block(m, embed_layer_new("embedding", c->V, c->D, c->seed), DROP_EMB, false);
     if (!rc)
-        rc = add_block(m, lstm_layer_new("lstm1", c->D, c->B_max, c->T_max, c->seed), DROP_LSTM1,
+        rc = add_block(m, lstm_layer_new("lstm1", c->D, c->B_max, c->T_max, c->seed,
+                                          c->recompute_lstm), DROP_LSTM1,
                        c->residual);
     if (!rc) {
         m->moe = moe_layer_new("moe", &mc, backend);
         rc = add_block(m, m->moe, DROP_MOE, c->residual);
     }
     if (!rc)
-        rc = add_block(m, lstm_layer_new("lstm2", c->D, c->B_max, c->T_max, c->seed), DROP_LSTM2,
+        rc = add_block(m, lstm_layer_new("lstm2", c->D, c->B_max, c->T_max, c->seed,
+                                          c->recompute_lstm), DROP_LSTM2,
                        c->residual);
     if (!rc && !(m->head = softmax_layer_new("softmax", c->V, c->D, N, c->seed)))
         rc = MOE_ERR_NOMEM;
@@ -92,7 +94,10 @@ double model_bytes(const struct model_config *cfg)
     /* The allocations of model_new, in doubles so that no size overflows. */
     const double N = (double)cfg->B_max * cfg->T_max, D = cfg->D, V = cfg->V, E = cfg->E,
                  K = cfg->K;
-    const double lstm = 2 * 5 * N * D + 8 * N * D;         /* 2 caches (lstm_cache_floats), work */
+    /* 2 caches (lstm_cache_floats, or the initial state and final cells
+     * when recomputed) and their work */
+    const double lstm = (cfg->recompute_lstm ? 2 * 3 * (double)cfg->B_max * D : 2 * 5 * N * D) +
+                        8 * N * D;
     const double gate = 8 * N * E + 3 * N * (K + 1);        /* cache, ints, work */
     const double disp = 2 * N * K * D;                        /* dispatch and combine */
     double floats = 2 * model_dense_params(cfg) + 18 * N * D + N * V + lstm + gate + disp +

@@ -33,6 +33,8 @@ struct model_config {
     double w_importance, w_load;
     uint64_t seed;
     int B_max, T_max; /* largest batch the buffers must hold */
+    bool recompute_lstm; /* the LSTMs recompute gates and cells in backward
+                            (--recompute all; the same bits) */
 };
 
 /* One batch: B sequences of T tokens, b-major; row0 = global index of

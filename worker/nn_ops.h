@@ -8,9 +8,13 @@
 #include <stdint.h>
 
 /* mask (N,D) = 0 with probability p, else 1/(1-p); out = in * mask.
- * out may equal in. p == 0 fills mask with 1. */
+ * out may equal in. p == 0 fills mask with 1. Rows run as moe_par tasks
+ * with a row of uniforms drawn at a time: the same bits as the plain loop
+ * of dropout_forward_ref, for any thread count. */
 void dropout_forward(float *out, float *mask, const float *in, float p, uint64_t seed, int site,
                      int64_t step, int64_t row0, int N, int D);
+void dropout_forward_ref(float *out, float *mask, const float *in, float p, uint64_t seed,
+                         int site, int64_t step, int64_t row0, int N, int D);
 /* din += dout * mask */
 void dropout_backward(float *din, const float *dout, const float *mask, int n);
 

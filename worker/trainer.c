@@ -18,6 +18,7 @@
 #include "gate.h"
 #include "moe_blas.h"
 #include "moe_err.h"
+#include "moe_kernels.h"
 #include "moe_log.h"
 #include "moe_optim.h"
 #include "moe_time.h"
@@ -93,6 +94,12 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
     json_object_set_new(o, "rank", json_integer(t->rank));
     json_object_set_new(o, "workers", json_integer(t->world));
     json_object_set_new(o, "recoveries", json_integer(t->recoveries));
+    /* what computed it (DESIGN §4) and how */
+    json_object_set_new(o, "blas_kernels", json_string(moe_kernels_effective()));
+    json_object_set_new(o, "blas_kernels_reason", json_string(moe_kernels_reason()));
+    json_object_set_new(o, "blas_sgemm_gflops_at_start", json_real(moe_kernels_gflops()));
+    json_object_set_new(o, "blas_threads", json_integer(c->threads));
+    json_object_set_new(o, "recompute", json_string(c->recompute));
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) == 0)
         json_object_set_new(o, "peak_rss_mb", json_real((double)ru.ru_maxrss / 1024.0));

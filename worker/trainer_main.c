@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "moe_config.h"
+#include "moe_err.h"
 #include "moe_log.h"
 #include "moe_options.h"
 #include "moe_tensor.h"
@@ -76,6 +77,12 @@ int main(int argc, char **argv)
     if ((rc = moe_options_check(&cfg, MOE_FOR_WORKER, err, sizeof err))) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;
+    }
+    /* Log level, values the table cannot check, the BLAS kernels (this may
+     * re-execute the process): before any thread of ours starts. */
+    if ((rc = moe_options_start(&cfg, argc, argv, err, sizeof err))) {
+        fprintf(stderr, "moe-worker: error: %s\n", err);
+        return rc == MOE_ERR_CONFIG ? 2 : 1;
     }
     moe_malloc_keep_freed();
     struct sigaction sa;

@@ -191,6 +191,7 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
     if (!t->shard)
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate %d experts of %dx%d",
                             c->n_experts, c->d_model, c->d_hidden);
+    expert_shard_set_recompute(t->shard, moe_options_recompute_mode(c) != MOE_RECOMPUTE_NONE);
     int rc;
     if (!t->remote) {
         expert_local_backend(&t->backend, t->shard);
@@ -217,9 +218,10 @@ static int setup_model(struct trainer *t, char *err, size_t errlen)
 {
     const struct moe_options *c = t->cfg;
     t->dense_adam = strcmp(c->dense_optimizer, "adam") == 0;
-    const struct model_config mc =
+    struct model_config mc =
         model_config_from_options(c, vocab_size(t->vocab),
                                   t->B > c->eval_batch ? t->B : c->eval_batch, c->unroll);
+    mc.recompute_lstm = moe_options_recompute_mode(c) == MOE_RECOMPUTE_ALL;
     int rc;
     if (c->memory_check) {
         /* parameters, gradients, activations, Adam's two moments, and the

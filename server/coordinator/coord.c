@@ -165,8 +165,12 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
         moe_err_set(err, errlen, "out of memory");
         goto fail;
     }
+    /* The cluster's BLAS kernels are its first member's, not ours: blank
+     * until then (moe_options_contract_kernels). */
     if (moe_options_contract(cfg, MOE_ROLE_SERVER, c->contract_server, CONTRACT_MAX) < 0 ||
-        moe_options_contract(cfg, MOE_ROLE_WORKER, c->contract_worker, CONTRACT_MAX) < 0) {
+        moe_options_contract(cfg, MOE_ROLE_WORKER, c->contract_worker, CONTRACT_MAX) < 0 ||
+        moe_options_contract_put(c->contract_server, CONTRACT_MAX, "blas_kernels", "") ||
+        moe_options_contract_put(c->contract_worker, CONTRACT_MAX, "blas_kernels", "")) {
         moe_err_set(err, errlen, "the training configuration is too long to compare");
         goto fail;
     }

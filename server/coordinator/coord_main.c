@@ -293,9 +293,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-coordinator: error: %s\n", err);
         return 2;
     }
-    enum moe_log_level lvl;
-    if (moe_log_parse_level(a.cfg.log_level, &lvl) == 0)
-        moe_log_set_level(lvl);
+    /* Log level, values the table cannot check, the BLAS kernels (this may
+     * re-execute the process): before any thread of ours starts. */
+    if ((rc = moe_options_start(&a.cfg, argc, argv, err, sizeof err))) {
+        fprintf(stderr, "moe-coordinator: error: %s\n", err);
+        return rc == MOE_ERR_CONFIG ? 2 : 1;
+    }
     char host[200];
     int port;
     if (moe_sec_secret(a.cfg.http_token, a.cfg.http_token_file, "MOE_HTTP_TOKEN", a.token,

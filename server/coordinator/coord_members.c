@@ -259,6 +259,20 @@ static bool contract_agrees(coord_t *c, const Moe__Header *h, char *why, size_t 
                      h->rank);
         }
     }
+    /* The BLAS kernels: a warning, or a refusal under strict_determinism. */
+    char who[300];
+    if (server)
+        snprintf(who, sizeof who, "the server at %.200s", h->endpoint);
+    else
+        snprintf(who, sizeof who, "worker %u", h->rank);
+    char *both[2] = {c->contract_server, c->contract_worker};
+    const int k = moe_options_contract_kernels(both, 2, CONTRACT_MAX, theirs, who, why, len);
+    if (k < 0)
+        return false;
+    if (k > 0)
+        moe_warn("%s", why);
+    else if (why[0])
+        moe_info("%s", why);
     if (h->config_digest == moe_options_contract_digest(mine) &&
         moe_options_contract_digest(theirs) == h->config_digest && strcmp(mine, theirs) == 0)
         return true;

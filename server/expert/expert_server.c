@@ -255,6 +255,9 @@ static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
                                                 false))) {
         rc = moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate %d experts of %dx%d", n,
                           s->D, s->H);
+    } else {
+        expert_shard_set_recompute(s->shard,
+                                   moe_options_recompute_mode(cfg) != MOE_RECOMPUTE_NONE);
     }
     free(ids);
     s->fwd = calloc((size_t)s->W, sizeof *s->fwd);

@@ -13,6 +13,7 @@
 #include "expert_server_internal.h"
 #include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_kernels.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
 #include "moe_safetensors.h"
@@ -87,6 +88,7 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
         moe_err_set(err, errlen, "cannot allocate %d experts", n);
         return MOE_ERR_NOMEM;
     }
+    expert_shard_set_recompute(next, moe_options_recompute_mode(cfg) != MOE_RECOMPUTE_NONE);
     const double t0 = moe_now_sec();
     const bool current = s->shard && s->step == ep->step;
     const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(next);
@@ -131,6 +133,9 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
                     rc = MOE_ERR_FORMAT;
                     break;
                 }
+                if ((rc = moe_kernels_compare(moe_safetensors_meta(files[f], "blas_kernels"),
+                                              path, cfg->strict_determinism, err, errlen)))
+                    break;
             }
             rc = load_expert(s, files[f], next, i, err, errlen);
             loaded++;
@@ -254,7 +259,8 @@ int expert_server_write_shard(expert_server_t *s, const char *path, char *err, s
     char step_s[32], sum_s[32];
     snprintf(step_s, sizeof step_s, "%" PRId64, s->step);
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, sum);
-    const char *meta[] = {"format", "moe-shard-1", "step", step_s, "checksum", sum_s, NULL};
+    const char *meta[] = {"format", "moe-shard-1", "step", step_s, "checksum", sum_s,
+                          "blas_kernels", moe_kernels_effective(), NULL};
     int rc = moe_safetensors_write(path, e, k, meta, err, errlen);
     free(e);
     free(names);

@@ -56,9 +56,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-server: error: %s\n", err);
         return 2;
     }
-    enum moe_log_level lvl = MOE_LOG_INFO;
-    moe_log_parse_level(cfg.log_level, &lvl); /* checked by moe_options_check */
-    moe_log_set_level(lvl);
+    /* Log level, values the table cannot check, the BLAS kernels (this may
+     * re-execute the process): before any thread of ours starts. */
+    if ((rc = moe_options_start(&cfg, argc, argv, err, sizeof err))) {
+        fprintf(stderr, "moe-server: error: %s\n", err);
+        return rc == MOE_ERR_CONFIG ? 2 : 1;
+    }
     moe_malloc_keep_freed();
     moe_blas_set_threads(cfg.threads);
     struct sigaction sa;

@@ -767,6 +767,8 @@ int main(int argc, char **argv)
         }
         return usage_error("unknown command \"%s\"%s", name, "");
     }
+    c.model.argc = argc;
+    c.model.argv = argv;
     c.args = argv + optind + 1;
     c.n_args = argc - optind - 1;
     if (c.n_args != cmd->n_args) {

@@ -9,14 +9,19 @@
 #include "inference.h"
 #include "moe_cli.h"
 #include "moe_err.h"
+#include "moe_kernels.h"
 
 /* Opens the model for batches of B (0: the model's eval_batch) x its
  * unroll; the exit status on failure, -1 on success. */
-static int open_model(struct inference *in, const char *ckpt, const char *what, long batch,
-                      long threads)
+static int open_model(struct inference *in, const struct moectl_model_opts *o, const char *ckpt,
+                      const char *what, long batch)
 {
     char err[1024];
-    if (inference_open(in, ckpt, (int)batch, 0, (int)threads, err, sizeof err)) {
+    memset(in, 0, sizeof *in);
+    /* the kernels moe-worker would choose (it may re-execute moectl), so
+     * that the bits are a worker's */
+    if (moe_kernels_init(o->argc, o->argv, "auto", err, sizeof err) ||
+        inference_open(in, ckpt, (int)batch, 0, (int)o->threads, err, sizeof err)) {
         fprintf(stderr, "moectl: %s: %s\n", what, err);
         return MOE_EXIT_FAILURE;
     }
@@ -31,7 +36,7 @@ int moectl_eval(const char *ckpt, const struct moectl_model_opts *o)
         return MOE_EXIT_USAGE;
     }
     struct inference in;
-    int rc = open_model(&in, ckpt, "eval", o->batch, o->threads);
+    int rc = open_model(&in, o, ckpt, "eval", o->batch);
     if (rc >= 0) {
         inference_close(&in);
         return rc;
@@ -98,7 +103,7 @@ static int prompt_ids(const vocab_t *v, const char *prompt, int32_t **out)
 int moectl_generate(const char *ckpt, const struct moectl_model_opts *o)
 {
     struct inference in;
-    int rc = open_model(&in, ckpt, "generate", 1, o->threads);
+    int rc = open_model(&in, o, ckpt, "generate", 1);
     if (rc >= 0) {
         inference_close(&in);
         return rc;

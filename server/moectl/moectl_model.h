@@ -16,6 +16,8 @@ struct moectl_model_opts {
     long top_k;         /* generate --top-k; 0: all words */
     uint64_t seed;      /* generate --seed */
     bool json;
+    int argc;           /* moectl's command line, for the BLAS kernel choice */
+    char **argv;
 };
 
 /* Each returns the exit status (0, 1 failed, 2 usage) after printing the

@@ -20,7 +20,7 @@ expect_fail() {
     fi
     grep -Eq -- "$pattern" "$WORK/err.txt" ||
         fail "$desc: stderr does not match /$pattern/: $(cat "$WORK/err.txt")"
-    echo "  ok: $desc: $(head -n 1 "$WORK/err.txt")"
+    echo "  ok: $desc: $(grep -Em 1 -- "$pattern" "$WORK/err.txt")"
 }
 
 # wait_for_step LOG N [SECONDS]: waits (at most SECONDS, default 10) until a

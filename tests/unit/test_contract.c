@@ -1,13 +1,15 @@
 /* Tests of the configuration contract every member of a cluster registers
  * with (moe_options_contract, _diff, _digest, _get): which keys each role
  * carries, canonical values, the corpus compared by its bytes, and the
- * sentence that names every differing key with both values. */
+ * sentence that names every differing key with both values; the BLAS kernel
+ * line the coordinator adopts, warns or refuses about; --recompute values. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "moe_config.h"
 #include "moe_err.h"
+#include "moe_kernels.h"
 #include "test_util.h"
 #include "moe_options.h"
 
@@ -163,6 +165,116 @@ START_TEST(contract_diff_skip_and_missing)
 }
 END_TEST
 
+/* Every contract ends with the process's BLAS kernel set, which the diff
+ * leaves to moe_options_contract_kernels; strict_determinism is a key the
+ * members must agree on. */
+START_TEST(contract_kernels_line)
+{
+    struct moe_options a = base_cfg();
+    char srv[8192], wrk[8192], v[64], why[1024];
+    ck_assert_int_gt(moe_options_contract(&a, MOE_ROLE_SERVER, srv, sizeof srv), 0);
+    ck_assert_int_gt(moe_options_contract(&a, MOE_ROLE_WORKER, wrk, sizeof wrk), 0);
+    for (int i = 0; i < 2; i++) {
+        const char *c = i ? wrk : srv;
+        moe_options_contract_get(c, "blas_kernels", v, sizeof v);
+        ck_assert_str_eq(v, moe_kernels_effective());
+        char last[96];
+        snprintf(last, sizeof last, "\nblas_kernels=%s\n", moe_kernels_effective());
+        ck_assert_msg(strlen(c) > strlen(last) && strcmp(c + strlen(c) - strlen(last), last) == 0,
+                      "not the last line:\n%s", c);
+        ck_assert(has_key(c, "strict_determinism"));
+    }
+    char other[8192];
+    snprintf(other, sizeof other, "%s", wrk);
+    ck_assert_int_eq(moe_options_contract_put(other, sizeof other, "blas_kernels", "Prescott"), 0);
+    ck_assert_int_eq(moe_options_contract_diff(wrk, other, NULL, why, sizeof why), 0);
+    a.strict_determinism = true;
+    moe_options_contract(&a, MOE_ROLE_WORKER, other, sizeof other);
+    ck_assert_int_eq(moe_options_contract_diff(wrk, other, NULL, why, sizeof why), 1);
+    ck_assert_msg(strstr(why, "strict_determinism is true here and false in the cluster"), "%s",
+                  why);
+}
+END_TEST
+
+START_TEST(contract_put)
+{
+    char c[64] = "a=1\nbb=22\nc=3\n";
+    ck_assert_int_eq(moe_options_contract_put(c, sizeof c, "bb", ""), 0);
+    ck_assert_str_eq(c, "a=1\nbb=\nc=3\n");
+    ck_assert_int_eq(moe_options_contract_put(c, sizeof c, "bb", "hello"), 0);
+    ck_assert_str_eq(c, "a=1\nbb=hello\nc=3\n");
+    ck_assert_int_eq(moe_options_contract_put(c, sizeof c, "d", "4"), 0);
+    ck_assert_str_eq(c, "a=1\nbb=hello\nc=3\nd=4\n");
+    char small[12] = "a=1\n";
+    ck_assert_int_eq(moe_options_contract_put(small, sizeof small, "a", "123456789"),
+                     MOE_ERR_RANGE);
+    ck_assert_str_eq(small, "a=1\n");
+}
+END_TEST
+
+/* The coordinator's view: its contracts start blank, take the first
+ * member's set, then warn about (or, under strict_determinism, refuse) a
+ * member with another one. */
+START_TEST(contract_kernels_adopt_warn_refuse)
+{
+    struct moe_options a = base_cfg();
+    char srv[8192], wrk[8192], mem[8192], why[1024], v[64];
+    moe_options_contract(&a, MOE_ROLE_SERVER, srv, sizeof srv);
+    moe_options_contract(&a, MOE_ROLE_WORKER, wrk, sizeof wrk);
+    moe_options_contract_put(srv, sizeof srv, "blas_kernels", "");
+    moe_options_contract_put(wrk, sizeof wrk, "blas_kernels", "");
+    char *both[2] = {srv, wrk};
+    moe_options_contract(&a, MOE_ROLE_SERVER, mem, sizeof mem);
+    moe_options_contract_put(mem, sizeof mem, "blas_kernels", "SkylakeX");
+    ck_assert_int_eq(moe_options_contract_kernels(both, 2, 8192, mem, "server 0", why, sizeof why),
+                     0);
+    ck_assert_str_eq(why, "the BLAS kernels of this cluster are SkylakeX (from server 0)");
+    moe_options_contract_get(wrk, "blas_kernels", v, sizeof v);
+    ck_assert_str_eq(v, "SkylakeX");
+    /* the same again: nothing to say */
+    ck_assert_int_eq(moe_options_contract_kernels(both, 2, 8192, mem, "server 1", why, sizeof why),
+                     0);
+    ck_assert_str_eq(why, "");
+    /* another set: a warning naming both */
+    moe_options_contract_put(mem, sizeof mem, "blas_kernels", "Haswell");
+    ck_assert_int_eq(moe_options_contract_kernels(both, 2, 8192, mem, "worker 1", why, sizeof why),
+                     1);
+    ck_assert_msg(strstr(why, "worker 1 runs the BLAS kernels Haswell and the cluster SkylakeX"),
+                  "%s", why);
+    moe_options_contract_get(srv, "blas_kernels", v, sizeof v);
+    ck_assert_str_eq(v, "SkylakeX");
+    /* under strict_determinism: refused */
+    moe_options_contract_put(srv, sizeof srv, "strict_determinism", "true");
+    ck_assert_int_eq(moe_options_contract_kernels(both, 2, 8192, mem, "worker 1", why, sizeof why),
+                     MOE_ERR_CONFIG);
+    ck_assert_msg(strstr(why, "Haswell") && strstr(why, "SkylakeX") &&
+                      strstr(why, "strict_determinism"), "%s", why);
+    /* a member that sends none (an older version) is not judged here */
+    ck_assert_int_eq(moe_options_contract_kernels(both, 2, 8192, "a=1\n", "worker 2", why,
+                                                  sizeof why), 0);
+}
+END_TEST
+
+START_TEST(options_recompute_values)
+{
+    struct moe_options a = base_cfg();
+    enum moe_recompute m;
+    char err[256];
+    ck_assert_str_eq(a.recompute, "none");
+    static const char *const names[] = {"none", "experts", "all"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(a.recompute, sizeof a.recompute, "%s", names[i]);
+        ck_assert_int_eq(moe_options_recompute(&a, &m, err, sizeof err), 0);
+        ck_assert_int_eq((int)m, i);
+        ck_assert_int_eq((int)moe_options_recompute_mode(&a), i);
+    }
+    snprintf(a.recompute, sizeof a.recompute, "All");
+    ck_assert_int_eq(moe_options_recompute(&a, &m, err, sizeof err), MOE_ERR_CONFIG);
+    ck_assert_str_eq(err, "--recompute: expected none, experts or all, got \"All\"");
+    ck_assert_int_eq((int)moe_options_recompute_mode(&a), MOE_RECOMPUTE_NONE);
+}
+END_TEST
+
 Suite *test_contract_suite(void);
 Suite *test_contract_suite(void)
 {
@@ -174,6 +286,10 @@ Suite *test_contract_suite(void)
     tcase_add_test(tc, contract_corpus_by_bytes);
     tcase_add_test(tc, contract_diff_names_every_key);
     tcase_add_test(tc, contract_diff_skip_and_missing);
+    tcase_add_test(tc, contract_kernels_line);
+    tcase_add_test(tc, contract_put);
+    tcase_add_test(tc, contract_kernels_adopt_warn_refuse);
+    tcase_add_test(tc, options_recompute_values);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -5,7 +5,8 @@
  * expert_ffn on each group alone, bitwise; errors (unknown id, a backward
  * whose layout differs from the forward's) change nothing; apply with zero
  * gradients leaves the weights alone (beta1 = 0) but decays the second
- * moment; the optimizer state is O(rows + cols) per matrix. */
+ * moment; the optimizer state is O(rows + cols) per matrix; recomputed
+ * hidden activations give the same bits as kept ones. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "expert_ffn.h"
 #include "expert_shard.h"
+#include "moe_blas.h"
 #include "moe_err.h"
 #include "moe_optim.h"
 #include "moe_par.h"
@@ -34,6 +36,20 @@ static expert_shard_t *new_shard(int n, const int32_t *ids)
     expert_shard_t *s = expert_shard_new(D, H, n, ids, SEED, &opts);
     ck_assert_ptr_nonnull(s);
     return s;
+}
+
+/* Every expert's parameters and optimizer state, bit for bit. */
+static void assert_shards_equal(expert_shard_t *a, expert_shard_t *b, int n)
+{
+    int D_, H_;
+    expert_shard_dims(a, &D_, &H_);
+    const size_t P = expert_ffn_param_count(D_, H_), S = expert_shard_opt_state_size(a);
+    for (int e = 0; e < n; e++) {
+        ck_assert_int_eq(memcmp(expert_shard_params(a, e), expert_shard_params(b, e),
+                                sizeof(float) * P), 0);
+        ck_assert_int_eq(memcmp(expert_shard_opt_state(a, e), expert_shard_opt_state(b, e),
+                                sizeof(float) * S), 0);
+    }
 }
 
 START_TEST(shard_ids_sorted_and_found)
@@ -288,7 +304,7 @@ START_TEST(shard_lazy_equals_eager)
 {
     const int32_t ids[] = {4, 9};
     expert_shard_t *lazy = new_shard(2, ids), *eager = new_shard(2, ids);
-    const size_t P = expert_ffn_param_count(D, H), S = expert_shard_opt_state_size(lazy);
+    const size_t S = expert_shard_opt_state_size(lazy);
     float x[BR * D], y[BR * D], dy[BR * D], dx[BR * D];
     for (int t = 1; t <= 9; t++) {
         tu_fill(x, BR * D, 100 + t, 1.0f);
@@ -320,12 +336,7 @@ START_TEST(shard_lazy_equals_eager)
         }
     }
     expert_shard_flush(lazy, 9);
-    for (int e = 0; e < 2; e++) {
-        ck_assert_int_eq(memcmp(expert_shard_params(lazy, e), expert_shard_params(eager, e),
-                                sizeof(float) * P), 0);
-        ck_assert_int_eq(memcmp(expert_shard_opt_state(lazy, e), expert_shard_opt_state(eager, e),
-                                sizeof(float) * S), 0);
-    }
+    assert_shards_equal(lazy, eager, 2);
     expert_shard_destroy(&lazy);
     expert_shard_destroy(&eager);
 }
@@ -338,7 +349,7 @@ START_TEST(shard_threads_same_bits)
 {
     const int32_t ids[] = {1, 6, 7};
     expert_shard_t *a = new_shard(3, ids), *b = new_shard(3, ids);
-    const size_t P = expert_ffn_param_count(D, H), S = expert_shard_opt_state_size(a);
+    const size_t P = expert_ffn_param_count(D, H);
     float x[BR * D], y[BR * D], dy[BR * D], dx[BR * D];
     const int rows[] = {3, 0, BR - 3};
     for (int t = 1; t <= 4; t++) {
@@ -359,18 +370,69 @@ START_TEST(shard_threads_same_bits)
     moe_par_set_threads(1);
     expert_shard_flush(a, 4);
     expert_shard_flush(b, 4);
-    for (int e = 0; e < 3; e++) {
-        ck_assert_int_eq(memcmp(expert_shard_params(a, e), expert_shard_params(b, e),
-                                sizeof(float) * P), 0);
-        ck_assert_int_eq(memcmp(expert_shard_opt_state(a, e), expert_shard_opt_state(b, e),
-                                sizeof(float) * S), 0);
-    }
+    assert_shards_equal(a, b, 3);
     /* and the experts did move */
     expert_shard_t *c = new_shard(3, ids);
     ck_assert_int_ne(memcmp(expert_shard_params(a, 0), expert_shard_params(c, 0), sizeof(float) * P), 0);
     expert_shard_destroy(&a);
     expert_shard_destroy(&b);
     expert_shard_destroy(&c);
+}
+END_TEST
+
+/* --recompute experts: the shard keeps only the forward's inputs and the
+ * backward recomputes each expert's hidden activations. Outputs, input
+ * gradients, parameters and optimizer state are the same bits as keeping
+ * them, through apply and backward_apply, with the real (threaded) BLAS at
+ * sizes where it blocks and splits the products (D = 96, H = 160, up to
+ * 300 rows an expert). */
+START_TEST(shard_recompute_same_bits)
+{
+    enum { RD = 96, RH = 160, RN = 3, RMAX = 300 };
+    const int32_t ids[RN] = {2, 5, 11};
+    expert_shard_t *keep = expert_shard_new(RD, RH, RN, ids, SEED, &opts);
+    expert_shard_t *redo = expert_shard_new(RD, RH, RN, ids, SEED, &opts);
+    ck_assert_ptr_nonnull(keep);
+    ck_assert_ptr_nonnull(redo);
+    expert_shard_set_recompute(redo, true);
+    ck_assert(expert_shard_recompute(redo) && !expert_shard_recompute(keep));
+    const size_t nmax = (size_t)RN * RMAX * RD;
+    float *x = moe_alloc_floats(nmax), *dy = moe_alloc_floats(nmax);
+    float *y[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
+    float *dx[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
+    moe_blas_set_threads(2);
+    static const int rows_of[4][RN] = {{300, 7, 129}, {0, 64, 1}, {33, 300, 250}, {5, 0, 0}};
+    for (int t = 1; t <= 4; t++) {
+        const int *rows = rows_of[t - 1];
+        const size_t n = (size_t)(rows[0] + rows[1] + rows[2]) * RD;
+        tu_fill(x, n, 500 + t, 1.0f);
+        tu_fill(dy, n, 600 + t, 0.1f);
+        for (int k = 0; k < 2; k++) {
+            expert_shard_t *sh = k ? redo : keep;
+            ck_assert_int_eq(expert_shard_forward(sh, RN, ids, rows, x, y[k]), 0);
+            if (t % 2) {
+                ck_assert_int_eq(expert_shard_backward(sh, RN, ids, rows, dy, dx[k]), 0);
+                expert_shard_apply(sh, t, 1e-2);
+            } else {
+                ck_assert_int_eq(
+                    expert_shard_backward_apply(sh, RN, ids, rows, dy, dx[k], t, 1e-2), 0);
+            }
+        }
+        ck_assert_int_eq(memcmp(y[0], y[1], sizeof(float) * n), 0);
+        ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * n), 0);
+    }
+    moe_blas_set_threads(1);
+    expert_shard_flush(keep, 4);
+    expert_shard_flush(redo, 4);
+    assert_shards_equal(keep, redo, RN);
+    moe_free_floats(&x);
+    moe_free_floats(&dy);
+    for (int k = 0; k < 2; k++) {
+        moe_free_floats(&y[k]);
+        moe_free_floats(&dx[k]);
+    }
+    expert_shard_destroy(&keep);
+    expert_shard_destroy(&redo);
 }
 END_TEST
 
@@ -479,6 +541,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tb, shard_lazy_equals_eager);
     tcase_add_test(tb, shard_threads_same_bits);
     tcase_add_test(tb, shard_migration_is_exact);
+    tcase_add_test(tb, shard_recompute_same_bits);
     suite_add_tcase(s, tb);
     return s;
 }

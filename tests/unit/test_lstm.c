@@ -2,13 +2,16 @@
  * recurrent GEMM per step through a row stride) against the per-sequence
  * plain-loop reference, the final state taken from rows t = T-1 of the
  * b-major layout, and truncated BPTT's state hand-over: two unrolls of T
- * carrying (h, c) equal one unroll of 2T. */
+ * carrying (h, c) equal one unroll of 2T; recomputed gates and cells, and
+ * 1 or 3 threads, give the same bits. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lstm.h"
+#include "moe_blas.h"
+#include "moe_par.h"
 #include "moe_tensor.h"
 #include "test_util.h"
 
@@ -203,6 +206,84 @@ START_TEST(lstm_sequences_are_independent)
 }
 END_TEST
 
+/* One forward and backward of the fixture: h, the cache, the input and
+ * parameter gradients. With `recompute`, the backward first recomputes the
+ * gates and cells into its own workspace (where lstm_backward then works in
+ * place), as --recompute all does. */
+struct lrun {
+    float *dx, *dp, *work;
+};
+
+static void lrun_do(struct lrun *o, struct lfix *f, const float *dh, bool recompute)
+{
+    const struct lstm_dims *d = &f->d;
+    const size_t G = 4 * (size_t)d->H, N = (size_t)d->B * d->T;
+    const size_t np = G * d->I + G * d->H + 2 * G;
+    o->dx = moe_alloc_floats(N * d->I);
+    o->dp = moe_alloc_floats(np);
+    o->work = moe_alloc_floats(lstm_work_floats(d));
+    const struct lstm_params g = {o->dp, o->dp + G * d->I, o->dp + G * d->I + G * d->H,
+                                  o->dp + G * d->I + G * d->H + G};
+    lstm_forward(f->h, &f->cache, f->x, &f->p, f->h0, f->c0, d);
+    struct lstm_cache c = f->cache;
+    if (recompute) {
+        c.acts = o->work;
+        c.c = o->work + N * G;
+        lstm_recompute(&c, f->x, f->h, &f->p, d);
+        ck_assert_int_eq(memcmp(c.acts, f->cache.acts, sizeof(float) * N * G), 0);
+        ck_assert_int_eq(memcmp(c.c, f->cache.c, sizeof(float) * N * d->H), 0);
+    }
+    lstm_backward(o->dx, &g, o->work, dh, f->x, f->h, &c, &f->p, d);
+}
+
+static void lrun_free(struct lrun *o)
+{
+    moe_free_floats(&o->dx);
+    moe_free_floats(&o->dp);
+    moe_free_floats(&o->work);
+}
+
+/* Recomputing the gates and cells in the backward (lstm_recompute, then
+ * lstm_backward in place over them) gives the same bits as keeping them,
+ * and the gate passes (moe_par tasks over sequences) give the same bits
+ * with 1 and 3 threads; the real threaded BLAS runs the products. */
+START_TEST(lstm_recompute_and_threads_same_bits)
+{
+    enum { B = 19, T = 7, I = 40, H = 48 };
+    const size_t G = 4 * H, N = (size_t)B * T, np = G * I + G * H + 2 * G;
+    float *dh = moe_alloc_floats(N * H);
+    tu_fill(dh, N * H, 77, 0.5f);
+    moe_blas_set_threads(2);
+    struct lfix f;
+    lfix_init(&f, B, T, I, H, 30);
+    struct lrun keep, redo, one;
+    lrun_do(&keep, &f, dh, false);
+    lrun_do(&redo, &f, dh, true);
+    moe_par_set_threads(3);
+    struct lfix f3;
+    lfix_init(&f3, B, T, I, H, 30);
+    lrun_do(&one, &f3, dh, true);
+    moe_blas_set_threads(1);
+    ck_assert_int_eq(memcmp(f.h, f3.h, sizeof(float) * N * H), 0);
+    const struct lrun *other[2] = {&redo, &one};
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(memcmp(keep.dx, other[k]->dx, sizeof(float) * N * I), 0);
+        ck_assert_int_eq(memcmp(keep.dp, other[k]->dp, sizeof(float) * np), 0);
+    }
+    /* and something was computed */
+    double s = 0;
+    for (size_t i = 0; i < np; i++)
+        s += fabs(keep.dp[i]);
+    ck_assert(s > 0);
+    lrun_free(&keep);
+    lrun_free(&redo);
+    lrun_free(&one);
+    lfix_free(&f);
+    lfix_free(&f3);
+    moe_free_floats(&dh);
+}
+END_TEST
+
 Suite *test_lstm_suite(void)
 {
     Suite *s = suite_create("lstm");
@@ -213,6 +294,7 @@ Suite *test_lstm_suite(void)
     tcase_add_test(tc, lstm_one_step_by_hand);
     tcase_add_test(tc, lstm_two_unrolls_equal_one);
     tcase_add_test(tc, lstm_sequences_are_independent);
+    tcase_add_test(tc, lstm_recompute_and_threads_same_bits);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -91,10 +91,10 @@ END_TEST
 
 /* moe_par_colsum_acc equals the serial loop (each column summed in row
  * order, onto what was there) bit for bit, over several column tasks and
- * a short last one, at 3 threads. */
+ * a short last one, rows four at a time and the rest, at 3 threads. */
 START_TEST(par_colsum_equals_serial)
 {
-    enum { R = 77, C = 600 };
+    enum { R = 77, C = 5000 };
     static float m[R * C], got[C], want[C];
     tu_fill(m, R * C, 30, 1.0f);
     tu_fill(got, C, 31, 1.0f);
@@ -106,11 +106,11 @@ START_TEST(par_colsum_equals_serial)
     moe_par_colsum_acc(got, m, R, C);
     moe_par_set_threads(1);
     ck_assert_int_eq(memcmp(got, want, sizeof want), 0);
-    ck_assert_int_eq(moe_par_tasks(C, 256), 3);
+    ck_assert_int_eq(moe_par_tasks(600, 256), 3);
     ck_assert_int_eq(moe_par_tasks(0, 256), 0);
     int lo, hi;
-    moe_par_span(2, 256, C, &lo, &hi);
-    ck_assert(lo == 512 && hi == C);
+    moe_par_span(2, 256, 600, &lo, &hi);
+    ck_assert(lo == 512 && hi == 600);
 }
 END_TEST
 

@@ -219,6 +219,30 @@ START_TEST(rng_normal_row_matches_draws)
 }
 END_TEST
 
+/* The uniform row function gives the scalar draw's bits for every column,
+ * at lengths that end mid-block and with high step words. */
+START_TEST(rng_uniform_row_matches_draws)
+{
+    enum { MAXN = 1037 };
+    float u[MAXN + 1];
+    const size_t lens[] = {1, 7, 8, 9, 64, 128, MAXN};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (uint32_t row = 0; row < 40; row++) {
+            const size_t n = lens[li];
+            const uint64_t step = 5 + ((uint64_t)row << 33);
+            const uint32_t col0 = 3 * row + (uint32_t)li;
+            u[n] = 12345.0f;
+            moe_rng_uniform_row(u, 78, MOE_RNG_DROPOUT + 2, step, row * 1000, col0, n);
+            ck_assert(u[n] == 12345.0f);
+            for (size_t j = 0; j < n; j++) {
+                const float one = moe_rng_uniform(78, MOE_RNG_DROPOUT + 2, step, row * 1000,
+                                                  col0 + (uint32_t)j);
+                ck_assert_msg(memcmp(&u[j], &one, sizeof one) == 0, "row %u col %zu", row, j);
+            }
+        }
+}
+END_TEST
+
 /* ------------------------------------------------------- initialisation */
 
 START_TEST(rng_hash_fnv1a)
@@ -278,6 +302,7 @@ Suite *test_rng_suite(void)
     tcase_add_test(td, rng_uniform_range_and_moments);
     tcase_add_test(td, rng_normal_moments);
     tcase_add_test(td, rng_normal_row_matches_draws);
+    tcase_add_test(td, rng_uniform_row_matches_draws);
     suite_add_tcase(s, td);
     TCase *ti = tcase_create("init");
     tcase_set_timeout(ti, 10);
