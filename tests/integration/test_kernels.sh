@@ -59,10 +59,14 @@ fi
 # wrong values: one sentence, exit 2, before anything else
 for p in moe-worker moe-server moe-coordinator; do
     for bad in "--blas-kernels turbo" "--recompute sometimes"; do
-        "$BIN/$p" $bad --train "$WORK/train.txt" >"$WORK/bad.out" 2>"$WORK/bad.err"
+        # otherwise complete command lines: the sentence must be about the value
+        "$BIN/$p" $bad --train "$WORK/train.txt" --coordinator tcp://127.0.0.1:1 --keys "$KEYS" \
+            >"$WORK/bad.out" 2>"$WORK/bad.err"
         st=$?
         [ $st -eq 2 ] || fail "$p $bad: exit $st, want 2: $(cat "$WORK/bad.err")"
         [ "$(wc -l <"$WORK/bad.err")" -eq 1 ] || fail "$p $bad: not one line: $(cat "$WORK/bad.err")"
+        grep -q -- "error: ${bad%% *}: .*${bad#* }" "$WORK/bad.err" ||
+            fail "$p $bad: the sentence does not name the option and value: $(cat "$WORK/bad.err")"
     done
 done
 echo "  ok: wrong values exit 2 with one sentence: $(cat "$WORK/bad.err")"
