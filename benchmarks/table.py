@@ -194,21 +194,6 @@ if have("scale.json"):
                     f"peak RSS worker {r['worker_peak_rss_mb']:.0f} MB, servers {srv} MB | "
                     f"{ref['n_experts']} experts: {ref['tokens_per_sec']:.0f} tok/s | "
                     f"**{r['tokens_per_sec'] / ref['tokens_per_sec']:.2f}** of {ref['n_experts']} experts |")
-    ns = sorted(by)
-    if mem_total and len(ns) >= 2:
-        # memory per expert on the servers (512 -> 1024 -> 512: parameters and factored-Adam
-        # state): the slope of the servers' peak RSS between the two largest runs
-        a, b = by[ns[-2]], by[ns[-1]]
-        srv_mb = lambda r: sum(r["server_peak_rss_mb"].values())
-        per = (srv_mb(b) - srv_mb(a)) / (b["n_experts"] - a["n_experts"])
-        total = srv_mb(b) + b["worker_peak_rss_mb"]
-        fit = int(b["n_experts"] + (mem_total - total) / per) if per > 0 else 0
-        fits_note.append(
-            f"Memory per expert of 512 -> 1024 -> 512 on the servers, measured as the slope of their peak RSS "
-            f"from {a['n_experts']} to {b['n_experts']} experts: **{per:.2f} MB**; with the worker and servers "
-            f"of the {b['n_experts']}-expert run ({total:.0f} MB in all), this machine's "
-            f"{mem_total / 1024:.1f} GiB would hold about **{fit}** such experts "
-            f"({fit * (2 * 512 * 1024 + 512 + 1024) / 1e9:.2f}B expert parameters) on one machine.")
 big = {m: J(f"big_{m}.json") for m in ("none", "experts", "all") if have(f"big_{m}.json")}
 for m, b in big.items():
     rss = ", ".join(f"{k} {v:.0f}" for k, v in b["peak_rss_mb"].items() if v)
@@ -220,7 +205,7 @@ table = ("\n".join(pre) + "\n" if pre else "") + \
     "| measurement | speed | work | limit measured in the same run | ratio |\n|---|---|---|---|---|\n" + \
     "\n".join(rows) + "\n"
 if fits_note:
-    table += "\n" + "\n".join(fits_note) + "\n"
+    table += "\n" + "\n\n".join(fits_note) + "\n"
 if have("monitoring.json"):
     m = J("monitoring.json")
     table += (f"\nHTTP monitoring under load (200 scrapers + malformed, slow and disconnecting clients, "
