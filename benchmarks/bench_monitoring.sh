@@ -54,7 +54,8 @@ done
 python3 - "$tmp" "$out" "$repeat" "$LOAD_NICE" <<'PY'
 import json, os, re, statistics, sys
 d, out, rep, nice = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-q = [json.load(open(os.path.join(d, f"quiet{k}.json")))["tokens_per_sec"] for k in range(rep)]
+qr = [json.load(open(os.path.join(d, f"quiet{k}.json"))) for k in range(rep)]
+q = [x["tokens_per_sec"] for x in qr]
 l = [json.load(open(os.path.join(d, f"loaded{k}.json")))["tokens_per_sec"] for k in range(rep)]
 slow = [a / b - 1 for a, b in zip(q, l)]
 loads = [json.load(open(os.path.join(d, f"loaded{k}.load.json"))) for k in range(rep)]
@@ -63,7 +64,8 @@ cpu = [float(re.search(r"CPU ([0-9.]+) s", c).group(1)) for c in coord]
 reqs = [int(re.search(r"^([0-9]+) HTTP requests", c).group(1)) for c in coord]
 r = {"tokens_per_sec_quiet": q, "tokens_per_sec_under_http_load": l, "slowdowns": slow,
      "median_slowdown": statistics.median(slow), "load_generator_priority": nice or "normal",
-     "coordinator_cpu_seconds": cpu, "http_requests": reqs, "load": loads, "coordinator": coord}
+     "coordinator_cpu_seconds": cpu, "http_requests": reqs, "load": loads, "coordinator": coord,
+     "blas_kernels": qr[0]["blas_kernels"]}
 print(json.dumps(r))
 if out:
     json.dump(r, open(out, "w"))

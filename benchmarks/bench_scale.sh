@@ -59,19 +59,23 @@ for line in open(os.path.join(run, "..", f"n{n}.out")):
 tok_s = max(tps) if tps else rep["tokens_per_sec"]
 tok_s_mean = sum(tps) / len(tps) if tps else rep["tokens_per_sec"]
 rss = {}
+kernels = {rep["blas_kernels"]}
 for f in sorted(os.listdir(run)):
     if f.startswith("server-") and f.endswith(".log"):
         for line in open(os.path.join(run, f)):
             m = re.search(r"peak RSS ([0-9.]+) MB", line)
             if m:
                 rss[f[:-4]] = float(m.group(1))
+            m = re.search(r"BLAS kernels: (\S+) \(", line)
+            if m:
+                kernels.add(m.group(1))
 params = n * (2 * D * H + D + H)
 state = n * (2 * (D + H) + D + H)
 r = {"n_experts": n, "batch_rows": B * T, "rows_per_expert": B * T * 4 / n, "tokens_per_sec": tok_s,
      "tokens_per_sec_mean": tok_s_mean, "timed_steps": len(tps),
      "worker_peak_rss_mb": rep.get("peak_rss_mb"), "server_peak_rss_mb": rss,
      "expert_params": params, "optimizer_state_floats": state,
-     "optimizer_state_per_param": state / params}
+     "optimizer_state_per_param": state / params, "blas_kernels": "/".join(sorted(kernels))}
 print(json.dumps(r))
 with open(out + ".json", "a") as f:
     f.write(("" if first == "1" else ",\n") + json.dumps(r))

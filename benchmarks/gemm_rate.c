@@ -1,12 +1,19 @@
 /* GEMM shape tracing and sgemm rates for the benchmarks (see gemm_rate.h). */
 #include "gemm_rate.h"
 
+#include <errno.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "moe_blas.h"
+#include "moe_kernels.h"
+#include "moe_par.h"
 #include "moe_tensor.h"
 
 double bench_now(void)
@@ -27,7 +34,7 @@ static void on_gemm(void *ctx, bool ta, bool tb, int m, int n, int k)
         }
     }
     if (t->n < GEMM_TRACE_MAX)
-        t->s[t->n++] = (struct gemm_shape){ta, tb, m, n, k, 1, 0};
+        t->s[t->n++] = (struct gemm_shape){ta, tb, m, n, k, 1, 0, 0};
 }
 
 void gemm_trace_start(struct gemm_trace *t) { moe_blas_set_trace(on_gemm, t); }
@@ -65,6 +72,101 @@ double gemm_trace_rates(struct gemm_trace *t, double seconds, double *limit_time
         double f = 2.0 * s->m * s->n * (double)s->k * (double)s->calls;
         flops += f;
         lt += f / (s->rate * 1e9);
+    }
+    *limit_time = lt;
+    return flops;
+}
+
+const char *gemm_best_kernels(void)
+{
+    const char *b = getenv("MOE_BENCH_BEST_KERNELS");
+    return b && b[0] ? b : moe_kernels_name();
+}
+
+int gemm_run_tool(const char *tool, const char *coretype, const char *args, char *out,
+                  size_t cap)
+{
+    char exe[1024], path[1100];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0 || cap == 0)
+        return -1;
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    snprintf(path, sizeof path, "%.*s/%s", slash ? (int)(slash - exe) : 1, slash ? exe : ".",
+             tool);
+    char *buf = strdup(args);
+    char **argv = calloc(strlen(args) / 2 + 3, sizeof *argv); /* tokens are 1+ chars apart */
+    int argc = 0, fds[2];
+    if (!buf || !argv || pipe(fds)) {
+        free(buf);
+        free(argv);
+        return -1;
+    }
+    argv[argc++] = path;
+    for (char *t = strtok(buf, " "); t; t = strtok(NULL, " "))
+        argv[argc++] = t;
+    argv[argc] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        free(buf);
+        free(argv);
+        return -1;
+    }
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        if (coretype)
+            setenv("OPENBLAS_CORETYPE", coretype, 1);
+        else
+            unsetenv("OPENBLAS_CORETYPE");
+        execv(path, argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    free(buf);
+    free(argv);
+    size_t len = 0;
+    for (ssize_t r; len + 1 < cap && (r = read(fds[0], out + len, cap - 1 - len)) != 0;)
+        if (r > 0)
+            len += (size_t)r;
+        else if (errno != EINTR)
+            break;
+    out[len] = '\0';
+    close(fds[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+double gemm_trace_rates_best(struct gemm_trace *t, double seconds, double *limit_time)
+{
+    const bool here = strcasecmp(gemm_best_kernels(), moe_kernels_name()) == 0;
+    char args[32768], out[65536];
+    int o = snprintf(args, sizeof args, "--threads %d --seconds %g", moe_par_threads(), seconds);
+    for (int i = 0; i < t->n && !here && (size_t)o < sizeof args; i++)
+        o += snprintf(args + o, sizeof args - (size_t)o, " %d,%d,%d,%d,%d", t->s[i].m, t->s[i].n,
+                      t->s[i].k, t->s[i].ta, t->s[i].tb);
+    if (!here && gemm_run_tool("bench_gemm", gemm_best_kernels(), args, out, sizeof out))
+        return -1;
+    /* the child prints one "rate M,N,K,TA,TB GFLOPS" line per shape, in order */
+    const char *p = out;
+    double flops = 0, lt = 0;
+    for (int i = 0; i < t->n; i++) {
+        struct gemm_shape *s = &t->s[i];
+        if (here) {
+            s->rate_best = s->rate;
+        } else {
+            p = strstr(p, "\nrate ");
+            if (!p || !(p = strchr(p + 7, ' ')))
+                return -1;
+            s->rate_best = atof(++p);
+        }
+        const double f = 2.0 * s->m * s->n * (double)s->k * (double)s->calls;
+        flops += f;
+        lt += f / (s->rate_best * 1e9);
     }
     *limit_time = lt;
     return flops;

@@ -12,7 +12,8 @@ struct gemm_shape {
     bool ta, tb;
     int m, n, k;
     int64_t calls;
-    double rate; /* GFLOP/s of sgemm on this shape alone (gemm_trace_rates) */
+    double rate;      /* GFLOP/s of sgemm on this shape alone (gemm_trace_rates) */
+    double rate_best; /* the same with the best kernel set (gemm_trace_rates_best) */
 };
 
 #define GEMM_TRACE_MAX 256
@@ -29,6 +30,25 @@ void gemm_trace_stop(void);
  * the FLOPs of the recorded calls (multiply-add = 2) and in *limit_time the
  * time they would take at those rates. */
 double gemm_trace_rates(struct gemm_trace *t, double seconds, double *limit_time);
+
+/* The kernel set every limit is measured with: the best correct set of
+ * this machine, from MOE_BENCH_BEST_KERNELS (benchmarks/run.sh sets it from
+ * `bench_gemm --survey`), else the set this process loaded. */
+const char *gemm_best_kernels(void);
+
+/* The recorded shapes' rates with the best kernel set into rate_best (and
+ * the time the calls would take at them into *limit_time; returns their
+ * FLOPs): the in-process rates when the best set is the one loaded, else
+ * measured by a bench_gemm child under OPENBLAS_CORETYPE=best, each shape
+ * for at least `seconds`. Negative when the child fails. */
+double gemm_trace_rates_best(struct gemm_trace *t, double seconds, double *limit_time);
+
+/* Runs the benchmark program `tool` (beside this one) with the
+ * space-separated `args` and OPENBLAS_CORETYPE = coretype (NULL: unset),
+ * its stdout into out (cap bytes, NUL-terminated). 0, or -1 when it could
+ * not run or did not exit 0. */
+int gemm_run_tool(const char *tool, const char *coretype, const char *args, char *out,
+                  size_t cap);
 
 /* sgemm GFLOP/s for one shape, repeated for at least `seconds`. */
 double gemm_rate(const struct gemm_shape *s, double seconds);
