@@ -45,6 +45,7 @@ enum {
     AR_MAGIC = 0x41454f4d, /* "MOEA" as little-endian bytes */
     AR_VERSION = 1,
     AR_HDR_SIZE = 48,
+    AR_WIRE_SLACK = 4096, /* room for what a transport adds (CURVE: about 33 bytes) */
     AR_WORLD_MAX = 65536,
     AR_ENDPOINT_MAX = 255, /* characters, to bound error sentences */
     AR_MSG_MAX = 768,      /* error sentences, and the text of an abort */
@@ -347,7 +348,11 @@ static bool ar_bound(void *sock)
 static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t errlen)
 {
     const int linger = 0;
-    const int64_t maxmsg = (int64_t)(AR_HDR_SIZE + MOE_ALLREDUCE_PIECE_BYTES);
+    /* on the wire a message is larger than its bytes under CURVE (the
+     * MESSAGE command, its nonce and the box's MAC): libzmq checks
+     * ZMQ_MAXMSGSIZE against that, and drops the connection with what is
+     * queued on it when a frame is over */
+    const int64_t maxmsg = (int64_t)(AR_HDR_SIZE + MOE_ALLREDUCE_PIECE_BYTES + AR_WIRE_SLACK);
     const int next = ar_next(a);
     a->pull = zmq_socket(zmq_ctx, ZMQ_PULL);
     a->push = zmq_socket(zmq_ctx, ZMQ_PUSH);

@@ -25,6 +25,7 @@
 #include "moe_allreduce.h"
 #include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_guard.h"
 #include "moe_rng.h"
 
 Suite *test_allreduce_suite(void);
@@ -118,6 +119,7 @@ struct ar_case {
  * checks run in the main thread, since Check asserts only there). */
 struct ar_job {
     void *ctx;
+    const struct moe_net *net; /* NULL: plain sockets */
     int rank, world, delay_ms;
     int timeout_ms;        /* if > 0 before ar_run, overrides its timeout */
     const char *const *endpoints;
@@ -177,7 +179,7 @@ static void *ar_job_main(void *arg)
     struct ar_job *j = arg;
     if (j->delay_ms > 0)
         ar_sleep_ms(j->delay_ms);
-    moe_allreduce_t *a = moe_allreduce_new(j->ctx, NULL, j->rank, j->world, j->endpoints, j->timeout_ms,
+    moe_allreduce_t *a = moe_allreduce_new(j->ctx, j->net, j->rank, j->world, j->endpoints, j->timeout_ms,
                                            j->err_new, sizeof j->err_new);
     j->joined = a != NULL;
     if (!a)
@@ -427,6 +429,47 @@ START_TEST(allreduce_tcp_ring)
     ar_check_all_ok(jobs, world, cases, ncases);
     free(jobs);
     zmq_ctx_term(ctx);
+}
+END_TEST
+
+/* The same ring as the cluster runs it over tcp: CURVE with the workers'
+ * key, and calls of several full pieces (a full piece is the largest
+ * message the receiving socket admits, and CURVE makes it larger on the
+ * wire: every piece must still arrive). */
+START_TEST(allreduce_tcp_ring_curve)
+{
+    const int world = 2;
+    const struct ar_case cases[] = {{1000, 1, false}, {3000000, 2, false}};
+    ck_assert(3000000 / world * sizeof(float) > 2 * MOE_ALLREDUCE_PIECE_BYTES);
+    char dir[] = "/tmp/moe-ar-keys-XXXXXX", err[512];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_msg(moe_sec_keygen(dir, true, err, sizeof err) == 0, "%s", err);
+    void *ctx = zmq_ctx_new();
+    struct moe_sec sec;
+    ck_assert_msg(moe_sec_init(&sec, MOE_SEC_WORKER, dir, false, err, sizeof err) == 0, "%s", err);
+    moe_guard_t *guard = moe_guard_new(ctx, &sec, err, sizeof err);
+    ck_assert_msg(guard != NULL, "%s", err);
+    struct moe_net net = {&sec, guard, 16};
+    int ports[AR_WORLD_MAX];
+    ar_free_ports(ports, world);
+    char names[AR_WORLD_MAX][64];
+    const char *eps[AR_WORLD_MAX];
+    for (int r = 0; r < world; r++) {
+        snprintf(names[r], sizeof names[r], "tcp://127.0.0.1:%d", ports[r]);
+        eps[r] = names[r];
+    }
+    const char *const *per_rank[AR_WORLD_MAX] = {eps, eps};
+    struct ar_job *jobs = calloc(AR_WORLD_MAX, sizeof *jobs);
+    for (int r = 0; r < world; r++)
+        jobs[r].net = &net;
+    ar_run(jobs, ctx, world, per_rank, 10000, cases, 2, -1);
+    ar_check_all_ok(jobs, world, cases, 2);
+    free(jobs);
+    moe_guard_destroy(&guard);
+    zmq_ctx_term(ctx);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 
@@ -777,6 +820,7 @@ Suite *test_allreduce_suite(void)
     tcase_add_loop_test(ts, allreduce_inproc_rings, 2, AR_WORLD_MAX + 1);
     tcase_add_test(ts, allreduce_inproc_large);
     tcase_add_test(ts, allreduce_tcp_ring);
+    tcase_add_test(ts, allreduce_tcp_ring_curve);
     suite_add_tcase(s, ts);
     TCase *tf = tcase_create("failure");
     tcase_set_timeout(tf, 20);
