@@ -8,9 +8,10 @@
 # /api/v1/experts and /api/v1/cluster answers with python3 -m http.server on
 # 127.0.0.1 (a free port), and loads it in Debian's chromium, headless, with
 # a virtual time budget so that several one-second polls run. Scenarios:
-#   live     16 experts on 2 servers, 120 loss points: exactly 16
-#            rect.expert-bar with data-expert 0..15 coloured by server, a
-#            legend of both servers, the loss polyline, both tables; the
+#   live     16 experts on 2 servers, 2 workers training, 120 loss points:
+#            exactly 16 rect.expert-bar with data-expert 0..15 coloured by
+#            server, a legend of both servers, the loss polyline, both
+#            tables, the tokens/s tile showing the workers' sum (> 0); the
 #            screenshot OUTDIR/dashboard.png (1280x900)
 #   sparse   fields missing, of the wrong type or absurdly large: drawn
 #            without errors (5 bars for the 5 entries with a usable id)
@@ -23,6 +24,9 @@
 # its level, as INFO:CONSOLE, so the page may print nothing at all: any
 # console line fails (uncaught exceptions and rejections included).
 # Also checks that deploy/embed_file.sh reproduces the page byte for byte.
+# When every check passed, the live screenshot (a training cluster: tokens/s
+# above 0) replaces docs/dashboard.png, the README's picture, so that it
+# follows the page; a docs/ that cannot be written is reported, not a failure.
 # Nothing leaves 127.0.0.1: other hosts resolve to nothing and go to a dead
 # proxy. Exit 0 and "dashboard_check: ok", or 1 with the failures.
 set -eu
@@ -177,6 +181,7 @@ class P(HTMLParser):
         self.bars, self.lines, self.body, self.legend, self.text = [], [], {}, 0, []
         self.in_legend = 0
         self.skip = 0
+        self.tiles, self.tile_part, self.tile_key = {}, None, None
     def handle_starttag(self, t, attrs):
         a = dict(attrs)
         cls = (a.get("class") or "").split()
@@ -188,6 +193,8 @@ class P(HTMLParser):
             self.body = a
         if t in ("script", "style", "title"):
             self.skip += 1
+        if t == "div" and ("k" in cls or "v" in cls):  # a tile: div.k name, div.v value
+            self.tile_part = "k" if "k" in cls else "v"
         if a.get("id") == "legend":
             self.in_legend = 1
         elif self.in_legend and t == "span" and "item" in cls:
@@ -200,6 +207,11 @@ class P(HTMLParser):
     def handle_data(self, d):
         if not self.skip:
             self.text.append(d)
+        if self.tile_part == "k":
+            self.tile_key = d.strip()
+        elif self.tile_part == "v" and self.tile_key is not None:
+            self.tiles[self.tile_key] = d.strip()
+        self.tile_part = None
 
 p = P()
 p.feed(dom)
@@ -242,6 +254,18 @@ if mode == "live":
         need(s["endpoint"] in text, "endpoint %s not shown" % s["endpoint"])
     need(p.body.get("data-state") == "live", "data-state %r, want live" % p.body.get("data-state"))
     need("waiting for the coordinator" not in text, "says waiting although the API answers")
+    # the tokens/s tile: the workers' sum, as the page formats it (4150, 12.3 k, 1.20 M)
+    shown = p.tiles.get("tokens / s", "")
+    try:
+        num, _, unit = shown.partition(" ")
+        tps = float(num) * {"": 1, "k": 1e3, "M": 1e6}[unit]
+    except (ValueError, KeyError):
+        tps = None
+    want = sum(w["tokens_per_sec"] for w in cl["workers"])
+    need(tps is not None and tps > 0, "the tokens / s tile shows %r, want a number above 0" % shown)
+    need(tps is not None and abs(tps - want) <= 0.01 * want,
+         "the tokens / s tile shows %r, want the workers' sum %g" % (shown, want))
+    open("%s.tps" % tag, "w").write("%g\n" % (tps or 0))
 elif mode == "sparse":
     need(len(p.bars) == 5, "%d expert-bar elements, want 5 (ids 0 to 4)" % len(p.bars))
     need(sorted(b.get("data-expert") for b in p.bars) == ["0", "1", "2", "3", "4"],
@@ -372,6 +396,23 @@ EOF
     "$work/dump" >"$work/page.out" || fail "the embedded page is not NUL-terminated"
     cmp -s "$work/page.out" "$page" || fail "the embedded page differs from $page"
     echo "  ok: embed_file.sh reproduces the page ($(wc -c <"$page") bytes)"
+fi
+
+# ---------------------------------------------------------------------------
+# docs/dashboard.png, the README's picture, is the live screenshot of this
+# run: every check above passed and its tiles show a training cluster.
+
+tps=$(cat "$work/live.tps" 2>/dev/null || echo 0)
+if python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) > 0 else 1)' "$tps"; then
+    if [ -d "$top/docs" ] && cp "$out/dashboard.png" "$top/docs/.dashboard.png.$$" 2>/dev/null &&
+        mv -f "$top/docs/.dashboard.png.$$" "$top/docs/dashboard.png" 2>/dev/null; then
+        echo "  ok: docs/dashboard.png is this run's live screenshot ($tps tokens/s shown)"
+    else
+        rm -f "$top/docs/.dashboard.png.$$" 2>/dev/null || true
+        echo "  note: could not update $top/docs/dashboard.png (not writable?); the screenshot is $out/dashboard.png"
+    fi
+else
+    fail "live: the screenshot shows no tokens/s; docs/dashboard.png left as it was"
 fi
 
 echo "dashboard_check: ok (screenshots in $out)"
