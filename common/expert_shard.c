@@ -471,6 +471,16 @@ void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, i
     *state_floats = part == 0 || part == 2 ? (size_t)(D + H) : part == 1 ? (size_t)H : (size_t)D;
 }
 
+/* Experts per group of this process's model: 0 for a flat MoE. */
+static int names_group_size;
+
+void expert_shard_set_group_size(int experts_per_group)
+{
+    names_group_size = experts_per_group > 0 ? experts_per_group : 0;
+}
+
+int expert_shard_group_size(void) { return names_group_size; }
+
 void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool fadam)
 {
     const char *suffix;
@@ -478,5 +488,10 @@ void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool 
     int64_t shape[2];
     size_t nst;
     expert_shard_part(part, 1, 1, &suffix, &ndim, shape, &nst);
-    snprintf(buf, cap, "moe.experts.%d.%s%s", (int)id, suffix, fadam ? ".fadam" : "");
+    const int b = names_group_size;
+    if (b > 0)
+        snprintf(buf, cap, "moe.groups.%d.experts.%d.%s%s", (int)(id / b), (int)(id % b), suffix,
+                 fadam ? ".fadam" : "");
+    else
+        snprintf(buf, cap, "moe.experts.%d.%s%s", (int)id, suffix, fadam ? ".fadam" : "");
 }
