@@ -3,15 +3,21 @@
  * rows, evaluation: no noise), checking the output, Importance_H, Load_H,
  * the rows each expert receives and the balancing loss; and in training
  * (smooth loads) Load_H = Load_i(X^(i))_j Load_p(X)_i / (|X^(i)| + 1e-10)
- * with the true count of rows sent to each group. */
+ * with the true count of rows sent to each group; 1 and 3 threads give the
+ * same bits. */
 #include <check.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "expert_ffn.h"
+#include "expert_local.h"
+#include "expert_shard.h"
 #include "gate.h"
 #include "hmoe_layer.h"
+#include "moe_par.h"
+#include "moe_tensor.h"
 #include "test_util.h"
 
 Suite *test_hmoe_layer_suite(void);
@@ -204,6 +210,80 @@ START_TEST(hmoe_train_load_formula)
 }
 END_TEST
 
+/* Forward and backward of 150 rows (groups of 70 to 80 rows: several
+ * moe_par tasks in each gate) with in-process experts give the same bits
+ * with 1 and with 3 threads: output, statistics, input and every gate's
+ * gradients, and the experts' gradients. */
+START_TEST(hmoe_threads_bitwise)
+{
+    enum { A = 4, B = 8, E = A * B, D = 8, H = 8, N = 150 };
+    const struct hmoe_layer_config cfg = {.D = D, .A = A, .B = B, .K1 = 2, .K = 2,
+                                          .w_importance = 0.1, .w_load = 0.1, .seed = 7,
+                                          .N_max = N};
+    const struct moe_fadam_opts fo = {0.999, 0, 1e-8, 1e-30, 0, false, 1e-3};
+    int32_t ids[E];
+    for (int e = 0; e < E; e++)
+        ids[e] = e;
+    float *x = moe_alloc_floats((size_t)N * D), *dy = moe_alloc_floats((size_t)N * D);
+    tu_fill(x, (size_t)N * D, 220, 1.0f);
+    tu_fill(dy, (size_t)N * D, 221, 1.0f);
+    float *y[2], *dx[2], *st[2], *grads[2];
+    const size_t np = expert_ffn_param_count(D, H);
+    size_t ng = 0;
+    for (int k = 0; k < 2; k++) {
+        expert_shard_t *shard = expert_shard_new(D, H, E, ids, 7, &fo);
+        struct moe_backend be;
+        expert_local_backend(&be, shard);
+        struct layer *l = hmoe_layer_new("moe", &cfg, &be);
+        ck_assert_ptr_nonnull(l);
+        ng = 0;
+        for (int i = 0; i < l->n_params; i++) {
+            tu_fill(l->ops->param(l, i).w->data, l->ops->param(l, i).w->numel,
+                    230u + (uint32_t)i, 0.5f);
+            ng += l->ops->param(l, i).g->numel;
+        }
+        y[k] = moe_alloc_floats((size_t)N * D);
+        dx[k] = moe_alloc_floats((size_t)N * D);
+        st[k] = moe_alloc_floats(2 * (size_t)E);
+        grads[k] = moe_alloc_floats(ng + np * E);
+        moe_par_set_threads(k ? 3 : 1);
+        struct layer_pass p = {.B = 10, .T = 15, .n_global = N, .step = 4, .row0 = 30,
+                               .train = true};
+        char err[128];
+        ck_assert_int_eq(l->ops->forward(l, &p, y[k], x, err, sizeof err), 0);
+        p.imp_global = hmoe_layer_importance(l);
+        p.load_global = hmoe_layer_load(l);
+        ck_assert_int_eq(l->ops->backward(l, &p, dx[k], dy, x, y[k], err, sizeof err), 0);
+        memcpy(st[k], p.imp_global, sizeof(float) * E);
+        memcpy(st[k] + E, p.load_global, sizeof(float) * E);
+        size_t o = 0;
+        for (int i = 0; i < l->n_params; i++) {
+            const moe_tensor *g = l->ops->param(l, i).g;
+            memcpy(grads[k] + o, g->data, sizeof(float) * g->numel);
+            o += g->numel;
+        }
+        for (int e = 0; e < E; e++)
+            memcpy(grads[k] + ng + np * (size_t)e, expert_shard_grads(shard, e),
+                   sizeof(float) * np);
+        l->ops->destroy(l);
+        expert_shard_destroy(&shard);
+    }
+    moe_par_set_threads(1);
+    ck_assert_int_eq(memcmp(y[0], y[1], sizeof(float) * N * D), 0);
+    ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * N * D), 0);
+    ck_assert_int_eq(memcmp(st[0], st[1], sizeof(float) * 2 * E), 0);
+    ck_assert_int_eq(memcmp(grads[0], grads[1], sizeof(float) * (ng + np * E)), 0);
+    for (int k = 0; k < 2; k++) {
+        free(y[k]);
+        free(dx[k]);
+        free(st[k]);
+        free(grads[k]);
+    }
+    free(x);
+    free(dy);
+}
+END_TEST
+
 Suite *test_hmoe_layer_suite(void)
 {
     Suite *s = suite_create("hmoe_layer");
@@ -211,6 +291,7 @@ Suite *test_hmoe_layer_suite(void)
     tcase_add_test(tc, hmoe_by_hand_k2);
     tcase_add_test(tc, hmoe_by_hand_k1);
     tcase_add_test(tc, hmoe_train_load_formula);
+    tcase_add_test(tc, hmoe_threads_bitwise);
     suite_add_tcase(s, tc);
     return s;
 }
