@@ -124,5 +124,10 @@ void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool 
  * before any shard is created or named. */
 void expert_shard_set_group_size(int experts_per_group);
 int expert_shard_group_size(void);
+/* The expert of a tensor name in this naming: 1 and *id for
+ * "moe.experts.ID.<part>" (flat) or "moe.groups.I.experts.J.<part>"
+ * (hierarchical, id I*B + J); 0 for a name of no expert; -1 for a
+ * malformed id (leading zeros, J >= B) or a name of the other naming. */
+int expert_shard_parse_name(const char *name, long *id);
 
 #endif

@@ -404,7 +404,7 @@ static int check_hierarchical(const struct moe_options *c, unsigned role, char *
                             c->k, c->experts_per_group);
     if (strcmp(c->experts, "remote") == 0 || c->coordinator[0] || role != MOE_FOR_WORKER)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--moe hierarchical runs in one process for now; use --experts local "
+                            "--moe: hierarchical MoE runs in one process for now; use --experts local "
                             "without --coordinator (expert servers and a coordinator take flat "
                             "MoE only)");
     return 0;
@@ -527,6 +527,17 @@ int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *
                            errlen);
     }
     return 0;
+}
+
+int moe_options_ini_group_size(const char *model_ini)
+{
+    static struct moe_options m; /* large: not on the stack */
+    char err[256];
+    if (moe_config_defaults(moe_options_table, moe_options_count, &m, err, sizeof err) ||
+        moe_config_load_ini_text(moe_options_table, moe_options_count, &m, model_ini, "", NULL,
+                                 err, sizeof err))
+        return 0;
+    return moe_options_hierarchical(&m) ? m.experts_per_group : 0;
 }
 
 int moe_options_contract_put(char *contract, size_t cap, const char *key, const char *value)

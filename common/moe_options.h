@@ -99,6 +99,10 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
  * k > experts_per_group, and (for now) remote experts or a coordinator. */
 bool moe_options_hierarchical(const struct moe_options *c);
 void moe_options_derive(struct moe_options *c);
+/* experts_per_group of the hierarchical model a configuration text (a
+ * checkpoint's config) describes, or 0 (flat, or a text that does not
+ * parse): how its experts' tensors are named (expert_shard.h). */
+int moe_options_ini_group_size(const char *model_ini);
 
 /* The exit status of a program for a result code: 0, 2 for a usage error
  * (MOE_ERR_CONFIG: the command line or the configuration is wrong), 1 for
