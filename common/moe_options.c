@@ -389,6 +389,11 @@ static int check_hierarchical(const struct moe_options *c, unsigned role, char *
     int rc = check_words(c->moe, "moe", kinds, 2, "flat or hierarchical", err, errlen);
     if (rc || !moe_options_hierarchical(c))
         return rc;
+    if (strcmp(c->experts, "remote") == 0 || c->coordinator[0] || role != MOE_FOR_WORKER)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--moe: hierarchical MoE runs in one process for now; use "
+                            "--experts local without --coordinator (expert servers and a "
+                            "coordinator take flat MoE only)");
     if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--n-experts %d is not --groups %d x --experts-per-group %d (with "
@@ -402,11 +407,6 @@ static int check_hierarchical(const struct moe_options *c, unsigned role, char *
                             "--k %d is larger than --experts-per-group %d (with --moe "
                             "hierarchical, k is the top-k within a group)",
                             c->k, c->experts_per_group);
-    if (strcmp(c->experts, "remote") == 0 || c->coordinator[0] || role != MOE_FOR_WORKER)
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--moe: hierarchical MoE runs in one process for now; use --experts local "
-                            "without --coordinator (expert servers and a coordinator take flat "
-                            "MoE only)");
     return 0;
 }
 
