@@ -471,6 +471,55 @@ void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, i
     *state_floats = part == 0 || part == 2 ? (size_t)(D + H) : part == 1 ? (size_t)H : (size_t)D;
 }
 
+/* Experts per group of this process's model: 0 for a flat MoE. */
+static int names_group_size;
+
+void expert_shard_set_group_size(int experts_per_group)
+{
+    names_group_size = experts_per_group > 0 ? experts_per_group : 0;
+}
+
+int expert_shard_group_size(void) { return names_group_size; }
+
+/* Digits of a decimal number (no leading zero, at most 9) then '.': their
+ * count, or 0. */
+static size_t id_digits(const char *d)
+{
+    size_t n = 0;
+    while (d[n] >= '0' && d[n] <= '9')
+        n++;
+    return n == 0 || n > 9 || d[n] != '.' || (n > 1 && d[0] == '0') ? 0 : n;
+}
+
+int expert_shard_parse_name(const char *name, long *id)
+{
+    static const char flat[] = "moe.experts.", groups[] = "moe.groups.", mid[] = ".experts.";
+    const int b = names_group_size;
+    if (b == 0 || strncmp(name, groups, sizeof groups - 1) != 0) {
+        if (strncmp(name, flat, sizeof flat - 1) != 0)
+            return 0;
+        const char *d = name + sizeof flat - 1;
+        const size_t n = id_digits(d);
+        if (n == 0 || b > 0)
+            return -1;
+        *id = strtol(d, NULL, 10);
+        return 1;
+    }
+    const char *d = name + sizeof groups - 1;
+    const size_t ng = id_digits(d);
+    if (ng == 0)
+        return -1;
+    if (strncmp(d + ng, mid, sizeof mid - 1) != 0)
+        return 0; /* a group's own tensor: its gate */
+    const char *e = d + ng + sizeof mid - 1;
+    const size_t ne = id_digits(e);
+    const long g = strtol(d, NULL, 10), j = ne ? strtol(e, NULL, 10) : -1;
+    if (ne == 0 || j >= b)
+        return -1;
+    *id = g * b + j;
+    return 1;
+}
+
 void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool fadam)
 {
     const char *suffix;
@@ -478,5 +527,10 @@ void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool 
     int64_t shape[2];
     size_t nst;
     expert_shard_part(part, 1, 1, &suffix, &ndim, shape, &nst);
-    snprintf(buf, cap, "moe.experts.%d.%s%s", (int)id, suffix, fadam ? ".fadam" : "");
+    const int b = names_group_size;
+    if (b > 0)
+        snprintf(buf, cap, "moe.groups.%d.experts.%d.%s%s", (int)(id / b), (int)(id % b), suffix,
+                 fadam ? ".fadam" : "");
+    else
+        snprintf(buf, cap, "moe.experts.%d.%s%s", (int)id, suffix, fadam ? ".fadam" : "");
 }

@@ -116,5 +116,18 @@ void expert_shard_part(int part, int D, int H, const char **suffix, int *ndim, i
 /* The checkpoint name of part `part` of expert `id`
  * ("moe.experts.ID.w1.weight"), with ".fadam" for its optimizer state. */
 void expert_shard_tensor_name(char *buf, size_t cap, int32_t id, int part, bool fadam);
+/* The naming of a hierarchical MoE's experts (issue 17): with
+ * experts_per_group B > 0, expert id is expert id % B of group id / B and
+ * its tensors are "moe.groups.I.experts.J.w1.weight" ... (their
+ * initialisation follows the names); 0 (the default) gives the flat
+ * names. One setting per process, from its model's configuration, made
+ * before any shard is created or named. */
+void expert_shard_set_group_size(int experts_per_group);
+int expert_shard_group_size(void);
+/* The expert of a tensor name in this naming: 1 and *id for
+ * "moe.experts.ID.<part>" (flat) or "moe.groups.I.experts.J.<part>"
+ * (hierarchical, id I*B + J); 0 for a name of no expert; -1 for a
+ * malformed id (leading zeros, J >= B) or a name of the other naming. */
+int expert_shard_parse_name(const char *name, long *id);
 
 #endif

@@ -27,6 +27,10 @@ const struct moe_opt moe_options_table[] = {
     OPT("d_hidden", "model", MOE_OPT_INT, d_hidden, 1, 1 << 20, "256", "expert hidden width H", MOE_FOR_ALL),
     OPT("n_experts", "model", MOE_OPT_INT, n_experts, 1, 1 << 20, "16", "number of experts E", MOE_FOR_ALL),
     OPT("k", "model", MOE_OPT_INT, k, 1, 1 << 20, "4", "experts per row (top-k)", MOE_FOR_ALL),
+    OPT("moe", "model", MOE_OPT_STRING, moe, 1, 0, "flat", "MoE layer: flat (one gate over n_experts) or hierarchical (a primary gate over groups, a secondary gate in each group; n_experts = groups x experts_per_group)", MOE_FOR_ALL),
+    OPT("groups", "model", MOE_OPT_INT, groups, 1, 1 << 20, "4", "hierarchical MoE: groups A of the primary gate", MOE_FOR_ALL),
+    OPT("experts_per_group", "model", MOE_OPT_INT, experts_per_group, 1, 1 << 20, "4", "hierarchical MoE: experts B in each group (k is the secondary top-k, k <= B)", MOE_FOR_ALL),
+    OPT("k_primary", "model", MOE_OPT_INT, k_primary, 1, 1 << 20, "2", "hierarchical MoE: groups per row K1 (primary top-k, K1 <= groups)", MOE_FOR_ALL),
     OPT("residual", "model", MOE_OPT_BOOL, residual, 1, 0, "true", "residual add around every layer (paper, App. C)", MOE_FOR_WORKER),
     OPT("moe_sigmoid", "model", MOE_OPT_BOOL, moe_sigmoid, 1, 0, "false", "sigmoid on the MoE output before dropout", MOE_FOR_WORKER),
     OPT("dropout", "model", MOE_OPT_DOUBLE, dropout, 0, 0.95, "0.1", "dropout probability on layer outputs", MOE_FOR_WORKER),
@@ -362,6 +366,50 @@ static int check_worker(const struct moe_options *c, char *err, size_t errlen)
     return check_endpoints(c, c->workers, "the workers' ring", err, errlen);
 }
 
+bool moe_options_hierarchical(const struct moe_options *c)
+{
+    return strcmp(c->moe, "hierarchical") == 0;
+}
+
+void moe_options_derive(struct moe_options *c)
+{
+    size_t i = 0;
+    while (i < moe_options_count && strcmp(moe_options_table[i].key, "n_experts") != 0)
+        i++;
+    if (moe_options_hierarchical(c) && i < moe_options_count && !c->given[i] &&
+        (int64_t)c->groups * c->experts_per_group <= (1 << 20))
+        c->n_experts = c->groups * c->experts_per_group;
+}
+
+/* --moe: the words, the shape of a hierarchical layer, and where it runs. */
+static int check_hierarchical(const struct moe_options *c, unsigned role, char *err,
+                              size_t errlen)
+{
+    static const char *const kinds[] = {"flat", "hierarchical"};
+    int rc = check_words(c->moe, "moe", kinds, 2, "flat or hierarchical", err, errlen);
+    if (rc || !moe_options_hierarchical(c))
+        return rc;
+    if (strcmp(c->experts, "remote") == 0 || c->coordinator[0] || role != MOE_FOR_WORKER)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--moe: hierarchical MoE runs in one process for now; use "
+                            "--experts local without --coordinator (expert servers and a "
+                            "coordinator take flat MoE only)");
+    if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--n-experts %d is not --groups %d x --experts-per-group %d (with "
+                            "--moe hierarchical leave --n-experts out: it is their product)",
+                            c->n_experts, c->groups, c->experts_per_group);
+    if (c->k_primary > c->groups)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--k-primary %d is larger than --groups %d", c->k_primary, c->groups);
+    if (c->k > c->experts_per_group)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--k %d is larger than --experts-per-group %d (with --moe "
+                            "hierarchical, k is the top-k within a group)",
+                            c->k, c->experts_per_group);
+    return 0;
+}
+
 int moe_options_check(const struct moe_options *c, unsigned role, char *err, size_t errlen)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -371,6 +419,8 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
     if (!rc)
         rc = check_words(c->wire_dtype, "wire-dtype", dtypes, 2, "f32 or bf16", err, errlen);
     if (rc)
+        return rc;
+    if ((rc = check_hierarchical(c, role, err, errlen)))
         return rc;
     if (c->k > c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--k %d is larger than --n-experts %d",
@@ -412,7 +462,8 @@ static bool is_model_key(const struct moe_opt *o)
 static bool is_shape_key(const char *key)
 {
     static const char *const shape[] = {"d_model", "d_hidden", "n_experts", "k", "residual",
-                                        "moe_sigmoid", "vocab_max", "dense_optimizer"};
+                                        "moe_sigmoid", "vocab_max", "dense_optimizer", "moe",
+                                        "groups", "experts_per_group", "k_primary"};
     for (size_t i = 0; i < sizeof shape / sizeof shape[0]; i++)
         if (!strcmp(key, shape[i]))
             return true;
@@ -476,6 +527,17 @@ int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *
                            errlen);
     }
     return 0;
+}
+
+int moe_options_ini_group_size(const char *model_ini)
+{
+    static struct moe_options m; /* large: not on the stack */
+    char err[256];
+    if (moe_config_defaults(moe_options_table, moe_options_count, &m, err, sizeof err) ||
+        moe_config_load_ini_text(moe_options_table, moe_options_count, &m, model_ini, "", NULL,
+                                 err, sizeof err))
+        return 0;
+    return moe_options_hierarchical(&m) ? m.experts_per_group : 0;
 }
 
 int moe_options_contract_put(char *contract, size_t cap, const char *key, const char *value)

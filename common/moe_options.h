@@ -21,6 +21,8 @@ struct moe_options {
     int vocab_max;
     /* model */
     int d_model, d_hidden, n_experts, k;
+    char moe[16];               /* flat or hierarchical */
+    int groups, experts_per_group, k_primary; /* hierarchical: A, B, K1 (k is the secondary k) */
     bool residual, moe_sigmoid;
     double dropout, w_importance, w_load;
     /* training */
@@ -88,6 +90,19 @@ enum {
  * --insecure, and the combinations its role refuses. 0, or MOE_ERR_CONFIG
  * with one sentence naming the option: a usage error (exit 2). */
 int moe_options_check(const struct moe_options *c, unsigned role, char *err, size_t errlen);
+
+/* --moe hierarchical (issue 17): a primary gate over `groups` groups, each
+ * a secondary MoE of `experts_per_group` experts; n_experts is their
+ * product. moe_options_derive sets n_experts to groups x experts_per_group
+ * for a hierarchical model when n_experts was not given (the file or a
+ * flag); moe_options_check refuses any other n_experts, k_primary > groups,
+ * k > experts_per_group, and (for now) remote experts or a coordinator. */
+bool moe_options_hierarchical(const struct moe_options *c);
+void moe_options_derive(struct moe_options *c);
+/* experts_per_group of the hierarchical model a configuration text (a
+ * checkpoint's config) describes, or 0 (flat, or a text that does not
+ * parse): how its experts' tensors are named (expert_shard.h). */
+int moe_options_ini_group_size(const char *model_ini);
 
 /* The exit status of a program for a result code: 0, 2 for a usage error
  * (MOE_ERR_CONFIG: the command line or the configuration is wrong), 1 for

@@ -9,8 +9,9 @@ vocab.txt; or the .safetensors file alone, which carries both as metadata).
     print(torch_model.perplexity(model, vocab, "valid.txt", batch=10))
 
 The model: Embedding -> LSTM -> MoE (top-k of x W_gate, no noise at
-evaluation, softmax over the top k, weighted sum of the experts' outputs)
--> LSTM -> Linear, with the residual adds and the optional sigmoid of the
+evaluation, softmax over the top k, weighted sum of the experts' outputs;
+with moe = hierarchical the same over groups, each group such a MoE of its
+own experts) -> LSTM -> Linear, with the residual adds and the optional sigmoid of the
 configuration. Parameter names and layouts are PyTorch's (strict load).
 Command line: python3 torch_model.py BUNDLE CORPUS [BATCH] prints the
 perplexity of CORPUS (one sentence per line), computed in float64.
@@ -64,21 +65,44 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList([Expert(d, h) for _ in range(n)])
 
     def forward(self, x):
+        return self.mix(x, self.experts)
+
+    def mix(self, x, parts):
+        """Softmax over the top k of x W_gate, times the chosen parts' outputs."""
         clean = x @ self.w_gate
         top_v, top_i = clean.topk(self.k, dim=-1)
         gates = torch.softmax(top_v, dim=-1)
-        out = torch.stack([e(x) for e in self.experts], dim=1)  # (N, n, d)
+        out = torch.stack([e(x) for e in parts], dim=1)  # (N, n, d)
         picked = out.gather(1, top_i.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return (gates.unsqueeze(-1) * picked).sum(1)
 
 
+class HierarchicalMoE(MoE):
+    """--moe hierarchical: the top k_primary of x W_gate (softmaxed) over
+    groups; each group a MoE of its own (top k of x W_gate_i, softmaxed,
+    over its experts); y = sum_i G_p,i sum_j G_i,j E_ij(x). Names:
+    moe.w_gate (d, groups), moe.groups.I.w_gate (d, B),
+    moe.groups.I.experts.J.w1.weight ..."""
+
+    def __init__(self, d, h, groups, per_group, k_primary, k):
+        nn.Module.__init__(self)
+        self.k = k_primary
+        self.w_gate = nn.Parameter(torch.zeros(d, groups))
+        self.w_noise = nn.Parameter(torch.zeros(d, groups))
+        self.groups = nn.ModuleList([MoE(d, h, per_group, k) for _ in range(groups)])
+
+    def forward(self, x):
+        return self.mix(x, self.groups)
+
+
 class LM(nn.Module):
-    def __init__(self, v, d, h, n, k, residual, sigmoid):
+    def __init__(self, v, d, h, n, k, residual, sigmoid, hierarchy=None):
+        """hierarchy: None (flat MoE) or (groups, experts_per_group, k_primary)."""
         super().__init__()
         self.residual, self.sigmoid = residual, sigmoid
         self.embedding = nn.Embedding(v, d)
         self.lstm1 = nn.LSTM(d, d, batch_first=True)
-        self.moe = MoE(d, h, n, k)
+        self.moe = HierarchicalMoE(d, h, *hierarchy, k) if hierarchy else MoE(d, h, n, k)
         self.lstm2 = nn.LSTM(d, d, batch_first=True)
         self.softmax = nn.Linear(d, v)
 
@@ -120,6 +144,9 @@ def load(path):
     else:
         vocab = _vocab_from_text(meta["vocab"])
     get = lambda s, k: config.get(s, k)
+    hierarchy = None
+    if config.get("model", "moe", fallback="flat") == "hierarchical":
+        hierarchy = tuple(int(get("model", k)) for k in ("groups", "experts_per_group", "k_primary"))
     model = LM(
         len(vocab),
         int(get("model", "d_model")),
@@ -128,6 +155,7 @@ def load(path):
         int(get("model", "k")),
         get("model", "residual") == "true",
         get("model", "moe_sigmoid") == "true",
+        hierarchy,
     )
     model.load_state_dict({k: v for k, v in state.items() if not k.endswith((".adam_m", ".adam_v", ".fadam"))}, strict=True)
     return model.eval(), vocab, config

@@ -97,8 +97,10 @@ static void forward_rows(void *ctx, int task)
             /* whole rows at a time, so that these loops vectorise */
             for (int i = 0; i < E; i++)
                 sd[i] = moe_vsoftplusf(nl[i]) + GATE_NOISE_EPS;
-            moe_rng_normal_row(eps, d->seed, MOE_RNG_GATE_NOISE, (uint64_t)d->step,
-                               (uint32_t)(d->row0 + r), 0, (size_t)E);
+            moe_rng_normal_row(eps, d->seed, d->purpose ? d->purpose : MOE_RNG_GATE_NOISE,
+                               (uint64_t)d->step,
+                               (uint32_t)(d->row0 + (d->rows ? d->rows[r] : r)), d->col0,
+                               (size_t)E);
             for (int i = 0; i < E; i++)
                 h[i] = cl[i] + eps[i] * sd[i];
         } else {

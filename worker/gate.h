@@ -11,7 +11,7 @@
  *
  * W_g and W_noise are (D,E), as in the paper and the checkpoint. The noise of
  * row r, expert i is moe_rng_normal(seed, MOE_RNG_GATE_NOISE, step, row0 + r,
- * i): it depends only on the global row index. softplus, the noise, Phi and
+ * i): it depends only on the global row index (other keys: gate_dims). softplus, the noise, Phi and
  * the derivatives' exponentials are computed in float by moe_vmath's
  * polynomials, a row at a time, so that the loops vectorise. */
 #ifndef GATE_H
@@ -27,6 +27,12 @@ struct gate_dims {
     uint64_t seed;
     int64_t step;
     int64_t row0;    /* global index of row 0 */
+    /* The noise's key (a hierarchical MoE's secondary gates, issue 17):
+     * purpose 0 is MOE_RNG_GATE_NOISE; column col0 + i for expert i; with
+     * rows, row r is row row0 + rows[r] of the pass (a group's rows), else
+     * row0 + r. Zero and NULL for the flat gate. */
+    uint32_t purpose, col0;
+    const int32_t *rows;
 };
 
 /* Per-row results and what backward needs. */

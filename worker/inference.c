@@ -79,6 +79,7 @@ int inference_open(struct inference *in, const char *path, int B_max, int T_max,
         (rc = moe_options_adopt(in->cfg, in->src.config, in->src.path, false, err, errlen)))
         return rc;
     const struct moe_options *c = in->cfg;
+    expert_shard_set_group_size(moe_options_hierarchical(c) ? c->experts_per_group : 0);
     moe_blas_set_threads(threads);
     in->B_max = B_max = B_max > 0 ? B_max : c->eval_batch;
     in->T_max = T_max = T_max > 0 ? T_max : c->unroll;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "embed.h"
+#include "hmoe_layer.h"
 #include "lstm.h"
 #include "moe_err.h"
 #include "nn_ops.h"
@@ -70,7 +71,12 @@ static int assemble_language_model(model_t *m, const struct moe_backend *backend
                                           c->recompute_lstm), DROP_LSTM1,
                        c->residual);
     if (!rc) {
-        m->moe = moe_layer_new("moe", &mc, backend);
+        const struct hmoe_layer_config hc = {.D = c->D, .A = c->A, .B = c->B, .K1 = c->K1,
+                                             .K = c->K, .sigmoid = c->moe_sigmoid,
+                                             .w_importance = c->w_importance,
+                                             .w_load = c->w_load, .seed = c->seed, .N_max = N};
+        m->moe = c->hierarchical ? hmoe_layer_new("moe", &hc, backend)
+                                 : moe_layer_new("moe", &mc, backend);
         rc = add_block(m, m->moe, DROP_MOE, c->residual);
     }
     if (!rc)
@@ -85,8 +91,10 @@ static int assemble_language_model(model_t *m, const struct moe_backend *backend
 double model_dense_params(const struct model_config *c)
 {
     const double D = c->D, V = c->V, E = c->E;
-    /* embedding, 2 LSTMs (weights and biases), the gate's two matrices, the softmax */
-    return V * D + 2 * (2 * 4 * D * D + 2 * 4 * D) + 2 * D * E + V * D + V;
+    /* embedding, 2 LSTMs (weights and biases), the gate's two matrices
+     * (hierarchical: the primary's and each group's), the softmax */
+    const double gates = c->hierarchical ? 2 * D * ((double)c->A + E) : 2 * D * E;
+    return V * D + 2 * (2 * 4 * D * D + 2 * 4 * D) + gates + V * D + V;
 }
 
 double model_bytes(const struct model_config *cfg)
@@ -98,8 +106,15 @@ double model_bytes(const struct model_config *cfg)
      * when recomputed) and their work */
     const double lstm = (cfg->recompute_lstm ? 2 * 3 * (double)cfg->B_max * D : 2 * 5 * N * D) +
                         8 * N * D;
-    const double gate = 8 * N * E + 3 * N * (K + 1);        /* cache, ints, work */
-    const double disp = 2 * N * K * D;                        /* dispatch and combine */
+    double gate = 8 * N * E + 3 * N * (K + 1);        /* cache, ints, work */
+    double disp = 2 * N * K * D;                        /* dispatch and combine */
+    if (cfg->hierarchical) {
+        /* the primary gate on N rows, the secondary gates on N*K1 rows,
+         * the dispatch over groups and that over experts */
+        const double A = cfg->A, B = cfg->B, P = N * cfg->K1;
+        gate = 8 * N * A + 3 * N * (cfg->K1 + 1) + 8 * P * B + 6 * P * (K + 1) + 8 * E;
+        disp = 4 * P * D + 4 * P * K * D;
+    }
     double floats = 2 * model_dense_params(cfg) + 18 * N * D + N * V + lstm + gate + disp +
                     8 * (double)cfg->B_max * D;
     return 4 * floats;
@@ -110,6 +125,9 @@ double model_bytes(const struct model_config *cfg)
 
 model_t *model_new(const struct model_config *cfg, const struct moe_backend *backend)
 {
+    if (cfg->hierarchical && (cfg->A < 1 || cfg->B < 1 || (int64_t)cfg->A * cfg->B != cfg->E ||
+                              cfg->K1 < 1 || cfg->K1 > cfg->A || cfg->K > cfg->B))
+        return NULL;
     if (cfg->V < 2 || cfg->D < 1 || cfg->H < 1 || cfg->E < 1 || cfg->K < 1 || cfg->K > cfg->E ||
         cfg->B_max < 1 || cfg->T_max < 1 || cfg->dropout < 0 || cfg->dropout >= 1)
         return NULL;
@@ -127,7 +145,10 @@ model_t *model_new(const struct model_config *cfg, const struct moe_backend *bac
 
 void model_set_backend(model_t *m, const struct moe_backend *backend)
 {
-    moe_layer_set_backend(m->moe, backend);
+    if (m->cfg.hierarchical)
+        hmoe_layer_set_backend(m->moe, backend);
+    else
+        moe_layer_set_backend(m->moe, backend);
 }
 
 void model_destroy(model_t **mp)
@@ -152,9 +173,18 @@ void model_destroy(model_t **mp)
 }
 
 const struct model_config *model_config_of(const model_t *m) { return &m->cfg; }
-const float *model_local_importance(const model_t *m) { return moe_layer_importance(m->moe); }
-const float *model_local_load(const model_t *m) { return moe_layer_load(m->moe); }
-const int *model_local_counts(const model_t *m) { return moe_layer_counts(m->moe); }
+const float *model_local_importance(const model_t *m)
+{
+    return m->cfg.hierarchical ? hmoe_layer_importance(m->moe) : moe_layer_importance(m->moe);
+}
+const float *model_local_load(const model_t *m)
+{
+    return m->cfg.hierarchical ? hmoe_layer_load(m->moe) : moe_layer_load(m->moe);
+}
+const int *model_local_counts(const model_t *m)
+{
+    return m->cfg.hierarchical ? hmoe_layer_counts(m->moe) : moe_layer_counts(m->moe);
+}
 
 /* Layer j of the model in order: the blocks, then the head. */
 static struct layer *layer_at(const model_t *m, int j)
@@ -310,6 +340,10 @@ struct model_config model_config_from_options(const struct moe_options *c, int V
         .H = c->d_hidden,
         .E = c->n_experts,
         .K = c->k,
+        .hierarchical = moe_options_hierarchical(c),
+        .A = c->groups,
+        .B = c->experts_per_group,
+        .K1 = c->k_primary,
         .residual = c->residual,
         .moe_sigmoid = c->moe_sigmoid,
         .dropout = c->dropout,

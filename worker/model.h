@@ -28,6 +28,10 @@
 
 struct model_config {
     int V, D, H, E, K;
+    /* hierarchical MoE (hmoe_layer.h): A groups of B experts (E = A*B),
+     * K1 groups per row, K experts per row within a group */
+    bool hierarchical;
+    int A, B, K1;
     bool residual, moe_sigmoid;
     double dropout;
     double w_importance, w_load;
@@ -54,7 +58,7 @@ struct model_config model_config_from_options(const struct moe_options *c, int V
 typedef struct model model_t;
 
 /* Most dense parameters a model has (arrays of per-parameter state). */
-#define MODEL_MAX_PARAMS 64
+#define MODEL_MAX_PARAMS 1024
 
 /* Allocates the model, initialises dense parameters from cfg->seed by name
  * (moe.w_gate and moe.w_noise start at zero, as in the paper). `backend`

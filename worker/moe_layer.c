@@ -175,7 +175,8 @@ static int moe_layer_forward(struct layer *l, struct layer_pass *p, float *out, 
     struct moe_layer *m = (struct moe_layer *)l;
     const struct moe_layer_config *c = &m->cfg;
     const int N = p->B * p->T;
-    m->gd = (struct gate_dims){N, c->D, c->E, c->K, p->train, c->seed, p->step, p->row0};
+    m->gd = (struct gate_dims){.N = N, .D = c->D, .E = c->E, .K = c->K, .train = p->train,
+                               .seed = c->seed, .step = p->step, .row0 = p->row0};
     m->gc = gate_cache_view(m->gate_f, m->gate_i, &m->gd);
     memset(m->imp, 0, sizeof(float) * (size_t)c->E);
     memset(m->load, 0, sizeof(float) * (size_t)c->E);
@@ -268,7 +269,7 @@ struct layer *moe_layer_new(const char *name, const struct moe_layer_config *cfg
         rc = moe_tensor_init2(&m->w[i], pname, cfg->D, cfg->E) ||
              moe_tensor_init2(&m->g[i], pname, cfg->D, cfg->E);
     }
-    const struct gate_dims gd = {cfg->N_max, cfg->D, cfg->E, cfg->K, true, 0, 0, 0};
+    const struct gate_dims gd = {.N = cfg->N_max, .D = cfg->D, .E = cfg->E, .K = cfg->K, .train = true};
     m->gate_f = moe_alloc_floats(gate_cache_floats(&gd));
     m->gate_i = calloc(gate_cache_ints(&gd), sizeof(int32_t));
     m->gate_work = moe_alloc_floats(2 * N * E);

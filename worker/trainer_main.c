@@ -74,6 +74,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return moe_options_exit_code(rc);
     }
+    moe_options_derive(&cfg);
     if ((rc = moe_options_check(&cfg, MOE_FOR_WORKER, err, sizeof err))) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;

@@ -260,6 +260,7 @@ int trainer__setup(struct trainer *t, char *err, size_t errlen)
 {
     struct model_source *ms = NULL;
     int rc = moe_options_check(t->cfg, MOE_FOR_WORKER, err, errlen);
+    expert_shard_set_group_size(moe_options_hierarchical(t->cfg) ? t->cfg->experts_per_group : 0);
     if (!rc)
         rc = check_expert_memory(t->cfg, err, errlen);
     if (!rc)

@@ -16,6 +16,7 @@
 #include "moe_file.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
+#include "moe_options.h"
 #include "moe_safetensors.h"
 
 #define MF_PATH 4096
@@ -78,23 +79,6 @@ static const struct xent *find_xent(const struct xent *x, size_t n, const char *
     return NULL;
 }
 
-/* Expert id of a "moe.experts.<id>.<rest>" name: 1 and *id, 0 for other
- * names, -1 for a malformed id. */
-static int expert_of(const char *name, long *id)
-{
-    static const char prefix[] = "moe.experts.";
-    if (strncmp(name, prefix, sizeof prefix - 1) != 0)
-        return 0;
-    const char *d = name + sizeof prefix - 1;
-    size_t nd = 0;
-    while (d[nd] >= '0' && d[nd] <= '9')
-        nd++;
-    if (nd == 0 || nd > 9 || d[nd] != '.' || (nd > 1 && d[0] == '0'))
-        return -1;
-    *id = strtol(d, NULL, 10);
-    return 1;
-}
-
 /* Checks the shape of a tensor found for expert tensor `name`. */
 static int check_shape(const struct xent *x, int ndim, const int64_t *shape, const char *folder,
                        const struct moe_manifest *m, char *err, size_t errlen)
@@ -120,14 +104,16 @@ static int check_experts(const struct xent *x, size_t n, const struct moe_manife
     /* every expert tensor names an expert of this checkpoint, in its file */
     for (size_t i = 0; i < n; i++) {
         long id;
-        int k = expert_of(x[i].name, &id);
+        int k = expert_shard_parse_name(x[i].name, &id);
         if (k == 0)
             continue;
         show(sn, sizeof sn, x[i].name);
         if (k < 0) {
             moe_err_set(err, errlen,
-                        "%s/%s: tensor %s: expected a name moe.experts.<id>.<part>", folder,
-                        m->files[x[i].file].name, sn);
+                        "%s/%s: tensor %s: expected a name %s", folder,
+                        m->files[x[i].file].name, sn,
+                        expert_shard_group_size() ? "moe.groups.<group>.experts.<id>.<part>"
+                                                  : "moe.experts.<id>.<part>");
             return MOE_ERR_FORMAT;
         }
         if (id >= m->n_experts) {
@@ -274,6 +260,8 @@ static int collect(const char *folder, struct source *src, bool params_only, cha
         }
     if (src->n)
         qsort(src->x, src->n, sizeof *src->x, cmp_xent);
+    /* a hierarchical model's experts are named by group */
+    expert_shard_set_group_size(src->config ? moe_options_ini_group_size(src->config) : 0);
     int rc = check_unique(src->x, src->n, &src->m, folder, err, errlen);
     return rc ? rc : check_experts(src->x, src->n, &src->m, params_only, folder, err, errlen);
 }

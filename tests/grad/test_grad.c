@@ -16,6 +16,7 @@
 #include "lstm.h"
 #include "model.h"
 #include "moe_layer.h"
+#include "moe_rng.h"
 #include "moe_tensor.h"
 #include "nn_ops.h"
 #include "softmax_xent.h"
@@ -158,10 +159,11 @@ static double gate_loss(void *vc)
            c->w_load * gate_cv_squared(c->load, c->d.E, NULL);
 }
 
-static void gate_case(double w_gates, double w_imp, double w_load, int E, int K)
+/* The gate of dims d (its noise key included) under the loss above. */
+static void gate_case_dims(const struct gate_dims *d, double w_gates, double w_imp, double w_load)
 {
-    struct gate_ctx c = {.d = {16, 6, E, K, true, 77, 3, 100}, .w_imp = w_imp, .w_load = w_load};
-    const int N = c.d.N, D = c.d.D;
+    struct gate_ctx c = {.d = *d, .w_imp = w_imp, .w_load = w_load};
+    const int N = c.d.N, D = c.d.D, E = c.d.E, K = c.d.K;
     c.x = moe_alloc_floats((size_t)N * D);
     c.wg = moe_alloc_floats((size_t)D * E);
     c.wn = moe_alloc_floats((size_t)D * E);
@@ -175,12 +177,20 @@ static void gate_case(double w_gates, double w_imp, double w_load, int E, int K)
     tu_fill(c.wn, (size_t)D * E, 22, 0.7f);
     tu_fill(c.wgate, (size_t)N * E, 23, (float)w_gates);
     c.c = gate_cache_view(c.fbuf, c.ibuf, &c.d);
+    gate_loss(&c);
+    /* the noise of row r, expert i: (row0 + rows[r] or r, col0 + i) */
+    for (int r = 0; r < N; r++)
+        for (int i = 0; i < E; i++)
+            ck_assert_float_eq(c.c.eps[r * E + i],
+                               moe_rng_normal(d->seed, d->purpose ? d->purpose : MOE_RNG_GATE_NOISE,
+                                              (uint64_t)d->step,
+                                              (uint32_t)(d->row0 + (d->rows ? d->rows[r] : r)),
+                                              d->col0 + (uint32_t)i));
 
     float *dx = moe_alloc_floats((size_t)N * D), *dwg = moe_alloc_floats((size_t)D * E);
     float *dwn = moe_alloc_floats((size_t)D * E), *work = moe_alloc_floats(2 * (size_t)N * E);
     float *dimp = moe_alloc_floats((size_t)E), *dload = moe_alloc_floats((size_t)E);
     float *dgates = moe_alloc_floats((size_t)N * K);
-    gate_loss(&c);
     for (int i = 0; i < N * K; i++)
         dgates[i] = c.wgate[(i / K) * E + c.c.idx[i]];
     gate_balance_loss(c.imp, c.load, E, w_imp, w_load, dimp, dload);
@@ -196,6 +206,13 @@ static void gate_case(double w_gates, double w_imp, double w_load, int E, int K)
     free(c.ibuf);
 }
 
+static void gate_case(double w_gates, double w_imp, double w_load, int E, int K)
+{
+    const struct gate_dims d = {.N = 16, .D = 6, .E = E, .K = K, .train = true, .seed = 77,
+                                .step = 3, .row0 = 100};
+    gate_case_dims(&d, w_gates, w_imp, w_load);
+}
+
 START_TEST(grad_gate_gates_only) { gate_case(1.0, 0.0, 0.0, 8, 3); }
 END_TEST
 START_TEST(grad_gate_importance_only) { gate_case(0.0, 1.0, 0.0, 8, 3); }
@@ -205,6 +222,19 @@ END_TEST
 START_TEST(grad_gate_all_terms) { gate_case(1.0, 0.5, 0.5, 6, 2); }
 END_TEST
 START_TEST(grad_gate_k1) { gate_case(1.0, 0.5, 0.5, 5, 1); }
+END_TEST
+
+/* A hierarchical MoE's secondary gate (issue 17): 9 of the pass's rows,
+ * not consecutive, B = 4, k = 2, its noise keyed by
+ * MOE_RNG_GATE_NOISE_GROUP and the group's columns 8..11. */
+START_TEST(grad_gate_secondary)
+{
+    static const int32_t rows[9] = {1, 2, 4, 7, 8, 11, 12, 15, 19};
+    const struct gate_dims d = {.N = 9, .D = 6, .E = 4, .K = 2, .train = true, .seed = 77,
+                                .step = 3, .row0 = 100, .purpose = MOE_RNG_GATE_NOISE_GROUP,
+                                .col0 = 8, .rows = rows};
+    gate_case_dims(&d, 1.0, 0.5, 0.5);
+}
 END_TEST
 
 START_TEST(grad_cv_squared)
@@ -417,13 +447,12 @@ static double model_loss(void *vc)
            cfg->w_load * gate_cv_squared(model_local_load(c->m), c->E, NULL);
 }
 
-static void model_case(bool residual, bool sigmoid, double dropout)
+/* Every dense parameter and every other expert of the model of cfg (at
+ * most 6 experts, batch 3 x 4). */
+static void model_case_cfg(const struct model_config *mcfg)
 {
-    const int B = 3, T = 4, V = 11, E = 6;
-    struct model_config cfg = {.V = V, .D = 6, .H = 7, .E = E, .K = 2, .residual = residual,
-                               .moe_sigmoid = sigmoid, .dropout = dropout,
-                               .w_importance = 0.5, .w_load = 0.5, .seed = 3, .B_max = B,
-                               .T_max = T};
+    const struct model_config cfg = *mcfg;
+    const int B = cfg.B_max, T = cfg.T_max, V = cfg.V, E = cfg.E;
     int32_t ids[6] = {0, 1, 2, 3, 4, 5};
     struct moe_fadam_opts fo = {0.999, 0, 1e-8, 1e-30, 0, false, 1e-3};
     expert_shard_t *shard = expert_shard_new(cfg.D, cfg.H, E, ids, cfg.seed, &fo);
@@ -431,9 +460,13 @@ static void model_case(bool residual, bool sigmoid, double dropout)
     expert_local_backend(&be, shard);
     struct model_ctx c = {.m = model_new(&cfg, &be), .E = E};
     ck_assert_ptr_nonnull(c.m);
-    /* non-zero gate weights so that every term is exercised */
-    tu_fill(model_param_named(c.m, "moe.w_gate").w->data, (size_t)cfg.D * E, 70, 0.8f);
-    tu_fill(model_param_named(c.m, "moe.w_noise").w->data, (size_t)cfg.D * E, 71, 0.8f);
+    /* non-zero gate weights (moe.w_gate, moe.w_noise, and a hierarchical
+     * model's moe.groups.I.*) so that every term is exercised */
+    for (int p = 0, n = 0; p < model_n_params(c.m); p++) {
+        const struct layer_param q = model_param_at(c.m, p);
+        if (!strncmp(q.name, "moe.", 4))
+            tu_fill(q.w->data, q.w->numel, 70u + (uint32_t)n++, 0.8f);
+    }
     tu_fill(model_param_named(c.m, "softmax.bias").w->data, (size_t)V, 72, 0.3f);
     /* carried state: lstm1's h and lstm2's c */
     tu_fill(model_state_at(c.m, false, 0).data, (size_t)B * cfg.D, 73, 0.3f);
@@ -481,9 +514,33 @@ static void model_case(bool residual, bool sigmoid, double dropout)
     expert_shard_destroy(&shard);
 }
 
+static void model_case(bool residual, bool sigmoid, double dropout)
+{
+    const struct model_config cfg = {.V = 11, .D = 6, .H = 7, .E = 6, .K = 2,
+                                      .residual = residual, .moe_sigmoid = sigmoid,
+                                      .dropout = dropout, .w_importance = 0.5, .w_load = 0.5,
+                                      .seed = 3, .B_max = 3, .T_max = 4};
+    model_case_cfg(&cfg);
+}
+
+/* --moe hierarchical (issue 17): 3 groups of 2 experts, K1 = 2, k = 1. */
+static void model_case_hierarchical(int K1, int K)
+{
+    const struct model_config cfg = {.V = 11, .D = 6, .H = 7, .E = 6, .K = K,
+                                      .hierarchical = true, .A = 3, .B = 2, .K1 = K1,
+                                      .residual = true, .moe_sigmoid = true, .dropout = 0.2,
+                                      .w_importance = 0.5, .w_load = 0.5, .seed = 3, .B_max = 3,
+                                      .T_max = 4};
+    model_case_cfg(&cfg);
+}
+
 START_TEST(grad_model_residual_sigmoid_dropout) { model_case(true, true, 0.2); }
 END_TEST
 START_TEST(grad_model_plain) { model_case(false, false, 0.0); }
+END_TEST
+START_TEST(grad_model_hierarchical) { model_case_hierarchical(2, 1); }
+END_TEST
+START_TEST(grad_model_hierarchical_k2) { model_case_hierarchical(1, 2); }
 END_TEST
 
 Suite *test_grad_suite(void);
@@ -499,6 +556,7 @@ Suite *test_grad_suite(void)
     tcase_add_test(tc, grad_gate_load_only);
     tcase_add_test(tc, grad_gate_all_terms);
     tcase_add_test(tc, grad_gate_k1);
+    tcase_add_test(tc, grad_gate_secondary);
     tcase_add_test(tc, grad_cv_squared);
     tcase_add_test(tc, grad_softmax_xent);
     tcase_add_test(tc, grad_embed_dropout_sigmoid);
@@ -508,6 +566,8 @@ Suite *test_grad_suite(void)
     tcase_set_timeout(tm, 120);
     tcase_add_test(tm, grad_model_residual_sigmoid_dropout);
     tcase_add_test(tm, grad_model_plain);
+    tcase_add_test(tm, grad_model_hierarchical);
+    tcase_add_test(tm, grad_model_hierarchical_k2);
     suite_add_tcase(s, tm);
     return s;
 }

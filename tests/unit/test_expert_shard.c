@@ -521,6 +521,41 @@ START_TEST(shard_migration_is_exact)
 }
 END_TEST
 
+/* Names of a hierarchical model's experts (issue 17): with 3 experts per
+ * group, expert 7 is expert 1 of group 2; the parser inverts the naming,
+ * and each naming refuses the other's expert names. */
+START_TEST(shard_group_names)
+{
+    char name[96];
+    long id = -1;
+    expert_shard_tensor_name(name, sizeof name, 7, 0, false);
+    ck_assert_str_eq(name, "moe.experts.7.w1.weight");
+    ck_assert_int_eq(expert_shard_parse_name(name, &id), 1);
+    ck_assert_int_eq(id, 7);
+    ck_assert_int_eq(expert_shard_parse_name("moe.groups.2.experts.1.w1.weight", &id), 0);
+    expert_shard_set_group_size(3);
+    expert_shard_tensor_name(name, sizeof name, 7, 3, true);
+    ck_assert_str_eq(name, "moe.groups.2.experts.1.w2.bias.fadam");
+    ck_assert_int_eq(expert_shard_parse_name(name, &id), 1);
+    ck_assert_int_eq(id, 7);
+    ck_assert_int_eq(expert_shard_parse_name("moe.groups.2.w_gate", &id), 0);
+    ck_assert_int_eq(expert_shard_parse_name("moe.w_gate", &id), 0);
+    ck_assert_int_eq(expert_shard_parse_name("moe.groups.2.experts.3.w1.weight", &id), -1);
+    ck_assert_int_eq(expert_shard_parse_name("moe.groups.02.experts.1.w1.weight", &id), -1);
+    ck_assert_int_eq(expert_shard_parse_name("moe.experts.7.w1.weight", &id), -1);
+    /* a shard's experts are initialised by their names */
+    const struct moe_fadam_opts fo = {0.999, 0, 1e-8, 1e-30, 0, false, 1e-3};
+    const int32_t ids[1] = {7};
+    expert_shard_t *s = expert_shard_new(4, 5, 1, ids, 11, &fo);
+    ck_assert_ptr_nonnull(s);
+    float w1[20];
+    moe_rng_fill_uniform(w1, 20, "moe.groups.2.experts.1.w1.weight", 11, 0.5f);
+    ck_assert_int_eq(memcmp(expert_shard_params(s, 0), w1, sizeof w1), 0);
+    expert_shard_destroy(&s);
+    expert_shard_set_group_size(0);
+}
+END_TEST
+
 Suite *test_expert_shard_suite(void)
 {
     Suite *s = suite_create("expert_shard");
@@ -530,6 +565,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tc, shard_rejects_bad_ids);
     tcase_add_test(tc, shard_init_depends_on_id_only);
     tcase_add_test(tc, shard_opt_state_is_factored);
+    tcase_add_test(tc, shard_group_names);
     suite_add_tcase(s, tc);
     TCase *tb = tcase_create("batch");
     tcase_set_timeout(tb, 20);
