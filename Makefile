@@ -131,6 +131,10 @@ $(BUILD)/obj/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
+# moe_build_info{version=...} in /metrics: the tree's `git describe`.
+MOE_VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(BUILD)/obj/server/coordinator/coord_render.o: ALL_CFLAGS += -DMOE_VERSION='"$(MOE_VERSION)"'
+
 $(BUILD)/obj/proto/moe.pb-c.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -MMD -MP -c $< -o $@
