@@ -492,6 +492,7 @@ void coord_tick(coord_t *c, double now)
         struct coord_member *m = &c->servers[s];
         if (m->used && m->alive && now - m->last_seen > timeout) {
             m->alive = false;
+            c->servers_lost++;
             c->generation++;
             moe_warn("server %u (%s) not heard from for %.1f s", m->id, m->endpoint,
                      now - m->last_seen);

@@ -92,6 +92,7 @@ struct coord {
     double last_step_at;           /* ... across epochs (0: none yet) */
     struct moe_hist ckpt_hist;     /* seconds from a checkpoint's step to its commit */
     uint64_t checkpoints_committed;
+    uint64_t servers_lost;         /* servers declared dead (silent beyond the timeout) */
     double committed_at;           /* when the newest one was committed (0: none yet) */
     double born;                   /* the first clock reading (0: none yet) */
 };

@@ -318,6 +318,11 @@ static int prom_cluster(struct moe_prom_buf *b, const coord_t *c)
         rc = prom_one(b, "moe_rollbacks_total", MOE_PROM_COUNTER,
                       "Rollbacks to the last committed checkpoint after a failure.", (double)c->rollbacks);
     if (!rc)
+        rc = prom_one(b, "moe_servers_lost_total", MOE_PROM_COUNTER,
+                      "Expert servers declared dead (silent beyond heartbeat_timeout_ms); a "
+                      "recovered cluster drops their moe_server_up series.",
+                      (double)c->servers_lost);
+    if (!rc)
         rc = prom_one(b, "moe_checkpoints_committed_total", MOE_PROM_COUNTER,
                       "Cluster checkpoints committed (every member's files written and checked).",
                       (double)c->checkpoints_committed);
