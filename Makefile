@@ -117,7 +117,7 @@ BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
 .PHONY: all deps deps-test deps-bench run test test-long test-chaos test-normal test-san test-unit \
         test-integration bench clean check-layers check-functions \
-        layout check-layout
+        layout check-layout check-prometheus
 .DEFAULT_GOAL := all
 
 BIN_PROBE = $(BUILD)/bin/moe-wire-probe
@@ -130,6 +130,10 @@ all: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL) $(TEST_BIN) $(BENCH_BIN
 $(BUILD)/obj/%.o: %.c $(PROTO_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+# moe_build_info{version=...} in /metrics: the tree's `git describe`.
+MOE_VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo unknown)
+$(BUILD)/obj/server/coordinator/coord_render.o: ALL_CFLAGS += -DMOE_VERSION='"$(MOE_VERSION)"'
 
 $(BUILD)/obj/proto/moe.pb-c.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
@@ -233,6 +237,13 @@ check-layout:
 	@python3 tests/tools/layout.py --check README.md
 	@python3 tests/tools/check_architecture.py docs/ARCHITECTURE.md
 
+# The alert rules of deploy/prometheus: valid, and each alert's unit tests
+# (firing and not) pass; the example configuration is valid.
+check-prometheus:
+	@promtool check rules deploy/prometheus/alerts.yml
+	@cd deploy/prometheus && promtool test rules alerts_test.yml
+	@promtool check config deploy/prometheus/prometheus.yml >/dev/null
+
 # No production function longer than FUNC_MAX lines (the longest are listed).
 FUNC_MAX ?= 120
 check-functions:
@@ -266,7 +277,7 @@ run: deps
 # Unit, gradient and integration tests in the normal build, then the same
 # tests in the AddressSanitizer + UndefinedBehaviorSanitizer build.
 test: deps-test
-	@$(MAKE) --no-print-directory check-layers check-functions check-layout
+	@$(MAKE) --no-print-directory check-layers check-functions check-layout check-prometheus
 	@$(MAKE) --no-print-directory test-normal
 	@$(MAKE) --no-print-directory test-san SANITIZE=address,undefined
 	@$(MAKE) --no-print-directory test-fuzz

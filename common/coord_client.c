@@ -370,8 +370,8 @@ int coord_client_register(coord_client_t *c, const char *endpoint_served, const 
 }
 
 int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const float *load,
-                       const float *rows, double loss, double tokens_per_sec, uint32_t req_flags,
-                       float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
+                       const float *rows, double loss, double tokens_per_sec, uint64_t tokens,
+                       uint32_t req_flags, float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
                        size_t errlen)
 {
     const size_t E = (size_t)c->E;
@@ -388,6 +388,8 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     o.width = (uint32_t)(3 * E);
     o.loss = loss;
     o.tokens_per_sec = tokens_per_sec;
+    o.tokens = tokens;
+    moe_proc_usage(&o.cpu_seconds, &o.rss_bytes);
     o.flags = req_flags;
     struct moe_wire_msg m;
     int rc = call(c, &o, c->buf, 1, MOE__MSG_TYPE__MSG_STATS_REPLY, (uint32_t)(3 * E), &m, err,
@@ -418,6 +420,18 @@ int coord_client_heartbeat(coord_client_t *c, const struct coord_heartbeat *hb, 
     o.errors_total = hb->errors;
     o.refused_total = hb->refused;
     o.latency_seconds = hb->latency;
+    o.bytes_in_total = hb->bytes_in;
+    o.bytes_out_total = hb->bytes_out;
+    if (hb->errors_by_reason) {
+        o.errors_by_reason = hb->errors_by_reason;
+        o.n_errors_by_reason = MOE_REASONS;
+    }
+    if (hb->compute) {
+        o.compute_buckets = hb->compute->counts;
+        o.n_compute_buckets = (size_t)hb->compute->n + 1;
+        o.compute_seconds_sum = hb->compute->sum;
+    }
+    moe_proc_usage(&o.cpu_seconds, &o.rss_bytes);
     zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
     if (zmq_poll(&it, 1, 0) <= 0 || !(it.revents & ZMQ_POLLOUT))
         return 0; /* not connected: the silence tells */

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "moe_guard.h"
+#include "moe_metrics.h"
 
 typedef struct coord_client coord_client_t;
 
@@ -57,16 +58,23 @@ const char *coord_client_workers(const coord_client_t *c);
  * MOE_FLAG_STOP asks the coordinator to stop the cluster after a
  * checkpoint. */
 int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const float *load,
-                       const float *rows, double loss, double tokens_per_sec, uint32_t req_flags,
+                       const float *rows, double loss, double tokens_per_sec, uint64_t tokens,
+                       uint32_t req_flags,
                        float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
                        size_t errlen);
 
-/* A server's counters in a heartbeat: rows computed, tensor bytes moved,
- * messages rejected, connections refused, mean compute seconds per step. */
+/* A server's counters in a heartbeat: rows computed, tensor bytes moved
+ * (in + out, and each direction), messages rejected (and by reason,
+ * moe_reason_index), connections refused, mean compute seconds per step and
+ * the histogram of each step's compute seconds (moe_hist_step_bounds; NULL:
+ * none). The process's CPU seconds and resident memory are added here. */
 struct coord_heartbeat {
     int64_t step;
     uint64_t rows, bytes, errors, refused;
     double latency;
+    uint64_t bytes_in, bytes_out;
+    const uint64_t *errors_by_reason; /* MOE_REASONS counts, or NULL */
+    const struct moe_hist *compute;
 };
 
 /* Sends a HEARTBEAT without waiting (servers call it from their heartbeat

@@ -84,6 +84,7 @@ const struct moe_opt moe_options_table[] = {
     OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)", MOE_FOR_WORKER),
     OPT("valid_max_tokens", "output", MOE_OPT_I64, valid_max_tokens, 0, 1e15, "0", "validate on at most this many tokens (0: all)", MOE_FOR_WORKER),
     OPT("log_level", "output", MOE_OPT_STRING, log_level, 1, 0, "info", "debug, info, warn or error", MOE_FOR_ALL),
+    OPT("metrics_max_experts", "operations", MOE_OPT_INT, metrics_max_experts, 0, 1000000000, "256", "moe-coordinator: with more experts than this, /metrics leaves out the per-expert series unless asked for (/metrics?experts=1); the summaries (CV, max/mean, top 10 by rows) stay", MOE_FOR_COORDINATOR),
     OPT("max_rollbacks", "operations", MOE_OPT_INT, max_rollbacks, 0, 1000000, "3", "moe-coordinator: rollbacks to the same checkpoint without progress before the cluster stops with the cause (0: never stop)", MOE_FOR_COORDINATOR),
     OPT("coordinator_wait_s", "operations", MOE_OPT_I64, coordinator_wait_s, 1, 1e9, "600", "servers and workers: seconds to keep waiting for a silent coordinator before giving up", MOE_FOR_WORKER | MOE_FOR_SERVER),
     OPT("memory_check", "operations", MOE_OPT_BOOL, memory_check, 1, 0, "true", "compare the memory a model or shard needs with MemAvailable before allocating it", MOE_FOR_WORKER | MOE_FOR_SERVER),

@@ -57,6 +57,8 @@ struct moe_options {
     int min_servers;        /* moe-coordinator: servers to wait for before the first step */
     int64_t heartbeat_timeout_ms; /* moe-coordinator: silence that makes a server dead */
     int keep_checkpoints;   /* moe-coordinator: committed checkpoints kept */
+    int metrics_max_experts; /* moe-coordinator: above this many experts, per-expert series
+                              * in /metrics only with ?experts=1 */
     /* checkpoints, output */
     char checkpoint_dir[MOE_PATH_MAX], resume[MOE_PATH_MAX], report[MOE_PATH_MAX];
     char final_model[MOE_PATH_MAX];

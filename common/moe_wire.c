@@ -526,6 +526,16 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     hdr.config_digest = h->config_digest;
     hdr.workers = h->workers ? (char *)h->workers : (char *)protobuf_c_empty_string;
     hdr.incarnation = h->incarnation;
+    hdr.bytes_in_total = h->bytes_in_total;
+    hdr.bytes_out_total = h->bytes_out_total;
+    hdr.n_compute_buckets = h->n_compute_buckets;
+    hdr.compute_buckets = (uint64_t *)h->compute_buckets;
+    hdr.compute_seconds_sum = h->compute_seconds_sum;
+    hdr.n_errors_by_reason = h->n_errors_by_reason;
+    hdr.errors_by_reason = (uint64_t *)h->errors_by_reason;
+    hdr.cpu_seconds = h->cpu_seconds;
+    hdr.rss_bytes = h->rss_bytes;
+    hdr.tokens = h->tokens;
 
     /* Both frames exist before anything is sent, so that running out of
      * memory cannot leave half a message on the wire. A payload not already

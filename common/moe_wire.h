@@ -83,6 +83,16 @@ struct moe_wire_out {
     uint64_t config_digest;    /* REGISTER: digest of config */
     const char *workers;       /* REGISTER reply: the cluster's worker list; NULL = empty */
     uint64_t incarnation;      /* REGISTER: random per process */
+    /* for /metrics (proto/moe.proto fields 33-40) */
+    uint64_t bytes_in_total, bytes_out_total; /* HEARTBEAT of a server */
+    const uint64_t *compute_buckets;          /* HEARTBEAT of a server: n_compute_buckets */
+    size_t n_compute_buckets;
+    double compute_seconds_sum;
+    const uint64_t *errors_by_reason;         /* HEARTBEAT of a server: n_errors_by_reason */
+    size_t n_errors_by_reason;
+    double cpu_seconds;                       /* HEARTBEAT (server), STATS (worker) */
+    uint64_t rss_bytes;
+    uint64_t tokens;                          /* STATS */
 };
 
 /* Header flags, by message type. */

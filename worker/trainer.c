@@ -181,7 +181,8 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
         /* The coordinator sums every worker's vectors in rank order. */
         const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
         rc = coord_client_stats(t->coord, s, imp, load, cnt, xent / ((double)t->B * c->unroll),
-                                t->last_tps, ask, t->gstats, t->gstats + E, t->gstats + 2 * E,
+                                t->last_tps, (uint64_t)t->B * (uint64_t)c->unroll, ask,
+                                t->gstats, t->gstats + E, t->gstats + 2 * E,
                                 &t->step_flags, err, errlen);
         if (rc == 0 && ask && !t->stop_asked) {
             t->stop_asked = true;

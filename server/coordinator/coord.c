@@ -185,6 +185,8 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     c->min_servers = cfg->min_servers > 0 ? cfg->min_servers : (c->n_slots > 0 ? c->n_slots : 1);
     c->placement_version = 0;
     c->ck_step = c->committed_step = -1;
+    moe_hist_init(&c->step_hist, moe_hist_step_bounds, moe_hist_step_n);
+    moe_hist_init(&c->ckpt_hist, moe_hist_ckpt_bounds, moe_hist_ckpt_n);
     c->rb_target = c->rb_high = -1;
     c->phase = COORD_FORMING;
     if (cfg->checkpoint_dir[0] && resume_from_checkpoint(c, cfg, err, errlen))
@@ -337,6 +339,7 @@ void coord__reply_error_flags(coord_t *c, const struct moe_wire_msg *m, int code
 {
     if (!(flags & (MOE_FLAG_FAILED | MOE_FLAG_STOP)) && code != MOE_ERR_UNREGISTERED) {
         c->errors++;
+        c->reasons[moe_reason_index(code)]++;
         if (c->errors <= 20 || c->errors % 100 == 0) {
             char safe[200];
             moe_log_sanitize(safe, sizeof safe, text, strlen(text));
@@ -463,6 +466,8 @@ int coord_handle_one(coord_t *c, double now)
     char err[256];
     c->lim.width = 0;
     c->now = now;
+    if (c->born == 0)
+        c->born = now;
     int rc = moe_wire_recv(c->sock, true, ZMQ_DONTWAIT, &c->lim, &m, err, sizeof err);
     if (rc == MOE_ERR_STATE && !m.hdr && m.identity_len == 0)
         return 0;
@@ -477,6 +482,8 @@ void coord_inject(coord_t *c, const void *const *frames, const size_t *sizes, in
     char err[256];
     c->lim.width = 0;
     c->now = now;
+    if (c->born == 0)
+        c->born = now;
     int rc = moe_wire_decode_as(frames, sizes, nframes, &c->lim, identity, identity_len, user_id,
                                 &m, err, sizeof err);
     handle(c, &m, rc, err, now);
@@ -485,11 +492,14 @@ void coord_inject(coord_t *c, const void *const *frames, const size_t *sizes, in
 void coord_tick(coord_t *c, double now)
 {
     c->now = now;
+    if (c->born == 0)
+        c->born = now;
     const double timeout = (double)c->cfg->heartbeat_timeout_ms / 1000.0;
     for (int s = 0; s < c->n_slots; s++) {
         struct coord_member *m = &c->servers[s];
         if (m->used && m->alive && now - m->last_seen > timeout) {
             m->alive = false;
+            c->servers_lost++;
             c->generation++;
             moe_warn("server %u (%s) not heard from for %.1f s", m->id, m->endpoint,
                      now - m->last_seen);

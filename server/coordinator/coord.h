@@ -62,6 +62,7 @@
 #include <stdint.h>
 
 #include "coord_stats.h"
+#include "moe_metrics.h"
 #include "moe_options.h"
 
 typedef struct coord coord_t;
@@ -92,6 +93,13 @@ struct coord_member {
     char ckpt_file[128];    /* ... named this */
     bool told;              /* was told that the cluster stopped or failed */
     uint64_t incarnation;   /* of the process registered (the same again: not a restart) */
+    /* for /metrics: servers from their heartbeats, workers from their statistics */
+    uint64_t bytes_in, bytes_out;     /* server: tensor bytes by direction */
+    uint64_t reasons[MOE_REASONS];    /* server: rejected messages by reason */
+    struct moe_hist compute;          /* server: compute seconds of each step */
+    double cpu_seconds;               /* the process's CPU seconds */
+    uint64_t rss_bytes;               /* ... and resident memory */
+    uint64_t tokens_total;            /* worker: tokens trained (replayed steps again) */
 };
 
 enum coord_phase {
@@ -186,6 +194,12 @@ void coord_placement_compute(int E, const int32_t *old, const int *live, int n_l
  * (Prometheus text). Return a malloc'd NUL-terminated string, or NULL. */
 char *coord_render_experts_json(const coord_t *c);
 char *coord_render_cluster_json(const coord_t *c);
-char *coord_render_metrics(const coord_t *c);
+/* /metrics: the part that changes with the state (cached by the caller
+ * until coord_generation changes); per-expert series when all_experts or
+ * when n_experts <= metrics_max_experts. coord_render_metrics_live: the
+ * part that changes with time (process CPU and memory, ages), `now` on
+ * the coordinator's clock. Both NULL when out of memory. */
+char *coord_render_metrics(const coord_t *c, bool all_experts);
+char *coord_render_metrics_live(const coord_t *c, double now);
 
 #endif

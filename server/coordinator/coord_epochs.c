@@ -140,6 +140,7 @@ void coord__start_epoch(coord_t *c, int64_t step, const char *folder, bool initi
     c->ep_initial = initial;
     c->phase = COORD_LOADING;
     coord_stats_restart(c->stats, step);
+    c->step_done_at = 0; /* the next step's time includes no reconfiguration */
     moe_info("epoch %u: %d server(s), placement version %u (%d expert(s) moved), from %s%s: %s",
              c->epoch, n, c->placement_version, moved, folder[0] ? "checkpoint " : "a fresh start",
              folder, reason);
@@ -299,6 +300,9 @@ static void commit_checkpoint(coord_t *c)
     }
     c->committed_step = step;
     c->rb_committed = true;
+    c->checkpoints_committed++;
+    c->committed_at = c->now;
+    moe_hist_observe(&c->ckpt_hist, c->now - c->ck_started);
     snprintf(c->committed, sizeof c->committed, "%s", folder);
     c->generation++;
     moe_info("checkpoint of step %" PRId64 " committed (%s, %.2f s)", step, folder,
@@ -576,6 +580,9 @@ void coord__handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
     w->alive = true;
     w->step = (int64_t)h->step;
     w->messages++;
+    w->tokens_total += h->tokens;
+    w->cpu_seconds = isfinite(h->cpu_seconds) && h->cpu_seconds >= 0 ? h->cpu_seconds : 0;
+    w->rss_bytes = h->rss_bytes;
     if (h->flags & MOE_FLAG_STOP) {
         char r[96];
         snprintf(r, sizeof r, "worker %u was asked to stop", h->rank);
@@ -590,6 +597,9 @@ void coord__handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
         const int64_t s = (int64_t)h->step;
         if (s + 1 > c->ep_high)
             c->ep_high = s + 1;
+        if (c->step_done_at > 0)
+            moe_hist_observe(&c->step_hist, now - c->step_done_at);
+        c->step_done_at = c->last_step_at = now;
         send_global(c, directive(c, s));
     }
 }

@@ -85,6 +85,16 @@ struct coord {
     bool stop_requested;          /* stop after the next checkpoint */
     char stop_why[256];
     double now, forming_logged;
+    /* for /metrics */
+    uint64_t reasons[MOE_REASONS]; /* rejected messages by reason */
+    struct moe_hist step_hist;     /* seconds between step completions in an epoch */
+    double step_done_at;           /* when the last step completed (0: none this epoch) */
+    double last_step_at;           /* ... across epochs (0: none yet) */
+    struct moe_hist ckpt_hist;     /* seconds from a checkpoint's step to its commit */
+    uint64_t checkpoints_committed;
+    uint64_t servers_lost;         /* servers declared dead (silent beyond the timeout) */
+    double committed_at;           /* when the newest one was committed (0: none yet) */
+    double born;                   /* the first clock reading (0: none yet) */
 };
 
 /* coord.c: replies (an error with a code and a sentence, counted and sampled;

@@ -2,7 +2,8 @@
  * libuv loop (ZeroMQ through moe_zloop, HTTP through coord_http, a liveness
  * timer, SIGTERM/SIGINT), and the HTTP routes:
  *   GET  /                 the live dashboard (per-expert load, loss curve)
- *   GET  /metrics          Prometheus text format
+ *   GET  /metrics          Prometheus text format (?experts=1: per-expert series
+ *                          whatever metrics_max_experts says)
  *   GET  /api/v1/cluster   servers, workers, cluster statistics (JSON)
  *   GET  /api/v1/experts   per-expert rows, importance, load (JSON)
  *   POST /api/v1/checkpoint          checkpoint at the end of the next step
@@ -42,7 +43,7 @@ struct render_cache {
     size_t len;
 };
 
-enum { PAGE_METRICS, PAGE_CLUSTER, PAGE_EXPERTS, N_PAGES };
+enum { PAGE_METRICS, PAGE_METRICS_ALL, PAGE_CLUSTER, PAGE_EXPERTS, N_PAGES };
 
 struct app {
     struct render_cache cache[N_PAGES];
@@ -111,9 +112,10 @@ static char *cached_page(struct app *a, int page)
     struct render_cache *rc = &a->cache[page];
     const uint64_t gen = coord_generation(a->coord);
     if (!rc->body || rc->generation != gen) {
-        char *fresh = page == PAGE_METRICS   ? coord_render_metrics(a->coord)
-                      : page == PAGE_CLUSTER ? coord_render_cluster_json(a->coord)
-                                             : coord_render_experts_json(a->coord);
+        char *fresh = page == PAGE_METRICS       ? coord_render_metrics(a->coord, false)
+                      : page == PAGE_METRICS_ALL ? coord_render_metrics(a->coord, true)
+                      : page == PAGE_CLUSTER     ? coord_render_cluster_json(a->coord)
+                                                 : coord_render_experts_json(a->coord);
         if (!fresh)
             return NULL;
         free(rc->body);
@@ -179,6 +181,25 @@ static int query_uint(const char *query, const char *name, uint64_t max, uint64_
     return -1;
 }
 
+/* /metrics: the cached page of the state, then what changes with time. */
+static char *metrics_page(struct app *a, bool all_experts)
+{
+    char *state = cached_page(a, all_experts ? PAGE_METRICS_ALL : PAGE_METRICS);
+    char *live = coord_render_metrics_live(a->coord, now_sec(&a->loop));
+    char *out = NULL;
+    if (state && live) {
+        const size_t n = strlen(state), m = strlen(live);
+        out = realloc(state, n + m + 1);
+        if (out) {
+            memcpy(out + n, live, m + 1);
+            state = NULL;
+        }
+    }
+    free(state);
+    free(live);
+    return out;
+}
+
 static void on_http(void *user, const struct coord_http_request *req,
                     struct coord_http_response *resp)
 {
@@ -192,7 +213,12 @@ static void on_http(void *user, const struct coord_http_request *req,
         }
         respond(resp, page ? 200 : 500, "text/html; charset=utf-8", page);
     } else if (get && strcmp(req->path, "/metrics") == 0) {
-        char *m = cached_page(a, PAGE_METRICS);
+        uint64_t all = 0;
+        if (query_uint(req->query, "experts", 1, &all) == -2) {
+            respond_error(resp, 400, "experts takes 0 or 1");
+            return;
+        }
+        char *m = metrics_page(a, all == 1);
         respond(resp, m ? 200 : 500, "text/plain; version=0.0.4; charset=utf-8", m);
     } else if (get && strcmp(req->path, "/api/v1/cluster") == 0) {
         char *j = cached_page(a, PAGE_CLUSTER);

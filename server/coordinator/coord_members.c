@@ -377,6 +377,27 @@ void coord__handle_register(coord_t *c, struct moe_wire_msg *m, double now)
     }
 }
 
+/* What a server's heartbeat adds for /metrics (fields a server leaves out
+ * or sends malformed keep their last value). */
+static void take_metrics(struct coord_member *mem, const Moe__Header *h)
+{
+    mem->bytes_in = h->bytes_in_total;
+    mem->bytes_out = h->bytes_out_total;
+    if (h->n_errors_by_reason == MOE_REASONS)
+        memcpy(mem->reasons, h->errors_by_reason, sizeof mem->reasons);
+    if (h->n_compute_buckets == (size_t)moe_hist_step_n + 1 && isfinite(h->compute_seconds_sum) &&
+        h->compute_seconds_sum >= 0) {
+        moe_hist_init(&mem->compute, moe_hist_step_bounds, moe_hist_step_n);
+        uint64_t n = 0;
+        for (size_t i = 0; i < h->n_compute_buckets; i++)
+            n += mem->compute.counts[i] = h->compute_buckets[i];
+        mem->compute.count = n;
+        mem->compute.sum = h->compute_seconds_sum;
+    }
+    mem->cpu_seconds = isfinite(h->cpu_seconds) && h->cpu_seconds >= 0 ? h->cpu_seconds : 0;
+    mem->rss_bytes = h->rss_bytes;
+}
+
 void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
 {
     const Moe__Header *h = m->hdr;
@@ -404,6 +425,7 @@ void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
         mem->errors_total = h->errors_total;
         mem->refused_total = h->refused_total;
         mem->latency_seconds = isfinite(h->latency_seconds) ? h->latency_seconds : 0;
+        take_metrics(mem, h);
     }
     if (coord__answer_ended(c, m, mem))
         return;

@@ -13,6 +13,7 @@
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
+#include "moe_metrics.h"
 #include "moe_prom.h"
 #include "moe_wire.h"
 
@@ -121,7 +122,29 @@ char *coord_render_cluster_json(const coord_t *c)
     return dump(o);
 }
 
-/* One gauge or counter sample per expert, labelled with id and server. */
+#ifndef MOE_VERSION
+#define MOE_VERSION "unknown"
+#endif
+#define MOE_STR2(x) #x
+#define MOE_STR(x) MOE_STR2(x)
+#define TOP_EXPERTS 10
+
+/* A family of per-expert, per-server or per-worker samples. */
+struct family_spec {
+    const char *name, *help;
+    enum moe_prom_type type;
+};
+
+/* A family with one sample without labels. */
+static int prom_one(struct moe_prom_buf *b, const char *name, enum moe_prom_type type,
+                    const char *help, double v)
+{
+    int rc = moe_prom_family(b, name, type, help);
+    return rc ? rc : moe_prom_sample(b, NULL, NULL, v);
+}
+
+/* One gauge or counter sample per expert, labelled by the expert only (its
+ * server is moe_expert_placement_info's: a migration starts no new series). */
 static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char *name,
                            enum moe_prom_type type, const char *help, int field)
 {
@@ -130,13 +153,86 @@ static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char 
         const struct coord_expert_stats *x = coord_stats_expert(c->stats, e);
         const double v[] = {x->rows_total, x->rows_last, x->importance_last, x->importance_avg,
                             x->load_last, x->load_avg};
-        char id[16], srv[24];
+        char id[16];
         snprintf(id, sizeof id, "%d", e);
-        snprintf(srv, sizeof srv, "%" PRId64, coord_server_of(c, e));
-        const char *labels[] = {"expert", id, "server", srv, NULL};
+        const char *labels[] = {"expert", id, NULL};
         rc = moe_prom_sample(b, NULL, labels, v[field]);
     }
     return rc;
+}
+
+static int prom_placement(struct moe_prom_buf *b, const coord_t *c)
+{
+    int rc = moe_prom_family(b, "moe_expert_placement_info", MOE_PROM_GAUGE,
+                             "1 for the server that holds the expert now (experts not placed "
+                             "yet are left out).");
+    for (int e = 0; rc == 0 && e < c->cfg->n_experts; e++) {
+        const int64_t sid = coord_server_of(c, e);
+        if (sid < 0)
+            continue;
+        char id[16], srv[24];
+        snprintf(id, sizeof id, "%d", e);
+        snprintf(srv, sizeof srv, "%" PRId64, sid);
+        const char *labels[] = {"expert", id, "server", srv, NULL};
+        rc = moe_prom_sample(b, NULL, labels, 1);
+    }
+    return rc;
+}
+
+/* The experts with the most rows routed in the last step, most first (ties:
+ * the lower id). */
+static int prom_top_experts(struct moe_prom_buf *b, const coord_t *c)
+{
+    const int E = c->cfg->n_experts, n = E < TOP_EXPERTS ? E : TOP_EXPERTS;
+    int top[TOP_EXPERTS];
+    for (int i = 0; i < n; i++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int j = 0; j < i && !taken; j++)
+                taken = top[j] == e;
+            if (!taken && (best < 0 || coord_stats_expert(c->stats, e)->rows_last >
+                                           coord_stats_expert(c->stats, best)->rows_last))
+                best = e;
+        }
+        top[i] = best;
+    }
+    int rc = moe_prom_family(b, "moe_expert_top_rows_routed_last_step", MOE_PROM_GAUGE,
+                             "Rows routed in the last step to the most loaded experts (position "
+                             "1 = most), shown whatever metrics_max_experts says.");
+    for (int i = 0; rc == 0 && i < n; i++) {
+        char pos[16], id[16];
+        snprintf(pos, sizeof pos, "%d", i + 1);
+        snprintf(id, sizeof id, "%d", top[i]);
+        const char *labels[] = {"position", pos, "expert", id, NULL};
+        rc = moe_prom_sample(b, NULL, labels, coord_stats_expert(c->stats, top[i])->rows_last);
+    }
+    return rc;
+}
+
+/* Per-expert series (when shown), then the summaries that always are. */
+static int prom_experts(struct moe_prom_buf *b, const coord_t *c, bool all)
+{
+    static const struct family_spec per_expert[] = {
+        /* in the field order of prom_per_expert */
+        {"moe_expert_rows_routed_total", "Rows routed to the expert over the run (all workers; replayed steps again).", MOE_PROM_COUNTER},
+        {"moe_expert_rows_routed_last_step", "Rows routed to the expert in the last completed step.", MOE_PROM_GAUGE},
+        {"moe_expert_importance", "Importance (sum of gates) of the expert in the last step.", MOE_PROM_GAUGE},
+        {"moe_expert_importance_avg", "Moving average (0.9) of the expert's importance.", MOE_PROM_GAUGE},
+        {"moe_expert_load", "Smooth load estimate of the expert in the last step.", MOE_PROM_GAUGE},
+        {"moe_expert_load_avg", "Moving average (0.9) of the expert's load.", MOE_PROM_GAUGE},
+    };
+    const bool shown = all || c->cfg->n_experts <= c->cfg->metrics_max_experts;
+    int rc = prom_one(b, "moe_experts", MOE_PROM_GAUGE, "Experts of the model.", c->cfg->n_experts);
+    if (!rc)
+        rc = prom_one(b, "moe_expert_series_shown", MOE_PROM_GAUGE,
+                      "1 when this page has the per-expert series (n_experts <= "
+                      "metrics_max_experts, or /metrics?experts=1).", shown ? 1 : 0);
+    for (int f = 0; shown && !rc && f < (int)(sizeof per_expert / sizeof per_expert[0]); f++)
+        rc = prom_per_expert(b, c, per_expert[f].name, per_expert[f].type, per_expert[f].help, f);
+    if (shown && !rc)
+        rc = prom_placement(b, c);
+    return rc ? rc : prom_top_experts(b, c);
 }
 
 /* Whether the cluster runs without CURVE, and the connections the
@@ -161,25 +257,22 @@ static int prom_security(struct moe_prom_buf *b, const coord_t *c)
     return rc;
 }
 
-char *coord_render_metrics(const coord_t *c)
+/* Samples of reasons 1.. (moe_reason_name), optionally after a server label. */
+static int prom_reasons(struct moe_prom_buf *b, const char *server, const uint64_t *n)
 {
-    struct moe_prom_buf b;
-    moe_prom_buf_init(&b);
-    static const struct {
-        const char *name, *help;
-        enum moe_prom_type type;
-    } per_expert[] = {
-        /* in the field order of prom_per_expert */
-        {"moe_expert_rows_routed_total", "Rows routed to the expert over the run (all workers).", MOE_PROM_COUNTER},
-        {"moe_expert_rows_routed_last_step", "Rows routed to the expert in the last completed step.", MOE_PROM_GAUGE},
-        {"moe_expert_importance", "Importance (sum of gates) of the expert in the last step.", MOE_PROM_GAUGE},
-        {"moe_expert_importance_avg", "Moving average (0.9) of the expert's importance.", MOE_PROM_GAUGE},
-        {"moe_expert_load", "Smooth load estimate of the expert in the last step.", MOE_PROM_GAUGE},
-        {"moe_expert_load_avg", "Moving average (0.9) of the expert's load.", MOE_PROM_GAUGE},
-    };
     int rc = 0;
-    for (int f = 0; !rc && f < (int)(sizeof per_expert / sizeof per_expert[0]); f++)
-        rc = prom_per_expert(&b, c, per_expert[f].name, per_expert[f].type, per_expert[f].help, f);
+    for (int i = 1; rc == 0 && i < MOE_REASONS; i++) {
+        const char *with[] = {"server", server, "reason", moe_reason_name(i), NULL};
+        const char *without[] = {"reason", moe_reason_name(i), NULL};
+        rc = moe_prom_sample(b, NULL, server ? with : without, (double)n[i]);
+    }
+    return rc;
+}
+
+/* The cluster: build, step, balance summaries, epoch, phase, checkpoints,
+ * rollbacks, rejected messages and the two histograms. */
+static int prom_cluster(struct moe_prom_buf *b, const coord_t *c)
+{
     const struct {
         const char *name, *help;
         double v;
@@ -197,81 +290,206 @@ char *coord_render_metrics(const coord_t *c)
         {"moe_committed_checkpoint_step", "Step of the newest committed checkpoint (-1: none).", (double)c->committed_step},
         {"moe_cluster_failed", "1 when the cluster stopped on a failure it cannot recover from.", c->failed ? 1.0 : 0.0},
     };
-    for (size_t i = 0; !rc && i < sizeof gauges / sizeof gauges[0]; i++) {
-        rc = moe_prom_family(&b, gauges[i].name, MOE_PROM_GAUGE, gauges[i].help);
-        if (!rc)
-            rc = moe_prom_sample(&b, NULL, NULL, gauges[i].v);
+    const char *build[] = {"version", MOE_VERSION, "protocol", MOE_STR(MOE_WIRE_VERSION),
+                           "compiler", __VERSION__, NULL};
+    int rc = moe_prom_family(b, "moe_build_info", MOE_PROM_GAUGE,
+                             "1, labelled with the coordinator's build (version: git describe) "
+                             "and wire protocol.");
+    rc = rc ? rc : moe_prom_sample(b, NULL, build, 1);
+    for (size_t i = 0; !rc && i < sizeof gauges / sizeof gauges[0]; i++)
+        rc = prom_one(b, gauges[i].name, MOE_PROM_GAUGE, gauges[i].help, gauges[i].v);
+    static const char *const phases[] = {"forming", "loading", "running", "finished", "stopped", "failed"};
+    const int now = c->failed ? 5 : (int)c->phase;
+    if (!rc)
+        rc = moe_prom_family(b, "moe_phase", MOE_PROM_GAUGE,
+                             "1 for the cluster's phase, 0 for the others.");
+    for (int i = 0; !rc && i < 6; i++) {
+        const char *labels[] = {"phase", phases[i], NULL};
+        rc = moe_prom_sample(b, NULL, labels, i == now ? 1 : 0);
     }
     if (!rc)
-        rc = prom_security(&b, c);
+        rc = prom_security(b, c);
     if (!rc)
-        rc = moe_prom_family(&b, "moe_coordinator_rejected_messages_total", MOE_PROM_COUNTER,
-                             "Messages the coordinator rejected as malformed or out of turn.");
+        rc = moe_prom_family(b, "moe_coordinator_rejected_messages_total", MOE_PROM_COUNTER,
+                             "Messages the coordinator rejected, by the reason of the refusal.");
     if (!rc)
-        rc = moe_prom_sample(&b, NULL, NULL, (double)c->errors);
+        rc = prom_reasons(b, NULL, c->reasons);
     if (!rc)
-        rc = moe_prom_family(&b, "moe_rollbacks_total", MOE_PROM_COUNTER,
-                             "Rollbacks to the last committed checkpoint after a failure.");
+        rc = prom_one(b, "moe_rollbacks_total", MOE_PROM_COUNTER,
+                      "Rollbacks to the last committed checkpoint after a failure.", (double)c->rollbacks);
     if (!rc)
-        rc = moe_prom_sample(&b, NULL, NULL, (double)c->rollbacks);
+        rc = prom_one(b, "moe_servers_lost_total", MOE_PROM_COUNTER,
+                      "Expert servers declared dead (silent beyond heartbeat_timeout_ms); a "
+                      "recovered cluster drops their moe_server_up series.",
+                      (double)c->servers_lost);
     if (!rc)
-        rc = moe_prom_family(&b, "moe_server_up", MOE_PROM_GAUGE,
+        rc = prom_one(b, "moe_checkpoints_committed_total", MOE_PROM_COUNTER,
+                      "Cluster checkpoints committed (every member's files written and checked).",
+                      (double)c->checkpoints_committed);
+    if (!rc)
+        rc = moe_prom_family(b, "moe_step_duration_seconds", MOE_PROM_HISTOGRAM,
+                             "Seconds between the completions of consecutive steps, as the "
+                             "coordinator sees them (the first step of an epoch is left out).");
+    if (!rc)
+        rc = moe_prom_histogram(b, NULL, c->step_hist.bounds, c->step_hist.n, c->step_hist.counts,
+                                c->step_hist.sum);
+    if (!rc)
+        rc = moe_prom_family(b, "moe_checkpoint_duration_seconds", MOE_PROM_HISTOGRAM,
+                             "Seconds from the step of a checkpoint to its commit.");
+    if (!rc)
+        rc = moe_prom_histogram(b, NULL, c->ckpt_hist.bounds, c->ckpt_hist.n, c->ckpt_hist.counts,
+                                c->ckpt_hist.sum);
+    return rc;
+}
+
+/* up and info of each server. */
+static int prom_servers_up(struct moe_prom_buf *b, const coord_t *c)
+{
+    int rc = moe_prom_family(b, "moe_server_up", MOE_PROM_GAUGE,
                              "1 if the expert server was heard from recently.");
     for (int s = 0; !rc && s < c->n_slots; s++) {
         if (!c->servers[s].used)
             continue;
         char idx[16];
         snprintf(idx, sizeof idx, "%u", c->servers[s].id);
-        const char *labels[] = {"server", idx, "endpoint", c->servers[s].endpoint, NULL};
-        rc = moe_prom_sample(&b, NULL, labels, c->servers[s].alive ? 1 : 0);
+        const char *labels[] = {"server", idx, NULL};
+        rc = moe_prom_sample(b, NULL, labels, c->servers[s].alive ? 1 : 0);
     }
-    const struct {
-        const char *name, *help;
-        enum moe_prom_type type;
-        int field;
-    } per_server[] = {
-        {"moe_server_rows_total", "Rows the expert server computed (forward).", MOE_PROM_COUNTER, 0},
-        {"moe_server_bytes_total", "Tensor bytes the expert server received and sent.", MOE_PROM_COUNTER, 1},
-        {"moe_server_rejected_messages_total", "Messages the expert server rejected.", MOE_PROM_COUNTER, 2},
-        {"moe_server_rows_per_second", "Rows per second computed by the expert server.", MOE_PROM_GAUGE, 3},
-        {"moe_server_step_compute_seconds", "Mean compute time of a step on the expert server.", MOE_PROM_GAUGE, 4},
-        {"moe_server_refused_connections_total", "Connections the expert server refused (keys, handshakes, connection cap).", MOE_PROM_COUNTER, 5},
-    };
-    for (size_t f = 0; !rc && f < sizeof per_server / sizeof per_server[0]; f++) {
-        rc = moe_prom_family(&b, per_server[f].name, per_server[f].type, per_server[f].help);
-        for (int s = 0; !rc && s < c->n_slots; s++) {
-            const struct coord_member *m = &c->servers[s];
-            if (!m->used)
-                continue;
-            const double v[] = {(double)m->rows_total, (double)m->bytes_total,
-                                (double)m->errors_total, m->rows_per_sec, m->latency_seconds,
-                                (double)m->refused_total};
-            char idx[16];
-            snprintf(idx, sizeof idx, "%u", m->id);
-            const char *labels[] = {"server", idx, NULL};
-            rc = moe_prom_sample(&b, NULL, labels, v[per_server[f].field]);
+    if (!rc)
+        rc = moe_prom_family(b, "moe_server_info", MOE_PROM_GAUGE,
+                             "1, labelled with the endpoint the expert server serves on.");
+    for (int s = 0; !rc && s < c->n_slots; s++) {
+        if (!c->servers[s].used)
+            continue;
+        char idx[16];
+        snprintf(idx, sizeof idx, "%u", c->servers[s].id);
+        const char *labels[] = {"server", idx, "endpoint", c->servers[s].endpoint, NULL};
+        rc = moe_prom_sample(b, NULL, labels, 1);
+    }
+    return rc;
+}
+
+/* One family of the servers' heartbeat numbers. */
+static int prom_server_family(struct moe_prom_buf *b, const coord_t *c, const char *name,
+                              enum moe_prom_type type, const char *help, int field)
+{
+    int rc = moe_prom_family(b, name, type, help);
+    for (int s = 0; !rc && s < c->n_slots; s++) {
+        const struct coord_member *m = &c->servers[s];
+        if (!m->used)
+            continue;
+        char idx[16];
+        snprintf(idx, sizeof idx, "%u", m->id);
+        const char *labels[] = {"server", idx, NULL};
+        const char *in[] = {"server", idx, "direction", "in", NULL};
+        const char *out[] = {"server", idx, "direction", "out", NULL};
+        switch (field) {
+        case 0: rc = moe_prom_sample(b, NULL, labels, (double)m->rows_total); break;
+        case 1:
+            rc = moe_prom_sample(b, NULL, in, (double)m->bytes_in);
+            rc = rc ? rc : moe_prom_sample(b, NULL, out, (double)m->bytes_out);
+            break;
+        case 2: rc = prom_reasons(b, idx, m->reasons); break;
+        case 3: rc = moe_prom_sample(b, NULL, labels, m->rows_per_sec); break;
+        case 4:
+            rc = moe_prom_histogram(b, labels, moe_hist_step_bounds, moe_hist_step_n,
+                                    m->compute.counts, m->compute.sum);
+            break;
+        case 5: rc = moe_prom_sample(b, NULL, labels, (double)m->refused_total); break;
+        case 6: rc = moe_prom_sample(b, NULL, labels, m->cpu_seconds); break;
+        default: rc = moe_prom_sample(b, NULL, labels, (double)m->rss_bytes); break;
         }
     }
-    const struct {
-        const char *name, *help;
-        bool loss;
-    } per_worker[] = {
-        {"moe_worker_tokens_per_second", "Training speed reported by the worker.", false},
-        {"moe_worker_loss", "Training loss (cross-entropy) reported by the worker.", true},
+    return rc;
+}
+
+static int prom_servers(struct moe_prom_buf *b, const coord_t *c)
+{
+    static const struct family_spec per_server[] = {
+        /* in the field order of prom_server_family */
+        {"moe_server_rows_total", "Rows the expert server computed (forward).", MOE_PROM_COUNTER},
+        {"moe_server_bytes_total", "Tensor bytes the expert server received (in) and sent (out).", MOE_PROM_COUNTER},
+        {"moe_server_rejected_messages_total", "Messages the expert server rejected, by the reason of the refusal.", MOE_PROM_COUNTER},
+        {"moe_server_rows_per_second", "Rows per second computed by the expert server (between its last two heartbeats).", MOE_PROM_GAUGE},
+        {"moe_server_step_compute_seconds", "Compute seconds (forward + backward) of each step on the expert server.", MOE_PROM_HISTOGRAM},
+        {"moe_server_refused_connections_total", "Connections the expert server refused (keys, handshakes, connection cap).", MOE_PROM_COUNTER},
+        {"moe_server_process_cpu_seconds_total", "User and system CPU seconds of the expert server process.", MOE_PROM_COUNTER},
+        {"moe_server_process_resident_memory_bytes", "Resident memory of the expert server process.", MOE_PROM_GAUGE},
     };
-    for (size_t f = 0; !rc && f < sizeof per_worker / sizeof per_worker[0]; f++) {
-        rc = moe_prom_family(&b, per_worker[f].name, MOE_PROM_GAUGE, per_worker[f].help);
+    int rc = prom_servers_up(b, c);
+    for (int f = 0; !rc && f < (int)(sizeof per_server / sizeof per_server[0]); f++)
+        rc = prom_server_family(b, c, per_server[f].name, per_server[f].type, per_server[f].help, f);
+    return rc;
+}
+
+static int prom_workers(struct moe_prom_buf *b, const coord_t *c)
+{
+    static const struct family_spec per_worker[] = {
+        {"moe_worker_up", "1 if the worker was heard from recently.", MOE_PROM_GAUGE},
+        {"moe_worker_tokens_total", "Tokens the worker trained on (replayed steps again).", MOE_PROM_COUNTER},
+        {"moe_worker_tokens_per_second", "Training speed the worker reported with its last step.", MOE_PROM_GAUGE},
+        {"moe_worker_loss", "Training loss (cross-entropy) reported by the worker.", MOE_PROM_GAUGE},
+        {"moe_worker_process_cpu_seconds_total", "User and system CPU seconds of the worker process.", MOE_PROM_COUNTER},
+        {"moe_worker_process_resident_memory_bytes", "Resident memory of the worker process.", MOE_PROM_GAUGE},
+    };
+    int rc = 0;
+    for (int f = 0; !rc && f < (int)(sizeof per_worker / sizeof per_worker[0]); f++) {
+        rc = moe_prom_family(b, per_worker[f].name, per_worker[f].type, per_worker[f].help);
         for (int r = 0; !rc && r < c->W; r++) {
             const struct coord_worker_stats *w = coord_stats_worker(c->stats, r);
+            const struct coord_member *m = &c->workers[r];
+            const double v[] = {m->alive ? 1 : 0, (double)m->tokens_total, w->tokens_per_sec,
+                                w->loss, m->cpu_seconds, (double)m->rss_bytes};
             char idx[16];
             snprintf(idx, sizeof idx, "%d", r);
             const char *labels[] = {"rank", idx, NULL};
-            rc = moe_prom_sample(&b, NULL, labels, per_worker[f].loss ? w->loss : w->tokens_per_sec);
+            rc = moe_prom_sample(b, NULL, labels, v[f]);
         }
     }
+    return rc;
+}
+
+static char *finish(struct moe_prom_buf *b, int rc)
+{
     if (rc) {
-        moe_prom_buf_free(&b);
+        moe_prom_buf_free(b);
         return NULL;
     }
-    return b.data; /* NUL-terminated, owned by the caller now */
+    return b->data; /* NUL-terminated, owned by the caller now */
+}
+
+char *coord_render_metrics(const coord_t *c, bool all_experts)
+{
+    struct moe_prom_buf b;
+    moe_prom_buf_init(&b);
+    int rc = prom_experts(&b, c, all_experts);
+    rc = rc ? rc : prom_cluster(&b, c);
+    rc = rc ? rc : prom_servers(&b, c);
+    rc = rc ? rc : prom_workers(&b, c);
+    return finish(&b, rc);
+}
+
+char *coord_render_metrics_live(const coord_t *c, double now)
+{
+    struct moe_prom_buf b;
+    moe_prom_buf_init(&b);
+    double cpu;
+    uint64_t rss;
+    moe_proc_usage(&cpu, &rss);
+    int rc = prom_one(&b, "process_cpu_seconds_total", MOE_PROM_COUNTER,
+                      "User and system CPU seconds of the coordinator process.", cpu);
+    rc = rc ? rc : prom_one(&b, "process_resident_memory_bytes", MOE_PROM_GAUGE,
+                            "Resident memory of the coordinator process.", (double)rss);
+    const double origin = c->last_step_at > 0 ? c->last_step_at : c->born;
+    rc = rc ? rc : prom_one(&b, "moe_step_age_seconds", MOE_PROM_GAUGE,
+                            "Seconds since a step last completed (since the coordinator "
+                            "started when none has).", origin > 0 && now > origin ? now - origin : 0);
+    if (c->cfg->checkpoint_dir[0]) {
+        const double ck = c->committed_at > 0 ? c->committed_at : c->born;
+        rc = rc ? rc : prom_one(&b, "moe_checkpoint_age_seconds", MOE_PROM_GAUGE,
+                                "Seconds since a cluster checkpoint was last committed (since the "
+                                "coordinator started when none has been yet).",
+                                ck > 0 && now > ck ? now - ck : 0);
+    }
+    return finish(&b, rc);
 }

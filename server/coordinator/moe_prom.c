@@ -320,6 +320,37 @@ int moe_prom_sample(struct moe_prom_buf *b, const char *suffix, const char *cons
     return rc;
 }
 
+int moe_prom_histogram(struct moe_prom_buf *b, const char *const *labels, const double *bounds,
+                       int n, const uint64_t *counts, double sum)
+{
+    const char *with_le[2 * 8 + 1];
+    size_t k = 0;
+    while (labels && labels[k]) {
+        if (k >= 2 * 7)
+            return MOE_ERR_RANGE;
+        with_le[k] = labels[k];
+        with_le[k + 1] = labels[k + 1];
+        k += 2;
+    }
+    char le[32];
+    with_le[k] = "le";
+    with_le[k + 1] = le;
+    with_le[k + 2] = NULL;
+    const size_t old_len = b->len;
+    double cum = 0;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i <= n; i++) {
+        cum += (double)counts[i];
+        rc = moe_prom_format_value(le, sizeof le, i < n ? bounds[i] : INFINITY);
+        rc = rc < 0 ? rc : moe_prom_sample(b, "_bucket", with_le, cum);
+    }
+    rc = rc ? rc : moe_prom_sample(b, "_sum", labels, sum);
+    rc = rc ? rc : moe_prom_sample(b, "_count", labels, cum);
+    if (rc)
+        buf_truncate(b, old_len);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------- */
 /* Numbers */
 

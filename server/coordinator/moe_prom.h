@@ -14,6 +14,7 @@
 #define MOE_PROM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Longest metric name, suffix included, without the terminating NUL. */
 #define MOE_PROM_NAME_MAX 127
@@ -71,6 +72,15 @@ int moe_prom_family(struct moe_prom_buf *b, const char *name, enum moe_prom_type
  * suffix, key or value (odd pair list included); MOE_ERR_NOMEM. */
 int moe_prom_sample(struct moe_prom_buf *b, const char *suffix, const char *const *labels,
                     double value);
+
+/* Writes one histogram series of the current family (a MOE_PROM_HISTOGRAM):
+ * the cumulative _bucket samples of bounds[0..n) (increasing) and le="+Inf",
+ * then _sum and _count. counts[0..n] are per bucket, not cumulative
+ * (counts[n]: above the last bound). labels as for moe_prom_sample, without
+ * "le" (at most 7 pairs). Returns as moe_prom_sample; a failure leaves the
+ * buffer as it was. */
+int moe_prom_histogram(struct moe_prom_buf *b, const char *const *labels, const double *bounds,
+                       int n, const uint64_t *counts, double sum);
 
 /* Formats a sample value as the text format wants it: "+Inf", "-Inf",
  * "NaN", integers without exponent or point up to 2^53 ("42", "-7"), and

@@ -94,11 +94,19 @@ static void *heartbeat_main(void *arg)
         memcpy(&lat, &bits, sizeof lat);
         struct moe_guard_counts gc;
         moe_guard_counts(s->guard, &gc);
+        struct moe_hist compute;
+        uint64_t reasons[MOE_REASONS];
+        pthread_mutex_lock(&s->hb_lock);
+        compute = s->hb_compute;
+        memcpy(reasons, s->hb_reasons, sizeof reasons);
+        const uint64_t in = s->hb_bytes_in, out = s->hb_bytes_out;
+        pthread_mutex_unlock(&s->hb_lock);
         const struct coord_heartbeat hb = {
             .step = (int64_t)atomic_load(&s->hb_step), .rows = atomic_load(&s->hb_rows),
             .bytes = atomic_load(&s->hb_bytes), .errors = atomic_load(&s->hb_errors),
             .refused = gc.refused_keys + gc.handshake_failures + gc.refused_connections,
-            .latency = lat};
+            .latency = lat, .bytes_in = in, .bytes_out = out, .errors_by_reason = reasons,
+            .compute = &compute};
         if (coord_client_heartbeat(c, &hb, err, sizeof err))
             moe_warn("heartbeat: %s", err);
         for (int i = 0; i < 5 && !atomic_load(&s->hb_stop); i++) {
@@ -142,6 +150,12 @@ static void publish(expert_server_t *s)
     uint64_t bits;
     memcpy(&bits, &lat, sizeof bits);
     atomic_store(&s->hb_latency_bits, bits);
+    pthread_mutex_lock(&s->hb_lock);
+    s->hb_compute = s->compute;
+    memcpy(s->hb_reasons, s->reasons, sizeof s->reasons);
+    s->hb_bytes_in = s->bytes_in;
+    s->hb_bytes_out = s->bytes_out;
+    pthread_mutex_unlock(&s->hb_lock);
 }
 
 /* Whether a shard of n experts fits in the machine's memory now (with a
@@ -277,6 +291,9 @@ expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, siz
     expert_server_t *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
+    pthread_mutex_init(&s->hb_lock, NULL);
+    moe_hist_init(&s->compute, moe_hist_step_bounds, moe_hist_step_n);
+    s->hb_compute = s->compute;
     s->cfg = cfg;
     if (moe_wire_dtype_parse(cfg->wire_dtype, &s->dtype, err, errlen))
         goto fail;
@@ -343,6 +360,7 @@ void expert_server_destroy(expert_server_t **sp)
         atomic_store(&s->hb_stop, 1);
         pthread_join(s->hb_thread, NULL);
     }
+    pthread_mutex_destroy(&s->hb_lock);
     coord_client_destroy(&s->coord);
     if (s->sock)
         zmq_close(s->sock);

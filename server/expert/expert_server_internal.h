@@ -17,6 +17,7 @@
 #include "expert_shard.h"
 #include "moe_cluster.h"
 #include "moe_guard.h"
+#include "moe_metrics.h"
 #include "moe_optim.h"
 #include "moe_wire.h"
 
@@ -65,6 +66,10 @@ struct expert_server {
     atomic_int hb_stop;
     atomic_llong hb_step;
     atomic_ullong hb_rows, hb_bytes, hb_errors, hb_latency_bits;
+    /* what /metrics wants beyond single numbers, copied under hb_lock */
+    pthread_mutex_t hb_lock;
+    struct moe_hist hb_compute;
+    uint64_t hb_reasons[MOE_REASONS], hb_bytes_in, hb_bytes_out;
     atomic_uint hb_seen_epoch;
     /* what the heartbeat answers said, for the loop */
     atomic_int hb_unregistered, hb_stopped, hb_failed;
@@ -78,7 +83,11 @@ struct expert_server {
     int exit_code;                /* of expert_server_run when it stops on its own */
     char exit_why[1100];          /* ... and its sentence */
     uint64_t rows_total, bytes_total; /* forward rows computed, tensor bytes in and out */
+    uint64_t bytes_in, bytes_out;     /* ... by direction */
+    uint64_t reasons[MOE_REASONS];    /* errors by reason (moe_reason_index) */
     double compute_seconds;           /* forward + backward compute of every step */
+    double step_compute;              /* ... of the step in progress */
+    struct moe_hist compute;          /* each step's forward + backward compute seconds */
     double step_started;
 };
 

@@ -32,6 +32,7 @@ void expert_server__reply_error(expert_server_t *s, const struct moe_wire_msg *m
                                 const char *text)
 {
     s->errors++;
+    s->reasons[moe_reason_index(code)]++;
     /* a sampled, sanitised log line: the first 20 errors, then every 100th */
     if (s->errors <= 20 || s->errors % 100 == 0) {
         char safe[200];
@@ -226,8 +227,12 @@ static int finish_forward(expert_server_t *s)
         rows += (size_t)s->u_rows[u];
     s->rows_total += rows;
     /* forward in and out; the backward moves as much again */
-    s->bytes_total += 4 * rows * (size_t)s->D * moe_wire_dtype_size((int)s->dtype);
-    s->compute_seconds += moe_now_sec() - s->step_started;
+    const uint64_t half = 2 * rows * (size_t)s->D * moe_wire_dtype_size((int)s->dtype);
+    s->bytes_total += 2 * half;
+    s->bytes_in += half; /* the forward's rows and the backward's gradients */
+    s->bytes_out += half; /* their outputs and input gradients */
+    s->step_compute = moe_now_sec() - s->step_started;
+    s->compute_seconds += s->step_compute;
     s->phase = PH_BACKWARD;
     return 0;
 }
@@ -247,7 +252,9 @@ static int finish_backward(expert_server_t *s)
     move_rows(s, s->bwd, s->y_all, false);
     for (int r = 0; r < s->W; r++)
         reply_tensor(s, &s->bwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, s->bwd[r].msg.data);
-    s->compute_seconds += moe_now_sec() - t0;
+    const double bwd = moe_now_sec() - t0;
+    s->compute_seconds += bwd;
+    moe_hist_observe(&s->compute, s->step_compute + bwd);
     const bool ckpt = (s->bwd[0].msg.hdr->flags & MOE_FLAG_CHECKPOINT) != 0;
     expert_server__clear_slots(s->fwd, s->W);
     expert_server__clear_slots(s->bwd, s->W);

@@ -3,7 +3,7 @@
 
 Checks a /metrics page as the coordinator serves it (see server/coordinator/moe_prom.h):
 
-    prom_check.py [FILE|-] [--require FAMILY]... [--warn-units]
+    prom_check.py [FILE|-] [--require FAMILY]... [--warn-units] [--moe]
     prom_check.py --self-test
 
 Exit 0 with one summary line ("prom_check: ok: F families, S samples"), or
@@ -32,6 +32,12 @@ What it checks:
   * names: base units (a name with s, ms, milliseconds, h, kb, mb, minutes,
     ... as a word fails; --warn-units makes that a warning), and _total only on
     counters.
+
+With --moe, also this project's conventions (README, "The coordinator and
+monitoring"): every family has HELP and TYPE (no untyped); names start with
+moe_ or process_; a series labelled by expert has no server label (the
+placement is moe_expert_placement_info's alone), and every *_info family is a
+gauge whose samples are 1.
 
 Deliberately stricter than Prometheus' own parser, because our writer never
 produces these: whitespace at the start or end of a line or inside braces,
@@ -437,6 +443,29 @@ class Checker:
                 if s not in suffixes:
                     self.error(samples[0][0], "summary %s has no %s" % (where, s))
 
+    # -- the project's conventions (--moe) ----------------------------------
+
+    def check_moe(self):
+        for fam in self.families.values():
+            if not fam.samples:
+                continue
+            if fam.help_line is None:
+                self.error(fam.first_line, "%s has no HELP" % fam.name)
+            if fam.type is None or fam.type == "untyped":
+                self.error(fam.first_line, "%s is untyped (give it a TYPE)" % fam.name)
+            if not fam.name.startswith(("moe_", "process_")):
+                self.error(fam.first_line, "%s: names start with moe_ or process_" % fam.name)
+            info = fam.name.endswith("_info")
+            if info and fam.type != "gauge":
+                self.error(fam.first_line, "%s: an info metric is a gauge" % fam.name)
+            for line, _, labels, value in fam.samples:
+                if "expert" in labels and "server" in labels and not info:
+                    self.error(line, "%s: a per-expert series carries no server label (a "
+                                     "migration would start new series; the placement is "
+                                     "moe_expert_placement_info)" % fam.name)
+                if info and value != 1:
+                    self.error(line, "%s: an info metric's samples are 1" % fam.name)
+
     # -- report ------------------------------------------------------------
 
     def report(self, out=sys.stdout, err=sys.stderr):
@@ -453,9 +482,11 @@ class Checker:
         return 0
 
 
-def check_bytes(data, source="<stdin>", warn_units=False):
+def check_bytes(data, source="<stdin>", warn_units=False, moe=False):
     c = Checker(source, warn_units)
     c.check(data)
+    if moe:
+        c.check_moe()
     return c
 
 
@@ -597,6 +628,25 @@ BAD = [
     ("invalid UTF-8", 1, "not valid UTF-8", b'moe_x{a="\xff"} 1\n'),
 ]
 
+# --moe: the project's conventions (line, part of the message, page).
+MOE_GOOD = (b'# HELP moe_expert_rows_routed_total r\n# TYPE moe_expert_rows_routed_total counter\n'
+            b'moe_expert_rows_routed_total{expert="0"} 3\n'
+            b'# HELP moe_expert_placement_info p\n# TYPE moe_expert_placement_info gauge\n'
+            b'moe_expert_placement_info{expert="0",server="1"} 1\n'
+            b'# HELP process_cpu_seconds_total c\n# TYPE process_cpu_seconds_total counter\n'
+            b'process_cpu_seconds_total 0.5\n')
+MOE_BAD = [
+    ("expert series with a server label", 3, "carries no server label",
+     b'# HELP moe_expert_load l\n# TYPE moe_expert_load gauge\nmoe_expert_load{expert="0",server="1"} 2\n'),
+    ("info metric not 1", 3, "samples are 1",
+     b'# HELP moe_build_info b\n# TYPE moe_build_info gauge\nmoe_build_info{version="x"} 2\n'),
+    ("info metric not a gauge", 1, "is a gauge",
+     b'# HELP moe_x_info b\n# TYPE moe_x_info untyped\nmoe_x_info 1\n'),
+    ("no HELP", 1, "has no HELP", b'# TYPE moe_x gauge\nmoe_x 1\n'),
+    ("untyped", 1, "is untyped", b'# HELP moe_x x\nmoe_x 1\n'),
+    ("foreign prefix", 1, "start with moe_", b'# HELP go_x x\n# TYPE go_x gauge\ngo_x 1\n'),
+]
+
 
 def self_test():
     failures = []
@@ -623,10 +673,20 @@ def self_test():
                     "warn", warn_units=True)
     if c.errors or len(c.warnings) != 1:
         failures.append("--warn-units: errors %s, warnings %s" % (c.errors, c.warnings))
+    c = check_bytes(MOE_GOOD, "moe good", moe=True)
+    if c.errors:
+        failures.append("--moe rejects a good page: %s" % c.errors)
+    for what, line, part, page in MOE_BAD:
+        c = check_bytes(page, what, moe=True)
+        if not any(ln == line and part in msg for ln, msg in c.errors):
+            failures.append("--moe: bad example '%s': want line %d with %r, got %s" %
+                            (what, line, part, c.errors))
+        if check_bytes(page, what).errors:
+            failures.append("--moe example '%s' fails without --moe" % what)
     for f in failures:
         print("self-test: FAIL: " + f)
     print("prom_check: self-test: %d good and %d bad examples, %d failure%s" % (
-        len(GOOD), len(BAD), len(failures), "" if len(failures) == 1 else "s"))
+        len(GOOD) + 1, len(BAD) + len(MOE_BAD), len(failures), "" if len(failures) == 1 else "s"))
     return 1 if failures else 0
 
 
@@ -634,13 +694,15 @@ def main(argv):
     args = list(argv[1:])
     if args == ["--self-test"]:
         return self_test()
-    warn_units = False
+    warn_units = moe = False
     required = []
     path = None
     while args:
         a = args.pop(0)
         if a == "--warn-units":
             warn_units = True
+        elif a == "--moe":
+            moe = True
         elif a == "--require" and args:
             required.append(args.pop(0))
         elif a in ("-h", "--help"):
@@ -649,7 +711,7 @@ def main(argv):
         elif path is None and (a == "-" or not a.startswith("-")):
             path = a
         else:
-            print("usage: prom_check.py [FILE|-] [--require FAMILY]... [--warn-units] | "
+            print("usage: prom_check.py [FILE|-] [--require FAMILY]... [--warn-units] [--moe] | "
                   "--self-test", file=sys.stderr)
             return 2
     if path in (None, "-"):
@@ -662,7 +724,7 @@ def main(argv):
             print("prom_check: %s" % e, file=sys.stderr)
             return 2
         source = path
-    c = check_bytes(data, source, warn_units)
+    c = check_bytes(data, source, warn_units, moe)
     for name in required:
         if name not in c.families or not c.families[name].samples:
             c.error(0, "required family %s has no samples" % name)

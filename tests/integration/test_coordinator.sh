@@ -71,7 +71,7 @@ print("  rows routed per expert (coordinator):", [int(x) for x in coord])
 assert experts["step"] == 14, experts["step"]
 sys.exit(0 if coord == want else 1)
 PY
-/usr/bin/python3 "$IT_DIR/prom_check.py" "$WORK/metrics.txt" || fail "/metrics is not valid Prometheus text format"
+/usr/bin/python3 "$IT_DIR/prom_check.py" --moe "$WORK/metrics.txt" || fail "/metrics is not valid Prometheus text format"
 [ "$(grep -c '^[0-9]' "$WORK/top5.txt")" -eq 5 ] || fail "moectl experts --top 5 did not print 5 rows: $(cat "$WORK/top5.txt")"
 sed 's/^/    /' "$WORK/top5.txt"
 "$BIN/moe-worker" --train "$WORK/train.txt" --valid "$WORK/valid.txt" $TINY --steps 15 \

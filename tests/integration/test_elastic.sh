@@ -86,9 +86,18 @@ t0=$(now_ms)
 start kill
 cl_wait_step 0 100
 kill -9 "$SPID1"
-finish
+wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
+/usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$CLH/metrics', timeout=10).read().decode())" \
+    >"$WORK/kill.metrics" || fail "GET /metrics after the kill"
+cl_stop
 kill_ms=$(($(now_ms) - t0))
 same_as_base kill "kill -9 of a server"
+# /metrics counts the loss and the rollback; the dead server's series went
+# with its slot (the alert MoEServerLost watches the counter)
+grep -qx 'moe_servers_lost_total 1' "$WORK/kill.metrics" &&
+    grep -qx 'moe_rollbacks_total 1' "$WORK/kill.metrics" &&
+    ! grep -q '^moe_server_up{server="1"}' "$WORK/kill.metrics" ||
+    fail "/metrics after the kill: $(grep -E '^moe_(servers_lost|rollbacks)_total|^moe_server_up' "$WORK/kill.metrics")"
 det=$(sed -n 's/.*server [0-9]* (.*) not heard from for \([0-9.]*\) s.*/\1/p' "$CL/coordinator.log" | head -n 1)
 [ -n "$det" ] || fail "the coordinator did not notice the dead server"
 awk -v d="$det" 'BEGIN { exit !(d < 5) }' || fail "detection took $det s"

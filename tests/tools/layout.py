@@ -24,6 +24,8 @@ PURPOSE = {
     "server/coordinator": "moe-coordinator: members, epochs, statistics, HTTP",
     "server/moectl": "moectl: the operator's tool, checkpoint export",
     "deploy": "dependencies, default options, launcher, image",
+    "deploy/prometheus": "scrape configuration, alert rules and their promtool tests",
+    "deploy/grafana": "a Grafana dashboard of the coordinator's /metrics",
     "docs": "design, architecture, screenshots",
     "data": "bundled corpora with their sources and licences",
     "data/wikitext-2": "WikiText-2 (CC BY-SA 3.0)",

@@ -2,6 +2,9 @@
  *
  * text: the exact bytes of a counter, a gauge with labels, a histogram and a
  * summary, and a buffer grown over many samples then reset.
+ * histogram: moe_hist (common/moe_metrics.c) bucketing observations and
+ * moe_prom_histogram writing them cumulative, with +Inf, _sum and _count;
+ * too many labels refused without a trace.
  * escape: label values and HELP texts with backslash, quote and newline;
  * UTF-8 kept, broken UTF-8 refused.
  * values: +Inf, -Inf, NaN, integers, and doubles that must round-trip.
@@ -15,6 +18,7 @@
 #include <string.h>
 
 #include "moe_err.h"
+#include "moe_metrics.h"
 #include "moe_prom.h"
 
 Suite *test_prom_suite(void);
@@ -361,6 +365,52 @@ START_TEST(prom_reject_bad_samples)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------- */
+/* histogram */
+
+START_TEST(prom_histogram_cumulative)
+{
+    static const double bounds[] = {0.1, 1, 10};
+    struct moe_hist h;
+    moe_hist_init(&h, bounds, 3);
+    const double obs[] = {0.05, 0.1, 0.5, 2, 2, 50, NAN, -1};
+    for (size_t i = 0; i < sizeof obs / sizeof obs[0]; i++)
+        moe_hist_observe(&h, obs[i]);
+    /* le is inclusive; NaN and negative values count as 0 */
+    ck_assert_uint_eq(h.counts[0], 4);
+    ck_assert_uint_eq(h.counts[1], 1);
+    ck_assert_uint_eq(h.counts[2], 2);
+    ck_assert_uint_eq(h.counts[3], 1);
+    ck_assert_uint_eq(h.count, 8);
+    ck_assert_double_eq_tol(h.sum, 54.65, 1e-12);
+
+    struct moe_prom_buf b;
+    moe_prom_buf_init(&b);
+    ck_assert_int_eq(moe_prom_family(&b, "moe_t_seconds", MOE_PROM_HISTOGRAM, NULL), 0);
+    ck_assert_int_eq(moe_prom_histogram(&b, L("server", "3"), h.bounds, h.n, h.counts, 2.5), 0);
+    ck_assert_str_eq(b.data, "# TYPE moe_t_seconds histogram\n"
+                             "moe_t_seconds_bucket{server=\"3\",le=\"0.1\"} 4\n"
+                             "moe_t_seconds_bucket{server=\"3\",le=\"1\"} 5\n"
+                             "moe_t_seconds_bucket{server=\"3\",le=\"10\"} 7\n"
+                             "moe_t_seconds_bucket{server=\"3\",le=\"+Inf\"} 8\n"
+                             "moe_t_seconds_sum{server=\"3\"} 2.5\n"
+                             "moe_t_seconds_count{server=\"3\"} 8\n");
+    const size_t len = b.len;
+    /* 8 label pairs leave no room for le: refused, nothing written */
+    ck_assert_int_eq(moe_prom_histogram(&b, L("a", "1", "b", "1", "c", "1", "d", "1", "e", "1",
+                                              "f", "1", "g", "1", "h", "1"),
+                                        h.bounds, h.n, h.counts, 0),
+                     MOE_ERR_RANGE);
+    /* a gauge takes no buckets: refused, nothing written */
+    ck_assert_int_eq(moe_prom_family(&b, "moe_g", MOE_PROM_GAUGE, NULL), 0);
+    const size_t glen = b.len;
+    ck_assert_int_eq(moe_prom_histogram(&b, NULL, h.bounds, h.n, h.counts, 0), MOE_ERR_FORMAT);
+    ck_assert_uint_eq(b.len, glen);
+    ck_assert_uint_gt(glen, len);
+    moe_prom_buf_free(&b);
+}
+END_TEST
+
 Suite *test_prom_suite(void)
 {
     Suite *s = suite_create("prom");
@@ -384,6 +434,10 @@ Suite *test_prom_suite(void)
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, prom_reject_bad_family_names);
     tcase_add_test(tc, prom_reject_bad_samples);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("histogram");
+    tcase_set_timeout(tc, 10);
+    tcase_add_test(tc, prom_histogram_cumulative);
     suite_add_tcase(s, tc);
     return s;
 }
