@@ -5,7 +5,7 @@ vocab.txt; or the .safetensors file alone, which carries both as metadata).
     import torch_model
     model, vocab, config = torch_model.load("bundle")   # an nn.Module, eval mode
     ids = torch_model.encode(vocab, "the cat sat")       # words -> ids (<unk> = 0)
-    logits = model(torch.tensor([ids]))                  # (1, T, V): next-word logits
+    logits, state = model(torch.tensor([ids]))           # (1, T, V): next-word logits
     print(torch_model.perplexity(model, vocab, "valid.txt", batch=10))
 
 The model: Embedding -> LSTM -> MoE (top-k of x W_gate, no noise at
@@ -106,9 +106,13 @@ class LM(nn.Module):
         self.lstm2 = nn.LSTM(d, d, batch_first=True)
         self.softmax = nn.Linear(d, v)
 
-    def forward(self, tok):
+    def forward(self, tok, state=None):
+        """Next-word logits (B, T, V) of tok (B, T); with `state` (what the
+        previous call returned as its second value) the LSTMs go on from
+        there, so a long text can be read in pieces. Returns (logits, state)."""
+        s1, s2 = state if state is not None else (None, None)
         a0 = self.embedding(tok)
-        a1, _ = self.lstm1(a0)
+        a1, s1 = self.lstm1(a0, s1)
         if self.residual:
             a1 = a1 + a0
         b, t, d = a1.shape
@@ -116,10 +120,10 @@ class LM(nn.Module):
         if self.sigmoid:
             m = torch.sigmoid(m)
         a2 = m + a1 if self.residual else m
-        a3, _ = self.lstm2(a2)
+        a3, s2 = self.lstm2(a2, s2)
         if self.residual:
             a3 = a3 + a2
-        return self.softmax(a3)
+        return self.softmax(a3), (s1, s2)
 
 
 def _vocab_from_text(text):
@@ -171,18 +175,24 @@ def encode(vocab, text):
     return ids
 
 
-def perplexity(model, vocab, corpus, batch):
+def perplexity(model, vocab, corpus, batch, unroll=35):
     """Per-token perplexity of a corpus file, as moectl eval computes it:
-    the token stream cut into `batch` streams, every next word predicted."""
+    the token stream cut into `batch` streams, every next word predicted,
+    read `unroll` tokens at a time with the LSTM state carried (memory stays
+    that of one piece, in float64)."""
     ids = encode(vocab, open(corpus, encoding="utf-8", errors="surrogateescape").read())
     L = (len(ids) - 1) // batch
     x = torch.tensor([ids[b * L : b * L + L] for b in range(batch)])
     y = torch.tensor([ids[b * L + 1 : b * L + L + 1] for b in range(batch)])
     m = model.double()
+    nll, state = 0.0, None
     with torch.no_grad():
-        logits = m(x)
-        nll = nn.functional.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
-    return math.exp(nll.item())
+        for t in range(0, L, unroll):
+            logits, state = m(x[:, t : t + unroll], state)
+            nll += nn.functional.cross_entropy(
+                logits.reshape(-1, len(vocab)), y[:, t : t + unroll].reshape(-1), reduction="sum"
+            ).item()
+    return math.exp(nll / (batch * L))
 
 
 def main():
@@ -190,7 +200,8 @@ def main():
         sys.exit("usage: torch_model.py BUNDLE CORPUS [BATCH]")
     model, vocab, config = load(sys.argv[1])
     batch = int(sys.argv[3]) if len(sys.argv) == 4 else int(config.get("train", "eval_batch"))
-    print(f"{perplexity(model, vocab, sys.argv[2], batch):.10g}")
+    unroll = int(config.get("train", "unroll"))
+    print(f"{perplexity(model, vocab, sys.argv[2], batch, unroll):.10g}")
 
 
 if __name__ == "__main__":

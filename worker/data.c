@@ -522,7 +522,7 @@ int32_t vocab_lookup(const vocab_t *v, const char *word, size_t len)
 struct load_ctx {
     const vocab_t *v;
     int32_t *ids;
-    size_t n, cap, n_unk, words;
+    size_t n, cap, n_unk, n_oov, words;
 };
 
 static int load_token(void *vc, const char *w, size_t len)
@@ -540,6 +540,8 @@ static int load_token(void *vc, const char *w, size_t len)
     if (w) {
         id = vocab_lookup(c->v, w, len);
         c->n_unk += id == VOCAB_UNK;
+        /* the corpus's own "<unk>" tokens are in every vocabulary */
+        c->n_oov += id == VOCAB_UNK && !(len == 5 && memcmp(w, "<unk>", 5) == 0);
         c->words++;
     }
     c->ids[c->n++] = id;
@@ -553,7 +555,7 @@ int corpus_load(struct corpus *c, const char *path, const vocab_t *v, char *err,
     char *buf = read_file(path, &len, err, errlen);
     if (!buf)
         return MOE_ERR_IO;
-    struct load_ctx lc = {v, NULL, 0, 0, 0, 0};
+    struct load_ctx lc = {v, NULL, 0, 0, 0, 0, 0};
     int rc = for_each_token(buf, len, load_token, &lc);
     free(buf);
     if (rc) {
@@ -569,6 +571,7 @@ int corpus_load(struct corpus *c, const char *path, const vocab_t *v, char *err,
     c->ids = lc.ids;
     c->n = lc.n;
     c->n_unk = lc.n_unk;
+    c->n_oov = lc.n_oov;
     return 0;
 }
 

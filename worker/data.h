@@ -52,6 +52,7 @@ struct corpus {
     int32_t *ids;
     size_t n;       /* tokens including <eos> */
     size_t n_unk;   /* tokens that mapped to <unk> */
+    size_t n_oov;   /* of those, the words not in the vocabulary (not "<unk>" itself) */
 };
 
 /* Reads `path` into ids. Error (with a sentence naming the file) if it is

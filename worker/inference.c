@@ -119,7 +119,7 @@ void inference_close(struct inference *in)
 }
 
 int inference_eval(struct inference *in, const char *path, int B, struct eval_result *r,
-                   size_t *n_unk, char *err, size_t errlen)
+                   size_t *n_oov, size_t *n_unk, char *err, size_t errlen)
 {
     struct corpus co = {0};
     struct batcher vb;
@@ -138,6 +138,7 @@ int inference_eval(struct inference *in, const char *path, int B, struct eval_re
     if (!rc)
         rc = eval_corpus(in->model, &vb, in->src.step, 0, NULL, in->tok, in->tgt, r, err, errlen);
     *n_unk = co.n_unk;
+    *n_oov = co.n_oov;
     corpus_free(&co);
     return rc;
 }

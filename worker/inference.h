@@ -46,9 +46,10 @@ int inference_open(struct inference *in, const char *path, int B_max, int T_max,
 void inference_close(struct inference *in);
 
 /* Perplexity of the corpus file `path` in batches of B (<= B_max) x T_max;
- * n_unk gets the corpus's words outside the vocabulary. */
+ * n_oov gets the corpus's words outside the vocabulary, n_unk every token
+ * read as <unk> (those and the corpus's own "<unk>"). */
 int inference_eval(struct inference *in, const char *path, int B, struct eval_result *r,
-                   size_t *n_unk, char *err, size_t errlen);
+                   size_t *n_oov, size_t *n_unk, char *err, size_t errlen);
 
 /* Sampling: `prompt` (n ids, may be 0) follows an <eos>, then `count`
  * words are drawn one at a time into out: at temperature 0 the most

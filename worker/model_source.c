@@ -60,7 +60,7 @@ static int open_folder(struct model_source *ms, const char *folder, char *err, s
     struct moe_manifest m;
     int rc = moe_manifest_read(folder, &m, err, errlen);
     if (rc == MOE_ERR_NOTFOUND) {
-        /* a single-process checkpoint of an earlier version */
+        /* a single-process checkpoint of an earlier version, or a bundle */
         char p[MOE_PATH_MAX + 96];
         struct stat sb;
         snprintf(p, sizeof p, "%s/model.safetensors", folder);
@@ -69,8 +69,9 @@ static int open_folder(struct model_source *ms, const char *folder, char *err, s
                                 "%s: no checkpoint here (no manifest.json, no model.safetensors)",
                                 folder);
         rc = open_file(ms, p, err, errlen);
+        /* an export bundle (moectl export CKPT DIR) has no optimizer file */
         snprintf(p, sizeof p, "%s/optim.safetensors", folder);
-        return rc ? rc : open_file(ms, p, err, errlen);
+        return rc || stat(p, &sb) != 0 ? rc : open_file(ms, p, err, errlen);
     }
     if (rc)
         return rc;
@@ -125,6 +126,17 @@ static int describe(struct model_source *ms, char *err, size_t errlen)
     return 0;
 }
 
+/* A step folder (step-N) or a folder holding the model itself (a bundle),
+ * rather than a directory of checkpoints. */
+static bool is_model_folder(const char *path)
+{
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char p[MOE_PATH_MAX + 96];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/model.safetensors", path);
+    return strncmp(base, "step-", 5) == 0 || stat(p, &sb) == 0;
+}
+
 int model_source_open(struct model_source *ms, const char *path, char *err, size_t errlen)
 {
     memset(ms, 0, sizeof *ms);
@@ -142,8 +154,7 @@ int model_source_open(struct model_source *ms, const char *path, char *err, size
     if (S_ISREG(sb.st_mode)) {
         ms->is_export = true;
         rc = open_file(ms, ms->path, err, errlen);
-    } else if (stat(mp, &ss) == 0 || strncmp(strrchr(ms->path, '/') ? strrchr(ms->path, '/') + 1
-                                                                      : ms->path, "step-", 5) == 0) {
+    } else if (stat(mp, &ss) == 0 || is_model_folder(ms->path)) {
         rc = open_folder(ms, ms->path, err, errlen);
     } else {
         struct moe_manifest m;

@@ -30,7 +30,9 @@ struct model_source {
 };
 
 /* Opens `path`: a file (an export), a folder with a manifest (verified
- * first), a single-process folder without one (model.safetensors), or a
+ * first), a folder without one (model.safetensors and, if there,
+ * optim.safetensors: an export bundle, or a checkpoint of an earlier
+ * version), or a
  * directory of checkpoints (the newest verified; the folder chosen is
  * logged). Sentences name the path and what is missing. 0 or an error;
  * close with model_source_close either way. */

@@ -42,20 +42,21 @@ int moectl_eval(const char *ckpt, const struct moectl_model_opts *o)
         return rc;
     }
     struct eval_result r;
-    size_t n_unk = 0;
+    size_t n_unk = 0, n_oov = 0;
     char err[1024];
-    if ((rc = inference_eval(&in, o->corpus, in.B_max, &r, &n_unk, err, sizeof err))) {
+    if ((rc = inference_eval(&in, o->corpus, in.B_max, &r, &n_oov, &n_unk, err, sizeof err))) {
         fprintf(stderr, "moectl: eval: %s\n", err);
         inference_close(&in);
         return MOE_EXIT_FAILURE;
     }
     const int V = vocab_size(in.src.vocab);
     if (o->json) {
-        json_t *j = json_pack("{s:s, s:I, s:s, s:f, s:I, s:I, s:i, s:i, s:i, s:i}", "model",
-                              in.src.path, "step", (json_int_t)in.src.step, "corpus", o->corpus,
-                              "perplexity", r.ppl, "tokens", (json_int_t)r.tokens, "unk",
-                              (json_int_t)n_unk, "vocab_size", V, "batch", in.B_max, "unroll",
-                              in.T_max, "threads", (int)o->threads);
+        json_t *j = json_pack("{s:s, s:I, s:s, s:f, s:I, s:I, s:I, s:i, s:i, s:i, s:i}",
+                              "model", in.src.path, "step", (json_int_t)in.src.step, "corpus",
+                              o->corpus, "perplexity", r.ppl, "tokens", (json_int_t)r.tokens,
+                              "unk", (json_int_t)n_unk, "out_of_vocabulary", (json_int_t)n_oov,
+                              "vocab_size", V, "batch", in.B_max, "unroll", in.T_max, "threads",
+                              (int)o->threads);
         char *s = j ? json_dumps(j, JSON_REAL_PRECISION(17)) : NULL;
         puts(s ? s : "null");
         free(s);
@@ -65,10 +66,12 @@ int moectl_eval(const char *ckpt, const struct moectl_model_opts *o)
                "(%s)\n",
                r.ppl, o->corpus, (long long)r.tokens, in.B_max, in.T_max,
                (long long)in.src.step, in.src.path);
-        if (n_unk)
+        if (n_oov)
             printf("%zu words of %s are not in the model's vocabulary of %d words: each "
                    "counts as <unk>\n",
-                   n_unk, o->corpus, V);
+                   n_oov, o->corpus, V);
+        if (n_unk > n_oov)
+            printf("%zu tokens of %s are <unk> in the text itself\n", n_unk - n_oov, o->corpus);
     }
     inference_close(&in);
     return MOE_EXIT_OK;

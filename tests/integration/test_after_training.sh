@@ -22,12 +22,14 @@ echo "  ok: moectl eval = moe-worker's validation perplexity, $ours, to the last
 "$C" eval "$WORK/ck/step-00000015" --corpus="$WORK/valid.txt" --threads=1 --batch=3 --json \
     >"$WORK/eval2.json" 2>/dev/null || fail "moectl eval of the step folder"
 [ "$(json_field "$WORK/eval2.json" perplexity)" = "$ours" ] || fail "the step folder evaluates otherwise"
-printf 'the zzqx of\nqqqyy the\n' >"$WORK/oov.txt"
+printf 'the zzqx of <unk>\nqqqyy the\n' >"$WORK/oov.txt"
 "$C" eval "$WORK/ck" --corpus "$WORK/oov.txt" --batch 1 >"$WORK/out.txt" 2>&1 ||
     fail "eval of a corpus with unknown words: $(cat "$WORK/out.txt")"
 grep -q "^2 words of .*oov.txt are not in the model's vocabulary of [0-9]* words" "$WORK/out.txt" ||
     fail "the <unk> count is not reported: $(cat "$WORK/out.txt")"
-echo "  ok: a step folder, --flag=value; 2 unknown words of 5 named as <unk>"
+grep -q "^1 tokens of .*oov.txt are <unk> in the text itself" "$WORK/out.txt" ||
+    fail "the text's own <unk> is not told apart: $(cat "$WORK/out.txt")"
+echo "  ok: a step folder, --flag=value; of 6 words, 2 unknown ones and the text's own <unk> counted apart"
 
 # export bundle: PyTorch loads it and agrees to 1e-4; the file evaluates as the checkpoint
 "$C" export "$WORK/ck" "$WORK/bundle" >/dev/null 2>&1 || fail "moectl export to a bundle"
@@ -38,6 +40,9 @@ cmp "$WORK/bundle/vocab.txt" "$WORK/ck/step-00000015/vocab.txt" || fail "the bun
 "$C" eval "$WORK/bundle/model.safetensors" --corpus "$WORK/valid.txt" --threads 1 --json \
     >"$WORK/eval3.json" 2>/dev/null || fail "moectl eval of the export"
 [ "$(json_field "$WORK/eval3.json" perplexity)" = "$ours" ] || fail "the export evaluates otherwise"
+"$C" eval "$WORK/bundle" --corpus "$WORK/valid.txt" --threads 1 --json >"$WORK/eval4.json" \
+    2>/dev/null || fail "moectl eval of the bundle folder"
+[ "$(json_field "$WORK/eval4.json" perplexity)" = "$ours" ] || fail "the bundle folder evaluates otherwise"
 torch=$($PY "$WORK/bundle/tools/torch_model.py" "$WORK/bundle" "$WORK/valid.txt") ||
     fail "PyTorch could not load the bundle"
 $PY -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if abs(a - b) <= 1e-4 * a else 1)" \
