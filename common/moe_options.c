@@ -78,7 +78,7 @@ const struct moe_opt moe_options_table[] = {
     OPT("checkpoint_dir", "output", MOE_OPT_STRING, checkpoint_dir, 1, 0, "", "folder for checkpoints (empty: none)", MOE_FOR_ALL),
     OPT("checkpoint_every", "output", MOE_OPT_I64, checkpoint_every, 0, 1e15, "0", "checkpoint every N steps (0: only at the end)", MOE_FOR_WORKER | MOE_FOR_COORDINATOR),
     OPT("resume", "output", MOE_OPT_STRING, resume, 1, 0, "", "checkpoint folder (or its parent with `latest`) to resume from", MOE_FOR_WORKER),
-    OPT("final_model", "output", MOE_OPT_STRING, final_model, 1, 0, "moe-model", "without checkpoint_dir: the folder that gets the final model of a run without a coordinator (none: not saved)", MOE_FOR_WORKER),
+    OPT("final_model", "output", MOE_OPT_STRING, final_model, 1, 0, "moe-model", "without checkpoint_dir: the folder where worker 0 writes the final model (none: not saved)", MOE_FOR_WORKER),
     OPT("report", "output", MOE_OPT_STRING, report, 1, 0, "", "write a JSON report of the run to this file (worker r > 0: FILE.rank<r>)", MOE_FOR_WORKER),
     OPT("log_every", "output", MOE_OPT_I64, log_every, 1, 1e15, "50", "steps between progress lines", MOE_FOR_WORKER),
     OPT("valid_every", "output", MOE_OPT_I64, valid_every, 0, 1e15, "0", "validate every N steps (0: only at the end)", MOE_FOR_WORKER),

@@ -20,6 +20,7 @@
 #include "moe_err.h"
 #include "moe_kernels.h"
 #include "moe_log.h"
+#include "moe_mem.h"
 #include "moe_optim.h"
 #include "moe_time.h"
 #include "moe_wire.h"
@@ -267,13 +268,44 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
 }
 
 /* The final model of a run without checkpoint_dir (option final_model):
- * a checkpoint folder like any other, which moectl and --resume take. */
-static int save_final_model(struct trainer *t, char *err, size_t errlen)
+ * a checkpoint folder like any other, which moectl and --resume take. With
+ * a coordinator, worker 0 fetches every expert from the servers for it
+ * at the end of the run, when they fit in its memory (else it says so). */
+static int save_final_model(struct trainer *t, bool stopped, char *err, size_t errlen)
 {
-    const char *dir = t->cfg->final_model;
-    if (t->coord || t->rank != 0 || t->cfg->checkpoint_dir[0] || !dir[0] || !strcmp(dir, "none"))
+    const struct moe_options *c = t->cfg;
+    const char *dir = c->final_model;
+    if (t->rank != 0 || c->checkpoint_dir[0] || !dir[0] || !strcmp(dir, "none") ||
+        (t->coord && stopped))
         return 0;
+    expert_shard_t *held = t->shard, *all = NULL;
+    if (t->coord) {
+        char why[512];
+        if (c->memory_check &&
+            moe_mem_check(trainer__bytes_of(expert_shard_bytes(c->d_model, c->d_hidden,
+                                                               c->n_experts, true)),
+                          "every expert, to write the final model", why, sizeof why)) {
+            moe_warn("the final model is not written: %s; give --checkpoint-dir to keep the "
+                     "cluster's model", why);
+            return 0;
+        }
+        const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps,
+                                          1e-30, c->expert_clip, c->expert_relative_step, 1e-3};
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)c->n_experts);
+        for (int e = 0; ids && e < c->n_experts; e++)
+            ids[e] = e;
+        all = ids ? expert_shard_new(c->d_model, c->d_hidden, c->n_experts, ids,
+                                     (uint64_t)c->seed, &fo)
+                  : NULL;
+        free(ids);
+        if (!all)
+            return moe_err_fail(MOE_ERR_NOMEM, err, errlen,
+                                "out of memory for the experts of the final model");
+        t->shard = all;
+    }
     int rc = save_checkpoint_in(t, dir, err, errlen);
+    t->shard = held;
+    expert_shard_destroy(&all);
     if (!rc)
         printf("model of step %" PRId64 " written to %s (no --checkpoint-dir; moectl eval, "
                "generate and export take that folder)\n", t->step, dir);
@@ -376,7 +408,7 @@ static int finish_run(struct trainer *t, const struct run_clock *k, bool stopped
                    note, c->checkpoint_dir[0] ? "start it again to resume from its checkpoint"
                                               : "the model so far is saved as final_model");
         if (!rc)
-            rc = save_final_model(t, err, errlen);
+            rc = save_final_model(t, true, err, errlen);
         fflush(stdout);
     } else {
         if (c->valid[0] && t->rank == 0 &&
@@ -386,7 +418,7 @@ static int finish_run(struct trainer *t, const struct run_clock *k, bool stopped
         if (!rc && !t->coord && c->checkpoint_dir[0] && !last_saved)
             rc = save_checkpoint(t, err, errlen);
         if (!rc)
-            rc = save_final_model(t, err, errlen);
+            rc = save_final_model(t, false, err, errlen);
     }
     const int64_t tokens = (t->step - t->start_step) * (int64_t)c->batch * c->unroll;
     const double tps = k->train_time > 0 ? (double)tokens / k->train_time : 0;

@@ -192,8 +192,8 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     if (cfg->checkpoint_dir[0] && resume_from_checkpoint(c, cfg, err, errlen))
         goto fail;
     if (!cfg->checkpoint_dir[0])
-        moe_warn("no --checkpoint-dir: the cluster's model is not saved, and a failed server "
-                 "or worker stops the cluster instead of rolling back");
+        moe_warn("no --checkpoint-dir: a failed server or worker stops the cluster instead of "
+                 "rolling back, and only worker 0's final model (--final-model) is kept");
     c->lim = (struct moe_wire_limits){moe_options_message_limit(cfg, MOE_ROLE_COORDINATOR), 0,
                                       (uint32_t)c->E, 1};
     if (bind_socket(c, cfg->coordinator, err, errlen))

@@ -32,6 +32,17 @@ for t in tcp ipc; do
     [ -s "$WORK/r1$t/server-0.safetensors" ] || fail "server 0 wrote no shard on SIGTERM ($t)"
     echo "  ok: 2 servers + 1 worker over $t (--recompute $rc) are byte-identical to in-process (and so are their exports)"
 done
+# without --checkpoint-dir a cluster keeps its final model too (worker 0
+# fetches the experts): the same bytes as the in-process model
+sh "$L" --bin "$BIN" --run-dir "$WORK/fm" --servers 2 --workers 1 -- $A \
+    --final-model "$WORK/fm/model" >"$WORK/fm.out" 2>&1 || fail "a cluster without --checkpoint-dir"
+grep -q "model of step 15 written to .*fm/model" "$WORK/fm.out" ||
+    fail "the cluster wrote no final model: $(tail -n 3 "$WORK/fm.out")"
+"$BIN/moectl" export "$WORK/fm/model" "$WORK/fm.export.safetensors" >/dev/null 2>&1 ||
+    fail "export of the cluster's final model"
+cmp "$WORK/local.export.safetensors" "$WORK/fm.export.safetensors" ||
+    fail "the cluster's final model differs from the in-process model"
+echo "  ok: a cluster without --checkpoint-dir writes its final model, byte for byte the in-process one"
 for run in a b; do
     rc=none
     [ $run = b ] && rc=all
