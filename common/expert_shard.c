@@ -251,9 +251,21 @@ static int reserve(expert_shard_t *s, int n, size_t rows, size_t most)
 
 /* Where expert e's hidden activations (rows at offset off) are: in the
  * cache, or in the one-expert scratch when they are recomputed. */
+/* Row `off` of a (rows, w) buffer; an empty batch may come with NULL
+ * buffers, and NULL + 0 is undefined behaviour in C. */
+static inline float *row_at(float *p, size_t off, int w)
+{
+    return p ? p + off * (size_t)w : NULL;
+}
+
+static inline const float *crow_at(const float *p, size_t off, int w)
+{
+    return p ? p + off * (size_t)w : NULL;
+}
+
 static float *hidden_of(expert_shard_t *s, size_t off)
 {
-    return s->recompute ? s->z1 : s->c_z + off * (size_t)s->H;
+    return s->recompute ? s->z1 : row_at(s->c_z, off, s->H);
 }
 
 int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
@@ -274,8 +286,8 @@ int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int
     for (int e = 0; e < n; e++) {
         int li = expert_shard_find(s, ids[e]);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
-        expert_ffn_forward(y + off * (size_t)s->D, hidden_of(s, off),
-                           s->c_x + off * (size_t)s->D, &p, rows[e], s->D, s->H);
+        expert_ffn_forward(row_at(y, off, s->D), hidden_of(s, off), crow_at(s->c_x, off, s->D),
+                           &p, rows[e], s->D, s->H);
         off += (size_t)rows[e];
     }
     if (n > 0) {
@@ -308,7 +320,7 @@ int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *
     for (int e = 0; e < n; e++) {
         int li = expert_shard_find(s, ids[e]);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
-        expert_ffn_forward(y + off * (size_t)s->D, s->i_z, x + off * (size_t)s->D, &p, rows[e],
+        expert_ffn_forward(row_at(y, off, s->D), s->i_z, crow_at(x, off, s->D), &p, rows[e],
                            s->D, s->H);
         off += (size_t)rows[e];
     }
@@ -333,10 +345,10 @@ static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *row
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
         struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
         s->touched[li] = true;
-        const float *x = s->c_x + off * (size_t)s->D;
+        const float *x = crow_at(s->c_x, off, s->D);
         if (s->recompute) /* the forward's operations again: the same bits */
             expert_ffn_hidden(s->z1, x, &p, rows[e], s->D, s->H);
-        expert_ffn_backward(dx + off * (size_t)s->D, &dp, s->dz, dy + off * (size_t)s->D, x,
+        expert_ffn_backward(row_at(dx, off, s->D), &dp, s->dz, crow_at(dy, off, s->D), x,
                             hidden_of(s, off), &p, rows[e], s->D, s->H);
         if (apply)
             update_one(s, li, t, lr);

@@ -556,6 +556,23 @@ START_TEST(shard_group_names)
 }
 END_TEST
 
+/* Experts named in a batch with no rows, and no buffers at all (what a
+ * message of zero rows decodes to): every call succeeds and touches
+ * nothing (found by fuzz_dispatch: NULL + 0 is undefined behaviour, which
+ * the sanitizer build reports). */
+START_TEST(shard_empty_batch_null_buffers)
+{
+    const int32_t ids[2] = {3, 7};
+    const int rows[2] = {0, 0};
+    expert_shard_t *s = expert_shard_new(4, 5, 2, ids, SEED, &opts);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(expert_shard_infer(s, 2, ids, rows, NULL, NULL), 0);
+    ck_assert_int_eq(expert_shard_forward(s, 2, ids, rows, NULL, NULL), 0);
+    ck_assert_int_eq(expert_shard_backward(s, 2, ids, rows, NULL, NULL), 0);
+    expert_shard_destroy(&s);
+}
+END_TEST
+
 Suite *test_expert_shard_suite(void)
 {
     Suite *s = suite_create("expert_shard");
@@ -568,6 +585,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tc, shard_group_names);
     suite_add_tcase(s, tc);
     TCase *tb = tcase_create("batch");
+    tcase_add_test(tb, shard_empty_batch_null_buffers);
     tcase_set_timeout(tb, 20);
     tcase_add_test(tb, shard_batch_equals_ffn_per_expert);
     tcase_add_test(tb, shard_unknown_id_changes_nothing);
