@@ -85,16 +85,7 @@ int inference_open(struct inference *in, const char *path, int B_max, int T_max,
     in->T_max = T_max = T_max > 0 ? T_max : c->unroll;
     const struct model_config mc =
         model_config_from_options(c, vocab_size(in->src.vocab), B_max, T_max);
-    const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
-                                      c->expert_clip, c->expert_relative_step, 1e-3};
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)c->n_experts);
-    if (!ids)
-        return MOE_ERR_NOMEM;
-    for (int e = 0; e < c->n_experts; e++)
-        ids[e] = e;
-    in->shard = expert_shard_new_ex(c->d_model, c->d_hidden, c->n_experts, ids, mc.seed, &fo,
-                                    false);
-    free(ids);
+    in->shard = model_experts_from_options(c, c->n_experts, false);
     struct moe_backend be;
     if (in->shard)
         expert_local_backend(&be, in->shard);

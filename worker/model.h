@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "expert_shard.h"
 #include "layer.h"
 #include "moe_layer.h"
 #include "moe_options.h"
@@ -54,6 +55,11 @@ struct model_batch {
  * T_max. */
 struct model_config model_config_from_options(const struct moe_options *c, int V, int B_max,
                                               int T_max);
+
+/* Experts 0..n-1 of a configuration (its factored-Adam options; keep_grads
+ * as expert_shard_new_ex), freshly initialised from its seed; NULL when out
+ * of memory. */
+expert_shard_t *model_experts_from_options(const struct moe_options *c, int n, bool keep_grads);
 
 typedef struct model model_t;
 

@@ -289,15 +289,7 @@ static int save_final_model(struct trainer *t, bool stopped, char *err, size_t e
                      "cluster's model", why);
             return 0;
         }
-        const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps,
-                                          1e-30, c->expert_clip, c->expert_relative_step, 1e-3};
-        int32_t *ids = malloc(sizeof(int32_t) * (size_t)c->n_experts);
-        for (int e = 0; ids && e < c->n_experts; e++)
-            ids[e] = e;
-        all = ids ? expert_shard_new(c->d_model, c->d_hidden, c->n_experts, ids,
-                                     (uint64_t)c->seed, &fo)
-                  : NULL;
-        free(ids);
+        all = model_experts_from_options(c, c->n_experts, true);
         if (!all)
             return moe_err_fail(MOE_ERR_NOMEM, err, errlen,
                                 "out of memory for the experts of the final model");

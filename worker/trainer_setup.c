@@ -179,15 +179,7 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
 {
     const struct moe_options *c = t->cfg;
     const int held = experts_held(c);
-    const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
-                                      c->expert_clip, c->expert_relative_step, 1e-3};
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(held ? held : 1));
-    if (!ids)
-        return MOE_ERR_NOMEM;
-    for (int e = 0; e < held; e++)
-        ids[e] = e;
-    t->shard = expert_shard_new(c->d_model, c->d_hidden, held, ids, (uint64_t)c->seed, &fo);
-    free(ids);
+    t->shard = model_experts_from_options(c, held, true);
     if (!t->shard)
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate %d experts of %dx%d",
                             c->n_experts, c->d_model, c->d_hidden);

@@ -402,6 +402,18 @@ static void ar_free_ports(int *ports, int count)
         close(fds[i]);
 }
 
+/* tcp://127.0.0.1 endpoints on free ports, one per rank. */
+static void ar_tcp_endpoints(char names[AR_WORLD_MAX][64], const char *eps[AR_WORLD_MAX],
+                             int world)
+{
+    int ports[AR_WORLD_MAX];
+    ar_free_ports(ports, world);
+    for (int r = 0; r < world; r++) {
+        snprintf(names[r], sizeof names[r], "tcp://127.0.0.1:%d", ports[r]);
+        eps[r] = names[r];
+    }
+}
+
 /* Three ranks over tcp on loopback, starting 100 ms apart (so the first
  * ranks connect before their peer binds: no message may be lost). */
 START_TEST(allreduce_tcp_ring)
@@ -412,14 +424,9 @@ START_TEST(allreduce_tcp_ring)
         {3000000, 6, false},
     };
     const int ncases = (int)(sizeof cases / sizeof cases[0]);
-    int ports[AR_WORLD_MAX];
-    ar_free_ports(ports, world);
     char names[AR_WORLD_MAX][64];
     const char *eps[AR_WORLD_MAX];
-    for (int r = 0; r < world; r++) {
-        snprintf(names[r], sizeof names[r], "tcp://127.0.0.1:%d", ports[r]);
-        eps[r] = names[r];
-    }
+    ar_tcp_endpoints(names, eps, world);
     const char *const *per_rank[AR_WORLD_MAX] = {eps, eps, eps};
     void *ctx = zmq_ctx_new();
     struct ar_job *jobs = calloc(AR_WORLD_MAX, sizeof *jobs);
@@ -450,14 +457,9 @@ START_TEST(allreduce_tcp_ring_curve)
     moe_guard_t *guard = moe_guard_new(ctx, &sec, err, sizeof err);
     ck_assert_msg(guard != NULL, "%s", err);
     struct moe_net net = {&sec, guard, 16};
-    int ports[AR_WORLD_MAX];
-    ar_free_ports(ports, world);
     char names[AR_WORLD_MAX][64];
     const char *eps[AR_WORLD_MAX];
-    for (int r = 0; r < world; r++) {
-        snprintf(names[r], sizeof names[r], "tcp://127.0.0.1:%d", ports[r]);
-        eps[r] = names[r];
-    }
+    ar_tcp_endpoints(names, eps, world);
     const char *const *per_rank[AR_WORLD_MAX] = {eps, eps};
     struct ar_job *jobs = calloc(AR_WORLD_MAX, sizeof *jobs);
     for (int r = 0; r < world; r++)
