@@ -207,7 +207,7 @@ const struct coord_expert_stats *coord_stats_expert(const coord_stats_t *s, int 
 const struct coord_worker_stats *coord_stats_worker(const coord_stats_t *s, int r) { return &s->workers[r]; }
 double coord_stats_cv_importance(const coord_stats_t *s) { return s->cv_imp; }
 double coord_stats_cv_load(const coord_stats_t *s) { return s->cv_load; }
-double coord_stats_max_over_mean_load(const coord_stats_t *s) { return s->max_mean; }
+double coord_stats_max_over_mean_rows(const coord_stats_t *s) { return s->max_mean; }
 
 size_t coord_stats_loss_history(const coord_stats_t *s, const int64_t **steps, const double **loss)
 {

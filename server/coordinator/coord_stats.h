@@ -81,7 +81,7 @@ const struct coord_worker_stats *coord_stats_worker(const coord_stats_t *s, int 
  * one expert over the mean. 0 before the first step. */
 double coord_stats_cv_importance(const coord_stats_t *s);
 double coord_stats_cv_load(const coord_stats_t *s);
-double coord_stats_max_over_mean_load(const coord_stats_t *s);
+double coord_stats_max_over_mean_rows(const coord_stats_t *s);
 
 /* Loss history, oldest first: up to `history` points of (step, mean loss
  * over workers). Returns the count; *steps and *loss point into the

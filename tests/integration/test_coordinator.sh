@@ -65,7 +65,7 @@ import json, sys
 w = sys.argv[1]
 experts = json.load(open(w + "/experts.json"))
 mine = [json.load(open(w + "/r.json"))["rows_routed"], json.load(open(w + "/r.json.rank1"))["rows_routed"]]
-coord = [e["rows_total"] for e in sorted(experts["experts"], key=lambda e: e["id"])]
+coord = [e["rows_routed_total"] for e in sorted(experts["experts"], key=lambda e: e["id"])]
 want = [a + b for a, b in zip(*mine)]
 print("  rows routed per expert (coordinator):", [int(x) for x in coord])
 assert experts["step"] == 14, experts["step"]
