@@ -1,7 +1,8 @@
 /* moe-coordinator: the coordinator daemon. Wiring only: configuration, the
  * libuv loop (ZeroMQ through moe_zloop, HTTP through coord_http, a liveness
  * timer, SIGTERM/SIGINT), and the HTTP routes:
- *   GET  /                 the live dashboard (per-expert load, loss curve)
+ *   GET  /                 the live dashboard (rows routed and Load per expert,
+ *                          their heatmap over the run, the loss curve, states)
  *   GET  /metrics          Prometheus text format (?experts=1: per-expert series
  *                          whatever metrics_max_experts says)
  *   GET  /api/v1/cluster   servers, workers, cluster statistics (JSON)
