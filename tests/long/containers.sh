@@ -41,7 +41,7 @@ started_dockerd=""
 started_swarm=0
 
 cleanup() {
-    docker-compose -p "$PROJECT" down -v -t 5 >/dev/null 2>&1
+    docker-compose --env-file /dev/null -p "$PROJECT" down -v -t 5 >/dev/null 2>&1
     if docker stack ls 2>/dev/null | grep -q "^$STACK "; then
         docker stack rm "$STACK" >/dev/null 2>&1
         stack_gone 120
@@ -135,7 +135,9 @@ export_volume() { # VOLUME OUT: the export of the volume's last checkpoint
 # 2. docker-compose.yml
 free_ports 1
 export MOE_HTTP_PORT=$P1
-dc() { docker-compose -p "$PROJECT" "$@"; }
+# (an operator's .env beside docker-compose.yml is not read: --env-file)
+: >"$WORK/empty.env"
+dc() { docker-compose --env-file "$WORK/empty.env" -p "$PROJECT" "$@"; }
 clog() { dc logs --no-color coordinator >"$WORK/coordinator.log" 2>&1; }
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$1")" = healthy ]; }
 dc up -d >"$WORK/up.log" 2>&1 || fail "docker-compose up failed: $(tail -n 5 "$WORK/up.log")"
