@@ -8,7 +8,8 @@ promises, the same way in each: every process has the options it needs
 secret key with the other roles' public keys, OPENBLAS_THREAD_TIMEOUT, a
 health check and a restart policy, a grace period for its drain or
 checkpoint; Kubernetes has the StatefulSet, Deployment + Service, Job and
-ReadWriteMany claim, with selectors and names that match. The systemd units
+ReadWriteMany claim, with selectors and names that match (and, where
+kubectl runs, `kubectl kustomize` renders them). The systemd units
 of deploy/systemd get the same checks and, where systemd-analyze runs,
 `systemd-analyze verify` (with ExecStart pointed at BUILD/bin when built).
 Prints one line per problem and exits 1, or a summary and exits 0.
@@ -195,6 +196,21 @@ def check_kubernetes():
                 problem("deploy/kubernetes/%s" % f, "does not reach the coordinator's Service")
 
 
+def render_kustomization():
+    """kubectl kustomize (where kubectl runs): the folder renders to the same objects."""
+    if not shutil.which("kubectl"):
+        return "kubectl not found: the kustomization not rendered"
+    r = subprocess.run(["kubectl", "kustomize", os.path.join(TOP, "deploy/kubernetes")],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        problem("kubectl kustomize deploy/kubernetes", r.stderr.strip()[:300])
+        return ""
+    rendered = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(r.stdout) if o}
+    if rendered != set(k8s_objects()):
+        problem("kubectl kustomize deploy/kubernetes", "renders %s" % sorted(rendered))
+    return "kubectl kustomize renders %d objects" % len(rendered)
+
+
 def unit_entries(path):
     """[Section] -> list of (key, value), continuation lines joined."""
     out, sec, buf = {}, None, ""
@@ -274,15 +290,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--build", default=os.path.join(TOP, "build"))
     a = ap.parse_args()
-    check_compose("docker-compose.yml", swarm=False)
-    check_compose("deploy/swarm/stack.yml", swarm=True)
-    check_kubernetes()
-    note = check_systemd(a.build)
+    notes = []
+    try:
+        check_compose("docker-compose.yml", swarm=False)
+        check_compose("deploy/swarm/stack.yml", swarm=True)
+        check_kubernetes()
+        notes.append(render_kustomization())
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+        problem("a deployment file", "cannot be read as expected: %s: %s" % (type(e).__name__, e))
+    notes.append(check_systemd(a.build))
     for p in problems:
         print("check_deploy: " + p)
     if problems:
         return 1
-    print("check_deploy: compose, swarm stack, kubernetes and systemd units consistent; " + note)
+    print("check_deploy: compose, swarm stack, kubernetes and systemd units consistent; " +
+          "; ".join(n for n in notes if n))
     return 0
 
 
