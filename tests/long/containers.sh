@@ -76,6 +76,7 @@ until_ok() {
 # The engine, the base image, the image.
 sh deploy/install-deps.sh --containers || fail "cannot install the container packages"
 if ! docker info >/dev/null 2>&1; then
+    [ "$(id -u)" = 0 ] || fail "no Docker daemon answers, and starting dockerd needs root"
     dockerd >"$WORK/dockerd.log" 2>&1 &
     started_dockerd=$!
     until_ok 60 "dockerd answering (log: $WORK/dockerd.log)" docker info
