@@ -117,7 +117,7 @@ BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
 .PHONY: all deps deps-test deps-bench run test test-long test-chaos test-normal test-san test-unit \
         test-integration bench clean check-layers check-functions \
-        layout check-layout check-prometheus
+        layout check-layout check-prometheus check-deploy test-containers
 .DEFAULT_GOAL := all
 
 BIN_PROBE = $(BUILD)/bin/moe-wire-probe
@@ -244,6 +244,12 @@ check-prometheus:
 	@cd deploy/prometheus && promtool test rules alerts_test.yml
 	@promtool check config deploy/prometheus/prometheus.yml >/dev/null
 
+# deploy/kubernetes, deploy/systemd, the compose file and the swarm stack:
+# well-formed and consistent with each other (tests/tools/check_deploy.py);
+# the units also through systemd-analyze verify where it runs.
+check-deploy:
+	@python3 tests/tools/check_deploy.py
+
 # No production function longer than FUNC_MAX lines (the longest are listed).
 FUNC_MAX ?= 120
 check-functions:
@@ -277,7 +283,8 @@ run: deps
 # Unit, gradient and integration tests in the normal build, then the same
 # tests in the AddressSanitizer + UndefinedBehaviorSanitizer build.
 test: deps-test
-	@$(MAKE) --no-print-directory check-layers check-functions check-layout check-prometheus
+	@$(MAKE) --no-print-directory check-layers check-functions check-layout check-prometheus \
+	    check-deploy
 	@$(MAKE) --no-print-directory test-normal
 	@$(MAKE) --no-print-directory test-san SANITIZE=address,undefined
 	@$(MAKE) --no-print-directory test-fuzz
@@ -285,12 +292,21 @@ test: deps-test
 # Long runs that do not fit in `make test`: the wire fuzzer for 10 minutes,
 # then a 30-minute randomised chaos run (kills, joins, drains, worker
 # restarts; CHAOS_SECONDS, CHAOS_SEED) whose final export must equal an
-# undisturbed run's.
+# undisturbed run's, then the containers (about 10 minutes).
 CHAOS_SECONDS ?= 1800
 CHAOS_SEED ?=
 test-long: deps-test
 	@$(MAKE) --no-print-directory test-fuzz-long
 	@$(MAKE) --no-print-directory test-chaos
+	@$(MAKE) --no-print-directory test-containers
+
+# The image, docker-compose.yml and the swarm stack, run for real
+# (tests/long/containers.sh: starts dockerd if none answers, builds the base
+# image offline and the image; installs docker.io, docker-compose and
+# debootstrap when missing). CONTAINER_STEPS: the length of each training.
+CONTAINER_STEPS ?= 1500
+test-containers: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL)
+	sh tests/long/containers.sh $(BUILD) $(CONTAINER_STEPS)
 
 test-chaos: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL)
 	sh tests/long/chaos.sh $(BUILD) $(CHAOS_SECONDS) $(CHAOS_SEED)

@@ -7,18 +7,23 @@
 #   deploy/install-deps.sh            build + run packages
 #   deploy/install-deps.sh --test     also what the test suite needs
 #   deploy/install-deps.sh --bench    also what the test suite and make bench need
+#   deploy/install-deps.sh --containers  the container engine of make test-containers:
+#                                     Debian's dockerd, docker-compose 1.29, debootstrap
 set -eu
 
 BUILD_PKGS="build-essential pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
 libopenblas-dev libuv1-dev libinih-dev libjansson-dev libhttp-parser-dev"
-TEST_PKGS="check python3 python3-numpy python3-torch clang libclang-rt-14-dev chromium prometheus"
+TEST_PKGS="check python3 python3-numpy python3-torch clang libclang-rt-14-dev chromium prometheus python3-yaml"
 BENCH_PKGS="gnuplot-nox"
+CONTAINER_PKGS="docker.io docker-compose debootstrap binutils python3"
 
 want="$BUILD_PKGS"
 if [ "${1:-}" = "--test" ]; then
     want="$want $TEST_PKGS"
 elif [ "${1:-}" = "--bench" ]; then
     want="$want $TEST_PKGS $BENCH_PKGS"
+elif [ "${1:-}" = "--containers" ]; then
+    want="$CONTAINER_PKGS"
 fi
 
 missing=""
