@@ -12,6 +12,7 @@
  *   moectl eval CHECKPOINT --corpus FILE [--batch B] [--threads N] [--json]
  *   moectl generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]
  *                   [--top-k K] [--seed S] [--threads N]
+ *   moectl bleu REF HYP           corpus BLEU-4 of tokenized HYP against REF
  *   moectl free-ports N        N free TCP ports on 127.0.0.1 (for launchers and tests)
  *   moectl keygen DIR [--force]   the cluster's CURVE keys (common/moe_sec.h)
  *
@@ -40,6 +41,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "moectl_bleu.h"
 #include "moe_cli.h"
 #include "moe_err.h"
 #include "moe_file.h"
@@ -84,6 +86,9 @@ static void usage(FILE *f)
                "                           the configuration and vocabulary as metadata)\n"
                "  eval CHECKPOINT          perplexity of --corpus FILE under the model\n"
                "  generate CHECKPOINT      text sampled from the model\n"
+               "  bleu REF HYP             corpus BLEU-4 of the tokenized lines of HYP against\n"
+               "                           those of REF (one reference per line; tokens are\n"
+               "                           separated by whitespace), as NLTK's corpus_bleu\n"
                "  free-ports N             print N free TCP ports of 127.0.0.1\n"
                "  keygen DIR               write a cluster's CURVE keys into DIR (one key pair\n"
                "                           per role: coordinator, server, worker); --force\n"
@@ -602,6 +607,8 @@ static int cmd_eval(const struct ctl *c)
 
 static int cmd_generate(const struct ctl *c) { return moectl_generate(c->args[0], &c->model); }
 
+static int cmd_bleu(const struct ctl *c) { return moectl_bleu(c->args[0], c->args[1]); }
+
 static const struct command {
     const char *name;
     int n_args;
@@ -616,6 +623,7 @@ static const struct command {
     {"export", 2, " CHECKPOINT OUT", cmd_export},
     {"eval", 1, " CHECKPOINT --corpus FILE", cmd_eval},
     {"generate", 1, " CHECKPOINT", cmd_generate},
+    {"bleu", 2, " REF HYP", cmd_bleu},
     {"free-ports", 1, " N", cmd_free_ports},
     {"keygen", 1, " DIR", cmd_keygen},
 };
