@@ -12,6 +12,7 @@
 
 #include "data.h"
 #include "moe_err.h"
+#include "parallel.h"
 
 /* ------------------------------------------------------------------ */
 /* Counting                                                            */
@@ -150,29 +151,20 @@ static char *slurp(const char *path, long *n_lines)
     return buf;
 }
 
-static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f'; }
-
 /* The ids of the line at *pos (advanced past it) into ids (room: the
  * line's length); its token count. Unknown words get ids from *next_oov
  * downwards. */
 static int line_ids(const char **pos, const vocab_t *v, int32_t *ids, int32_t *next_oov)
 {
-    const char *p = *pos;
+    const char *w;
+    size_t len;
     int n = 0;
-    while (*p && *p != '\n') {
-        while (is_blank(*p))
-            p++;
-        const char *w = p;
-        while (*p && *p != '\n' && !is_blank(*p))
-            p++;
-        if (p > w) {
-            int32_t id = vocab_lookup(v, w, (size_t)(p - w));
-            if (id == VOCAB_UNK && !(p - w == 5 && memcmp(w, "<unk>", 5) == 0))
-                id = (*next_oov)--;
-            ids[n++] = id;
-        }
+    while ((len = pcorpus_next_word(pos, &w))) {
+        int32_t id = vocab_lookup(v, w, len);
+        if (id == VOCAB_UNK && !(len == 5 && memcmp(w, "<unk>", 5) == 0))
+            id = (*next_oov)--;
+        ids[n++] = id;
     }
-    *pos = *p ? p + 1 : p;
     return n;
 }
 
