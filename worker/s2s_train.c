@@ -130,7 +130,7 @@ static int train_step(struct s2s_run *r, double *xent, double *bal, char *err, s
 }
 
 /* Perplexity of the validation pairs (every pair, length order). */
-static int validate(struct s2s_run *r, double *ppl, char *err, size_t errlen)
+static int validate(struct s2s_run *r, double *loss, char *err, size_t errlen)
 {
     double sum = 0;
     int64_t tokens = 0;
@@ -144,7 +144,7 @@ static int validate(struct s2s_run *r, double *ppl, char *err, size_t errlen)
         sum += s;
         tokens += b.n_global;
     }
-    *ppl = exp(sum / (double)(tokens ? tokens : 1));
+    *loss = sum / (double)(tokens ? tokens : 1);
     return 0;
 }
 
@@ -202,10 +202,10 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, ch
             win_loss = win_bal = 0;
             win_steps = win_tokens = 0;
         }
-        double ppl;
+        double vl;
         if (c->valid_every && r->valid.n && r->step % c->valid_every == 0 && r->step < c->steps &&
-            !(rc = validate(r, &ppl, err, errlen)))
-            printf("step %6" PRId64 " | valid ppl %.2f\n", r->step, ppl);
+            !(rc = validate(r, &vl, err, errlen)))
+            printf("step %6" PRId64 " | valid ppl %.2f\n", r->step, exp(vl));
         if (!rc && c->checkpoint_every && c->checkpoint_dir[0] &&
             r->step % c->checkpoint_every == 0 && r->step < c->steps)
             rc = save(r, false, err, errlen);
@@ -226,11 +226,11 @@ int s2s_train_run(const struct moe_options *c, const volatile sig_atomic_t *sign
     int rc = setup(&r, err, sizeof err);
     if (!rc)
         rc = run_steps(&r, signals, err, sizeof err);
-    double ppl;
-    if (!rc && r.valid.n && !(rc = validate(&r, &ppl, err, sizeof err)))
+    double vl;
+    if (!rc && r.valid.n && !(rc = validate(&r, &vl, err, sizeof err)))
         printf("validation perplexity %.2f after %" PRId64 " steps (%d pairs, %" PRId64
-               " target tokens)\n",
-               ppl, r.step, r.valid.n, r.valid.tgt_tokens);
+               " target tokens; cross-entropy %.9f per token)\n",
+               exp(vl), r.step, r.valid.n, r.valid.tgt_tokens, vl);
     if (!rc)
         rc = save(&r, true, err, sizeof err);
     if (rc)

@@ -1,8 +1,9 @@
 # moe-worker --task translate and moectl translate (issue 19) on a small
 # cut of the bundled English-Spanish pairs: a tiny encoder-decoder trains in
 # about a second, prints its validation perplexity and writes its model
-# with the documented tensor names and shapes; the same run twice gives
-# the same bytes; moectl translate writes one line per input line (an empty
+# with the documented tensor names and shapes, which PyTorch loads strictly
+# and evaluates to the same validation loss (1e-4 relative); the same run
+# twice gives the same bytes; moectl translate writes one line per input line (an empty
 # line gives an empty line), the same lines every run, greedy at --beam 1;
 # bad corpora (different line counts, an empty line, a line over
 # --max-len) are refused with one sentence naming the file and line, exit
@@ -19,13 +20,23 @@ MT="--task translate --src-train $WORK/train.en --tgt-train $WORK/train.es \
 # shellcheck disable=SC2086
 "$BIN/moe-worker" $MT --final-model "$WORK/m1" >"$WORK/run1.txt" 2>&1 ||
     fail "training failed: $(cat "$WORK/run1.txt")"
-grep -Eq "^validation perplexity [0-9.]+ after 24 steps \(40 pairs, [0-9]+ target tokens\)" \
+grep -Eq "^validation perplexity [0-9.]+ after 24 steps \(40 pairs, [0-9]+ target tokens; cross-entropy [0-9.]+ per token\)" \
     "$WORK/run1.txt" || fail "no validation perplexity: $(cat "$WORK/run1.txt")"
 # shellcheck disable=SC2086
 "$BIN/moe-worker" $MT --final-model "$WORK/m2" >"$WORK/run2.txt" 2>&1 || fail "second run failed"
 cmp "$WORK/m1/model.safetensors" "$WORK/m2/model.safetensors" ||
     fail "two runs with the same flags wrote different models"
 echo "  ok: trained, $(grep '^validation' "$WORK/run1.txt"); a second run: the same bytes"
+
+# PyTorch (float64, every pair on its own) agrees on the validation loss
+/usr/bin/python3 -c "import torch" 2>/dev/null ||
+    fail "PyTorch is not installed (deploy/install-deps.sh --test installs python3-torch)"
+ours=$(sed -n 's/.*cross-entropy \([0-9.]*\) per token.*/\1/p' "$WORK/run1.txt")
+theirs=$(/usr/bin/python3 "$IT_DIR/torch_translate.py" "$WORK/m1/model.safetensors" \
+    "$WORK/valid.en" "$WORK/valid.es") || fail "torch_translate.py failed"
+awk -v a="$ours" -v b="$theirs" 'BEGIN { d = (a - b) / b; exit !(a != "" && d < 1e-4 && d > -1e-4) }' ||
+    fail "validation cross-entropy: moe-worker $ours, PyTorch $theirs"
+echo "  ok: PyTorch's validation cross-entropy $theirs, moe-worker's $ours (1e-4 relative)"
 
 /usr/bin/python3 - "$WORK/m1/model.safetensors" <<'PY' || fail "tensor names or shapes"
 import json, struct, sys
