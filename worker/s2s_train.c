@@ -179,7 +179,9 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, ch
                      size_t errlen)
 {
     const struct moe_options *c = r->c;
-    double t0 = moe_now_sec(), win_loss = 0, win_bal = 0;
+    const double start = moe_now_sec();
+    int64_t all_tokens = 0;
+    double t0 = start, win_loss = 0, win_bal = 0;
     int64_t win_steps = 0, win_tokens = 0;
     int rc = 0;
     while (r->step < c->steps && !*signals && !rc) {
@@ -190,6 +192,7 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, ch
         win_bal += bal;
         win_steps++;
         win_tokens += r->pb.tokens;
+        all_tokens += r->pb.tokens;
         if (r->step % c->log_every == 0 || r->step == c->steps) {
             const double now = moe_now_sec(), loss = win_loss / (double)win_steps;
             printf("step %6" PRId64 "/%" PRId64 " | %7.0f tok/s | loss %.4f | ppl %8.2f | "
@@ -210,6 +213,15 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, ch
             r->step % c->checkpoint_every == 0 && r->step < c->steps)
             rc = save(r, false, err, errlen);
     }
+    const double secs = moe_now_sec() - start;
+    const double dense = s2s_dense_params(s2s_config_of(r->x.m));
+    const double experts = 2.0 * c->n_experts * (2.0 * c->d_model * c->d_hidden + c->d_model +
+                                                  c->d_hidden);
+    if (!rc)
+        printf("trained %" PRId64 " steps in %.1f s: %.0f target tokens/s; %.0f parameters "
+               "(%.0f dense, %.0f in 2 x %d experts)%s\n",
+               r->step, secs, (double)all_tokens / (secs > 0 ? secs : 1), dense + experts, dense,
+               experts, c->n_experts, *signals ? "; stopped by a signal" : "");
     return rc;
 }
 
