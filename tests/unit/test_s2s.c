@@ -30,6 +30,18 @@ static void write_file(const char *path, const char *text)
     fclose(f);
 }
 
+/* A temporary folder with the paths of two files in it. */
+struct files {
+    char dir[256], s[300], t[300];
+};
+
+static void files_init(struct files *f)
+{
+    tu_tmpdir(f->dir, sizeof f->dir);
+    snprintf(f->s, sizeof f->s, "%s/s", f->dir);
+    snprintf(f->t, sizeof f->t, "%s/t", f->dir);
+}
+
 static vocab_t *vocab_of(const char *words)
 {
     char err[256];
@@ -40,10 +52,10 @@ static vocab_t *vocab_of(const char *words)
 
 START_TEST(pcorpus_pairs_and_refusals)
 {
-    char dir[256], s[300], t[300], err[512];
-    tu_tmpdir(dir, sizeof dir);
-    snprintf(s, sizeof s, "%s/s", dir);
-    snprintf(t, sizeof t, "%s/t", dir);
+    struct files f;
+    char err[512];
+    files_init(&f);
+    const char *s = f.s, *t = f.t;
     vocab_t *v = vocab_of("<unk>\n<eos>\na\nb\nc\n");
     struct pcorpus c;
     write_file(s, "a b\nc\nb b b\n");
@@ -67,16 +79,16 @@ START_TEST(pcorpus_pairs_and_refusals)
     ck_assert_ptr_nonnull(strstr(err, "/s: line 3 has 3 tokens, more than --max-len 2"));
     ck_assert_ptr_null(c.src);
     vocab_destroy(&v);
-    tu_rmtree(dir);
+    tu_rmtree(f.dir);
 }
 END_TEST
 
 START_TEST(pbatches_sorted_padded_permuted)
 {
-    char dir[256], s[300], t[300], err[512];
-    tu_tmpdir(dir, sizeof dir);
-    snprintf(s, sizeof s, "%s/s", dir);
-    snprintf(t, sizeof t, "%s/t", dir);
+    struct files f;
+    char err[512];
+    files_init(&f);
+    const char *s = f.s, *t = f.t;
     vocab_t *v = vocab_of("<unk>\n<eos>\na\nb\nc\n");
     /* 7 pairs of source lengths 3 1 2 1 3 2 1 (words) */
     write_file(s, "a b c\na\nb c\nc\na a a\nb b\nb\n");
@@ -129,7 +141,7 @@ START_TEST(pbatches_sorted_padded_permuted)
     pbatch_free(&p);
     pcorpus_free(&c);
     vocab_destroy(&v);
-    tu_rmtree(dir);
+    tu_rmtree(f.dir);
 }
 END_TEST
 
