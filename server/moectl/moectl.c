@@ -611,14 +611,31 @@ static int cmd_keygen(const struct ctl *c)
 }
 static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
 
+/* eval and generate run the language model; a translation model gets a
+ * sentence pointing to translate. */
+static bool language_model(const struct ctl *c, const char *cmd)
+{
+    if (!moectl_is_translation(c->args[0]))
+        return true;
+    fprintf(stderr, "moectl: %s: %s is a translation model (moe-worker --task translate): use "
+                    "moectl translate\n", cmd, c->args[0]);
+    return false;
+}
+
 static int cmd_eval(const struct ctl *c)
 {
+    if (!language_model(c, "eval"))
+        return MOE_EXIT_FAILURE;
     struct moectl_model_opts o = c->model;
     o.json = c->json;
     return moectl_eval(c->args[0], &o);
 }
 
-static int cmd_generate(const struct ctl *c) { return moectl_generate(c->args[0], &c->model); }
+static int cmd_generate(const struct ctl *c)
+{
+    return language_model(c, "generate") ? moectl_generate(c->args[0], &c->model)
+                                         : MOE_EXIT_FAILURE;
+}
 
 static int cmd_translate(const struct ctl *c) { return moectl_translate(c->args[0], &c->model); }
 

@@ -6,11 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "moe_blas.h"
 #include "moe_cli.h"
 #include "moe_err.h"
 #include "moe_kernels.h"
+#include "moe_safetensors.h"
 #include "parallel.h"
 #include "s2s_beam.h"
 #include "s2s_checkpoint.h"
@@ -108,6 +110,23 @@ static int translate_file(struct s2s_model *x, FILE *in, const struct moectl_mod
     free(src);
     free(out);
     return rc;
+}
+
+bool moectl_is_translation(const char *ckpt)
+{
+    char file[4096];
+    struct stat sb;
+    if (stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
+        snprintf(file, sizeof file, "%s/model.safetensors", ckpt);
+    else
+        snprintf(file, sizeof file, "%s", ckpt);
+    if (stat(file, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return false;
+    moe_safetensors_t *st = moe_safetensors_open(file, NULL, 0);
+    const char *fmt = st ? moe_safetensors_meta(st, "format") : NULL;
+    const bool yes = fmt && !strcmp(fmt, S2S_FORMAT);
+    moe_safetensors_close(&st);
+    return yes;
 }
 
 int moectl_translate(const char *ckpt, const struct moectl_model_opts *o)

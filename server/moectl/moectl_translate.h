@@ -4,10 +4,17 @@
 #ifndef MOECTL_TRANSLATE_H
 #define MOECTL_TRANSLATE_H
 
+#include <stdbool.h>
+
 #include "moectl_model.h"
 
 /* Prints one line per line of o->input; the exit status (0, 1 failed with
  * one sentence on stderr naming the file and line, 2 usage). */
 int moectl_translate(const char *ckpt, const struct moectl_model_opts *o);
+
+/* Whether ckpt (a file, or a folder with model.safetensors) is a
+ * translation model; eval and generate refuse one with a sentence saying
+ * so. */
+bool moectl_is_translation(const char *ckpt);
 
 #endif

@@ -110,3 +110,5 @@ expect_fail "moectl translate: a line over the model's max_len" \
 [ ! -s "$WORK/out.txt" ] || fail "moectl translate printed before refusing"
 "$BIN/moectl" translate "$WORK/m1" >/dev/null 2>&1
 [ $? = 2 ] || fail "moectl translate without --input: not a usage error"
+expect_fail "moectl eval of a translation model" "m1 is a translation model .*: use moectl translate" \
+    "$BIN/moectl" eval "$WORK/m1" --corpus "$WORK/valid.es"
