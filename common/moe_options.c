@@ -93,7 +93,7 @@ const struct moe_opt moe_options_table[] = {
     OPT("strict_determinism", "compute", MOE_OPT_BOOL, strict_determinism, 1, 0, "false", "refuse to resume a checkpoint or join a cluster computed with other BLAS kernels (default: warn)", MOE_FOR_ALL),
     OPT("recompute", "compute", MOE_OPT_STRING, recompute, 1, 0, "none", "recompute in the backward pass instead of keeping: none, experts (their hidden activations) or all (also the LSTM gates and cells); the same results", MOE_FOR_WORKER | MOE_FOR_SERVER),
     /* translation (issue 19) */
-    OPT("task", "translate", MOE_OPT_STRING, task, 1, 0, "lm", "what moe-worker trains: lm (the language model of train/valid) or translate (the encoder-decoder of src_train -> tgt_train, paper 5.3; experts local for now)", MOE_FOR_WORKER),
+    OPT("task", "translate", MOE_OPT_STRING, task, 1, 0, "lm", "what moe-worker trains: lm (the language model of train/valid) or translate (the encoder-decoder of src_train -> tgt_train, paper 5.3; experts local for now; train, valid, vocab_max, unroll and eval_batch are the language model's)", MOE_FOR_WORKER),
     OPT("src_train", "translate", MOE_OPT_STRING, src_train, 1, 0, "data/bible-en-es/train.en", "translate: source side of the training pairs (one sentence per line)", MOE_FOR_WORKER),
     OPT("tgt_train", "translate", MOE_OPT_STRING, tgt_train, 1, 0, "data/bible-en-es/train.es", "translate: target side of the training pairs (line i translates line i of src_train)", MOE_FOR_WORKER),
     OPT("src_valid", "translate", MOE_OPT_STRING, src_valid, 1, 0, "data/bible-en-es/valid.en", "translate: source side of the validation pairs (empty: none)", MOE_FOR_WORKER),
@@ -436,10 +436,12 @@ static int check_task(const struct moe_options *c, char *err, size_t errlen)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--task translate trains in one process for now: it needs "
                             "--experts local, no --coordinator and no --workers");
-    if (moe_options_hierarchical(c) || strcmp(c->dense_optimizer, "adam") || c->resume[0])
+    if (moe_options_hierarchical(c) || strcmp(c->dense_optimizer, "adam") || c->resume[0] ||
+        c->report[0])
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--task translate has flat MoE layers, dense Adam and no --resume "
-                            "for now (not --moe hierarchical, --dense-optimizer factored)");
+                            "or --report for now (not --moe hierarchical, --dense-optimizer "
+                            "factored)");
     return 0;
 }
 

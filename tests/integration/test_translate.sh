@@ -112,3 +112,15 @@ expect_fail "moectl translate: a line over the model's max_len" \
 [ $? = 2 ] || fail "moectl translate without --input: not a usage error"
 expect_fail "moectl eval of a translation model" "m1 is a translation model .*: use moectl translate" \
     "$BIN/moectl" eval "$WORK/m1" --corpus "$WORK/valid.es"
+# what --task translate does not run yet is a usage error (exit 2)
+for bad in "--experts remote --servers ipc:///nonexistent" \
+    "--moe hierarchical --groups 2 --experts-per-group 2 --k-primary 1" "--report r.json"; do
+    # shellcheck disable=SC2086
+    "$BIN/moe-worker" $MT $bad >"$WORK/out.txt" 2>&1
+    [ $? = 2 ] && grep -q "task translate" "$WORK/out.txt" ||
+        fail "--task translate $bad: not refused as a usage error: $(cat "$WORK/out.txt")"
+done
+"$BIN/moe-worker" --task translat >"$WORK/out.txt" 2>&1
+[ $? = 2 ] && grep -q -- '--task: expected lm or translate, got "translat"' "$WORK/out.txt" ||
+    fail "--task translat: $(cat "$WORK/out.txt")"
+echo "  ok: remote experts, a hierarchical MoE, --report, a misspelt task: exit 2"
