@@ -14,6 +14,7 @@
 #include "moe_checksum.h"
 #include "moe_err.h"
 #include "moe_kernels.h"
+#include "moe_mem.h"
 #include "moe_safetensors.h"
 
 /* ------------------------------------------------------------------------ */
@@ -28,6 +29,27 @@ int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **v
     x->vt = *vt;
     *vs = *vt = NULL;
     const int E = c->n_experts;
+    const struct s2s_config sc = {
+        .V_src = vocab_size(x->vs), .V_tgt = vocab_size(x->vt), .D = c->d_model,
+        .H = c->d_hidden, .E = E, .K = c->k, .residual = c->residual,
+        .moe_sigmoid = c->moe_sigmoid, .dropout = c->dropout, .w_importance = c->w_importance,
+        .w_load = c->w_load, .seed = (uint64_t)c->seed, .B_max = B_max, .S_max = S_max,
+        .T_max = T_max};
+    if (c->memory_check) {
+        /* the model, 2 x E experts, and (training) the dense Adam state */
+        const double need = s2s_bytes(&sc) + (keep_grads ? 8 * s2s_dense_params(&sc) : 0) +
+                            2 * expert_shard_bytes(c->d_model, c->d_hidden, E, keep_grads);
+        char what[200];
+        snprintf(what, sizeof what,
+                 "the translation model (D=%d, %d + %d words, 2 x %d experts, batches of %d "
+                 "pairs of up to %d tokens)",
+                 c->d_model, sc.V_src, sc.V_tgt, E, B_max, S_max > T_max ? S_max : T_max);
+        int rc = moe_mem_check((uint64_t)need, what, err, errlen);
+        if (rc) {
+            s2s_model_free(x);
+            return rc;
+        }
+    }
     x->shard[S2S_ENCODER] = model_experts_range(c, 0, E, keep_grads);
     x->shard[S2S_DECODER] = model_experts_range(c, E, E, keep_grads);
     struct moe_backend be[S2S_N_MOE], dec;
@@ -37,12 +59,6 @@ int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **v
         expert_local_backend(&dec, x->shard[S2S_DECODER]);
         rc = expert_offset_init(&x->off, &be[S2S_DECODER], &dec, E, E);
     }
-    const struct s2s_config sc = {
-        .V_src = vocab_size(x->vs), .V_tgt = vocab_size(x->vt), .D = c->d_model,
-        .H = c->d_hidden, .E = E, .K = c->k, .residual = c->residual,
-        .moe_sigmoid = c->moe_sigmoid, .dropout = c->dropout, .w_importance = c->w_importance,
-        .w_load = c->w_load, .seed = (uint64_t)c->seed, .B_max = B_max, .S_max = S_max,
-        .T_max = T_max};
     if (!rc && !(x->m = s2s_new(&sc, be)))
         rc = MOE_ERR_NOMEM;
     if (rc) {

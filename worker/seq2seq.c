@@ -136,6 +136,21 @@ double s2s_dense_params(const struct s2s_config *c)
            + 2 * D * c->E + (double)c->V_tgt * D + c->V_tgt;     /* its gate, softmax */
 }
 
+double s2s_bytes(const struct s2s_config *c)
+{
+    const double NS = (double)c->B_max * c->S_max, NT = (double)c->B_max * c->T_max;
+    const double D = c->D, E = c->E, K = c->K;
+    /* blocks (h, a, mask, da; pin, pout of the MoE), scratch, the head */
+    const double blocks = (5 * 4 + 2) * (NS + NT) * D + 5 * (NS > NT ? NS : NT) * D + NT * c->V_tgt;
+    /* LSTMs: cache and work of 5 N D floats each; attention: projections,
+     * weights and its work */
+    const double lstm = 3 * 10 * NS * D + 2 * 10 * NT * D;
+    const double att = 2 * (NT + NS) * D + 2 * NT * c->S_max + c->B_max * (D + c->S_max);
+    /* each MoE layer: gate cache and work, dispatch (4 N K D) */
+    const double moe = (NS + NT) * (8 * E + 3 * (K + 1) + 4 * K * D);
+    return 4 * (2 * s2s_dense_params(c) + blocks + lstm + att + moe);
+}
+
 s2s_t *s2s_new(const struct s2s_config *cfg, const struct moe_backend backends[S2S_N_MOE])
 {
     if (cfg->V_src < 2 || cfg->V_tgt < 2 || cfg->D < 1 || cfg->H < 1 || cfg->E < 1 ||

@@ -79,6 +79,10 @@ int s2s_n_params(const s2s_t *m);
 struct layer_param s2s_param_at(s2s_t *m, int i);
 struct layer_param s2s_param_named(s2s_t *m, const char *name);
 double s2s_dense_params(const struct s2s_config *cfg);
+/* About the bytes s2s_new allocates for cfg (parameters, gradients,
+ * activations and caches of the largest batch; not the experts nor the
+ * optimizer state), without allocating: a check before the allocation. */
+double s2s_bytes(const struct s2s_config *cfg);
 
 /* Forward pass over a batch: *xent_sum = sum of -log p over its real
  * target tokens. 0, or a negative code with a sentence (batch too large, a

@@ -124,3 +124,9 @@ done
 [ $? = 2 ] && grep -q -- '--task: expected lm or translate, got "translat"' "$WORK/out.txt" ||
     fail "--task translat: $(cat "$WORK/out.txt")"
 echo "  ok: remote experts, a hierarchical MoE, --report, a misspelt task: exit 2"
+# the memory check before allocating (MOE_MEM_AVAILABLE stands for MemAvailable)
+# shellcheck disable=SC2086
+MOE_MEM_AVAILABLE=1000000 expect_fail "too little memory" \
+    "the translation model \(D=16, .* needs about .* but only 1.0 MB .* are available" \
+    "$BIN/moe-worker" $MT --final-model "$WORK/bad4"
+[ ! -e "$WORK/bad4" ] || fail "a model was written without the memory for it"
