@@ -1,6 +1,7 @@
 /* A translation model's life cycle and file (see s2s_checkpoint.h). */
 #include "s2s_checkpoint.h"
 
+#include <dirent.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,16 +234,33 @@ static int read_description(const moe_safetensors_t *st, struct moe_options *c, 
     return rc;
 }
 
+void s2s_model_file(const char *path, char *file, size_t cap)
+{
+    struct stat sb;
+    snprintf(file, cap, "%s", path);
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return;
+    snprintf(file, cap, "%s/model.safetensors", path);
+    if (stat(file, &sb) == 0)
+        return;
+    DIR *d = opendir(path);
+    char best[64] = "";
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (strlen(e->d_name) == 13 && !strncmp(e->d_name, "step-", 5) &&
+            strspn(e->d_name + 5, "0123456789") == 8 && strcmp(e->d_name, best) > 0)
+            snprintf(best, sizeof best, "%s", e->d_name);
+    if (d)
+        closedir(d);
+    if (best[0])
+        snprintf(file, cap, "%s/%s/model.safetensors", path, best);
+}
+
 int s2s_model_load(struct s2s_model *x, const char *path, int B_max, int T_max, int64_t *step,
                    char *err, size_t errlen)
 {
     memset(x, 0, sizeof *x);
-    char file[MOE_PATH_MAX + 32];
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
-        snprintf(file, sizeof file, "%s/model.safetensors", path);
-    else
-        snprintf(file, sizeof file, "%s", path);
+    char file[MOE_PATH_MAX + 96];
+    s2s_model_file(path, file, sizeof file);
     moe_safetensors_t *st = moe_safetensors_open(file, err, errlen);
     if (!st)
         return MOE_ERR_FORMAT;

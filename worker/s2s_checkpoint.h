@@ -60,11 +60,15 @@ void s2s_model_free(struct s2s_model *x);
 int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
                    size_t errlen);
 
-/* Reads a file of s2s_model_save (PATH, or PATH/model.safetensors) for
+/* Reads a file of s2s_model_save (PATH, PATH/model.safetensors, or that of
+ * the newest PATH/step-NNNNNNNN folder of a checkpoint_dir) for
  * batches up to B_max x T_max (S_max: its max_len + 1). 0, or a negative
  * code with a sentence naming the file (not a translation model, a
  * checksum mismatch, a tensor missing or of another shape). */
 int s2s_model_load(struct s2s_model *x, const char *path, int B_max, int T_max, int64_t *step,
                    char *err, size_t errlen);
+
+/* The file s2s_model_load reads for PATH into file (cap bytes). */
+void s2s_model_file(const char *path, char *file, size_t cap);
 
 #endif

@@ -116,10 +116,7 @@ bool moectl_is_translation(const char *ckpt)
 {
     char file[4096];
     struct stat sb;
-    if (stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode))
-        snprintf(file, sizeof file, "%s/model.safetensors", ckpt);
-    else
-        snprintf(file, sizeof file, "%s", ckpt);
+    s2s_model_file(ckpt, file, sizeof file);
     if (stat(file, &sb) != 0 || !S_ISREG(sb.st_mode))
         return false;
     moe_safetensors_t *st = moe_safetensors_open(file, NULL, 0);

@@ -130,3 +130,14 @@ MOE_MEM_AVAILABLE=1000000 expect_fail "too little memory" \
     "the translation model \(D=16, .* needs about .* but only 1.0 MB .* are available" \
     "$BIN/moe-worker" $MT --final-model "$WORK/bad4"
 [ ! -e "$WORK/bad4" ] || fail "a model was written without the memory for it"
+# --checkpoint-dir: a folder per checkpoint; moectl translate takes the
+# directory (its newest) as well as a step folder
+# shellcheck disable=SC2086
+"$BIN/moe-worker" $MT --steps 6 --checkpoint-dir "$WORK/ck" --checkpoint-every 4 >/dev/null 2>&1 ||
+    fail "training with --checkpoint-dir failed"
+[ -f "$WORK/ck/step-00000004/model.safetensors" ] && [ -f "$WORK/ck/step-00000006/model.safetensors" ] ||
+    fail "checkpoints of steps 4 and 6: $(ls "$WORK/ck")"
+"$BIN/moectl" translate "$WORK/ck" --input "$WORK/in.txt" --beam 2 --threads 1 >"$WORK/ck.txt" 2>/dev/null &&
+    "$BIN/moectl" translate "$WORK/ck/step-00000006" --input "$WORK/in.txt" --beam 2 --threads 1 2>/dev/null |
+    cmp -s - "$WORK/ck.txt" || fail "moectl translate of the checkpoint directory is not its newest step"
+echo "  ok: --checkpoint-dir writes steps 4 and 6; moectl translate DIR reads step 6"
