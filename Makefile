@@ -6,6 +6,7 @@
 #   make test       install missing packages, build, run every test in the
 #                   normal build and again under AddressSanitizer + UBSan
 #   make bench      run the benchmarks in benchmarks/
+#   make bench-mt   translation quality, MoE against dense (2 x BENCH_MT_SECONDS)
 #   make SANITIZE=address,undefined ...   build into build/san instead
 #
 # Objects go in $(BUILD) with -MMD -MP dependency files; protoc-c output is
@@ -116,7 +117,7 @@ BENCH_COMMON = $(BUILD)/obj/benchmarks/gemm_rate.o
 BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
 .PHONY: all deps deps-test deps-bench run test test-long test-chaos test-normal test-san test-unit \
-        test-integration bench clean check-layers check-functions \
+        test-integration bench bench-mt clean check-layers check-functions \
         layout check-layout check-prometheus check-deploy test-containers
 .DEFAULT_GOAL := all
 
@@ -324,6 +325,12 @@ deps-bench:
 
 bench: deps-bench $(BENCH_BIN) $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD)
 	sh benchmarks/run.sh $(BUILD)
+
+# Translation quality, MoE against dense (issue 19): 2 x BENCH_MT_SECONDS
+# (default 3600) of training, then BLEU on the test split.
+BENCH_MT_SECONDS ?= 3600
+bench-mt: $(BIN_WORKER) $(BIN_CTL)
+	sh benchmarks/bench_mt.sh $(BUILD) benchmarks/results $(BENCH_MT_SECONDS)
 
 clean:
 	rm -rf build

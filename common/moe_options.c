@@ -93,6 +93,15 @@ const struct moe_opt moe_options_table[] = {
     OPT("blas_kernels", "compute", MOE_OPT_STRING, blas_kernels, 1, 0, "auto", "OpenBLAS kernel set: auto (the best set the CPU runs, when OpenBLAS chose an older one), keep (OpenBLAS's choice) or a set (Haswell, SkylakeX, Cooperlake, ...); an OPENBLAS_CORETYPE in the environment always wins", MOE_FOR_ALL),
     OPT("strict_determinism", "compute", MOE_OPT_BOOL, strict_determinism, 1, 0, "false", "refuse to resume a checkpoint or join a cluster computed with other BLAS kernels (default: warn)", MOE_FOR_ALL),
     OPT("recompute", "compute", MOE_OPT_STRING, recompute, 1, 0, "none", "recompute in the backward pass instead of keeping: none, experts (their hidden activations) or all (also the LSTM gates and cells); the same results", MOE_FOR_WORKER | MOE_FOR_SERVER),
+    /* translation (issue 19) */
+    OPT("task", "translate", MOE_OPT_STRING, task, 1, 0, "lm", "what moe-worker trains: lm (the language model of train/valid) or translate (the encoder-decoder of src_train -> tgt_train, paper 5.3; experts local for now; train, valid, vocab_max, unroll and eval_batch are the language model's)", MOE_FOR_WORKER),
+    OPT("src_train", "translate", MOE_OPT_STRING, src_train, 1, 0, "data/bible-en-es/train.en", "translate: source side of the training pairs (one sentence per line)", MOE_FOR_WORKER),
+    OPT("tgt_train", "translate", MOE_OPT_STRING, tgt_train, 1, 0, "data/bible-en-es/train.es", "translate: target side of the training pairs (line i translates line i of src_train)", MOE_FOR_WORKER),
+    OPT("src_valid", "translate", MOE_OPT_STRING, src_valid, 1, 0, "data/bible-en-es/valid.en", "translate: source side of the validation pairs (empty: none)", MOE_FOR_WORKER),
+    OPT("tgt_valid", "translate", MOE_OPT_STRING, tgt_valid, 1, 0, "data/bible-en-es/valid.es", "translate: target side of the validation pairs", MOE_FOR_WORKER),
+    OPT("src_vocab_max", "translate", MOE_OPT_INT, src_vocab_max, 0, 10000000, "8000", "translate: source vocabulary cap including <unk> and <eos> (0: no cap)", MOE_FOR_WORKER),
+    OPT("tgt_vocab_max", "translate", MOE_OPT_INT, tgt_vocab_max, 0, 10000000, "8000", "translate: target vocabulary cap including <unk> and <eos> (0: no cap)", MOE_FOR_WORKER),
+    OPT("max_len", "translate", MOE_OPT_INT, max_len, 1, 100000, "150", "translate: most tokens a line of the corpora may hold (a longer line is an error)", MOE_FOR_WORKER),
 };
 _Static_assert(sizeof moe_options_table / sizeof moe_options_table[0] <= MOE_OPTIONS_MAX,
                "raise MOE_OPTIONS_MAX");
@@ -412,6 +421,31 @@ static int check_hierarchical(const struct moe_options *c, unsigned role, char *
     return 0;
 }
 
+bool moe_options_translate(const struct moe_options *c)
+{
+    return strcmp(c->task, "translate") == 0;
+}
+
+/* --task: the word, and what the translation model does not run yet. */
+static int check_task(const struct moe_options *c, char *err, size_t errlen)
+{
+    static const char *const tasks[] = {"lm", "translate"};
+    int rc = check_words(c->task, "task", tasks, 2, "lm or translate", err, errlen);
+    if (rc || !moe_options_translate(c))
+        return rc;
+    if (strcmp(c->experts, "local") || c->coordinator[0] || c->workers[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--task translate trains in one process for now: it needs "
+                            "--experts local, no --coordinator and no --workers");
+    if (moe_options_hierarchical(c) || strcmp(c->dense_optimizer, "adam") || c->resume[0] ||
+        c->report[0])
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "--task translate has flat MoE layers, dense Adam and no --resume "
+                            "or --report for now (not --moe hierarchical, --dense-optimizer "
+                            "factored)");
+    return 0;
+}
+
 int moe_options_check(const struct moe_options *c, unsigned role, char *err, size_t errlen)
 {
     static const char *const levels[] = {"debug", "info", "warn", "error"};
@@ -429,6 +463,8 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
                             c->k, c->n_experts);
     if (c->coordinator[0] && (rc = check_endpoints(c, c->coordinator, "the coordinator", err,
                                                    errlen)))
+        return rc;
+    if (role == MOE_FOR_WORKER && (rc = check_task(c, err, errlen)))
         return rc;
     if (role == MOE_FOR_WORKER)
         return check_worker(c, err, errlen);

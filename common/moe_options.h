@@ -76,6 +76,12 @@ struct moe_options {
     char blas_kernels[32];      /* auto, keep or an OpenBLAS kernel set (moe_kernels_decide) */
     bool strict_determinism;    /* other kernels on resume or join: refuse, not warn */
     char recompute[16];         /* none, experts or all (enum moe_recompute) */
+    /* translation (issue 19; moe-worker --task translate, worker/s2s_train.h) */
+    char task[16];              /* lm or translate */
+    char src_train[MOE_PATH_MAX], tgt_train[MOE_PATH_MAX]; /* parallel corpora: line i of */
+    char src_valid[MOE_PATH_MAX], tgt_valid[MOE_PATH_MAX]; /* one translates line i of the other */
+    int src_vocab_max, tgt_vocab_max; /* vocabulary caps including <unk> and <eos> */
+    int max_len;                /* tokens a line may hold */
 };
 
 /* The programs an option is for (moe_opt.roles): --help lists each
@@ -102,6 +108,11 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
  * flag); moe_options_check refuses any other n_experts, k_primary > groups,
  * k > experts_per_group, and (for now) remote experts or a coordinator. */
 bool moe_options_hierarchical(const struct moe_options *c);
+/* --task translate: the translation model of issue 19 (worker/s2s_train.h)
+ * instead of the language model. moe_options_check refuses (for now)
+ * remote experts, a coordinator, several workers and --moe hierarchical
+ * with it. */
+bool moe_options_translate(const struct moe_options *c);
 void moe_options_derive(struct moe_options *c);
 /* experts_per_group of the hierarchical model a configuration text (a
  * checkpoint's config) describes, or 0 (flat, or a text that does not

@@ -17,6 +17,7 @@ enum moe_rng_purpose {
     MOE_RNG_GATE_NOISE = 2, /* noisy top-k gating noise; col = expert */
     MOE_RNG_SAMPLE = 3,     /* sampling from a trained model; step = position */
     MOE_RNG_GATE_NOISE_GROUP = 4, /* a hierarchical MoE's secondary gates; col = group * B + expert */
+    MOE_RNG_DATA_ORDER = 5, /* the order of a translation epoch's batches; step = epoch */
     MOE_RNG_DROPOUT = 16,   /* dropout; purpose + site index (0..15) */
     MOE_RNG_TEST = 99,      /* tests only */
 };

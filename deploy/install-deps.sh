@@ -13,7 +13,7 @@ set -eu
 
 BUILD_PKGS="build-essential pkg-config libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
 libopenblas-dev libuv1-dev libinih-dev libjansson-dev libhttp-parser-dev"
-TEST_PKGS="check python3 python3-numpy python3-torch clang libclang-rt-14-dev chromium prometheus python3-yaml"
+TEST_PKGS="check python3 python3-numpy python3-nltk python3-torch clang libclang-rt-14-dev chromium prometheus python3-yaml"
 BENCH_PKGS="gnuplot-nox"
 CONTAINER_PKGS="docker.io docker-compose debootstrap binutils python3"
 

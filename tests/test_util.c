@@ -17,6 +17,14 @@ void tu_fill(float *x, size_t n, uint32_t stream, float scale)
         x[i] = (2.0f * moe_rng_uniform(12345, MOE_RNG_TEST, stream, (uint32_t)i, 0) - 1.0f) * scale;
 }
 
+double tu_dotw(const float *a, const float *w, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * w[i];
+    return s;
+}
+
 double tu_max_rel_err(const float *a, const float *b, size_t n, double floor)
 {
     double worst = 0;

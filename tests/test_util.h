@@ -10,6 +10,9 @@
 /* Fills x with uniform values in [-scale, scale) from the counter RNG. */
 void tu_fill(float *x, size_t n, uint32_t stream, float scale);
 
+/* sum a[i] w[i] in double: the scalar losses of the gradient checks. */
+double tu_dotw(const float *a, const float *w, size_t n);
+
 /* Max |a-b| / max(|b|, floor) over n values. */
 double tu_max_rel_err(const float *a, const float *b, size_t n, double floor);
 

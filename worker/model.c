@@ -357,13 +357,19 @@ struct model_config model_config_from_options(const struct moe_options *c, int V
 
 expert_shard_t *model_experts_from_options(const struct moe_options *c, int n, bool keep_grads)
 {
+    return model_experts_range(c, 0, n, keep_grads);
+}
+
+expert_shard_t *model_experts_range(const struct moe_options *c, int32_t first, int n,
+                                    bool keep_grads)
+{
     const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
                                       c->expert_clip, c->expert_relative_step, 1e-3};
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
     if (!ids)
         return NULL;
     for (int e = 0; e < n; e++)
-        ids[e] = e;
+        ids[e] = first + e;
     expert_shard_t *s = expert_shard_new_ex(c->d_model, c->d_hidden, n, ids, (uint64_t)c->seed,
                                             &fo, keep_grads);
     free(ids);

@@ -60,6 +60,10 @@ struct model_config model_config_from_options(const struct moe_options *c, int V
  * as expert_shard_new_ex), freshly initialised from its seed; NULL when out
  * of memory. */
 expert_shard_t *model_experts_from_options(const struct moe_options *c, int n, bool keep_grads);
+/* The same for experts first .. first+n-1 (a model with several MoE
+ * layers gives each layer's experts their own ids). */
+expert_shard_t *model_experts_range(const struct moe_options *c, int32_t first, int n,
+                                    bool keep_grads);
 
 typedef struct model model_t;
 

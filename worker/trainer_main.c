@@ -13,6 +13,7 @@
 #include "moe_options.h"
 #include "moe_tensor.h"
 #include "model_source.h"
+#include "s2s_train.h"
 #include "trainer.h"
 
 static const char summary[] =
@@ -21,7 +22,9 @@ static const char summary[] =
     "With --experts local every expert runs in this process; with --experts remote the\n"
     "experts live on moe-server daemons (--servers) and --workers lists the data-parallel\n"
     "workers (see deploy/launch-local.sh). Prints a progress line every --log-every steps\n"
-    "and the validation perplexity at the end.";
+    "and the validation perplexity at the end. With --task translate it trains the\n"
+    "encoder-decoder translation model (paper 5.3: 3 encoder and 2 decoder LSTMs, an MoE\n"
+    "layer in each, additive attention) on src_train -> tgt_train instead, in this process.";
 
 static const char also[] =
     "moe-server and moe-coordinator options are accepted too (one configuration file serves\n"
@@ -91,5 +94,7 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    if (moe_options_translate(&cfg))
+        return s2s_train_run(&cfg, &signals_seen);
     return trainer_run(&cfg, &signals_seen);
 }

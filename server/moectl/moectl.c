@@ -12,6 +12,9 @@
  *   moectl eval CHECKPOINT --corpus FILE [--batch B] [--threads N] [--json]
  *   moectl generate CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T]
  *                   [--top-k K] [--seed S] [--threads N]
+ *   moectl translate CHECKPOINT --input FILE [--beam K] [--max-len-ratio R]
+ *                   [--length-penalty A] [--threads N]
+ *   moectl bleu REF HYP           corpus BLEU-4 of tokenized HYP against REF
  *   moectl free-ports N        N free TCP ports on 127.0.0.1 (for launchers and tests)
  *   moectl keygen DIR [--force]   the cluster's CURVE keys (common/moe_sec.h)
  *
@@ -40,6 +43,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "moectl_bleu.h"
+#include "moectl_translate.h"
 #include "moe_cli.h"
 #include "moe_err.h"
 #include "moe_file.h"
@@ -84,6 +89,12 @@ static void usage(FILE *f)
                "                           the configuration and vocabulary as metadata)\n"
                "  eval CHECKPOINT          perplexity of --corpus FILE under the model\n"
                "  generate CHECKPOINT      text sampled from the model\n"
+               "  translate CHECKPOINT     translate --input FILE with a model of moe-worker\n"
+               "                           --task translate: one line out per line in (beam\n"
+               "                           search, GNMT length normalisation; deterministic)\n"
+               "  bleu REF HYP             corpus BLEU-4 of the tokenized lines of HYP against\n"
+               "                           those of REF (one reference per line; tokens are\n"
+               "                           separated by whitespace), as NLTK's corpus_bleu\n"
                "  free-ports N             print N free TCP ports of 127.0.0.1\n"
                "  keygen DIR               write a cluster's CURVE keys into DIR (one key pair\n"
                "                           per role: coordinator, server, worker); --force\n"
@@ -113,6 +124,13 @@ static void usage(FILE *f)
                "                           (default 0: all)\n"
                "  --seed S                 generate: the sample's seed (default 1); the same\n"
                "                           seed gives the same text\n"
+               "  --input FILE             translate: the sentences (one per line, tokenized as\n"
+               "                           the model's training corpus)\n"
+               "  --beam K                 translate: hypotheses kept (default 4; 1: greedy)\n"
+               "  --max-len-ratio R        translate: at most R x (source words + 1) words out\n"
+               "                           (default 1.5)\n"
+               "  --length-penalty A       translate: alpha of GNMT's length normalisation\n"
+               "                           ((5 + |Y|)^A / 6^A; default 0.6; 0: none)\n"
                "  --force                  keygen: replace existing keys\n"
                "  -h, --help               this help\n"
                "\n"
@@ -610,14 +628,35 @@ static int cmd_keygen(const struct ctl *c)
 }
 static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
 
+/* eval and generate run the language model; a translation model gets a
+ * sentence pointing to translate. */
+static bool language_model(const struct ctl *c, const char *cmd)
+{
+    if (!moectl_is_translation(c->args[0]))
+        return true;
+    fprintf(stderr, "moectl: %s: %s is a translation model (moe-worker --task translate): use "
+                    "moectl translate\n", cmd, c->args[0]);
+    return false;
+}
+
 static int cmd_eval(const struct ctl *c)
 {
+    if (!language_model(c, "eval"))
+        return MOE_EXIT_FAILURE;
     struct moectl_model_opts o = c->model;
     o.json = c->json;
     return moectl_eval(c->args[0], &o);
 }
 
-static int cmd_generate(const struct ctl *c) { return moectl_generate(c->args[0], &c->model); }
+static int cmd_generate(const struct ctl *c)
+{
+    return language_model(c, "generate") ? moectl_generate(c->args[0], &c->model)
+                                         : MOE_EXIT_FAILURE;
+}
+
+static int cmd_translate(const struct ctl *c) { return moectl_translate(c->args[0], &c->model); }
+
+static int cmd_bleu(const struct ctl *c) { return moectl_bleu(c->args[0], c->args[1]); }
 
 static const struct command {
     const char *name;
@@ -633,6 +672,8 @@ static const struct command {
     {"export", 2, " CHECKPOINT OUT", cmd_export},
     {"eval", 1, " CHECKPOINT --corpus FILE", cmd_eval},
     {"generate", 1, " CHECKPOINT", cmd_generate},
+    {"translate", 1, " CHECKPOINT --input FILE", cmd_translate},
+    {"bleu", 2, " REF HYP", cmd_bleu},
     {"free-ports", 1, " N", cmd_free_ports},
     {"keygen", 1, " DIR", cmd_keygen},
 };
@@ -647,6 +688,9 @@ static const struct option long_options[] = {
     {"threads", required_argument, NULL, 'N'}, {"prompt", required_argument, NULL, 'P'},
     {"tokens", required_argument, NULL, 'k'}, {"temperature", required_argument, NULL, 'x'},
     {"top-k", required_argument, NULL, 'K'},  {"seed", required_argument, NULL, 'S'},
+    {"input", required_argument, NULL, 'i'}, {"beam", required_argument, NULL, 'B'},
+    {"max-len-ratio", required_argument, NULL, 'r'},
+    {"length-penalty", required_argument, NULL, 'a'},
     {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
 };
 
@@ -701,6 +745,9 @@ static bool parse_model_number(int code, const char *arg, struct moectl_model_op
     case 'N': ok = moe_cli_long(arg, 1, 256, &m->threads), what = "--threads: expected a number from 1 to 256"; break;
     case 'k': ok = moe_cli_long(arg, 1, 1000000, &m->tokens), what = "--tokens: expected a number of words from 1 to 1000000"; break;
     case 'K': ok = moe_cli_long(arg, 0, 1 << 30, &m->top_k), what = "--top-k: expected a number of words from 0 (all)"; break;
+    case 'B': ok = moe_cli_long(arg, 1, 256, &m->beam), what = "--beam: expected a number of hypotheses from 1 to 256"; break;
+    case 'r': ok = moe_cli_double(arg, 0.01, 100, &m->max_len_ratio), what = "--max-len-ratio: expected a number from 0.01 to 100"; break;
+    case 'a': ok = moe_cli_double(arg, 0, 10, &m->length_penalty), what = "--length-penalty: expected a number from 0 to 10"; break;
     case 'S':
         ok = moe_cli_long(arg, 0, 0x7fffffffffffffffL, &v), what = "--seed: expected a number from 0";
         m->seed = (uint64_t)v;
@@ -742,7 +789,8 @@ static int parse_options(int argc, char **argv, struct ctl *c)
             break;
         case 'c': c->model.corpus = optarg; break;
         case 'P': c->model.prompt = optarg; break;
-        case 'b': case 'N': case 'k': case 'K': case 'S': case 'x':
+        case 'i': c->model.input = optarg; break;
+        case 'b': case 'N': case 'k': case 'K': case 'S': case 'x': case 'B': case 'r': case 'a':
             if (!parse_model_number(code, optarg, &c->model))
                 return MOE_EXIT_USAGE;
             break;
@@ -756,7 +804,8 @@ static int parse_options(int argc, char **argv, struct ctl *c)
 int main(int argc, char **argv)
 {
     struct ctl c = {.host = "127.0.0.1", .port = "8780", .sort = "rows",
-                    .model = {.threads = 2, .tokens = 50, .temperature = 1, .seed = 1}};
+                    .model = {.threads = 2, .tokens = 50, .temperature = 1, .seed = 1,
+                              .beam = 4, .max_len_ratio = 1.5, .length_penalty = 0.6}};
     moe_log_set_name("moectl");
     int rc = parse_options(argc, argv, &c);
     if (rc >= 0)

@@ -15,6 +15,9 @@ struct moectl_model_opts {
     double temperature; /* generate --temperature */
     long top_k;         /* generate --top-k; 0: all words */
     uint64_t seed;      /* generate --seed */
+    const char *input;  /* translate --input */
+    long beam;          /* translate --beam */
+    double max_len_ratio, length_penalty; /* translate */
     bool json;
     int argc;           /* moectl's command line, for the BLAS kernel choice */
     char **argv;
