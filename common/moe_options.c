@@ -308,7 +308,7 @@ size_t moe_options_message_limit(const struct moe_options *c, int receiver)
     const double E = c->n_experts, D = c->d_model;
     const double header = 4096.0 + 16.0 * E + MOE_WIRE_ERROR_TEXT_MAX;
     const double rows = (double)(c->batch > c->eval_batch ? c->batch : c->eval_batch) * c->unroll *
-                        c->k;
+                        moe_options_slots_per_row(c);
     double bytes;
     if (receiver == MOE_ROLE_COORDINATOR) {
         bytes = header + 65536.0 + 4.0 * (3.0 * E + 1);
@@ -372,6 +372,16 @@ bool moe_options_hierarchical(const struct moe_options *c)
     return strcmp(c->moe, "hierarchical") == 0;
 }
 
+int moe_options_slots_per_row(const struct moe_options *c)
+{
+    return moe_options_hierarchical(c) ? c->k_primary * c->k : c->k;
+}
+
+int moe_options_group_size(const struct moe_options *c)
+{
+    return moe_options_hierarchical(c) ? c->experts_per_group : 1;
+}
+
 void moe_options_derive(struct moe_options *c)
 {
     size_t i = 0;
@@ -390,11 +400,12 @@ static int check_hierarchical(const struct moe_options *c, unsigned role, char *
     int rc = check_words(c->moe, "moe", kinds, 2, "flat or hierarchical", err, errlen);
     if (rc || !moe_options_hierarchical(c))
         return rc;
-    if (strcmp(c->experts, "remote") == 0 || c->coordinator[0] || role != MOE_FOR_WORKER)
+    (void)role;
+    if (strchr(c->workers, ','))
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--moe: hierarchical MoE runs in one process for now; use "
-                            "--experts local without --coordinator (expert servers and a "
-                            "coordinator take flat MoE only)");
+                            "--workers: a hierarchical MoE trains with one worker for now (its "
+                            "Load_H is a product of per-group factors that the workers do not "
+                            "sum yet); use --moe flat for data-parallel workers");
     if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--n-experts %d is not --groups %d x --experts-per-group %d (with "

@@ -100,8 +100,8 @@ static int setup_cluster(struct trainer *t, char *err, size_t errlen)
             placement = "";
             t->elastic = c->checkpoint_dir[0] != 0;
         }
-        rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
-                               errlen);
+        rc = moe_cluster_parse_groups(&t->cl, servers, c->workers, placement, c->n_experts,
+                                      moe_options_group_size(c), err, errlen);
         if (rc)
             return rc;
         t->world = t->cl.n_workers;

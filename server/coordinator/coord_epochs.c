@@ -118,7 +118,14 @@ void coord__start_epoch(coord_t *c, int64_t step, const char *folder, bool initi
         fail_cluster(c, "the coordinator is out of memory");
         return;
     }
-    coord_placement_compute(c->E, c->server_of, live, n, next);
+    /* whole groups of a hierarchical MoE; at most one server per group */
+    const int B = moe_options_group_size(c->cfg);
+    const int kept = B > 1 ? coord_placement_live(c->E / B, c->server_of, c->E, live, n) : n;
+    if (kept < n)
+        moe_warn("epoch %u: %d server(s) for %d group(s) of experts: %d stay idle", c->epoch, n,
+                 c->E / B, n - kept);
+    n = kept;
+    coord_placement_compute_groups(c->E, B, c->server_of, live, n, next);
     int moved = 0;
     for (int e = 0; e < c->E; e++)
         moved += next[e] != c->server_of[e];
