@@ -318,7 +318,14 @@ static void commit_checkpoint(coord_t *c)
     if (pruned < 0)
         moe_warn("cannot prune old checkpoints in %s", c->cfg->checkpoint_dir);
     if (step >= c->cfg->steps) {
-        c->phase = COORD_FINISHED;
+        /* a stop asked for while the last checkpoint was being written
+         * (SIGTERM once the workers are done) stops the cluster now: in
+         * FINISHED it would be forgotten, and the members told to stay for
+         * that checkpoint would wait for ever */
+        if (stop || c->stop_requested)
+            enter_stopped(c, c->stop_why);
+        else
+            c->phase = COORD_FINISHED;
         return;
     }
     if (stop) {

@@ -15,48 +15,25 @@ base_args() { # NAME
     A="--train $WORK/train.txt --valid= $HT $H --log-every 1 --log-level info --steps $K \
 --checkpoint-dir $WORK/$1/ck --checkpoint-every 10 --timeout-ms 2000 --heartbeat-timeout-ms 1500"
 }
-export_of() { # NAME
-    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export.safetensors" >/dev/null ||
-        fail "$1: moectl export of its last checkpoint failed"
-}
 # has NAME SERVER N EPOCH: server SERVER holds N experts in epoch EPOCH
 has() {
     grep -q "epoch $4: server $2 with $3 experts" "$CL/server-$2.log" ||
         fail "$1: server $2 does not hold $3 experts in epoch $4: $(grep "epoch $4: server" "$CL/server-$2.log")"
 }
-same_as_base() { # NAME WHAT
-    export_of "$1"
-    cmp -s "$WORK/base.export.safetensors" "$WORK/$1.export.safetensors" ||
-        fail "$2: the export at step $K differs from the undisturbed run"
-    grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
-}
-start() { # NAME
-    base_args "$1"
-    cl_init "$1" 1
-    cl_server_endpoints 0 1
-    cl_coord --servers "$CLSV"
-    cl_server 0
-    cl_server 1
-    cl_worker 0
-}
-finish() {
-    wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
-    cl_stop
-}
-start base
-finish
+cl_start_pair base
+cl_finish
 has base 0 4 1
 has base 1 2 1
-export_of base
+cl_export_of base
 cmp -s "$WORK/local.export.safetensors" "$WORK/base.export.safetensors" ||
     fail "the undisturbed cluster run differs from in-process"
 echo "  ok: undisturbed run: servers hold 4 + 2 experts (whole groups), export = in-process"
 
-start add
+cl_start_pair add
 cl_wait_step 0 10
 cl_server 2
-finish
-same_as_base add "a server added mid-run"
+cl_finish
+cl_same_as_base add "a server added mid-run"
 has add 0 2 2
 has add 1 2 2
 has add 2 2 2
@@ -64,22 +41,22 @@ grep -q "epoch 2: 3 server(s), placement version 2 (2 expert(s) moved)" "$CL/coo
     fail "no epoch with 3 servers moving one group: $(grep epoch "$CL/coordinator.log")"
 echo "  ok: a third server joined: one group (2 experts) moved to it, export identical"
 
-start drain
+cl_start_pair drain
 cl_wait_step 0 10
 "$BIN/moectl" --http "$CLH" --token secret drain 1 >"$WORK/drain.out" 2>&1 ||
     fail "moectl drain: $(cat "$WORK/drain.out")"
 wait "$SPID1" || fail "the drained server exited non-zero: $(tail -n 3 "$CL/server-1.log")"
-finish
-same_as_base drain "a server drained mid-run"
+cl_finish
+cl_same_as_base drain "a server drained mid-run"
 has drain 0 6 2
 grep -q "epoch 2: 1 server(s)" "$CL/coordinator.log" || fail "no epoch without the drained server"
 echo "  ok: server 1 drained: its group moved, export identical"
 
-start kill
+cl_start_pair kill
 cl_wait_step 0 10
 kill -9 "$SPID1"
-finish
-same_as_base kill "kill -9 of a server"
+cl_finish
+cl_same_as_base kill "kill -9 of a server"
 has kill 0 6 2
 grep -q "rolling back to step" "$CL/coordinator.log" || fail "no rollback after the kill"
 echo "  ok: kill -9 of a server: rolled back, its group placed on the survivor, export identical"
