@@ -401,11 +401,11 @@ static int check_hierarchical(const struct moe_options *c, unsigned role, char *
     if (rc || !moe_options_hierarchical(c))
         return rc;
     (void)role;
-    if (strchr(c->workers, ','))
+    if (strchr(c->workers, ',') && c->coordinator[0])
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--workers: a hierarchical MoE trains with one worker for now (its "
-                            "Load_H is a product of per-group factors that the workers do not "
-                            "sum yet); use --moe flat for data-parallel workers");
+                            "--workers: a hierarchical MoE with several workers runs without a "
+                            "coordinator for now (the per-group factors of its Load_H are summed "
+                            "by the workers' ring, not yet by the coordinator)");
     if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--n-experts %d is not --groups %d x --experts-per-group %d (with "

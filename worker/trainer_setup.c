@@ -199,7 +199,9 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
                                         err, errlen)))
             return MOE_ERR_IO;
     }
-    t->stats = moe_alloc_floats(3 * (size_t)c->n_experts + 1);
+    /* Importance | Load | rows | a hierarchical MoE's group factors | loss */
+    t->stats = moe_alloc_floats(3 * (size_t)c->n_experts +
+                                (moe_options_hierarchical(c) ? 2 * (size_t)c->groups : 0) + 1);
     t->rows_routed = calloc((size_t)c->n_experts, sizeof(double));
     return t->stats && t->rows_routed ? 0 : MOE_ERR_NOMEM;
 }
