@@ -311,7 +311,8 @@ size_t moe_options_message_limit(const struct moe_options *c, int receiver)
                         moe_options_slots_per_row(c);
     double bytes;
     if (receiver == MOE_ROLE_COORDINATOR) {
-        bytes = header + 65536.0 + 4.0 * (3.0 * E + 1);
+        bytes = header + 65536.0 +
+                4.0 * (3.0 * E + 1 + (moe_options_hierarchical(c) ? 2.0 * c->groups : 0));
     } else {
         bytes = header + 4.0 * rows * D;
         if (receiver == MOE_ROLE_WORKER) {
@@ -393,19 +394,12 @@ void moe_options_derive(struct moe_options *c)
 }
 
 /* --moe: the words, the shape of a hierarchical layer, and where it runs. */
-static int check_hierarchical(const struct moe_options *c, unsigned role, char *err,
-                              size_t errlen)
+static int check_hierarchical(const struct moe_options *c, char *err, size_t errlen)
 {
     static const char *const kinds[] = {"flat", "hierarchical"};
     int rc = check_words(c->moe, "moe", kinds, 2, "flat or hierarchical", err, errlen);
     if (rc || !moe_options_hierarchical(c))
         return rc;
-    (void)role;
-    if (strchr(c->workers, ',') && c->coordinator[0])
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--workers: a hierarchical MoE with several workers runs without a "
-                            "coordinator for now (the per-group factors of its Load_H are summed "
-                            "by the workers' ring, not yet by the coordinator)");
     if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--n-experts %d is not --groups %d x --experts-per-group %d (with "
@@ -432,7 +426,7 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
         rc = check_words(c->wire_dtype, "wire-dtype", dtypes, 2, "f32 or bf16", err, errlen);
     if (rc)
         return rc;
-    if ((rc = check_hierarchical(c, role, err, errlen)))
+    if ((rc = check_hierarchical(c, err, errlen)))
         return rc;
     if (c->k > c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--k %d is larger than --n-experts %d",

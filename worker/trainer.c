@@ -185,19 +185,17 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     if (t->coord) {
         /* The coordinator sums every worker's vectors in rank order. */
         const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
-        rc = coord_client_stats(t->coord, s, imp, load, cnt, xent / ((double)t->B * c->unroll),
-                                t->last_tps, (uint64_t)t->B * (uint64_t)c->unroll, ask,
-                                t->gstats, t->gstats + E, t->gstats + 2 * E,
-                                &t->step_flags, err, errlen);
+        rc = coord_client_stats_row(t->coord, s, t->stats, 3 * (size_t)E + (size_t)X,
+                                    xent / ((double)t->B * c->unroll), t->last_tps,
+                                    (uint64_t)t->B * (uint64_t)c->unroll, ask, t->gstats,
+                                    &t->step_flags, err, errlen);
         if (rc == 0 && ask && !t->stop_asked) {
             t->stop_asked = true;
             moe_info("asked the coordinator to stop the cluster after a checkpoint");
         }
         if (rc)
             return rc;
-        /* (fx stays this worker's: a hierarchical MoE has one worker with
-         * a coordinator, moe_options_check) */
-        memcpy(t->stats, t->gstats, sizeof(float) * 3 * (size_t)E);
+        memcpy(t->stats, t->gstats, sizeof(float) * (3 * (size_t)E + (size_t)X));
         *xs = (float)(xent * t->world); /* the loss printed is this worker's */
     } else if (t->world > 1 &&
                (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + (size_t)X + 1,

@@ -188,7 +188,9 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
     if (!t->remote) {
         expert_local_backend(&t->backend, t->shard);
     } else if (t->coord) {
-        if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
+        if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts +
+                                           (moe_options_hierarchical(c) ? 2 * (size_t)c->groups
+                                                                        : 0))))
             return MOE_ERR_NOMEM;
     } else {
         if ((rc = trainer__make_remote(t, err, errlen)))

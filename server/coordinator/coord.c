@@ -156,7 +156,11 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     c->listed = calloc(MAX_SLOTS, sizeof *c->listed);
     c->workers = calloc((size_t)c->W, sizeof *c->workers);
     c->pending = calloc((size_t)c->W, sizeof *c->pending);
-    c->reply = calloc(3 * (size_t)c->E, sizeof(float));
+    /* a hierarchical MoE's workers send its per-group factors of Load_H too */
+    const int X = moe_options_hierarchical(cfg) ? 2 * cfg->groups : 0;
+    if (c->stats && X && coord_stats_set_extras(c->stats, X))
+        coord_stats_destroy(&c->stats);
+    c->reply = calloc(3 * (size_t)c->E + (size_t)X, sizeof(float));
     c->server_of = malloc(sizeof(int32_t) * (size_t)c->E);
     c->ep_place = malloc(sizeof(int32_t) * (size_t)c->E);
     c->ep_slot = calloc(MAX_SLOTS, sizeof(int));

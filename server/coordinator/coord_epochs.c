@@ -507,6 +507,8 @@ static void send_global(coord_t *c, uint32_t flags)
     memcpy(c->reply, coord_stats_global_importance(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + E, coord_stats_global_load(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + 2 * E, coord_stats_global_rows(c->stats), sizeof(float) * (size_t)E);
+    const int X = coord_stats_n_extras(c->stats);
+    memcpy(c->reply + 3 * E, coord_stats_global_extras(c->stats), sizeof(float) * (size_t)X);
     int32_t id0 = 0;
     uint32_t one = 1;
     struct moe_wire_out o = {0};
@@ -516,7 +518,7 @@ static void send_global(coord_t *c, uint32_t flags)
     o.row_counts = &one;
     o.n_experts = 1;
     o.dtype = MOE__DTYPE__DTYPE_F32;
-    o.width = (uint32_t)(3 * E);
+    o.width = (uint32_t)(3 * E + X);
     o.placement_version = c->placement_version;
     o.flags = flags;
     coord__answer_pending(c, &o, c->reply, 1);
@@ -579,13 +581,20 @@ void coord__handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
         coord__reply_error(c, m, MOE_ERR_STATE, why);
         return;
     }
-    if (m->rows != 1 || h->width != (uint32_t)(3 * E)) {
-        snprintf(why, sizeof why, "statistics must be one row of 3 x %d floats", E);
+    const int X = coord_stats_n_extras(c->stats);
+    if (m->rows != 1 || h->width != (uint32_t)(3 * E + X)) {
+        if (X)
+            snprintf(why, sizeof why,
+                     "statistics must be one row of 3 x %d + %d floats (a hierarchical MoE's "
+                     "per-group factors of Load_H follow the vectors)", E, X);
+        else
+            snprintf(why, sizeof why, "statistics must be one row of 3 x %d floats", E);
         coord__reply_error(c, m, MOE_ERR_SHAPE, why);
         return;
     }
-    int rc = coord_stats_submit(c->stats, (int64_t)h->step, (int)h->rank, m->data, m->data + E,
-                                m->data + 2 * E, h->loss, h->tokens_per_sec, why, sizeof why);
+    int rc = coord_stats_submit_ex(c->stats, (int64_t)h->step, (int)h->rank, m->data, m->data + E,
+                                   m->data + 2 * E, m->data + 3 * E, h->loss, h->tokens_per_sec,
+                                   why, sizeof why);
     if (rc < 0) {
         coord__reply_error(c, m, rc, why);
         return;

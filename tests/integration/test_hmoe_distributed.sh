@@ -41,14 +41,18 @@ echo "  ok: server 0 holds groups 0 and 1 (4 experts), server 1 group 2 (its sha
 # 2 workers x 2 servers (the workers' ring sums Importance_H, the secondary
 # loads and the per-group factors of Load_H): a rerun is byte-identical, and
 # the model is that of 1 worker within a float tolerance (sums in another
-# order)
-for run in a b; do
-    sh "$L" --bin "$BIN" --run-dir "$WORK/w2$run" --servers 2 --workers 2 --no-coordinator -- $A \
+# order); the coordinator sums the same vectors in the same rank order
+for run in a b c; do
+    opt=--no-coordinator
+    [ $run = c ] && opt=
+    sh "$L" --bin "$BIN" --run-dir "$WORK/w2$run" --servers 2 --workers 2 $opt -- $A \
         --checkpoint-dir "$WORK/w2$run/ck" >/dev/null 2>&1 || fail "2 servers + 2 workers (run $run)"
     "$BIN/moectl" export --params-only "$WORK/w2$run/ck" "$WORK/w2$run.export.safetensors" >/dev/null ||
         fail "export (2 workers, run $run)"
 done
 cmp "$WORK/w2a.export.safetensors" "$WORK/w2b.export.safetensors" || fail "2 workers: a rerun differs"
+cmp "$WORK/w2a.export.safetensors" "$WORK/w2c.export.safetensors" ||
+    fail "2 workers: the coordinator's sums give other bytes than the ring's"
 /usr/bin/python3 "$IT_DIR/compare_safetensors.py" "$WORK/local/step-000000$K/model.safetensors" \
     "$WORK/w2a.export.safetensors" 1e-4 || fail "2 workers differ from 1 worker beyond tolerance"
-echo "  ok: 2 workers x 2 servers: a rerun is byte-identical; within 1e-4 of 1 worker"
+echo "  ok: 2 workers x 2 servers: a rerun is byte-identical, with a coordinator too; within 1e-4 of 1 worker"
