@@ -508,7 +508,8 @@ static void send_global(coord_t *c, uint32_t flags)
     memcpy(c->reply + E, coord_stats_global_load(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + 2 * E, coord_stats_global_rows(c->stats), sizeof(float) * (size_t)E);
     const int X = coord_stats_n_extras(c->stats);
-    memcpy(c->reply + 3 * E, coord_stats_global_extras(c->stats), sizeof(float) * (size_t)X);
+    if (X)
+        memcpy(c->reply + 3 * E, coord_stats_global_extras(c->stats), sizeof(float) * (size_t)X);
     int32_t id0 = 0;
     uint32_t one = 1;
     struct moe_wire_out o = {0};
