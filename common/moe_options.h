@@ -66,6 +66,8 @@ struct moe_options {
     char log_level[16];
     /* operations */
     int max_rollbacks;          /* moe-coordinator: failures without progress before it stops */
+    int stall_heartbeats;       /* moe-coordinator: heartbeats of a server without a step
+                                 * completed before the cluster counts as stalled */
     int64_t coordinator_wait_s; /* servers, workers: how long to wait for a silent coordinator */
     bool memory_check;          /* compare the memory needed with MemAvailable before allocating */
     /* which keys the INI file or a flag set (moe_config_parse_args), by table index */

@@ -100,6 +100,7 @@ struct coord_member {
     double cpu_seconds;               /* the process's CPU seconds */
     uint64_t rss_bytes;               /* ... and resident memory */
     uint64_t tokens_total;            /* worker: tokens trained (replayed steps again) */
+    uint64_t beats_since_step;        /* server: heartbeats since a step last completed */
 };
 
 enum coord_phase {
@@ -176,6 +177,19 @@ uint32_t coord_placement_version(const coord_t *c);
 uint32_t coord_epoch(const coord_t *c);
 enum coord_phase coord_phase(const coord_t *c);
 int64_t coord_committed_step(const coord_t *c); /* -1: none */
+/* The most heartbeats one live server sent since a step last completed
+ * (since the coordinator started when none has), and whether that is at
+ * least stall_heartbeats while the cluster is loading or running: the
+ * step has not advanced (a rollback loop, a hung worker, a slow load). */
+uint64_t coord_beats_since_step(const coord_t *c);
+bool coord_stalled(const coord_t *c);
+/* What a member is doing, one word: a server "serving", "loading",
+ * "draining", "spare" (alive, not in the epoch), "registering" or "down"; a
+ * worker "training", "waiting" (for the epoch's servers and the other
+ * workers), "loading" (has not asked for the epoch yet: loading a checkpoint,
+ * finishing a step), "done", "absent" (never registered) or "down". */
+const char *coord_server_state(const coord_t *c, const struct coord_member *m);
+const char *coord_worker_state(const coord_t *c, const struct coord_member *m);
 uint64_t coord_errors(const coord_t *c);
 
 /* Changes whenever anything the renders below show may have changed (a
@@ -201,10 +215,15 @@ void coord_placement_compute_groups(int E, int B, const int32_t *old, const int 
  * count kept (n_live when it is at most units). */
 int coord_placement_live(int units, const int32_t *old, int n_old, int *live, int n_live);
 
-/* Renders /api/v1/experts, /api/v1/cluster (JSON) and /metrics
- * (Prometheus text). Return a malloc'd NUL-terminated string, or NULL. */
+/* Renders /api/v1/experts, /api/v1/cluster, /api/v1/history (JSON) and
+ * /metrics (Prometheus text). Return a malloc'd NUL-terminated string, or
+ * NULL. The history (coord_history.h) has one array per expert, one value
+ * per column: the rows routed (load false) or the Load (load true) summed
+ * over the column's steps. It changes only when a step is recorded:
+ * coord_history_last_step(coord_stats_history(...)) may key a cache. */
 char *coord_render_experts_json(const coord_t *c);
 char *coord_render_cluster_json(const coord_t *c);
+char *coord_render_history_json(const coord_t *c, bool load);
 /* /metrics: the part that changes with the state (cached by the caller
  * until coord_generation changes); per-expert series when all_experts or
  * when n_experts <= metrics_max_experts. coord_render_metrics_live: the

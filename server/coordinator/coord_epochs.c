@@ -624,6 +624,8 @@ void coord__handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
         if (c->step_done_at > 0)
             moe_hist_observe(&c->step_hist, now - c->step_done_at);
         c->step_done_at = c->last_step_at = now;
+        for (int k = 0; k < c->n_slots; k++)
+            c->servers[k].beats_since_step = 0;
         send_global(c, directive(c, s));
     }
 }

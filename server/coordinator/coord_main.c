@@ -1,11 +1,14 @@
 /* moe-coordinator: the coordinator daemon. Wiring only: configuration, the
  * libuv loop (ZeroMQ through moe_zloop, HTTP through coord_http, a liveness
  * timer, SIGTERM/SIGINT), and the HTTP routes:
- *   GET  /                 the live dashboard (per-expert load, loss curve)
+ *   GET  /                 the live dashboard (rows routed and Load per expert,
+ *                          their heatmap over the run, the loss curve, states)
  *   GET  /metrics          Prometheus text format (?experts=1: per-expert series
  *                          whatever metrics_max_experts says)
  *   GET  /api/v1/cluster   servers, workers, cluster statistics (JSON)
- *   GET  /api/v1/experts   per-expert rows, importance, load (JSON)
+ *   GET  /api/v1/experts   per-expert rows routed, Importance, Load (JSON)
+ *   GET  /api/v1/history   per-expert rows routed (?field=load: Load) over
+ *                          the run, downsampled into columns (JSON)
  *   POST /api/v1/checkpoint          checkpoint at the end of the next step
  *   POST /api/v1/drain?server=ID     move server ID's experts away, then it exits
  *        (both need `Authorization: Bearer <http_token>`)
@@ -43,7 +46,8 @@ struct render_cache {
     size_t len;
 };
 
-enum { PAGE_METRICS, PAGE_METRICS_ALL, PAGE_CLUSTER, PAGE_EXPERTS, N_PAGES };
+enum { PAGE_METRICS, PAGE_METRICS_ALL, PAGE_CLUSTER, PAGE_EXPERTS, PAGE_HISTORY,
+       PAGE_HISTORY_LOAD, N_PAGES };
 
 struct app {
     struct render_cache cache[N_PAGES];
@@ -110,11 +114,16 @@ static char *copy(const char *s)
 static char *cached_page(struct app *a, int page)
 {
     struct render_cache *rc = &a->cache[page];
-    const uint64_t gen = coord_generation(a->coord);
+    const bool history = page == PAGE_HISTORY || page == PAGE_HISTORY_LOAD;
+    /* the history changes only when a step is recorded */
+    const uint64_t gen = history ? (uint64_t)(coord_history_last_step(coord_stats_history(
+                                       coord_stats(a->coord))) + 1)
+                                 : coord_generation(a->coord);
     if (!rc->body || rc->generation != gen) {
         char *fresh = page == PAGE_METRICS       ? coord_render_metrics(a->coord, false)
                       : page == PAGE_METRICS_ALL ? coord_render_metrics(a->coord, true)
                       : page == PAGE_CLUSTER     ? coord_render_cluster_json(a->coord)
+                      : history ? coord_render_history_json(a->coord, page == PAGE_HISTORY_LOAD)
                                                  : coord_render_experts_json(a->coord);
         if (!fresh)
             return NULL;
@@ -226,6 +235,15 @@ static void on_http(void *user, const struct coord_http_request *req,
     } else if (get && strcmp(req->path, "/api/v1/experts") == 0) {
         char *j = cached_page(a, PAGE_EXPERTS);
         respond(resp, j ? 200 : 500, "application/json", j);
+    } else if (get && strcmp(req->path, "/api/v1/history") == 0) {
+        const char *q = req->query ? req->query : "";
+        const bool load = strcmp(q, "field=load") == 0;
+        if (!load && q[0] && strcmp(q, "field=rows_routed") != 0) {
+            respond_error(resp, 400, "history takes field=rows_routed (the default) or field=load");
+            return;
+        }
+        char *j = cached_page(a, load ? PAGE_HISTORY_LOAD : PAGE_HISTORY);
+        respond(resp, j ? 200 : 500, "application/json", j);
     } else if (post && (strcmp(req->path, "/api/v1/checkpoint") == 0 ||
                         strcmp(req->path, "/api/v1/drain") == 0)) {
         char want[300], why[300];
@@ -295,7 +313,7 @@ static const char summary[] =
     "heartbeats of expert servers and workers, the global Importance/Load statistics\n"
     "of every step (summed over workers in rank order), and monitoring over HTTP\n"
     "(--http): a dashboard at /, /metrics (Prometheus), /api/v1/cluster and\n"
-    "/api/v1/experts. Shares its configuration file with moe-worker and moe-server.";
+    "/api/v1/experts, /api/v1/history. Shares its configuration file with moe-worker and moe-server.";
 
 static const char coord_also[] =
     "The coordinator also reads the training configuration (the model, training and expert\n"

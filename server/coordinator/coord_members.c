@@ -415,6 +415,7 @@ void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
     mem->step = (int64_t)h->step;
     mem->messages++;
     if (h->role == 2) {
+        mem->beats_since_step++;
         /* rows/s over the time between heartbeats */
         if (mem->rate_time > 0 && now > mem->rate_time && h->rows_total >= mem->rate_rows)
             mem->rows_per_sec = (double)(h->rows_total - mem->rate_rows) / (now - mem->rate_time);
@@ -490,4 +491,49 @@ void coord__handle_leave(coord_t *c, struct moe_wire_msg *m)
         return;
     }
     coord__reply_error(c, m, MOE_ERR_STATE, why);
+}
+
+const char *coord_server_state(const coord_t *c, const struct coord_member *m)
+{
+    if (!m->registered)
+        return m->ever_registered ? "down" : "registering";
+    if (!m->alive)
+        return "down";
+    if (c->failed || c->phase == COORD_FINISHED || c->phase == COORD_STOPPED)
+        return "done";
+    if (m->draining)
+        return "draining";
+    if (m->index < 0)
+        return "spare";
+    return m->loaded_epoch == c->epoch ? "serving" : "loading";
+}
+
+const char *coord_worker_state(const coord_t *c, const struct coord_member *m)
+{
+    if (!m->registered)
+        return "absent";
+    if (!m->alive)
+        return "down";
+    if (c->failed || c->phase == COORD_FINISHED || c->phase == COORD_STOPPED)
+        return "done";
+    if (c->phase == COORD_RUNNING && m->started_epoch == c->epoch)
+        return "training";
+    return m->waiting_epoch == c->epoch ? "waiting" : "loading";
+}
+
+uint64_t coord_beats_since_step(const coord_t *c)
+{
+    uint64_t most = 0;
+    for (int s = 0; s < c->n_slots; s++) {
+        const struct coord_member *m = &c->servers[s];
+        if (m->used && m->alive && m->beats_since_step > most)
+            most = m->beats_since_step;
+    }
+    return most;
+}
+
+bool coord_stalled(const coord_t *c)
+{
+    return !c->failed && (c->phase == COORD_LOADING || c->phase == COORD_RUNNING) &&
+           coord_beats_since_step(c) >= (uint64_t)c->cfg->stall_heartbeats;
 }

@@ -37,13 +37,13 @@ char *coord_render_experts_json(const coord_t *c)
         json_object_set_new(j, "id", json_integer(e));
         const int64_t sid = coord_server_of(c, e);
         json_object_set_new(j, "server", sid < 0 ? json_null() : json_integer(sid));
-        json_object_set_new(j, "rows_last", json_real(x->rows_last));
-        json_object_set_new(j, "rows_total", json_real(x->rows_total));
+        json_object_set_new(j, "rows_routed_last", json_real(x->rows_last));
+        json_object_set_new(j, "rows_routed_total", json_real(x->rows_total));
+        json_object_set_new(j, "rows_routed_share", json_real(total > 0 ? x->rows_last / total : 0));
         json_object_set_new(j, "importance_last", json_real(x->importance_last));
         json_object_set_new(j, "importance_avg", json_real(x->importance_avg));
         json_object_set_new(j, "load_last", json_real(x->load_last));
         json_object_set_new(j, "load_avg", json_real(x->load_avg));
-        json_object_set_new(j, "load_share", json_real(total > 0 ? x->rows_last / total : 0));
         json_array_append_new(arr, j);
     }
     json_object_set_new(o, "step", json_integer(coord_stats_completed_step(c->stats)));
@@ -68,6 +68,7 @@ char *coord_render_cluster_json(const coord_t *c)
         json_object_set_new(j, "endpoint", json_string(m->endpoint));
         json_object_set_new(j, "alive", json_boolean(m->alive));
         json_object_set_new(j, "registered", json_boolean(m->registered));
+        json_object_set_new(j, "state", json_string(coord_server_state(c, m)));
         json_object_set_new(j, "experts", json_integer(n));
         json_object_set_new(j, "epoch_index", json_integer(m->index));
         json_object_set_new(j, "draining", json_boolean(m->draining));
@@ -87,6 +88,7 @@ char *coord_render_cluster_json(const coord_t *c)
         json_t *j = json_object();
         json_object_set_new(j, "rank", json_integer(r));
         json_object_set_new(j, "alive", json_boolean(m->alive));
+        json_object_set_new(j, "state", json_string(coord_worker_state(c, m)));
         json_object_set_new(j, "step", json_integer(w->seen ? w->step : -1));
         json_object_set_new(j, "tokens_per_sec", json_real(w->tokens_per_sec));
         json_object_set_new(j, "loss", json_real(w->loss));
@@ -106,11 +108,23 @@ char *coord_render_cluster_json(const coord_t *c)
     json_object_set_new(o, "stopping", json_boolean(c->stop_requested || c->ck_stop));
     json_object_set_new(o, "rollbacks", json_integer((json_int_t)c->rollbacks));
     json_object_set_new(o, "committed_checkpoint_step", json_integer(c->committed_step));
+    const char *slash = strrchr(c->committed, '/');
+    json_object_set_new(o, "committed_checkpoint",
+                        c->committed[0] ? json_string(slash ? slash + 1 : c->committed) : json_null());
+    json_object_set_new(o, "heartbeats_since_step", json_integer((json_int_t)coord_beats_since_step(c)));
+    json_object_set_new(o, "stall_heartbeats", json_integer(c->cfg->stall_heartbeats));
+    json_object_set_new(o, "stalled", json_boolean(coord_stalled(c)));
+    json_object_set_new(o, "n_experts", json_integer(c->cfg->n_experts));
+    const bool hier = moe_options_hierarchical(c->cfg);
+    json_object_set_new(o, "groups", hier ? json_integer(c->cfg->groups) : json_null());
+    json_object_set_new(o, "experts_per_group",
+                        hier ? json_integer(c->cfg->experts_per_group) : json_null());
     json_object_set_new(o, "servers", servers);
     json_object_set_new(o, "workers", workers);
     json_object_set_new(o, "cv_importance", json_real(coord_stats_cv_importance(c->stats)));
     json_object_set_new(o, "cv_load", json_real(coord_stats_cv_load(c->stats)));
-    json_object_set_new(o, "max_over_mean_load", json_real(coord_stats_max_over_mean_load(c->stats)));
+    json_object_set_new(o, "max_over_mean_rows_routed",
+                        json_real(coord_stats_max_over_mean_rows(c->stats)));
     json_object_set_new(o, "errors_total", json_integer((json_int_t)c->errors));
     json_object_set_new(o, "insecure", json_boolean(coord_insecure(c)));
     uint64_t keys, handshakes, over_cap;
@@ -119,6 +133,36 @@ char *coord_render_cluster_json(const coord_t *c)
                         json_pack("{sIsIsI}", "key", (json_int_t)keys, "handshake",
                                   (json_int_t)handshakes, "limit", (json_int_t)over_cap));
     json_object_set_new(o, "loss_history", hist);
+    return dump(o);
+}
+
+char *coord_render_history_json(const coord_t *c, bool load)
+{
+    const coord_history_t *h = coord_stats_history(c->stats);
+    const int n = coord_history_columns(h), E = coord_history_n_experts(h);
+    json_t *o = json_object(), *steps = json_array(), *rows = json_array();
+    for (int col = 0; col < n; col++)
+        json_array_append_new(steps, json_integer((json_int_t)coord_history_steps(h, col)));
+    for (int e = 0; e < E; e++) {
+        json_t *r = json_array();
+        for (int col = 0; col < n; col++)
+            json_array_append_new(r, load ? json_real(coord_history_load(h, col, e))
+                                          : json_integer((json_int_t)llround(
+                                                coord_history_rows(h, col, e))));
+        json_array_append_new(rows, r);
+    }
+    const bool hier = moe_options_hierarchical(c->cfg);
+    json_object_set_new(o, "field", json_string(load ? "load" : "rows_routed"));
+    json_object_set_new(o, "n_experts", json_integer(E));
+    json_object_set_new(o, "groups", hier ? json_integer(c->cfg->groups) : json_null());
+    json_object_set_new(o, "experts_per_group",
+                        hier ? json_integer(c->cfg->experts_per_group) : json_null());
+    json_object_set_new(o, "first_step", json_integer(coord_history_first_step(h)));
+    json_object_set_new(o, "last_step", json_integer(coord_history_last_step(h)));
+    json_object_set_new(o, "steps_per_column", json_integer(coord_history_width(h)));
+    json_object_set_new(o, "max_columns", json_integer(coord_history_capacity(h)));
+    json_object_set_new(o, "column_steps", steps);
+    json_object_set_new(o, load ? "load" : "rows_routed", rows);
     return dump(o);
 }
 
@@ -198,7 +242,7 @@ static int prom_top_experts(struct moe_prom_buf *b, const coord_t *c)
         top[i] = best;
     }
     int rc = moe_prom_family(b, "moe_expert_top_rows_routed_last_step", MOE_PROM_GAUGE,
-                             "Rows routed in the last step to the most loaded experts (position "
+                             "Rows routed in the last step to the experts with the most (position "
                              "1 = most), shown whatever metrics_max_experts says.");
     for (int i = 0; rc == 0 && i < n; i++) {
         char pos[16], id[16];
@@ -218,9 +262,9 @@ static int prom_experts(struct moe_prom_buf *b, const coord_t *c, bool all)
         {"moe_expert_rows_routed_total", "Rows routed to the expert over the run (all workers; replayed steps again).", MOE_PROM_COUNTER},
         {"moe_expert_rows_routed_last_step", "Rows routed to the expert in the last completed step.", MOE_PROM_GAUGE},
         {"moe_expert_importance", "Importance (sum of gates) of the expert in the last step.", MOE_PROM_GAUGE},
-        {"moe_expert_importance_avg", "Moving average (0.9) of the expert's importance.", MOE_PROM_GAUGE},
-        {"moe_expert_load", "Smooth load estimate of the expert in the last step.", MOE_PROM_GAUGE},
-        {"moe_expert_load_avg", "Moving average (0.9) of the expert's load.", MOE_PROM_GAUGE},
+        {"moe_expert_importance_avg", "Moving average (0.9) of the expert's Importance.", MOE_PROM_GAUGE},
+        {"moe_expert_load", "Load (the smooth estimate of rows routed) of the expert in the last step.", MOE_PROM_GAUGE},
+        {"moe_expert_load_avg", "Moving average (0.9) of the expert's Load.", MOE_PROM_GAUGE},
     };
     const bool shown = all || c->cfg->n_experts <= c->cfg->metrics_max_experts;
     int rc = prom_one(b, "moe_experts", MOE_PROM_GAUGE, "Experts of the model.", c->cfg->n_experts);
@@ -283,8 +327,9 @@ static int prom_cluster(struct moe_prom_buf *b, const coord_t *c)
          coord_stats_cv_importance(c->stats)},
         {"moe_load_cv", "Coefficient of variation of the global Load vector.",
          coord_stats_cv_load(c->stats)},
-        {"moe_load_max_over_mean", "Rows of the most loaded expert over the mean, last step.",
-         coord_stats_max_over_mean_load(c->stats)},
+        {"moe_rows_routed_max_over_mean", "Rows routed to the busiest expert over the mean over "
+         "experts, last step.",
+         coord_stats_max_over_mean_rows(c->stats)},
         {"moe_placement_version", "Version of the expert placement.", (double)c->placement_version},
         {"moe_epoch", "Cluster configuration number (bumped by joins, drains and recoveries).", (double)c->epoch},
         {"moe_committed_checkpoint_step", "Step of the newest committed checkpoint (-1: none).", (double)c->committed_step},

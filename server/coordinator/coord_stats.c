@@ -28,6 +28,7 @@ struct coord_stats {
     int64_t *h_step;
     double *h_loss;
     size_t h_n, h_cap;
+    coord_history_t *experts_history;
 };
 
 coord_stats_t *coord_stats_new(int n_experts, int n_workers, double ema, int history)
@@ -54,7 +55,8 @@ coord_stats_t *coord_stats_new(int n_experts, int n_workers, double ema, int his
     s->h_cap = (size_t)history;
     s->h_step = calloc(s->h_cap, sizeof(int64_t));
     s->h_loss = calloc(s->h_cap, sizeof(double));
-    if (!s->sub || !s->have || !s->loss_sub || !s->g_imp || !s->g_load || !s->g_rows ||
+    s->experts_history = coord_history_new(n_experts, COORD_HISTORY_COLUMNS);
+    if (!s->experts_history || !s->sub || !s->have || !s->loss_sub || !s->g_imp || !s->g_load || !s->g_rows ||
         !s->experts || !s->workers || !s->h_step || !s->h_loss)
         coord_stats_destroy(&s);
     return s;
@@ -77,6 +79,7 @@ void coord_stats_destroy(coord_stats_t **sp)
     free(s->workers);
     free(s->h_step);
     free(s->h_loss);
+    coord_history_destroy(&s->experts_history);
     free(s);
     *sp = NULL;
 }
@@ -146,6 +149,7 @@ static void complete_step(coord_stats_t *s)
     s->h_step[s->h_n] = s->current;
     s->h_loss[s->h_n] = loss;
     s->h_n++;
+    coord_history_add(s->experts_history, s->current, s->g_rows, s->g_load);
     s->completed = s->current;
     s->current++;
     memset(s->have, 0, sizeof(bool) * (size_t)s->W);
@@ -245,7 +249,7 @@ const struct coord_expert_stats *coord_stats_expert(const coord_stats_t *s, int 
 const struct coord_worker_stats *coord_stats_worker(const coord_stats_t *s, int r) { return &s->workers[r]; }
 double coord_stats_cv_importance(const coord_stats_t *s) { return s->cv_imp; }
 double coord_stats_cv_load(const coord_stats_t *s) { return s->cv_load; }
-double coord_stats_max_over_mean_load(const coord_stats_t *s) { return s->max_mean; }
+double coord_stats_max_over_mean_rows(const coord_stats_t *s) { return s->max_mean; }
 
 size_t coord_stats_loss_history(const coord_stats_t *s, const int64_t **steps, const double **loss)
 {
@@ -253,3 +257,5 @@ size_t coord_stats_loss_history(const coord_stats_t *s, const int64_t **steps, c
     *loss = s->h_loss;
     return s->h_n;
 }
+
+const coord_history_t *coord_stats_history(const coord_stats_t *s) { return s->experts_history; }

@@ -5,9 +5,11 @@
  * per expert (E values each), its loss and its speed. When the last worker
  * of the step is in, the global vectors are the sums over workers taken in
  * rank order (so they do not depend on arrival order), and the history is
- * updated: per expert rows routed (last step, total), importance and load
+ * updated: per expert rows routed (last step, total), Importance and Load
  * (last step, exponential moving average), per worker step, tokens/s and
- * loss, and cluster-wide CV of importance and load and max/mean load.
+ * loss, the per-expert history of rows routed and Load (coord_history.h),
+ * and cluster-wide CV of Importance and Load and the max/mean of rows
+ * routed.
  * Pure data: no sockets, no clock, single-threaded. */
 #ifndef COORD_STATS_H
 #define COORD_STATS_H
@@ -15,6 +17,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "coord_history.h"
+
+/* Columns of the per-expert history (coord_history.h): 2 x 128 doubles
+ * per expert, 2 MiB at 1,024 experts. */
+#define COORD_HISTORY_COLUMNS 128
 
 typedef struct coord_stats coord_stats_t;
 
@@ -65,7 +73,8 @@ const float *coord_stats_global_extras(const coord_stats_t *s);
 int64_t coord_stats_current_step(const coord_stats_t *s);
 /* The next step expected is `step` (a new epoch starts there, possibly
  * earlier than before: a rollback); submissions in progress are dropped.
- * Totals and history keep what was counted, replayed steps included. */
+ * Totals and the loss history keep what was counted, replayed steps
+ * included; the per-expert history records each step once. */
 void coord_stats_restart(coord_stats_t *s, int64_t step);
 int64_t coord_stats_completed_step(const coord_stats_t *s);
 int coord_stats_missing(const coord_stats_t *s);
@@ -85,12 +94,17 @@ const struct coord_worker_stats *coord_stats_worker(const coord_stats_t *s, int 
  * one expert over the mean. 0 before the first step. */
 double coord_stats_cv_importance(const coord_stats_t *s);
 double coord_stats_cv_load(const coord_stats_t *s);
-double coord_stats_max_over_mean_load(const coord_stats_t *s);
+double coord_stats_max_over_mean_rows(const coord_stats_t *s);
 
 /* Loss history, oldest first: up to `history` points of (step, mean loss
  * over workers). Returns the count; *steps and *loss point into the
  * statistics (valid until the next submit). */
 size_t coord_stats_loss_history(const coord_stats_t *s, const int64_t **steps,
                                 const double **loss);
+
+/* Per-expert rows routed and Load of each completed step, downsampled
+ * (coord_history.h; COORD_HISTORY_COLUMNS columns); steps replayed after a
+ * rollback are not recorded again. */
+const coord_history_t *coord_stats_history(const coord_stats_t *s);
 
 #endif

@@ -4,7 +4,7 @@
  * on the files:
  *
  *   moectl [--http ADDR] [--json] status
- *   moectl [--http ADDR] [--json] experts [--top N] [--sort load|importance|rows]
+ *   moectl [--http ADDR] [--json] experts [--top N] [--sort rows|total|load|importance]
  *   moectl [--http ADDR] [--token T] checkpoint
  *   moectl [--http ADDR] [--token T] drain SERVER
  *   moectl verify CHECKPOINT
@@ -70,7 +70,7 @@ static void usage(FILE *f)
                "\n"
                "Commands talking to the coordinator:\n"
                "  status                   cluster, servers, workers, step\n"
-               "  experts                  per-expert load table (most loaded first)\n"
+               "  experts                  per-expert table: rows routed, Importance, Load\n"
                "  checkpoint               ask for a checkpoint now (needs --token)\n"
                "  drain SERVER             move a server's experts away (needs --token);\n"
                "                           SERVER is its id (moectl status)\n"
@@ -97,7 +97,9 @@ static void usage(FILE *f)
                "  --token T                the same on the command line (visible in ps)\n"
                "  --json                   print the coordinator's JSON answer as is\n"
                "  --top N                  experts: show the N first rows only\n"
-               "  --sort KEY               experts: load (default), importance or rows\n"
+               "  --sort KEY               experts, most first: rows (rows routed in the last\n"
+               "                           step, the default), total (rows routed over the\n"
+               "                           run), load (Load, last step) or importance\n"
                "  --params-only            export: parameters without optimizer state\n"
                "  --corpus FILE            eval: the text to measure (one sentence per line)\n"
                "  --batch B                eval: streams read in parallel (default: the\n"
@@ -442,16 +444,21 @@ static double jnum(json_t *o, const char *key)
 static void print_status(json_t *j)
 {
     printf("step %lld, placement version %lld\n", jint(j, "step"), jint(j, "placement_version"));
-    printf("load CV %.3f, importance CV %.3f, max/mean load %.2f\n\n", jnum(j, "cv_load"),
-           jnum(j, "cv_importance"), jnum(j, "max_over_mean_load"));
+    printf("Load CV %.3f, Importance CV %.3f, max/mean rows routed %.2f\n\n", jnum(j, "cv_load"),
+           jnum(j, "cv_importance"), jnum(j, "max_over_mean_rows_routed"));
     const char *phase = json_string_value(json_object_get(j, "phase"));
-    printf("epoch %lld, %s%s, %lld rollback(s), last checkpoint step %lld\n", jint(j, "epoch"),
-           phase ? phase : "?", json_is_true(json_object_get(j, "stopping")) ? " (stopping)" : "",
-           jint(j, "rollbacks"), jint(j, "committed_checkpoint_step"));
+    const char *ckpt = json_string_value(json_object_get(j, "committed_checkpoint"));
+    printf("epoch %lld, %s%s, %lld rollback(s), last checkpoint step %lld%s%s%s\n",
+           jint(j, "epoch"), phase ? phase : "?",
+           json_is_true(json_object_get(j, "stopping")) ? " (stopping)" : "", jint(j, "rollbacks"),
+           jint(j, "committed_checkpoint_step"), ckpt ? " (" : "", ckpt ? ckpt : "", ckpt ? ")" : "");
+    if (json_is_true(json_object_get(j, "stalled")))
+        printf("STALLED: no step completed for %lld heartbeats (stall_heartbeats %lld)\n",
+               jint(j, "heartbeats_since_step"), jint(j, "stall_heartbeats"));
     const char *failure = json_string_value(json_object_get(j, "failure"));
     if (failure)
         printf("FAILED: %s\n", failure);
-    printf("\n%-7s %-30s %-6s %7s\n", "SERVER", "ENDPOINT", "ALIVE", "EXPERTS");
+    printf("\n%-7s %-30s %-6s %-11s %7s\n", "SERVER", "ENDPOINT", "ALIVE", "STATE", "EXPERTS");
     size_t i;
     json_t *v;
     json_array_foreach(json_object_get(j, "servers"), i, v) {
@@ -459,18 +466,22 @@ static void print_status(json_t *j)
                             : json_is_true(json_object_get(v, "registered")) ? "no"
                                                                               : "-";
         const char *ep = json_string_value(json_object_get(v, "endpoint"));
-        printf("%-7lld %-30s %-6s %7lld%s\n", jint(v, "id"), ep ? ep : "?", alive,
-               jint(v, "experts"),
+        const char *state = json_string_value(json_object_get(v, "state"));
+        printf("%-7lld %-30s %-6s %-11s %7lld%s\n", jint(v, "id"), ep ? ep : "?", alive,
+               state ? state : "?", jint(v, "experts"),
                json_is_true(json_object_get(v, "draining")) ? "  (draining)" : "");
     }
-    printf("\n%-7s %-6s %8s %12s %8s\n", "WORKER", "ALIVE", "STEP", "TOKENS/S", "LOSS");
-    json_array_foreach(json_object_get(j, "workers"), i, v)
-        printf("%-7lld %-6s %8lld %12.0f %8.4f\n", jint(v, "rank"),
-               json_is_true(json_object_get(v, "alive")) ? "yes" : "no", jint(v, "step"),
-               jnum(v, "tokens_per_sec"), jnum(v, "loss"));
+    printf("\n%-7s %-6s %-11s %8s %12s %8s\n", "WORKER", "ALIVE", "STATE", "STEP", "TOKENS/S",
+           "LOSS");
+    json_array_foreach(json_object_get(j, "workers"), i, v) {
+        const char *state = json_string_value(json_object_get(v, "state"));
+        printf("%-7lld %-6s %-11s %8lld %12.0f %8.4f\n", jint(v, "rank"),
+               json_is_true(json_object_get(v, "alive")) ? "yes" : "no", state ? state : "?",
+               jint(v, "step"), jnum(v, "tokens_per_sec"), jnum(v, "loss"));
+    }
 }
 
-static const char *sort_field = "rows_last"; /* of --sort, for cmp_expert */
+static const char *sort_field = "rows_routed_last"; /* of --sort, for cmp_expert */
 
 static int cmp_expert(const void *a, const void *b)
 {
@@ -493,18 +504,24 @@ static int print_experts(const struct ctl *c, json_t *j)
     for (size_t i = 0; i < n; i++)
         e[i] = json_array_get(arr, i);
     sort_field = !strcmp(c->sort, "importance") ? "importance_last"
-                 : !strcmp(c->sort, "rows")     ? "rows_total"
-                                                : "rows_last";
+                 : !strcmp(c->sort, "total")    ? "rows_routed_total"
+                 : !strcmp(c->sort, "load")     ? "load_last"
+                                                : "rows_routed_last";
     qsort(e, n, sizeof *e, cmp_expert);
     size_t shown = c->top > 0 && (size_t)c->top < n ? (size_t)c->top : n;
-    printf("step %lld; %zu experts, sorted by %s\n", jint(j, "step"), n, c->sort);
-    printf("%-7s %-7s %10s %11s %12s %10s %10s\n", "EXPERT", "SERVER", "ROWS", "LOAD SHARE",
-           "ROWS TOTAL", "IMPORTANCE", "LOAD");
+    const char *by = !strcmp(c->sort, "importance") ? "Importance (last step)"
+                     : !strcmp(c->sort, "total")    ? "rows routed (over the run)"
+                     : !strcmp(c->sort, "load")     ? "Load (last step)"
+                                                    : "rows routed (last step)";
+    printf("step %lld; %zu experts, sorted by %s\n", jint(j, "step"), n, by);
+    printf("%-7s %-7s %12s %7s %13s %10s %10s\n", "EXPERT", "SERVER", "ROWS ROUTED", "SHARE",
+           "TOTAL ROUTED", "IMPORTANCE", "LOAD");
     for (size_t i = 0; i < shown; i++) {
         json_t *server = json_object_get(e[i], "server");
-        printf("%-7lld %-7lld %10.0f %10.1f%% %12.0f %10.2f %10.2f\n", jint(e[i], "id"),
+        printf("%-7lld %-7lld %12.0f %6.1f%% %13.0f %10.2f %10.2f\n", jint(e[i], "id"),
                json_is_integer(server) ? (long long)json_integer_value(server) : -1LL,
-               jnum(e[i], "rows_last"), 100 * jnum(e[i], "load_share"), jnum(e[i], "rows_total"),
+               jnum(e[i], "rows_routed_last"), 100 * jnum(e[i], "rows_routed_share"),
+               jnum(e[i], "rows_routed_total"),
                jnum(e[i], "importance_last"), jnum(e[i], "load_last"));
     }
     free(e);
@@ -717,8 +734,9 @@ static int parse_options(int argc, char **argv, struct ctl *c)
                                    optarg, "");
             break;
         case 's':
-            if (strcmp(optarg, "load") && strcmp(optarg, "importance") && strcmp(optarg, "rows"))
-                return usage_error("--sort: expected load, importance or rows, got \"%s\"%s",
+            if (strcmp(optarg, "rows") && strcmp(optarg, "total") && strcmp(optarg, "load") &&
+                strcmp(optarg, "importance"))
+                return usage_error("--sort: expected rows, total, load or importance, got \"%s\"%s",
                                    optarg, "");
             c->sort = optarg;
             break;
@@ -737,7 +755,7 @@ static int parse_options(int argc, char **argv, struct ctl *c)
 
 int main(int argc, char **argv)
 {
-    struct ctl c = {.host = "127.0.0.1", .port = "8780", .sort = "load",
+    struct ctl c = {.host = "127.0.0.1", .port = "8780", .sort = "rows",
                     .model = {.threads = 2, .tokens = 50, .temperature = 1, .seed = 1}};
     moe_log_set_name("moectl");
     int rc = parse_options(argc, argv, &c);

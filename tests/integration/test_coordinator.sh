@@ -4,7 +4,12 @@
 # equals the single-worker model within the stated tolerance; the rows routed
 # per expert that the coordinator reports, summed over the run, equal exactly
 # what the workers dispatched; /metrics passes a strict parser of the
-# Prometheus text format; moectl shows the five most loaded experts.
+# Prometheus text format; moectl shows the five experts with the most rows
+# routed. Before the workers come, the servers' heartbeats with no step
+# completed make the cluster stalled (--stall-heartbeats 2): /api/v1/cluster
+# and moectl status say so, with each member's state. After the run,
+# /api/v1/history holds every step once and its columns add up to the rows
+# routed exactly; the dashboard draws one heatmap row per expert.
 make_corpora
 free_ports 6
 C="tcp://127.0.0.1:$P1"
@@ -13,7 +18,8 @@ SV="tcp://127.0.0.1:$P3,tcp://127.0.0.1:$P4"
 WK="tcp://127.0.0.1:$P5,tcp://127.0.0.1:$P6"
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 15 --servers $SV --workers $WK --coordinator $C \
 --checkpoint-dir $WORK/ck"
-"$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret >"$WORK/coord.out" 2>"$WORK/coord.err" &
+"$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret --stall-heartbeats 2 \
+    >"$WORK/coord.out" 2>"$WORK/coord.err" &
 coord=$!
 wait_up $coord "$WORK/coord.out" "dashboard at" "the coordinator"
 # the servers too learn the placement from the coordinator: only --bind
@@ -23,14 +29,44 @@ wait_up $s0 "$WORK/s0.err" "moe-server: server .* serving on" "server 0"
 "$BIN/moe-server" $A --servers= --bind "tcp://127.0.0.1:$P4" --server-index 1 >"$WORK/s1.err" 2>&1 &
 s1=$!
 wait_up $s1 "$WORK/s1.err" "moe-server: server .* serving on" "server 1"
+get() { /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$HTTP' + sys.argv[1], timeout=10).read().decode())" "$1"; }
+# stalled: both servers loaded, no worker yet, heartbeats go on (4 a second)
+/usr/bin/python3 - "$HTTP" <<'PY' || { kill $coord $s0 $s1; fail "the cluster waiting for its workers never showed as stalled"; }
+import json, sys, time, urllib.request
+deadline = time.time() + 20
+while True:
+    c = json.load(urllib.request.urlopen("http://%s/api/v1/cluster" % sys.argv[1], timeout=10))
+    beats, phase = c["heartbeats_since_step"], c["phase"]
+    # stalled exactly when a live server sent stall_heartbeats heartbeats
+    # since a step completed while the cluster loads or runs
+    assert c["stall_heartbeats"] == 2, c["stall_heartbeats"]
+    assert c["stalled"] == (beats >= 2 and phase in ("loading", "running")), c
+    if c["stalled"]:
+        break
+    assert time.time() < deadline, "not stalled after 20 s: %r" % c
+    time.sleep(0.05)
+states = sorted(s["state"] for s in c["servers"]), [w["state"] for w in c["workers"]]
+assert states == (["serving", "serving"], ["absent", "absent"]), states
+assert c["step"] == -1 and c["phase"] == "loading", c
+print("  ok: stalled after %d heartbeats without a step (%s), servers %s, workers %s"
+      % (beats, phase, *states))
+PY
+"$BIN/moectl" --http "$HTTP" status >"$WORK/stalled.txt" || { kill $coord $s0 $s1; fail "moectl status"; }
+grep -Eq "^STALLED: no step completed for [0-9]+ heartbeats \(stall_heartbeats 2\)$" "$WORK/stalled.txt" ||
+    { kill $coord $s0 $s1; fail "moectl status does not say stalled: $(cat "$WORK/stalled.txt")"; }
+grep -Eq "^0 +tcp://127.0.0.1:$P3 +yes +serving +3$" "$WORK/stalled.txt" ||
+    { kill $coord $s0 $s1; fail "moectl status does not show server 0 serving: $(cat "$WORK/stalled.txt")"; }
 # the workers find the servers through the coordinator (--servers= empty)
 "$BIN/moe-worker" $A --servers= --experts remote --rank 1 --report "$WORK/r.json" >/dev/null 2>"$WORK/w1.err" &
 w1=$!
 "$BIN/moe-worker" $A --servers= --experts remote --rank 0 --report "$WORK/r.json" \
     >/dev/null 2>"$WORK/w0.err" || { kill $coord $s0 $s1 $w1; fail "worker 0: $(tail -n 2 "$WORK/w0.err")"; }
 wait $w1 || { kill $coord $s0 $s1; fail "worker 1: $(tail -n 2 "$WORK/w1.err")"; }
-get() { /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$HTTP' + sys.argv[1], timeout=10).read().decode())" "$1"; }
 get /api/v1/experts >"$WORK/experts.json" || fail "GET /api/v1/experts"
+get /api/v1/history >"$WORK/history.json" || fail "GET /api/v1/history"
+get '/api/v1/history?field=load' >"$WORK/history-load.json" || fail "GET /api/v1/history?field=load"
+get /api/v1/cluster >"$WORK/cluster.json" || fail "GET /api/v1/cluster"
+get '/api/v1/history?field=tokens' >/dev/null 2>&1 && fail "GET /api/v1/history?field=tokens was answered"
 get /metrics >"$WORK/metrics.txt" || fail "GET /metrics"
 "$BIN/moectl" --http "$HTTP" experts --top 5 >"$WORK/top5.txt" || fail "moectl experts --top 5"
 "$BIN/moectl" --http "$HTTP" status >"$WORK/status.txt" || fail "moectl status"
@@ -53,8 +89,11 @@ done
 grep ':CONSOLE' "$WORK/dash.dom.log" "$WORK/dash.shot.log" && { kill $s0 $s1 $coord; fail "the dashboard printed console messages (above)"; }
 bars=$(grep -o 'class="expert-bar"' "$WORK/dash.dom" | wc -l)
 [ "$bars" -eq 6 ] || { kill $s0 $s1 $coord; fail "the dashboard shows $bars bars for 6 experts"; }
+rows=$(grep -o 'class="heat-row"' "$WORK/dash.dom" | wc -l)
+[ "$rows" -eq 6 ] || { kill $s0 $s1 $coord; fail "the dashboard's heatmap has $rows rows for 6 experts"; }
+grep -q '<body[^>]*data-banner' "$WORK/dash.dom" && { kill $s0 $s1 $coord; fail "a banner on a finished cluster"; }
 [ -s "$ARTIFACTS/dashboard-live.png" ] || { kill $s0 $s1 $coord; fail "no screenshot"; }
-echo "  ok: dashboard: 6 bars, no console message, screenshot $ARTIFACTS/dashboard-live.png"
+echo "  ok: dashboard: 6 bars, 6 heatmap rows, no banner, no console message, screenshot $ARTIFACTS/dashboard-live.png"
 kill -TERM $s0 $s1 $coord
 wait $s0 || fail "server 0 did not exit 0"
 wait $s1 || fail "server 1 did not exit 0"
@@ -65,11 +104,25 @@ import json, sys
 w = sys.argv[1]
 experts = json.load(open(w + "/experts.json"))
 mine = [json.load(open(w + "/r.json"))["rows_routed"], json.load(open(w + "/r.json.rank1"))["rows_routed"]]
-coord = [e["rows_total"] for e in sorted(experts["experts"], key=lambda e: e["id"])]
+coord = [e["rows_routed_total"] for e in sorted(experts["experts"], key=lambda e: e["id"])]
 want = [a + b for a, b in zip(*mine)]
 print("  rows routed per expert (coordinator):", [int(x) for x in coord])
 assert experts["step"] == 14, experts["step"]
-sys.exit(0 if coord == want else 1)
+assert coord == want, (coord, want)
+# the history: steps 0..14 once each, columns adding up to the same rows
+h, hl = json.load(open(w + "/history.json")), json.load(open(w + "/history-load.json"))
+assert h["field"] == "rows_routed" and hl["field"] == "load", (h["field"], hl["field"])
+assert (h["first_step"], h["last_step"], h["steps_per_column"]) == (0, 14, 1), h
+assert h["column_steps"] == [1] * 15 and h["n_experts"] == 6 and h["groups"] is None, h
+assert len(h["rows_routed"]) == 6 and len(hl["load"]) == 6, h
+assert [sum(r) for r in h["rows_routed"]] == want, ([sum(r) for r in h["rows_routed"]], want)
+# the last column's Load is the Load of the last step (/api/v1/experts)
+last = [e["load_last"] for e in sorted(experts["experts"], key=lambda e: e["id"])]
+assert all(abs(r[-1] - l) <= 1e-6 * max(1, abs(l)) for r, l in zip(hl["load"], last)), (hl, last)
+c = json.load(open(w + "/cluster.json"))
+assert c["phase"] == "finished" and not c["stalled"], (c["phase"], c["stalled"])
+assert [x["state"] for x in c["workers"]] == ["done", "done"], c["workers"]
+print("  ok: history of 15 steps adds up to the rows routed; Load of the last column")
 PY
 /usr/bin/python3 "$IT_DIR/prom_check.py" --moe "$WORK/metrics.txt" || fail "/metrics is not valid Prometheus text format"
 [ "$(grep -c '^[0-9]' "$WORK/top5.txt")" -eq 5 ] || fail "moectl experts --top 5 did not print 5 rows: $(cat "$WORK/top5.txt")"

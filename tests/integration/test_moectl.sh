@@ -38,7 +38,9 @@ for addr in "$HTTP" "http://$HTTP" "http://$HTTP/"; do
 done
 expect 0 '"servers"' --json --http "$HTTP" status
 expect 0 "^EXPERT +SERVER" experts --http "$HTTP" --top 3 --sort importance
-expect 0 "^EXPERT +SERVER" experts --http "$HTTP" --top=3 --sort=rows
+expect 0 "^EXPERT +SERVER +ROWS ROUTED +SHARE +TOTAL ROUTED +IMPORTANCE +LOAD" experts --http "$HTTP" --top=3 --sort=rows
+expect 0 "sorted by rows routed \\(over the run\\)" experts --http "$HTTP" --sort total
+expect 0 "sorted by Load \\(last step\\)" experts --http "$HTTP" --sort=load
 # usage errors: 2, nothing sent
 expect 2 "unknown command \"stauts\" \(did you mean status\?\)" --http "$HTTP" stauts
 expect 2 "unknown option --htp \(did you mean --http\?\)" --htp "$HTTP" status
@@ -46,7 +48,7 @@ one_sentence --htp status
 expect 2 "unknown option --bogus-flag" status --bogus-flag
 expect 2 "--top: expected a number of rows from 1, got \"abc\"" experts --top abc
 expect 2 "--top: expected a number of rows from 1, got \"0\"" experts --top=0
-expect 2 "--sort: expected load, importance or rows" experts --sort lod
+expect 2 "--sort: expected rows, total, load or importance" experts --sort lod
 expect 2 "--http: expected HOST:PORT or http://HOST:PORT" --http nocolon status
 expect 2 "--http: only http:// addresses" --http "https://$HTTP" status
 expect 2 "--http: the port must be a number from 1 to 65535" --http 127.0.0.1:99999 status

@@ -159,7 +159,7 @@ cl_wait_step 0 60
 cl_server 2
 grep -q "as server 2" "$CL/server-2.log" || fail "the third server is not server 2: $(head -n 2 "$CL/server-2.log")"
 n=0
-until "$BIN/moectl" --http "$CLH" status 2>/dev/null | grep -Eq "^2 +tcp://127.0.0.1:$CLSP +yes +[1-9]"; do
+until "$BIN/moectl" --http "$CLH" status 2>/dev/null | grep -Eq "^2 +tcp://127.0.0.1:$CLSP +yes +[a-z]+ +[1-9]"; do
     [ $n -lt 200 ] || fail "moectl status never shows server 2 with experts: $("$BIN/moectl" --http "$CLH" status)"
     sleep 0.05
     n=$((n + 1))

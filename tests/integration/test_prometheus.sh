@@ -68,7 +68,7 @@ report = json.load(open(w + "/r.json"))
 routed = report["rows_routed"]
 for e in experts:
     got = a['moe_expert_rows_routed_total{expert="%d"}' % e["id"]]
-    assert got == e["rows_total"] == routed[e["id"]], (e, got, routed)
+    assert got == e["rows_routed_total"] == routed[e["id"]], (e, got, routed)
     assert a['moe_expert_placement_info{expert="%d",server="0"}' % e["id"]] == 1
 assert m['moe_server_rows_total{server="0"}'] == sum(routed), (m['moe_server_rows_total{server="0"}'], sum(routed))
 bin_ = m['moe_server_bytes_total{server="0",direction="in"}']
@@ -114,7 +114,7 @@ YML
     --web.listen-address="127.0.0.1:$PP" --log.level=warn >"$WORK/prom.log" 2>&1 &
 prom=$!
 PIDS="$PIDS $prom"
-want=$(/usr/bin/python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['experts'][0]['rows_total']))" "$WORK/experts.json")
+want=$(/usr/bin/python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['experts'][0]['rows_routed_total']))" "$WORK/experts.json")
 # promq EXPR: the value of the first series of an instant query ("": none)
 promq() {
     get "127.0.0.1:$PP" "/api/v1/query?query=$(printf %s "$1" | /usr/bin/python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.stdin.read()))')" 2>/dev/null |

@@ -108,7 +108,7 @@ START_TEST(stats_history)
         ck_assert_double_eq(loss[i], 2.5); /* mean of 2 and 3 */
     }
     /* rows 10, 12, 14, 16: max/mean = 16 / 13 */
-    ck_assert_double_eq_tol(coord_stats_max_over_mean_load(s), 16.0 / 13.0, 1e-12);
+    ck_assert_double_eq_tol(coord_stats_max_over_mean_rows(s), 16.0 / 13.0, 1e-12);
     /* load 1, 3, 5, 7: population CV with the epsilons of the balancing loss */
     double mean = 16 / (4 + 1e-10), var = 0;
     for (int e = 0; e < E; e++)
