@@ -378,6 +378,20 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     memcpy(c->buf, imp, sizeof(float) * E);
     memcpy(c->buf + E, load, sizeof(float) * E);
     memcpy(c->buf + 2 * E, rows, sizeof(float) * E);
+    int rc = coord_client_stats_row(c, step, c->buf, 3 * E, loss, tokens_per_sec, tokens,
+                                    req_flags, c->buf, flags, err, errlen);
+    if (rc)
+        return rc;
+    memcpy(g_imp, c->buf, sizeof(float) * E);
+    memcpy(g_load, c->buf + E, sizeof(float) * E);
+    memcpy(g_rows, c->buf + 2 * E, sizeof(float) * E);
+    return 0;
+}
+
+int coord_client_stats_row(coord_client_t *c, int64_t step, const float *row, size_t width,
+                           double loss, double tokens_per_sec, uint64_t tokens, uint32_t req_flags,
+                           float *g_row, uint32_t *flags, char *err, size_t errlen)
+{
     uint32_t one = 1;
     int32_t zero_id = 0;
     struct moe_wire_out o = request(c, MOE__MSG_TYPE__MSG_STATS, step);
@@ -385,15 +399,14 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
     o.row_counts = &one;
     o.n_experts = 1;
     o.dtype = MOE__DTYPE__DTYPE_F32;
-    o.width = (uint32_t)(3 * E);
+    o.width = (uint32_t)width;
     o.loss = loss;
     o.tokens_per_sec = tokens_per_sec;
     o.tokens = tokens;
     moe_proc_usage(&o.cpu_seconds, &o.rss_bytes);
     o.flags = req_flags;
     struct moe_wire_msg m;
-    int rc = call(c, &o, c->buf, 1, MOE__MSG_TYPE__MSG_STATS_REPLY, (uint32_t)(3 * E), &m, err,
-                  errlen);
+    int rc = call(c, &o, row, 1, MOE__MSG_TYPE__MSG_STATS_REPLY, (uint32_t)width, &m, err, errlen);
     if (rc)
         return rc;
     if (m.rows != 1 || m.hdr->step != (uint64_t)step) {
@@ -402,9 +415,7 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
         moe_wire_msg_free(&m);
         return MOE_ERR_FORMAT;
     }
-    memcpy(g_imp, m.data, sizeof(float) * E);
-    memcpy(g_load, m.data + E, sizeof(float) * E);
-    memcpy(g_rows, m.data + 2 * E, sizeof(float) * E);
+    memcpy(g_row, m.data, sizeof(float) * width);
     if (flags)
         *flags = m.hdr->flags;
     moe_wire_msg_free(&m);

@@ -63,6 +63,13 @@ int coord_client_stats(coord_client_t *c, int64_t step, const float *imp, const 
                        float *g_imp, float *g_load, float *g_rows, uint32_t *flags, char *err,
                        size_t errlen);
 
+/* The same with the vectors in one row of `width` floats (Importance |
+ * Load | rows, then a hierarchical MoE's per-group factors of Load_H), the
+ * global row into g_row (may be row). */
+int coord_client_stats_row(coord_client_t *c, int64_t step, const float *row, size_t width,
+                           double loss, double tokens_per_sec, uint64_t tokens, uint32_t req_flags,
+                           float *g_row, uint32_t *flags, char *err, size_t errlen);
+
 /* A server's counters in a heartbeat: rows computed, tensor bytes moved
  * (in + out, and each direction), messages rejected (and by reason,
  * moe_reason_index), connections refused, mean compute seconds per step and

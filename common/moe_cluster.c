@@ -49,6 +49,27 @@ static int split(const char *s, char ***out, int *n, const char *key, char *err,
 int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *workers,
                       const char *placement, int n_experts, char *err, size_t errlen)
 {
+    return moe_cluster_parse_groups(c, servers, workers, placement, n_experts, 1, err, errlen);
+}
+
+/* A placement that splits no group of `b` experts; 0 or MOE_ERR_CONFIG. */
+static int check_groups(const struct moe_cluster *c, int b, char *err, size_t errlen)
+{
+    for (int e = 0; e < c->n_experts; e++)
+        if (c->server_of[e] != c->server_of[e - e % b])
+            return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                                "placement: group %d is split (expert %d on server %d, expert %d "
+                                "on server %d); a hierarchical MoE places whole groups",
+                                e / b, e - e % b, c->server_of[e - e % b], e, c->server_of[e]);
+    return 0;
+}
+
+int moe_cluster_parse_groups(struct moe_cluster *c, const char *servers, const char *workers,
+                             const char *placement, int n_experts, int group_size, char *err,
+                             size_t errlen)
+{
+    const int b = group_size > 1 && n_experts % group_size == 0 ? group_size : 1;
+    const int units = n_experts / b;
     memset(c, 0, sizeof *c);
     int rc = split(servers, &c->servers, &c->n_servers, "servers", err, errlen);
     if (!rc)
@@ -62,9 +83,9 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
     }
     if (c->n_workers == 0)
         c->n_workers = 1;
-    if (n_experts < c->n_servers) {
-        moe_err_set(err, errlen, "servers: %d servers for %d experts (each needs one)", c->n_servers,
-                n_experts);
+    if (units < c->n_servers) {
+        moe_err_set(err, errlen, "servers: %d servers for %d %s (each needs one)", c->n_servers,
+                    units, b > 1 ? "groups of experts" : "experts");
         rc = MOE_ERR_CONFIG;
         goto fail;
     }
@@ -76,7 +97,7 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
     }
     if (!placement || !*placement) {
         for (int e = 0; e < n_experts; e++)
-            c->server_of[e] = (int32_t)((int64_t)e * c->n_servers / n_experts);
+            c->server_of[e] = (int32_t)((int64_t)(e / b) * c->n_servers / units);
     } else {
         char **items;
         int n;
@@ -99,6 +120,8 @@ int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *wo
             moe_err_set(err, errlen, "placement: %d entries for %d experts", n, n_experts);
             rc = MOE_ERR_CONFIG;
         }
+        if (!rc && b > 1)
+            rc = check_groups(c, b, err, errlen);
         if (rc)
             goto fail;
     }

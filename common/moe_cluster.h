@@ -25,6 +25,15 @@ struct moe_cluster {
  * owns; free with moe_cluster_free. */
 int moe_cluster_parse(struct moe_cluster *c, const char *servers, const char *workers,
                       const char *placement, int n_experts, char *err, size_t errlen);
+/* The same for a hierarchical MoE whose groups of `group_size` experts
+ * (expert i*B + j is expert j of group i) each live whole on one server:
+ * `placement` empty places groups in contiguous blocks (server j owning
+ * groups [j*A/S, (j+1)*A/S)); a given placement that splits a group is
+ * refused, and so are more servers than groups. group_size 1 is
+ * moe_cluster_parse. */
+int moe_cluster_parse_groups(struct moe_cluster *c, const char *servers, const char *workers,
+                             const char *placement, int n_experts, int group_size, char *err,
+                             size_t errlen);
 void moe_cluster_free(struct moe_cluster *c);
 
 /* Experts of `server`, ascending, into ids (room for n_experts); returns

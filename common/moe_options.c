@@ -318,10 +318,11 @@ size_t moe_options_message_limit(const struct moe_options *c, int receiver)
     const double E = c->n_experts, D = c->d_model;
     const double header = 4096.0 + 16.0 * E + MOE_WIRE_ERROR_TEXT_MAX;
     const double rows = (double)(c->batch > c->eval_batch ? c->batch : c->eval_batch) * c->unroll *
-                        c->k;
+                        moe_options_slots_per_row(c);
     double bytes;
     if (receiver == MOE_ROLE_COORDINATOR) {
-        bytes = header + 65536.0 + 4.0 * (3.0 * E + 1);
+        bytes = header + 65536.0 +
+                4.0 * (3.0 * E + 1 + (moe_options_hierarchical(c) ? 2.0 * c->groups : 0));
     } else {
         bytes = header + 4.0 * rows * D;
         if (receiver == MOE_ROLE_WORKER) {
@@ -382,6 +383,16 @@ bool moe_options_hierarchical(const struct moe_options *c)
     return strcmp(c->moe, "hierarchical") == 0;
 }
 
+int moe_options_slots_per_row(const struct moe_options *c)
+{
+    return moe_options_hierarchical(c) ? c->k_primary * c->k : c->k;
+}
+
+int moe_options_group_size(const struct moe_options *c)
+{
+    return moe_options_hierarchical(c) ? c->experts_per_group : 1;
+}
+
 void moe_options_derive(struct moe_options *c)
 {
     size_t i = 0;
@@ -393,18 +404,12 @@ void moe_options_derive(struct moe_options *c)
 }
 
 /* --moe: the words, the shape of a hierarchical layer, and where it runs. */
-static int check_hierarchical(const struct moe_options *c, unsigned role, char *err,
-                              size_t errlen)
+static int check_hierarchical(const struct moe_options *c, char *err, size_t errlen)
 {
     static const char *const kinds[] = {"flat", "hierarchical"};
     int rc = check_words(c->moe, "moe", kinds, 2, "flat or hierarchical", err, errlen);
     if (rc || !moe_options_hierarchical(c))
         return rc;
-    if (strcmp(c->experts, "remote") == 0 || c->coordinator[0] || role != MOE_FOR_WORKER)
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--moe: hierarchical MoE runs in one process for now; use "
-                            "--experts local without --coordinator (expert servers and a "
-                            "coordinator take flat MoE only)");
     if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--n-experts %d is not --groups %d x --experts-per-group %d (with "
@@ -456,7 +461,7 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
         rc = check_words(c->wire_dtype, "wire-dtype", dtypes, 2, "f32 or bf16", err, errlen);
     if (rc)
         return rc;
-    if ((rc = check_hierarchical(c, role, err, errlen)))
+    if ((rc = check_hierarchical(c, err, errlen)))
         return rc;
     if (c->k > c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen, "--k %d is larger than --n-experts %d",

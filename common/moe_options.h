@@ -106,13 +106,19 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
  * product. moe_options_derive sets n_experts to groups x experts_per_group
  * for a hierarchical model when n_experts was not given (the file or a
  * flag); moe_options_check refuses any other n_experts, k_primary > groups,
- * k > experts_per_group, and (for now) remote experts or a coordinator. */
+ * k > experts_per_group. */
 bool moe_options_hierarchical(const struct moe_options *c);
 /* --task translate: the translation model of issue 19 (worker/s2s_train.h)
  * instead of the language model. moe_options_check refuses (for now)
  * remote experts, a coordinator, several workers and --moe hierarchical
  * with it. */
 bool moe_options_translate(const struct moe_options *c);
+/* Experts that a placement keeps together on one server: experts_per_group
+ * for a hierarchical MoE (a whole group), else 1. */
+int moe_options_group_size(const struct moe_options *c);
+/* Experts each row goes to at most: k, or k_primary x k for a hierarchical
+ * MoE (what bounds the rows a worker sends). */
+int moe_options_slots_per_row(const struct moe_options *c);
 void moe_options_derive(struct moe_options *c);
 /* experts_per_group of the hierarchical model a configuration text (a
  * checkpoint's config) describes, or 0 (flat, or a text that does not

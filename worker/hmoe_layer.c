@@ -40,6 +40,7 @@ struct hmoe_layer {
     struct moe_dispatch d2; /* packed rows -> experts */
     /* statistics */
     float *imp, *load, *load_p, *load2, *dimp, *dload, *dload_p, *dload2, *zero, *scratch;
+    float *fx;            /* (2A) Load_p, then |X^(i)| as floats: what workers sum */
     int *cnt;             /* (A) |X^(i)| */
     float *mo, *dsig;     /* sigmoid: its input, and the gradient through it */
 };
@@ -48,6 +49,17 @@ static int n_params_of(const struct hmoe_layer_config *c) { return 2 + 2 * c->A;
 
 /* ------------------------------------------------------------------------ */
 /* Forward */
+
+/* Load_H[i,j] = Load_i,j Load_p,i / (|X^(i)| + 1e-10), from the secondary
+ * loads load2 (A*B) and fx = Load_p | |X^(i)| (A each). */
+static void load_h(float *load, const float *load2, const float *fx, int A, int B)
+{
+    for (int i = 0; i < A; i++)
+        for (int j = 0; j < B; j++) {
+            const size_t e = (size_t)i * B + j;
+            load[e] = (float)((double)load2[e] * fx[i] / ((double)fx[A + i] + TRUE_LOAD_EPS));
+        }
+}
 
 /* Group i's secondary gate on its packed rows; copies its slots into
  * idx2/gates2 (expert ids i*B + j) and adds to Importance_H. */
@@ -114,12 +126,11 @@ static int hmoe_forward(struct layer *l, struct layer_pass *p, float *out, const
     size_t fo = 0, io = 0;
     for (int i = 0; i < c->A; i++)
         secondary_forward(m, p, i, &fo, &io);
-    for (int i = 0; i < c->A; i++)
-        for (int j = 0; j < c->B; j++) {
-            const size_t e = (size_t)i * c->B + j;
-            m->load[e] = (float)((double)m->load2[e] * m->load_p[i] /
-                                 ((double)m->cnt[i] + TRUE_LOAD_EPS));
-        }
+    for (int i = 0; i < c->A; i++) {
+        m->fx[i] = m->load_p[i];
+        m->fx[c->A + i] = (float)m->cnt[i];
+    }
+    load_h(m->load, m->load2, m->fx, c->A, c->B);
     const int P = m->d1.total;
     moe_dispatch_forward(&m->d2, P, m->idx2, m->gates2, m->d1.xe);
     int rc = m->backend.forward(m->backend.ctx, p->step, p->train, m->d2.n_active, m->d2.ids,
@@ -146,15 +157,24 @@ static double balance_backward(struct hmoe_layer *m, const struct layer_pass *p)
 {
     const struct hmoe_layer_config *c = &m->cfg;
     const int A = c->A, B = c->B;
-    const double loss = gate_balance_loss(p->imp_global, p->load_global, A * B, c->w_importance,
+    /* the factors of the step's Load_H: summed over the workers, or this
+     * layer's own; with the sums, Load_H itself (the layer's load now) */
+    const float *load2 = m->load2, *fx = m->fx, *load_hg = p->load_global;
+    if (p->groups_global) {
+        load2 = p->load_global;
+        fx = p->groups_global;
+        load_h(m->load, load2, fx, A, B);
+        load_hg = m->load;
+    }
+    const double loss = gate_balance_loss(p->imp_global, load_hg, A * B, c->w_importance,
                                           c->w_load, m->dimp, m->dload);
     for (int i = 0; i < A; i++) {
-        const double inv = 1.0 / ((double)m->cnt[i] + TRUE_LOAD_EPS);
+        const double inv = 1.0 / ((double)fx[A + i] + TRUE_LOAD_EPS);
         double dlp = 0;
         for (int j = 0; j < B; j++) {
             const size_t e = (size_t)i * B + j;
-            dlp += (double)m->dload[e] * m->load2[e] * inv;
-            m->dload2[e] = (float)((double)m->dload[e] * m->load_p[i] * inv);
+            dlp += (double)m->dload[e] * load2[e] * inv;
+            m->dload2[e] = (float)((double)m->dload[e] * fx[i] * inv);
         }
         m->dload_p[i] = (float)dlp;
     }
@@ -240,7 +260,7 @@ static void hmoe_destroy(struct layer *l)
     free(m->g);
     float **bufs[] = {&m->pf, &m->pwork, &m->dgp_slot, &m->sf, &m->swork, &m->gates2,
                       &m->dgates2, &m->gp, &m->dgp, &m->imp, &m->load, &m->load_p, &m->load2,
-                      &m->dimp, &m->dload, &m->dload_p, &m->dload2, &m->zero, &m->scratch,
+                      &m->dimp, &m->dload, &m->dload_p, &m->dload2, &m->zero, &m->scratch, &m->fx,
                       &m->mo, &m->dsig};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         moe_free_floats(bufs[i]);
@@ -314,6 +334,7 @@ static int init_buffers(struct hmoe_layer *m)
     for (size_t i = 0; i < sizeof vecs / sizeof vecs[0]; i++)
         *vecs[i] = moe_alloc_floats(E);
     m->load_p = moe_alloc_floats(A);
+    m->fx = moe_alloc_floats(2 * A);
     m->dload_p = moe_alloc_floats(A);
     m->zero = moe_alloc_floats(A > B ? A : B);
     m->scratch = moe_alloc_floats(A > B ? A : B);
@@ -322,7 +343,7 @@ static int init_buffers(struct hmoe_layer *m)
     if (!m->pf || !m->pi || !m->pwork || !m->dgp_slot || !m->sf || !m->si || !m->swork ||
         !m->sd || !m->sc || !m->off || !m->cnt || !m->idx2 || !m->gates2 || !m->dgates2 ||
         !m->gp || !m->dgp || !m->imp || !m->load || !m->load2 || !m->dimp || !m->dload ||
-        !m->dload2 || !m->load_p || !m->dload_p || !m->zero || !m->scratch)
+        !m->dload2 || !m->load_p || !m->fx || !m->dload_p || !m->zero || !m->scratch)
         return MOE_ERR_NOMEM;
     if (moe_dispatch_init(&m->d1, c->N_max, c->K1, c->A, c->D) ||
         moe_dispatch_init(&m->d2, (int)P, c->K, (int)E, c->D))
@@ -364,3 +385,4 @@ HMOE_GET(const int *, hmoe_layer_counts, d2.counts)
 HMOE_GET(const float *, hmoe_layer_primary_load, load_p)
 HMOE_GET(const int *, hmoe_layer_group_rows, cnt)
 HMOE_GET(const float *, hmoe_layer_secondary_load, load2)
+HMOE_GET(const float *, hmoe_layer_group_factors, fx)

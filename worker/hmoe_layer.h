@@ -21,10 +21,9 @@
  * start.
  *
  * The layer's Importance and Load (A*B each, moe_layer's accessors' role)
- * are Importance_H and Load_H. Load_H is not a sum over rows, so the
- * backward takes the step's Importance_H and Load_H from the pass but the
- * factors of Load_H from this layer's own forward: right for one process,
- * the only place this layer runs for now. */
+ * are Importance_H and Load_H. Load_H is not a sum over rows: with several
+ * workers they sum its factors (hmoe_layer_group_factors) and the
+ * secondary loads, and the backward computes Load_H from those sums. */
 #ifndef HMOE_LAYER_H
 #define HMOE_LAYER_H
 
@@ -55,5 +54,11 @@ const int *hmoe_layer_counts(const struct layer *l);
 const float *hmoe_layer_primary_load(const struct layer *l);
 const int *hmoe_layer_group_rows(const struct layer *l);
 const float *hmoe_layer_secondary_load(const struct layer *l);
+/* What workers sum for the step's Load_H besides the secondary loads
+ * (hmoe_layer_secondary_load): Load_p, then |X^(i)| as floats (2A), from
+ * the last forward. With their sums in layer_pass.groups_global and the
+ * summed secondary loads in load_global, the backward computes the step's
+ * Load_H (hmoe_layer_load afterwards) and its gradient from them. */
+const float *hmoe_layer_group_factors(const struct layer *l);
 
 #endif

@@ -32,6 +32,11 @@ struct layer_pass {
     bool train;               /* training (noise, dropout, caches kept) or evaluation */
     /* backward: the global Importance and Load of the step (E each) */
     const float *imp_global, *load_global;
+    /* a hierarchical MoE's per-group factors of Load_H summed over the
+     * workers, Load_p then |X^(i)| (A each), with load_global the summed
+     * secondary loads Load_i(X^(i))_j; NULL: load_global is Load_H itself
+     * and the factors are the layer's own (one process) */
+    const float *groups_global;
     /* outputs */
     double xent_sum;          /* forward of the output layer: sum of -log p */
     double balance_loss;      /* backward of an MoE layer: its balancing loss */

@@ -181,6 +181,15 @@ const float *model_local_load(const model_t *m)
 {
     return m->cfg.hierarchical ? hmoe_layer_load(m->moe) : moe_layer_load(m->moe);
 }
+const float *model_local_load_summed(const model_t *m)
+{
+    return m->cfg.hierarchical ? hmoe_layer_secondary_load(m->moe) : moe_layer_load(m->moe);
+}
+int model_group_factor_count(const model_t *m) { return m->cfg.hierarchical ? 2 * m->cfg.A : 0; }
+const float *model_local_group_factors(const model_t *m)
+{
+    return m->cfg.hierarchical ? hmoe_layer_group_factors(m->moe) : NULL;
+}
 const int *model_local_counts(const model_t *m)
 {
     return m->cfg.hierarchical ? hmoe_layer_counts(m->moe) : moe_layer_counts(m->moe);
@@ -286,6 +295,13 @@ int model_forward(model_t *m, const struct model_batch *b, int64_t step, bool tr
 int model_backward(model_t *m, const float *imp_global, const float *load_global,
                    double *balance_loss, char *err, size_t errlen)
 {
+    return model_backward_groups(m, imp_global, load_global, NULL, balance_loss, err, errlen);
+}
+
+int model_backward_groups(model_t *m, const float *imp_global, const float *load_global,
+                          const float *groups_global, double *balance_loss, char *err,
+                          size_t errlen)
+{
     if (!m->have_forward)
         return moe_err_fail(MOE_ERR_STATE, err, errlen, "model_backward without a training forward");
     const int N = m->pass.B * m->pass.T, last = m->n_blocks - 1;
@@ -297,6 +313,7 @@ int model_backward(model_t *m, const float *imp_global, const float *load_global
         memset(m->blocks[i].da, 0, sizeof(float) * (size_t)N * m->blocks[i].layer->out_width);
     m->pass.imp_global = imp_global;
     m->pass.load_global = load_global;
+    m->pass.groups_global = groups_global;
     m->pass.balance_loss = 0;
 
     int rc = m->head->ops->backward(m->head, &m->pass, m->blocks[last].da, NULL,

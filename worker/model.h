@@ -117,6 +117,14 @@ const float *model_probs(const model_t *m);
 const float *model_local_importance(const model_t *m);
 const float *model_local_load(const model_t *m);
 const int *model_local_counts(const model_t *m);
+/* What the workers of a step sum for its Load: the Load itself (flat), or
+ * a hierarchical MoE's secondary loads Load_i(X^(i))_j (E), plus its
+ * per-group factors of Load_H (model_group_factor_count floats: Load_p
+ * then |X^(i)|, A each; 0 and NULL for a flat MoE). After a backward given
+ * their sums (model_backward_groups), model_local_load is the step's Load_H. */
+const float *model_local_load_summed(const model_t *m);
+int model_group_factor_count(const model_t *m);
+const float *model_local_group_factors(const model_t *m);
 
 /* Backward of the last training forward, given the global Importance and
  * Load vectors (the balancing loss is that of the global batch). Clears and
@@ -124,6 +132,11 @@ const int *model_local_counts(const model_t *m);
  * 0 or a negative code; *balance_loss receives the balancing loss. */
 int model_backward(model_t *m, const float *imp_global, const float *load_global,
                    double *balance_loss, char *err, size_t errlen);
+/* The same with the sums of model_local_load_summed (load_global) and of
+ * model_local_group_factors (groups_global, NULL for a flat MoE). */
+int model_backward_groups(model_t *m, const float *imp_global, const float *load_global,
+                          const float *groups_global, double *balance_loss, char *err,
+                          size_t errlen);
 
 /* After a training step: the final LSTM states of this unroll become the
  * initial states of the next one. */

@@ -169,32 +169,36 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     if (rc)
         return rc;
     /* Global Importance and Load: the sum over every worker of this step. */
-    float *imp = t->stats, *load = imp + E, *cnt = load + E;
+    /* (a hierarchical MoE's Load is summed through its factors, fx) */
+    const int X = model_group_factor_count(t->model);
+    float *imp = t->stats, *load = imp + E, *cnt = load + E, *fx = cnt + E, *xs = fx + X;
     memcpy(imp, model_local_importance(t->model), sizeof(float) * (size_t)E);
-    memcpy(load, model_local_load(t->model), sizeof(float) * (size_t)E);
+    memcpy(load, model_local_load_summed(t->model), sizeof(float) * (size_t)E);
+    if (X)
+        memcpy(fx, model_local_group_factors(t->model), sizeof(float) * (size_t)X);
     const int *lc = model_local_counts(t->model);
     for (int e = 0; e < E; e++) {
         cnt[e] = (float)lc[e];
         t->rows_routed[e] += lc[e];
     }
-    cnt[E] = (float)xent;
+    *xs = (float)xent;
     if (t->coord) {
         /* The coordinator sums every worker's vectors in rank order. */
         const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
-        rc = coord_client_stats(t->coord, s, imp, load, cnt, xent / ((double)t->B * c->unroll),
-                                t->last_tps, (uint64_t)t->B * (uint64_t)c->unroll, ask,
-                                t->gstats, t->gstats + E, t->gstats + 2 * E,
-                                &t->step_flags, err, errlen);
+        rc = coord_client_stats_row(t->coord, s, t->stats, 3 * (size_t)E + (size_t)X,
+                                    xent / ((double)t->B * c->unroll), t->last_tps,
+                                    (uint64_t)t->B * (uint64_t)c->unroll, ask, t->gstats,
+                                    &t->step_flags, err, errlen);
         if (rc == 0 && ask && !t->stop_asked) {
             t->stop_asked = true;
             moe_info("asked the coordinator to stop the cluster after a checkpoint");
         }
         if (rc)
             return rc;
-        memcpy(t->stats, t->gstats, sizeof(float) * 3 * (size_t)E);
-        cnt[E] = (float)(xent * t->world); /* the loss printed is this worker's */
+        memcpy(t->stats, t->gstats, sizeof(float) * (3 * (size_t)E + (size_t)X));
+        *xs = (float)(xent * t->world); /* the loss printed is this worker's */
     } else if (t->world > 1 &&
-               (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + 1,
+               (rc = moe_allreduce_sum(t->ar, t->stats, 3 * (size_t)E + (size_t)X + 1,
                                        ((uint64_t)t->ep.epoch << MOE_ALLREDUCE_EPOCH_SHIFT) |
                                            ((uint64_t)s * 2),
                                        err, errlen))) {
@@ -202,9 +206,11 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     }
     if (t->remote_be)
         expert_remote_set_backward_flags(t->remote_be, t->step_flags & MOE_FLAG_CHECKPOINT);
-    rc = model_backward(t->model, imp, load, &bal, err, errlen);
+    rc = model_backward_groups(t->model, imp, load, X ? fx : NULL, &bal, err, errlen);
     if (rc || (rc = allreduce_grads(t, s, err, errlen)))
         return rc;
+    if (X) /* the step's Load_H, for the statistics below */
+        memcpy(load, model_local_load(t->model), sizeof(float) * (size_t)E);
     const int64_t t1 = s + 1;
     struct moe_lr_schedule sched = {c->lr, c->warmup};
     const double lr = moe_lr_at(&sched, t1);
@@ -214,7 +220,7 @@ static int train_step(struct trainer *t, char *err, size_t errlen)
     model_carry_state(t->model);
     t->step = t1;
 
-    const double loss = (t->world > 1 || t->coord ? (double)cnt[E] : xent) / (double)N;
+    const double loss = (t->world > 1 || t->coord ? (double)*xs : xent) / (double)N;
     if (!isfinite(loss)) {
         moe_err_set(err, errlen, "training diverged at step %" PRId64 " (loss %g); try a lower --lr",
                  t1, loss);

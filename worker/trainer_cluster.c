@@ -135,8 +135,8 @@ static int apply_epoch(struct trainer *t, bool reload, char *err, size_t errlen)
     const struct moe_options *c = t->cfg;
     expert_remote_destroy(&t->remote_be);
     moe_cluster_free(&t->cl);
-    int rc = moe_cluster_parse(&t->cl, t->ep.servers, c->workers, t->ep.placement, c->n_experts,
-                               err, errlen);
+    int rc = moe_cluster_parse_groups(&t->cl, t->ep.servers, c->workers, t->ep.placement,
+                                      c->n_experts, moe_options_group_size(c), err, errlen);
     if (rc)
         return rc;
     if ((rc = trainer__make_remote(t, err, errlen)))

@@ -100,8 +100,8 @@ static int setup_cluster(struct trainer *t, char *err, size_t errlen)
             placement = "";
             t->elastic = c->checkpoint_dir[0] != 0;
         }
-        rc = moe_cluster_parse(&t->cl, servers, c->workers, placement, c->n_experts, err,
-                               errlen);
+        rc = moe_cluster_parse_groups(&t->cl, servers, c->workers, placement, c->n_experts,
+                                      moe_options_group_size(c), err, errlen);
         if (rc)
             return rc;
         t->world = t->cl.n_workers;
@@ -188,7 +188,9 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
     if (!t->remote) {
         expert_local_backend(&t->backend, t->shard);
     } else if (t->coord) {
-        if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts)))
+        if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts +
+                                           (moe_options_hierarchical(c) ? 2 * (size_t)c->groups
+                                                                        : 0))))
             return MOE_ERR_NOMEM;
     } else {
         if ((rc = trainer__make_remote(t, err, errlen)))
@@ -199,7 +201,9 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
                                         err, errlen)))
             return MOE_ERR_IO;
     }
-    t->stats = moe_alloc_floats(3 * (size_t)c->n_experts + 1);
+    /* Importance | Load | rows | a hierarchical MoE's group factors | loss */
+    t->stats = moe_alloc_floats(3 * (size_t)c->n_experts +
+                                (moe_options_hierarchical(c) ? 2 * (size_t)c->groups : 0) + 1);
     t->rows_routed = calloc((size_t)c->n_experts, sizeof(double));
     return t->stats && t->rows_routed ? 0 : MOE_ERR_NOMEM;
 }

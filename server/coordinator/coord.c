@@ -156,7 +156,11 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     c->listed = calloc(MAX_SLOTS, sizeof *c->listed);
     c->workers = calloc((size_t)c->W, sizeof *c->workers);
     c->pending = calloc((size_t)c->W, sizeof *c->pending);
-    c->reply = calloc(3 * (size_t)c->E, sizeof(float));
+    /* a hierarchical MoE's workers send its per-group factors of Load_H too */
+    const int X = moe_options_hierarchical(cfg) ? 2 * cfg->groups : 0;
+    if (c->stats && X && coord_stats_set_extras(c->stats, X))
+        coord_stats_destroy(&c->stats);
+    c->reply = calloc(3 * (size_t)c->E + (size_t)X, sizeof(float));
     c->server_of = malloc(sizeof(int32_t) * (size_t)c->E);
     c->ep_place = malloc(sizeof(int32_t) * (size_t)c->E);
     c->ep_slot = calloc(MAX_SLOTS, sizeof(int));
@@ -323,6 +327,59 @@ void coord_placement_compute(int E, const int32_t *old, const int *live, int n_l
     }
 }
 
+void coord_placement_compute_groups(int E, int B, const int32_t *old, const int *live, int n_live,
+                                    int32_t *out)
+{
+    if (B <= 1 || E % B) {
+        coord_placement_compute(E, old, live, n_live, out);
+        return;
+    }
+    const int A = E / B;
+    int32_t *og = malloc(sizeof(int32_t) * 2 * (size_t)A);
+    if (!og) { /* the flat placement: the same whenever every group is whole */
+        coord_placement_compute(E, old, live, n_live, out);
+        return;
+    }
+    int32_t *ng = og + A;
+    /* a group counts as held by a slot only when it is whole there */
+    for (int i = 0; i < A; i++) {
+        og[i] = old[i * B];
+        for (int j = 1; j < B; j++)
+            if (old[i * B + j] != og[i])
+                og[i] = -1;
+    }
+    coord_placement_compute(A, og, live, n_live, ng);
+    for (int e = 0; e < E; e++)
+        out[e] = ng[e / B];
+    free(og);
+}
+
+int coord_placement_live(int units, const int32_t *old, int n_old, int *live, int n_live)
+{
+    if (n_live <= units)
+        return n_live;
+    int keep[MAX_SLOTS], k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int j = 0; j < n_live && k < units; j++) {
+            bool holds = false;
+            for (int e = 0; e < n_old && !holds; e++)
+                holds = old[e] == live[j];
+            bool taken = false;
+            for (int q = 0; q < k && !taken; q++)
+                taken = keep[q] == live[j];
+            if (holds == (pass == 0) && !taken)
+                keep[k++] = live[j];
+        }
+    /* ascending, as the caller gave them */
+    for (int a = 1; a < k; a++)
+        for (int b = a; b > 0 && keep[b - 1] > keep[b]; b--) {
+            const int x = keep[b];
+            keep[b] = keep[b - 1];
+            keep[b - 1] = x;
+        }
+    memcpy(live, keep, sizeof(int) * (size_t)k);
+    return k;
+}
 
 void coord__send_out(coord_t *c, const uint8_t *id, size_t id_len, struct moe_wire_out *o,
                      const float *data, uint64_t rows)

@@ -203,6 +203,17 @@ uint64_t coord_generation(const coord_t *c);
  * while its slot is live and under its share; the others go, in id order,
  * to the live slots under their share, in slot order. out[e] = slot. */
 void coord_placement_compute(int E, const int32_t *old, const int *live, int n_live, int32_t *out);
+/* The same for a hierarchical MoE (issue 17): groups of B experts (expert
+ * i*B + j in group i) move as units and are never split. A group counts as
+ * held by a slot when all its experts are there. B == 1 (or E not a
+ * multiple of B) is coord_placement_compute. */
+void coord_placement_compute_groups(int E, int B, const int32_t *old, const int *live, int n_live,
+                                    int32_t *out);
+/* With more live slots than units (groups, or experts) to place, keeps
+ * `units` of them: first those holding something in old (n_old entries),
+ * then the others, each in slot order; live stays ascending. Returns the
+ * count kept (n_live when it is at most units). */
+int coord_placement_live(int units, const int32_t *old, int n_old, int *live, int n_live);
 
 /* Renders /api/v1/experts, /api/v1/cluster, /api/v1/history (JSON) and
  * /metrics (Prometheus text). Return a malloc'd NUL-terminated string, or

@@ -118,7 +118,14 @@ void coord__start_epoch(coord_t *c, int64_t step, const char *folder, bool initi
         fail_cluster(c, "the coordinator is out of memory");
         return;
     }
-    coord_placement_compute(c->E, c->server_of, live, n, next);
+    /* whole groups of a hierarchical MoE; at most one server per group */
+    const int B = moe_options_group_size(c->cfg);
+    const int kept = B > 1 ? coord_placement_live(c->E / B, c->server_of, c->E, live, n) : n;
+    if (kept < n)
+        moe_warn("epoch %u: %d server(s) for %d group(s) of experts: %d stay idle", c->epoch, n,
+                 c->E / B, n - kept);
+    n = kept;
+    coord_placement_compute_groups(c->E, B, c->server_of, live, n, next);
     int moved = 0;
     for (int e = 0; e < c->E; e++)
         moved += next[e] != c->server_of[e];
@@ -311,7 +318,14 @@ static void commit_checkpoint(coord_t *c)
     if (pruned < 0)
         moe_warn("cannot prune old checkpoints in %s", c->cfg->checkpoint_dir);
     if (step >= c->cfg->steps) {
-        c->phase = COORD_FINISHED;
+        /* a stop asked for while the last checkpoint was being written
+         * (SIGTERM once the workers are done) stops the cluster now: in
+         * FINISHED it would be forgotten, and the members told to stay for
+         * that checkpoint would wait for ever */
+        if (stop || c->stop_requested)
+            enter_stopped(c, c->stop_why);
+        else
+            c->phase = COORD_FINISHED;
         return;
     }
     if (stop) {
@@ -493,6 +507,9 @@ static void send_global(coord_t *c, uint32_t flags)
     memcpy(c->reply, coord_stats_global_importance(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + E, coord_stats_global_load(c->stats), sizeof(float) * (size_t)E);
     memcpy(c->reply + 2 * E, coord_stats_global_rows(c->stats), sizeof(float) * (size_t)E);
+    const int X = coord_stats_n_extras(c->stats);
+    if (X)
+        memcpy(c->reply + 3 * E, coord_stats_global_extras(c->stats), sizeof(float) * (size_t)X);
     int32_t id0 = 0;
     uint32_t one = 1;
     struct moe_wire_out o = {0};
@@ -502,7 +519,7 @@ static void send_global(coord_t *c, uint32_t flags)
     o.row_counts = &one;
     o.n_experts = 1;
     o.dtype = MOE__DTYPE__DTYPE_F32;
-    o.width = (uint32_t)(3 * E);
+    o.width = (uint32_t)(3 * E + X);
     o.placement_version = c->placement_version;
     o.flags = flags;
     coord__answer_pending(c, &o, c->reply, 1);
@@ -565,13 +582,20 @@ void coord__handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
         coord__reply_error(c, m, MOE_ERR_STATE, why);
         return;
     }
-    if (m->rows != 1 || h->width != (uint32_t)(3 * E)) {
-        snprintf(why, sizeof why, "statistics must be one row of 3 x %d floats", E);
+    const int X = coord_stats_n_extras(c->stats);
+    if (m->rows != 1 || h->width != (uint32_t)(3 * E + X)) {
+        if (X)
+            snprintf(why, sizeof why,
+                     "statistics must be one row of 3 x %d + %d floats (a hierarchical MoE's "
+                     "per-group factors of Load_H follow the vectors)", E, X);
+        else
+            snprintf(why, sizeof why, "statistics must be one row of 3 x %d floats", E);
         coord__reply_error(c, m, MOE_ERR_SHAPE, why);
         return;
     }
-    int rc = coord_stats_submit(c->stats, (int64_t)h->step, (int)h->rank, m->data, m->data + E,
-                                m->data + 2 * E, h->loss, h->tokens_per_sec, why, sizeof why);
+    int rc = coord_stats_submit_ex(c->stats, (int64_t)h->step, (int)h->rank, m->data, m->data + E,
+                                   m->data + 2 * E, m->data + 3 * E, h->loss, h->tokens_per_sec,
+                                   why, sizeof why);
     if (rc < 0) {
         coord__reply_error(c, m, rc, why);
         return;

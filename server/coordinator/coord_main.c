@@ -333,6 +333,8 @@ int main(int argc, char **argv)
                               summary, MOE_FOR_COORDINATOR, coord_also);
         return 0;
     }
+    if (rc >= 0)
+        moe_options_derive(&a.cfg);
     if (rc < 0 || (rc = moe_options_check(&a.cfg, MOE_FOR_COORDINATOR, err, sizeof err))) {
         fprintf(stderr, "moe-coordinator: error: %s\n", err);
         return 2;

@@ -19,6 +19,8 @@ struct coord_stats {
     double *loss_sub;
     int missing;
     float *g_imp, *g_load, *g_rows;
+    int X;                /* extra values per worker (coord_stats_set_extras) */
+    float *sub_x, *g_x;   /* (W*X) their submissions, (X) their sums */
     struct coord_expert_stats *experts;
     struct coord_worker_stats *workers;
     double cv_imp, cv_load, max_mean;
@@ -71,6 +73,8 @@ void coord_stats_destroy(coord_stats_t **sp)
     free(s->g_imp);
     free(s->g_load);
     free(s->g_rows);
+    free(s->sub_x);
+    free(s->g_x);
     free(s->experts);
     free(s->workers);
     free(s->h_step);
@@ -111,6 +115,12 @@ static void complete_step(coord_stats_t *s)
         s->g_load[e] = load;
         s->g_rows[e] = rows;
     }
+    for (int i = 0; i < s->X; i++) {
+        float x = 0;
+        for (int r = 0; r < s->W; r++)
+            x += s->sub_x[(size_t)r * s->X + i];
+        s->g_x[i] = x;
+    }
     const bool first = s->completed < 0;
     double mx = 0, total = 0;
     for (int e = 0; e < E; e++) {
@@ -146,9 +156,37 @@ static void complete_step(coord_stats_t *s)
     s->missing = s->W;
 }
 
+int coord_stats_set_extras(coord_stats_t *s, int n)
+{
+    float *sub = calloc((size_t)(n > 0 ? n : 1) * (size_t)s->W, sizeof(float));
+    float *g = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+    if (n < 0 || !sub || !g) {
+        free(sub);
+        free(g);
+        return n < 0 ? MOE_ERR_RANGE : MOE_ERR_NOMEM;
+    }
+    free(s->sub_x);
+    free(s->g_x);
+    s->sub_x = sub;
+    s->g_x = g;
+    s->X = n;
+    return 0;
+}
+
+int coord_stats_n_extras(const coord_stats_t *s) { return s->X; }
+const float *coord_stats_global_extras(const coord_stats_t *s) { return s->g_x; }
+
 int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *imp,
                        const float *load, const float *rows, double loss, double tokens_per_sec,
                        char *err, size_t errlen)
+{
+    return coord_stats_submit_ex(s, step, rank, imp, load, rows, NULL, loss, tokens_per_sec, err,
+                                 errlen);
+}
+
+int coord_stats_submit_ex(coord_stats_t *s, int64_t step, int rank, const float *imp,
+                          const float *load, const float *rows, const float *extras, double loss,
+                          double tokens_per_sec, char *err, size_t errlen)
 {
     if (rank < 0 || rank >= s->W) {
         moe_err_set(err, errlen, "rank %d is not a worker of this cluster (%d workers)", rank, s->W);
@@ -168,6 +206,8 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
     bool finite = isfinite(loss) && isfinite(tokens_per_sec);
     for (int e = 0; e < s->E && finite; e++)
         finite = isfinite(imp[e]) && isfinite(load[e]) && isfinite(rows[e]) && rows[e] >= 0;
+    for (int i = 0; i < s->X && finite; i++)
+        finite = extras && isfinite(extras[i]) && extras[i] >= 0;
     if (!finite) {
         moe_err_set(err, errlen, "statistics of worker %d at step %lld hold a non-finite or negative value",
                 rank, (long long)step);
@@ -179,6 +219,8 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
     memcpy(v, imp, sizeof(float) * (size_t)s->E);
     memcpy(v + s->E, load, sizeof(float) * (size_t)s->E);
     memcpy(v + 2 * s->E, rows, sizeof(float) * (size_t)s->E);
+    if (s->X)
+        memcpy(s->sub_x + (size_t)rank * s->X, extras, sizeof(float) * (size_t)s->X);
     s->loss_sub[rank] = loss;
     s->have[rank] = true;
     s->workers[rank] = (struct coord_worker_stats){true, step, tokens_per_sec, loss};

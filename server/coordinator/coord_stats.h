@@ -54,6 +54,19 @@ int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *im
                        const float *load, const float *rows, double loss, double tokens_per_sec,
                        char *err, size_t errlen);
 
+/* Extra values each worker submits with its vectors, summed in rank order
+ * too (a hierarchical MoE's per-group factors of Load_H: Load_p, then
+ * |X^(i)|, issue 17); 0 by default. 0, or MOE_ERR_RANGE / MOE_ERR_NOMEM. */
+int coord_stats_set_extras(coord_stats_t *s, int n);
+int coord_stats_n_extras(const coord_stats_t *s);
+/* coord_stats_submit with the extras (n of coord_stats_set_extras; they
+ * must be finite and >= 0). */
+int coord_stats_submit_ex(coord_stats_t *s, int64_t step, int rank, const float *imp,
+                          const float *load, const float *rows, const float *extras, double loss,
+                          double tokens_per_sec, char *err, size_t errlen);
+/* Their sums of the last completed step. */
+const float *coord_stats_global_extras(const coord_stats_t *s);
+
 /* The step in progress (-1 before the first submission), the last completed
  * step (-1 if none) and the workers still missing from the step in
  * progress. */

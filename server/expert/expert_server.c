@@ -256,6 +256,8 @@ static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
     if (!ids)
         return MOE_ERR_NOMEM;
+    /* a hierarchical model's experts are named by group in its files */
+    expert_shard_set_group_size(moe_options_hierarchical(cfg) ? cfg->experts_per_group : 0);
     const int n = s->coord ? 0 : moe_cluster_experts_of(&s->cl, cfg->server_index, ids);
     const struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps,
                                       1e-30, cfg->expert_clip, cfg->expert_relative_step, 1e-3};
@@ -303,7 +305,7 @@ expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, siz
     /* a worker sends at most every row of its batch times k (DESIGN §5) */
     const uint64_t max_rows = (uint64_t)(cfg->batch > cfg->eval_batch ? cfg->batch
                                                                       : cfg->eval_batch) *
-                              (uint64_t)cfg->unroll * (uint64_t)cfg->k;
+                              (uint64_t)cfg->unroll * (uint64_t)moe_options_slots_per_row(cfg);
     s->lim = (struct moe_wire_limits){moe_options_message_limit(cfg, MOE_ROLE_SERVER),
                                       (uint32_t)s->D, (uint32_t)cfg->n_experts, max_rows};
     s->index = cfg->server_index;
@@ -315,8 +317,9 @@ expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, siz
      * check let it through for that reason). */
     snprintf(s->workers, sizeof s->workers, "%s",
              s->coord && !cfg->workers[0] ? coord_client_workers(s->coord) : cfg->workers);
-    if (moe_cluster_parse(&s->cl, s->coord ? s->own : cfg->servers, s->workers,
-                          s->coord ? "" : cfg->placement, cfg->n_experts, err, errlen))
+    if (moe_cluster_parse_groups(&s->cl, s->coord ? s->own : cfg->servers, s->workers,
+                                 s->coord ? "" : cfg->placement, cfg->n_experts,
+                                 moe_options_group_size(cfg), err, errlen))
         goto fail;
     if (!s->coord && cfg->server_index >= s->cl.n_servers) {
         moe_err_set(err, errlen, "server_index %d: only %d servers are listed in servers",

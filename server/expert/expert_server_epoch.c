@@ -58,8 +58,8 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
     const struct moe_options *cfg = s->cfg;
     struct moe_cluster cl;
     memset(&cl, 0, sizeof cl);
-    int rc = moe_cluster_parse(&cl, ep->servers, s->workers, ep->placement, cfg->n_experts, err,
-                               errlen);
+    int rc = moe_cluster_parse_groups(&cl, ep->servers, s->workers, ep->placement,
+                                      cfg->n_experts, moe_options_group_size(cfg), err, errlen);
     if (rc)
         return rc;
     if (ep->index < 0 || ep->index >= cl.n_servers) {

@@ -52,6 +52,8 @@ int main(int argc, char **argv)
                               "--help.");
         return 0;
     }
+    if (rc >= 0)
+        moe_options_derive(&cfg);
     if (rc < 0 || (rc = moe_options_check(&cfg, MOE_FOR_SERVER, err, sizeof err))) {
         fprintf(stderr, "moe-server: error: %s\n", err);
         return 2;

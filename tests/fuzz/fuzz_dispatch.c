@@ -10,6 +10,9 @@
  *   bits 1-2    the authenticated role: none, worker, server, coordinator
  *   bits 3-5    the peer's routing id (a worker's, a server's, a heartbeat
  *               thread's, with or without an incarnation, or junk)
+ *   bit 6       with bit 0 clear: a second coordinator whose cluster trains
+ *               a hierarchical MoE (3 groups of 2; its statistics rows carry
+ *               the per-group factors of Load_H, issue 17)
  * then the layout of fuzz_wire.c (frame count byte, lengths, frames), so
  * that its seeds, prefixed with byte 0, seed this target too. The daemons
  * live across inputs (their state is what is being fuzzed); the process
@@ -30,8 +33,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static struct moe_options cfg_coord, cfg_server;
-static coord_t *coord;
+static struct moe_options cfg_coord, cfg_server, cfg_hcoord;
+static coord_t *coord, *hcoord;
 static expert_server_t *server;
 static double clock_s;
 
@@ -67,9 +70,18 @@ static void start(void)
     snprintf(cfg_coord.servers, sizeof cfg_coord.servers, "tcp://127.0.0.1:1");
     configure(&cfg_server, keys);
     snprintf(cfg_server.servers, sizeof cfg_server.servers, "tcp://127.0.0.1:*");
+    configure(&cfg_hcoord, keys);
+    snprintf(cfg_hcoord.coordinator, sizeof cfg_hcoord.coordinator, "tcp://127.0.0.1:*");
+    snprintf(cfg_hcoord.servers, sizeof cfg_hcoord.servers, "tcp://127.0.0.1:1");
+    snprintf(cfg_hcoord.moe, sizeof cfg_hcoord.moe, "hierarchical");
+    cfg_hcoord.groups = 3;
+    cfg_hcoord.experts_per_group = 2;
+    cfg_hcoord.k_primary = 2;
+    cfg_hcoord.k = 1;
     coord = coord_new(&cfg_coord, err, sizeof err);
-    server = coord ? expert_server_new(&cfg_server, err, sizeof err) : NULL;
-    if (!coord || !server) {
+    hcoord = coord ? coord_new(&cfg_hcoord, err, sizeof err) : NULL;
+    server = hcoord ? expert_server_new(&cfg_server, err, sizeof err) : NULL;
+    if (!coord || !hcoord || !server) {
         fprintf(stderr, "fuzz_dispatch: %s\n", err);
         abort();
     }
@@ -106,8 +118,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (who & 1)
         expert_server_inject(server, frames, len, nframes, (const uint8_t *)id, strlen(id), user);
     else
-        coord_inject(coord, frames, len, nframes, (const uint8_t *)id, strlen(id), user,
-                     clock_s);
+        coord_inject(who & 64 ? hcoord : coord, frames, len, nframes, (const uint8_t *)id,
+                     strlen(id), user, clock_s);
     fuzz_frames_free(frame);
     return 0;
 }

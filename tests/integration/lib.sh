@@ -194,3 +194,35 @@ cl_kill_all() {
     CL_PIDS=""
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# Elastic runs compared with an undisturbed one (test_elastic, test_hmoe_elastic).
+# The test defines base_args NAME, which sets A for the cluster NAME with
+# --checkpoint-dir $WORK/NAME/ck and --steps $K.
+# cl_export_of NAME: $WORK/NAME.export.safetensors from its last checkpoint.
+cl_export_of() {
+    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export.safetensors" >/dev/null ||
+        fail "$1: moectl export of its last checkpoint failed"
+}
+# cl_same_as_base NAME WHAT: its export is that of the cluster "base", and
+# worker 0 did all K steps.
+cl_same_as_base() {
+    cl_export_of "$1"
+    cmp -s "$WORK/base.export.safetensors" "$WORK/$1.export.safetensors" ||
+        fail "$2: the export at step $K differs from the undisturbed run"
+    grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
+}
+# cl_start_pair NAME: coordinator (expecting servers 0 and 1 as its ids 0
+# and 1), servers 0 and 1, worker 0.
+cl_start_pair() {
+    base_args "$1"
+    cl_init "$1" 1
+    cl_server_endpoints 0 1
+    cl_coord --servers "$CLSV"
+    cl_server 0
+    cl_server 1
+    cl_worker 0
+}
+# cl_finish: waits for worker 0, stops the rest.
+cl_finish() {
+    wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
+    cl_stop
+}

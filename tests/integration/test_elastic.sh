@@ -21,46 +21,21 @@ base_args() { # NAME
     A="--train $WORK/train.txt --valid= $TINY --log-every 1 --log-level info --steps $K \
 --checkpoint-dir $WORK/$1/ck --checkpoint-every 40 --timeout-ms 2000 --heartbeat-timeout-ms 1500"
 }
-export_of() { # NAME -> $WORK/NAME.export.safetensors
-    "$BIN/moectl" export "$WORK/$1/ck" "$WORK/$1.export.safetensors" >/dev/null ||
-        fail "$1: moectl export of its last checkpoint failed"
-}
-same_as_base() { # NAME WHAT
-    export_of "$1"
-    cmp -s "$WORK/base.export.safetensors" "$WORK/$1.export.safetensors" ||
-        fail "$2: the export at step $K differs from the undisturbed run"
-    grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
-}
-# start NAME: coordinator (expecting servers 0 and 1 as its ids 0 and 1),
-# servers 0 and 1, worker 0
-start() {
-    base_args "$1"
-    cl_init "$1" 1
-    cl_server_endpoints 0 1
-    cl_coord --servers "$CLSV"
-    cl_server 0
-    cl_server 1
-    cl_worker 0
-}
-finish() { # wait for worker 0, stop the rest; echo its wall time in ms
-    wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
-    cl_stop
-}
 
 # 1. The undisturbed run.
 t0=$(now_ms)
-start base
-finish
+cl_start_pair base
+cl_finish
 base_ms=$(($(now_ms) - t0))
-export_of base
+cl_export_of base
 echo "  ok: undisturbed run: $K steps in $base_ms ms, checkpoint every 40 steps"
 
 # 2. A third server joins at step 100.
-start add
+cl_start_pair add
 cl_wait_step 0 100
 cl_server 2
-finish
-same_as_base add "a server added mid-run"
+cl_finish
+cl_same_as_base add "a server added mid-run"
 grep -q "epoch 2: 3 server(s), placement version 2" "$CL/coordinator.log" ||
     fail "no epoch with 3 servers: $(grep epoch "$CL/coordinator.log")"
 moved=$(sed -n 's/.*epoch 2: 3 server(s), placement version 2 (\([0-9]*\) expert(s) moved).*/\1/p' "$CL/coordinator.log")
@@ -70,20 +45,20 @@ mig=$(sed -n 's/.*migration: \([0-9.]*\) ms per expert.*/\1/p' "$CL/server-2.log
 echo "  ok: server added at step 100: $moved of 6 experts moved ($mig ms per expert read), export identical"
 
 # 3. Server 1 drained at step 100.
-start drain
+cl_start_pair drain
 cl_wait_step 0 100
 "$BIN/moectl" --http "$CLH" --token secret drain 1 >"$WORK/drain.out" 2>&1 ||
     fail "moectl drain: $(cat "$WORK/drain.out")"
 wait "$SPID1" || fail "the drained server exited non-zero: $(tail -n 3 "$CL/server-1.log")"
 grep -q "drained" "$CL/server-1.log" || fail "server 1 does not say it was drained"
-finish
-same_as_base drain "a server drained mid-run"
+cl_finish
+cl_same_as_base drain "a server drained mid-run"
 grep -q "epoch 2: 1 server(s)" "$CL/coordinator.log" || fail "no epoch without the drained server"
 echo "  ok: server 1 drained at step 100: it exited 0, its experts moved, export identical"
 
 # 4. kill -9 of server 1 at step 100.
 t0=$(now_ms)
-start kill
+cl_start_pair kill
 cl_wait_step 0 100
 kill -9 "$SPID1"
 wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
@@ -91,7 +66,7 @@ wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
     >"$WORK/kill.metrics" || fail "GET /metrics after the kill"
 cl_stop
 kill_ms=$(($(now_ms) - t0))
-same_as_base kill "kill -9 of a server"
+cl_same_as_base kill "kill -9 of a server"
 # /metrics counts the loss and the rollback; the dead server's series went
 # with its slot (the alert MoEServerLost watches the counter)
 grep -qx 'moe_servers_lost_total 1' "$WORK/kill.metrics" &&
@@ -114,15 +89,15 @@ cl_coord --min-servers 2
 cl_server 0
 MOE_FAULT_KILL_IN_CHECKPOINT=160 cl_server 1
 cl_worker 0
-finish
-same_as_base ckill "kill -9 during a checkpoint"
+cl_finish
+cl_same_as_base ckill "kill -9 during a checkpoint"
 grep -q "killing this server while it writes" "$CL/server-1.log" || fail "the fault was not injected"
 grep -q "rolling back to step 120" "$CL/coordinator.log" ||
     fail "not rolled back to the previous checkpoint (120): $(grep rolling "$CL/coordinator.log")"
 echo "  ok: kill -9 while writing the checkpoint of step 160: rolled back to step 120, export identical"
 
 # 6. Every process killed at step 200, then started again.
-start restart
+cl_start_pair restart
 cl_wait_step 0 200
 cl_kill_all
 last=$(ls "$WORK/restart/ck" | grep '^step-' | tail -n 1)
@@ -130,8 +105,8 @@ cl_coord --min-servers 2
 cl_server 0
 cl_server 1
 cl_worker 0
-finish
-same_as_base restart "a restart of the whole cluster"
+cl_finish
+cl_same_as_base restart "a restart of the whole cluster"
 grep -q "resuming from" "$CL/coordinator.log" || fail "the coordinator did not resume"
 echo "  ok: everything killed after step 200, restarted: resumed from $(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/step \1/p' "$CL/coordinator.log" | head -n 1), export identical"
 
@@ -192,16 +167,16 @@ start2() { # NAME
 }
 start2 base2
 wait "$WPID1" || fail "2 workers: worker 1 failed"
-finish
-export_of base2
+cl_finish
+cl_export_of base2
 start2 wkill
 cl_wait_step 1 100
 kill -9 "$WPID1"
 wait "$WPID1" 2>/dev/null
 cl_worker 1
 wait "$WPID1" || fail "the restarted worker 1 failed: $(tail -n 3 "$CL/worker-1.log")"
-finish
-export_of wkill
+cl_finish
+cl_export_of wkill
 cmp -s "$WORK/base2.export.safetensors" "$WORK/wkill.export.safetensors" || fail "after a worker restart the export differs"
 grep -q "worker 1 restarted" "$CL/coordinator.log" || fail "the coordinator did not see the restart"
 echo "  ok: worker 1 of 2 killed at step 100 and restarted: $(sed -n 's/.*W moe-coordinator: \(rolling back to step [0-9]*\).*/\1/p' "$CL/coordinator.log" | head -n 1), export identical to an undisturbed 2-worker run"
@@ -211,7 +186,7 @@ echo "  ok: worker 1 of 2 killed at step 100 and restarted: $(sed -n 's/.*W moe-
 # everyone rolls back to the last checkpoint, and the export is identical.
 GAP=61
 [ -n "${MOE_SANITIZE:-}" ] && GAP=5
-start ckdead
+cl_start_pair ckdead
 cl_wait_step 0 100
 kill -9 "$CPID"
 wait "$CPID" 2>/dev/null
@@ -225,8 +200,8 @@ wwaits=$(grep -Ec "$silent" "$CL/worker-0.log")
 [ "$wwaits" -ge $((GAP / 6)) ] || fail "worker 0 logged $wwaits lines about the silent coordinator in $GAP s"
 kill -0 "$SPID0" && kill -0 "$SPID1" && kill -0 "$WPID0" || fail "a member gave up during a $GAP s gap"
 cl_coord --servers "$CLSV"
-finish
-same_as_base ckdead "kill -9 and restart of the coordinator"
+cl_finish
+cl_same_as_base ckdead "kill -9 and restart of the coordinator"
 grep -q "registering again" "$CL/server-0.log" || fail "server 0 did not register again"
 grep -q "resuming from" "$CL/coordinator.log" || fail "the restarted coordinator did not resume"
 echo "  ok: coordinator killed at step 100 ($at), restarted after $GAP s: server 0 logged $waits" \

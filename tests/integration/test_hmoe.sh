@@ -27,10 +27,6 @@ refuse() {
     grep -Eq -- "$pattern" "$WORK/err.txt" || fail "$desc: $(cat "$WORK/err.txt")"
     echo "  ok: $desc: $(head -n 1 "$WORK/err.txt")"
 }
-refuse "remote experts" "hierarchical MoE runs in one process for now" $H --experts remote \
-    --servers ipc://$WORK/s0
-refuse "a coordinator" "hierarchical MoE runs in one process for now" $H \
-    --coordinator ipc://$WORK/c
 refuse "n_experts other than groups x experts_per_group" \
     "--n-experts 7 is not --groups 3 x --experts-per-group 2" $H --n-experts 7
 refuse "k larger than a group" "--k 3 is larger than --experts-per-group 2" $H --k 3

@@ -129,6 +129,47 @@ START_TEST(stats_bad_arguments)
 }
 END_TEST
 
+/* A hierarchical MoE's per-group factors of Load_H (issue 17) travel as
+ * extras: summed in rank order whatever the arrival order, and a
+ * submission with a missing, non-finite or negative extra is refused with
+ * nothing changed. */
+START_TEST(stats_extras_rank_order)
+{
+    coord_stats_t *s = coord_stats_new(E, 3, 0.5, 8);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(coord_stats_set_extras(s, 2), 0);
+    ck_assert_int_eq(coord_stats_n_extras(s), 2);
+    const float x[3][2] = {{1e8f, 3}, {1, 4}, {-1e8f + 0.0f, 5}};
+    /* float sums that depend on the order: (1e8 + 3) + 3 = 1e8, (3 + 3) + 1e8 = 1e8 + 8 */
+    const float pos[3][2] = {{1e8f, 3}, {3, 4}, {3, 5}};
+    float zero[E] = {0};
+    char err[256];
+    /* refused: no extras, a negative one, a NaN; nothing changes */
+    ck_assert_int_eq(coord_stats_submit(s, 0, 0, zero, zero, zero, 1, 1, err, sizeof err),
+                     MOE_ERR_FORMAT);
+    ck_assert_int_eq(coord_stats_submit_ex(s, 0, 0, zero, zero, zero, x[2], 1, 1, err, sizeof err),
+                     MOE_ERR_FORMAT);
+    const float nan2[2] = {NAN, 0};
+    ck_assert_int_eq(coord_stats_submit_ex(s, 0, 0, zero, zero, zero, nan2, 1, 1, err, sizeof err),
+                     MOE_ERR_FORMAT);
+    ck_assert_int_eq(coord_stats_missing(s), 3);
+    /* arrival 1, 2, 0; the sum is ((r0 + r1) + r2) */
+    const int order[3] = {1, 2, 0};
+    for (int k = 0; k < 3; k++)
+        ck_assert_int_eq(coord_stats_submit_ex(s, 0, order[k], zero, zero, zero, pos[order[k]], 1,
+                                               1, err, sizeof err),
+                         k == 2 ? 1 : 0);
+    const float *g = coord_stats_global_extras(s);
+    for (int i = 0; i < 2; i++) {
+        const float want = (pos[0][i] + pos[1][i]) + pos[2][i];
+        ck_assert(memcmp(&g[i], &want, sizeof want) == 0);
+    }
+    ck_assert_float_ne((pos[1][0] + pos[2][0]) + pos[0][0], g[0]);
+    (void)x;
+    coord_stats_destroy(&s);
+}
+END_TEST
+
 Suite *test_coord_stats_suite(void);
 Suite *test_coord_stats_suite(void)
 {
@@ -139,6 +180,7 @@ Suite *test_coord_stats_suite(void)
     tcase_add_test(tc, stats_rejections_change_nothing);
     tcase_add_test(tc, stats_history);
     tcase_add_test(tc, stats_bad_arguments);
+    tcase_add_test(tc, stats_extras_rank_order);
     suite_add_tcase(s, tc);
     return s;
 }

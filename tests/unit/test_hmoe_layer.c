@@ -284,6 +284,113 @@ START_TEST(hmoe_threads_bitwise)
 }
 END_TEST
 
+/* Two workers (issue 17, point 3): the rows of a pass split between two
+ * layers with the same parameters, whose Importance_H, secondary loads and
+ * per-group factors of Load_H (Load_p, |X^(i)|) are summed as the workers'
+ * ring or the coordinator sums them, give the Load_H and the gradients of
+ * one layer that saw every row (the sums in another order: within 1e-6;
+ * 2.7e-7 measured).
+ * Summing each worker's own Load_H instead, which is not a sum over rows,
+ * gives other gradients (2.6e-3 off): the check can tell. */
+static double rel_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        d = fmax(d, fabs((double)a[i] - b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    return d / m;
+}
+
+START_TEST(hmoe_two_workers_sum)
+{
+    enum { A = 3, B = 4, E = A * B, D = 6, N = 60, H = N / 2 };
+    const struct hmoe_layer_config cfg = {.D = D, .A = A, .B = B, .K1 = 2, .K = 2,
+                                          .w_importance = 1.0, .w_load = 1.0, .seed = 11,
+                                          .N_max = N};
+    struct fake f = {.D = D};
+    const struct moe_backend be = {.ctx = &f, .forward = fake_forward, .backward = fake_backward};
+    float *x = moe_alloc_floats((size_t)N * D), *dy = moe_alloc_floats((size_t)N * D);
+    tu_fill(x, (size_t)N * D, 310, 1.0f);
+    tu_fill(dy, (size_t)N * D, 311, 1.0f);
+    struct layer *l[3];
+    for (int k = 0; k < 3; k++) {
+        l[k] = hmoe_layer_new("moe", &cfg, &be);
+        ck_assert_ptr_nonnull(l[k]);
+        for (int i = 0; i < l[k]->n_params; i++)
+            tu_fill(l[k]->ops->param(l[k], i).w->data, l[k]->ops->param(l[k], i).w->numel,
+                    320u + (uint32_t)i, 0.7f);
+    }
+    float *y = moe_alloc_floats((size_t)N * D), *dx = moe_alloc_floats((size_t)N * D);
+    float *dxs = moe_alloc_floats((size_t)N * D);
+    char err[128];
+    /* l[0]: every row, its own statistics */
+    struct layer_pass p = {.B = 1, .T = N, .n_global = N, .step = 3, .row0 = 0, .train = true};
+    ck_assert_int_eq(l[0]->ops->forward(l[0], &p, y, x, err, sizeof err), 0);
+    p.imp_global = hmoe_layer_importance(l[0]);
+    p.load_global = hmoe_layer_load(l[0]);
+    ck_assert_int_eq(l[0]->ops->backward(l[0], &p, dx, dy, x, y, err, sizeof err), 0);
+    /* l[1], l[2]: a worker's half each */
+    struct layer_pass q[2];
+    for (int w = 0; w < 2; w++) {
+        q[w] = (struct layer_pass){.B = 1, .T = H, .n_global = N, .step = 3, .row0 = w * H,
+                                   .train = true};
+        ck_assert_int_eq(l[1 + w]->ops->forward(l[1 + w], &q[w], y + (size_t)w * H * D,
+                                                x + (size_t)w * H * D, err, sizeof err), 0);
+    }
+    for (int wrong = 0; wrong < 2; wrong++) {
+        float imp[E], load[E], fx[2 * A];
+        for (int e = 0; e < E; e++) {
+            imp[e] = hmoe_layer_importance(l[1])[e] + hmoe_layer_importance(l[2])[e];
+            load[e] = wrong ? hmoe_layer_load(l[1])[e] + hmoe_layer_load(l[2])[e]
+                            : hmoe_layer_secondary_load(l[1])[e] +
+                                  hmoe_layer_secondary_load(l[2])[e];
+        }
+        for (int i = 0; i < 2 * A; i++)
+            fx[i] = hmoe_layer_group_factors(l[1])[i] + hmoe_layer_group_factors(l[2])[i];
+        memset(dxs, 0, sizeof(float) * N * D);
+        for (int w = 0; w < 2; w++) {
+            q[w].imp_global = imp;
+            q[w].load_global = load;
+            q[w].groups_global = wrong ? NULL : fx;
+            for (int i = 0; i < l[1 + w]->n_params; i++) {
+                const moe_tensor *g = l[1 + w]->ops->param(l[1 + w], i).g;
+                memset(g->data, 0, sizeof(float) * g->numel);
+            }
+            ck_assert_int_eq(l[1 + w]->ops->backward(l[1 + w], &q[w], dxs + (size_t)w * H * D,
+                                                     dy + (size_t)w * H * D, x + (size_t)w * H * D,
+                                                     y + (size_t)w * H * D, err, sizeof err), 0);
+        }
+        if (!wrong) {
+            ck_assert_double_le(rel_diff(hmoe_layer_load(l[1]), hmoe_layer_load(l[0]), E), 1e-6);
+            ck_assert_double_le(rel_diff(hmoe_layer_load(l[2]), hmoe_layer_load(l[0]), E), 1e-6);
+            ck_assert_double_le(fabs(q[0].balance_loss - p.balance_loss), 1e-6 * p.balance_loss);
+        }
+        double worst = 0;
+        for (int i = 0; i < l[0]->n_params; i++) {
+            const moe_tensor *g = l[0]->ops->param(l[0], i).g;
+            float *sum = moe_alloc_floats(g->numel);
+            for (size_t j = 0; j < g->numel; j++)
+                sum[j] = l[1]->ops->param(l[1], i).g->data[j] + l[2]->ops->param(l[2], i).g->data[j];
+            worst = fmax(worst, rel_diff(sum, g->data, g->numel));
+            free(sum);
+        }
+        worst = fmax(worst, rel_diff(dxs, dx, (size_t)N * D));
+        if (wrong)
+            ck_assert_msg(worst > 1e-3, "summing Load_H itself went unnoticed (%g)", worst);
+        else
+            ck_assert_msg(worst <= 1e-6, "two workers' gradients differ from one's by %g", worst);
+    }
+    for (int k = 0; k < 3; k++)
+        l[k]->ops->destroy(l[k]);
+    free(x);
+    free(dy);
+    free(y);
+    free(dx);
+    free(dxs);
+}
+END_TEST
+
 Suite *test_hmoe_layer_suite(void)
 {
     Suite *s = suite_create("hmoe_layer");
@@ -292,6 +399,7 @@ Suite *test_hmoe_layer_suite(void)
     tcase_add_test(tc, hmoe_by_hand_k1);
     tcase_add_test(tc, hmoe_train_load_formula);
     tcase_add_test(tc, hmoe_threads_bitwise);
+    tcase_add_test(tc, hmoe_two_workers_sum);
     suite_add_tcase(s, tc);
     return s;
 }
