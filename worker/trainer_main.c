@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "coord_client.h"
 #include "moe_config.h"
 #include "moe_err.h"
 #include "moe_log.h"
@@ -91,5 +92,6 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    coord_client_stop_on_signal(&signals_seen);
     return trainer_run(&cfg, &signals_seen);
 }
