@@ -238,7 +238,7 @@ static char *http(const struct ctl *c, const char *method, const char *path, int
     buf[len] = '\0';
     char *body = strstr(buf, "\r\n\r\n");
     if (!body || sscanf(buf, "HTTP/%*s %d", status) != 1) {
-        fprintf(stderr, "moectl: %s:%s did not answer HTTP (is it the coordinator's --http-port?)\n",
+        fprintf(stderr, "moectl: %s:%s did not answer HTTP (is it the coordinator's --http address?)\n",
                 c->host, c->port);
         free(buf);
         return NULL;
