@@ -11,6 +11,10 @@ expect_fail "missing corpus" "nope.txt: cannot open" $W --train "$WORK/nope.txt"
 expect_fail "unreadable corpus (a folder)" "adir: not a regular file" $W --train "$WORK/adir" $TINY --steps 1
 expect_fail "empty corpus" "empty.txt: corpus is empty" $W --train "$WORK/empty.txt" $TINY --steps 1
 expect_fail "blank-lines corpus" "blank.txt: corpus is empty" $W --train "$WORK/blank.txt" $TINY --steps 1
+printf 'the cat\000sat\n' >"$WORK/binary.txt"
+expect_fail "binary corpus (a NUL byte)" "binary.txt: not a text file \(a NUL byte at offset 7\)" $W --train "$WORK/binary.txt" $TINY --steps 1
+mkfifo "$WORK/fifo"
+expect_fail "a FIFO as corpus (refused, not waited on)" "fifo: not a regular file" timeout 10 $W --train "$WORK/fifo" $TINY --steps 1
 expect_fail "empty validation corpus" "empty.txt: corpus is empty" $W --train "$WORK/train.txt" --valid "$WORK/empty.txt" $TINY --steps 1
 expect_fail "corpus too small for the batch" "too small for a batch" $W $T $TINY --batch 100000 --steps 1
 expect_fail "unknown flag" "unknown option --nope" $W $T --nope 3
