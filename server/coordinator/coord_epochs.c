@@ -182,9 +182,8 @@ void coord__rollback(coord_t *c, const char *reason)
             return;
         }
         char why[1024];
-        snprintf(why, sizeof why,
-                 "%s, and there is no committed checkpoint to roll back to (set checkpoint_dir)",
-                 reason);
+        snprintf(why, sizeof why, "%s, and there is no committed checkpoint to roll back to%s",
+                 reason, c->cfg->checkpoint_dir[0] ? "" : " (set checkpoint_dir)");
         fail_cluster(c, why);
         return;
     }

@@ -254,6 +254,29 @@ if mount -t tmpfs -o size=1m tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err"; then
     echo "  ok: full disk (1 MiB tmpfs): $(grep -c "rolling back" "$CL/coordinator.log") rollbacks, then" \
         "every process exited non-zero: $(tail -n 1 "$CL/worker-0.log" | cut -c1-160)"
     umount "$WORK/tmpfs"
+fi
+# ... so full that the epoch's first checkpoint (step 0) fails: the worker
+# reports it (it used to exit alone, the others waiting for it forever)
+if mount -t tmpfs -o size=64k tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err"; then
+    base_args disk0
+    A="$A --checkpoint-dir $WORK/tmpfs/ck"
+    cl_init disk0 1
+    cl_server_endpoints 0 1
+    cl_coord --servers "$CLSV"
+    cl_server 0
+    cl_server 1
+    cl_worker 0
+    for p in $WPID0 $SPID0 $SPID1 $CPID; do
+        exits_within "$p" 30
+        [ $EXIT -ne 0 ] || { umount "$WORK/tmpfs"; fail "disk0: process $p exited 0"; }
+    done
+    for f in "$CL"/*.log; do
+        grep -q "cannot write its checkpoint of step 0: .*No space left on device, and there is no committed checkpoint to roll back to$" "$f" ||
+            { umount "$WORK/tmpfs"; fail "disk0: $(basename "$f") does not name the cause: $(tail -n 2 "$f")"; }
+    done
+    ls "$WORK/tmpfs/ck" | grep -q "^step-" && { umount "$WORK/tmpfs"; fail "disk0: a partial checkpoint folder is left"; }
+    echo "  ok: full disk at the first checkpoint (64 KiB tmpfs): every process exited non-zero naming the cause"
+    umount "$WORK/tmpfs"
 else
     echo "  skipped: the full-disk case needs a tmpfs mount (root): $(cat "$WORK/mount.err")"
 fi
