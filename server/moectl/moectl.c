@@ -256,8 +256,10 @@ static void print_http_error(const char *what, int status, const char *body)
     const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
     if (msg)
         fprintf(stderr, "moectl: %s: %s (HTTP %d)\n", what, msg, status);
-    else
-        fprintf(stderr, "moectl: %s: HTTP %d: %.200s\n", what, status, body);
+    else /* not the coordinator's answer: its first line at most */
+        fprintf(stderr, "moectl: %s: HTTP %d without the coordinator's JSON error (is this the "
+                "coordinator's --http address?)%s%.*s\n", what, status, body[0] ? ": " : "",
+                (int)(strcspn(body, "\r\n") < 200 ? strcspn(body, "\r\n") : 200), body);
     json_decref(j);
 }
 
