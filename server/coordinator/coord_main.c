@@ -282,6 +282,7 @@ static void on_signal(uv_signal_t *s, int signum)
          * wait coordinator_wait_s for a coordinator that is gone. */
         moe_warn("signal %d again: stopping in 0.5 s (the servers hear of the stop at their "
                  "next heartbeat)", signum);
+        coord_stop_now(a->coord, "a second signal");
         const double soon = now_sec(&a->loop) + 0.5;
         if (a->exit_at == 0 || a->exit_at > soon)
             a->exit_at = soon;
