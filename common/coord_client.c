@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,7 +19,8 @@
 #include "moe_wire.h"
 #include "moe_time.h"
 
-/* Seconds between the lines that say what a wait is waiting for. */
+/* Seconds between the lines that say what a wait is waiting for: a
+ * quarter of the client's timeout, at most this. */
 #define WAIT_LOG_SECONDS 5.0
 
 struct coord_client {
@@ -41,7 +43,26 @@ struct coord_client {
     bool unregistered, stopped, failed;
     char failure[1024];
     double born, last_answer; /* seconds, monotonic */
+    double wait_log;          /* seconds between "waiting" lines (WAIT_LOG_SECONDS) */
 };
+
+/* The process's count of SIGTERM/SIGINT (coord_client_stop_on_signal). */
+static const volatile sig_atomic_t *stop_signals;
+
+void coord_client_stop_on_signal(const volatile sig_atomic_t *count) { stop_signals = count; }
+
+/* Whether a wait that began at t0 ends for a signal: it has lasted
+ * c->wait_log (the coordinator is slow to answer, or gone) and the
+ * operator asked this process to stop. err gets the sentence. */
+static bool stop_waiting(const coord_client_t *c, double t0, double now, const char *what,
+                         char *err, size_t errlen)
+{
+    if (!stop_signals || !*stop_signals || now - t0 < c->wait_log)
+        return false;
+    moe_err_set(err, errlen, "stopped by a signal after %.0f s of waiting for the coordinator at "
+                "%s (%s)", now - t0, c->endpoint, what);
+    return true;
+}
 
 
 /* A number no other process is likely to draw (the kernel's randomness,
@@ -77,6 +98,8 @@ coord_client_t *coord_client_new(void *zmq_ctx, const struct moe_net *net, const
     c->index = index;
     c->E = n_experts;
     c->timeout_ms = timeout_ms;
+    c->wait_log = (double)timeout_ms / 4000.0 < WAIT_LOG_SECONDS ? (double)timeout_ms / 4000.0
+                                                                 : WAIT_LOG_SECONDS;
     c->born = moe_now_sec();
     c->incarnation = random_incarnation();
     c->buf = moe_alloc_floats(3 * (size_t)n_experts);
@@ -192,7 +215,7 @@ static int send_until(coord_client_t *c, const struct moe_wire_out *o, const flo
                       uint64_t rows, double deadline, char *err, size_t errlen)
 {
     const double t0 = moe_now_sec();
-    double next_log = t0 + WAIT_LOG_SECONDS;
+    double next_log = t0 + c->wait_log;
     for (;;) {
         zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
         const double left = deadline - moe_now_sec();
@@ -208,10 +231,14 @@ static int send_until(coord_client_t *c, const struct moe_wire_out *o, const flo
                      c->endpoint, now - t0, type_name(o->type));
             return MOE_ERR_IO;
         }
+        char what[64];
+        snprintf(what, sizeof what, "to send %s", type_name(o->type));
+        if (stop_waiting(c, t0, now, what, err, errlen))
+            return MOE_ERR_STOPPED;
         if (now >= next_log) {
             moe_warn("cannot reach the coordinator at %s for %.0f s (to send %s); still trying",
                      c->endpoint, now - t0, type_name(o->type));
-            next_log += WAIT_LOG_SECONDS;
+            next_log += c->wait_log;
         }
     }
 }
@@ -223,7 +250,7 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
                  size_t errlen)
 {
     const double t0 = moe_now_sec();
-    double next_log = t0 + WAIT_LOG_SECONDS;
+    double next_log = t0 + c->wait_log;
     struct moe_wire_limits lim = {64u << 20, width, 1u << 20, 1u << 20};
     for (;;) {
         const double now = moe_now_sec();
@@ -234,10 +261,14 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
                      c->endpoint, type_name(asked), now - t0);
             return MOE_ERR_IO;
         }
+        char what[64];
+        snprintf(what, sizeof what, "for its answer to %s", type_name(asked));
+        if (stop_waiting(c, t0, now, what, err, errlen))
+            return MOE_ERR_STOPPED;
         if (now >= next_log) {
             moe_warn("waiting for the coordinator at %s: no answer to %s for %.0f s",
                      c->endpoint, type_name(asked), now - t0);
-            next_log += WAIT_LOG_SECONDS;
+            next_log += c->wait_log;
         }
         const double until = deadline < next_log ? deadline : next_log;
         zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
@@ -363,7 +394,8 @@ int coord_client_register(coord_client_t *c, const char *endpoint_served, const 
     const double t0 = moe_now_sec();
     for (;;) {
         int rc = do_register(c, err, errlen);
-        if (rc != MOE_ERR_IO || moe_now_sec() - t0 >= (double)patience_s)
+        if (rc != MOE_ERR_IO || moe_now_sec() - t0 >= (double)patience_s ||
+            (stop_signals && *stop_signals))
             return rc;
         moe_warn("%s; asking again", err);
     }

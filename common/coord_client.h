@@ -14,6 +14,7 @@
 #ifndef COORD_CLIENT_H
 #define COORD_CLIENT_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,16 @@ typedef struct coord_client coord_client_t;
  * (the process's keys and guard; NULL: plain) are borrowed. NULL with a
  * sentence. */
 #define COORD_ROLE_SERVER_HEARTBEAT 4
+
+/* The process's count of SIGTERM/SIGINT, set once by a program's main
+ * (NULL, the default: none). Once it is non-zero, a wait of any client for
+ * the coordinator (to send, or for an answer, registration included) that
+ * has lasted as long as the interval of its "waiting" lines (a quarter of
+ * the client's timeout, at most 5 s) ends with MOE_ERR_STOPPED and a
+ * sentence naming the
+ * coordinator, instead of running on to the timeout and asking again: a
+ * process whose coordinator is down or unreachable stops when told to. */
+void coord_client_stop_on_signal(const volatile sig_atomic_t *count);
 coord_client_t *coord_client_new(void *zmq_ctx, const struct moe_net *net, const char *endpoint,
                                  int role, int index,
                                  const char *served, int n_experts, int64_t timeout_ms, char *err,

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "moe_cli.h"
 #include "moe_err.h"
@@ -155,26 +156,52 @@ static int ini_on_entry(void *user, const char *section, const char *name, const
     return c->rc == 0;
 }
 
-static int config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
-                           bool *given, char *err, size_t errlen)
+/* The largest configuration file read (a few KB in practice). */
+#define CONFIG_FILE_MAX (1 << 20)
+
+/* The whole file at path as a C string (caller frees), refusing what is
+ * not a regular text file: inih would read a folder as an empty file and
+ * cut lines at a NUL byte, so the options it holds would be lost without a
+ * word. */
+static char *config_read(const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
         moe_err_set(err, errlen, "%s: cannot open config file: %s", path, strerror(errno));
-        return MOE_ERR_IO;
+        return NULL;
     }
-    struct ini_ctx c = {table, n, cfg, path, given, 0, ""};
-    int r = ini_parse_file(f, ini_on_entry, &c);
+    struct stat st;
+    char *text = NULL;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode))
+        moe_err_set(err, errlen, "%s: the config file is not a regular file", path);
+    else if (st.st_size > CONFIG_FILE_MAX)
+        moe_err_set(err, errlen, "%s: a config file of %lld bytes is too large (at most %d)", path,
+                    (long long)st.st_size, CONFIG_FILE_MAX);
+    else if (!(text = calloc((size_t)st.st_size + 1, 1)))
+        moe_err_set(err, errlen, "%s: out of memory reading the config file", path);
+    else if (fread(text, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+        moe_err_set(err, errlen, "%s: cannot read the config file", path);
+        free(text);
+        text = NULL;
+    } else if (memchr(text, '\0', (size_t)st.st_size)) {
+        moe_err_set(err, errlen, "%s: the config file is not text (a NUL byte at offset %zu)",
+                    path, (size_t)((char *)memchr(text, '\0', (size_t)st.st_size) - text));
+        free(text);
+        text = NULL;
+    }
     fclose(f);
-    if (c.rc) {
-        moe_err_set(err, errlen, "%s:%d: %s", path, r, c.msg);
-        return c.rc;
-    }
-    if (r != 0) {
-        moe_err_set(err, errlen, "%s:%d: malformed line (expected key = value or [section])", path, r);
-        return MOE_ERR_CONFIG;
-    }
-    return 0;
+    return text;
+}
+
+static int config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,
+                           bool *given, char *err, size_t errlen)
+{
+    char *text = config_read(path, err, errlen);
+    if (!text)
+        return MOE_ERR_IO;
+    int rc = moe_config_load_ini_text(table, n, cfg, text, path, given, err, errlen);
+    free(text);
+    return rc;
 }
 
 int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const char *path,

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "moe_err.h"
@@ -52,4 +53,62 @@ bool moe_has_suffix(const char *s, const char *suffix)
 {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && memcmp(s + n - k, suffix, k) == 0;
+}
+
+/* The folder that holds path: "." for a bare name, "/" for "/x". */
+static void parent_of(const char *path, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", path);
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        out[--n] = '\0';
+    char *slash = strrchr(out, '/');
+    if (!slash)
+        snprintf(out, cap, ".");
+    else if (slash == out)
+        out[1] = '\0';
+    else
+        *slash = '\0';
+}
+
+/* Whether dir is an existing folder this process may create files in. */
+static int check_folder(const char *path, const char *dir, const char *what, char *err,
+                        size_t errlen)
+{
+    struct stat st;
+    if (stat(dir, &st) != 0 && errno == ENOENT)
+        return moe_err_fail(MOE_ERR_IO, err, errlen,
+                            "%s: cannot write %s here: the folder %s does not exist", path, what,
+                            dir);
+    if (stat(dir, &st) != 0)
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot write %s here: %s", path, what,
+                            strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot write %s here: %s is not a folder",
+                            path, what, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot write %s here: %s", path, what,
+                            strerror(errno));
+    return 0;
+}
+
+int moe_file_check_dir_writable(const char *path, const char *what, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) == 0)
+        return check_folder(path, path, what, err, errlen);
+    char parent[4096];
+    parent_of(path, parent, sizeof parent);
+    return check_folder(path, parent, what, err, errlen);
+}
+
+int moe_file_check_file_writable(const char *path, const char *what, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot write %s here: it is a folder",
+                            path, what);
+    char parent[4096];
+    parent_of(path, parent, sizeof parent);
+    return check_folder(path, parent, what, err, errlen);
 }

@@ -18,6 +18,18 @@ int moe_fsync_dir(const char *dir);
 /* dir + "/" + name into out; MOE_ERR_RANGE when it does not fit in cap. */
 int moe_path_join(char *out, size_t cap, const char *dir, const char *name);
 
+/* Whether a folder can be written where `path` names one: an existing
+ * folder we may write into, or a missing one whose parent folder exists
+ * and is writable (it is created later). Creates nothing. 0, or
+ * MOE_ERR_IO with a sentence "PATH: cannot write WHAT here: REASON". For
+ * the options that name an output, checked at start-up so that a run does
+ * not fail at its end. */
+int moe_file_check_dir_writable(const char *path, const char *what, char *err, size_t errlen);
+
+/* The same for a file to be written at `path` (its folder must exist and
+ * be writable; an existing folder at path itself is refused). */
+int moe_file_check_file_writable(const char *path, const char *what, char *err, size_t errlen);
+
 /* Whether s ends with suffix. */
 bool moe_has_suffix(const char *s, const char *suffix);
 

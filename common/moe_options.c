@@ -10,6 +10,7 @@
 #include "expert_ffn.h"
 #include "moe_checksum.h"
 #include "moe_err.h"
+#include "moe_file.h"
 #include "moe_kernels.h"
 #include "moe_log.h"
 #include "moe_manifest.h"
@@ -665,6 +666,9 @@ int moe_options_start(const struct moe_options *c, int argc, char **argv, char *
     moe_log_set_level(lvl);
     int rc = moe_options_recompute(c, &rc_mode, err, errlen);
     if (rc)
+        return rc;
+    if (c->checkpoint_dir[0] &&
+        (rc = moe_file_check_dir_writable(c->checkpoint_dir, "checkpoints", err, errlen)))
         return rc;
     return moe_kernels_init(argc, argv, c->blas_kernels, err, errlen);
 }

@@ -168,11 +168,13 @@ enum moe_recompute moe_options_recompute_mode(const struct moe_options *c);
 
 /* What every program does first with its options, from main() before any
  * other thread of ours starts: sets the log level, checks the values the
- * table cannot (log_level, recompute, blas_kernels), then chooses the BLAS
- * kernels (moe_kernels_init with c->blas_kernels, which may re-execute the
- * process with the same argv). Returns 0; MOE_ERR_CONFIG for a bad value
- * (a usage error: the program exits 2); another code when the kernels fail
- * their self-test; each with one sentence in err. */
+ * table cannot (log_level, recompute, blas_kernels) and that checkpoint_dir
+ * can be written (moe_file_check_dir_writable: a run must not fail at its
+ * first checkpoint), then chooses the BLAS kernels (moe_kernels_init with
+ * c->blas_kernels, which may re-execute the process with the same argv).
+ * Returns 0; MOE_ERR_CONFIG for a bad value (a usage error: the program
+ * exits 2); MOE_ERR_IO for a checkpoint_dir it cannot write, another code
+ * when the kernels fail their self-test; each with one sentence in err. */
 int moe_options_start(const struct moe_options *c, int argc, char **argv, char *err,
                       size_t errlen);
 

@@ -134,7 +134,9 @@ static int table_add(struct table *t, const char *w, size_t len)
 /* Reads a whole file; NUL-terminated. */
 static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: a FIFO given as a corpus is refused below instead of
+     * blocking the open until a writer comes (no effect on regular files). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) {
         moe_err_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
@@ -166,6 +168,14 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
     }
     close(fd);
     buf[got] = '\0';
+    /* Words are C strings from here on: a NUL byte would cut them. */
+    const char *nul = memchr(buf, '\0', got);
+    if (nul) {
+        moe_err_set(err, errlen, "%s: not a text file (a NUL byte at offset %zu)", path,
+                    (size_t)(nul - buf));
+        free(buf);
+        return NULL;
+    }
     *len = got;
     return buf;
 }

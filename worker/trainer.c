@@ -437,6 +437,11 @@ int trainer_run(const struct moe_options *c, const volatile sig_atomic_t *signal
     moe_log_set_level(lvl);
     moe_blas_set_threads(c->threads);
     int rc = trainer__setup(&t, err, sizeof err);
+    if (rc == MOE_ERR_STOPPED) { /* a signal while it waited to join */
+        fprintf(stderr, "moe-worker: %s\n", err);
+        trainer__teardown(&t);
+        return 0;
+    }
     if (rc) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         trainer__teardown(&t);

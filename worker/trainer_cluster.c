@@ -207,6 +207,20 @@ int trainer__recover(struct trainer *t, const char *why, char *err, size_t errle
     return 0;
 }
 
+/* After save_cluster_checkpoint failed with rc (err says why): the
+ * cluster's recovery, which counts the failure against the rollback guard
+ * (0 once recovered); rc itself without elasticity or when the cluster
+ * stopped or failed. */
+static int recover_from_checkpoint(struct trainer *t, int rc, char *err, size_t errlen)
+{
+    if (!t->elastic || rc == MOE_ERR_STOPPED || rc == MOE_ERR_FAILED)
+        return rc;
+    char why[1100];
+    snprintf(why, sizeof why, "worker %d cannot write its checkpoint of step %" PRId64 ": %s",
+             t->rank, t->step, err);
+    return trainer__recover(t, why, err, errlen);
+}
+
 int trainer__join_cluster(struct trainer *t, char *err, size_t errlen)
 {
     /* Only now, ready to train, wait for the epoch: the coordinator hands
@@ -230,8 +244,14 @@ int trainer__join_cluster(struct trainer *t, char *err, size_t errlen)
         return rc;
     moe_info("epoch %u from the coordinator: servers %s, step %" PRId64, t->ep.epoch,
              t->ep.servers, t->step);
-    if ((t->ep.flags & MOE_FLAG_INITIAL_CHECKPOINT) && t->cfg->checkpoint_dir[0])
-        return save_cluster_checkpoint(t, err, errlen);
+    /* The epoch's first checkpoint; when it cannot be written (a full
+     * disk) the coordinator hears of it as of any failed checkpoint, so
+     * that its rollback guard stops the cluster with the cause instead of
+     * waiting for this worker's files forever. */
+    while ((t->ep.flags & MOE_FLAG_INITIAL_CHECKPOINT) && t->cfg->checkpoint_dir[0] &&
+           (rc = save_cluster_checkpoint(t, err, errlen)))
+        if ((rc = recover_from_checkpoint(t, rc, err, errlen)))
+            return rc;
     return 0;
 }
 
@@ -240,14 +260,8 @@ int trainer__cluster_after_step(struct trainer *t, bool *stopped, char *note, si
 {
     int rc;
     if ((t->step_flags & MOE_FLAG_CHECKPOINT) &&
-        (rc = save_cluster_checkpoint(t, err, errlen))) {
-        if (!t->elastic || rc == MOE_ERR_STOPPED || rc == MOE_ERR_FAILED)
-            return rc;
-        char why[1100];
-        snprintf(why, sizeof why, "worker %d cannot write its checkpoint of step %" PRId64 ": %s",
-                 t->rank, t->step, err);
-        return trainer__recover(t, why, err, errlen);
-    }
+        (rc = save_cluster_checkpoint(t, err, errlen)))
+        return recover_from_checkpoint(t, rc, err, errlen);
     if (t->step_flags & MOE_FLAG_STOP) {
         /* The cluster stops after this step's checkpoint: wait until it is
          * committed (the coordinator then says stopped); if it fails

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "coord_client.h"
 #include "moe_config.h"
 #include "moe_err.h"
 #include "moe_log.h"
@@ -96,5 +97,6 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     if (moe_options_translate(&cfg))
         return s2s_train_run(&cfg, &signals_seen);
+    coord_client_stop_on_signal(&signals_seen);
     return trainer_run(&cfg, &signals_seen);
 }

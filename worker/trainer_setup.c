@@ -13,6 +13,7 @@
 
 #include "expert_local.h"
 #include "moe_err.h"
+#include "moe_file.h"
 #include "moe_log.h"
 #include "moe_mem.h"
 #include "moe_optim.h"
@@ -27,6 +28,18 @@ uint64_t trainer__bytes_of(double b) { return b >= 1.8e19 ? UINT64_MAX : (uint64
 static int experts_held(const struct moe_options *c)
 {
     return strcmp(c->experts, "remote") == 0 && c->coordinator[0] ? 0 : c->n_experts;
+}
+
+/* What the run writes at its end (the final model, the report), checked
+ * before training rather than after it (checkpoint_dir: moe_options_start). */
+static int check_outputs(const struct moe_options *c, char *err, size_t errlen)
+{
+    int rc = 0;
+    if (!c->checkpoint_dir[0] && c->final_model[0] && strcmp(c->final_model, "none") != 0)
+        rc = moe_file_check_dir_writable(c->final_model, "the final model", err, errlen);
+    if (!rc && c->report[0])
+        rc = moe_file_check_file_writable(c->report, "the report", err, errlen);
+    return rc;
 }
 
 /* Those experts against the machine's memory, before anything is read or
@@ -257,6 +270,8 @@ int trainer__setup(struct trainer *t, char *err, size_t errlen)
     struct model_source *ms = NULL;
     int rc = moe_options_check(t->cfg, MOE_FOR_WORKER, err, errlen);
     expert_shard_set_group_size(moe_options_hierarchical(t->cfg) ? t->cfg->experts_per_group : 0);
+    if (!rc)
+        rc = check_outputs(t->cfg, err, errlen);
     if (!rc)
         rc = check_expert_memory(t->cfg, err, errlen);
     if (!rc)

@@ -152,8 +152,13 @@ int coord_request_drain(coord_t *c, uint64_t id, char *err, size_t errlen);
 /* Stops the cluster cleanly (SIGTERM of the coordinator, of a worker, of
  * the last server): a checkpoint at the end of the next step when the
  * cluster trains and has a checkpoint_dir, then every member is told to
- * exit 0; at once otherwise. `why` is logged. */
+ * exit 0; at once otherwise, and when the cluster is stalled (no step may
+ * come: a worker killed): it resumes from the last committed checkpoint.
+ * `why` is logged. */
 void coord_request_stop(coord_t *c, const char *why);
+/* The same at once, without the checkpoint (a second signal): every member
+ * is still told to exit 0. */
+void coord_stop_now(coord_t *c, const char *why);
 
 /* Whether the coordinator's work is over: the cluster stopped or failed and
  * every member has been told (or a grace period passed). *code is the exit

@@ -189,9 +189,8 @@ void coord__rollback(coord_t *c, const char *reason)
             return;
         }
         char why[1024];
-        snprintf(why, sizeof why,
-                 "%s, and there is no committed checkpoint to roll back to (set checkpoint_dir)",
-                 reason);
+        snprintf(why, sizeof why, "%s, and there is no committed checkpoint to roll back to%s",
+                 reason, c->cfg->checkpoint_dir[0] ? "" : " (set checkpoint_dir)");
         fail_cluster(c, why);
         return;
     }
@@ -448,12 +447,17 @@ int coord_request_drain(coord_t *c, uint64_t id, char *err, size_t errlen)
     return coord__drain_slot(c, slot, err, errlen);
 }
 
+void coord_stop_now(coord_t *c, const char *why) { enter_stopped(c, why); }
+
 void coord_request_stop(coord_t *c, const char *why)
 {
     if (c->phase == COORD_STOPPED || c->failed)
         return;
     snprintf(c->stop_why, sizeof c->stop_why, "%s", why);
-    if (c->phase == COORD_RUNNING && c->cfg->checkpoint_dir[0]) {
+    if (coord_stalled(c) && c->phase == COORD_RUNNING && c->cfg->checkpoint_dir[0])
+        moe_warn("%s: no step completed for %" PRIu64 " heartbeats (a worker gone?): no "
+                 "checkpoint waits for the next step", why, coord_beats_since_step(c));
+    if (c->phase == COORD_RUNNING && c->cfg->checkpoint_dir[0] && !coord_stalled(c)) {
         if (!c->stop_requested)
             moe_info("%s: checkpoint at the end of the next step, then stop", why);
         c->stop_requested = true;

@@ -77,16 +77,18 @@ static void on_timer(uv_timer_t *t)
     struct app *a = t->data;
     const double now = now_sec(&a->loop);
     coord_tick(a->coord, now);
-    int code;
+    int code = 0;
     char why[1100];
     /* Every member has been told; half a second more of answers, so that
      * none misses the news (answers sent just before the socket closes
-     * can be lost), then exit. */
-    if (coord_should_exit(a->coord, now, &code, why, sizeof why) && a->exit_at == 0)
+     * can be lost), then exit. A second signal sets exit_at itself: the
+     * stop was not complete, exit 1. */
+    const bool done = coord_should_exit(a->coord, now, &code, why, sizeof why);
+    if (done && a->exit_at == 0)
         a->exit_at = now + 0.5;
     if (a->exit_at > 0 && now >= a->exit_at) {
-        a->exit_code = code;
-        if (code)
+        a->exit_code = done ? code : 1;
+        if (done && code)
             fprintf(stderr, "moe-coordinator: error: %s\n", why);
         uv_stop(&a->loop);
     }
@@ -275,9 +277,15 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     struct app *a = s->data;
     if (++a->signals > 1) {
-        moe_warn("signal %d again: stopping at once", signum);
-        a->exit_code = 1;
-        uv_stop(&a->loop);
+        /* Half a second still answers the servers' heartbeats (4 a second)
+         * with the stop: without it a server that had not heard yet would
+         * wait coordinator_wait_s for a coordinator that is gone. */
+        moe_warn("signal %d again: stopping in 0.5 s (the servers hear of the stop at their "
+                 "next heartbeat)", signum);
+        coord_stop_now(a->coord, "a second signal");
+        const double soon = now_sec(&a->loop) + 0.5;
+        if (a->exit_at == 0 || a->exit_at > soon)
+            a->exit_at = soon;
         return;
     }
     char why[96];

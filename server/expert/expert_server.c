@@ -388,7 +388,7 @@ static int ask_to_leave(expert_server_t *s)
     s->leave_sent = true;
     int rc = coord_client_leave(s->coord, s->step, &flags, said, sizeof said, err, sizeof err);
     if (rc == MOE_ERR_STOPPED || (rc == 0 && (flags & MOE_FLAG_STOP))) {
-        moe_info("signal: leaving (%s)", rc ? "the cluster is stopped" : said);
+        moe_info("signal: leaving (%s)", rc ? err : said);
         return 1;
     }
     if (rc == 0) {
@@ -558,7 +558,9 @@ int expert_server_run(expert_server_t *s, volatile sig_atomic_t *stop)
                 break;
             if (s->stop_since == 0) {
                 s->stop_since = moe_now_sec();
-                moe_info("stopping: finishing step %" PRId64 " first", s->step);
+                moe_info("stopping: finishing step %" PRId64 " first (for at most %lld s; a "
+                         "second signal stops at once)", s->step,
+                         (long long)(s->cfg->timeout_ms / 1000));
             } else if (moe_now_sec() - s->stop_since > (double)s->cfg->timeout_ms / 1000.0) {
                 moe_warn("stopping: step %" PRId64 " did not complete in time; it is dropped", s->step);
                 break;

@@ -12,6 +12,7 @@
 #include "expert_server.h"
 #include "moe_blas.h"
 #include "moe_config.h"
+#include "coord_client.h"
 #include "moe_err.h"
 #include "moe_log.h"
 #include "moe_tensor.h"
@@ -73,10 +74,12 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    coord_client_stop_on_signal(&stop_flag);
     expert_server_t *s = expert_server_new(&cfg, err, sizeof err);
     if (!s) {
-        fprintf(stderr, "moe-server: error: %s\n", err);
-        return 1;
+        /* a signal while it waited for the coordinator is the operator's stop */
+        fprintf(stderr, "moe-server: %s%s\n", stop_flag ? "" : "error: ", err);
+        return stop_flag ? 0 : 1;
     }
     /* The line launchers wait for, whatever the log level. */
     printf("moe-server: server %lld serving on %s\n", (long long)expert_server_id(s), expert_server_endpoint(s));

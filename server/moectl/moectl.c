@@ -256,7 +256,7 @@ static char *http(const struct ctl *c, const char *method, const char *path, int
     buf[len] = '\0';
     char *body = strstr(buf, "\r\n\r\n");
     if (!body || sscanf(buf, "HTTP/%*s %d", status) != 1) {
-        fprintf(stderr, "moectl: %s:%s did not answer HTTP (is it the coordinator's --http-port?)\n",
+        fprintf(stderr, "moectl: %s:%s did not answer HTTP (is it the coordinator's --http address?)\n",
                 c->host, c->port);
         free(buf);
         return NULL;
@@ -274,8 +274,10 @@ static void print_http_error(const char *what, int status, const char *body)
     const char *msg = j ? json_string_value(json_object_get(j, "error")) : NULL;
     if (msg)
         fprintf(stderr, "moectl: %s: %s (HTTP %d)\n", what, msg, status);
-    else
-        fprintf(stderr, "moectl: %s: HTTP %d: %.200s\n", what, status, body);
+    else /* not the coordinator's answer: its first line at most */
+        fprintf(stderr, "moectl: %s: HTTP %d without the coordinator's JSON error (is this the "
+                "coordinator's --http address?)%s%.*s\n", what, status, body[0] ? ": " : "",
+                (int)(strcspn(body, "\r\n") < 200 ? strcspn(body, "\r\n") : 200), body);
     json_decref(j);
 }
 

@@ -11,6 +11,10 @@ expect_fail "missing corpus" "nope.txt: cannot open" $W --train "$WORK/nope.txt"
 expect_fail "unreadable corpus (a folder)" "adir: not a regular file" $W --train "$WORK/adir" $TINY --steps 1
 expect_fail "empty corpus" "empty.txt: corpus is empty" $W --train "$WORK/empty.txt" $TINY --steps 1
 expect_fail "blank-lines corpus" "blank.txt: corpus is empty" $W --train "$WORK/blank.txt" $TINY --steps 1
+printf 'the cat\000sat\n' >"$WORK/binary.txt"
+expect_fail "binary corpus (a NUL byte)" "binary.txt: not a text file \(a NUL byte at offset 7\)" $W --train "$WORK/binary.txt" $TINY --steps 1
+mkfifo "$WORK/fifo"
+expect_fail "a FIFO as corpus (refused, not waited on)" "fifo: not a regular file" timeout 10 $W --train "$WORK/fifo" $TINY --steps 1
 expect_fail "empty validation corpus" "empty.txt: corpus is empty" $W --train "$WORK/train.txt" --valid "$WORK/empty.txt" $TINY --steps 1
 expect_fail "corpus too small for the batch" "too small for a batch" $W $T $TINY --batch 100000 --steps 1
 expect_fail "unknown flag" "unknown option --nope" $W $T --nope 3
@@ -18,6 +22,14 @@ expect_fail "bad integer" "--batch: expected an integer, got \"abc\"" $W $T --ba
 expect_fail "out of range" "--lr: -1 is out of range" $W $T --lr -1
 expect_fail "missing value" "steps: missing value" $W $T --steps
 expect_fail "k larger than experts" "--k 9 is larger than --n-experts 6" $W $T $TINY --k 9
+# the outputs are checked before training, not after it
+expect_fail "checkpoint folder in a missing folder" "nope/ck: cannot write checkpoints here: the folder .*nope does not exist" $W $T $TINY --steps 1 --checkpoint-dir "$WORK/nope/ck"
+expect_fail "a file as checkpoint folder" "train.txt is not a folder" $W $T $TINY --steps 1 --checkpoint-dir "$WORK/train.txt"
+expect_fail "final model in a missing folder" "nope/m: cannot write the final model here" $W $T $TINY --steps 1 --final-model "$WORK/nope/m"
+expect_fail "report in a missing folder" "nope/r.json: cannot write the report here" $W $T $TINY --steps 1 --report "$WORK/nope/r.json"
+expect_fail "coordinator: checkpoint folder in a missing folder" "nope/ck: cannot write checkpoints here" "$BIN/moe-coordinator" $TINY --coordinator tcp://127.0.0.1:9 --checkpoint-dir "$WORK/nope/ck"
+expect_fail "server: checkpoint folder in a missing folder" "nope/ck: cannot write checkpoints here" "$BIN/moe-server" $TINY --coordinator tcp://127.0.0.1:9 --bind tcp://127.0.0.1:9 --checkpoint-dir "$WORK/nope/ck"
+[ -e "$WORK/nope" ] && fail "a failed start created a folder"
 printf '[train]\nbatch = 4x\n' >"$WORK/bad.ini"
 expect_fail "bad config value" "bad.ini:2: batch: expected an integer" $W $T --config "$WORK/bad.ini"
 printf '[train]\nbatchh = 4\n' >"$WORK/unknown.ini"
@@ -25,6 +37,9 @@ expect_fail "unknown config key" "unknown.ini:2: unknown option \"batchh\"" $W $
 printf '[train\nbatch = 4\n' >"$WORK/broken.ini"
 expect_fail "malformed config line" "broken.ini:1: malformed line" $W $T --config "$WORK/broken.ini"
 expect_fail "missing config file" "nope.ini: cannot open config file" $W $T --config "$WORK/nope.ini"
+expect_fail "a folder as config file" "adir: the config file is not a regular file" $W $T --config "$WORK/adir"
+printf '[train]\nbatch = 4\000\n' >"$WORK/nul.ini"
+expect_fail "a config file with a NUL byte" "nul.ini: the config file is not text \(a NUL byte at offset 17\)" $W $T --config "$WORK/nul.ini"
 
 # A good checkpoint to damage.
 $W $T $TINY --steps 4 --checkpoint-dir "$WORK/ck" >/dev/null || fail "training the checkpoint"

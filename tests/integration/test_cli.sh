@@ -61,3 +61,23 @@ status 0 "resumed from .*step-00000004 at step 4" "$BIN/moe-worker" $T --steps 8
 cmp "$WORK/ck0/step-00000008/model.safetensors" "$WORK/ck1/step-00000008/model.safetensors" ||
     fail "a resume without the model's flags trained another model"
 echo "  ok: --resume adopts the checkpoint's model: the same bytes without its flags"
+# A SIGTERM while a daemon waits for a coordinator that is not there (a
+# wrong address, or it is down) stops it within one "still trying" interval
+# (a quarter of --timeout-ms), exit 0, with a sentence naming the coordinator.
+free_ports 2
+"$BIN/moe-server" $T $TINY --timeout-ms 2000 --coordinator "tcp://127.0.0.1:$P1" \
+    --bind "tcp://127.0.0.1:$P2" >"$WORK/nocoord-s.log" 2>&1 &
+nsp=$!
+"$BIN/moe-worker" $T $TINY --timeout-ms 2000 --experts remote --coordinator "tcp://127.0.0.1:$P1" \
+    >"$WORK/nocoord-w.log" 2>&1 &
+nwp=$!
+wait_up $nsp "$WORK/nocoord-s.log" "cannot reach the coordinator .* still trying" "server" 10
+wait_up $nwp "$WORK/nocoord-w.log" "cannot reach the coordinator .* still trying" "worker" 10
+kill -TERM $nsp $nwp
+wait $nsp || fail "the server waiting for its coordinator did not exit 0 after SIGTERM: $(tail -n 2 "$WORK/nocoord-s.log")"
+wait $nwp || fail "the worker waiting for its coordinator did not exit 0 after SIGTERM: $(tail -n 2 "$WORK/nocoord-w.log")"
+for f in s w; do
+    grep -q "stopped by a signal after [0-9]* s of waiting for the coordinator at tcp://127.0.0.1:$P1" \
+        "$WORK/nocoord-$f.log" || fail "no sentence on stopping: $(tail -n 2 "$WORK/nocoord-$f.log")"
+done
+echo "  ok: SIGTERM stops a server and a worker waiting for an absent coordinator: exit 0, one sentence"

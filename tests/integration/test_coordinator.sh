@@ -94,7 +94,19 @@ rows=$(grep -o 'class="heat-row"' "$WORK/dash.dom" | wc -l)
 grep -q '<body[^>]*data-banner' "$WORK/dash.dom" && { kill $s0 $s1 $coord; fail "a banner on a finished cluster"; }
 [ -s "$ARTIFACTS/dashboard-live.png" ] || { kill $s0 $s1 $coord; fail "no screenshot"; }
 echo "  ok: dashboard: 6 bars, 6 heatmap rows, no banner, no console message, screenshot $ARTIFACTS/dashboard-live.png"
-kill -TERM $s0 $s1 $coord
+# two SIGTERMs in a row to the coordinator: it still tells the servers,
+# which exit 0 at once (before, they waited coordinator_wait_s for it)
+kill -TERM $coord
+sleep 0.05
+kill -TERM $coord
+n=0
+while kill -0 $s0 2>/dev/null || kill -0 $s1 2>/dev/null; do
+    [ $n -lt 100 ] || { kill $s0 $s1; fail "a server still runs 5 s after two SIGTERMs to the coordinator"; }
+    sleep 0.05
+    n=$((n + 1))
+done
+grep -q "signal 15 again: stopping in 0.5 s" "$WORK/coord.err" || fail "no sentence on the second signal: $(tail -n 2 "$WORK/coord.err")"
+echo "  ok: two SIGTERMs to the coordinator: both servers heard the stop and exited in $((n * 50)) ms"
 wait $s0 || fail "server 0 did not exit 0"
 wait $s1 || fail "server 1 did not exit 0"
 wait $coord || fail "the coordinator did not exit 0 on SIGTERM"

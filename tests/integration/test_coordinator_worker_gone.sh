@@ -39,3 +39,39 @@ wait $s0 $s1
 grep -Eq "did not answer|no message from rank 1" "$WORK/w0.err" || fail "unclear error: $(cat "$WORK/w0.err")"
 [ $ms -lt 5000 ] || fail "worker 0 took $ms ms to give up (timeout 2000 ms)"
 echo "  ok: worker 0 exited $rc after $ms ms: $(tail -n 1 "$WORK/w0.err")"
+
+# With checkpoints, a SIGTERM to the coordinator of a cluster whose only
+# worker was killed (no step can come, the cluster is stalled) stops it at
+# once from the last checkpoint: before, it waited for "the next step". The
+# server, in the middle of the dead worker's step, gives it --timeout-ms.
+A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 1000000 --log-every 1 \
+--checkpoint-dir $WORK/ck --checkpoint-every 5 --stall-heartbeats 2 --log-level info --timeout-ms 2000"
+cl_init stalled 1
+cl_server_endpoints 0
+cl_coord --servers "$CLSV"
+cl_server 0
+cl_worker 0
+cl_wait_step 0 10
+kill -9 $WPID0
+wait $WPID0 2>/dev/null
+/usr/bin/python3 - "$CLH" <<'PY' || { cl_kill_all; fail "the cluster without its worker never showed as stalled"; }
+import json, sys, time, urllib.request
+deadline = time.time() + 10
+while not json.load(urllib.request.urlopen("http://%s/api/v1/cluster" % sys.argv[1], timeout=5))["stalled"]:
+    if time.time() > deadline:
+        sys.exit(1)
+    time.sleep(0.05)
+PY
+kill -TERM $CPID
+for p in $CPID $SPID0; do
+    n=0
+    while kill -0 $p 2>/dev/null; do
+        [ $n -lt 100 ] || { tail -n 4 "$CL"/*.log; cl_kill_all; fail "process $p still runs 5 s after SIGTERM to the stalled coordinator"; }
+        sleep 0.05
+        n=$((n + 1))
+    done
+    wait $p || fail "process $p did not exit 0: $(tail -n 2 "$CL/coordinator.log")"
+done
+grep -q "no checkpoint waits for the next step" "$CL/coordinator.log" ||
+    fail "the coordinator does not say why it stops at once: $(tail -n 3 "$CL/coordinator.log")"
+echo "  ok: SIGTERM to a stalled coordinator (its worker killed): coordinator and server exit 0 at once"

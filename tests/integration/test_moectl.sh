@@ -69,6 +69,21 @@ expect 1 "moectl: drain: there is no server 7 .*\(HTTP 409\)" --http "$HTTP" --t
 one_sentence drain 7
 expect 1 "cannot connect to the coordinator at 127.0.0.1:$P4" --http "127.0.0.1:$P4" status
 one_sentence status
+# an HTTP server that is not the coordinator: one line naming the likely mistake
+mkdir "$WORK/www"
+(cd "$WORK/www" && exec /usr/bin/python3 -m http.server --bind 127.0.0.1 "$P4") >/dev/null 2>&1 &
+www=$!
+n=0
+while "$M" --http "127.0.0.1:$P4" status 2>&1 | grep -q "cannot connect"; do
+    [ $n -lt 100 ] || { kill $www; fail "python3 -m http.server did not start"; }
+    sleep 0.05
+    n=$((n + 1))
+done
+expect 1 "moectl: /api/v1/cluster: HTTP 404 without the coordinator's JSON error \(is this the coordinator's --http address\?\)" \
+    --http "127.0.0.1:$P4" status
+one_sentence status
+kill $www
+wait $www 2>/dev/null
 expect 1 "no such directory" verify "$WORK/nothing"
 # the token from a file or the environment, never needed on the command line
 printf 'secret\n' >"$WORK/token"

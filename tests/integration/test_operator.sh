@@ -235,12 +235,14 @@ guard_check "$WORK/nomem/ck" "server 2 cannot load epoch [0-9]+: its [0-9]+ expe
 echo "  ok: a server without memory for its experts: $(grep -c "rolling back" "$CL/coordinator.log") rollbacks," \
     "then every process exited non-zero: $(tail -n 1 "$CL/worker-0.log" | cut -c1-150)..."
 
-# ... and a full disk: the checkpoint folder on a 1 MiB tmpfs.
-mkdir -p "$WORK/tmpfs"
-if mount -t tmpfs -o size=1m tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err"; then
-    base_args disk
+# ... and a full disk: the checkpoint folder on a small tmpfs.
+# disk_cluster NAME SIZE: a cluster checkpointing there, every process of
+# which must exit non-zero (the tmpfs stays mounted: umount it after).
+disk_cluster() {
+    mount -t tmpfs -o size=$2 tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err" || return 1
+    base_args "$1"
     A="$A --checkpoint-dir $WORK/tmpfs/ck"
-    cl_init disk 1
+    cl_init "$1" 1
     cl_server_endpoints 0 1
     cl_coord --servers "$CLSV"
     cl_server 0
@@ -248,11 +250,24 @@ if mount -t tmpfs -o size=1m tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err"; then
     cl_worker 0
     for p in $WPID0 $SPID0 $SPID1 $CPID; do
         exits_within "$p" 60
-        [ $EXIT -ne 0 ] || { umount "$WORK/tmpfs"; fail "disk: process $p exited 0"; }
+        [ $EXIT -ne 0 ] || { umount "$WORK/tmpfs"; fail "$1: process $p exited 0"; }
     done
+}
+mkdir -p "$WORK/tmpfs"
+if disk_cluster disk 1m; then
     ( guard_check "$WORK/tmpfs/ck" "No space left on device" ) || { umount "$WORK/tmpfs"; exit 1; }
     echo "  ok: full disk (1 MiB tmpfs): $(grep -c "rolling back" "$CL/coordinator.log") rollbacks, then" \
         "every process exited non-zero: $(tail -n 1 "$CL/worker-0.log" | cut -c1-160)"
+    umount "$WORK/tmpfs"
+    # so full that the epoch's first checkpoint (step 0) fails: the worker
+    # reports it (it used to exit alone, the others waiting for it forever)
+    disk_cluster disk0 64k || fail "cannot mount the tmpfs again: $(cat "$WORK/mount.err")"
+    for f in "$CL"/*.log; do
+        grep -q "cannot write its checkpoint of step 0: .*No space left on device, and there is no committed checkpoint to roll back to$" "$f" ||
+            { umount "$WORK/tmpfs"; fail "disk0: $(basename "$f") does not name the cause: $(tail -n 2 "$f")"; }
+    done
+    ls "$WORK/tmpfs/ck" | grep -q "^step-" && { umount "$WORK/tmpfs"; fail "disk0: a partial checkpoint folder is left"; }
+    echo "  ok: full disk at the first checkpoint (64 KiB tmpfs): every process exited non-zero naming the cause"
     umount "$WORK/tmpfs"
 else
     echo "  skipped: the full-disk case needs a tmpfs mount (root): $(cat "$WORK/mount.err")"
