@@ -117,7 +117,7 @@ BENCH_COMMON = $(BUILD)/obj/benchmarks/gemm_rate.o
 BENCH_BIN = $(BENCH_SRC:benchmarks/%.c=$(BUILD)/bin/%)
 
 .PHONY: all deps deps-test deps-bench run test test-long test-chaos test-normal test-san test-unit \
-        test-integration bench bench-mt clean check-layers check-functions \
+        test-integration test-integration-long bench bench-mt clean check-layers check-functions \
         layout check-layout check-prometheus check-deploy test-containers
 .DEFAULT_GOAL := all
 
@@ -300,6 +300,11 @@ test-long: deps-test
 	@$(MAKE) --no-print-directory test-fuzz-long
 	@$(MAKE) --no-print-directory test-chaos
 	@$(MAKE) --no-print-directory test-containers
+	@$(MAKE) --no-print-directory test-integration-long
+
+# Integration tests too slow for make test (tests/integration/long_*.sh).
+test-integration-long: $(BIN_WORKER) $(BIN_SERVER) $(BIN_COORD) $(BIN_CTL)
+	MOE_IT_KIND=long sh tests/integration/run.sh $(BUILD)
 
 # The image, docker-compose.yml and the swarm stack, run for real
 # (tests/long/containers.sh: starts dockerd if none answers, builds the base

@@ -194,7 +194,7 @@ cl_kill_all() {
     CL_PIDS=""
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-# Elastic runs compared with an undisturbed one (test_elastic, test_hmoe_elastic).
+# Elastic runs compared with an undisturbed one (test_elastic, long_hmoe_elastic).
 # The test defines base_args NAME, which sets A for the cluster NAME with
 # --checkpoint-dir $WORK/NAME/ck and --steps $K.
 # cl_export_of NAME: $WORK/NAME.export.safetensors from its last checkpoint.

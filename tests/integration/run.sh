@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs every tests/integration/test_*.sh against one build folder, each in a
+# Runs every tests/integration/test_*.sh (with MOE_IT_KIND=long: every
+# long_*.sh, the slower ones of make test-long) against one build folder, each in a
 # fresh temporary folder and its own process group, with a time limit.
 # Usage: run.sh BUILD_DIR [NAME...]   (NAME: run only test_NAME.sh)
 # Ends with the line "N passed, N failed".
@@ -16,9 +17,10 @@ pass=0
 failed=0
 shift
 only="$*"
-for t in "$here"/test_*.sh; do
+kind=${MOE_IT_KIND:-test}
+for t in "$here"/"$kind"_*.sh; do
     name=$(basename "$t" .sh)
-    if [ -n "$only" ] && ! echo " $only " | grep -q " ${name#test_} "; then
+    if [ -n "$only" ] && ! echo " $only " | grep -q " ${name#"$kind"_} "; then
         continue
     fi
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/moe-it-XXXXXX")
