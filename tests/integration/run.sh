@@ -2,7 +2,8 @@
 # Runs every tests/integration/test_*.sh (with MOE_IT_KIND=long: every
 # long_*.sh, the slower ones of make test-long) against one build folder, each in a
 # fresh temporary folder and its own process group, with a time limit.
-# Usage: run.sh BUILD_DIR [NAME...]   (NAME: run only test_NAME.sh)
+# Usage: run.sh BUILD_DIR [NAME...]   (NAME: run only test_NAME.sh;
+# MOE_IT_SKIP="NAME...": all but these)
 # Ends with the line "N passed, N failed".
 set -u
 build=${1:-build}
@@ -20,6 +21,9 @@ only="$*"
 kind=${MOE_IT_KIND:-test}
 for t in "$here"/"$kind"_*.sh; do
     name=$(basename "$t" .sh)
+    if echo " ${MOE_IT_SKIP:-} " | grep -q " ${name#"$kind"_} "; then
+        continue
+    fi
     if [ -n "$only" ] && ! echo " $only " | grep -q " ${name#"$kind"_} "; then
         continue
     fi
