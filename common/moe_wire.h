@@ -18,7 +18,7 @@
 
 #include "moe.pb-c.h"
 
-#define MOE_WIRE_VERSION 2
+#define MOE_WIRE_VERSION 3
 
 /* Longest error_text accepted, in bytes (without the terminating NUL). */
 #define MOE_WIRE_ERROR_TEXT_MAX 1024
@@ -66,6 +66,7 @@ struct moe_wire_out {
     const char *error_text;    /* NULL = empty; at most MOE_WIRE_ERROR_TEXT_MAX bytes */
     uint32_t placement_version;
     bool eval;                 /* EXPERT_FORWARD for evaluation (no barrier, nothing kept) */
+    uint32_t layer;            /* EXPERT_FORWARD/BACKWARD: the MoE layer of a training call */
     uint32_t role;             /* REGISTER / HEARTBEAT: 1 worker, 2 server, 3 tool */
     const char *endpoint;      /* REGISTER: where the sender serves; NULL = empty */
     double loss, tokens_per_sec; /* STATS */

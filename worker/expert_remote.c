@@ -25,10 +25,18 @@ struct server_io {
     bool done;
 };
 
+/* The backend of one MoE layer (expert_remote_backend_layer). */
+struct remote_layer {
+    struct expert_remote *r;
+    uint32_t layer;
+};
+
 struct expert_remote {
     const struct moe_cluster *cl;
     int rank, D;
     uint32_t epoch, bwd_flags; /* stamped on every message; flags on backwards */
+    uint32_t layer;            /* stamped on training forwards and backwards */
+    struct remote_layer layers[EXPERT_REMOTE_LAYERS];
     int64_t timeout_ms;
     Moe__DType dtype;
     struct moe_wire_limits lim;
@@ -261,6 +269,7 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
         h.width = (uint32_t)D;
         h.row0 = (uint64_t)r->row0;
         h.eval = eval;
+        h.layer = r->layer;
         h.epoch = r->epoch;
         h.flags = type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ? r->bwd_flags : 0;
         char err[256];
@@ -337,6 +346,31 @@ void expert_remote_backend(struct moe_backend *b, expert_remote_t *r)
     b->ctx = r;
     b->forward = remote_forward;
     b->backward = remote_backward;
+    b->apply = remote_apply;
+}
+
+static int layer_forward(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
+                         const int *rows, const float *x, float *y, char *what, size_t what_len)
+{
+    struct remote_layer *l = ctx;
+    l->r->layer = l->layer;
+    return remote_forward(l->r, step, train, n, ids, rows, x, y, what, what_len);
+}
+
+static int layer_backward(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
+                          const float *dy, float *dx, char *what, size_t what_len)
+{
+    struct remote_layer *l = ctx;
+    l->r->layer = l->layer;
+    return remote_backward(l->r, step, n, ids, rows, dy, dx, what, what_len);
+}
+
+void expert_remote_backend_layer(struct moe_backend *b, expert_remote_t *r, int layer)
+{
+    r->layers[layer] = (struct remote_layer){r, (uint32_t)layer};
+    b->ctx = &r->layers[layer];
+    b->forward = layer_forward;
+    b->backward = layer_backward;
     b->apply = remote_apply;
 }
 

@@ -16,6 +16,7 @@
 #include "moe_err.h"
 #include "moe_kernels.h"
 #include "moe_mem.h"
+#include "moe_optim.h"
 #include "moe_safetensors.h"
 
 /* ------------------------------------------------------------------------ */
@@ -88,13 +89,29 @@ void s2s_model_free(struct s2s_model *x)
 /* Calls fn for every tensor: name, shape and its floats in the model. */
 typedef int (*tensor_fn)(void *ctx, const char *name, int ndim, const int64_t *shape, float *data);
 
-static int for_each_tensor(const struct s2s_model *x, tensor_fn fn, void *ctx)
+/* What a file holds beyond the dense parameters: the dense Adam state
+ * (opt, one block per parameter, "NAME.adam"), the experts. */
+struct file_parts {
+    float *const *opt;
+    bool experts;
+};
+
+static int for_each_part(const struct s2s_model *x, const struct file_parts *fp, tensor_fn fn,
+                         void *ctx)
 {
     int rc = 0;
     for (int i = 0; i < s2s_n_params(x->m) && !rc; i++) {
         const struct layer_param p = s2s_param_at(x->m, i);
         rc = fn(ctx, p.w->name, p.w->ndim, p.w->shape, p.w->data);
+        if (!rc && fp->opt) {
+            char name[160];
+            snprintf(name, sizeof name, "%s.adam", p.w->name);
+            const int64_t n = (int64_t)moe_adam_state_size(p.w->numel);
+            rc = fn(ctx, name, 1, &n, fp->opt[i]);
+        }
     }
+    if (!fp->experts)
+        return rc;
     static const char *const side[S2S_N_MOE] = {"encoder", "decoder"};
     const int D = x->cfg.d_model, H = x->cfg.d_hidden;
     for (int w = 0; w < S2S_N_MOE && !rc; w++)
@@ -114,6 +131,11 @@ static int for_each_tensor(const struct s2s_model *x, tensor_fn fn, void *ctx)
             }
         }
     return rc;
+}
+
+static int for_each_tensor(const struct s2s_model *x, tensor_fn fn, void *ctx)
+{
+    return for_each_part(x, &(struct file_parts){NULL, true}, fn, ctx);
 }
 
 struct entries {
@@ -164,12 +186,12 @@ static int config_text(const struct moe_options *c, char *out, size_t cap)
     return len;
 }
 
-int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
-                   size_t errlen)
+static int save_parts(const struct s2s_model *x, const struct file_parts *fp, const char *format,
+                      const char *path, int64_t step, char *err, size_t errlen)
 {
     struct entries l = {0};
     char *config = malloc(65536), *sv = NULL, *tv = NULL;
-    int rc = config ? for_each_tensor(x, add_entry, &l) : MOE_ERR_NOMEM;
+    int rc = config ? for_each_part(x, fp, add_entry, &l) : MOE_ERR_NOMEM;
     if (!rc && config_text(&x->cfg, config, 65536) < 0)
         rc = MOE_ERR_RANGE;
     if (!rc && (!(sv = vocab_to_text(x->vs)) || !(tv = vocab_to_text(x->vt))))
@@ -180,7 +202,7 @@ int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, ch
         char step_s[32], sum_s[32];
         snprintf(step_s, sizeof step_s, "%" PRId64, step);
         snprintf(sum_s, sizeof sum_s, "%016" PRIx64, l.checksum);
-        const char *meta[] = {"format", S2S_FORMAT, "step", step_s, "checksum", sum_s,
+        const char *meta[] = {"format", format, "step", step_s, "checksum", sum_s,
                               "blas_kernels", moe_kernels_effective(), "config", config,
                               "src_vocab", sv, "tgt_vocab", tv, NULL};
         rc = moe_safetensors_write(path, l.e, l.n, meta, err, errlen);
@@ -192,6 +214,19 @@ int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, ch
     free(sv);
     free(tv);
     return rc;
+}
+
+int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
+                   size_t errlen)
+{
+    return save_parts(x, &(struct file_parts){NULL, true}, S2S_FORMAT, path, step, err, errlen);
+}
+
+int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,
+                   char *err, size_t errlen)
+{
+    return save_parts(x, &(struct file_parts){opt, false}, S2S_STATE_FORMAT, path, step, err,
+                      errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -281,6 +316,28 @@ int s2s_model_load(struct s2s_model *x, const char *path, int B_max, int T_max, 
     *step = s ? strtoll(s, NULL, 10) : 0;
     vocab_destroy(&vs);
     vocab_destroy(&vt);
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int s2s_state_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                   char *err, size_t errlen)
+{
+    moe_safetensors_t *st = moe_safetensors_open(path, err, errlen);
+    if (!st)
+        return MOE_ERR_FORMAT;
+    const char *fmt = moe_safetensors_meta(st, "format"), *s = moe_safetensors_meta(st, "step");
+    int rc = checkpoint_verify_checksum(st, err, errlen);
+    if (!rc && (!fmt || strcmp(fmt, S2S_STATE_FORMAT) || !s))
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s: not the training state of a translation worker (format %s, "
+                          "expected %s)", path, fmt ? fmt : "none", S2S_STATE_FORMAT);
+    if (!rc) {
+        struct reader r = {st, err, errlen};
+        rc = for_each_part(x, &(struct file_parts){opt, false}, read_entry, &r);
+    }
+    if (!rc)
+        *step = strtoll(s, NULL, 10);
     moe_safetensors_close(&st);
     return rc;
 }

@@ -38,6 +38,7 @@
 #include "seq2seq.h"
 
 #define S2S_FORMAT "moe-translate-1"
+#define S2S_STATE_FORMAT "moe-translate-state-1"
 
 struct s2s_model {
     struct moe_options cfg;
@@ -59,6 +60,19 @@ void s2s_model_free(struct s2s_model *x);
  * negative code with a sentence. */
 int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
                    size_t errlen);
+
+/* The dense training state of a translation worker (its file of a cluster
+ * checkpoint, worker-0.safetensors, while the expert servers write the
+ * experts): the dense parameters as in s2s_model_save, each one's Adam
+ * state (opt[i] of parameter i, moe_adam_state_size floats) as
+ * "NAME.adam", and the same metadata with format "moe-translate-state-1";
+ * no experts. s2s_state_load reads such a file into x and opt (the same
+ * configuration) and the step it holds, checking its checksum. 0, or a
+ * negative code with a sentence naming the file. */
+int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,
+                   char *err, size_t errlen);
+int s2s_state_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                   char *err, size_t errlen);
 
 /* Reads a file of s2s_model_save (PATH, PATH/model.safetensors, or that of
  * the newest PATH/step-NNNNNNNN folder of a checkpoint_dir) for

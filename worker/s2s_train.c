@@ -14,8 +14,10 @@
 #include "moe_log.h"
 #include "moe_optim.h"
 #include "moe_time.h"
+#include "moe_wire.h"
 #include "parallel.h"
 #include "s2s_checkpoint.h"
+#include "trainer_internal.h"
 
 struct s2s_run {
     const struct moe_options *c;
@@ -25,7 +27,15 @@ struct s2s_run {
     struct pbatch pb;
     float **opt;       /* Adam state per dense parameter */
     int n_opt;
-    int64_t step;
+    /* With expert servers (--experts remote) the language model's cluster
+     * logic runs this model too (trainer_cluster.c, through hooks): t holds
+     * the servers, the coordinator and the epoch; t.step = steps done. */
+    struct trainer t;
+    struct trainer_hooks hooks;
+    struct moe_backend rbe[S2S_N_MOE]; /* each MoE layer's remote backend */
+    struct expert_offset roff;         /* the decoder's ids E..2E-1 over layer 1's */
+    float *stats, *gstats; /* Importance | Load | rows of the 2E experts, local and global */
+    double last_tps;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -47,6 +57,71 @@ static int load_data(struct s2s_run *r, vocab_t **vs, vocab_t **vt, char *err, s
                 pbatch_init(&r->pb, c->batch, c->max_len)))
         rc = moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the batches");
     return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Expert servers: both MoE layers' experts, with global ids (encoder
+ * 0..E-1 as MoE layer 0, decoder E..2E-1 as layer 1), on the servers of
+ * t's epoch; the hooks of trainer_cluster.c. */
+
+static int hook_bind(void *ctx, struct trainer *t, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    struct s2s_run *r = ctx;
+    expert_remote_backend_layer(&r->rbe[S2S_ENCODER], t->remote_be, S2S_ENCODER);
+    expert_remote_backend_layer(&r->roff.inner, t->remote_be, S2S_DECODER);
+    for (int w = 0; w < S2S_N_MOE; w++)
+        s2s_set_backend(r->x.m, w, &r->rbe[w]);
+    return 0;
+}
+
+static int hook_save(void *ctx, struct trainer *t, const char *folder, char *file, size_t cap,
+                     char *err, size_t errlen)
+{
+    struct s2s_run *r = ctx;
+    char path[MOE_PATH_MAX + 96];
+    snprintf(file, cap, "worker-%d.safetensors", t->rank);
+    snprintf(path, sizeof path, "%s/%s", folder, file);
+    return s2s_state_save(&r->x, r->opt, path, t->step, err, errlen);
+}
+
+static int hook_load(void *ctx, struct trainer *t, const char *folder, char *err, size_t errlen)
+{
+    struct s2s_run *r = ctx;
+    char path[MOE_PATH_MAX + 96];
+    snprintf(path, sizeof path, "%s/worker-0.safetensors", folder);
+    int64_t step;
+    int rc = s2s_state_load(&r->x, r->opt, path, &step, err, errlen);
+    if (!rc && step != t->ep.step)
+        rc = moe_err_fail(MOE_ERR_STATE, err, errlen, "%s holds step %" PRId64 ", expected %" PRId64,
+                          path, step, t->ep.step);
+    return rc;
+}
+
+/* The cluster (trainer__setup_cluster) and, with remote experts, the
+ * backends: at once from the static server list, else from the
+ * coordinator's first epoch (which may roll this worker back to its
+ * checkpoint). */
+static int setup_remote(struct s2s_run *r, char *err, size_t errlen)
+{
+    struct trainer *t = &r->t;
+    int rc = trainer__setup_cluster(t, err, errlen);
+    if (rc || !t->remote)
+        return rc;
+    const size_t n = 3 * (size_t)moe_options_experts_total(r->c);
+    struct moe_backend none = {0};
+    if (!(r->stats = moe_alloc_floats(n)) || !(r->gstats = moe_alloc_floats(n)) ||
+        expert_offset_init(&r->roff, &r->rbe[S2S_DECODER], &none, r->c->n_experts,
+                           r->c->n_experts))
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the statistics");
+    r->hooks = (struct trainer_hooks){r, hook_bind, hook_save, hook_load};
+    t->hooks = &r->hooks;
+    if (t->coord)
+        return trainer__join_cluster(t, err, errlen);
+    if ((rc = trainer__make_remote(t, err, errlen)))
+        return rc;
+    return hook_bind(r, t, err, errlen);
 }
 
 static int setup(struct s2s_run *r, char *err, size_t errlen)
@@ -72,11 +147,15 @@ static int setup(struct s2s_run *r, char *err, size_t errlen)
             rc = MOE_ERR_NOMEM;
     if (!r->opt || rc)
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the optimizer state");
-    return 0;
+    return setup_remote(r, err, errlen);
 }
 
 static void teardown(struct s2s_run *r)
 {
+    trainer__teardown_cluster(&r->t);
+    expert_offset_free(&r->roff);
+    moe_free_floats(&r->stats);
+    moe_free_floats(&r->gstats);
     for (int p = 0; r->opt && p < r->n_opt; p++)
         moe_free_floats(&r->opt[p]);
     free(r->opt);
@@ -99,33 +178,75 @@ static struct s2s_batch batch_of(const struct pbatch *p)
                               .n_global = p->tokens};
 }
 
+/* With a coordinator: both layers' Importance, Load and rows routed in
+ * one statistics row (each vector over the 2E experts, the encoder's
+ * first), summed over the workers by the coordinator, which also attaches
+ * its orders to the step (t.step_flags); imp and load then point to the
+ * global vectors. */
+static int global_stats(struct s2s_run *r, double xent, const float *imp[S2S_N_MOE],
+                        const float *load[S2S_N_MOE], char *err, size_t errlen)
+{
+    struct trainer *t = &r->t;
+    if (!t->coord)
+        return 0;
+    const size_t E = (size_t)r->c->n_experts, N = S2S_N_MOE * E;
+    for (int w = 0; w < S2S_N_MOE; w++) {
+        memcpy(r->stats + w * E, imp[w], sizeof(float) * E);
+        memcpy(r->stats + N + w * E, load[w], sizeof(float) * E);
+        const int *cnt = s2s_counts(r->x.m, w);
+        for (size_t e = 0; e < E; e++)
+            r->stats[2 * N + w * E + e] = (float)cnt[e];
+    }
+    const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
+    int rc = coord_client_stats_row(t->coord, t->step, r->stats, 3 * N, xent, r->last_tps,
+                                    (uint64_t)r->pb.tokens, ask, r->gstats, &t->step_flags, err,
+                                    errlen);
+    if (rc)
+        return rc;
+    if (ask && !t->stop_asked) {
+        t->stop_asked = true;
+        moe_info("asked the coordinator to stop the cluster after a checkpoint");
+    }
+    for (int w = 0; w < S2S_N_MOE; w++) {
+        imp[w] = r->gstats + w * E;
+        load[w] = r->gstats + N + w * E;
+    }
+    return 0;
+}
+
 /* One training step; *xent (mean over the batch's target tokens) and
  * *bal. */
 static int train_step(struct s2s_run *r, double *xent, double *bal, char *err, size_t errlen)
 {
     const struct moe_options *c = r->c;
     s2s_t *m = r->x.m;
-    pbatches_fill_step(&r->tb, &r->train, r->step, (uint64_t)c->seed, &r->pb);
+    const int64_t s = r->t.step;
+    pbatches_fill_step(&r->tb, &r->train, s, (uint64_t)c->seed, &r->pb);
     const struct s2s_batch b = batch_of(&r->pb);
     double sum;
-    int rc = s2s_forward(m, &b, r->step, true, &sum, err, errlen);
+    int rc = s2s_forward(m, &b, s, true, &sum, err, errlen);
     if (rc)
         return rc;
     *xent = sum / (double)b.n_global;
     const float *imp[S2S_N_MOE] = {s2s_importance(m, 0), s2s_importance(m, 1)};
     const float *load[S2S_N_MOE] = {s2s_load(m, 0), s2s_load(m, 1)};
+    if ((rc = global_stats(r, *xent, imp, load, err, errlen)))
+        return rc;
+    if (r->t.remote_be)
+        expert_remote_set_backward_flags(r->t.remote_be, r->t.step_flags & MOE_FLAG_CHECKPOINT);
     if ((rc = s2s_backward(m, imp, load, bal, err, errlen)))
         return rc;
-    const int64_t t1 = r->step + 1;
+    const int64_t t1 = s + 1;
     const double lr = moe_lr_at(&(struct moe_lr_schedule){c->lr, c->warmup}, t1);
     const struct moe_adam_opts ao = {c->beta1, c->beta2, c->adam_eps};
     for (int p = 0; p < r->n_opt; p++) {
         const struct layer_param q = s2s_param_at(m, p);
         moe_adam_update(q.w->data, q.g->data, r->opt[p], q.w->numel, t1, lr, &ao);
     }
-    for (int w = 0; w < S2S_N_MOE; w++)
-        expert_shard_apply(r->x.shard[w], t1, lr);
-    r->step = t1;
+    if (!r->t.remote) /* servers update their experts with the step's last backward */
+        for (int w = 0; w < S2S_N_MOE; w++)
+            expert_shard_apply(r->x.shard[w], t1, lr);
+    r->t.step = t1;
     return 0;
 }
 
@@ -138,7 +259,7 @@ static int validate(struct s2s_run *r, double *loss, char *err, size_t errlen)
         pbatches_fill(&r->vb, &r->valid, i, &r->pb);
         const struct s2s_batch b = batch_of(&r->pb);
         double s;
-        int rc = s2s_forward(r->x.m, &b, r->step, false, &s, err, errlen);
+        int rc = s2s_forward(r->x.m, &b, r->t.step, false, &s, err, errlen);
         if (rc)
             return rc;
         sum += s;
@@ -158,7 +279,7 @@ static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
         if (mkdir(c->checkpoint_dir, 0755) != 0 && errno != EEXIST)
             return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot create: %s",
                                 c->checkpoint_dir, strerror(errno));
-        snprintf(dir, sizeof dir, "%s/step-%08" PRId64, c->checkpoint_dir, r->step);
+        snprintf(dir, sizeof dir, "%s/step-%08" PRId64, c->checkpoint_dir, r->t.step);
     } else if (!final || !strcmp(c->final_model, "none")) {
         return 0;
     } else {
@@ -168,15 +289,33 @@ static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
         return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot create: %s", dir,
                             strerror(errno));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int rc = s2s_model_save(&r->x, path, r->step, err, errlen);
+    int rc = 0;
+    /* remote experts: copied from the servers into this process's mirror */
+    for (int w = 0; w < S2S_N_MOE && r->t.remote && !rc; w++)
+        rc = expert_remote_fetch(r->t.remote_be, r->x.shard[w], r->t.step, err, errlen);
+    if (!rc)
+        rc = s2s_model_save(&r->x, path, r->t.step, err, errlen);
     if (!rc)
         printf("model of step %" PRId64 " written to %s (moectl translate takes that folder)\n",
-               r->step, dir);
+               r->t.step, dir);
     return rc;
 }
 
-static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, char *err,
-                     size_t errlen)
+/* A failed step of an elastic cluster (coordinator and checkpoint_dir):
+ * the cluster rolls back to its last checkpoint (0: go on from there). */
+static int recover(struct s2s_run *r, int rc, char *err, size_t errlen)
+{
+    if (!r->t.elastic || rc == MOE_ERR_STOPPED || rc == MOE_ERR_FAILED)
+        return rc;
+    char why[1024];
+    snprintf(why, sizeof why, "%s", err);
+    return trainer__recover(&r->t, why, err, errlen);
+}
+
+/* Steps until the last, a stop or an error; *stopped when the coordinator
+ * stopped the cluster (the sentence in note). */
+static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, bool *stopped,
+                     char *note, size_t notelen, char *err, size_t errlen)
 {
     const struct moe_options *c = r->c;
     const double start = moe_now_sec();
@@ -184,34 +323,48 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, ch
     double t0 = start, win_loss = 0, win_bal = 0;
     int64_t win_steps = 0, win_tokens = 0;
     int rc = 0;
-    while (r->step < c->steps && !*signals && !rc) {
+    while (r->t.step < c->steps && (r->t.coord || !*signals) && !rc && !*stopped) {
         double xent, bal;
-        if ((rc = train_step(r, &xent, &bal, err, errlen)))
+        const double ts = moe_now_sec();
+        if ((rc = train_step(r, &xent, &bal, err, errlen))) {
+            rc = recover(r, rc, err, errlen);
+            continue;
+        }
+        if (r->t.coord &&
+            (rc = trainer__cluster_after_step(&r->t, stopped, note, notelen, err, errlen)))
             break;
+        const double dt = moe_now_sec() - ts;
+        r->last_tps = dt > 0 ? (double)r->pb.tokens / dt : 0;
         win_loss += xent;
         win_bal += bal;
         win_steps++;
         win_tokens += r->pb.tokens;
         all_tokens += r->pb.tokens;
-        if (r->step % c->log_every == 0 || r->step == c->steps) {
+        if (r->t.step % c->log_every == 0 || r->t.step == c->steps) {
             const double now = moe_now_sec(), loss = win_loss / (double)win_steps;
             printf("step %6" PRId64 "/%" PRId64 " | %7.0f tok/s | loss %.4f | ppl %8.2f | "
                    "balance %.4f | lr %.2e\n",
-                   r->step, c->steps, (double)win_tokens / (now - t0), loss, exp(loss),
+                   r->t.step, c->steps, (double)win_tokens / (now - t0), loss, exp(loss),
                    win_bal / (double)win_steps,
-                   moe_lr_at(&(struct moe_lr_schedule){c->lr, c->warmup}, r->step));
+                   moe_lr_at(&(struct moe_lr_schedule){c->lr, c->warmup}, r->t.step));
             fflush(stdout);
             t0 = now;
             win_loss = win_bal = 0;
             win_steps = win_tokens = 0;
         }
         double vl;
-        if (c->valid_every && r->valid.n && r->step % c->valid_every == 0 && r->step < c->steps &&
+        if (c->valid_every && r->valid.n && r->t.step % c->valid_every == 0 && r->t.step < c->steps &&
             !(rc = validate(r, &vl, err, errlen)))
-            printf("step %6" PRId64 " | valid ppl %.2f\n", r->step, exp(vl));
-        if (!rc && c->checkpoint_every && c->checkpoint_dir[0] &&
-            r->step % c->checkpoint_every == 0 && r->step < c->steps)
+            printf("step %6" PRId64 " | valid ppl %.2f\n", r->t.step, exp(vl));
+        /* (with a coordinator the cluster's checkpoints are its orders) */
+        if (!rc && !r->t.coord && c->checkpoint_every && c->checkpoint_dir[0] &&
+            r->t.step % c->checkpoint_every == 0 && r->t.step < c->steps)
             rc = save(r, false, err, errlen);
+    }
+    if (rc == MOE_ERR_STOPPED) { /* the coordinator stopped the cluster while this worker waited */
+        *stopped = true;
+        snprintf(note, notelen, "%s", err);
+        rc = 0;
     }
     const double secs = moe_now_sec() - start;
     const double dense = s2s_dense_params(s2s_config_of(r->x.m));
@@ -220,8 +373,12 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, ch
     if (!rc)
         printf("trained %" PRId64 " steps in %.1f s: %.0f target tokens/s; %.0f parameters "
                "(%.0f dense, %.0f in 2 x %d experts)%s\n",
-               r->step, secs, (double)all_tokens / (secs > 0 ? secs : 1), dense + experts, dense,
-               experts, c->n_experts, *signals ? "; stopped by a signal" : "");
+               r->t.step, secs, (double)all_tokens / (secs > 0 ? secs : 1), dense + experts, dense,
+               experts, c->n_experts, *stopped ? "; the cluster stopped"
+                                      : *signals ? "; stopped by a signal" : "");
+    if (!rc && *stopped)
+        printf("stopped at step %" PRId64 " of %" PRId64 " (%s); the cluster's last checkpoint "
+               "holds the model\n", r->t.step, c->steps, note);
     return rc;
 }
 
@@ -235,18 +392,31 @@ int s2s_train_run(const struct moe_options *c, const volatile sig_atomic_t *sign
     moe_log_parse_level(c->log_level, &lvl);
     moe_log_set_level(lvl);
     moe_blas_set_threads(c->threads);
+    r.t.cfg = c;
+    r.t.signals = signals;
     int rc = setup(&r, err, sizeof err);
+    if (rc == MOE_ERR_STOPPED) { /* a signal while it waited to join */
+        fprintf(stderr, "moe-worker: %s\n", err);
+        teardown(&r);
+        return 0;
+    }
+    bool stopped = false; /* by the coordinator: its checkpoint holds the model */
+    char note[300] = "";
     if (!rc)
-        rc = run_steps(&r, signals, err, sizeof err);
+        rc = run_steps(&r, signals, &stopped, note, sizeof note, err, sizeof err);
     double vl;
+    if (!rc && stopped) {
+        teardown(&r);
+        return 0;
+    }
     if (!rc && r.valid.n && !(rc = validate(&r, &vl, err, sizeof err)))
         printf("validation perplexity %.2f after %" PRId64 " steps (%d pairs, %" PRId64
                " target tokens; cross-entropy %.9f per token)\n",
-               exp(vl), r.step, r.valid.n, r.valid.tgt_tokens, vl);
+               exp(vl), r.t.step, r.valid.n, r.valid.tgt_tokens, vl);
     if (!rc)
         rc = save(&r, true, err, sizeof err);
     if (rc)
         fprintf(stderr, "moe-worker: error: %s\n", err);
     teardown(&r);
-    return rc ? 1 : 0;
+    return rc ? moe_options_exit_code(rc) : 0;
 }

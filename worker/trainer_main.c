@@ -25,7 +25,8 @@ static const char summary[] =
     "workers (see deploy/launch-local.sh). Prints a progress line every --log-every steps\n"
     "and the validation perplexity at the end. With --task translate it trains the\n"
     "encoder-decoder translation model (paper 5.3: 3 encoder and 2 decoder LSTMs, an MoE\n"
-    "layer in each, additive attention) on src_train -> tgt_train instead, in this process.";
+    "layer in each, additive attention) on src_train -> tgt_train instead (its experts in\n"
+    "this process or, with --experts remote, both layers' on the expert servers).";
 
 static const char also[] =
     "moe-server and moe-coordinator options are accepted too (one configuration file serves\n"
@@ -95,8 +96,8 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    coord_client_stop_on_signal(&signals_seen);
     if (moe_options_translate(&cfg))
         return s2s_train_run(&cfg, &signals_seen);
-    coord_client_stop_on_signal(&signals_seen);
     return trainer_run(&cfg, &signals_seen);
 }

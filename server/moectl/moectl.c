@@ -534,15 +534,22 @@ static int print_experts(const struct ctl *c, json_t *j)
                      : !strcmp(c->sort, "load")     ? "Load (last step)"
                                                     : "rows routed (last step)";
     printf("step %lld; %zu experts, sorted by %s\n", jint(j, "step"), n, by);
-    printf("%-7s %-7s %12s %7s %13s %10s %10s\n", "EXPERT", "SERVER", "ROWS ROUTED", "SHARE",
-           "TOTAL ROUTED", "IMPORTANCE", "LOAD");
+    /* a model of several MoE layers (translation): which one, and its
+     * expert there */
+    const bool layered = n > 0 && json_is_string(json_object_get(e[0], "layer"));
+    printf("%-7s %-7s %12s %7s %13s %10s %10s%s\n", "EXPERT", "SERVER", "ROWS ROUTED", "SHARE",
+           "TOTAL ROUTED", "IMPORTANCE", "LOAD", layered ? "  LAYER" : "");
     for (size_t i = 0; i < shown; i++) {
-        json_t *server = json_object_get(e[i], "server");
-        printf("%-7lld %-7lld %12.0f %6.1f%% %13.0f %10.2f %10.2f\n", jint(e[i], "id"),
+        json_t *server = json_object_get(e[i], "server"), *layer = json_object_get(e[i], "layer");
+        printf("%-7lld %-7lld %12.0f %6.1f%% %13.0f %10.2f %10.2f", jint(e[i], "id"),
                json_is_integer(server) ? (long long)json_integer_value(server) : -1LL,
                jnum(e[i], "rows_routed_last"), 100 * jnum(e[i], "rows_routed_share"),
                jnum(e[i], "rows_routed_total"),
                jnum(e[i], "importance_last"), jnum(e[i], "load_last"));
+        if (layered)
+            printf("  %s %lld", json_is_string(layer) ? json_string_value(layer) : "?",
+                   jint(e[i], "layer_expert"));
+        printf("\n");
     }
     free(e);
     return MOE_EXIT_OK;

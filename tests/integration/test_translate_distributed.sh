@@ -1,0 +1,89 @@
+# The translation model on expert servers (issue 19, point 2), with
+# determinism as the oracle: both MoE layers' experts (encoder 0..3,
+# decoder 4..7) live on two servers, and
+#   - 1 worker x 2 servers without a coordinator (ipc) writes the model of
+#     the in-process trainer byte for byte, and so does a rerun;
+#   - with a coordinator (tcp, checkpoints every 10 steps) the cluster's
+#     model is the same bytes, its checkpoints hold 8 experts, and the
+#     coordinator's table shows both layers' experts with rows routed;
+#   - kill -9 of a server mid-run (the worker paused meanwhile, so that the
+#     kill lands mid-run whatever the machine's speed): the cluster rolls
+#     back, places the experts on the survivor and ends with the same bytes.
+BI="$IT_DIR/../../data/bible-en-es"
+head -n 200 "$BI/train.en" >"$WORK/train.en"
+head -n 200 "$BI/train.es" >"$WORK/train.es"
+K=40
+MT="--task translate --src-train $WORK/train.en --tgt-train $WORK/train.es --src-valid= \
+--d-model 16 --d-hidden 24 --n-experts 4 --k 2 --batch 8 --steps $K --warmup 5 --lr 0.01 \
+--threads 1 --src-vocab-max 400 --tgt-vocab-max 400 --max-len 150"
+"$BIN/moe-worker" $MT --log-level warn --log-every 1000 --final-model "$WORK/local" \
+    >"$WORK/local.out" 2>&1 || fail "in-process run: $(tail -n 3 "$WORK/local.out")"
+M=model.safetensors
+
+# 1. no coordinator: 1 worker x 2 servers over ipc, twice
+for run in a b; do
+    SV="ipc://$WORK/s0$run,ipc://$WORK/s1$run"
+    for i in 0 1; do
+        "$BIN/moe-server" $MT --log-level info --servers "$SV" --server-index $i \
+            >"$WORK/s$i$run.log" 2>&1 &
+        eval "sp$i=\$!"
+    done
+    wait_up "$sp0" "$WORK/s0$run.log" "serving on" "server 0"
+    wait_up "$sp1" "$WORK/s1$run.log" "serving on" "server 1"
+    "$BIN/moe-worker" $MT --log-level warn --log-every 1000 --experts remote --servers "$SV" \
+        --timeout-ms 10000 --final-model "$WORK/static$run" >"$WORK/static$run.out" 2>&1 ||
+        fail "1 worker x 2 servers (run $run): $(tail -n 3 "$WORK/static$run.out")"
+    kill -TERM "$sp0" "$sp1"
+    wait "$sp0" "$sp1"
+    cmp "$WORK/local/$M" "$WORK/static$run/$M" ||
+        fail "1 worker x 2 servers (run $run) differs from the in-process model"
+done
+echo "  ok: 1 worker x 2 servers (ipc, no coordinator): the in-process model byte for byte, twice"
+
+# 2. and 3. with a coordinator, undisturbed and with kill -9 of server 1
+base_args() { # NAME
+    A="$MT --log-level info --log-every 1 --checkpoint-dir $WORK/$1/ck --checkpoint-every 10 \
+--timeout-ms 2000 --heartbeat-timeout-ms 1500"
+}
+final_of() { echo "$WORK/$1/ck/step-$(printf %08d $K)/$M"; }
+cl_start_pair base
+wait "$WPID0" || fail "base: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
+"$BIN/moectl" --http "$CLH" experts >"$WORK/experts.txt" 2>&1 ||
+    fail "moectl experts: $(cat "$WORK/experts.txt")"
+/usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$CLH/api/v1/experts', timeout=10).read().decode())" \
+    >"$WORK/experts.json" || fail "GET /api/v1/experts"
+cl_stop
+cmp "$WORK/local/$M" "$(final_of base)" || fail "the coordinator's cluster differs from in-process"
+/usr/bin/python3 - "$WORK/experts.json" "$WORK/base/ck/step-$(printf %08d $K)/manifest.json" <<'PY' ||
+import json, sys
+x = json.load(open(sys.argv[1]))["experts"]
+assert [e["id"] for e in x] == list(range(8)), x
+assert [(e["layer"], e["layer_expert"]) for e in x] == \
+    [("encoder", i) for i in range(4)] + [("decoder", i) for i in range(4)], x
+for side in (x[:4], x[4:]):  # each layer routes every token to k = 2 of its experts
+    assert sum(e["rows_routed_last"] for e in side) > 0, side
+    assert sum(e["load_last"] for e in side) > 0, side
+m = json.load(open(sys.argv[2]))
+assert m["n_experts"] == 8, m["n_experts"]
+PY
+    fail "the coordinator's experts or the manifest: $(cat "$WORK/experts.json")"
+grep -q "  encoder 3$" "$WORK/experts.txt" && grep -q "  decoder 0$" "$WORK/experts.txt" ||
+    fail "moectl experts does not label the layers: $(cat "$WORK/experts.txt")"
+echo "  ok: with a coordinator: the in-process model byte for byte; 8 experts in its table" \
+    "(encoder 0..3, decoder 4..7, each layer's rows routed and Load) and manifests"
+
+cl_start_pair kill
+cl_wait_step 0 12
+kill -STOP "$WPID0"
+kill -9 "$SPID1"
+kill -CONT "$WPID0"
+cl_finish
+cmp "$WORK/local/$M" "$(final_of kill)" || fail "kill -9 of a server: the model differs"
+grep -q "rolling back to step" "$CL/coordinator.log" || fail "no rollback after the kill"
+rec=$(sed -n 's/.*recovered in \([0-9.]*\) s.*rolled back from step \([0-9]*\) to \([0-9]*\).*/\1 s, step \2 -> \3/p' \
+    "$CL/worker-0.log" | head -n 1)
+[ -n "$rec" ] || fail "worker 0 did not recover: $(tail -n 3 "$CL/worker-0.log")"
+grep -q "epoch 2: server 0 with 8 experts" "$CL/server-0.log" ||
+    fail "the survivor does not hold all 8 experts: $(grep epoch "$CL/server-0.log")"
+echo "  ok: kill -9 of server 1 at step 12: recovered in $rec, the survivor holds 8 experts," \
+    "the same model byte for byte"
