@@ -452,10 +452,6 @@ static int check_task(const struct moe_options *c, char *err, size_t errlen)
     int rc = check_words(c->task, "task", tasks, 2, "lm or translate", err, errlen);
     if (rc || !moe_options_translate(c))
         return rc;
-    if (strchr(c->workers, ','))
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--task translate trains with one worker for now (its experts may "
-                            "live on expert servers): --workers lists one");
     if (moe_options_hierarchical(c) || strcmp(c->dense_optimizer, "adam") || c->resume[0] ||
         c->report[0])
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,

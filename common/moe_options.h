@@ -110,8 +110,7 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
 bool moe_options_hierarchical(const struct moe_options *c);
 /* --task translate: the translation model of issue 19 (worker/s2s_train.h)
  * instead of the language model. moe_options_check refuses (for now)
- * several workers, --moe hierarchical and the factored dense optimizer
- * with it. */
+ * --moe hierarchical and the factored dense optimizer with it. */
 bool moe_options_translate(const struct moe_options *c);
 /* MoE layers of the model: 2 for the translation model (encoder and
  * decoder), else 1. Each layer's experts have their own global ids: layer

@@ -34,7 +34,10 @@ struct s2s_run {
     struct trainer_hooks hooks;
     struct moe_backend rbe[S2S_N_MOE]; /* each MoE layer's remote backend */
     struct expert_offset roff;         /* the decoder's ids E..2E-1 over layer 1's */
-    float *stats, *gstats; /* Importance | Load | rows of the 2E experts, local and global */
+    float *stats, *gstats; /* Importance | Load | rows of the 2E experts (| loss, the ring's),
+                            * local and global */
+    float *flat;           /* several workers: the dense gradients, for the ring */
+    size_t flat_n;
     double last_tps;
 };
 
@@ -109,18 +112,34 @@ static int setup_remote(struct s2s_run *r, char *err, size_t errlen)
     int rc = trainer__setup_cluster(t, err, errlen);
     if (rc || !t->remote)
         return rc;
-    const size_t n = 3 * (size_t)moe_options_experts_total(r->c);
+    const size_t n = 3 * (size_t)moe_options_experts_total(r->c) + 1;
     struct moe_backend none = {0};
+    for (int p = 0; p < r->n_opt; p++)
+        r->flat_n += s2s_param_at(r->x.m, p).w->numel;
     if (!(r->stats = moe_alloc_floats(n)) || !(r->gstats = moe_alloc_floats(n)) ||
+        (t->world > 1 && !(r->flat = moe_alloc_floats(r->flat_n))) ||
         expert_offset_init(&r->roff, &r->rbe[S2S_DECODER], &none, r->c->n_experts,
                            r->c->n_experts))
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the statistics");
+    /* a batch of fewer pairs than workers (the last of the corpus) would
+     * leave a worker without any */
+    const int last = r->train.n % r->c->batch;
+    if (last && last < t->world)
+        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
+                            "the last batch of %s holds %d pair(s), fewer than the %d workers: "
+                            "choose a --batch that leaves none or at least %d",
+                            r->c->src_train, last, t->world, t->world);
     r->hooks = (struct trainer_hooks){r, hook_bind, hook_save, hook_load};
     t->hooks = &r->hooks;
     if (t->coord)
         return trainer__join_cluster(t, err, errlen);
     if ((rc = trainer__make_remote(t, err, errlen)))
         return rc;
+    if (t->world > 1 &&
+        !(t->ar = moe_allreduce_new(t->zctx, &t->net, t->rank, t->world,
+                                    (const char *const *)t->cl.workers, (int)r->c->timeout_ms, err,
+                                    errlen)))
+        return MOE_ERR_IO;
     return hook_bind(r, t, err, errlen);
 }
 
@@ -156,6 +175,7 @@ static void teardown(struct s2s_run *r)
     expert_offset_free(&r->roff);
     moe_free_floats(&r->stats);
     moe_free_floats(&r->gstats);
+    moe_free_floats(&r->flat);
     for (int p = 0; r->opt && p < r->n_opt; p++)
         moe_free_floats(&r->opt[p]);
     free(r->opt);
@@ -170,24 +190,64 @@ static void teardown(struct s2s_run *r)
 /* ------------------------------------------------------------------------ */
 /* Steps */
 
-static struct s2s_batch batch_of(const struct pbatch *p)
+/* Worker `rank` of `world` trains pairs [rank n / world, (rank + 1) n /
+ * world) of a batch of n pairs: the rows, padding and random numbers of
+ * those pairs in one process (row0, pk0), the loss a mean over the whole
+ * batch's target tokens. */
+static struct s2s_batch batch_of(const struct pbatch *p, int rank, int world)
 {
-    return (struct s2s_batch){.B = p->B, .S = p->S, .T = p->T, .src = p->src,
-                              .tgt_in = p->tgt_in, .tgt_out = p->tgt_out,
-                              .src_len = p->src_len, .tgt_len = p->tgt_len,
-                              .n_global = p->tokens};
+    const int lo = (int)((int64_t)rank * p->B / world);
+    const int n = (int)((int64_t)(rank + 1) * p->B / world) - lo;
+    int64_t pk_src = 0, pk_tgt = 0;
+    for (int b = 0; b < lo; b++) {
+        pk_src += p->src_len[b];
+        pk_tgt += p->tgt_len[b];
+    }
+    const size_t S = (size_t)p->S, T = (size_t)p->T;
+    return (struct s2s_batch){.B = n, .S = p->S, .T = p->T, .src = p->src + (size_t)lo * S,
+                              .tgt_in = p->tgt_in + (size_t)lo * T,
+                              .tgt_out = p->tgt_out + (size_t)lo * T,
+                              .src_len = p->src_len + lo, .tgt_len = p->tgt_len + lo,
+                              .row0_src = (int64_t)lo * p->S, .row0_tgt = (int64_t)lo * p->T,
+                              .pk0_src = pk_src, .pk0_tgt = pk_tgt, .n_global = p->tokens};
 }
 
-/* With a coordinator: both layers' Importance, Load and rows routed in
- * one statistics row (each vector over the 2E experts, the encoder's
- * first), summed over the workers by the coordinator, which also attaches
- * its orders to the step (t.step_flags); imp and load then point to the
- * global vectors. */
-static int global_stats(struct s2s_run *r, double xent, const float *imp[S2S_N_MOE],
-                        const float *load[S2S_N_MOE], char *err, size_t errlen)
+/* Several workers sum the dense gradients (in rank order, the ring's). */
+static int allreduce_grads(struct s2s_run *r, char *err, size_t errlen)
 {
     struct trainer *t = &r->t;
-    if (!t->coord)
+    if (t->world == 1)
+        return 0;
+    for (int pass = 0; pass < 2; pass++) { /* 0: gather, 1: scatter */
+        size_t off = 0;
+        for (int p = 0; p < r->n_opt; p++) {
+            moe_tensor *g = s2s_param_at(r->x.m, p).g;
+            float *a = r->flat + off, *b = g->data;
+            memcpy(pass ? b : a, pass ? a : b, sizeof(float) * g->numel);
+            off += g->numel;
+        }
+        const uint64_t tag = ((uint64_t)t->ep.epoch << MOE_ALLREDUCE_EPOCH_SHIFT) |
+                             ((uint64_t)t->step * 2 + 1);
+        int rc = pass ? 0 : moe_allreduce_sum(t->ar, r->flat, r->flat_n, tag, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* The step's global statistics: both layers' Importance, Load and rows
+ * routed in one row (each vector over the 2E experts, the encoder's
+ * first), summed over the workers by the coordinator, which also attaches
+ * its orders to the step (t.step_flags), or without one by the workers'
+ * ring (with the loss: *xent becomes the whole batch's); imp and load
+ * then point to the global vectors. mine: this worker's mean loss over its
+ * target tokens, what the coordinator shows and *xent becomes with it. */
+static int global_stats(struct s2s_run *r, double *xent, double mine,
+                        const float *imp[S2S_N_MOE], const float *load[S2S_N_MOE], char *err,
+                        size_t errlen)
+{
+    struct trainer *t = &r->t;
+    if (!t->coord && t->world == 1)
         return 0;
     const size_t E = (size_t)r->c->n_experts, N = S2S_N_MOE * E;
     for (int w = 0; w < S2S_N_MOE; w++) {
@@ -197,21 +257,32 @@ static int global_stats(struct s2s_run *r, double xent, const float *imp[S2S_N_M
         for (size_t e = 0; e < E; e++)
             r->stats[2 * N + w * E + e] = (float)cnt[e];
     }
-    const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
-    int rc = coord_client_stats_row(t->coord, t->step, r->stats, 3 * N, xent, r->last_tps,
+    const float *g = r->stats;
+    int rc;
+    if (t->coord) {
+        const uint32_t ask = t->signals && *t->signals ? MOE_FLAG_STOP : 0;
+        rc = coord_client_stats_row(t->coord, t->step, r->stats, 3 * N, mine, r->last_tps,
                                     (uint64_t)r->pb.tokens, ask, r->gstats, &t->step_flags, err,
                                     errlen);
-    if (rc)
-        return rc;
-    if (ask && !t->stop_asked) {
-        t->stop_asked = true;
-        moe_info("asked the coordinator to stop the cluster after a checkpoint");
+        *xent = mine;
+        if (!rc && ask && !t->stop_asked) {
+            t->stop_asked = true;
+            moe_info("asked the coordinator to stop the cluster after a checkpoint");
+        }
+        g = r->gstats;
+    } else {
+        r->stats[3 * N] = (float)*xent;
+        rc = moe_allreduce_sum(t->ar, r->stats, 3 * N + 1,
+                               ((uint64_t)t->ep.epoch << MOE_ALLREDUCE_EPOCH_SHIFT) |
+                                   ((uint64_t)t->step * 2),
+                               err, errlen);
+        *xent = r->stats[3 * N];
     }
     for (int w = 0; w < S2S_N_MOE; w++) {
-        imp[w] = r->gstats + w * E;
-        load[w] = r->gstats + N + w * E;
+        imp[w] = g + w * E;
+        load[w] = g + N + w * E;
     }
-    return 0;
+    return rc;
 }
 
 /* One training step; *xent (mean over the batch's target tokens) and
@@ -222,19 +293,23 @@ static int train_step(struct s2s_run *r, double *xent, double *bal, char *err, s
     s2s_t *m = r->x.m;
     const int64_t s = r->t.step;
     pbatches_fill_step(&r->tb, &r->train, s, (uint64_t)c->seed, &r->pb);
-    const struct s2s_batch b = batch_of(&r->pb);
+    const struct s2s_batch b = batch_of(&r->pb, r->t.rank, r->t.world);
     double sum;
     int rc = s2s_forward(m, &b, s, true, &sum, err, errlen);
     if (rc)
         return rc;
     *xent = sum / (double)b.n_global;
+    int64_t mine = 0; /* target tokens of this worker's pairs */
+    for (int i = 0; i < b.B; i++)
+        mine += b.tgt_len[i];
     const float *imp[S2S_N_MOE] = {s2s_importance(m, 0), s2s_importance(m, 1)};
     const float *load[S2S_N_MOE] = {s2s_load(m, 0), s2s_load(m, 1)};
-    if ((rc = global_stats(r, *xent, imp, load, err, errlen)))
+    if ((rc = global_stats(r, xent, sum / (double)(mine ? mine : 1), imp, load, err, errlen)))
         return rc;
     if (r->t.remote_be)
         expert_remote_set_backward_flags(r->t.remote_be, r->t.step_flags & MOE_FLAG_CHECKPOINT);
-    if ((rc = s2s_backward(m, imp, load, bal, err, errlen)))
+    if ((rc = s2s_backward(m, imp, load, bal, err, errlen)) ||
+        (rc = allreduce_grads(r, err, errlen)))
         return rc;
     const int64_t t1 = s + 1;
     const double lr = moe_lr_at(&(struct moe_lr_schedule){c->lr, c->warmup}, t1);
@@ -257,7 +332,7 @@ static int validate(struct s2s_run *r, double *loss, char *err, size_t errlen)
     int64_t tokens = 0;
     for (int i = 0; i < r->vb.n_batches; i++) {
         pbatches_fill(&r->vb, &r->valid, i, &r->pb);
-        const struct s2s_batch b = batch_of(&r->pb);
+        const struct s2s_batch b = batch_of(&r->pb, 0, 1);
         double s;
         int rc = s2s_forward(r->x.m, &b, r->t.step, false, &s, err, errlen);
         if (rc)
@@ -274,6 +349,8 @@ static int validate(struct s2s_run *r, double *loss, char *err, size_t errlen)
 static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
 {
     const struct moe_options *c = r->c;
+    if (r->t.rank != 0) /* worker 0 writes the model */
+        return 0;
     char dir[MOE_PATH_MAX + 32], path[MOE_PATH_MAX + 64];
     if (c->checkpoint_dir[0]) {
         if (mkdir(c->checkpoint_dir, 0755) != 0 && errno != EEXIST)
@@ -353,7 +430,8 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, bo
             win_steps = win_tokens = 0;
         }
         double vl;
-        if (c->valid_every && r->valid.n && r->t.step % c->valid_every == 0 && r->t.step < c->steps &&
+        if (c->valid_every && r->valid.n && r->t.rank == 0 && r->t.step % c->valid_every == 0 &&
+            r->t.step < c->steps &&
             !(rc = validate(r, &vl, err, errlen)))
             printf("step %6" PRId64 " | valid ppl %.2f\n", r->t.step, exp(vl));
         /* (with a coordinator the cluster's checkpoints are its orders) */
@@ -409,7 +487,7 @@ int s2s_train_run(const struct moe_options *c, const volatile sig_atomic_t *sign
         teardown(&r);
         return 0;
     }
-    if (!rc && r.valid.n && !(rc = validate(&r, &vl, err, sizeof err)))
+    if (!rc && r.valid.n && r.t.rank == 0 && !(rc = validate(&r, &vl, err, sizeof err)))
         printf("validation perplexity %.2f after %" PRId64 " steps (%d pairs, %" PRId64
                " target tokens; cross-entropy %.9f per token)\n",
                exp(vl), r.t.step, r.valid.n, r.valid.tgt_tokens, vl);

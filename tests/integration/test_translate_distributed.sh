@@ -11,13 +11,8 @@
 #   - kill -9 of a server mid-run (the worker paused meanwhile, so that the
 #     kill lands mid-run whatever the machine's speed): the cluster rolls
 #     back, places the experts on the survivor and ends with the same bytes.
-BI="$IT_DIR/../../data/bible-en-es"
-head -n 200 "$BI/train.en" >"$WORK/train.en"
-head -n 200 "$BI/train.es" >"$WORK/train.es"
 K=40
-MT="--task translate --src-train $WORK/train.en --tgt-train $WORK/train.es --src-valid= \
---d-model 16 --d-hidden 24 --n-experts 4 --k 2 --batch 8 --steps $K --warmup 5 --lr 0.01 \
---threads 1 --src-vocab-max 400 --tgt-vocab-max 400 --max-len 150"
+mt_tiny $K
 "$BIN/moe-worker" $MT --log-level warn --log-every 1000 --final-model "$WORK/local" \
     >"$WORK/local.out" 2>&1 || fail "in-process run: $(tail -n 3 "$WORK/local.out")"
 M=model.safetensors
