@@ -89,12 +89,16 @@ void s2s_model_free(struct s2s_model *x)
 /* Calls fn for every tensor: name, shape and its floats in the model. */
 typedef int (*tensor_fn)(void *ctx, const char *name, int ndim, const int64_t *shape, float *data);
 
-/* What a file holds beyond the dense parameters: the dense Adam state
- * (opt, one block per parameter, "NAME.adam"), the experts. */
+/* What a file holds: the dense parameters, their Adam state (opt, one
+ * block per parameter, "NAME.adam"), the experts' parameters, their
+ * factored-Adam state ("...experts.E.w1.weight.fadam"). */
 struct file_parts {
+    bool dense;
     float *const *opt;
-    bool experts;
+    bool experts, expert_state;
 };
+
+static const struct file_parts MODEL_FILE = {true, NULL, true, false};
 
 static int for_each_part(const struct s2s_model *x, const struct file_parts *fp, tensor_fn fn,
                          void *ctx)
@@ -102,7 +106,8 @@ static int for_each_part(const struct s2s_model *x, const struct file_parts *fp,
     int rc = 0;
     for (int i = 0; i < s2s_n_params(x->m) && !rc; i++) {
         const struct layer_param p = s2s_param_at(x->m, i);
-        rc = fn(ctx, p.w->name, p.w->ndim, p.w->shape, p.w->data);
+        if (fp->dense)
+            rc = fn(ctx, p.w->name, p.w->ndim, p.w->shape, p.w->data);
         if (!rc && fp->opt) {
             char name[160];
             snprintf(name, sizeof name, "%s.adam", p.w->name);
@@ -110,24 +115,30 @@ static int for_each_part(const struct s2s_model *x, const struct file_parts *fp,
             rc = fn(ctx, name, 1, &n, fp->opt[i]);
         }
     }
-    if (!fp->experts)
+    if (!fp->experts && !fp->expert_state)
         return rc;
     static const char *const side[S2S_N_MOE] = {"encoder", "decoder"};
     const int D = x->cfg.d_model, H = x->cfg.d_hidden;
     for (int w = 0; w < S2S_N_MOE && !rc; w++)
         for (int e = 0; e < x->cfg.n_experts && !rc; e++) {
             float *blk = expert_shard_params(x->shard[w], e);
-            size_t off = 0;
+            float *st = expert_shard_opt_state(x->shard[w], e);
             for (int part = 0; part < EXPERT_PARTS && !rc; part++) {
                 const char *suffix;
                 int ndim;
                 int64_t shape[2];
                 size_t state;
                 expert_shard_part(part, D, H, &suffix, &ndim, shape, &state);
-                char name[96];
+                char name[112];
                 snprintf(name, sizeof name, "%s.moe.experts.%d.%s", side[w], e, suffix);
-                rc = fn(ctx, name, ndim, shape, blk + off);
-                off += (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
+                if (fp->experts)
+                    rc = fn(ctx, name, ndim, shape, blk);
+                if (!rc && fp->expert_state) {
+                    strcat(name, ".fadam");
+                    rc = fn(ctx, name, 1, &(int64_t){(int64_t)state}, st);
+                }
+                blk += (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
+                st += state;
             }
         }
     return rc;
@@ -135,7 +146,7 @@ static int for_each_part(const struct s2s_model *x, const struct file_parts *fp,
 
 static int for_each_tensor(const struct s2s_model *x, tensor_fn fn, void *ctx)
 {
-    return for_each_part(x, &(struct file_parts){NULL, true}, fn, ctx);
+    return for_each_part(x, &MODEL_FILE, fn, ctx);
 }
 
 struct entries {
@@ -219,14 +230,14 @@ static int save_parts(const struct s2s_model *x, const struct file_parts *fp, co
 int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
                    size_t errlen)
 {
-    return save_parts(x, &(struct file_parts){NULL, true}, S2S_FORMAT, path, step, err, errlen);
+    return save_parts(x, &MODEL_FILE, S2S_FORMAT, path, step, err, errlen);
 }
 
 int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,
                    char *err, size_t errlen)
 {
-    return save_parts(x, &(struct file_parts){opt, false}, S2S_STATE_FORMAT, path, step, err,
-                      errlen);
+    return save_parts(x, &(struct file_parts){true, opt, false, false}, S2S_STATE_FORMAT, path,
+                      step, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -334,10 +345,119 @@ int s2s_state_load(struct s2s_model *x, float *const *opt, const char *path, int
                           "expected %s)", path, fmt ? fmt : "none", S2S_STATE_FORMAT);
     if (!rc) {
         struct reader r = {st, err, errlen};
-        rc = for_each_part(x, &(struct file_parts){opt, false}, read_entry, &r);
+        rc = for_each_part(x, &(struct file_parts){true, opt, false, false}, read_entry, &r);
     }
     if (!rc)
         *step = strtoll(s, NULL, 10);
     moe_safetensors_close(&st);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Resuming */
+
+/* The optimizer file beside a model file: DIR/optim.safetensors. */
+static void optim_file(const char *model_file, char *out, size_t cap)
+{
+    const char *slash = strrchr(model_file, '/');
+    const int dir = slash ? (int)(slash - model_file) : 0;
+    snprintf(out, cap, "%.*s%soptim.safetensors", dir, model_file, slash ? "/" : "");
+}
+
+int s2s_optim_save(struct s2s_model *x, float *const *opt, const char *dir, int64_t step,
+                   char *err, size_t errlen)
+{
+    for (int w = 0; w < S2S_N_MOE; w++) /* the decays the experts owe (expert_shard.h) */
+        expert_shard_flush(x->shard[w], step);
+    char path[MOE_PATH_MAX + 96];
+    snprintf(path, sizeof path, "%s/optim.safetensors", dir);
+    return save_parts(x, &(struct file_parts){false, opt, false, true}, S2S_OPTIM_FORMAT, path,
+                      step, err, errlen);
+}
+
+/* The "config", "src_vocab" and "tgt_vocab" of the model file at path
+ * (borrowed from *st, which the caller closes). */
+static int open_model(const char *path, moe_safetensors_t **st, char *file, size_t cap,
+                      char *err, size_t errlen)
+{
+    s2s_model_file(path, file, cap);
+    if (!(*st = moe_safetensors_open(file, err, errlen)))
+        return MOE_ERR_FORMAT;
+    const char *fmt = moe_safetensors_meta(*st, "format");
+    if (!fmt || strcmp(fmt, S2S_FORMAT))
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                            "%s: not a translation model (format %s, expected %s)", file,
+                            fmt ? fmt : "none", S2S_FORMAT);
+    if (!moe_safetensors_meta(*st, "config") || !moe_safetensors_meta(*st, "src_vocab") ||
+        !moe_safetensors_meta(*st, "tgt_vocab"))
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                            "%s: the metadata lacks the configuration or a vocabulary", file);
+    return checkpoint_verify_checksum(*st, err, errlen);
+}
+
+int s2s_resume_adopt(struct moe_options *c, char *err, size_t errlen)
+{
+    moe_safetensors_t *st = NULL;
+    char file[MOE_PATH_MAX + 96];
+    int rc = open_model(c->resume, &st, file, sizeof file, err, errlen);
+    if (!rc)
+        rc = moe_options_adopt(c, moe_safetensors_meta(st, "config"), file, true, err, errlen);
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int s2s_resume_vocabs(const char *path, vocab_t **vs, vocab_t **vt, char *err, size_t errlen)
+{
+    moe_safetensors_t *st = NULL;
+    char file[MOE_PATH_MAX + 96];
+    int rc = open_model(path, &st, file, sizeof file, err, errlen);
+    if (!rc &&
+        (!(*vs = vocab_from_text(moe_safetensors_meta(st, "src_vocab"), "its source vocabulary",
+                                 err, errlen)) ||
+         !(*vt = vocab_from_text(moe_safetensors_meta(st, "tgt_vocab"), "its target vocabulary",
+                                 err, errlen))))
+        rc = MOE_ERR_FORMAT;
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int s2s_resume_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                    char *err, size_t errlen)
+{
+    moe_safetensors_t *st = NULL, *os = NULL;
+    char file[MOE_PATH_MAX + 96], ofile[MOE_PATH_MAX + 128];
+    int rc = open_model(path, &st, file, sizeof file, err, errlen);
+    struct reader r = {st, err, errlen};
+    if (!rc)
+        rc = for_each_tensor(x, read_entry, &r);
+    const char *s = st ? moe_safetensors_meta(st, "step") : NULL;
+    *step = s ? strtoll(s, NULL, 10) : 0;
+    optim_file(file, ofile, sizeof ofile);
+    if (!rc && !(os = moe_safetensors_open(ofile, err, errlen))) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", err);
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s has no optimizer state beside it (%s); --resume takes a "
+                          "checkpoint of a training run", file, why);
+    }
+    const char *fmt = os ? moe_safetensors_meta(os, "format") : NULL;
+    const char *os_step = os ? moe_safetensors_meta(os, "step") : NULL;
+    if (!rc && (!fmt || strcmp(fmt, S2S_OPTIM_FORMAT) || !os_step ||
+                strtoll(os_step, NULL, 10) != *step))
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s: not the optimizer state of %s (format %s, step %s; expected %s, "
+                          "step %" PRId64 ")", ofile, file, fmt ? fmt : "none",
+                          os_step ? os_step : "none", S2S_OPTIM_FORMAT, *step);
+    if (!rc)
+        rc = checkpoint_verify_checksum(os, err, errlen);
+    if (!rc) {
+        r.st = os;
+        rc = for_each_part(x, &(struct file_parts){false, opt, false, true}, read_entry, &r);
+    }
+    for (int w = 0; !rc && w < S2S_N_MOE; w++)
+        for (int e = 0; e < expert_shard_count(x->shard[w]); e++)
+            *expert_shard_opt_step(x->shard[w], e) = *step;
+    moe_safetensors_close(&st);
+    moe_safetensors_close(&os);
     return rc;
 }

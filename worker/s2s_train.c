@@ -7,10 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "moe_blas.h"
 #include "moe_err.h"
+#include "moe_file.h"
+#include "moe_kernels.h"
 #include "moe_log.h"
 #include "moe_optim.h"
 #include "moe_time.h"
@@ -39,6 +42,11 @@ struct s2s_run {
     float *flat;           /* several workers: the dense gradients, for the ring */
     size_t flat_n;
     double last_tps;
+    /* this run, for the report (this worker's share, a rollback's replayed
+     * steps included) */
+    int64_t start_step, src_tokens, tgt_tokens;
+    double *rows_routed;   /* (2E) rows sent to each expert, the encoder's first */
+    double train_secs, last_ppl;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -47,9 +55,13 @@ struct s2s_run {
 static int load_data(struct s2s_run *r, vocab_t **vs, vocab_t **vt, char *err, size_t errlen)
 {
     const struct moe_options *c = r->c;
-    if (!(*vs = vocab_build(c->src_train, c->src_vocab_max, err, errlen)) ||
-        !(*vt = vocab_build(c->tgt_train, c->tgt_vocab_max, err, errlen)))
+    if (c->resume[0]) { /* the resumed model's vocabularies */
+        if (s2s_resume_vocabs(c->resume, vs, vt, err, errlen))
+            return MOE_ERR_FORMAT;
+    } else if (!(*vs = vocab_build(c->src_train, c->src_vocab_max, err, errlen)) ||
+               !(*vt = vocab_build(c->tgt_train, c->tgt_vocab_max, err, errlen))) {
         return MOE_ERR_FORMAT;
+    }
     int rc = pcorpus_load(&r->train, c->src_train, c->tgt_train, *vs, *vt, c->max_len, err,
                           errlen);
     if (!rc && c->src_valid[0])
@@ -146,7 +158,14 @@ static int setup_remote(struct s2s_run *r, char *err, size_t errlen)
 static int setup(struct s2s_run *r, char *err, size_t errlen)
 {
     vocab_t *vs = NULL, *vt = NULL;
-    int rc = load_data(r, &vs, &vt, err, errlen);
+    int rc = r->c->report[0]
+                 ? moe_file_check_file_writable(r->c->report, "the report", err, errlen)
+                 : 0;
+    if (!rc && !(r->rows_routed = calloc((size_t)moe_options_experts_total(r->c),
+                                         sizeof(double))))
+        rc = moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory");
+    if (!rc)
+        rc = load_data(r, &vs, &vt, err, errlen);
     if (!rc) {
         moe_info("translation: %d training pairs (%" PRId64 " + %" PRId64 " tokens), %d valid; "
                  "vocabularies %d source, %d target words",
@@ -166,6 +185,12 @@ static int setup(struct s2s_run *r, char *err, size_t errlen)
             rc = MOE_ERR_NOMEM;
     if (!r->opt || rc)
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the optimizer state");
+    if (r->c->resume[0]) {
+        if ((rc = s2s_resume_load(&r->x, r->opt, r->c->resume, &r->t.step, err, errlen)))
+            return rc;
+        moe_info("resumed from %s at step %" PRId64, r->c->resume, r->t.step);
+    }
+    r->start_step = r->t.step;
     return setup_remote(r, err, errlen);
 }
 
@@ -176,6 +201,7 @@ static void teardown(struct s2s_run *r)
     moe_free_floats(&r->stats);
     moe_free_floats(&r->gstats);
     moe_free_floats(&r->flat);
+    free(r->rows_routed);
     for (int p = 0; r->opt && p < r->n_opt; p++)
         moe_free_floats(&r->opt[p]);
     free(r->opt);
@@ -300,8 +326,14 @@ static int train_step(struct s2s_run *r, double *xent, double *bal, char *err, s
         return rc;
     *xent = sum / (double)b.n_global;
     int64_t mine = 0; /* target tokens of this worker's pairs */
-    for (int i = 0; i < b.B; i++)
+    for (int i = 0; i < b.B; i++) {
         mine += b.tgt_len[i];
+        r->src_tokens += b.src_len[i];
+    }
+    r->tgt_tokens += mine;
+    for (int w = 0; w < S2S_N_MOE; w++)
+        for (int e = 0; e < c->n_experts; e++)
+            r->rows_routed[w * c->n_experts + e] += s2s_counts(m, w)[e];
     const float *imp[S2S_N_MOE] = {s2s_importance(m, 0), s2s_importance(m, 1)};
     const float *load[S2S_N_MOE] = {s2s_load(m, 0), s2s_load(m, 1)};
     if ((rc = global_stats(r, xent, sum / (double)(mine ? mine : 1), imp, load, err, errlen)))
@@ -367,11 +399,17 @@ static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
                             strerror(errno));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     int rc = 0;
-    /* remote experts: copied from the servers into this process's mirror */
-    for (int w = 0; w < S2S_N_MOE && r->t.remote && !rc; w++)
+    /* remote experts: copied from the servers into this process's mirror,
+     * their optimizer state that of this step */
+    for (int w = 0; w < S2S_N_MOE && r->t.remote && !rc; w++) {
         rc = expert_remote_fetch(r->t.remote_be, r->x.shard[w], r->t.step, err, errlen);
+        for (int e = 0; !rc && e < expert_shard_count(r->x.shard[w]); e++)
+            *expert_shard_opt_step(r->x.shard[w], e) = r->t.step;
+    }
     if (!rc)
         rc = s2s_model_save(&r->x, path, r->t.step, err, errlen);
+    if (!rc) /* what --resume needs beside the model */
+        rc = s2s_optim_save(&r->x, r->opt, dir, r->t.step, err, errlen);
     if (!rc)
         printf("model of step %" PRId64 " written to %s (moectl translate takes that folder)\n",
                r->t.step, dir);
@@ -412,6 +450,7 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, bo
             break;
         const double dt = moe_now_sec() - ts;
         r->last_tps = dt > 0 ? (double)r->pb.tokens / dt : 0;
+        r->train_secs += dt;
         win_loss += xent;
         win_bal += bal;
         win_steps++;
@@ -419,6 +458,7 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, bo
         all_tokens += r->pb.tokens;
         if (r->t.step % c->log_every == 0 || r->t.step == c->steps) {
             const double now = moe_now_sec(), loss = win_loss / (double)win_steps;
+            r->last_ppl = exp(loss);
             printf("step %6" PRId64 "/%" PRId64 " | %7.0f tok/s | loss %.4f | ppl %8.2f | "
                    "balance %.4f | lr %.2e\n",
                    r->t.step, c->steps, (double)win_tokens / (now - t0), loss, exp(loss),
@@ -451,13 +491,65 @@ static int run_steps(struct s2s_run *r, const volatile sig_atomic_t *signals, bo
     if (!rc)
         printf("trained %" PRId64 " steps in %.1f s: %.0f target tokens/s; %.0f parameters "
                "(%.0f dense, %.0f in 2 x %d experts)%s\n",
-               r->t.step, secs, (double)all_tokens / (secs > 0 ? secs : 1), dense + experts, dense,
-               experts, c->n_experts, *stopped ? "; the cluster stopped"
-                                      : *signals ? "; stopped by a signal" : "");
+               r->t.step - r->start_step, secs, (double)all_tokens / (secs > 0 ? secs : 1),
+               dense + experts, dense, experts, c->n_experts,
+               *stopped ? "; the cluster stopped" : *signals ? "; stopped by a signal" : "");
     if (!rc && *stopped)
         printf("stopped at step %" PRId64 " of %" PRId64 " (%s); the cluster's last checkpoint "
                "holds the model\n", r->t.step, c->steps, note);
     return rc;
+}
+
+/* --report: what this worker trained, as JSON (trainer__write_report). */
+static int write_report(const struct s2s_run *r, double valid_xent, char *err, size_t errlen)
+{
+    const struct moe_options *c = r->c;
+    const int E = c->n_experts;
+    json_t *o = json_object(), *rr = json_object();
+    json_object_set_new(o, "task", json_string("translate"));
+    json_object_set_new(o, "steps", json_integer(r->t.step));
+    json_object_set_new(o, "steps_this_run", json_integer(r->t.step - r->start_step));
+    json_object_set_new(o, "source_tokens", json_integer(r->src_tokens));
+    json_object_set_new(o, "target_tokens", json_integer(r->tgt_tokens));
+    json_object_set_new(o, "tokens_per_sec",
+                        json_real(r->train_secs > 0 ? (double)r->tgt_tokens / r->train_secs : 0));
+    json_object_set_new(o, "train_ppl", json_real(r->last_ppl));
+    const bool v = isfinite(valid_xent);
+    json_object_set_new(o, "valid_ppl", v ? json_real(exp(valid_xent)) : json_null());
+    json_object_set_new(o, "valid_cross_entropy", v ? json_real(valid_xent) : json_null());
+    const double dense = s2s_dense_params(s2s_config_of(r->x.m));
+    json_object_set_new(o, "params_dense", json_integer((json_int_t)dense));
+    json_object_set_new(o, "params_experts",
+                        json_integer((json_int_t)moe_options_experts_total(c) *
+                                     (json_int_t)expert_ffn_param_count(c->d_model, c->d_hidden)));
+    json_object_set_new(o, "n_experts", json_integer(E));
+    json_object_set_new(o, "moe_layers", json_integer(S2S_N_MOE));
+    json_object_set_new(o, "k", json_integer(c->k));
+    json_object_set_new(o, "src_vocab_size", json_integer(vocab_size(r->x.vs)));
+    json_object_set_new(o, "tgt_vocab_size", json_integer(vocab_size(r->x.vt)));
+    json_object_set_new(o, "seed", json_integer(c->seed));
+    json_object_set_new(o, "experts", json_string(c->experts));
+    static const char *const side[S2S_N_MOE] = {"encoder", "decoder"};
+    for (int w = 0; w < S2S_N_MOE; w++) {
+        json_t *a = json_array();
+        for (int e = 0; e < E; e++)
+            json_array_append_new(a, json_integer((json_int_t)r->rows_routed[w * E + e]));
+        json_object_set_new(rr, side[w], a);
+    }
+    json_object_set_new(o, "rows_routed", rr);
+    json_object_set_new(o, "rank", json_integer(r->t.rank));
+    json_object_set_new(o, "workers", json_integer(r->t.world));
+    json_object_set_new(o, "recoveries", json_integer(r->t.recoveries));
+    json_object_set_new(o, "blas_kernels", json_string(moe_kernels_effective()));
+    json_object_set_new(o, "blas_threads", json_integer(c->threads));
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        json_object_set_new(o, "peak_rss_mb", json_real((double)ru.ru_maxrss / 1024.0));
+    if (r->t.remote_be && r->tgt_tokens > 0)
+        json_object_set_new(o, "wire_bytes_per_token",
+                            json_real((double)expert_remote_wire_bytes(r->t.remote_be) /
+                                      (double)r->tgt_tokens));
+    return trainer__write_report(o, c->report, r->t.rank, err, errlen);
 }
 
 int s2s_train_run(const struct moe_options *c, const volatile sig_atomic_t *signals)
@@ -482,17 +574,15 @@ int s2s_train_run(const struct moe_options *c, const volatile sig_atomic_t *sign
     char note[300] = "";
     if (!rc)
         rc = run_steps(&r, signals, &stopped, note, sizeof note, err, sizeof err);
-    double vl;
-    if (!rc && stopped) {
-        teardown(&r);
-        return 0;
-    }
-    if (!rc && r.valid.n && r.t.rank == 0 && !(rc = validate(&r, &vl, err, sizeof err)))
+    double vl = NAN;
+    if (!rc && !stopped && r.valid.n && r.t.rank == 0 && !(rc = validate(&r, &vl, err, sizeof err)))
         printf("validation perplexity %.2f after %" PRId64 " steps (%d pairs, %" PRId64
                " target tokens; cross-entropy %.9f per token)\n",
                exp(vl), r.t.step, r.valid.n, r.valid.tgt_tokens, vl);
-    if (!rc)
+    if (!rc && !stopped) /* (stopped by the coordinator: its checkpoint holds the model) */
         rc = save(&r, true, err, sizeof err);
+    if (!rc && c->report[0])
+        rc = write_report(&r, vl, err, sizeof err);
     if (rc)
         fprintf(stderr, "moe-worker: error: %s\n", err);
     teardown(&r);

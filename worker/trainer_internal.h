@@ -6,6 +6,7 @@
 #ifndef TRAINER_INTERNAL_H
 #define TRAINER_INTERNAL_H
 
+#include <jansson.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -96,6 +97,10 @@ int trainer__setup_cluster(struct trainer *t, char *err, size_t errlen);
 void trainer__teardown_cluster(struct trainer *t);
 /* A byte count computed in double, as an unsigned integer (saturating). */
 uint64_t trainer__bytes_of(double b);
+
+/* trainer.c: writes the report o (taken) as JSON to `report` (worker 0)
+ * or `report`.rank<r>, atomically. 0 or MOE_ERR_IO with a sentence. */
+int trainer__write_report(json_t *o, const char *report, int rank, char *err, size_t errlen);
 
 /* trainer_cluster.c: the coordinator's epochs. */
 int trainer__wait_epoch(struct trainer *t, uint32_t flags, const char *why, char *err,

@@ -14,6 +14,7 @@
 #include "moe_options.h"
 #include "moe_tensor.h"
 #include "model_source.h"
+#include "s2s_checkpoint.h"
 #include "s2s_train.h"
 #include "trainer.h"
 
@@ -75,7 +76,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;
     }
-    if (cfg.resume[0] && (rc = adopt_model(&cfg, err, sizeof err))) {
+    if (cfg.resume[0] && (rc = moe_options_translate(&cfg) ? s2s_resume_adopt(&cfg, err, sizeof err)
+                                                           : adopt_model(&cfg, err, sizeof err))) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return moe_options_exit_code(rc);
     }

@@ -4,7 +4,8 @@
 # Importance, Load and rows routed in rank order, through their ring
 # (no coordinator) or through the coordinator. Both give the same bytes,
 # a rerun too; the model is within 1e-4 of one worker's (the sums run in
-# another order).
+# another order). And a one-worker cluster killed whole (kill -9) and
+# started again resumes from its last checkpoint to the in-process model.
 K=40
 mt_tiny $K
 MT="$MT --keys $KEYS"
@@ -61,3 +62,28 @@ cmp "$WORK/ringa/$M" "$WORK/coord/ck/step-$(printf %08d $K)/$M" ||
 [ -s "$WORK/coord/ck/step-$(printf %08d $K)/worker-1.safetensors" ] ||
     fail "worker 1 wrote no file of the cluster checkpoint"
 echo "  ok: 2 workers x 2 servers through the coordinator: the ring's bytes"
+
+# every process of a one-worker cluster killed (-9) after step 15, then
+# started again: the coordinator resumes from the last checkpoint, and the
+# model is the in-process one byte for byte
+base_args restart
+cl_init restart 1
+cl_server_endpoints 0 1
+cl_coord --servers "$CLSV"
+cl_server 0
+cl_server 1
+cl_worker 0
+cl_wait_step 0 15
+kill -STOP "$WPID0"
+cl_kill_all
+cl_coord --servers "$CLSV"
+cl_server 0
+cl_server 1
+cl_worker 0
+cl_finish
+grep -q "resuming from" "$CL/coordinator.log" || fail "the coordinator did not resume"
+cmp "$WORK/one/$M" "$WORK/restart/ck/step-$(printf %08d $K)/$M" ||
+    fail "the restarted cluster's model differs from the in-process one"
+echo "  ok: the whole cluster killed after step 15 and started again: resumed from" \
+    "$(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/step \1/p' "$CL/coordinator.log" | head -n 1)," \
+    "the in-process model byte for byte"
