@@ -236,8 +236,10 @@ int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, ch
 int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,
                    char *err, size_t errlen)
 {
-    return save_parts(x, &(struct file_parts){true, opt, false, false}, S2S_STATE_FORMAT, path,
-                      step, err, errlen);
+    /* opt NULL: another worker's file, its step alone (worker 0's holds
+     * the dense state, the same on every worker) */
+    return save_parts(x, &(struct file_parts){opt != NULL, opt, false, false}, S2S_STATE_FORMAT,
+                      path, step, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -67,7 +67,7 @@ int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, ch
  * experts): the dense parameters as in s2s_model_save, each one's Adam
  * state (opt[i] of parameter i, moe_adam_state_size floats) as
  * "NAME.adam", and the same metadata with format "moe-translate-state-1";
- * no experts. s2s_state_load reads such a file into x and opt (the same
+ * no experts (with opt NULL, the file of a worker other than 0: no tensor). s2s_state_load reads such a file into x and opt (the same
  * configuration) and the step it holds, checking its checksum. 0, or a
  * negative code with a sentence naming the file. */
 int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,

@@ -98,7 +98,7 @@ static int hook_save(void *ctx, struct trainer *t, const char *folder, char *fil
     char path[MOE_PATH_MAX + 96];
     snprintf(file, cap, "worker-%d.safetensors", t->rank);
     snprintf(path, sizeof path, "%s/%s", folder, file);
-    return s2s_state_save(&r->x, r->opt, path, t->step, err, errlen);
+    return s2s_state_save(&r->x, t->rank ? NULL : r->opt, path, t->step, err, errlen);
 }
 
 static int hook_load(void *ctx, struct trainer *t, const char *folder, char *err, size_t errlen)

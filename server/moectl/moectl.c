@@ -356,6 +356,17 @@ static int cmd_verify(const struct ctl *c)
     return rc ? 1 : 0;
 }
 
+/* eval, generate and export take the language model; a translation model
+ * gets a sentence pointing to translate. */
+static bool language_model(const struct ctl *c, const char *cmd)
+{
+    if (!moectl_is_translation(c->args[0]))
+        return true;
+    fprintf(stderr, "moectl: %s: %s is a translation model (moe-worker --task translate): use "
+                    "moectl translate\n", cmd, c->args[0]);
+    return false;
+}
+
 static int cmd_export(const struct ctl *c)
 {
     const char *arg = c->args[0], *out = c->args[1];
@@ -363,6 +374,8 @@ static int cmd_export(const struct ctl *c)
     char folder[4096], err[1024];
     struct moe_manifest m;
     bool verified;
+    if (!language_model(c, "export")) /* its model.safetensors is whole already */
+        return 1;
     if (resolve_checkpoint(arg, true, folder, sizeof folder, &m, &verified))
         return 1;
     (void)verified; /* export verifies again */
@@ -637,16 +650,6 @@ static int cmd_keygen(const struct ctl *c)
 }
 static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
 
-/* eval and generate run the language model; a translation model gets a
- * sentence pointing to translate. */
-static bool language_model(const struct ctl *c, const char *cmd)
-{
-    if (!moectl_is_translation(c->args[0]))
-        return true;
-    fprintf(stderr, "moectl: %s: %s is a translation model (moe-worker --task translate): use "
-                    "moectl translate\n", cmd, c->args[0]);
-    return false;
-}
 
 static int cmd_eval(const struct ctl *c)
 {

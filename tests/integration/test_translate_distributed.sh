@@ -65,6 +65,9 @@ PY
     fail "the coordinator's experts or the manifest: $(cat "$WORK/experts.json")"
 grep -q "  encoder 3$" "$WORK/experts.txt" && grep -q "  decoder 0$" "$WORK/experts.txt" ||
     fail "moectl experts does not label the layers: $(cat "$WORK/experts.txt")"
+expect_fail "moectl export of a translation cluster's checkpoint" \
+    "export: .*base/ck is a translation model .*: use moectl translate" \
+    "$BIN/moectl" export "$WORK/base/ck" "$WORK/x.safetensors"
 echo "  ok: with a coordinator (each layer on one server): the in-process model byte for byte; 8 experts in its table" \
     "(encoder 0..3, decoder 4..7, each layer's rows routed and Load) and manifests"
 
