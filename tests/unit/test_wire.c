@@ -490,7 +490,8 @@ static struct moe_wire_out out_forward(Moe__DType dtype)
                                  .dtype = dtype,
                                  .width = 6,
                                  .row0 = 1234567,
-                                 .placement_version = 300};
+                                 .placement_version = 300,
+                                 .layer = 1};
 }
 
 static void check_header(const Moe__Header *h, const struct moe_wire_out *o)
@@ -512,6 +513,7 @@ static void check_header(const Moe__Header *h, const struct moe_wire_out *o)
     ck_assert_int_eq(h->error_code, o->error_code);
     ck_assert_str_eq(h->error_text, o->error_text ? o->error_text : "");
     ck_assert_uint_eq(h->placement_version, o->placement_version);
+    ck_assert_uint_eq(h->layer, o->layer); /* the MoE layer (version 3) */
 }
 
 /* 5 rows x 6: random values plus the awkward bit patterns. */
