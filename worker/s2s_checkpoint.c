@@ -37,10 +37,12 @@ int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **v
         .moe_sigmoid = c->moe_sigmoid, .dropout = c->dropout, .w_importance = c->w_importance,
         .w_load = c->w_load, .seed = (uint64_t)c->seed, .B_max = B_max, .S_max = S_max,
         .T_max = T_max};
+    /* with expert servers this process holds no expert while it trains */
+    const int held = strcmp(c->experts, "remote") ? E : 0;
     if (c->memory_check) {
         /* the model, 2 x E experts, and (training) the dense Adam state */
         const double need = s2s_bytes(&sc) + (keep_grads ? 8 * s2s_dense_params(&sc) : 0) +
-                            2 * expert_shard_bytes(c->d_model, c->d_hidden, E, keep_grads);
+                            2 * expert_shard_bytes(c->d_model, c->d_hidden, held, keep_grads);
         char what[200];
         snprintf(what, sizeof what,
                  "the translation model (D=%d, %d + %d words, 2 x %d experts, batches of %d "
@@ -52,8 +54,8 @@ int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **v
             return rc;
         }
     }
-    x->shard[S2S_ENCODER] = model_experts_range(c, 0, E, keep_grads);
-    x->shard[S2S_DECODER] = model_experts_range(c, E, E, keep_grads);
+    x->shard[S2S_ENCODER] = model_experts_range(c, 0, held, keep_grads);
+    x->shard[S2S_DECODER] = model_experts_range(c, E, held, keep_grads);
     struct moe_backend be[S2S_N_MOE], dec;
     int rc = x->shard[0] && x->shard[1] ? 0 : MOE_ERR_NOMEM;
     if (!rc) {

@@ -51,8 +51,10 @@ struct s2s_model {
 
 /* The model of configuration c for the two vocabularies (taken: *vs and
  * *vt become NULL) and batches up to B_max pairs of S_max source and T_max
- * target positions, freshly initialised. keep_grads: for training. 0, or
- * a negative code with a sentence; x is then empty. */
+ * target positions, freshly initialised. keep_grads: for training. With
+ * c->experts "remote" the shards hold no expert (they live on the
+ * servers; the caller fills shard[] with every expert before writing the
+ * model). 0, or a negative code with a sentence; x is then empty. */
 int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **vs, vocab_t **vt,
                    int B_max, int S_max, int T_max, bool keep_grads, char *err, size_t errlen);
 void s2s_model_free(struct s2s_model *x);

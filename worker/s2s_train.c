@@ -10,11 +10,13 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include "model.h"
 #include "moe_blas.h"
 #include "moe_err.h"
 #include "moe_file.h"
 #include "moe_kernels.h"
 #include "moe_log.h"
+#include "moe_mem.h"
 #include "moe_optim.h"
 #include "moe_time.h"
 #include "moe_wire.h"
@@ -376,6 +378,35 @@ static int validate(struct s2s_run *r, double *loss, char *err, size_t errlen)
     return 0;
 }
 
+/* With expert servers: every expert of both layers, with its optimizer
+ * state of this step, fetched into all[] and put in the model's place
+ * (the caller puts its own shards back and destroys all[]). 1 with a
+ * warning when they do not fit in memory, 0, or a negative code. */
+static int fetch_experts(struct s2s_run *r, expert_shard_t *all[S2S_N_MOE], char *err,
+                         size_t errlen)
+{
+    const struct moe_options *c = r->c;
+    const int E = c->n_experts;
+    char why[512];
+    if (c->memory_check &&
+        moe_mem_check(trainer__bytes_of(2 * expert_shard_bytes(c->d_model, c->d_hidden, E, false)),
+                      "every expert, to write the model", why, sizeof why)) {
+        moe_warn("the model of step %" PRId64 " is not written: %s (the cluster's checkpoints "
+                 "hold it)", r->t.step, why);
+        return 1;
+    }
+    int rc = 0;
+    for (int w = 0; w < S2S_N_MOE && !rc; w++) {
+        if (!(all[w] = model_experts_range(c, w * E, E, false)))
+            return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the experts");
+        rc = expert_remote_fetch(r->t.remote_be, all[w], r->t.step, err, errlen);
+        for (int e = 0; !rc && e < E; e++)
+            *expert_shard_opt_step(all[w], e) = r->t.step;
+        r->x.shard[w] = all[w];
+    }
+    return rc;
+}
+
 /* The model of this step: checkpoint_dir/step-N/model.safetensors, or
  * final_model/model.safetensors at the end ("none": not written). */
 static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
@@ -398,14 +429,10 @@ static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
         return moe_err_fail(MOE_ERR_IO, err, errlen, "%s: cannot create: %s", dir,
                             strerror(errno));
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    int rc = 0;
-    /* remote experts: copied from the servers into this process's mirror,
-     * their optimizer state that of this step */
-    for (int w = 0; w < S2S_N_MOE && r->t.remote && !rc; w++) {
-        rc = expert_remote_fetch(r->t.remote_be, r->x.shard[w], r->t.step, err, errlen);
-        for (int e = 0; !rc && e < expert_shard_count(r->x.shard[w]); e++)
-            *expert_shard_opt_step(r->x.shard[w], e) = r->t.step;
-    }
+    expert_shard_t *held[S2S_N_MOE] = {r->x.shard[0], r->x.shard[1]}, *all[S2S_N_MOE] = {0};
+    int rc = r->t.remote ? fetch_experts(r, all, err, errlen) : 0;
+    if (rc == 1) /* no memory for them: said so */
+        return 0;
     if (!rc)
         rc = s2s_model_save(&r->x, path, r->t.step, err, errlen);
     if (!rc) /* what --resume needs beside the model */
@@ -413,6 +440,10 @@ static int save(struct s2s_run *r, bool final, char *err, size_t errlen)
     if (!rc)
         printf("model of step %" PRId64 " written to %s (moectl translate takes that folder)\n",
                r->t.step, dir);
+    for (int w = 0; w < S2S_N_MOE; w++) {
+        r->x.shard[w] = held[w];
+        expert_shard_destroy(&all[w]);
+    }
     return rc;
 }
 
