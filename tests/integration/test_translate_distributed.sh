@@ -7,7 +7,8 @@
 #   - with a coordinator (tcp, checkpoints every 10 steps; its placement
 #     gives each server one layer's experts) the cluster's model is the same
 #     bytes, its checkpoints hold 8 experts, and the coordinator's table
-#     shows both layers' experts with rows routed;
+#     shows both layers' experts with exactly the rows routed that the
+#     worker's --report counts (k per real token in each layer);
 #   - kill -9 of a server mid-run (the worker paused meanwhile, so that the
 #     kill lands mid-run whatever the machine's speed): the cluster rolls
 #     back, places the experts on the survivor and ends with the same bytes.
@@ -39,7 +40,7 @@ echo "  ok: 1 worker x 2 servers (ipc, no coordinator, both layers' experts on e
 # 2. and 3. with a coordinator, undisturbed and with kill -9 of server 1
 base_args() { # NAME
     A="$MT --log-level info --log-every 1 --checkpoint-dir $WORK/$1/ck --checkpoint-every 10 \
---timeout-ms 2000 --heartbeat-timeout-ms 1000"
+--timeout-ms 2000 --heartbeat-timeout-ms 1000 --report $WORK/$1.json"
 }
 final_of() { echo "$WORK/$1/ck/step-$(printf %08d $K)/$M"; }
 cl_start_pair base
@@ -50,7 +51,8 @@ wait "$WPID0" || fail "base: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
     >"$WORK/experts.json" || fail "GET /api/v1/experts"
 cl_stop
 cmp "$WORK/local/$M" "$(final_of base)" || fail "the coordinator's cluster differs from in-process"
-/usr/bin/python3 - "$WORK/experts.json" "$WORK/base/ck/step-$(printf %08d $K)/manifest.json" <<'PY' ||
+/usr/bin/python3 - "$WORK/experts.json" "$WORK/base/ck/step-$(printf %08d $K)/manifest.json" \
+    "$WORK/base.json" <<'PY' ||
 import json, sys
 x = json.load(open(sys.argv[1]))["experts"]
 assert [e["id"] for e in x] == list(range(8)), x
@@ -61,6 +63,14 @@ for side in (x[:4], x[4:]):  # each layer routes every token to k = 2 of its exp
     assert sum(e["load_last"] for e in side) > 0, side
 m = json.load(open(sys.argv[2]))
 assert m["n_experts"] == 8, m["n_experts"]
+# the worker's report: each layer routes every real token to k = 2
+# experts, and the coordinator counted the same rows for each expert
+r = json.load(open(sys.argv[3]))
+assert r["experts"] == "remote" and r["steps"] == 40 and r["recoveries"] == 0, r
+assert sum(r["rows_routed"]["encoder"]) == 2 * r["source_tokens"], r
+assert sum(r["rows_routed"]["decoder"]) == 2 * r["target_tokens"], r
+assert [e["rows_routed_total"] for e in x] == \
+    r["rows_routed"]["encoder"] + r["rows_routed"]["decoder"], (x, r["rows_routed"])
 PY
     fail "the coordinator's experts or the manifest: $(cat "$WORK/experts.json")"
 grep -q "  encoder 3$" "$WORK/experts.txt" && grep -q "  decoder 0$" "$WORK/experts.txt" ||
@@ -69,7 +79,7 @@ expect_fail "moectl export of a translation cluster's checkpoint" \
     "export: .*base/ck is a translation model .*: use moectl translate" \
     "$BIN/moectl" export "$WORK/base/ck" "$WORK/x.safetensors"
 echo "  ok: with a coordinator (each layer on one server): the in-process model byte for byte; 8 experts in its table" \
-    "(encoder 0..3, decoder 4..7, each layer's rows routed and Load) and manifests"
+    "(encoder 0..3, decoder 4..7, each layer's rows routed and Load, the rows the worker reports) and manifests"
 
 cl_start_pair kill
 cl_wait_step 0 12
@@ -79,6 +89,7 @@ kill -CONT "$WPID0"
 cl_finish
 cmp "$WORK/local/$M" "$(final_of kill)" || fail "kill -9 of a server: the model differs"
 grep -q "rolling back to step" "$CL/coordinator.log" || fail "no rollback after the kill"
+grep -q '"recoveries": 1,' "$WORK/kill.json" || fail "the report does not count the recovery"
 rec=$(sed -n 's/.*recovered in \([0-9.]*\) s.*rolled back from step \([0-9]*\) to \([0-9]*\).*/\1 s, step \2 -> \3/p' \
     "$CL/worker-0.log" | head -n 1)
 [ -n "$rec" ] || fail "worker 0 did not recover: $(tail -n 3 "$CL/worker-0.log")"
