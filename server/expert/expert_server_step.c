@@ -324,6 +324,21 @@ static void handle_eval(expert_server_t *s, struct moe_wire_msg *m)
     moe_free_floats(&y);
 }
 
+/* A training call of MoE layer l names experts of that layer only: ids
+ * l x n_experts .. (l + 1) x n_experts - 1. */
+static bool layer_ids(const expert_server_t *s, const Moe__Header *h, char *why, size_t len)
+{
+    const int64_t E = s->cfg->n_experts, lo = (int64_t)h->layer * E;
+    for (size_t i = 0; i < h->n_expert_ids; i++) {
+        if (h->expert_ids[i] < lo || h->expert_ids[i] >= lo + E) {
+            snprintf(why, len, "expert %d is not one of MoE layer %u (experts %" PRId64
+                     "..%" PRId64 ")", h->expert_ids[i], h->layer, lo, lo + E - 1);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool check_rows_fit(const Moe__Header *h, char *why, size_t len)
 {
     for (size_t j = 0; j < h->n_expert_ids; j++) {
@@ -386,6 +401,8 @@ static int validate_step_request(const expert_server_t *s, const struct moe_wire
                  s->layers);
         return MOE_ERR_STATE;
     }
+    if (fwd && !layer_ids(s, h, why, len))
+        return MOE_ERR_NOTFOUND;
     if (!fwd && s->phase != PH_BACKWARD) {
         snprintf(why, len, "backward of step %" PRIu64 " before every worker's forward", h->step);
         return MOE_ERR_STATE;

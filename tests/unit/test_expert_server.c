@@ -1271,7 +1271,8 @@ END_TEST
  * encoder experts 0, 2 and decoder experts 4, 6. A step is the forwards
  * of layer 0, then of layer 1, then the backwards of layer 1, then of
  * layer 0; a call of another layer is refused without a change (the
- * layer the step waits for, a layer the model lacks), and every reply of
+ * layer the step waits for, a layer the model lacks, an expert of the
+ * other layer), and every reply of
  * two steps equals one reference shard per layer (as in-process), so the
  * shard's per-layer caches keep the encoder's forward through the
  * decoder's. */
@@ -1297,6 +1298,8 @@ START_TEST(expert_server_two_layers)
             errors += expect_error(SV.wk[0], MOE_ERR_STATE, send_fwd(0, 0, &b[1][0]));
             send_layer = 2;
             errors += expect_error(SV.wk[0], MOE_ERR_STATE, send_fwd(0, 0, &b[0][0]));
+            send_layer = 0; /* a decoder expert in the encoder's call */
+            errors += expect_error(SV.wk[0], MOE_ERR_NOTFOUND, send_fwd(0, 0, &b[1][0]));
         }
         send_layer = 0;
         forwards_ok((uint64_t)step, &b[0][0], &b[0][1]);
