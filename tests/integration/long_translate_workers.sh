@@ -5,7 +5,9 @@
 # (no coordinator) or through the coordinator. Both give the same bytes,
 # a rerun too; the model is within 1e-4 of one worker's (the sums run in
 # another order). And a one-worker cluster killed whole (kill -9) and
-# started again resumes from its last checkpoint to the in-process model.
+# started again resumes from its last checkpoint to the in-process model,
+# and so does one that a third server joins mid-run (experts of both
+# layers migrate with their optimizer state).
 K=40
 mt_tiny $K
 MT="$MT --keys $KEYS"
@@ -87,3 +89,23 @@ cmp "$WORK/one/$M" "$WORK/restart/ck/step-$(printf %08d $K)/$M" ||
 echo "  ok: the whole cluster killed after step 15 and started again: resumed from" \
     "$(sed -n 's/.*resuming from .*(step \([0-9]*\)).*/step \1/p' "$CL/coordinator.log" | head -n 1)," \
     "the in-process model byte for byte"
+
+# a third server joins a one-worker cluster after step 15: experts of both
+# layers move to it with their optimizer state, the model is the same bytes
+base_args join
+cl_init join 1
+cl_server_endpoints 0 1
+cl_coord --servers "$CLSV"
+cl_server 0
+cl_server 1
+cl_worker 0
+cl_wait_step 0 15
+kill -STOP "$WPID0"
+cl_server 2
+kill -CONT "$WPID0"
+cl_finish
+moved=$(sed -n 's/.*epoch 2: 3 server(s), placement version 2 (\([0-9]*\) expert(s) moved).*/\1/p' "$CL/coordinator.log")
+[ "${moved:-0}" -ge 1 ] || fail "no expert moved to the third server: $(grep epoch "$CL/coordinator.log")"
+cmp "$WORK/one/$M" "$WORK/join/ck/step-$(printf %08d $K)/$M" ||
+    fail "with a server joining: the model differs from the in-process one"
+echo "  ok: a third server joined after step 15: $moved of 8 experts moved, the in-process model byte for byte"
