@@ -83,6 +83,7 @@ struct coord {
     double ck_started;
     /* stopping */
     bool stop_requested;          /* stop after the next checkpoint */
+    bool trained;                 /* the last step was committed: the workers are done */
     char stop_why[256];
     double now, forming_logged;
     /* for /metrics */

@@ -105,15 +105,13 @@ while kill -0 $s0 2>/dev/null || kill -0 $s1 2>/dev/null; do
     sleep 0.05
     n=$((n + 1))
 done
-grep -q "signal 15 again: stopping in 0.5 s" "$WORK/coord.err" || fail "no sentence on the second signal: $(tail -n 2 "$WORK/coord.err")"
+grep -q "signal 15 again: stopping within 1 s" "$WORK/coord.err" || fail "no sentence on the second signal: $(tail -n 2 "$WORK/coord.err")"
 echo "  ok: two SIGTERMs to the coordinator: both servers heard the stop and exited in $((n * 50)) ms"
 wait $s0 || fail "server 0 did not exit 0"
 wait $s1 || fail "server 1 did not exit 0"
-# The coordinator's exit status after two SIGTERMs is reported, not
-# asserted: it is 1 in some runs (the path that exits 1 is not yet found;
-# the servers' clean exit above is asserted).
-wait $coord; st=$?
-[ $st -eq 0 ] || echo "  OPEN: the coordinator exited $st after two SIGTERMs"
+# the stop reached every member still there (the workers, done after the
+# last step, are gone): exit 0
+wait $coord || fail "the coordinator exited $? after two SIGTERMs: $(tail -n 3 "$WORK/coord.err")"
 
 /usr/bin/python3 - "$WORK" <<'PY' || fail "rows routed reported by the coordinator differ from what the workers dispatched"
 import json, sys

@@ -152,6 +152,23 @@ for who in worker coordinator; do
         "restarted: export identical"
 done
 
+# A second SIGTERM stops the coordinator within a second. A member that
+# has not heard of the stop by then (server 1, frozen) is named and the
+# status is 1.
+start sigtwice 1
+cl_wait_step 0 20
+kill -STOP "$SPID1"
+kill -TERM "$CPID"
+sleep 0.05
+kill -TERM "$CPID"
+exits_within "$CPID" 5
+[ $EXIT -eq 1 ] || fail "two SIGTERMs with server 1 frozen: the coordinator exited $EXIT"
+grep -q "error: stopped by a second signal before server 1[ ,].*heard of the stop" "$CL/coordinator.log" ||
+    fail "two SIGTERMs with server 1 frozen: no sentence naming it: $(tail -n 2 "$CL/coordinator.log")"
+kill -CONT "$SPID1"
+cl_kill_all
+echo "  ok: two SIGTERMs, server 1 frozen: the coordinator exits 1 within 5 s naming server 1"
+
 # 4. Server ids: a joining server is server 2 everywhere; draining by id;
 # a dead server is pruned; bad drains are refused with a sentence.
 start ids 1
