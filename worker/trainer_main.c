@@ -58,6 +58,9 @@ static int adopt_model(struct moe_options *cfg, char *err, size_t errlen)
     return rc;
 }
 
+/* a SIGTERM before main's handlers waits for them (moe_options_signals_ready) */
+MOE_HOLD_SIGNALS_AT_LOAD
+
 int main(int argc, char **argv)
 {
     static struct moe_options cfg;
@@ -95,6 +98,7 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    moe_options_signals_ready();
     if (moe_options_translate(&cfg))
         return s2s_train_run(&cfg, &signals_seen);
     coord_client_stop_on_signal(&signals_seen);

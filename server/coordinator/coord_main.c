@@ -338,6 +338,9 @@ static const char coord_also[] =
     "give it the same --config file as the workers and servers. The other options of\n"
     "moe-worker and moe-server are accepted too.";
 
+/* a SIGTERM before main's handlers waits for them (moe_options_signals_ready) */
+MOE_HOLD_SIGNALS_AT_LOAD
+
 int main(int argc, char **argv)
 {
     static struct app a;
@@ -400,6 +403,7 @@ int main(int argc, char **argv)
     a.sig_term.data = a.sig_int.data = &a;
     uv_signal_start(&a.sig_term, on_signal, SIGTERM);
     uv_signal_start(&a.sig_int, on_signal, SIGINT);
+    moe_options_signals_ready();
     signal(SIGPIPE, SIG_IGN);
     printf("moe-coordinator: dashboard at http://%s:%d/ , statistics on %s\n", host,
            coord_http_port(a.http), a.cfg.coordinator);
