@@ -659,6 +659,13 @@ enum moe_recompute moe_options_recompute_mode(const struct moe_options *c)
 
 static pthread_t main_thread;
 
+static void stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+}
+
 /* Until the program's own handler: a SIGTERM/SIGINT that reached another
  * thread (OpenBLAS starts its threads before main) goes to the main
  * thread, where it waits, blocked. */
@@ -667,9 +674,7 @@ static void forward_to_main(int sig) { pthread_kill(main_thread, sig); }
 void moe_options_hold_signals(void)
 {
     sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
+    stop_signals(&stop);
     sigprocmask(SIG_BLOCK, &stop, NULL);
     main_thread = pthread_self();
     struct sigaction sa;
@@ -702,8 +707,6 @@ int moe_options_start(const struct moe_options *c, int argc, char **argv, char *
 void moe_options_signals_ready(void)
 {
     sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGTERM);
-    sigaddset(&stop, SIGINT);
+    stop_signals(&stop);
     sigprocmask(SIG_UNBLOCK, &stop, NULL);
 }
