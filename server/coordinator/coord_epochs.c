@@ -322,6 +322,8 @@ static void commit_checkpoint(coord_t *c)
          * (SIGTERM once the workers are done) stops the cluster now: in
          * FINISHED it would be forgotten, and the members told to stay for
          * that checkpoint would wait for ever */
+        moe_info("training finished: step %" PRId64 " of %" PRId64 ", last checkpoint %s", step,
+                 (int64_t)c->cfg->steps, folder);
         if (stop || c->stop_requested)
             enter_stopped(c, c->stop_why);
         else

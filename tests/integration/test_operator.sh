@@ -71,6 +71,8 @@ no_rollback() { # WHAT
 start base 1
 finish
 export_of base
+grep -q "training finished: step $K of $K, last checkpoint .*step-$(printf %08d $K)" "$CL/coordinator.log" ||
+    fail "the coordinator does not say that training finished: $(grep -i "finish\|step 300" "$CL/coordinator.log")"
 start base2 2
 finish
 export_of base2
