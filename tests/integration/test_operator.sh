@@ -175,7 +175,17 @@ echo "  ok: two SIGTERMs, server 1 frozen: the coordinator exits 1 within 5 s na
 # a dead server is pruned; bad drains are refused with a sentence.
 start ids 1
 cl_wait_step 0 60
+# the worker waits (SIGSTOP) until server 2 is due to join: on loaded
+# cores the 300 steps could end before it is up
+kill -STOP "$WPID0"
 cl_server 2
+n=0
+until grep -q "server 2 joins at the next step boundary" "$CL/coordinator.log"; do
+    [ $n -lt 600 ] || { kill -CONT "$WPID0"; fail "server 2 never joins: $(tail -n 3 "$CL/coordinator.log")"; }
+    sleep 0.05
+    n=$((n + 1))
+done
+kill -CONT "$WPID0"
 grep -q "as server 2" "$CL/server-2.log" || fail "the third server is not server 2: $(head -n 2 "$CL/server-2.log")"
 n=0
 until "$BIN/moectl" --http "$CLH" status 2>/dev/null | grep -Eq "^2 +tcp://127.0.0.1:$CLSP +yes +[a-z]+ +[1-9]"; do
