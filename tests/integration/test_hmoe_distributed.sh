@@ -9,7 +9,8 @@
 # the workers routed to their experts and to k_primary x the rows of the
 # run, Load_H exactly as the factors give it, the CVs over all experts and
 # over the groups; /metrics (prom_check --moe, promtool) with the group
-# count, each group's server and series; moectl experts --groups, status.
+# count, each group's server and series; moectl experts --groups, status;
+# the dashboard in headless Chromium (bars by group, one row per group).
 make_corpora
 H="--moe hierarchical --groups 3 --experts-per-group 2 --k-primary 2 --k 1"
 HT=$(echo "$TINY" | sed 's/--n-experts 6 //')
@@ -85,6 +86,17 @@ get /metrics >"$WORK/metrics.txt" || { stop_all; fail "GET /metrics"; }
 "$BIN/moectl" --http "$HTTP" experts --groups --sort load >"$WORK/groups.txt" ||
     { stop_all; fail "moectl experts --groups"; }
 "$BIN/moectl" --http "$HTTP" status >"$WORK/status.txt" || { stop_all; fail "moectl status"; }
+# the live dashboard in headless Chromium: its DOM only
+CHROME=$(command -v chromium || true)
+[ -n "$CHROME" ] || { stop_all; fail "chromium is not installed (deploy/install-deps.sh --test)"; }
+timeout 120 "$CHROME" --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+    --disable-background-networking --disable-component-update --disable-sync \
+    --disable-domain-reliability --no-default-browser-check --no-pings --disable-extensions \
+    --proxy-server=127.0.0.1:9 --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1" \
+    --user-data-dir="$(mktemp -d "$WORK/chrome-XXXXXX")" --window-size=1280,900 \
+    --virtual-time-budget=3000 --enable-logging=stderr --v=0 --dump-dom "http://$HTTP/" \
+    >"$WORK/dash.dom" 2>"$WORK/dash.log" || { stop_all; fail "chromium failed"; }
+grep ':CONSOLE' "$WORK/dash.log" && { stop_all; fail "the dashboard printed console messages (above)"; }
 kill -TERM $PIDS
 for p in $PIDS; do wait $p || fail "a server or the coordinator did not exit 0 on SIGTERM"; done
 /usr/bin/python3 "$IT_DIR/prom_check.py" --moe "$WORK/metrics.txt" --require moe_groups \
@@ -168,11 +180,22 @@ assert sorted(int(l[0]) for l in elines) == list(range(A * B)), elines
 for l in elines:
     e = experts[int(l[0])]
     assert int(l[1]) == e["expert_in_group"] and int(l[2]) == e["rows_routed_last"], (l, e)
+# the dashboard: 6 bars with their groups, one row per group with its server and rows routed
+dom = open(w + "/dash.dom").read()
+bars = re.findall(r'<rect [^>]*class="expert-bar"[^>]*>', dom)
+assert sorted((int(re.search(r'data-expert="(\d+)"', b).group(1)), re.search(r'data-group="(\d*)"', b).group(1))
+              for b in bars) == [(e, str(e // B)) for e in range(A * B)], bars
+rows = re.findall(r'<tr class="group-row" data-group="(\d+)">(.*?)</tr>', dom)
+assert [int(g) for g, _ in rows] == list(range(A)), rows
+for (gid, cells), g in zip(rows, groups):
+    c = re.findall(r"<td[^>]*>(.*?)</td>", cells)
+    assert c[1] == str(g["server"]) and c[2] == "%d" % g["rows_routed_last"], (c, g)
 assert re.search(r"^hierarchical: 3 groups x 2 experts; over all experts cv\^2 Importance_H ",
                  open(w + "/status.txt").read(), re.M), open(w + "/status.txt").read()
 print("  ok: monitoring: 3 groups on servers 0, 0, 1; rows per group = the workers' rows to its "
       "experts (%s), %d = k_primary x 40 x 32; Load_H from the factors exact; cv^2 Load_H %.4g, "
-      "Importance_H %.4g; /metrics (prom_check, promtool), moectl experts --groups and status"
+      "Importance_H %.4g; /metrics (prom_check, promtool), moectl experts --groups and status, "
+      "the dashboard's bars by group and group rows"
       % ([int(g["rows_routed_total"]) for g in groups], sum(g["rows_routed_total"] for g in groups),
          ex["cv2_load"], ex["cv2_importance"]))
 PY
