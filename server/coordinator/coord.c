@@ -158,7 +158,7 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     c->pending = calloc((size_t)c->W, sizeof *c->pending);
     /* a hierarchical MoE's workers send its per-group factors of Load_H too */
     const int X = moe_options_hierarchical(cfg) ? 2 * cfg->groups : 0;
-    if (c->stats && X && coord_stats_set_extras(c->stats, X))
+    if (c->stats && X && coord_stats_set_groups(c->stats, cfg->groups))
         coord_stats_destroy(&c->stats);
     c->reply = calloc(3 * (size_t)c->E + (size_t)X, sizeof(float));
     c->server_of = malloc(sizeof(int32_t) * (size_t)c->E);

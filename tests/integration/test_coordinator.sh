@@ -71,6 +71,10 @@ get /metrics >"$WORK/metrics.txt" || fail "GET /metrics"
 "$BIN/moectl" --http "$HTTP" experts --top 5 >"$WORK/top5.txt" || fail "moectl experts --top 5"
 "$BIN/moectl" --http "$HTTP" status >"$WORK/status.txt" || fail "moectl status"
 "$BIN/moectl" --http "$HTTP" checkpoint >/dev/null 2>&1 && fail "checkpoint without a token was accepted"
+"$BIN/moectl" --http "$HTTP" experts --groups >/dev/null 2>"$WORK/groups.err" &&
+    fail "moectl experts --groups on a flat MoE exited 0"
+grep -q "^moectl: experts --groups: the cluster's model is a flat MoE (no groups)$" "$WORK/groups.err" ||
+    fail "moectl experts --groups on a flat MoE: $(cat "$WORK/groups.err")"
 # The live dashboard in headless Chromium: no console message, one bar per
 # expert; the screenshot is kept in $ARTIFACTS.
 CHROME=$(command -v chromium || true)
@@ -122,6 +126,8 @@ coord = [e["rows_routed_total"] for e in sorted(experts["experts"], key=lambda e
 want = [a + b for a, b in zip(*mine)]
 print("  rows routed per expert (coordinator):", [int(x) for x in coord])
 assert experts["step"] == 14, experts["step"]
+assert experts["groups"] is None and experts["group_stats"] is None, experts
+assert not any("group" in e for e in experts["experts"]), experts["experts"][0]
 assert coord == want, (coord, want)
 # the history: steps 0..14 once each, columns adding up to the same rows
 h, hl = json.load(open(w + "/history.json")), json.load(open(w + "/history-load.json"))
