@@ -578,4 +578,15 @@ void coord_tick(coord_t *c, double now)
         }
     }
     coord__try_form(c);
+    /* a stall and its end, once each in the log (the dashboard's banner) */
+    const bool stalled = coord_stalled(c);
+    if (stalled && !c->stall_logged)
+        moe_warn("stalled: no step completed for %" PRIu64 " heartbeats while %s (moectl status "
+                 "shows each member's state)", coord_beats_since_step(c),
+                 c->phase == COORD_LOADING ? "loading" : "running");
+    else if (!stalled && c->stall_logged && !c->failed)
+        moe_warn("no longer stalled: %s", c->phase == COORD_STOPPED ? "the cluster stopped"
+                                          : coord_beats_since_step(c) == 0 ? "a step completed"
+                                                                           : "a new epoch began");
+    c->stall_logged = stalled;
 }

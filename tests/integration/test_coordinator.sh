@@ -116,6 +116,10 @@ wait $s1 || fail "server 1 did not exit 0"
 # the stop reached every member still there (the workers, done after the
 # last step, are gone): exit 0
 wait $coord || fail "the coordinator exited $? after two SIGTERMs: $(tail -n 3 "$WORK/coord.err")"
+# the stall before the workers came, and its end, once each in the log
+[ "$(grep -c "stalled: no step completed for [0-9]* heartbeats while loading" "$WORK/coord.err")" = 1 ] &&
+    [ "$(grep -c "no longer stalled: a step completed" "$WORK/coord.err")" = 1 ] ||
+    fail "the stall is not logged exactly once with its end: $(grep stalled "$WORK/coord.err")"
 
 /usr/bin/python3 - "$WORK" <<'PY' || fail "rows routed reported by the coordinator differ from what the workers dispatched"
 import json, sys
