@@ -5,14 +5,17 @@
 #   MoE:   --n-experts E --k K --d-hidden H in each MoE layer
 #   dense: --n-experts 1 --k 1 --d-hidden K*H (one expert as wide as the K
 #          active experts together: the same FLOPs per token)
-# Each run gets SECONDS of training (a SIGTERM ends it; the model of the
-# step reached is validated and written), then moectl translate (beam 4,
+# Both models train at the same time, one thread each (BENCH_MT_THREADS),
+# so that whatever else the machine runs slows both alike: the two get
+# the same wall time on the same cores. Each gets SECONDS of training (a
+# SIGTERM ends it; the model of the step reached is validated and
+# written), then moectl translate (beam 4,
 # GNMT length penalty 0.6) translates test.en and moectl bleu scores it
 # against test.es. Writes OUT_DIR/mt.json and OUT_DIR/mt.md: test BLEU,
 # validation perplexity, tokens/s, parameters and steps of each model, and
 # OUT_DIR/mt_NAME.hyp, the translations.
 # Usage: bench_mt.sh BUILD_DIR OUT_DIR [SECONDS] [D] [E] [K] [H]
-#   (defaults: 3600 s each, D 128, E 32, K 4, H 256)
+#   (defaults: 3600 s, D 128, E 32, K 4, H 256; BENCH_MT_THREADS 1)
 set -eu
 build=$(cd "${1:-build}" && pwd)
 outdir=$2
@@ -29,25 +32,36 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 data=data/bible-en-es
 common="--task translate --d-model $D --batch 32 --steps 1000000000 --lr 0.002 --warmup 400 \
---dropout 0.1 --log-every 500 --threads 2 --src-vocab-max 8000 --tgt-vocab-max 8000"
-run() {
+--dropout 0.1 --log-every 500 --threads ${BENCH_MT_THREADS:-1} --src-vocab-max 8000 --tgt-vocab-max 8000"
+train() {
     name=$1
     shift
     echo "bench_mt: training $name for $secs s: $*" >&2
     # shellcheck disable=SC2086
     timeout -s TERM --preserve-status "$secs" "$build/bin/moe-worker" $common "$@" \
         --final-model "$tmp/$name" >"$tmp/$name.log" 2>&1 ||
-        { echo "bench_mt: training $name failed: $(tail -n 3 "$tmp/$name.log")" >&2; exit 1; }
+        { echo "bench_mt: training $name failed: $(tail -n 3 "$tmp/$name.log")" >&2; return 1; }
+}
+score() {
+    name=$1
     "$build/bin/moectl" translate "$tmp/$name" --input "$data/test.en" --beam 4 \
         >"$tmp/$name.hyp" 2>"$tmp/$name.translate.log" ||
-        { echo "bench_mt: translating with $name failed" >&2; exit 1; }
+        { echo "bench_mt: translating with $name failed: $(tail -n 3 "$tmp/$name.translate.log")" >&2; exit 1; }
     "$build/bin/moectl" bleu "$data/test.es" "$tmp/$name.hyp" >"$tmp/$name.bleu"
     cp "$tmp/$name.hyp" "$outdir/mt_$name.hyp"
 }
-run moe --n-experts "$E" --k "$K" --d-hidden "$H"
-run dense --n-experts 1 --k 1 --d-hidden $((K * H))
+train moe --n-experts "$E" --k "$K" --d-hidden "$H" &
+moe_pid=$!
+train dense --n-experts 1 --k 1 --d-hidden $((K * H)) &
+dense_pid=$!
+ok=1
+wait "$moe_pid" || ok=0
+wait "$dense_pid" || ok=0
+[ "$ok" = 1 ] || exit 1
+score moe
+score dense
 python3 - "$tmp" "$outdir" "$secs" "$D" "$E" "$K" "$H" <<'PY'
-import json, re, sys
+import json, os, re, sys
 tmp, out, secs, D, E, K, H = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
 res = {"seconds": secs, "d_model": D, "corpus": "data/bible-en-es", "models": {}}
 for name in ("moe", "dense"):
@@ -68,7 +82,9 @@ m, d = res["models"]["moe"], res["models"]["dense"]
 res["bleu_gain"] = m["test_bleu"] - d["test_bleu"]
 json.dump(res, open(f"{out}/mt.json", "w"), indent=1)
 with open(f"{out}/mt.md", "w") as f:
-    f.write(f"## Translation: MoE against dense (data/bible-en-es, {secs} s of training each)\n\n")
+    thr = os.environ.get("BENCH_MT_THREADS", "1")
+    f.write(f"## Translation: MoE against dense (data/bible-en-es, {secs} s of training, "
+            f"both at once, {thr} thread(s) each)\n\n")
     f.write("| model | experts x k x H | parameters | steps | target tokens/s | valid ppl | test BLEU |\n")
     f.write("|---|---|---:|---:|---:|---:|---:|\n")
     for name, r in res["models"].items():

@@ -46,36 +46,23 @@ for n in $(echo "$list" | tr ',' ' '); do
         --report "$run/report.json" >"$run.out" 2>&1 ||
         { echo "bench_scale: n=$n failed: $(tail -n 3 "$run.out")" >&2; exit 1; }
     # tokens/s of steps 2..steps (the first pays for allocation)
-    python3 - "$run" "$n" "$B" "$T" "$steps" "$out" "$first" "$D" "$H" <<'PY'
-import json, re, sys, os
-run, n, B, T, steps, out, first, D, H = sys.argv[1:]
+    python3 - "$run" "$n" "$B" "$T" "$steps" "$out" "$first" "$D" "$H" "$here" <<'PY'
+import json, sys, os
+run, n, B, T, steps, out, first, D, H, here = sys.argv[1:]
 n, B, T, steps, D, H = int(n), int(B), int(T), int(steps), int(D), int(H)
-rep = json.load(open(os.path.join(run, "report.json")))
-tps = []
-for line in open(os.path.join(run, "..", f"n{n}.out")):
-    m = re.match(r"step\s+(\d+)/\d+ \|\s+(\d+) tok/s", line)
-    if m and int(m.group(1)) > 1:
-        tps.append(float(m.group(2)))
-tok_s = max(tps) if tps else rep["tokens_per_sec"]
-tok_s_mean = sum(tps) / len(tps) if tps else rep["tokens_per_sec"]
-rss = {}
-kernels = {rep["blas_kernels"]}
-for f in sorted(os.listdir(run)):
-    if f.startswith("server-") and f.endswith(".log"):
-        for line in open(os.path.join(run, f)):
-            m = re.search(r"peak RSS ([0-9.]+) MB", line)
-            if m:
-                rss[f[:-4]] = float(m.group(1))
-            m = re.search(r"BLAS kernels: (\S+) \(", line)
-            if m:
-                kernels.add(m.group(1))
+sys.dont_write_bytecode = True  # nothing written into benchmarks/
+sys.path.insert(0, here)
+import cluster_log
+c = cluster_log.read(run, os.path.join(run, "..", f"n{n}.out"), prefix="server-")
+rep, rss, tps = c["report"], c["peak_rss_mb"], c["timed_steps"]
+tok_s, tok_s_mean = c["tokens_per_sec"], c["tokens_per_sec_mean"]
 params = n * (2 * D * H + D + H)
 state = n * (2 * (D + H) + D + H)
 r = {"n_experts": n, "batch_rows": B * T, "rows_per_expert": B * T * 4 / n, "tokens_per_sec": tok_s,
-     "tokens_per_sec_mean": tok_s_mean, "timed_steps": len(tps),
+     "tokens_per_sec_mean": tok_s_mean, "timed_steps": tps,
      "worker_peak_rss_mb": rep.get("peak_rss_mb"), "server_peak_rss_mb": rss,
      "expert_params": params, "optimizer_state_floats": state,
-     "optimizer_state_per_param": state / params, "blas_kernels": "/".join(sorted(kernels))}
+     "optimizer_state_per_param": state / params, "blas_kernels": c["blas_kernels"]}
 print(json.dumps(r))
 with open(out + ".json", "a") as f:
     f.write(("" if first == "1" else ",\n") + json.dumps(r))

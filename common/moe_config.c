@@ -134,18 +134,42 @@ struct ini_ctx {
     void *cfg;
     const char *path;
     bool *given;
+    unsigned char *seen; /* (n) keys met in this file */
     int rc;
     char msg[512];
 };
+
+/* Whether some key of the table is written under section `sec`. */
+static bool known_section(const struct moe_opt *table, size_t n, const char *sec)
+{
+    for (size_t i = 0; i < n; i++)
+        if (table[i].section && strcmp(table[i].section, sec) == 0)
+            return true;
+    return false;
+}
 
 /* Debian's inih passes no line number to the handler: the error text is
  * kept here and prefixed with the line ini_parse_file() returns. */
 static int ini_on_entry(void *user, const char *section, const char *name, const char *value)
 {
     struct ini_ctx *c = user;
-    (void)section;
     if (c->rc)
         return 0;
+    /* a key is found whatever its section, but a section no key belongs
+     * to is a typo ([modle]) and a key given twice loses one value */
+    if (section[0] && !known_section(c->table, c->n, section)) {
+        snprintf(c->msg, sizeof c->msg, "unknown section [%.100s] (every key belongs to one of the "
+                 "sections --help lists)", section);
+        c->rc = MOE_ERR_CONFIG;
+        return 0;
+    }
+    const struct moe_opt *k = find_opt(c->table, c->n, name);
+    if (k && c->seen[k - c->table]++) {
+        snprintf(c->msg, sizeof c->msg, "\"%.100s\" is given a second time (a key may appear once; "
+                 "an indented line continues the one above it)", name);
+        c->rc = MOE_ERR_CONFIG;
+        return 0;
+    }
     c->rc = moe_config_set(c->table, c->n, c->cfg, name, value ? value : "", "", c->msg,
                            sizeof c->msg);
     if (c->rc == MOE_ERR_NOTFOUND)
@@ -213,8 +237,11 @@ int moe_config_load_ini(const struct moe_opt *table, size_t n, void *cfg, const 
 int moe_config_load_ini_text(const struct moe_opt *table, size_t n, void *cfg, const char *text,
                              const char *name, bool *given, char *err, size_t errlen)
 {
-    struct ini_ctx c = {table, n, cfg, name, given, 0, ""};
+    struct ini_ctx c = {table, n, cfg, name, given, calloc(n ? n : 1, 1), 0, ""};
+    if (!c.seen)
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "%s: out of memory", name);
     int r = ini_parse_string(text, ini_on_entry, &c);
+    free(c.seen);
     if (c.rc)
         return moe_err_fail(c.rc, err, errlen, "%s:%d: %s", name, r, c.msg);
     if (r != 0)

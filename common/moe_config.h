@@ -3,8 +3,8 @@
  *
  * Every key `d_model` of the table is also the flag `--d-model`. Precedence:
  * table default < INI file (given by --config PATH) < flags. INI sections
- * group keys for people; a key is found by name whatever section it is in.
- * Unknown keys, bad numbers and out-of-range values are errors that name the
+ * group keys for people; a key is found by name whatever section it is in,
+ * but a section no key belongs to and a key given twice are errors. Unknown keys, bad numbers and out-of-range values are errors that name the
  * file and line or the flag (an unknown flag with the nearest known one).
  * Flags are parsed with getopt_long. This module never prints (but for
  * --help) or exits. */

@@ -3,6 +3,8 @@
 #include "moe_options.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -662,11 +664,40 @@ enum moe_recompute moe_options_recompute_mode(const struct moe_options *c)
     return moe_options_recompute(c, &m, err, sizeof err) == 0 ? m : MOE_RECOMPUTE_NONE;
 }
 
+static pthread_t main_thread;
+
+static void stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+}
+
+/* Until the program's own handler: a SIGTERM/SIGINT that reached another
+ * thread (OpenBLAS starts its threads before main) goes to the main
+ * thread, where it waits, blocked. */
+static void forward_to_main(int sig) { pthread_kill(main_thread, sig); }
+
+void moe_options_hold_signals(void)
+{
+    sigset_t stop;
+    stop_signals(&stop);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
+    main_thread = pthread_self();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_to_main;
+    sigfillset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
+
 int moe_options_start(const struct moe_options *c, int argc, char **argv, char *err,
                       size_t errlen)
 {
     enum moe_log_level lvl;
     enum moe_recompute rc_mode;
+    moe_options_hold_signals();
     if (moe_log_parse_level(c->log_level, &lvl))
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--log-level: expected debug, info, warn or error");
@@ -678,4 +709,11 @@ int moe_options_start(const struct moe_options *c, int argc, char **argv, char *
         (rc = moe_file_check_dir_writable(c->checkpoint_dir, "checkpoints", err, errlen)))
         return rc;
     return moe_kernels_init(argc, argv, c->blas_kernels, err, errlen);
+}
+
+void moe_options_signals_ready(void)
+{
+    sigset_t stop;
+    stop_signals(&stop);
+    sigprocmask(SIG_UNBLOCK, &stop, NULL);
 }

@@ -189,6 +189,26 @@ enum moe_recompute moe_options_recompute_mode(const struct moe_options *c);
 int moe_options_start(const struct moe_options *c, int argc, char **argv, char *err,
                       size_t errlen);
 
+/* moe_options_start holds SIGTERM and SIGINT back (blocked in the calling
+ * thread, forwarded there from any other), so that a signal during the
+ * start-up (the kernels' self-test takes a fraction of a second, and may
+ * re-execute the process) is not the default's silent death: the program
+ * calls this once its own handlers are installed, and a signal that came
+ * meanwhile reaches them then. */
+void moe_options_signals_ready(void);
+
+/* What moe_options_start does first, for the daemons to call from a
+ * constructor too (MOE_HOLD_SIGNALS_AT_LOAD), before main: SIGTERM/SIGINT
+ * blocked in the calling thread and forwarded there from any other (the
+ * mask and a pending signal survive the kernels' re-execution; threads
+ * started later inherit the mask) until moe_options_signals_ready. */
+void moe_options_hold_signals(void);
+#define MOE_HOLD_SIGNALS_AT_LOAD                                                                   \
+    __attribute__((constructor)) static void moe_hold_signals_at_load(void)                        \
+    {                                                                                              \
+        moe_options_hold_signals();                                                                \
+    }
+
 /* Roles of the processes of a cluster (as in the wire header's `role`). */
 enum { MOE_ROLE_WORKER = 1, MOE_ROLE_SERVER = 2, MOE_ROLE_COORDINATOR = 3 };
 

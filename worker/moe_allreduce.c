@@ -359,8 +359,12 @@ static int ar_open_sockets(moe_allreduce_t *a, void *zmq_ctx, char *err, size_t 
     if (!a->pull || !a->push)
         return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: cannot create a ZeroMQ socket: %s",
                        a->rank, zmq_strerror(errno));
+    /* what this rank pushed last (the final step's pieces) must reach its
+     * successor even when this rank exits right after: a bounded linger
+     * (0 dropped it, and the successor waited timeout_ms for it) */
+    const int push_linger = a->timeout_ms < 5000 ? (int)a->timeout_ms : 5000;
     if (zmq_setsockopt(a->pull, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(a->push, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(a->push, ZMQ_LINGER, &push_linger, sizeof push_linger) ||
         zmq_setsockopt(a->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg))
         return moe_err_fail(MOE_ERR_IO, err, errlen, "rank %d: cannot set socket options: %s", a->rank,
                        zmq_strerror(errno));

@@ -81,7 +81,7 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
     json_object_set_new(o, "unigram_valid_ppl", isfinite(uni_ppl) ? json_real(uni_ppl) : json_null());
     json_object_set_new(o, "importance_cv", json_real(t->cv_n ? t->cv_imp_sum / t->cv_n : 0));
     json_object_set_new(o, "load_cv", json_real(t->cv_n ? t->cv_load_sum / t->cv_n : 0));
-    json_object_set_new(o, "load_max_over_mean", json_real(t->cv_n ? t->maxmean_sum / t->cv_n : 0));
+    json_object_set_new(o, "rows_routed_max_over_mean", json_real(t->cv_n ? t->maxmean_sum / t->cv_n : 0));
     json_object_set_new(o, "stats_window_steps", json_integer(t->cv_n));
     json_object_set_new(o, "n_experts", json_integer(c->n_experts));
     json_object_set_new(o, "k", json_integer(c->k));

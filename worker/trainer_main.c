@@ -60,6 +60,9 @@ static int adopt_model(struct moe_options *cfg, char *err, size_t errlen)
     return rc;
 }
 
+/* a SIGTERM before main's handlers waits for them (moe_options_signals_ready) */
+MOE_HOLD_SIGNALS_AT_LOAD
+
 int main(int argc, char **argv)
 {
     static struct moe_options cfg;
@@ -99,6 +102,7 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     coord_client_stop_on_signal(&signals_seen);
+    moe_options_signals_ready();
     if (moe_options_translate(&cfg))
         return s2s_train_run(&cfg, &signals_seen);
     return trainer_run(&cfg, &signals_seen);

@@ -158,7 +158,7 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     c->pending = calloc((size_t)c->W, sizeof *c->pending);
     /* a hierarchical MoE's workers send its per-group factors of Load_H too */
     const int X = moe_options_hierarchical(cfg) ? 2 * cfg->groups : 0;
-    if (c->stats && X && coord_stats_set_extras(c->stats, X))
+    if (c->stats && X && coord_stats_set_groups(c->stats, cfg->groups))
         coord_stats_destroy(&c->stats);
     c->reply = calloc(3 * (size_t)c->E + (size_t)X, sizeof(float));
     c->server_of = malloc(sizeof(int32_t) * (size_t)c->E);
@@ -578,4 +578,15 @@ void coord_tick(coord_t *c, double now)
         }
     }
     coord__try_form(c);
+    /* a stall and its end, once each in the log (the dashboard's banner) */
+    const bool stalled = coord_stalled(c);
+    if (stalled && !c->stall_logged)
+        moe_warn("stalled: no step completed for %" PRIu64 " heartbeats while %s (moectl status "
+                 "shows each member's state)", coord_beats_since_step(c),
+                 c->phase == COORD_LOADING ? "loading" : "running");
+    else if (!stalled && c->stall_logged && !c->failed)
+        moe_warn("no longer stalled: %s", c->phase == COORD_STOPPED ? "the cluster stopped"
+                                          : coord_beats_since_step(c) == 0 ? "a step completed"
+                                                                           : "a new epoch began");
+    c->stall_logged = stalled;
 }

@@ -165,6 +165,10 @@ void coord_stop_now(coord_t *c, const char *why);
  * status (0 stopped, 1 failed) and why (may be NULL) the failure's sentence. */
 bool coord_should_exit(const coord_t *c, double now, int *code, char *why, size_t cap);
 
+/* The live members not yet told of the end ("server 1 (tcp://...), worker
+ * 0"), into buf; returns how many. */
+int coord_untold(const coord_t *c, char *buf, size_t cap);
+
 /* The sentence of a failure the cluster cannot recover from, or NULL. */
 const char *coord_failure(const coord_t *c);
 /* Rollbacks so far. */

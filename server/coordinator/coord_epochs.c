@@ -317,10 +317,13 @@ static void commit_checkpoint(coord_t *c)
     if (pruned < 0)
         moe_warn("cannot prune old checkpoints in %s", c->cfg->checkpoint_dir);
     if (step >= c->cfg->steps) {
+        c->trained = true;
         /* a stop asked for while the last checkpoint was being written
          * (SIGTERM once the workers are done) stops the cluster now: in
          * FINISHED it would be forgotten, and the members told to stay for
          * that checkpoint would wait for ever */
+        moe_info("training finished: step %" PRId64 " of %" PRId64 ", last checkpoint %s", step,
+                 (int64_t)c->cfg->steps, folder);
         if (stop || c->stop_requested)
             enter_stopped(c, c->stop_why);
         else
@@ -476,15 +479,36 @@ bool coord_should_exit(const coord_t *c, double now, int *code, char *why, size_
     *code = c->failed ? 1 : 0;
     if (now - c->end_since >= TELL_GRACE_SECONDS)
         return true;
-    for (int s = 0; s < c->n_slots; s++) {
-        const struct coord_member *m = &c->servers[s];
-        if (m->used && m->registered && m->alive && !m->told)
-            return false;
+    return coord_untold(c, NULL, 0) == 0;
+}
+
+static bool untold(const coord_t *c, const struct coord_member *m, bool server)
+{
+    /* after the last step the workers leave by themselves (one that is
+     * gone looks alive until its heartbeat timeout): none waits for news */
+    return m->registered && m->alive && !m->told && (server ? m->used : !c->trained);
+}
+
+int coord_untold(const coord_t *c, char *buf, size_t cap)
+{
+    int n = 0;
+    size_t len = 0;
+    if (buf && cap)
+        buf[0] = '\0';
+    for (int i = 0; i < c->n_slots + c->W; i++) {
+        const bool server = i < c->n_slots;
+        const struct coord_member *m = server ? &c->servers[i] : &c->workers[i - c->n_slots];
+        if (!untold(c, m, server))
+            continue;
+        if (buf && len + 1 < cap) {
+            char who[320];
+            coord__member_name(c, m, who, sizeof who);
+            int w = snprintf(buf + len, cap - len, "%s%s", n ? ", " : "", who);
+            len = w < 0 ? len : len + (size_t)w < cap ? len + (size_t)w : cap - 1;
+        }
+        n++;
     }
-    for (int r = 0; r < c->W; r++)
-        if (c->workers[r].registered && c->workers[r].alive && !c->workers[r].told)
-            return false;
-    return true;
+    return n;
 }
 
 /* The answer to a member of a stopped or failed cluster (true: answered). */

@@ -83,6 +83,8 @@ struct coord {
     double ck_started;
     /* stopping */
     bool stop_requested;          /* stop after the next checkpoint */
+    bool trained;                 /* the last step was committed: the workers are done */
+    bool stall_logged;            /* the stall now going on was logged */
     char stop_why[256];
     double now, forming_logged;
     /* for /metrics */

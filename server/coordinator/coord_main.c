@@ -14,7 +14,7 @@
  *        (both need `Authorization: Bearer <http_token>`)
  * SIGTERM or SIGINT: a checkpoint at the next step boundary, then every
  * member is told to stop and the coordinator exits 0 (a second signal stops
- * it at once). When the cluster fails for good, it tells every member why
+ * it within a second: exit 1, naming them, if some member did not hear). When the cluster fails for good, it tells every member why
  * and exits 1 with that sentence. */
 #include <inttypes.h>
 #include <signal.h>
@@ -61,6 +61,7 @@ struct app {
     uv_signal_t sig_term, sig_int;
     int signals, exit_code;
     double exit_at; /* when to stop serving (0: not yet decided) */
+    double exit_by; /* a second signal's deadline (0: none) */
 };
 
 static double now_sec(uv_loop_t *loop) { return (double)uv_now(loop) / 1000.0; }
@@ -81,17 +82,26 @@ static void on_timer(uv_timer_t *t)
     char why[1100];
     /* Every member has been told; half a second more of answers, so that
      * none misses the news (answers sent just before the socket closes
-     * can be lost), then exit. A second signal sets exit_at itself: the
-     * stop was not complete, exit 1. */
+     * can be lost), then exit. A second signal sets a deadline of its own
+     * (exit_by); a member not told by then makes the exit status 1. */
     const bool done = coord_should_exit(a->coord, now, &code, why, sizeof why);
     if (done && a->exit_at == 0)
         a->exit_at = now + 0.5;
-    if (a->exit_at > 0 && now >= a->exit_at) {
-        a->exit_code = done ? code : 1;
-        if (done && code)
+    const bool due = (a->exit_at > 0 && now >= a->exit_at) || (a->exit_by > 0 && now >= a->exit_by);
+    if (!due)
+        return;
+    if (done) {
+        a->exit_code = code;
+        if (code)
             fprintf(stderr, "moe-coordinator: error: %s\n", why);
-        uv_stop(&a->loop);
+    } else {
+        char who[512];
+        coord_untold(a->coord, who, sizeof who);
+        fprintf(stderr, "moe-coordinator: error: stopped by a second signal before %s heard of "
+                        "the stop (they go on waiting for the coordinator)\n", who);
+        a->exit_code = 1;
     }
+    uv_stop(&a->loop);
 }
 
 static void respond(struct coord_http_response *resp, int status, const char *type, char *body)
@@ -277,15 +287,14 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     struct app *a = s->data;
     if (++a->signals > 1) {
-        /* Half a second still answers the servers' heartbeats (4 a second)
-         * with the stop: without it a server that had not heard yet would
-         * wait coordinator_wait_s for a coordinator that is gone. */
-        moe_warn("signal %d again: stopping in 0.5 s (the servers hear of the stop at their "
+        /* Up to a second still answers the servers' heartbeats (4 a
+         * second) with the stop: without it a server that had not heard yet
+         * would wait coordinator_wait_s for a coordinator that is gone. */
+        moe_warn("signal %d again: stopping within 1 s (the servers hear of the stop at their "
                  "next heartbeat)", signum);
         coord_stop_now(a->coord, "a second signal");
-        const double soon = now_sec(&a->loop) + 0.5;
-        if (a->exit_at == 0 || a->exit_at > soon)
-            a->exit_at = soon;
+        if (a->exit_by == 0)
+            a->exit_by = now_sec(&a->loop) + 1.0;
         return;
     }
     char why[96];
@@ -328,6 +337,9 @@ static const char coord_also[] =
     "options of moe-worker --help) to check that every member that registers agrees with it:\n"
     "give it the same --config file as the workers and servers. The other options of\n"
     "moe-worker and moe-server are accepted too.";
+
+/* a SIGTERM before main's handlers waits for them (moe_options_signals_ready) */
+MOE_HOLD_SIGNALS_AT_LOAD
 
 int main(int argc, char **argv)
 {
@@ -391,6 +403,7 @@ int main(int argc, char **argv)
     a.sig_term.data = a.sig_int.data = &a;
     uv_signal_start(&a.sig_term, on_signal, SIGTERM);
     uv_signal_start(&a.sig_int, on_signal, SIGINT);
+    moe_options_signals_ready();
     signal(SIGPIPE, SIG_IGN);
     printf("moe-coordinator: dashboard at http://%s:%d/ , statistics on %s\n", host,
            coord_http_port(a.http), a.cfg.coordinator);

@@ -24,9 +24,53 @@ static char *dump(json_t *o)
     return s;
 }
 
+/* A hierarchical MoE's groups (issue 17): per group its server, rows
+ * routed to it (|X^(i)|) and to its experts, Importance and Load_p. */
+static json_t *groups_json(const coord_t *c)
+{
+    const int A = coord_stats_n_groups(c->stats), B = A ? c->cfg->n_experts / A : 0;
+    json_t *arr = json_array();
+    double total = 0;
+    for (int i = 0; i < A; i++)
+        total += coord_stats_group(c->stats, i)->rows_last;
+    for (int i = 0; i < A; i++) {
+        const struct coord_group_stats *g = coord_stats_group(c->stats, i);
+        const int64_t sid = coord_server_of(c, i * B);
+        json_t *j = json_object();
+        json_object_set_new(j, "id", json_integer(i));
+        json_object_set_new(j, "server", sid < 0 ? json_null() : json_integer(sid));
+        json_object_set_new(j, "first_expert", json_integer((json_int_t)i * B));
+        json_object_set_new(j, "n_experts", json_integer(B));
+        json_object_set_new(j, "rows_routed_last", json_real(g->rows_last));
+        json_object_set_new(j, "rows_routed_total", json_real(g->rows_total));
+        json_object_set_new(j, "rows_routed_share", json_real(total > 0 ? g->rows_last / total : 0));
+        json_object_set_new(j, "expert_rows_routed_last", json_real(g->expert_rows_last));
+        json_object_set_new(j, "importance_last", json_real(g->importance_last));
+        json_object_set_new(j, "importance_avg", json_real(g->importance_avg));
+        json_object_set_new(j, "load_last", json_real(g->load_last));
+        json_object_set_new(j, "load_avg", json_real(g->load_avg));
+        json_array_append_new(arr, j);
+    }
+    return arr;
+}
+
+/* The balance summaries of /api/v1/experts and /api/v1/cluster. */
+static void balance_json(json_t *o, const coord_t *c)
+{
+    const bool hier = coord_stats_n_groups(c->stats) > 0;
+    json_object_set_new(o, "cv_importance", json_real(coord_stats_cv_importance(c->stats)));
+    json_object_set_new(o, "cv_load", json_real(coord_stats_cv_load(c->stats)));
+    json_object_set_new(o, "cv2_importance", json_real(coord_stats_cv2_importance(c->stats)));
+    json_object_set_new(o, "cv2_load", json_real(coord_stats_cv2_load(c->stats)));
+    json_object_set_new(o, "cv_group_importance",
+                        hier ? json_real(coord_stats_cv_group_importance(c->stats)) : json_null());
+    json_object_set_new(o, "cv_group_load",
+                        hier ? json_real(coord_stats_cv_group_load(c->stats)) : json_null());
+}
+
 char *coord_render_experts_json(const coord_t *c)
 {
-    const int E = c->E;
+    const int E = c->E, A = coord_stats_n_groups(c->stats), B = A ? E / A : 0;
     json_t *o = json_object(), *arr = json_array();
     double total = 0;
     for (int e = 0; e < E; e++)
@@ -51,11 +95,22 @@ char *coord_render_experts_json(const coord_t *c)
         json_object_set_new(j, "importance_avg", json_real(x->importance_avg));
         json_object_set_new(j, "load_last", json_real(x->load_last));
         json_object_set_new(j, "load_avg", json_real(x->load_avg));
+        if (A) {
+            json_object_set_new(j, "group", json_integer(e / B));
+            json_object_set_new(j, "expert_in_group", json_integer(e % B));
+            json_object_set_new(j, "load_in_group_last", json_real(x->load_group_last));
+        }
         json_array_append_new(arr, j);
     }
     json_object_set_new(o, "step", json_integer(coord_stats_completed_step(c->stats)));
     json_object_set_new(o, "placement_version", json_integer(c->placement_version));
+    /* groups and experts_per_group as in /api/v1/cluster and /api/v1/history */
+    json_object_set_new(o, "n_experts", json_integer(E));
+    json_object_set_new(o, "groups", A ? json_integer(A) : json_null());
+    json_object_set_new(o, "experts_per_group", A ? json_integer(B) : json_null());
+    balance_json(o, c);
     json_object_set_new(o, "experts", arr);
+    json_object_set_new(o, "group_stats", A ? groups_json(c) : json_null());
     return dump(o);
 }
 
@@ -129,8 +184,7 @@ char *coord_render_cluster_json(const coord_t *c)
                         hier ? json_integer(c->cfg->experts_per_group) : json_null());
     json_object_set_new(o, "servers", servers);
     json_object_set_new(o, "workers", workers);
-    json_object_set_new(o, "cv_importance", json_real(coord_stats_cv_importance(c->stats)));
-    json_object_set_new(o, "cv_load", json_real(coord_stats_cv_load(c->stats)));
+    balance_json(o, c);
     json_object_set_new(o, "max_over_mean_rows_routed",
                         json_real(coord_stats_max_over_mean_rows(c->stats)));
     json_object_set_new(o, "errors_total", json_integer((json_int_t)c->errors));
@@ -262,6 +316,89 @@ static int prom_top_experts(struct moe_prom_buf *b, const coord_t *c)
     return rc;
 }
 
+/* A hierarchical MoE's experts by group (only with the per-expert series):
+ * which group each is in, and its secondary Load within the group. */
+static int prom_experts_in_groups(struct moe_prom_buf *b, const coord_t *c)
+{
+    const int E = c->cfg->n_experts, A = coord_stats_n_groups(c->stats), B = E / A;
+    int rc = moe_prom_family(b, "moe_expert_group_info", MOE_PROM_GAUGE,
+                             "1, labelled with the expert's group and its index in the group "
+                             "(hierarchical MoE: expert = group x experts_per_group + index).");
+    for (int e = 0; rc == 0 && e < E; e++) {
+        char id[16], g[16], j[16];
+        snprintf(id, sizeof id, "%d", e);
+        snprintf(g, sizeof g, "%d", e / B);
+        snprintf(j, sizeof j, "%d", e % B);
+        const char *labels[] = {"expert", id, "group", g, "index", j, NULL};
+        rc = moe_prom_sample(b, NULL, labels, 1);
+    }
+    if (!rc)
+        rc = moe_prom_family(b, "moe_expert_load_in_group", MOE_PROM_GAUGE,
+                             "The group's secondary Load of the expert in the last step, "
+                             "Load_i(X^(i))_j summed over the workers (moe_expert_load is Load_H).");
+    for (int e = 0; rc == 0 && e < E; e++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", e);
+        const char *labels[] = {"expert", id, NULL};
+        rc = moe_prom_sample(b, NULL, labels, coord_stats_expert(c->stats, e)->load_group_last);
+    }
+    return rc;
+}
+
+/* A hierarchical MoE's groups (a few: always shown): the group count, each
+ * group's server, rows routed, Importance and Load_p, and the CVs over
+ * the groups. */
+static int prom_groups(struct moe_prom_buf *b, const coord_t *c)
+{
+    static const struct family_spec per_group[] = {
+        /* in the field order of v below */
+        {"moe_group_rows_routed_total", "Rows the primary gate sent to the group over the run (|X^(i)| summed; replayed steps again).", MOE_PROM_COUNTER},
+        {"moe_group_rows_routed_last_step", "Rows the primary gate sent to the group in the last step, |X^(i)| over all workers.", MOE_PROM_GAUGE},
+        {"moe_group_expert_rows_routed_last_step", "Rows routed to the group's experts in the last step (k x |X^(i)| when k <= experts_per_group).", MOE_PROM_GAUGE},
+        {"moe_group_importance", "Importance of the group in the last step: its experts' Importance_H summed.", MOE_PROM_GAUGE},
+        {"moe_group_load", "Primary Load of the group in the last step, Load_p(X)_i (the smooth estimate of its rows routed).", MOE_PROM_GAUGE},
+        {"moe_group_load_avg", "Moving average (0.9) of the group's primary Load.", MOE_PROM_GAUGE},
+    };
+    const int A = coord_stats_n_groups(c->stats), B = c->cfg->n_experts / A;
+    int rc = prom_one(b, "moe_groups", MOE_PROM_GAUGE,
+                      "Groups of the hierarchical MoE (moe_experts / moe_groups experts each).", A);
+    if (!rc)
+        rc = prom_one(b, "moe_group_importance_cv", MOE_PROM_GAUGE,
+                      "Coefficient of variation of the groups' Importance, last step.",
+                      coord_stats_cv_group_importance(c->stats));
+    if (!rc)
+        rc = prom_one(b, "moe_group_load_cv", MOE_PROM_GAUGE,
+                      "Coefficient of variation of the groups' primary Load, last step.",
+                      coord_stats_cv_group_load(c->stats));
+    if (!rc)
+        rc = moe_prom_family(b, "moe_group_info", MOE_PROM_GAUGE,
+                             "1, labelled with the group's server and its first expert (groups "
+                             "not placed yet have no server label).");
+    for (int i = 0; !rc && i < A; i++) {
+        char g[16], srv[24], first[16];
+        snprintf(g, sizeof g, "%d", i);
+        snprintf(first, sizeof first, "%d", i * B);
+        const int64_t sid = coord_server_of(c, i * B);
+        snprintf(srv, sizeof srv, "%" PRId64, sid);
+        const char *placed[] = {"group", g, "server", srv, "first_expert", first, NULL};
+        const char *unplaced[] = {"group", g, "first_expert", first, NULL};
+        rc = moe_prom_sample(b, NULL, sid < 0 ? unplaced : placed, 1);
+    }
+    for (int f = 0; !rc && f < (int)(sizeof per_group / sizeof per_group[0]); f++) {
+        rc = moe_prom_family(b, per_group[f].name, per_group[f].type, per_group[f].help);
+        for (int i = 0; !rc && i < A; i++) {
+            const struct coord_group_stats *x = coord_stats_group(c->stats, i);
+            const double v[] = {x->rows_total, x->rows_last, x->expert_rows_last,
+                                x->importance_last, x->load_last, x->load_avg};
+            char g[16];
+            snprintf(g, sizeof g, "%d", i);
+            const char *labels[] = {"group", g, NULL};
+            rc = moe_prom_sample(b, NULL, labels, v[f]);
+        }
+    }
+    return rc;
+}
+
 /* Per-expert series (when shown), then the summaries that always are. */
 static int prom_experts(struct moe_prom_buf *b, const coord_t *c, bool all)
 {
@@ -271,7 +408,7 @@ static int prom_experts(struct moe_prom_buf *b, const coord_t *c, bool all)
         {"moe_expert_rows_routed_last_step", "Rows routed to the expert in the last completed step.", MOE_PROM_GAUGE},
         {"moe_expert_importance", "Importance (sum of gates) of the expert in the last step.", MOE_PROM_GAUGE},
         {"moe_expert_importance_avg", "Moving average (0.9) of the expert's Importance.", MOE_PROM_GAUGE},
-        {"moe_expert_load", "Load (the smooth estimate of rows routed) of the expert in the last step.", MOE_PROM_GAUGE},
+        {"moe_expert_load", "Load (the smooth estimate of rows routed) of the expert in the last step; Load_H for a hierarchical MoE.", MOE_PROM_GAUGE},
         {"moe_expert_load_avg", "Moving average (0.9) of the expert's Load.", MOE_PROM_GAUGE},
     };
     const bool shown = all || c->E <= c->cfg->metrics_max_experts;
@@ -284,6 +421,10 @@ static int prom_experts(struct moe_prom_buf *b, const coord_t *c, bool all)
         rc = prom_per_expert(b, c, per_expert[f].name, per_expert[f].type, per_expert[f].help, f);
     if (shown && !rc)
         rc = prom_placement(b, c);
+    if (shown && !rc && coord_stats_n_groups(c->stats))
+        rc = prom_experts_in_groups(b, c);
+    if (!rc && coord_stats_n_groups(c->stats))
+        rc = prom_groups(b, c);
     return rc ? rc : prom_top_experts(b, c);
 }
 
@@ -331,10 +472,16 @@ static int prom_cluster(struct moe_prom_buf *b, const coord_t *c)
     } gauges[] = {
         {"moe_step", "Last training step completed by every worker.",
          (double)coord_stats_completed_step(c->stats)},
-        {"moe_importance_cv", "Coefficient of variation of the global Importance vector.",
+        {"moe_importance_cv", "Coefficient of variation of the global Importance vector "
+         "(Importance_H over every expert for a hierarchical MoE).",
          coord_stats_cv_importance(c->stats)},
-        {"moe_load_cv", "Coefficient of variation of the global Load vector.",
+        {"moe_load_cv", "Coefficient of variation of the global Load vector (Load_H over every "
+         "expert for a hierarchical MoE).",
          coord_stats_cv_load(c->stats)},
+        {"moe_importance_cv_squared", "moe_importance_cv squared: the balancing loss's Importance "
+         "term before its weight, last step.", coord_stats_cv2_importance(c->stats)},
+        {"moe_load_cv_squared", "moe_load_cv squared: the balancing loss's Load term before its "
+         "weight, last step.", coord_stats_cv2_load(c->stats)},
         {"moe_rows_routed_max_over_mean", "Rows routed to the busiest expert over the mean over "
          "experts, last step.",
          coord_stats_max_over_mean_rows(c->stats)},

@@ -19,11 +19,15 @@ struct coord_stats {
     double *loss_sub;
     int missing;
     float *g_imp, *g_load, *g_rows;
-    int X;                /* extra values per worker (coord_stats_set_extras) */
+    int A;                /* groups of a hierarchical MoE (0: flat) */
+    int X;                /* extra values per worker: 2A */
     float *sub_x, *g_x;   /* (W*X) their submissions, (X) their sums */
+    float *load_h;        /* (E + A) Load_H of the last step, then each group's
+                           * Importance (hierarchical) */
     struct coord_expert_stats *experts;
     struct coord_worker_stats *workers;
-    double cv_imp, cv_load, max_mean;
+    struct coord_group_stats *groups; /* (A) */
+    double cv2_imp, cv2_load, max_mean, cv_gimp, cv_gload;
     /* loss history as a sliding window, kept contiguous by shifting */
     int64_t *h_step;
     double *h_loss;
@@ -75,6 +79,8 @@ void coord_stats_destroy(coord_stats_t **sp)
     free(s->g_rows);
     free(s->sub_x);
     free(s->g_x);
+    free(s->load_h);
+    free(s->groups);
     free(s->experts);
     free(s->workers);
     free(s->h_step);
@@ -84,8 +90,9 @@ void coord_stats_destroy(coord_stats_t **sp)
     *sp = NULL;
 }
 
-/* CV (not squared) with the balancing loss's population variance. */
-static double cv(const float *v, int n)
+/* CV squared with the balancing loss's population variance (as
+ * gate_cv_squared computes it). */
+static double cv2(const float *v, int n)
 {
     const double np = (double)n + 1e-10;
     double sum = 0;
@@ -96,7 +103,37 @@ static double cv(const float *v, int n)
     for (int i = 0; i < n; i++)
         var += ((double)v[i] - mean) * ((double)v[i] - mean);
     var /= np;
-    return sqrt(var / (mean * mean + 1e-10));
+    return var / (mean * mean + 1e-10);
+}
+
+/* The Load_H of a hierarchical MoE's step and its groups' numbers, from
+ * the summed secondary loads and factors (Load_p | |X^(i)|). The product
+ * is taken in double and rounded once, as hmoe_layer's load_h. */
+static void complete_groups(coord_stats_t *s, bool first)
+{
+    const int A = s->A, B = s->E / s->A;
+    float *gimp = s->load_h + s->E;
+    for (int i = 0; i < A; i++) {
+        struct coord_group_stats *g = &s->groups[i];
+        const double load_p = s->g_x[i], n = s->g_x[A + i];
+        double imp = 0, rows = 0;
+        for (int j = 0; j < B; j++) {
+            const size_t e = (size_t)i * B + j;
+            s->load_h[e] = (float)((double)s->g_load[e] * load_p / (n + 1e-10));
+            imp += s->g_imp[e];
+            rows += s->g_rows[e];
+        }
+        g->rows_last = n;
+        g->rows_total += n;
+        g->expert_rows_last = rows;
+        g->importance_last = imp;
+        g->load_last = load_p;
+        g->importance_avg = first ? imp : s->ema * g->importance_avg + (1 - s->ema) * imp;
+        g->load_avg = first ? load_p : s->ema * g->load_avg + (1 - s->ema) * load_p;
+        gimp[i] = (float)imp;
+    }
+    s->cv_gimp = sqrt(cv2(gimp, A));
+    s->cv_gload = sqrt(cv2(s->g_x, A));
 }
 
 static void complete_step(coord_stats_t *s)
@@ -122,20 +159,24 @@ static void complete_step(coord_stats_t *s)
         s->g_x[i] = x;
     }
     const bool first = s->completed < 0;
+    if (s->A)
+        complete_groups(s, first);
+    const float *load = coord_stats_balance_load(s);
     double mx = 0, total = 0;
     for (int e = 0; e < E; e++) {
         struct coord_expert_stats *x = &s->experts[e];
         x->rows_last = s->g_rows[e];
         x->rows_total += s->g_rows[e];
         x->importance_last = s->g_imp[e];
-        x->load_last = s->g_load[e];
+        x->load_last = load[e];
+        x->load_group_last = s->g_load[e];
         x->importance_avg = first ? s->g_imp[e] : s->ema * x->importance_avg + (1 - s->ema) * s->g_imp[e];
-        x->load_avg = first ? s->g_load[e] : s->ema * x->load_avg + (1 - s->ema) * s->g_load[e];
+        x->load_avg = first ? load[e] : s->ema * x->load_avg + (1 - s->ema) * load[e];
         mx = s->g_rows[e] > mx ? s->g_rows[e] : mx;
         total += s->g_rows[e];
     }
-    s->cv_imp = cv(s->g_imp, E);
-    s->cv_load = cv(s->g_load, E);
+    s->cv2_imp = cv2(s->g_imp, E);
+    s->cv2_load = cv2(load, E);
     s->max_mean = total > 0 ? mx / (total / E) : 0;
     double loss = 0;
     for (int r = 0; r < s->W; r++)
@@ -149,31 +190,50 @@ static void complete_step(coord_stats_t *s)
     s->h_step[s->h_n] = s->current;
     s->h_loss[s->h_n] = loss;
     s->h_n++;
-    coord_history_add(s->experts_history, s->current, s->g_rows, s->g_load);
+    coord_history_add(s->experts_history, s->current, s->g_rows, load);
     s->completed = s->current;
     s->current++;
     memset(s->have, 0, sizeof(bool) * (size_t)s->W);
     s->missing = s->W;
 }
 
-int coord_stats_set_extras(coord_stats_t *s, int n)
+int coord_stats_set_groups(coord_stats_t *s, int groups)
 {
-    float *sub = calloc((size_t)(n > 0 ? n : 1) * (size_t)s->W, sizeof(float));
-    float *g = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-    if (n < 0 || !sub || !g) {
+    if (groups < 1 || s->E % groups)
+        return MOE_ERR_RANGE;
+    const size_t n = 2 * (size_t)groups;
+    float *sub = calloc(n * (size_t)s->W, sizeof(float));
+    float *g = calloc(n, sizeof(float));
+    float *lh = calloc((size_t)s->E + (size_t)groups, sizeof(float));
+    struct coord_group_stats *gs = calloc((size_t)groups, sizeof *gs);
+    if (!sub || !g || !lh || !gs) {
         free(sub);
         free(g);
-        return n < 0 ? MOE_ERR_RANGE : MOE_ERR_NOMEM;
+        free(lh);
+        free(gs);
+        return MOE_ERR_NOMEM;
     }
     free(s->sub_x);
     free(s->g_x);
+    free(s->load_h);
+    free(s->groups);
     s->sub_x = sub;
     s->g_x = g;
-    s->X = n;
+    s->load_h = lh;
+    s->groups = gs;
+    s->A = groups;
+    s->X = (int)n;
     return 0;
 }
 
+int coord_stats_n_groups(const coord_stats_t *s) { return s->A; }
 int coord_stats_n_extras(const coord_stats_t *s) { return s->X; }
+const float *coord_stats_balance_load(const coord_stats_t *s) { return s->A ? s->load_h : s->g_load; }
+const struct coord_group_stats *coord_stats_group(const coord_stats_t *s, int g) { return &s->groups[g]; }
+double coord_stats_cv2_importance(const coord_stats_t *s) { return s->cv2_imp; }
+double coord_stats_cv2_load(const coord_stats_t *s) { return s->cv2_load; }
+double coord_stats_cv_group_importance(const coord_stats_t *s) { return s->cv_gimp; }
+double coord_stats_cv_group_load(const coord_stats_t *s) { return s->cv_gload; }
 const float *coord_stats_global_extras(const coord_stats_t *s) { return s->g_x; }
 
 int coord_stats_submit(coord_stats_t *s, int64_t step, int rank, const float *imp,
@@ -219,7 +279,7 @@ int coord_stats_submit_ex(coord_stats_t *s, int64_t step, int rank, const float 
     memcpy(v, imp, sizeof(float) * (size_t)s->E);
     memcpy(v + s->E, load, sizeof(float) * (size_t)s->E);
     memcpy(v + 2 * s->E, rows, sizeof(float) * (size_t)s->E);
-    if (s->X)
+    if (s->X && extras) /* (extras is there when X > 0: checked above) */
         memcpy(s->sub_x + (size_t)rank * s->X, extras, sizeof(float) * (size_t)s->X);
     s->loss_sub[rank] = loss;
     s->have[rank] = true;
@@ -247,8 +307,8 @@ int coord_stats_n_experts(const coord_stats_t *s) { return s->E; }
 int coord_stats_n_workers(const coord_stats_t *s) { return s->W; }
 const struct coord_expert_stats *coord_stats_expert(const coord_stats_t *s, int e) { return &s->experts[e]; }
 const struct coord_worker_stats *coord_stats_worker(const coord_stats_t *s, int r) { return &s->workers[r]; }
-double coord_stats_cv_importance(const coord_stats_t *s) { return s->cv_imp; }
-double coord_stats_cv_load(const coord_stats_t *s) { return s->cv_load; }
+double coord_stats_cv_importance(const coord_stats_t *s) { return sqrt(s->cv2_imp); }
+double coord_stats_cv_load(const coord_stats_t *s) { return sqrt(s->cv2_load); }
 double coord_stats_max_over_mean_rows(const coord_stats_t *s) { return s->max_mean; }
 
 size_t coord_stats_loss_history(const coord_stats_t *s, const int64_t **steps, const double **loss)

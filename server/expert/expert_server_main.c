@@ -38,6 +38,9 @@ static const char summary[] =
     "configuration file (and its keys) with moe-worker: model sizes, seed, learning-rate\n"
     "schedule and expert optimizer must be the same on every process.";
 
+/* a SIGTERM before main's handlers waits for them (moe_options_signals_ready) */
+MOE_HOLD_SIGNALS_AT_LOAD
+
 int main(int argc, char **argv)
 {
     static struct moe_options cfg;
@@ -75,6 +78,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     coord_client_stop_on_signal(&stop_flag);
+    moe_options_signals_ready();
     expert_server_t *s = expert_server_new(&cfg, err, sizeof err);
     if (!s) {
         /* a signal while it waited for the coordinator is the operator's stop */

@@ -5,6 +5,7 @@
  *
  *   moectl [--http ADDR] [--json] status
  *   moectl [--http ADDR] [--json] experts [--top N] [--sort rows|total|load|importance]
+ *                                         [--groups]
  *   moectl [--http ADDR] [--token T] checkpoint
  *   moectl [--http ADDR] [--token T] drain SERVER
  *   moectl verify CHECKPOINT
@@ -62,6 +63,7 @@ struct ctl {
     char token_buf[256];      /* --token-file or MOE_HTTP_TOKEN */
     const char *token_file;
     bool json, params_only, force;
+    bool groups;              /* experts --groups */
     long top;                 /* experts --top; 0: all */
     struct moectl_model_opts model; /* eval and generate */
     const char *sort;         /* experts --sort */
@@ -111,6 +113,9 @@ static void usage(FILE *f)
                "  --sort KEY               experts, most first: rows (rows routed in the last\n"
                "                           step, the default), total (rows routed over the\n"
                "                           run), load (Load, last step) or importance\n"
+               "  --groups                 experts of a hierarchical MoE: a table per group\n"
+               "                           (its server, rows routed to it, Importance, primary\n"
+               "                           Load) with its experts below, sorted by --sort\n"
                "  --params-only            export: parameters without optimizer state\n"
                "  --corpus FILE            eval: the text to measure (one sentence per line)\n"
                "  --batch B                eval: streams read in parallel (default: the\n"
@@ -477,8 +482,14 @@ static double jnum(json_t *o, const char *key)
 static void print_status(json_t *j)
 {
     printf("step %lld, placement version %lld\n", jint(j, "step"), jint(j, "placement_version"));
-    printf("Load CV %.3f, Importance CV %.3f, max/mean rows routed %.2f\n\n", jnum(j, "cv_load"),
+    printf("Load CV %.3f, Importance CV %.3f, max/mean rows routed %.2f\n", jnum(j, "cv_load"),
            jnum(j, "cv_importance"), jnum(j, "max_over_mean_rows_routed"));
+    if (json_is_integer(json_object_get(j, "groups")))
+        printf("hierarchical: %lld groups x %lld experts; over all experts cv^2 Importance_H "
+               "%.4g, cv^2 Load_H %.4g; over the groups CV Importance %.3f, CV Load_p %.3f\n",
+               jint(j, "groups"), jint(j, "experts_per_group"), jnum(j, "cv2_importance"),
+               jnum(j, "cv2_load"), jnum(j, "cv_group_importance"), jnum(j, "cv_group_load"));
+    printf("\n");
     const char *phase = json_string_value(json_object_get(j, "phase"));
     const char *ckpt = json_string_value(json_object_get(j, "committed_checkpoint"));
     printf("epoch %lld, %s%s, %lld rollback(s), last checkpoint step %lld%s%s%s\n",
@@ -525,8 +536,51 @@ static int cmp_expert(const void *a, const void *b)
     return jint(x, "id") < jint(y, "id") ? -1 : jint(x, "id") > jint(y, "id");
 }
 
+/* experts --groups: each group of a hierarchical MoE (id order), then its
+ * experts e[] (sorted already), --top of them per group. SHARE is of the
+ * rows routed to the group's experts; LOAD is Load_H, LOAD IN GROUP the
+ * group's secondary Load. */
+static void print_groups(const struct ctl *c, json_t *j, json_t **e, size_t n, const char *by)
+{
+    json_t *groups = json_object_get(j, "group_stats");
+    printf("step %lld; %lld groups of %lld experts, experts sorted by %s\n", jint(j, "step"),
+           jint(j, "groups"), jint(j, "experts_per_group"), by);
+    printf("over all experts: cv^2 Importance_H %.4g, cv^2 Load_H %.4g; over the groups: CV "
+           "Importance %.3f, CV Load_p %.3f\n", jnum(j, "cv2_importance"), jnum(j, "cv2_load"),
+           jnum(j, "cv_group_importance"), jnum(j, "cv_group_load"));
+    size_t gi;
+    json_t *g;
+    json_array_foreach(groups, gi, g) {
+        json_t *server = json_object_get(g, "server");
+        printf("\n%-7s %-7s %12s %7s %13s %10s %10s\n", "GROUP", "SERVER", "ROWS ROUTED", "SHARE",
+               "TOTAL ROUTED", "IMPORTANCE", "LOAD_P");
+        printf("%-7lld %-7lld %12.0f %6.1f%% %13.0f %10.2f %10.2f\n", jint(g, "id"),
+               json_is_integer(server) ? (long long)json_integer_value(server) : -1LL,
+               jnum(g, "rows_routed_last"), 100 * jnum(g, "rows_routed_share"),
+               jnum(g, "rows_routed_total"), jnum(g, "importance_last"), jnum(g, "load_last"));
+        printf("  %-7s %5s %12s %7s %13s %10s %10s %13s\n", "EXPERT", "INDEX", "ROWS ROUTED",
+               "SHARE", "TOTAL ROUTED", "IMPORTANCE", "LOAD", "LOAD IN GROUP");
+        const double in = jnum(g, "expert_rows_routed_last");
+        size_t shown = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (jint(e[i], "group") != jint(g, "id") || (c->top > 0 && shown >= (size_t)c->top))
+                continue;
+            shown++;
+            printf("  %-7lld %5lld %12.0f %6.1f%% %13.0f %10.2f %10.2f %13.2f\n", jint(e[i], "id"),
+                   jint(e[i], "expert_in_group"), jnum(e[i], "rows_routed_last"),
+                   in > 0 ? 100 * jnum(e[i], "rows_routed_last") / in : 0.0,
+                   jnum(e[i], "rows_routed_total"), jnum(e[i], "importance_last"),
+                   jnum(e[i], "load_last"), jnum(e[i], "load_in_group_last"));
+        }
+    }
+}
+
 static int print_experts(const struct ctl *c, json_t *j)
 {
+    if (c->groups && !json_is_array(json_object_get(j, "group_stats"))) {
+        fprintf(stderr, "moectl: experts --groups: the cluster's model is a flat MoE (no groups)\n");
+        return MOE_EXIT_FAILURE;
+    }
     json_t *arr = json_object_get(j, "experts");
     size_t n = json_array_size(arr);
     json_t **e = malloc(sizeof(json_t *) * (n ? n : 1));
@@ -546,6 +600,11 @@ static int print_experts(const struct ctl *c, json_t *j)
                      : !strcmp(c->sort, "total")    ? "rows routed (over the run)"
                      : !strcmp(c->sort, "load")     ? "Load (last step)"
                                                     : "rows routed (last step)";
+    if (c->groups) {
+        print_groups(c, j, e, n, by);
+        free(e);
+        return MOE_EXIT_OK;
+    }
     printf("step %lld; %zu experts, sorted by %s\n", jint(j, "step"), n, by);
     /* a model of several MoE layers (translation): which one, and its
      * expert there */
@@ -703,6 +762,7 @@ static const struct option long_options[] = {
     {"input", required_argument, NULL, 'i'}, {"beam", required_argument, NULL, 'B'},
     {"max-len-ratio", required_argument, NULL, 'r'},
     {"length-penalty", required_argument, NULL, 'a'},
+    {"groups", no_argument, NULL, 'g'},
     {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
 };
 
@@ -786,6 +846,7 @@ static int parse_options(int argc, char **argv, struct ctl *c)
         case 'T': c->token_file = optarg; break;
         case 'f': c->force = true; break;
         case 'j': c->json = true; break;
+        case 'g': c->groups = true; break;
         case 'p': c->params_only = true; break;
         case 'n':
             if (!moe_cli_long(optarg, 1, 1000000000L, &c->top))

@@ -17,11 +17,16 @@
 #            exactly 16 rect.heat-row (one per expert, ids 0..15) whose
 #            totals are the history's sums and whose hottest is the hot
 #            expert, an image of 16 x 60 cells, no group boundaries, no
-#            banner; the screenshot OUTDIR/dashboard.png (1280x1400)
+#            groups table, no banner; the screenshot OUTDIR/dashboard.png
+#            (1280x1400)
 #   hier     a hierarchical model (4 groups of 8 experts, Load history of
 #            128 columns, one without steps) stalled in a rollback loop:
 #            32 heat-rows with their groups, 3 group boundaries, 4 group
-#            labels, the banner's exact sentence; the screenshot
+#            labels, the banner's exact sentence; the bar chart's 32 bars
+#            with their groups and its 3 group boundaries; the groups
+#            table: exactly 4 tr.group-row (0..3) with each group's server,
+#            rows routed, share and busiest expert; the tiles of its shape
+#            and cv^2 of Importance_H and Load_H; the screenshot
 #            OUTDIR/dashboard-heatmap.png (1280x1400)
 #   sparse   fields missing, of the wrong type or absurdly large: drawn
 #            without errors (5 bars for the 5 entries with a usable id, no
@@ -191,10 +196,21 @@ import json, math, sys
 d = sys.argv[1]
 G, B, step, cols = 4, 8, 80, 128
 E = G * B
-experts = [{"id": e, "server": e % 3, "rows_routed_last": 40 + (30 if e // B == 2 else 0),
+# whole groups on servers 0, 1, 2, 0; group 2 hot, its expert 21 the busiest
+experts = [{"id": e, "server": [0, 1, 2, 0][e // B],
+            "rows_routed_last": 40 + (30 if e // B == 2 else 0) + (9 if e == 21 else 0),
             "rows_routed_total": 4000 + e, "load_last": 40.5, "load_avg": 40.25,
-            "importance_last": 1.5, "importance_avg": 1.25, "rows_routed_share": 1 / E}
+            "importance_last": 1.5, "importance_avg": 1.25, "rows_routed_share": 1 / E,
+            "group": e // B, "expert_in_group": e % B, "load_in_group_last": 12.5 + e % B}
            for e in range(E)]
+rows = [sum(x["rows_routed_last"] for x in experts if x["group"] == g) for g in range(G)]
+groups = [{"id": g, "server": [0, 1, 2, 0][g], "first_expert": g * B, "n_experts": B,
+           "rows_routed_last": rows[g] // 2, "rows_routed_total": 16000 + g,
+           "rows_routed_share": round(rows[g] / sum(rows), 6), "expert_rows_routed_last": rows[g],
+           "importance_last": 12.0 + g, "importance_avg": 11.5, "load_last": 150.25 + g,
+           "load_avg": 149.0} for g in range(G)]
+balance = {"cv_importance": 0.4, "cv_load": 0.35, "cv2_importance": 0.16, "cv2_load": 0.1225,
+           "cv_group_importance": 0.11, "cv_group_load": 0.21}
 load = [[round(30 + (25 if e // B == 2 else 0) * (1 + math.sin(c / 9)) + 3 * math.sin(e + c / 5), 3)
          for c in range(cols)] for e in range(E)]
 steps = [4] * cols
@@ -215,9 +231,13 @@ cluster = {"step": step, "placement_version": 9, "epoch": 14, "phase": "loading"
                         "latency_seconds": 0.002} for i in range(3)],
            "workers": [{"rank": r, "alive": True, "state": "waiting", "step": step,
                         "tokens_per_sec": 0, "loss": 6.1} for r in range(2)],
-           "cv_importance": 0.4, "cv_load": 0.35, "max_over_mean_rows_routed": 1.6,
+           "max_over_mean_rows_routed": 1.6,
            "loss_history": [[s, 7 - s / 40] for s in range(1, step + 1)]}
-json.dump({"step": step, "placement_version": 9, "experts": experts}, open(d + "/experts", "w"))
+cluster.update(balance)
+ex = {"step": step, "placement_version": 9, "n_experts": E, "groups": G, "experts_per_group": B,
+      "experts": experts, "group_stats": groups}
+ex.update(balance)
+json.dump(ex, open(d + "/experts", "w"))
 json.dump(cluster, open(d + "/cluster", "w"))
 json.dump(history, open(d + "/history", "w"))
 PY
@@ -259,6 +279,8 @@ class P(HTMLParser):
         self.tiles, self.tile_part, self.tile_key = {}, None, None
         self.heat, self.group_lines, self.group_labels, self.images = [], [], 0, []
         self.banner, self.banner_text, self.in_banner = None, [], 0
+        self.bar_group_lines, self.bar_group_labels = [], 0
+        self.group_rows, self.in_group_row, self.cell = [], 0, None
     def handle_starttag(self, t, attrs):
         a = dict(attrs)
         cls = (a.get("class") or "").split()
@@ -270,6 +292,15 @@ class P(HTMLParser):
             self.group_lines.append(a)
         if t == "text" and "group-label" in cls:
             self.group_labels += 1
+        if t == "line" and "bar-group-line" in cls:
+            self.bar_group_lines.append(a)
+        if t == "text" and "bar-group-label" in cls:
+            self.bar_group_labels += 1
+        if t == "tr" and "group-row" in cls:
+            self.group_rows.append({"attrs": a, "cells": []})
+            self.in_group_row = 1
+        if t == "td" and self.in_group_row:
+            self.cell = []
         if t == "image" and "heat-image" in cls:
             self.images.append(a)
         if t == "div" and a.get("id") == "banner":
@@ -289,10 +320,17 @@ class P(HTMLParser):
     def handle_endtag(self, t):
         if t in ("script", "style", "title"):
             self.skip -= 1
+        if t == "td" and self.cell is not None:
+            self.group_rows[-1]["cells"].append("".join(self.cell).strip())
+            self.cell = None
+        if t == "tr":
+            self.in_group_row = 0
         if t == "div":
             self.in_legend = 0
             self.in_banner = 0
     def handle_data(self, d):
+        if self.cell is not None:
+            self.cell.append(d)
         if self.in_banner:
             self.banner_text.append(d)
         if not self.skip:
@@ -411,10 +449,38 @@ if mode == "live":
     cluster_tiles(cl)
     need("hidden" in p.banner and not banner and "data-banner" not in p.body,
          "a banner on a healthy cluster: %r" % banner)
+    need(not p.group_rows and not p.bar_group_lines and not p.bar_group_labels
+         and all(b.get("data-group") == "" for b in p.bars) and "groups" not in tiles,
+         "groups drawn for a flat model")
 elif mode == "hier":
+    ex = json.load(open(sys.argv[3]))
     cl = json.load(open(sys.argv[4]))
     heat_check(json.load(open(sys.argv[5])), cl)
     cluster_tiles(cl)
+    G, B = ex["groups"], ex["experts_per_group"]
+    # the bar chart by group
+    need(sorted((int(b.get("data-expert", -1)), b.get("data-group")) for b in p.bars)
+         == [(e, str(e // B)) for e in range(G * B)],
+         "bars and their groups: %s" % [(b.get("data-expert"), b.get("data-group")) for b in p.bars])
+    need(sorted(int(l.get("data-group")) for l in p.bar_group_lines) == list(range(1, G)),
+         "bar chart group boundaries %s" % [l.get("data-group") for l in p.bar_group_lines])
+    need(p.bar_group_labels == G, "%d bar chart group labels, want %d" % (p.bar_group_labels, G))
+    # the groups table: one row per group, in order, with its numbers
+    need([r["attrs"].get("data-group") for r in p.group_rows] == [str(g) for g in range(G)],
+         "group rows %s" % [r["attrs"].get("data-group") for r in p.group_rows])
+    for r, g in zip(p.group_rows, ex["group_stats"]):
+        c = r["cells"]
+        mine = [x for x in ex["experts"] if x["group"] == g["id"]]
+        busy = max(mine, key=lambda x: (x["rows_routed_last"], -x["id"]))
+        want = [str(g["id"]), str(g["server"]), str(g["rows_routed_last"]),
+                "%.1f%%" % (100 * g["rows_routed_share"])]
+        need(c[:4] == want, "group %d: cells %s, want %s" % (g["id"], c[:4], want))
+        want_busy = "expert %d (%.1f%%)" % (busy["id"], 100 * busy["rows_routed_last"]
+                                             / sum(x["rows_routed_last"] for x in mine))
+        need(c[-1] == want_busy, "group %d: busiest %r, want %r" % (g["id"], c[-1], want_busy))
+    for k, want in (("groups", "%d \u00d7 %d" % (G, B)), ("cv\u00b2 Importance_H", "0.1600"),
+                    ("cv\u00b2 Load_H", "0.1225"), ("CV groups' Load_p", "0.210")):
+        need(tiles.get(k) == want, "tile %r shows %r, want %r" % (k, tiles.get(k), want))
     need(p.body.get("data-banner") == "stalled" and "hidden" not in p.banner,
          "no stalled banner: data-banner %r" % p.body.get("data-banner"))
     want = ("The step has not advanced past 80 for 57 heartbeats (stall_heartbeats 40): "

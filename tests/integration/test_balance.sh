@@ -15,10 +15,10 @@ python3 - "$WORK/r0.1.json" "$WORK/r0.json" <<'PY' || fail "balance figures out 
 import json, sys
 on, off = (json.load(open(p)) for p in sys.argv[1:3])
 print("  weights 0.1: load CV %.3f, importance CV %.3f, max/mean load %.2f"
-      % (on["load_cv"], on["importance_cv"], on["load_max_over_mean"]))
+      % (on["load_cv"], on["importance_cv"], on["rows_routed_max_over_mean"]))
 print("  weights 0:   load CV %.3f, importance CV %.3f, max/mean load %.2f"
-      % (off["load_cv"], off["importance_cv"], off["load_max_over_mean"]))
+      % (off["load_cv"], off["importance_cv"], off["rows_routed_max_over_mean"]))
 ok = (on["load_cv"] < 0.15 and on["importance_cv"] < 0.3 and off["load_cv"] > 0.4
-      and off["load_cv"] > 4 * on["load_cv"] and off["load_max_over_mean"] > 1.5 * on["load_max_over_mean"])
+      and off["load_cv"] > 4 * on["load_cv"] and off["rows_routed_max_over_mean"] > 1.5 * on["rows_routed_max_over_mean"])
 sys.exit(0 if ok else 1)
 PY

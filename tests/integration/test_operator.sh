@@ -71,6 +71,8 @@ no_rollback() { # WHAT
 start base 1
 finish
 export_of base
+grep -q "training finished: step $K of $K, last checkpoint .*step-$(printf %08d $K)" "$CL/coordinator.log" ||
+    fail "the coordinator does not say that training finished: $(grep -i "finish\|step 300" "$CL/coordinator.log")"
 start base2 2
 finish
 export_of base2
@@ -152,11 +154,38 @@ for who in worker coordinator; do
         "restarted: export identical"
 done
 
+# A second SIGTERM stops the coordinator within a second. A member that
+# has not heard of the stop by then (server 1, frozen) is named and the
+# status is 1.
+start sigtwice 1
+cl_wait_step 0 20
+kill -STOP "$SPID1"
+kill -TERM "$CPID"
+sleep 0.05
+kill -TERM "$CPID"
+exits_within "$CPID" 5
+[ $EXIT -eq 1 ] || fail "two SIGTERMs with server 1 frozen: the coordinator exited $EXIT"
+grep -q "error: stopped by a second signal before server 1[ ,].*heard of the stop" "$CL/coordinator.log" ||
+    fail "two SIGTERMs with server 1 frozen: no sentence naming it: $(tail -n 2 "$CL/coordinator.log")"
+kill -CONT "$SPID1"
+cl_kill_all
+echo "  ok: two SIGTERMs, server 1 frozen: the coordinator exits 1 within 5 s naming server 1"
+
 # 4. Server ids: a joining server is server 2 everywhere; draining by id;
 # a dead server is pruned; bad drains are refused with a sentence.
 start ids 1
 cl_wait_step 0 60
+# the worker waits (SIGSTOP) until server 2 is due to join: on loaded
+# cores the 300 steps could end before it is up
+kill -STOP "$WPID0"
 cl_server 2
+n=0
+until grep -q "server 2 joins at the next step boundary" "$CL/coordinator.log"; do
+    [ $n -lt 600 ] || { kill -CONT "$WPID0"; fail "server 2 never joins: $(tail -n 3 "$CL/coordinator.log")"; }
+    sleep 0.05
+    n=$((n + 1))
+done
+kill -CONT "$WPID0"
 grep -q "as server 2" "$CL/server-2.log" || fail "the third server is not server 2: $(head -n 2 "$CL/server-2.log")"
 n=0
 until "$BIN/moectl" --http "$CLH" status 2>/dev/null | grep -Eq "^2 +tcp://127.0.0.1:$CLSP +yes +[a-z]+ +[1-9]"; do

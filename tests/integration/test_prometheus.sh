@@ -92,6 +92,10 @@ for k in ('process_cpu_seconds_total', 'moe_server_process_cpu_seconds_total{ser
           'moe_worker_process_cpu_seconds_total{rank="0"}'):
     assert 0 < m[k] < 600, (k, m[k])
 assert not any("server=" in k for k in a if k.startswith("moe_expert_") and "placement_info" not in k)
+# a flat MoE: the balancing loss's cv^2 terms, no group series
+assert abs(m['moe_load_cv_squared'] - m['moe_load_cv'] ** 2) <= 1e-8 * max(1, m['moe_load_cv_squared'])
+assert abs(m['moe_importance_cv_squared'] - m['moe_importance_cv'] ** 2) <= 1e-8 * max(1, m['moe_importance_cv_squared'])
+assert not any(k.startswith(("moe_group", "moe_expert_group_info", "moe_expert_load_in_group")) for k in a)
 print("  ok: /metrics: rows routed per expert, server rows and bytes by direction, 15 compute and "
       "14 step observations, %d checkpoints, tokens, CPU and RSS of 3 processes" % ckpts)
 PY

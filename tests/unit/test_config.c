@@ -125,7 +125,7 @@ START_TEST(config_ini_sets)
                                     "[train]\n"
                                     "lr = 0.01   ; inline comment\n"
                                     "steps=-5\n"
-                                    "[somewhere_else]\n"
+                                    "[io]\n"
                                     "name = abc def\n"
                                     "verbose = yes\n");
     struct tcfg c;
@@ -227,6 +227,36 @@ START_TEST(config_bool_flags)
     char *a7[] = {"prog", "--no-d-model"};
     ck_assert_int_eq(parse(&c, 2, a7), MOE_ERR_CONFIG);
     ck_assert_ptr_nonnull(strstr(err, "no-d-model"));
+}
+END_TEST
+
+START_TEST(config_sections_and_repeats)
+{
+    struct tcfg c;
+    ck_assert_int_eq(moe_config_defaults(table, NT, &c, err, sizeof err), 0);
+    /* a key is found whatever its section */
+    const char *path = put("s1.ini", "[io]\nd_model = 64\n[train]\nname = x\n");
+    ck_assert_int_eq(moe_config_load_ini(table, NT, &c, path, err, sizeof err), 0);
+    ck_assert_int_eq(c.d_model, 64);
+    ck_assert_str_eq(c.name, "x");
+    /* a section no key belongs to: an error on its first key's line */
+    ck_assert_int_eq(moe_config_defaults(table, NT, &c, err, sizeof err), 0);
+    path = put("s2.ini", "[model]\nd_model = 32\n[modle]\nlr = 0.5\n");
+    ck_assert_int_eq(moe_config_load_ini(table, NT, &c, path, err, sizeof err), MOE_ERR_CONFIG);
+    char want[700];
+    snprintf(want, sizeof want, "%s:4: unknown section [modle]", path);
+    ck_assert_msg(strstr(err, want) != NULL, "error \"%s\"", err);
+    ck_assert(c.lr == 0.001);
+    /* a key given twice, in one section or two */
+    path = put("s3.ini", "[train]\nlr = 0.5\nsteps = 3\n[model]\nlr = 0.25\n");
+    ck_assert_int_eq(moe_config_load_ini(table, NT, &c, path, err, sizeof err), MOE_ERR_CONFIG);
+    snprintf(want, sizeof want, "%s:5: \"lr\" is given a second time", path);
+    ck_assert_msg(strstr(err, want) != NULL, "error \"%s\"", err);
+    /* an indented line continues the key above: a second value too */
+    path = put("s4.ini", "[train]\nsteps = 3\n  4\n");
+    ck_assert_int_eq(moe_config_load_ini(table, NT, &c, path, err, sizeof err), MOE_ERR_CONFIG);
+    snprintf(want, sizeof want, "%s:3: \"steps\" is given a second time", path);
+    ck_assert_msg(strstr(err, want) != NULL, "error \"%s\"", err);
 }
 END_TEST
 
@@ -493,6 +523,7 @@ Suite *test_config_suite(void)
     tcase_add_test(tc, config_flag_forms);
     tcase_add_test(tc, config_bool_flags);
     tcase_add_test(tc, config_unknown_key_in_file);
+    tcase_add_test(tc, config_sections_and_repeats);
     tcase_add_test(tc, config_unknown_flag_and_arguments);
     tcase_add_test(tc, config_bad_numbers_leave_field);
     tcase_add_test(tc, config_help);

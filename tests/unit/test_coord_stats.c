@@ -137,7 +137,7 @@ START_TEST(stats_extras_rank_order)
 {
     coord_stats_t *s = coord_stats_new(E, 3, 0.5, 8);
     ck_assert_ptr_nonnull(s);
-    ck_assert_int_eq(coord_stats_set_extras(s, 2), 0);
+    ck_assert_int_eq(coord_stats_set_groups(s, 1), 0);
     ck_assert_int_eq(coord_stats_n_extras(s), 2);
     const float x[3][2] = {{1e8f, 3}, {1, 4}, {-1e8f + 0.0f, 5}};
     /* float sums that depend on the order: (1e8 + 3) + 3 = 1e8, (3 + 3) + 1e8 = 1e8 + 8 */
@@ -170,6 +170,67 @@ START_TEST(stats_extras_rank_order)
 }
 END_TEST
 
+/* A hierarchical MoE of 2 groups of 2 experts, 2 workers, by hand (issue
+ * 17, point 8). The sums: Importance_H {1.5, 1, 1, 0.5}, secondary loads
+ * {1.5, 1.5, 3, 1}, rows routed {2, 2, 5, 3}, Load_p {2, 4}, |X^(i)| {4, 8}.
+ * Load_H = Load_i,j Load_p,i / |X^(i)| = {0.75, 0.75, 1.5, 0.5}: mean 0.875,
+ * variance 0.140625, cv^2 = 0.140625 / 0.765625 = 9/49. Importance_H:
+ * mean 1, variance 0.125, cv^2 = 1/8. Groups: Importance {2.5, 1.5} (CV
+ * 0.5 / 2 = 1/4), Load_p {2, 4} (CV 1/3), rows routed to their experts
+ * {4, 8} = |X^(i)| (k = 1). The workers get back the secondary loads' sums
+ * and the factors, not Load_H. */
+START_TEST(stats_hierarchical_by_hand)
+{
+    coord_stats_t *s = coord_stats_new(E, 2, 0.5, 8);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_int_eq(coord_stats_set_groups(s, 0), MOE_ERR_RANGE);
+    ck_assert_int_eq(coord_stats_set_groups(s, 3), MOE_ERR_RANGE); /* 4 experts */
+    ck_assert_int_eq(coord_stats_n_groups(s), 0);
+    ck_assert_int_eq(coord_stats_set_groups(s, 2), 0);
+    ck_assert_int_eq(coord_stats_n_groups(s), 2);
+    ck_assert_int_eq(coord_stats_n_extras(s), 4);
+    const float imp[2][E] = {{1, 0.5f, 0.5f, 0.25f}, {0.5f, 0.5f, 0.5f, 0.25f}};
+    const float load[2][E] = {{1, 0.5f, 2, 1}, {0.5f, 1, 1, 0}};
+    const float rows[2][E] = {{1, 1, 3, 1}, {1, 1, 2, 2}};
+    const float fx[2][4] = {{1.5f, 2.5f, 3, 5}, {0.5f, 1.5f, 1, 3}};
+    char err[256];
+    for (int step = 0; step < 2; step++)
+        for (int r = 0; r < 2; r++)
+            ck_assert_int_eq(coord_stats_submit_ex(s, step, r, imp[r], load[r], rows[r], fx[r], 1,
+                                                   1, err, sizeof err),
+                             r);
+    const double load_h[E] = {0.75, 0.75, 1.5, 0.5}, load2[E] = {1.5, 1.5, 3, 1};
+    const float *lh = coord_stats_balance_load(s), *lg = coord_stats_global_load(s);
+    for (int e = 0; e < E; e++) {
+        const struct coord_expert_stats *x = coord_stats_expert(s, e);
+        ck_assert_double_eq_tol(lh[e], load_h[e], 1e-9);
+        ck_assert_double_eq_tol(x->load_last, load_h[e], 1e-9);
+        ck_assert_double_eq_tol(x->load_avg, load_h[e], 1e-9);
+        ck_assert_double_eq(x->load_group_last, load2[e]);
+        ck_assert_double_eq(lg[e], load2[e]); /* what the workers get back */
+        /* the history records Load_H */
+        ck_assert_double_eq(coord_history_load(coord_stats_history(s), 1, e), lh[e]);
+    }
+    ck_assert_double_eq_tol(coord_stats_cv2_load(s), 9.0 / 49, 1e-9);
+    ck_assert_double_eq_tol(coord_stats_cv_load(s), 3.0 / 7, 1e-9);
+    ck_assert_double_eq_tol(coord_stats_cv2_importance(s), 0.125, 1e-9);
+    ck_assert_double_eq_tol(coord_stats_cv_group_importance(s), 0.25, 1e-9);
+    ck_assert_double_eq_tol(coord_stats_cv_group_load(s), 1.0 / 3, 1e-9);
+    const double g_imp[2] = {2.5, 1.5}, g_lp[2] = {2, 4}, g_n[2] = {4, 8};
+    for (int i = 0; i < 2; i++) {
+        const struct coord_group_stats *g = coord_stats_group(s, i);
+        ck_assert_double_eq(g->rows_last, g_n[i]);
+        ck_assert_double_eq(g->rows_total, 2 * g_n[i]);
+        ck_assert_double_eq(g->expert_rows_last, g_n[i]);
+        ck_assert_double_eq(g->importance_last, g_imp[i]);
+        ck_assert_double_eq(g->importance_avg, g_imp[i]);
+        ck_assert_double_eq(g->load_last, g_lp[i]);
+        ck_assert_double_eq(g->load_avg, g_lp[i]);
+    }
+    coord_stats_destroy(&s);
+}
+END_TEST
+
 Suite *test_coord_stats_suite(void);
 Suite *test_coord_stats_suite(void)
 {
@@ -181,6 +242,7 @@ Suite *test_coord_stats_suite(void)
     tcase_add_test(tc, stats_history);
     tcase_add_test(tc, stats_bad_arguments);
     tcase_add_test(tc, stats_extras_rank_order);
+    tcase_add_test(tc, stats_hierarchical_by_hand);
     suite_add_tcase(s, tc);
     return s;
 }
