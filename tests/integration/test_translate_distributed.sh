@@ -3,7 +3,8 @@
 # decoder 4..7) live on two servers, and
 #   - 1 worker x 2 servers without a coordinator (ipc), the experts placed
 #     alternately (each server holds experts of both layers), writes the
-#     model of the in-process trainer byte for byte;
+#     model and optimizer state of the in-process trainer byte for byte
+#     (checkpoints of steps 20 and 40, the experts fetched from the servers);
 #   - with a coordinator (tcp, checkpoints every 10 steps; its placement
 #     gives each server one layer's experts) the cluster's model is the same
 #     bytes, its checkpoints hold 8 experts, and the coordinator's table
@@ -14,8 +15,9 @@
 #     back, places the experts on the survivor and ends with the same bytes.
 K=40
 mt_tiny $K
-"$BIN/moe-worker" $MT --log-level warn --log-every 1000 --final-model "$WORK/local" \
-    >"$WORK/local.out" 2>&1 || fail "in-process run: $(tail -n 3 "$WORK/local.out")"
+"$BIN/moe-worker" $MT --log-level warn --log-every 1000 --checkpoint-dir "$WORK/local" \
+    --checkpoint-every 20 >"$WORK/local.out" 2>&1 || fail "in-process run: $(tail -n 3 "$WORK/local.out")"
+L40="$WORK/local/step-$(printf %08d $K)"
 M=model.safetensors
 
 # 1. no coordinator: 1 worker x 2 servers over ipc
@@ -29,13 +31,16 @@ done
 wait_up "$sp0" "$WORK/s0.log" "serving on" "server 0"
 wait_up "$sp1" "$WORK/s1.log" "serving on" "server 1"
 "$BIN/moe-worker" $MT $PL --log-level warn --log-every 1000 --experts remote --servers "$SV" \
-    --timeout-ms 10000 --final-model "$WORK/static" >"$WORK/static.out" 2>&1 ||
+    --timeout-ms 10000 --checkpoint-dir "$WORK/static" --checkpoint-every 20 >"$WORK/static.out" 2>&1 ||
     fail "1 worker x 2 servers: $(tail -n 3 "$WORK/static.out")"
 kill -TERM "$sp0" "$sp1"
 wait "$sp0" "$sp1" || fail "a server exited non-zero after SIGTERM"
-cmp "$WORK/local/$M" "$WORK/static/$M" || fail "1 worker x 2 servers differs from the in-process model"
+# the model and the optimizer state (fetched from the servers), at steps 20 and 40
+for f in step-00000020/$M step-00000020/optim.safetensors step-00000040/$M step-00000040/optim.safetensors; do
+    cmp "$WORK/local/$f" "$WORK/static/$f" || fail "1 worker x 2 servers: $f differs from in-process"
+done
 echo "  ok: 1 worker x 2 servers (ipc, no coordinator, both layers' experts on each):" \
-    "the in-process model byte for byte"
+    "the in-process model and optimizer state of steps 20 and 40 byte for byte"
 
 # 2. and 3. with a coordinator, undisturbed and with kill -9 of server 1
 base_args() { # NAME
@@ -50,7 +55,8 @@ wait "$WPID0" || fail "base: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
 /usr/bin/python3 -c "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen('http://$CLH/api/v1/experts', timeout=10).read().decode())" \
     >"$WORK/experts.json" || fail "GET /api/v1/experts"
 cl_stop
-cmp "$WORK/local/$M" "$(final_of base)" || fail "the coordinator's cluster differs from in-process"
+cmp "$L40/$M" "$(final_of base)" && cmp "$L40/optim.safetensors" "$WORK/base/ck/step-00000040/optim.safetensors" ||
+    fail "the coordinator's cluster differs from in-process"
 /usr/bin/python3 - "$WORK/experts.json" "$WORK/base/ck/step-$(printf %08d $K)/manifest.json" \
     "$WORK/base.json" <<'PY' ||
 import json, sys
@@ -87,7 +93,7 @@ kill -STOP "$WPID0"
 kill -9 "$SPID1"
 kill -CONT "$WPID0"
 cl_finish
-cmp "$WORK/local/$M" "$(final_of kill)" || fail "kill -9 of a server: the model differs"
+cmp "$L40/$M" "$(final_of kill)" || fail "kill -9 of a server: the model differs"
 grep -q "rolling back to step" "$CL/coordinator.log" || fail "no rollback after the kill"
 grep -q '"recoveries": 1,' "$WORK/kill.json" || fail "the report does not count the recovery"
 rec=$(sed -n 's/.*recovered in \([0-9.]*\) s.*rolled back from step \([0-9]*\) to \([0-9]*\).*/\1 s, step \2 -> \3/p' \
@@ -95,5 +101,5 @@ rec=$(sed -n 's/.*recovered in \([0-9.]*\) s.*rolled back from step \([0-9]*\) t
 [ -n "$rec" ] || fail "worker 0 did not recover: $(tail -n 3 "$CL/worker-0.log")"
 grep -q "epoch 2: server 0 with 8 experts" "$CL/server-0.log" ||
     fail "the survivor does not hold all 8 experts: $(grep epoch "$CL/server-0.log")"
-echo "  ok: kill -9 of server 1 at step 12: recovered in $rec, the survivor holds 8 experts," \
+echo "  ok: kill -9 of server 1 after step 12: recovered in $rec, the survivor holds 8 experts," \
     "the same model byte for byte"
