@@ -242,8 +242,10 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
     msg->hdr = hdr;
 
     if (hdr->version != MOE_WIRE_VERSION)
-        return moe_err_fail(MOE_ERR_VERSION, err, errlen, "protocol version %u, expected %d",
-                         hdr->version, MOE_WIRE_VERSION);
+        return moe_err_fail(MOE_ERR_VERSION, err, errlen,
+                            "protocol version %u, expected %d (the sender runs another release: "
+                            "every process of a cluster must run the same one)",
+                            hdr->version, MOE_WIRE_VERSION);
     if (hdr->type == MOE__MSG_TYPE__MSG_UNKNOWN ||
         !protobuf_c_enum_descriptor_get_value(&moe__msg_type__descriptor, hdr->type))
         return moe_err_fail(MOE_ERR_FORMAT, err, errlen, "unknown message type %d", (int)hdr->type);

@@ -269,6 +269,23 @@ START_TEST(wire_decode_malformed_table)
 }
 END_TEST
 
+/* A peer of the previous schema (version 2, before Header.layer): refused
+ * with a sentence naming both versions. */
+START_TEST(wire_decode_previous_version)
+{
+    struct wt t;
+    wt_init(&t);
+    t.h.version = MOE_WIRE_VERSION - 1;
+    struct moe_wire_msg msg;
+    char err[256], want[64];
+    ck_assert_int_eq(wt_run(&t, &msg, err, sizeof err), MOE_ERR_VERSION);
+    snprintf(want, sizeof want, "protocol version %d, expected %d (the sender runs another",
+             MOE_WIRE_VERSION - 1, MOE_WIRE_VERSION);
+    ck_assert_msg(strstr(err, want), "%s", err);
+    moe_wire_msg_free(&msg);
+}
+END_TEST
+
 START_TEST(wire_decode_errors_fit_small_buffers)
 {
     /* err may be NULL, or too small for the sentence: truncated, no overflow */
@@ -1056,6 +1073,7 @@ Suite *test_wire_suite(void)
     TCase *tc = tcase_create("decode");
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, wire_decode_malformed_table);
+    tcase_add_test(tc, wire_decode_previous_version);
     tcase_add_test(tc, wire_decode_errors_fit_small_buffers);
     tcase_add_test(tc, wire_decode_valid_f32);
     tcase_add_test(tc, wire_decode_valid_zero_rows_and_control);
