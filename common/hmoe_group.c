@@ -251,8 +251,8 @@ static int reserve(hmoe_groups_t *g, size_t rows, size_t segs, size_t cf, size_t
         g->seg = s;
         g->cap_segs = segs;
     }
-    if (rows <= g->cap_rows && cf <= g->cap_cf && ci <= g->cap_ci)
-        return 0;
+    if (g->x && rows <= g->cap_rows && cf <= g->cap_cf && ci <= g->cap_ci)
+        return 0; /* (the first call allocates, even for no rows) */
     free_work(g);
     const size_t R = rows ? rows : 1, D = (size_t)g->D, K = (size_t)g->K, B = (size_t)g->B;
     size_t RD, RKD;
@@ -319,7 +319,9 @@ static int plan(hmoe_groups_t *g, int64_t step, bool train, int W, const struct 
                                       .row0 = parts[p].row0,
                                       .purpose = MOE_RNG_GATE_NOISE_GROUP,
                                       .col0 = (uint32_t)(id * g->B),
-                                      .rows = (const int32_t *)parts[p].row_index + local};
+                                      .rows = parts[p].row_index
+                                                  ? (const int32_t *)parts[p].row_index + local
+                                                  : NULL};
             s->c = gate_cache_view(g->cf + fo, g->ci + io, &s->d);
             fo += gate_cache_floats(&s->d);
             io += gate_cache_ints(&s->d);
