@@ -467,6 +467,14 @@ int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t
     return 0;
 }
 
+size_t hmoe_groups_expert_rows(const hmoe_groups_t *g)
+{
+    size_t n = 0;
+    for (int e = 0; e < g->n_active; e++)
+        n += (size_t)g->u_rows[e];
+    return n;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Backward */
 

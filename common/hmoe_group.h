@@ -106,6 +106,10 @@ int hmoe_groups_parse_name(const char *name, long *id, int *part, bool *fadam);
 int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t step, bool train, int W,
                         struct hmoe_part *parts);
 
+/* Rows the experts computed in the last forward (each row once per
+ * expert it went to). */
+size_t hmoe_groups_expert_rows(const hmoe_groups_t *g);
+
 /* Backward of the last training forward (the same parts, now with dy and
  * dstats): each part's dx and dgp; the gates' gradients accumulate (over
  * the parts, in order). With t > 0 the experts' update is applied with

@@ -171,9 +171,11 @@ static void reply_part(expert_server_t *s, const struct moe_wire_msg *m, const s
         moe_warn("cannot reply to worker %u: %s", h->rank, err);
 }
 
+/* The step's counters: rows the experts computed; the tensor bytes of the
+ * group messages (`rows` rows each way, forward and backward). */
 static void count_rows(expert_server_t *s, size_t rows)
 {
-    s->rows_total += rows;
+    s->rows_total += hmoe_groups_expert_rows(s->groups);
     const uint64_t half = 2 * rows * (size_t)s->D * moe_wire_dtype_size((int)s->dtype);
     s->bytes_total += 2 * half;
     s->bytes_in += half;
