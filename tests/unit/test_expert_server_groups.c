@@ -9,7 +9,9 @@
  * two workers' rows as two parts, an expert shard of the same ids, seed and
  * optimizer): group outputs, statistics, input gradients, primary-gate
  * gradients, and, fetched back with EXPERT_FETCH + MOE_FLAG_GROUPS, the
- * secondary gate and its factored-Adam state. The malformed-group catalogue:
+ * secondary gate and its factored-Adam state; an evaluation forward between
+ * steps equals the common code's (and one mid-step is refused). The
+ * malformed-group catalogue:
  * each message gets its exact error code and changes nothing (the next
  * valid step still matches the reference; the error count is exact). Every
  * wait is bounded (5 s). */
@@ -148,6 +150,7 @@ struct mut {
     size_t n_index;
     const float *gate, *stats, *data;
     size_t n_stats;
+    bool eval;
 };
 
 static uint64_t send_group(int w, uint64_t step, bool backward, const struct gb *b,
@@ -167,6 +170,7 @@ static uint64_t send_group(int w, uint64_t step, bool backward, const struct gb 
     o.dtype = MOE__DTYPE__DTYPE_F32;
     o.width = D;
     o.row0 = (uint64_t)(100 * w);
+    o.eval = mu && mu->eval;
     if (!backward) {
         o.row_index = mu && mu->index ? mu->index : b->index;
         o.n_row_index = mu && mu->index ? mu->n_index : b->rows;
@@ -333,9 +337,27 @@ START_TEST(groups_steps_bitwise)
         step_ok(&r, s, &b0, &b1);
     }
     expect_gate(&r, 2);
+    /* an evaluation forward between steps: answered at once, the common
+     * code's deterministic gates and the trained weights, nothing kept */
+    static struct gb e, want;
+    gb_fill(&e, 7, 330);
+    want = e;
+    const struct mut eval = {.eval = true};
+    expect_reply(0, send_group(0, 2, false, &e, &eval), false, &e);
+    struct hmoe_part p = {.n = 1, .ids = gid0, .rows = &want.rows, .row0 = 0,
+                          .row_index = want.index, .gp = want.gp, .x = want.x, .y = want.y,
+                          .stats = want.stats};
+    const struct hmoe_experts ex = hmoe_experts_of_shard(r.sh);
+    ck_assert_int_eq(hmoe_groups_forward(r.g, &ex, 2, false, 1, &p), 0);
+    ck_assert_int_eq(memcmp(want.y, e.y, sizeof(float) * e.rows * D), 0);
+    ck_assert_int_eq(memcmp(want.stats, e.stats, sizeof e.stats), 0);
+    /* the next step still matches */
+    gb_fill(&b0, 2, 340);
+    gb_fill(&b1, 4, 345);
+    step_ok(&r, 2, &b0, &b1);
     expert_shard_destroy(&r.sh);
     hmoe_groups_destroy(&r.g);
-    srv_finish(2, 0);
+    srv_finish(3, 0);
 }
 END_TEST
 
@@ -385,6 +407,8 @@ START_TEST(groups_malformed)
     const struct mut nan_stats = {.stats = st, .n_stats = 2 * B};
     errors += expect_error(1, MOE_ERR_RANGE, send_group(1, 0, true, &b1, &nan_stats));
     errors += expect_error(1, MOE_ERR_STATE, send_group(1, 0, false, &b1, NULL)); /* duplicate */
+    const struct mut eval = {.eval = true}; /* in the middle of the step */
+    errors += expect_error(0, MOE_ERR_STATE, send_group(0, 0, false, &b0, &eval));
     q0 = send_group(0, 0, true, &b0, NULL);
     q1 = send_group(1, 0, true, &b1, NULL);
     expect_reply(0, q0, true, &b0);
