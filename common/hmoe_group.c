@@ -17,6 +17,7 @@
 struct seg {
     int part, gi;     /* part, local group index */
     size_t row;       /* first row in the work buffers */
+    size_t local;     /* first row in its part's arrays */
     size_t stat;      /* its part's group index (stats rows) */
     struct gate_dims d;
     struct gate_cache c;
@@ -34,7 +35,7 @@ struct hmoe_groups {
     int32_t *idx, *ci;
     int64_t *pos;
     struct seg *seg;
-    int n_seg;
+    int n_seg, W;         /* gate calls and parts of the last forward */
     size_t rows;          /* rows of all parts */
     int n_active;
     int32_t *u_ids;       /* (n B) experts with rows, ascending */
@@ -63,7 +64,10 @@ struct hmoe_experts hmoe_experts_of_shard(expert_shard_t *shard)
 }
 
 size_t hmoe_groups_param_count(int D, int B) { return 2 * (size_t)D * (size_t)B; }
-size_t hmoe_groups_state_count(int D, int B) { return 2 * moe_fadam_state_size((size_t)D, (size_t)B); }
+size_t hmoe_groups_state_count(int D, int B)
+{
+    return 2 * moe_fadam_state_size((size_t)D, (size_t)B);
+}
 
 int hmoe_groups_count(const hmoe_groups_t *g) { return g->n; }
 int32_t hmoe_groups_id(const hmoe_groups_t *g, int i) { return g->ids[i]; }
@@ -303,6 +307,7 @@ static int plan(hmoe_groups_t *g, int64_t step, bool train, int W, const struct 
     if (rc)
         return rc;
     g->n_seg = 0;
+    g->W = W;
     g->rows = rows;
     size_t row = 0, fo = 0, io = 0;
     for (int p = 0; p < W; p++) {
@@ -313,6 +318,7 @@ static int plan(hmoe_groups_t *g, int64_t step, bool train, int W, const struct 
             s->part = p;
             s->gi = hmoe_groups_find(g, id);
             s->row = row;
+            s->local = local;
             s->stat = (size_t)j;
             s->d = (struct gate_dims){.N = (int)parts[p].rows[j], .D = g->D, .E = g->B, .K = g->K,
                                       .train = train, .seed = g->seed, .step = step,
@@ -405,28 +411,23 @@ static void gate_seg(hmoe_groups_t *g, struct seg *sg, float *stats)
     }
 }
 
-int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t step, bool train, int W,
-                        struct hmoe_part *parts)
+int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t step, bool train,
+                        int W, struct hmoe_part *parts)
 {
     g->have_forward = false;
     int rc = plan(g, step, train, W, parts);
     if (rc)
         return rc;
     const size_t D = (size_t)g->D;
-    for (int p = 0; p < W; p++) {
-        size_t R = 0;
-        for (int j = 0; j < parts[p].n; j++)
-            R += parts[p].rows[j];
-        if (R == 0)
+    /* every row in first: a part's y may be its x (the server answers in
+     * the buffer the rows came in) */
+    for (int s = 0; s < g->n_seg; s++) {
+        const struct seg *sg = &g->seg[s];
+        const size_t n = (size_t)sg->d.N;
+        if (n == 0)
             continue;
-        size_t row = 0;
-        for (int s = 0; s < g->n_seg; s++)
-            if (g->seg[s].part == p) {
-                row = g->seg[s].row;
-                break;
-            }
-        memcpy(g->x + row * D, parts[p].x, sizeof(float) * R * D);
-        memcpy(g->gp + row, parts[p].gp, sizeof(float) * R);
+        memcpy(g->x + sg->row * D, parts[sg->part].x + sg->local * D, sizeof(float) * n * D);
+        memcpy(g->gp + sg->row, parts[sg->part].gp + sg->local, sizeof(float) * n);
     }
     for (int s = 0; s < g->n_seg; s++) {
         struct seg *sg = &g->seg[s];
@@ -438,28 +439,20 @@ int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t
     if (rc)
         return rc;
     /* the combine within each group, per row */
-    for (int p = 0, s = 0; p < W; p++) {
-        size_t first = 0;
-        bool any = false;
-        for (; s < g->n_seg && g->seg[s].part == p; s++) {
-            const struct seg *sg = &g->seg[s];
-            if (!any) {
-                first = sg->row;
-                any = true;
-            }
-            for (int r = 0; r < sg->d.N; r++) {
-                const size_t row = sg->row + (size_t)r;
-                float *yr = parts[p].y + (row - first) * D;
-                memset(yr, 0, sizeof(float) * D);
-                for (int k = 0; k < g->K; k++) {
-                    const size_t q = row * g->K + k;
-                    if (g->pos[q] < 0)
-                        continue;
-                    const float gt = g->gates[q];
-                    const float *ye = g->ye + (size_t)g->pos[q] * D;
-                    for (size_t d = 0; d < D; d++)
-                        yr[d] += gt * ye[d];
-                }
+    for (int s = 0; s < g->n_seg; s++) {
+        const struct seg *sg = &g->seg[s];
+        for (int r = 0; r < sg->d.N; r++) {
+            const size_t row = sg->row + (size_t)r;
+            float *yr = parts[sg->part].y + (sg->local + (size_t)r) * D;
+            memset(yr, 0, sizeof(float) * D);
+            for (int k = 0; k < g->K; k++) {
+                const size_t q = row * g->K + k;
+                if (g->pos[q] < 0)
+                    continue;
+                const float gt = g->gates[q];
+                const float *ye = g->ye + (size_t)g->pos[q] * D;
+                for (size_t d = 0; d < D; d++)
+                    yr[d] += gt * ye[d];
             }
         }
     }
@@ -478,84 +471,71 @@ size_t hmoe_groups_expert_rows(const hmoe_groups_t *g)
 /* ------------------------------------------------------------------------ */
 /* Backward */
 
-int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W, struct hmoe_part *parts,
-                         int64_t t, double lr)
+int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
+                         struct hmoe_part *parts, int64_t t, double lr)
 {
-    if (!g->have_forward)
+    if (!g->have_forward || W != g->W)
         return MOE_ERR_STATE;
     const size_t D = (size_t)g->D, B = (size_t)g->B;
     const int K = g->K;
     /* the combine's and Importance_H's gradients onto each slot's gate and
      * each row's primary gate; the experts' output gradients (into xe) */
-    for (int p = 0, s = 0; p < W; p++) {
-        size_t first = 0;
-        bool any = false;
-        for (; s < g->n_seg && g->seg[s].part == p; s++) {
-            const struct seg *sg = &g->seg[s];
-            if (!any) {
-                first = sg->row;
-                any = true;
-            }
-            const float *dimp = parts[p].dstats + sg->stat * 2 * B;
-            for (int r = 0; r < sg->d.N; r++) {
-                const size_t row = sg->row + (size_t)r;
-                const float *dyr = parts[p].dy + (row - first) * D;
-                double dgp = 0;
-                for (int k = 0; k < K; k++) {
-                    const size_t q = row * K + k;
-                    const float gt = g->gates[q];
-                    const float di = dimp[g->idx[q] - g->ids[sg->gi] * (int32_t)B];
-                    double dot = 0;
-                    if (g->pos[q] >= 0) {
-                        const float *ye = g->ye + (size_t)g->pos[q] * D;
-                        float *dye = g->xe + (size_t)g->pos[q] * D;
-                        for (size_t d = 0; d < D; d++) {
-                            dot += (double)dyr[d] * ye[d];
-                            dye[d] = gt * dyr[d];
-                        }
+    for (int s = 0; s < g->n_seg; s++) {
+        const struct seg *sg = &g->seg[s];
+        const struct hmoe_part *pt = &parts[sg->part];
+        const float *dimp = pt->dstats + sg->stat * 2 * B;
+        for (int r = 0; r < sg->d.N; r++) {
+            const size_t row = sg->row + (size_t)r;
+            const float *dyr = pt->dy + (sg->local + (size_t)r) * D;
+            double dgp = 0;
+            for (int k = 0; k < K; k++) {
+                const size_t q = row * K + k;
+                const float gt = g->gates[q];
+                const float di = dimp[g->idx[q] - g->ids[sg->gi] * (int32_t)B];
+                double dot = 0;
+                if (g->pos[q] >= 0) {
+                    const float *ye = g->ye + (size_t)g->pos[q] * D;
+                    float *dye = g->xe + (size_t)g->pos[q] * D;
+                    for (size_t d = 0; d < D; d++) {
+                        dot += (double)dyr[d] * ye[d];
+                        dye[d] = gt * dyr[d];
                     }
-                    g->dgates[q] = (float)dot + g->gp[row] * di;
-                    dgp += (double)gt * di;
                 }
-                parts[p].dgp[row - first] = (float)dgp;
+                g->dgates[q] = (float)dot + g->gp[row] * di;
+                dgp += (double)gt * di;
             }
+            pt->dgp[sg->local + (size_t)r] = (float)dgp;
         }
     }
     int rc = ex->backward(ex->ctx, g->n_active, g->u_ids, g->u_rows, g->xe, g->ye, t, lr);
     if (rc)
         return rc;
-    /* the rows' gradients: through the experts, then the secondary gate */
-    for (int p = 0, s = 0; p < W; p++) {
-        size_t first = 0;
-        bool any = false;
-        for (; s < g->n_seg && g->seg[s].part == p; s++) {
-            struct seg *sg = &g->seg[s];
-            if (!any) {
-                first = sg->row;
-                any = true;
+    /* the rows' gradients (written after every dy was read: a part's dx may
+     * be its dy): through the experts, then the secondary gate */
+    for (int s = 0; s < g->n_seg; s++) {
+        struct seg *sg = &g->seg[s];
+        const struct hmoe_part *pt = &parts[sg->part];
+        if (sg->d.N == 0)
+            continue;
+        float *dx = pt->dx + sg->local * D;
+        memset(dx, 0, sizeof(float) * (size_t)sg->d.N * D);
+        for (int r = 0; r < sg->d.N; r++) {
+            float *dxr = dx + (size_t)r * D;
+            for (int k = 0; k < K; k++) {
+                const int64_t ps = g->pos[(sg->row + (size_t)r) * K + k];
+                if (ps < 0)
+                    continue;
+                const float *src = g->ye + (size_t)ps * D;
+                for (size_t d = 0; d < D; d++)
+                    dxr[d] += src[d];
             }
-            if (sg->d.N == 0)
-                continue;
-            float *dx = parts[p].dx + (sg->row - first) * D;
-            memset(dx, 0, sizeof(float) * (size_t)sg->d.N * D);
-            for (int r = 0; r < sg->d.N; r++) {
-                float *dxr = dx + (size_t)r * D;
-                for (int k = 0; k < K; k++) {
-                    const int64_t ps = g->pos[(sg->row + (size_t)r) * K + k];
-                    if (ps < 0)
-                        continue;
-                    const float *src = g->ye + (size_t)ps * D;
-                    for (size_t d = 0; d < D; d++)
-                        dxr[d] += src[d];
-                }
-            }
-            const float *w = hmoe_groups_params(g, sg->gi);
-            float *gw = hmoe_groups_grads(g, sg->gi);
-            const size_t DB = D * B;
-            gate_backward(dx, gw, gw + DB, g->gwork, g->dgates + sg->row * K, g->zero,
-                          parts[p].dstats + sg->stat * 2 * B + B, g->x + sg->row * D, w, w + DB,
-                          &sg->c, &sg->d);
         }
+        const float *w = hmoe_groups_params(g, sg->gi);
+        float *gw = hmoe_groups_grads(g, sg->gi);
+        const size_t DB = D * B;
+        gate_backward(dx, gw, gw + DB, g->gwork, g->dgates + sg->row * K, g->zero,
+                      pt->dstats + sg->stat * 2 * B + B, g->x + sg->row * D, w, w + DB, &sg->c,
+                      &sg->d);
     }
     g->have_forward = false;
     if (t > 0)

@@ -101,10 +101,11 @@ int hmoe_groups_parse_name(const char *name, long *id, int *part, bool *fadam);
 /* Forward of one step's parts (W of them) through the groups and their
  * experts `ex` (every expert of the groups the parts name). train: noisy
  * gates and smooth loads, the experts keep what the backward needs
- * (expert_shard_forward); else deterministic gates (expert_shard_infer). Writes each part's y and stats. 0, MOE_ERR_NOTFOUND
- * for a group not held, MOE_ERR_NOMEM; nothing is kept on error. */
-int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t step, bool train, int W,
-                        struct hmoe_part *parts);
+ * (expert_shard_forward); else deterministic gates (expert_shard_infer).
+ * Writes each part's y and stats. 0, MOE_ERR_NOTFOUND for a group not
+ * held, MOE_ERR_NOMEM; nothing is kept on error. */
+int hmoe_groups_forward(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t step, bool train,
+                        int W, struct hmoe_part *parts);
 
 /* Rows the experts computed in the last forward (each row once per
  * expert it went to). */
@@ -116,9 +117,9 @@ size_t hmoe_groups_expert_rows(const hmoe_groups_t *g);
  * their gradients (ex->backward) and the gates' with hmoe_groups_apply,
  * at step t with rate lr; with t == 0 both wait (expert_shard_apply and
  * hmoe_groups_apply). MOE_ERR_STATE without a
- * training forward. */
-int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W, struct hmoe_part *parts,
-                         int64_t t, double lr);
+ * training forward (or with another count of parts). */
+int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
+                         struct hmoe_part *parts, int64_t t, double lr);
 
 /* Factored Adam on every group's gate at step t (all groups, every step: a
  * group that got no rows only decays its second moments), then zeroes the

@@ -76,7 +76,8 @@ int expert_server__check_group(const expert_server_t *s, const struct moe_wire_m
         }
     }
     if (m->data && !all_finite(m->data, m->rows * (size_t)s->D)) {
-        snprintf(why, len, "group %s with a value that is not finite", fwd ? "forward" : "backward");
+        snprintf(why, len, "group %s with a value that is not finite",
+                 fwd ? "forward" : "backward");
         return MOE_ERR_RANGE;
     }
     return 0;
