@@ -433,7 +433,7 @@ test-fuzz test-fuzz-long: $(FUZZ_WIRE_BIN) $(FUZZ_DISPATCH_BIN) $(FUZZ_WIRE_DIR)
 	    -print_final_stats=1 -artifact_prefix=$(FUZZ_WIRE_DIR)/artifacts/ $(FUZZ_WIRE_DIR)/corpus
 	@# the same seeds for every daemon, role and peer (byte 0 of fuzz_dispatch.c)
 	@rm -rf $(FUZZ_DISPATCH_DIR)/corpus && mkdir -p $(FUZZ_DISPATCH_DIR)/corpus $(FUZZ_DISPATCH_DIR)/artifacts
-	@for f in $(FUZZ_WIRE_DIR)/seeds/*; do for w in 002 003 012 025 043 053 063 073 102 112; do \
+	@for f in $(FUZZ_WIRE_DIR)/seeds/*; do for w in 002 003 012 025 043 053 063 073 102 112 103 113; do \
 	    printf "\\$$w" | cat - "$$f" >"$(FUZZ_DISPATCH_DIR)/corpus/$$w-$${f##*/}"; done; done
 	$(FUZZ_DISPATCH_BIN) -max_total_time=$(FUZZ_WIRE_SECONDS) -timeout=10 -rss_limit_mb=2048 \
 	    -print_final_stats=1 -artifact_prefix=$(FUZZ_DISPATCH_DIR)/artifacts/ $(FUZZ_DISPATCH_DIR)/corpus

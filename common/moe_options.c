@@ -117,7 +117,7 @@ const size_t moe_options_count = sizeof moe_options_table / sizeof moe_options_t
 static const char *const contract_server_keys[] = {
     "d_model", "d_hidden", "n_experts", "seed", "lr", "warmup", "expert_beta2", "expert_eps",
     "expert_decay_pow", "expert_clip", "expert_relative_step", "wire_dtype", "workers",
-    "strict_determinism", "task", "max_len",
+    "strict_determinism", "moe", "groups", "experts_per_group", "task", "max_len",
 };
 /* The last line of every contract: compared on its own terms
  * (moe_options_contract_kernels), never by moe_options_contract_diff. */
@@ -199,6 +199,13 @@ int moe_options_contract(const struct moe_options *c, int role, char *out, size_
         else
             moe_config_format_value(moe_options_table, moe_options_count, c, key, v, sizeof v);
         if (contract_add(out, cap, &len, key, v))
+            return MOE_ERR_RANGE;
+    }
+    /* a hierarchical MoE's servers run its secondary gates: their top-k
+     * too (a worker's contract has k among its own keys) */
+    if (role != MOE_ROLE_WORKER && moe_options_hierarchical(c)) {
+        moe_config_format_value(moe_options_table, moe_options_count, c, "k", v, sizeof v);
+        if (contract_add(out, cap, &len, "k", v))
             return MOE_ERR_RANGE;
     }
     if (role == MOE_ROLE_WORKER && (contract_worker_keys_add(c, out, cap, &len) ||

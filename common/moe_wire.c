@@ -206,9 +206,28 @@ static bool wire_type_has_tensor(int type)
     case MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY:
     case MOE__MSG_TYPE__MSG_STATS:
     case MOE__MSG_TYPE__MSG_STATS_REPLY:
+    case MOE__MSG_TYPE__MSG_GROUP_FORWARD:
+    case MOE__MSG_TYPE__MSG_GROUP_FORWARD_REPLY:
+    case MOE__MSG_TYPE__MSG_GROUP_BACKWARD:
+    case MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY:
         return true;
     }
     return false;
+}
+
+/* A hierarchical MoE's group messages carry one index and one primary
+ * gate per row (GROUP_FORWARD), or one gate gradient per row
+ * (GROUP_BACKWARD_REPLY). */
+static int wire_check_group_rows(const Moe__Header *hdr, uint64_t rows, char *err, size_t errlen)
+{
+    const bool fwd = hdr->type == MOE__MSG_TYPE__MSG_GROUP_FORWARD;
+    if ((fwd && hdr->n_row_index != rows) ||
+        ((fwd || hdr->type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY) && hdr->n_row_gate != rows))
+        return moe_err_fail(MOE_ERR_SHAPE, err, errlen,
+                            "%s with %zu row indices and %zu row gates for %llu rows",
+                            wire_type_name(hdr->type), hdr->n_row_index, hdr->n_row_gate,
+                            (unsigned long long)rows);
+    return 0;
 }
 
 /* The checks of moe_wire_decode, leaving msg->identity alone so that
@@ -243,8 +262,8 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
 
     if (hdr->version != MOE_WIRE_VERSION)
         return moe_err_fail(MOE_ERR_VERSION, err, errlen,
-                            "protocol version %u, expected %d (the sender runs another release: "
-                            "every process of a cluster must run the same one)",
+                            "protocol version %u, expected %d (the peer runs another release:"
+                            " every member of a cluster must run the same one)",
                             hdr->version, MOE_WIRE_VERSION);
     if (hdr->type == MOE__MSG_TYPE__MSG_UNKNOWN ||
         !protobuf_c_enum_descriptor_get_value(&moe__msg_type__descriptor, hdr->type))
@@ -298,6 +317,9 @@ static int wire_decode_frames(const void *const *frames, const size_t *sizes, in
         return moe_err_fail(MOE_ERR_SHAPE, err, errlen, "%s carries no payload, got %zu bytes",
                          wire_type_name(hdr->type), payload);
     }
+    const int grc = wire_check_group_rows(hdr, rows, err, errlen);
+    if (grc)
+        return grc;
     size_t total;
     if (moe_size_add(sizes[0], payload, &total) || total > lim->max_bytes)
         return moe_err_fail(MOE_ERR_RANGE, err, errlen,
@@ -539,6 +561,12 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     hdr.cpu_seconds = h->cpu_seconds;
     hdr.rss_bytes = h->rss_bytes;
     hdr.tokens = h->tokens;
+    hdr.n_row_index = h->n_row_index;
+    hdr.row_index = (uint32_t *)h->row_index;
+    hdr.n_row_gate = h->n_row_gate;
+    hdr.row_gate = (float *)h->row_gate;
+    hdr.n_group_stats = h->n_group_stats;
+    hdr.group_stats = (float *)h->group_stats;
 
     /* Both frames exist before anything is sent, so that running out of
      * memory cannot leave half a message on the wire. A payload not already

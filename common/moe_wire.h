@@ -18,7 +18,11 @@
 
 #include "moe.pb-c.h"
 
-#define MOE_WIRE_VERSION 3
+/* 3: a hierarchical MoE's group messages (issue 17); 4: Header.layer, the
+ * MoE layer of a training call (the translation model, issue 19). A peer of
+ * another version gets "protocol version 3, expected 4 ..." and the sender
+ * the same sentence back. */
+#define MOE_WIRE_VERSION 4
 
 /* Longest error_text accepted, in bytes (without the terminating NUL). */
 #define MOE_WIRE_ERROR_TEXT_MAX 1024
@@ -94,6 +98,13 @@ struct moe_wire_out {
     double cpu_seconds;                       /* HEARTBEAT (server), STATS (worker) */
     uint64_t rss_bytes;
     uint64_t tokens;                          /* STATS */
+    /* GROUP_* messages (proto fields 41-43) */
+    const uint32_t *row_index;                /* GROUP_FORWARD: n_row_index (= rows) */
+    size_t n_row_index;
+    const float *row_gate;                    /* GROUP_FORWARD, GROUP_BACKWARD_REPLY: n_row_gate */
+    size_t n_row_gate;
+    const float *group_stats;                 /* GROUP_FORWARD_REPLY, GROUP_BACKWARD */
+    size_t n_group_stats;
 };
 
 /* Header flags, by message type. */
@@ -122,6 +133,9 @@ enum {
     MOE_FLAG_FAILED = 1u << 9,
     /* REGISTER (server): `rank` is the id this server already has */
     MOE_FLAG_HAS_ID = 1u << 10,
+    /* EXPERT_FETCH (and its reply): the ids are groups of a hierarchical
+     * MoE; a row per group holds its secondary gate and their state */
+    MOE_FLAG_GROUPS = 1u << 11,
 };
 
 /* Pure decoding and validation of already-received frames (no sockets): used
@@ -141,12 +155,15 @@ enum {
  *   expert_ids >= 0 and strictly ascending (no duplicates)       FORMAT
  *   sum of row_counts (checked add) <= max_rows                  RANGE
  *   tensor types (EXPERT_FORWARD, _REPLY, EXPERT_BACKWARD, _REPLY,
- *   EXPERT_FETCH_REPLY, STATS, STATS_REPLY):
+ *   EXPERT_FETCH_REPLY, STATS, STATS_REPLY, GROUP_FORWARD, _REPLY,
+ *   GROUP_BACKWARD, _REPLY):
  *     width != 0, and == lim->width when lim->width != 0         SHAPE
  *     rows * width * dtype size overflows size_t                 RANGE
  *     payload bytes == rows * width * dtype size (0 rows: the
  *     payload frame absent or empty)                             SHAPE
  *   other types: no payload frame, or an empty one               SHAPE
+ *   GROUP_FORWARD: one row_index and one row_gate per row;
+ *   GROUP_BACKWARD_REPLY: one row_gate per row                   SHAPE
  *   header + payload <= max_bytes                                RANGE
  *   error_text <= MOE_WIRE_ERROR_TEXT_MAX bytes                  RANGE
  *   the float32 buffer could not be allocated                    NOMEM

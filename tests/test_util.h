@@ -33,6 +33,9 @@ double tu_grad_check(tu_loss_fn loss, void *ctx, float *theta, const float *g, s
 double tu_grad_check_coords(tu_loss_fn loss, void *ctx, float *theta, const float *g, size_t n,
                             double h, int count, double abs_floor);
 
+/* A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0). */
+int tu_free_port(void);
+
 /* A temporary directory (mkdtemp under TMPDIR or /tmp); removed by
  * tu_rmtree. The returned string is static storage per call site copy. */
 void tu_tmpdir(char *out, size_t cap);

@@ -109,6 +109,19 @@ static int build_lists(const struct ckpt_state *s, struct tlist *model, struct t
             st += nst;
         }
     }
+    /* a hierarchical MoE's secondary gates, named as on the expert servers */
+    for (int i = 0; s->groups && i < hmoe_groups_count(s->groups) && !rc; i++) {
+        const int32_t id = hmoe_groups_id(s->groups, i);
+        const float *w = hmoe_groups_params(s->groups, i), *st = hmoe_groups_opt_state(s->groups, i);
+        const size_t DB = (size_t)D * (size_t)mc->B, S1 = hmoe_groups_state_count(D, mc->B) / 2;
+        for (int k = 0; k < 2 && !rc; k++) {
+            hmoe_groups_tensor_name(name, sizeof name, id, k, false);
+            rc = tlist_add(model, name, w + k * DB, 2, D, mc->B);
+            hmoe_groups_tensor_name(name, sizeof name, id, k, true);
+            if (!rc)
+                rc = tlist_add(optim, name, st + k * S1, 1, (int64_t)S1, 0);
+        }
+    }
     /* the carried state of this worker's streams */
     for (int i = 0; i < model_n_states(s->model) && !rc; i++) {
         const struct layer_state ls = model_state_at(s->model, false, i);
@@ -377,6 +390,7 @@ static int worker_list(const struct ckpt_state *s, int rank, bool want_state, st
     struct tlist model = {0}, optim = {0};
     struct ckpt_state s2 = *s;
     s2.shard = NULL;
+    s2.groups = NULL;
     int rc = build_lists(&s2, &model, &optim);
     const struct tlist *both[2] = {&model, &optim};
     for (int f = 0; f < 2 && !rc; f++)

@@ -19,6 +19,7 @@
 
 #include "data.h"
 #include "expert_shard.h"
+#include "hmoe_group.h"
 #include "model.h"
 #include "model_source.h"
 #include "moe_options.h"
@@ -34,6 +35,7 @@ struct ckpt_state {
     int64_t step;               /* steps completed */
     int lstm_rows;              /* streams of this worker's carried LSTM state */
     const struct moe_options *cfg;
+    hmoe_groups_t *groups;      /* a hierarchical MoE's secondary gates held here (or NULL) */
 };
 
 /* Writes checkpoint of s->step under dir (created if missing). On success

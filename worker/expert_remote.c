@@ -23,6 +23,18 @@ struct server_io {
     size_t total;     /* rows of this request */
     size_t *src;      /* (n) offset in rows of each expert in the caller's packed array */
     bool done;
+    /* a hierarchical MoE's group messages: the rows' indices and primary
+     * gates, or the groups' statistics gradients, gathered for the header */
+    uint32_t *g_index;
+    float *g_gate, *g_stats;
+    size_t g_cap_rows, g_cap_stats;
+};
+
+/* A group message's extras (NULL for an expert message): what goes in the
+ * headers and where the replies' extras go. */
+struct group_io {
+    const struct moe_group_batch *b;
+    bool backward;
 };
 
 /* The backend of one MoE layer (expert_remote_backend_layer). */
@@ -47,6 +59,7 @@ struct expert_remote {
     uint64_t bytes_sent, bytes_recv; /* tensor payload of training steps */
     size_t last_reply_bytes;         /* payload bytes of the last gather */
     int64_t min_reply_step, max_reply_step; /* header.step range of the last gather */
+    int *g_rows;                            /* (n_experts) a group message's rows per group */
 };
 
 expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_net *net,
@@ -65,7 +78,8 @@ expert_remote_t *expert_remote_new(void *zmq_ctx, const struct moe_net *net,
     r->lim = (struct moe_wire_limits){max_bytes, 0, (uint32_t)cl->n_experts, (uint64_t)1 << 31};
     r->io = calloc((size_t)cl->n_servers, sizeof *r->io);
     r->pool = moe_wire_pool_new();
-    if (!r->io || !r->pool)
+    r->g_rows = calloc((size_t)cl->n_experts, sizeof(int));
+    if (!r->io || !r->pool || !r->g_rows)
         goto fail;
     char id[32];
     snprintf(id, sizeof id, "moe-worker-%d", rank);
@@ -108,7 +122,11 @@ void expert_remote_destroy(expert_remote_t **rp)
         free(io->ids);
         free(io->rows);
         free(io->src);
+        free(io->g_index);
+        free(io->g_gate);
+        free(io->g_stats);
     }
+    free(r->g_rows);
     /* after the sockets: closing them gives back what ZeroMQ still held */
     moe_wire_pool_destroy(&r->pool);
     free(r->io);
@@ -125,8 +143,34 @@ void expert_remote_set_row0(expert_remote_t *r, int64_t row0) { r->row0 = row0; 
 /* Waits for one reply per server: type `want`, this request, the layout
  * sent. Copies each payload to out (same packing as the request's input).
  * `width` is the row width expected (D, or P + S for a fetch). */
+/* A group reply's extras (gio): the statistics of each group (forward) or
+ * each row's primary-gate gradient (backward), into the caller's batch. 0,
+ * or MOE_ERR_FORMAT when the reply carries another count of them. */
+static int group_extras(const struct group_io *gio, const struct server_io *io,
+                        const Moe__Header *h)
+{
+    const struct moe_group_batch *b = gio->b;
+    const size_t B3 = 3 * (size_t)b->B;
+    if (!gio->backward) {
+        if (h->n_group_stats != B3 * (size_t)io->n)
+            return MOE_ERR_FORMAT;
+        for (int j = 0; j < io->n; j++)
+            memcpy(b->stats + (size_t)io->ids[j] * B3, h->group_stats + (size_t)j * B3,
+                   sizeof(float) * B3);
+        return 0;
+    }
+    if (h->n_row_gate != io->total)
+        return MOE_ERR_FORMAT;
+    size_t off = 0;
+    for (int j = 0; j < io->n; j++) {
+        memcpy(b->dgp + io->src[j], h->row_gate + off, sizeof(float) * io->rows[j]);
+        off += io->rows[j];
+    }
+    return 0;
+}
+
 static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, size_t width,
-                          float *out, char *what, size_t what_len)
+                          float *out, const struct group_io *gio, char *what, size_t what_len)
 {
     const int S = r->cl->n_servers;
     r->last_reply_bytes = 0;
@@ -199,6 +243,8 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
                 for (int j = 0; j < io->n; j++)
                     if (m.hdr->expert_ids[j] != io->ids[j] || m.hdr->row_counts[j] != io->rows[j])
                         rc = MOE_ERR_FORMAT;
+                if (!rc && gio)
+                    rc = group_extras(gio, io, m.hdr);
                 if (rc) {
                     snprintf(what, what_len, "expert server %d (%s) answered with another layout",
                              s, r->cl->servers[s]);
@@ -227,9 +273,56 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
 }
 
 /* Splits the packed batch by server and sends one message to each. */
+/* A group message's header extras for server io (gio->b's rows of its
+ * groups): the rows' indices and primary gates (forward) or the groups'
+ * statistics gradients (backward), gathered into io's buffers. */
+static int group_header(struct server_io *io, const struct group_io *gio, struct moe_wire_out *h)
+{
+    const struct moe_group_batch *b = gio->b;
+    const size_t B2 = 2 * (size_t)b->B, R = io->total ? io->total : 1;
+    if (R > io->g_cap_rows) {
+        uint32_t *ix = realloc(io->g_index, sizeof(uint32_t) * R);
+        if (ix)
+            io->g_index = ix;
+        float *g = realloc(io->g_gate, sizeof(float) * R);
+        if (g)
+            io->g_gate = g;
+        if (!ix || !g)
+            return MOE_ERR_NOMEM;
+        io->g_cap_rows = R;
+    }
+    if (B2 * (size_t)(io->n ? io->n : 1) > io->g_cap_stats) {
+        float *st = realloc(io->g_stats, sizeof(float) * B2 * (size_t)(io->n ? io->n : 1));
+        if (!st)
+            return MOE_ERR_NOMEM;
+        io->g_stats = st;
+        io->g_cap_stats = B2 * (size_t)(io->n ? io->n : 1);
+    }
+    size_t o = 0;
+    for (int j = 0; j < io->n; j++) {
+        if (gio->backward) {
+            memcpy(io->g_stats + (size_t)j * B2, b->dstats + (size_t)io->ids[j] * B2,
+                   sizeof(float) * B2);
+            continue;
+        }
+        memcpy(io->g_index + o, b->row_index + io->src[j], sizeof(uint32_t) * io->rows[j]);
+        memcpy(io->g_gate + o, b->gp + io->src[j], sizeof(float) * io->rows[j]);
+        o += io->rows[j];
+    }
+    if (gio->backward) {
+        h->group_stats = io->g_stats;
+        h->n_group_stats = B2 * (size_t)io->n;
+    } else {
+        h->row_index = io->g_index;
+        h->row_gate = io->g_gate;
+        h->n_row_index = h->n_row_gate = io->total;
+    }
+    return 0;
+}
+
 static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool eval, int n,
-                    const int32_t *ids, const int *rows, const float *x, uint64_t req, char *what,
-                    size_t what_len)
+                    const int32_t *ids, const int *rows, const float *x, uint64_t req,
+                    const struct group_io *gio, char *what, size_t what_len)
 {
     const size_t D = (size_t)r->D;
     for (int s = 0; s < r->cl->n_servers; s++) {
@@ -238,7 +331,8 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
     }
     size_t off = 0;
     for (int e = 0; e < n; e++) {
-        struct server_io *io = &r->io[r->cl->server_of[ids[e]]];
+        /* a group lives where its experts are */
+        struct server_io *io = &r->io[r->cl->server_of[gio ? ids[e] * gio->b->B : ids[e]]];
         io->ids[io->n] = ids[e];
         io->rows[io->n] = (uint32_t)rows[e];
         io->src[io->n] = off;
@@ -271,7 +365,14 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
         h.eval = eval;
         h.layer = r->layer;
         h.epoch = r->epoch;
-        h.flags = type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ? r->bwd_flags : 0;
+        h.flags = type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ||
+                          type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD
+                      ? r->bwd_flags
+                      : 0;
+        if (gio && group_header(io, gio, &h)) {
+            moe_wire_pool_give(buf);
+            return MOE_ERR_NOMEM;
+        }
         char err[256];
         if (moe_wire_send_pooled(io->sock, NULL, 0, &h, buf, io->total, err, sizeof err)) {
             snprintf(what, what_len, "cannot send to expert server %d (%s): %s", s,
@@ -297,10 +398,10 @@ static int remote_forward(void *ctx, int64_t step, bool train, int n, const int3
     expert_remote_t *r = ctx;
     uint64_t req = ++r->request_id;
     int rc = send_all(r, MOE__MSG_TYPE__MSG_EXPERT_FORWARD, step, !train, n, ids, rows, x, req,
-                      what, what_len);
+                      NULL, what, what_len);
     if (!rc)
-        rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, req, (size_t)r->D, y, what,
-                            what_len);
+        rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, req, (size_t)r->D, y, NULL,
+                            what, what_len);
     if (!rc && train) {
         r->bytes_sent += payload_bytes(r, n, rows);
         r->bytes_recv += r->last_reply_bytes;
@@ -314,15 +415,54 @@ static int remote_backward(void *ctx, int64_t step, int n, const int32_t *ids, c
     expert_remote_t *r = ctx;
     uint64_t req = ++r->request_id;
     int rc = send_all(r, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD, step, false, n, ids, rows, dy, req,
-                      what, what_len);
+                      NULL, what, what_len);
     if (!rc)
         rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, req, (size_t)r->D, dx,
-                            what, what_len);
+                            NULL, what, what_len);
     if (!rc) {
         r->bytes_sent += payload_bytes(r, n, rows);
         r->bytes_recv += r->last_reply_bytes;
     }
     return rc;
+}
+
+/* A hierarchical MoE's groups on the servers (issue 17): one GROUP_FORWARD
+ * (or GROUP_BACKWARD) per server with its groups' rows, as for experts. */
+static int remote_group_pass(expert_remote_t *r, int64_t step, bool train, bool backward,
+                             const struct moe_group_batch *b, char *what, size_t what_len)
+{
+    const uint64_t req = ++r->request_id;
+    const struct group_io gio = {b, backward};
+    for (int i = 0; i < b->A; i++)
+        r->g_rows[i] = (int)b->rows[i];
+    const int64_t row0 = r->row0;
+    r->row0 = b->row0;
+    int rc = send_all(r, backward ? MOE__MSG_TYPE__MSG_GROUP_BACKWARD
+                                  : MOE__MSG_TYPE__MSG_GROUP_FORWARD,
+                      step, !train, b->A, b->ids, r->g_rows, backward ? b->dy : b->x, req, &gio,
+                      what, what_len);
+    r->row0 = row0;
+    if (!rc)
+        rc = gather_replies(r, backward ? MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY
+                                        : MOE__MSG_TYPE__MSG_GROUP_FORWARD_REPLY,
+                            req, (size_t)r->D, backward ? b->dx : b->y, &gio, what, what_len);
+    if (!rc && train) {
+        r->bytes_sent += payload_bytes(r, b->A, r->g_rows);
+        r->bytes_recv += r->last_reply_bytes;
+    }
+    return rc;
+}
+
+static int remote_group_forward(void *ctx, int64_t step, bool train,
+                                const struct moe_group_batch *b, char *what, size_t what_len)
+{
+    return remote_group_pass(ctx, step, train, false, b, what, what_len);
+}
+
+static int remote_group_backward(void *ctx, int64_t step, const struct moe_group_batch *b,
+                                 char *what, size_t what_len)
+{
+    return remote_group_pass(ctx, step, true, true, b, what, what_len);
 }
 
 uint64_t expert_remote_wire_bytes(const expert_remote_t *r)
@@ -343,10 +483,58 @@ static int remote_apply(void *ctx, int64_t t, double lr, char *what, size_t what
 
 void expert_remote_backend(struct moe_backend *b, expert_remote_t *r)
 {
-    b->ctx = r;
-    b->forward = remote_forward;
-    b->backward = remote_backward;
-    b->apply = remote_apply;
+    *b = (struct moe_backend){.ctx = r, .forward = remote_forward, .backward = remote_backward,
+                              .apply = remote_apply, .group_forward = remote_group_forward,
+                              .group_backward = remote_group_backward};
+}
+
+/* Rows of `width` floats for ids (n; groups with MOE_FLAG_GROUPS in flags)
+ * from the servers that hold them, into all (n, width), checking that they
+ * are those after `step` steps. */
+static int fetch_rows(expert_remote_t *r, int n, const int32_t *ids, int B, uint32_t flags,
+                      size_t width, float *all, int64_t step, char *err, size_t errlen)
+{
+    uint32_t *zeros = calloc((size_t)(n ? n : 1), sizeof(uint32_t));
+    if (!zeros)
+        return MOE_ERR_NOMEM;
+    uint64_t req = ++r->request_id;
+    for (int s = 0; s < r->cl->n_servers; s++) {
+        r->io[s].n = 0;
+        r->io[s].total = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        struct server_io *io = &r->io[r->cl->server_of[ids[i] * B]];
+        io->ids[io->n] = ids[i];
+        io->rows[io->n] = 1;
+        io->src[io->n] = (size_t)i;
+        io->n++;
+        io->total++;
+    }
+    int rc = 0;
+    for (int s = 0; s < r->cl->n_servers && !rc; s++) {
+        struct server_io *io = &r->io[s];
+        struct moe_wire_out h = {0};
+        h.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH;
+        h.rank = (uint32_t)r->rank;
+        h.epoch = r->epoch;
+        h.flags = flags;
+        h.request_id = req;
+        h.expert_ids = io->ids;
+        h.row_counts = zeros; /* a request carries no rows; the reply has one per id */
+        h.n_experts = (size_t)io->n;
+        rc = moe_wire_send(io->sock, NULL, 0, &h, NULL, 0, err, errlen);
+    }
+    free(zeros);
+    if (!rc)
+        rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY, req, width, all, NULL, err,
+                            errlen);
+    if (!rc && n > 0 && (r->min_reply_step != step || r->max_reply_step != step)) {
+        moe_err_set(err, errlen, "expert servers hold %s of steps %" PRId64 "..%" PRId64
+                 ", expected step %" PRId64, flags & MOE_FLAG_GROUPS ? "groups" : "experts",
+                 r->min_reply_step, r->max_reply_step, step);
+        rc = MOE_ERR_STATE;
+    }
+    return rc;
 }
 
 static int layer_forward(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
@@ -382,56 +570,43 @@ int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, c
     expert_shard_dims(dst, &D, &H);
     const size_t P = expert_ffn_param_count(D, H);
     const size_t S = expert_shard_opt_state_size(dst), width = P + S;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
-    uint32_t *zeros = calloc((size_t)(n ? n : 1), sizeof(uint32_t));
+    int32_t *ids = calloc((size_t)(n ? n : 1), sizeof(int32_t));
     float *all = moe_alloc_floats((size_t)n * width);
     int rc = MOE_ERR_NOMEM;
-    if (!ids || !zeros || !all)
+    if (!ids || !all)
         goto out;
     for (int i = 0; i < n; i++)
         ids[i] = expert_shard_id(dst, i);
-    uint64_t req = ++r->request_id;
-    for (int s = 0; s < r->cl->n_servers; s++) {
-        r->io[s].n = 0;
-        r->io[s].total = 0;
-    }
-    for (int i = 0; i < n; i++) {
-        struct server_io *io = &r->io[r->cl->server_of[ids[i]]];
-        io->ids[io->n] = ids[i];
-        io->rows[io->n] = 1;
-        io->src[io->n] = (size_t)i;
-        io->n++;
-        io->total++;
-    }
-    for (int s = 0; s < r->cl->n_servers; s++) {
-        struct server_io *io = &r->io[s];
-        struct moe_wire_out h = {0};
-        h.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH;
-        h.rank = (uint32_t)r->rank;
-        h.epoch = r->epoch;
-        h.request_id = req;
-        h.expert_ids = io->ids;
-        h.row_counts = zeros; /* a request carries no rows; the reply has one per expert */
-        h.n_experts = (size_t)io->n;
-        if ((rc = moe_wire_send(io->sock, NULL, 0, &h, NULL, 0, err, errlen)))
-            goto out;
-    }
-    if ((rc = gather_replies(r, MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY, req, width, all, err, errlen)))
+    if ((rc = fetch_rows(r, n, ids, 1, 0, width, all, step, err, errlen)))
         goto out;
-    if (n > 0 && (r->min_reply_step != step || r->max_reply_step != step)) {
-        moe_err_set(err, errlen, "expert servers hold experts of steps %" PRId64 "..%" PRId64
-                 ", expected step %" PRId64, r->min_reply_step, r->max_reply_step, step);
-        rc = MOE_ERR_STATE;
-        goto out;
-    }
     for (int i = 0; i < n; i++) {
         memcpy(expert_shard_params(dst, i), all + (size_t)i * width, sizeof(float) * P);
         memcpy(expert_shard_opt_state(dst, i), all + (size_t)i * width + P, sizeof(float) * S);
     }
-    rc = 0;
 out:
     free(ids);
-    free(zeros);
+    moe_free_floats(&all);
+    return rc;
+}
+
+int expert_remote_fetch_groups(expert_remote_t *r, hmoe_groups_t *dst, int D, int B,
+                               int64_t step, char *err, size_t errlen)
+{
+    const int n = hmoe_groups_count(dst);
+    const size_t P = hmoe_groups_param_count(D, B), S = hmoe_groups_state_count(D, B);
+    int32_t *ids = calloc((size_t)(n ? n : 1), sizeof(int32_t));
+    float *all = moe_alloc_floats((size_t)n * (P + S));
+    int rc = MOE_ERR_NOMEM;
+    if (ids && all) {
+        for (int i = 0; i < n; i++)
+            ids[i] = hmoe_groups_id(dst, i);
+        rc = fetch_rows(r, n, ids, B, MOE_FLAG_GROUPS, P + S, all, step, err, errlen);
+    }
+    for (int i = 0; i < n && !rc; i++) {
+        memcpy(hmoe_groups_params(dst, i), all + (size_t)i * (P + S), sizeof(float) * P);
+        memcpy(hmoe_groups_opt_state(dst, i), all + (size_t)i * (P + S) + P, sizeof(float) * S);
+    }
+    free(ids);
     moe_free_floats(&all);
     return rc;
 }

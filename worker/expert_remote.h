@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "expert_shard.h"
+#include "hmoe_group.h"
 #include "moe.pb-c.h"
 #include "moe_cluster.h"
 #include "moe_guard.h"
@@ -53,5 +54,10 @@ uint64_t expert_remote_wire_bytes(const expert_remote_t *r);
  * are those after `step` steps (MOE_ERR_STATE otherwise). */
 int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, char *err,
                         size_t errlen);
+
+/* The same for a hierarchical MoE's groups (their secondary gates and
+ * factored-Adam state, width D, B experts per group) into dst. */
+int expert_remote_fetch_groups(expert_remote_t *r, hmoe_groups_t *dst, int D, int B,
+                               int64_t step, char *err, size_t errlen);
 
 #endif

@@ -63,6 +63,17 @@ static int load_params(struct inference *in, char *err, size_t errlen)
             dst += shape[0] * (nd == 2 ? shape[1] : 1);
         }
     }
+    /* a hierarchical MoE's secondary gates */
+    for (int i = 0; in->groups && i < hmoe_groups_count(in->groups) && !rc; i++) {
+        const int64_t shape[2] = {mc->D, mc->B};
+        float *w = hmoe_groups_params(in->groups, i);
+        for (int k = 0; k < 2 && !rc; k++) {
+            char name[96];
+            hmoe_groups_tensor_name(name, sizeof name, hmoe_groups_id(in->groups, i), k, false);
+            rc = model_source_read(&in->src, name, 2, shape, w + (size_t)k * mc->D * mc->B, err,
+                                   errlen);
+        }
+    }
     return rc;
 }
 
@@ -86,8 +97,14 @@ int inference_open(struct inference *in, const char *path, int B_max, int T_max,
     const struct model_config mc =
         model_config_from_options(c, vocab_size(in->src.vocab), B_max, T_max);
     in->shard = model_experts_from_options(c, c->n_experts, false);
+    if (moe_options_hierarchical(c) && !(in->groups = hmoe_groups_from_options(c, c->groups, NULL)))
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "not enough memory for the gates of %d "
+                            "groups", c->groups);
     struct moe_backend be;
-    if (in->shard)
+    in->local = (struct expert_local){.shard = in->shard, .groups = in->groups};
+    if (in->shard && in->groups)
+        expert_local_group_backend(&be, &in->local);
+    else if (in->shard)
         expert_local_backend(&be, in->shard);
     in->tok = malloc(sizeof(int32_t) * (size_t)B_max * (size_t)T_max);
     in->tgt = calloc((size_t)B_max * (size_t)T_max, sizeof(int32_t));
@@ -102,6 +119,7 @@ void inference_close(struct inference *in)
 {
     model_destroy(&in->model);
     expert_shard_destroy(&in->shard);
+    hmoe_groups_destroy(&in->groups);
     model_source_close(&in->src);
     free(in->cfg);
     free(in->tok);

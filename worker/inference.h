@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "data.h"
+#include "expert_local.h"
 #include "expert_shard.h"
 #include "model.h"
 #include "model_source.h"
@@ -33,6 +34,8 @@ struct inference {
     struct moe_options *cfg; /* the model's configuration */
     model_t *model;
     expert_shard_t *shard;
+    hmoe_groups_t *groups;      /* a hierarchical MoE's secondary gates (or NULL) */
+    struct expert_local local;  /* both, for the groups' backend */
     int B_max, T_max;
     int32_t *tok, *tgt;
 };

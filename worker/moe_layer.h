@@ -17,6 +17,24 @@
 
 /* Experts reached through function pointers. Each call gets the experts
  * with at least one row: ids[e] with rows[e] rows, consecutive in x. */
+/* A hierarchical MoE's rows for its groups (issue 17, hmoe_group.h), packed
+ * group after group over groups 0..A-1, with what comes back. */
+struct moe_group_batch {
+    int A, B, D;
+    const int32_t *ids;        /* (A) 0 .. A-1 */
+    const uint32_t *rows;      /* (A) rows sent to each group */
+    int64_t row0;              /* global index of this pass's row 0 */
+    const uint32_t *row_index; /* (P) each packed row's row in the pass */
+    const float *gp;           /* (P) its primary gate value */
+    const float *x;            /* (P,D) */
+    float *y;                  /* (P,D) forward: each row's group output */
+    float *stats;              /* (A,3B) forward: Importance_H, secondary load, rows routed */
+    const float *dy;           /* (P,D) backward: gradient of y */
+    const float *dstats;       /* (A,2B) backward: d Importance_H, d secondary load */
+    float *dx;                 /* (P,D) backward: gradient of x */
+    float *dgp;                /* (P) backward: gradient of gp through Importance_H */
+};
+
 struct moe_backend {
     void *ctx;
     /* 0 or a negative MOE_ERR_*; `what` receives a sentence on error.
@@ -28,6 +46,14 @@ struct moe_backend {
                     const float *dy, float *dx, char *what, size_t what_len);
     /* Applies the expert update of step t (1-based) with learning rate lr. */
     int (*apply)(void *ctx, int64_t t, double lr, char *what, size_t what_len);
+    /* A hierarchical MoE's groups where they live (NULL for a flat layer's
+     * backend): each group's secondary gate, experts and combine on its
+     * rows (forward), their gradients (backward; the secondary gates are
+     * updated with the experts). Same contract as forward and backward. */
+    int (*group_forward)(void *ctx, int64_t step, bool train, const struct moe_group_batch *b,
+                         char *what, size_t what_len);
+    int (*group_backward)(void *ctx, int64_t step, const struct moe_group_batch *b, char *what,
+                          size_t what_len);
 };
 
 struct moe_dispatch {

@@ -257,6 +257,9 @@ static int save_checkpoint_in(struct trainer *t, const char *dir, char *err, siz
     /* Remote experts: copy their parameters and state into the local mirror. */
     if (t->remote) {
         int rc = expert_remote_fetch(t->remote_be, t->shard, t->step, err, errlen);
+        if (!rc && t->groups)
+            rc = expert_remote_fetch_groups(t->remote_be, t->groups, t->cfg->d_model,
+                                            t->cfg->experts_per_group, t->step, err, errlen);
         if (rc)
             return rc;
         for (int i = 0; i < expert_shard_count(t->shard); i++)
@@ -266,6 +269,7 @@ static int save_checkpoint_in(struct trainer *t, const char *dir, char *err, siz
     }
     struct ckpt_state cs = trainer__ckpt_state(t);
     cs.shard = t->shard;
+    cs.groups = t->groups;
     char where[MOE_PATH_MAX + 64];
     int rc = checkpoint_save(dir, &cs, where, sizeof where, err, errlen);
     if (rc == 0)

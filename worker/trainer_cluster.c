@@ -79,7 +79,7 @@ int trainer__wait_epoch(struct trainer *t, uint32_t flags, const char *why, char
 
 struct ckpt_state trainer__ckpt_state(struct trainer *t)
 {
-    struct ckpt_state cs = {t->model, NULL, t->vocab, {0}, {0}, t->dense_adam, t->step, t->B, t->cfg};
+    struct ckpt_state cs = {t->model, NULL, t->vocab, {0}, {0}, t->dense_adam, t->step, t->B, t->cfg, NULL};
     memcpy(cs.dense_opt, t->dense_opt, sizeof cs.dense_opt);
     memcpy(cs.dense_opt_n, t->dense_opt_n, sizeof cs.dense_opt_n);
     return cs;

@@ -15,6 +15,7 @@
 #include "checkpoint.h"
 #include "coord_client.h"
 #include "data.h"
+#include "expert_local.h"
 #include "expert_remote.h"
 #include "expert_shard.h"
 #include "model.h"
@@ -70,6 +71,11 @@ struct trainer {
     struct corpus train, valid;
     struct batcher tb, vb;
     expert_shard_t *shard;
+    /* a hierarchical MoE's secondary gates: in-process, the groups run here
+     * (local: them and the shard); with expert servers, a mirror for the
+     * checkpoints worker 0 writes (expert_remote_fetch_groups) */
+    hmoe_groups_t *groups;
+    struct expert_local local;
     model_t *model;
     float *dense_opt[MODEL_MAX_PARAMS];
     size_t dense_opt_n[MODEL_MAX_PARAMS];

@@ -199,8 +199,14 @@ static int setup_experts(struct trainer *t, char *err, size_t errlen)
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate %d experts of %dx%d",
                             c->n_experts, c->d_model, c->d_hidden);
     expert_shard_set_recompute(t->shard, moe_options_recompute_mode(c) != MOE_RECOMPUTE_NONE);
+    if (moe_options_hierarchical(c) && !(t->groups = hmoe_groups_from_options(c, c->groups, NULL)))
+        return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "cannot allocate the gates of %d groups",
+                            c->groups);
     int rc;
-    if (!t->remote) {
+    if (!t->remote && t->groups) {
+        t->local = (struct expert_local){.shard = t->shard, .groups = t->groups};
+        expert_local_group_backend(&t->backend, &t->local);
+    } else if (!t->remote) {
         expert_local_backend(&t->backend, t->shard);
     } else if (t->coord) {
         if (!(t->gstats = moe_alloc_floats(3 * (size_t)c->n_experts +
@@ -293,6 +299,7 @@ int trainer__setup(struct trainer *t, char *err, size_t errlen)
     if (!rc && ms) {
         struct ckpt_state cs = trainer__ckpt_state(t);
         cs.shard = t->shard;
+        cs.groups = t->groups;
         cs.step = 0;
         if (!(rc = checkpoint_load_source(ms, &cs, err, errlen))) {
             t->step = cs.step;
@@ -330,6 +337,7 @@ void trainer__teardown(struct trainer *t)
     moe_free_floats(&t->flat);
     moe_free_floats(&t->stats);
     expert_shard_destroy(&t->shard);
+    hmoe_groups_destroy(&t->groups);
     for (int p = 0; p < MODEL_MAX_PARAMS; p++)
         moe_free_floats(&t->dense_opt[p]);
     free(t->tok);

@@ -278,14 +278,18 @@ static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
                                    moe_options_recompute_mode(cfg) != MOE_RECOMPUTE_NONE);
     }
     free(ids);
+    s->B = moe_options_hierarchical(cfg) ? cfg->experts_per_group : 0;
+    if (!rc && (rc = expert_server__make_groups(s)))
+        moe_err_set(err, errlen, "cannot allocate the gates of this server's groups");
     s->layers = moe_options_moe_layers(cfg);
+    s->parts = calloc((size_t)s->W, sizeof *s->parts);
     s->fwd = calloc((size_t)s->W * (size_t)s->layers, sizeof *s->fwd);
     s->bwd = calloc((size_t)s->W, sizeof *s->bwd);
     /* room for every expert: an epoch may give this server any of them */
     s->u_ids = malloc(sizeof(int32_t) * (size_t)moe_options_experts_total(cfg));
     s->u_rows = malloc(sizeof(int) * (size_t)moe_options_experts_total(cfg));
     s->u_base = malloc(sizeof(size_t) * (size_t)moe_options_experts_total(cfg));
-    if (!rc && (!s->fwd || !s->bwd || !s->u_ids || !s->u_rows || !s->u_base))
+    if (!rc && (!s->fwd || !s->bwd || !s->parts || !s->u_ids || !s->u_rows || !s->u_base))
         rc = MOE_ERR_NOMEM;
     *n_out = n;
     return rc;
@@ -375,6 +379,10 @@ void expert_server_destroy(expert_server_t **sp)
     if (s->ctx)
         zmq_ctx_term(s->ctx);
     expert_shard_destroy(&s->shard);
+    hmoe_groups_destroy(&s->groups);
+    free(s->parts);
+    moe_free_floats(&s->gstats);
+    moe_free_floats(&s->gdgp);
     moe_cluster_free(&s->cl);
     free(s);
     *sp = NULL;

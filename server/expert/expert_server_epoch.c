@@ -48,6 +48,84 @@ static int load_expert(expert_server_t *s, moe_safetensors_t *st, expert_shard_t
     return 0;
 }
 
+/* Copies group `id`'s secondary gate (parameters, factored-Adam state)
+ * from the shard file of a checkpoint into slot gi of dst. */
+static int load_group(expert_server_t *s, moe_safetensors_t *st, hmoe_groups_t *dst, int gi,
+                      char *err, size_t errlen)
+{
+    const int32_t id = hmoe_groups_id(dst, gi);
+    const size_t DB = (size_t)s->D * (size_t)s->B, S1 = hmoe_groups_state_count(s->D, s->B) / 2;
+    float *p = hmoe_groups_params(dst, gi), *o = hmoe_groups_opt_state(dst, gi);
+    for (int part = 0; part < 2; part++) {
+        char name[96];
+        const int64_t shape[2] = {s->D, s->B}, sh1[2] = {(int64_t)S1, 0};
+        hmoe_groups_tensor_name(name, sizeof name, id, part, false);
+        int rc = moe_safetensors_read_f32(st, name, 2, shape, p + part * DB, err, errlen);
+        hmoe_groups_tensor_name(name, sizeof name, id, part, true);
+        if (rc || (rc = moe_safetensors_read_f32(st, name, 1, sh1, o + part * S1, err, errlen)))
+            return rc;
+    }
+    return 0;
+}
+
+/* A hierarchical MoE: group `id / B` (id its first expert) of the new
+ * shard, as its experts: kept from the current groups, or read from f. */
+static int take_group(expert_server_t *s, hmoe_groups_t *next, int32_t id, bool kept,
+                      moe_safetensors_t *f, char *err, size_t errlen)
+{
+    const int gi = hmoe_groups_find(next, id / s->B);
+    if (gi < 0 || id % s->B != 0)
+        return 0;
+    if (kept) {
+        const int old = s->groups ? hmoe_groups_find(s->groups, id / s->B) : -1;
+        if (old < 0) {
+            moe_err_set(err, errlen, "group %d's experts are here without its gate", id / s->B);
+            return MOE_ERR_STATE;
+        }
+        memcpy(hmoe_groups_params(next, gi), hmoe_groups_params(s->groups, old),
+               sizeof(float) * hmoe_groups_param_count(s->D, s->B));
+        memcpy(hmoe_groups_opt_state(next, gi), hmoe_groups_opt_state(s->groups, old),
+               sizeof(float) * hmoe_groups_state_count(s->D, s->B));
+        return 0;
+    }
+    return f ? load_group(s, f, next, gi, err, errlen) : 0;
+}
+
+/* The shard file of the epoch's checkpoint that holds expert `id`, opened
+ * (and verified against its manifest, read first) into (*files)[f] unless
+ * it already is. */
+static int open_checkpoint_file(expert_server_t *s, const struct coord_epoch *ep,
+                                struct moe_manifest *man, bool *have_man,
+                                moe_safetensors_t ***files, int32_t id, char *err, size_t errlen)
+{
+    const struct moe_options *cfg = s->cfg;
+    int rc;
+    if (!*have_man) {
+        if ((rc = moe_manifest_read(ep->checkpoint, man, err, errlen)))
+            return rc;
+        *have_man = true;
+        if (man->n_experts != moe_options_experts_total(cfg) || man->step != ep->step) {
+            moe_err_set(err, errlen, "%s: manifest of step %" PRId64 " with %d experts, "
+                     "expected step %" PRId64 " with %d", ep->checkpoint, man->step,
+                     man->n_experts, ep->step, moe_options_experts_total(cfg));
+            return MOE_ERR_FORMAT;
+        }
+        if (!(*files = calloc((size_t)man->n_files, sizeof **files)))
+            return MOE_ERR_NOMEM;
+    }
+    const int f = man->expert_file[id];
+    if ((*files)[f])
+        return 0;
+    char path[MOE_PATH_MAX + 200];
+    snprintf(path, sizeof path, "%s/%s", ep->checkpoint, man->files[f].name);
+    if ((rc = moe_manifest_verify_file(ep->checkpoint, man, f, err, errlen)))
+        return rc;
+    if (!((*files)[f] = moe_safetensors_open(path, err, errlen)))
+        return MOE_ERR_FORMAT;
+    return moe_kernels_compare(moe_safetensors_meta((*files)[f], "blas_kernels"), path,
+                               cfg->strict_determinism, err, errlen);
+}
+
 /* Builds the shard of the epoch: experts this server already holds at the
  * epoch's step stay as they are; the others are read from the epoch's
  * checkpoint (every file verified against the manifest's checksum first)
@@ -90,6 +168,13 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
         return MOE_ERR_NOMEM;
     }
     expert_shard_set_recompute(next, moe_options_recompute_mode(cfg) != MOE_RECOMPUTE_NONE);
+    /* a hierarchical MoE's groups move with their experts: their gates */
+    hmoe_groups_t *nextg = s->B ? hmoe_groups_of_shard(cfg, next) : NULL;
+    if (s->B && !nextg) {
+        expert_shard_destroy(&next);
+        moe_err_set(err, errlen, "cannot allocate the gates of this server's groups");
+        return MOE_ERR_NOMEM;
+    }
     const double t0 = moe_now_sec();
     const bool current = s->shard && s->step == ep->step;
     const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(next);
@@ -105,40 +190,16 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
             memcpy(expert_shard_params(next, i), expert_shard_params(s->shard, old), sizeof(float) * P);
             memcpy(expert_shard_opt_state(next, i), expert_shard_opt_state(s->shard, old),
                    sizeof(float) * S);
+            if (nextg)
+                rc = take_group(s, nextg, id, true, NULL, err, errlen);
             kept++;
         } else if (ep->checkpoint[0]) {
-            if (!have_man) {
-                if ((rc = moe_manifest_read(ep->checkpoint, &man, err, errlen)))
-                    break;
-                have_man = true;
-                if (man.n_experts != moe_options_experts_total(cfg) || man.step != ep->step) {
-                    moe_err_set(err, errlen, "%s: manifest of step %" PRId64 " with %d experts, "
-                             "expected step %" PRId64 " with %d", ep->checkpoint, man.step,
-                             man.n_experts, ep->step, moe_options_experts_total(cfg));
-                    rc = MOE_ERR_FORMAT;
-                    break;
-                }
-                files = calloc((size_t)man.n_files, sizeof *files);
-                if (!files) {
-                    rc = MOE_ERR_NOMEM;
-                    break;
-                }
-            }
-            const int f = man.expert_file[id];
-            if (!files[f]) {
-                char path[MOE_PATH_MAX + 200];
-                snprintf(path, sizeof path, "%s/%s", ep->checkpoint, man.files[f].name);
-                if ((rc = moe_manifest_verify_file(ep->checkpoint, &man, f, err, errlen)))
-                    break;
-                if (!(files[f] = moe_safetensors_open(path, err, errlen))) {
-                    rc = MOE_ERR_FORMAT;
-                    break;
-                }
-                if ((rc = moe_kernels_compare(moe_safetensors_meta(files[f], "blas_kernels"),
-                                              path, cfg->strict_determinism, err, errlen)))
-                    break;
-            }
-            rc = load_expert(s, files[f], next, i, err, errlen);
+            if ((rc = open_checkpoint_file(s, ep, &man, &have_man, &files, id, err, errlen)))
+                break;
+            moe_safetensors_t *f = files[man.expert_file[id]];
+            rc = load_expert(s, f, next, i, err, errlen);
+            if (!rc && nextg)
+                rc = take_group(s, nextg, id, false, f, err, errlen);
             loaded++;
         }
         *expert_shard_opt_step(next, i) = ep->step;
@@ -149,11 +210,16 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
     moe_manifest_free(&man);
     if (rc) {
         expert_shard_destroy(&next);
+        hmoe_groups_destroy(&nextg);
         return rc;
     }
     const double dt = moe_now_sec() - t0;
     expert_shard_destroy(&s->shard);
     s->shard = next;
+    if (s->B) {
+        hmoe_groups_destroy(&s->groups);
+        s->groups = nextg;
+    }
     s->step = ep->step;
     s->phase = PH_FORWARD;
     s->layer = 0;
@@ -225,8 +291,8 @@ void expert_server__write_checkpoint(expert_server_t *s)
 int expert_server_write_shard(expert_server_t *s, const char *path, char *err, size_t errlen)
 {
     expert_shard_flush(s->shard, s->step);
-    const int n = expert_shard_count(s->shard);
-    const size_t ntens = (size_t)n * EXPERT_PARTS * 2;
+    const int n = expert_shard_count(s->shard), ng = s->groups ? hmoe_groups_count(s->groups) : 0;
+    const size_t ntens = (size_t)n * EXPERT_PARTS * 2 + (size_t)ng * 4;
     struct moe_st_entry *e = calloc(ntens ? ntens : 1, sizeof *e);
     char(*names)[96] = calloc(ntens ? ntens : 1, sizeof *names);
     if (!e || !names) {
@@ -256,6 +322,24 @@ int expert_server_write_shard(expert_server_t *s, const char *path, char *err, s
             k++;
             p += numel;
             st += nst;
+        }
+    }
+    /* a hierarchical MoE's secondary gates, with their groups' experts */
+    const size_t DB = (size_t)s->D * (size_t)s->B;
+    const size_t S1 = ng ? hmoe_groups_state_count(s->D, s->B) / 2 : 0;
+    for (int i = 0; i < ng; i++) {
+        const int32_t id = hmoe_groups_id(s->groups, i);
+        for (int part = 0; part < 2; part++) {
+            const float *p = hmoe_groups_params(s->groups, i) + part * DB;
+            const float *st = hmoe_groups_opt_state(s->groups, i) + part * S1;
+            hmoe_groups_tensor_name(names[k], 96, id, part, false);
+            e[k] = (struct moe_st_entry){names[k], 2, {s->D, s->B}, p};
+            sum += moe_checksum_tensor(names[k], p, DB * sizeof(float));
+            k++;
+            hmoe_groups_tensor_name(names[k], 96, id, part, true);
+            e[k] = (struct moe_st_entry){names[k], 1, {(int64_t)S1}, st};
+            sum += moe_checksum_tensor(names[k], st, S1 * sizeof(float));
+            k++;
         }
     }
     char step_s[32], sum_s[32];

@@ -15,6 +15,7 @@
 #include "coord_client.h"
 #include "expert_server.h"
 #include "expert_shard.h"
+#include "hmoe_group.h"
 #include "moe_cluster.h"
 #include "moe_guard.h"
 #include "moe_metrics.h"
@@ -56,6 +57,15 @@ struct expert_server {
     size_t *u_base;
     float *x_all, *y_all;
     size_t cap_rows;
+    /* a hierarchical MoE (issue 17): the groups of the shard, their
+     * secondary gates run here (NULL: a flat MoE); B experts per group; the
+     * step's parts (one per worker) and their statistics and primary-gate
+     * gradients */
+    hmoe_groups_t *groups;
+    int B;
+    struct hmoe_part *parts;
+    float *gstats, *gdgp;
+    size_t cap_gstats, cap_gdgp;
     int64_t errors, msgs;
     double stop_since;
     coord_client_t *coord; /* registration, heartbeats and epochs, when configured */
@@ -105,6 +115,26 @@ void expert_server__reply_error(expert_server_t *s, const struct moe_wire_msg *m
                                 const char *text);
 void expert_server__abandon_step(expert_server_t *s, const char *why);
 void expert_server__clear_slots(struct slot *sl, int W);
+/* The end of a step's backward (bwd_seconds its compute): the slots
+ * cleared, the step counted, a checkpoint when the step carries the flag. */
+void expert_server__end_step(expert_server_t *s, double bwd_seconds);
+
+/* expert_server_group.c: a hierarchical MoE's group messages. The checks
+ * of a GROUP_FORWARD or GROUP_BACKWARD beyond validate_step_request's (0,
+ * or the code with a sentence in why); the step's forward and backward
+ * once every worker's message is in; an evaluation forward. */
+int expert_server__check_group(const expert_server_t *s, const struct moe_wire_msg *m, char *why,
+                               size_t len);
+int expert_server__finish_group_forward(expert_server_t *s);
+int expert_server__finish_group_backward(expert_server_t *s);
+void expert_server__group_eval(expert_server_t *s, struct moe_wire_msg *m);
+/* The groups of s->shard (after its epoch's shard is made): 0 or
+ * MOE_ERR_NOMEM. Nothing for a flat MoE. */
+int expert_server__make_groups(expert_server_t *s);
+/* A fetch of groups (MOE_FLAG_GROUPS): true, with a sentence in why, when
+ * an id is no group of this server. */
+bool expert_server__fetch_groups_missing(const expert_server_t *s, const Moe__Header *h, char *why,
+                                       size_t len);
 
 /* expert_server_epoch.c: builds the shard of an epoch (kept experts stay,
  * the others are read from its checkpoint or initialised); writes this

@@ -275,23 +275,27 @@ static int finish_backward(expert_server_t *s)
     move_rows(s, s->bwd, s->y_all, false);
     for (int r = 0; r < s->W; r++)
         reply_tensor(s, &s->bwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, s->bwd[r].msg.data);
-    const double bwd = moe_now_sec() - t0;
+    expert_server__end_step(s, moe_now_sec() - t0);
+    return 0;
+}
+
+void expert_server__end_step(expert_server_t *s, double bwd)
+{
     s->compute_seconds += bwd;
     s->step_compute += bwd;
     const bool ckpt = (s->bwd[0].msg.hdr->flags & MOE_FLAG_CHECKPOINT) != 0;
     expert_server__clear_slots(fwd_slots(s, s->layer), s->W);
     expert_server__clear_slots(s->bwd, s->W);
-    if (s->layer > 0) {
+    if (s->layer > 0) { /* the backward of the layer below comes next */
         s->layer--;
-        return 0;
+        return;
     }
     moe_hist_observe(&s->compute, s->step_compute);
-    s->step = t;
+    s->step++;
     s->phase = PH_FORWARD;
     /* a consistent cut: before any forward of the next step */
     if (ckpt && s->coord && s->cfg->checkpoint_dir[0])
         expert_server__write_checkpoint(s);
-    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -384,10 +388,23 @@ static int validate_step_request(const expert_server_t *s, const struct moe_wire
                                  char *why, size_t len)
 {
     const Moe__Header *h = m->hdr;
-    const bool fwd = h->type == MOE__MSG_TYPE__MSG_EXPERT_FORWARD;
+    const bool group = h->type == MOE__MSG_TYPE__MSG_GROUP_FORWARD ||
+                       h->type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD;
+    const bool fwd = h->type == MOE__MSG_TYPE__MSG_EXPERT_FORWARD ||
+                     h->type == MOE__MSG_TYPE__MSG_GROUP_FORWARD;
     const char *what = fwd ? "forward" : "backward";
-    if (!check_rank(s, h, why, len) ||
-        (fwd && (!owned_ids(s, h, why, len) || !check_rows_fit(h, why, len))))
+    if (!check_rank(s, h, why, len))
+        return MOE_ERR_NOTFOUND;
+    if (!group && s->groups) {
+        /* a hierarchical MoE's experts are reached through their groups */
+        snprintf(why, len, "this server runs a hierarchical MoE's groups: expert %s messages are "
+                 "not served (a worker of another configuration?)", what);
+        return MOE_ERR_STATE;
+    }
+    int code;
+    if (group && (code = expert_server__check_group(s, m, why, len)))
+        return code;
+    if (!group && fwd && (!owned_ids(s, h, why, len) || !check_rows_fit(h, why, len)))
         return MOE_ERR_NOTFOUND;
     if (fwd && h->eval) /* answered only to a worker of the cluster */
         return check_identity(m, why, len) ? 0 : MOE_ERR_STATE;
@@ -401,7 +418,7 @@ static int validate_step_request(const expert_server_t *s, const struct moe_wire
                  s->layers);
         return MOE_ERR_STATE;
     }
-    if (fwd && !layer_ids(s, h, why, len))
+    if (fwd && !group && !layer_ids(s, h, why, len))
         return MOE_ERR_NOTFOUND;
     if (!fwd && s->phase != PH_BACKWARD) {
         snprintf(why, len, "backward of step %" PRIu64 " before every worker's forward", h->step);
@@ -440,14 +457,21 @@ static void handle_step_request(expert_server_t *s, struct moe_wire_msg *m)
 {
     char why[256];
     const int code = validate_step_request(s, m, why, sizeof why);
+    const bool group = m->hdr->type == MOE__MSG_TYPE__MSG_GROUP_FORWARD ||
+                       m->hdr->type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD;
     if (code) {
         expert_server__reply_error(s, m, code, why);
-    } else if (m->hdr->type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD) {
-        take_slot(s, s->bwd, m, finish_backward);
+    } else if (m->hdr->type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ||
+               m->hdr->type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD) {
+        take_slot(s, s->bwd, m, group ? expert_server__finish_group_backward : finish_backward);
     } else if (m->hdr->eval) {
-        handle_eval(s, m);
+        if (group)
+            expert_server__group_eval(s, m);
+        else
+            handle_eval(s, m);
     } else {
-        take_slot(s, fwd_slots(s, s->layer), m, finish_forward);
+        take_slot(s, fwd_slots(s, s->layer), m,
+                  group ? expert_server__finish_group_forward : finish_forward);
     }
 }
 
@@ -461,14 +485,19 @@ static void handle_fetch(expert_server_t *s, struct moe_wire_msg *m)
         expert_server__reply_error(s, m, MOE_ERR_STATE, why);
         return;
     }
-    if (!owned_ids(s, h, why, sizeof why)) {
+    const bool groups = (h->flags & MOE_FLAG_GROUPS) != 0;
+    if (groups ? expert_server__fetch_groups_missing(s, h, why, sizeof why)
+               : !owned_ids(s, h, why, sizeof why)) {
         expert_server__reply_error(s, m, MOE_ERR_NOTFOUND, why);
         return;
     }
     /* Parameters change only when a step's last backward is in, so at any
      * moment they are those after s->step steps; the reply says which. */
     expert_shard_flush(s->shard, s->step);
-    const size_t P = expert_ffn_param_count(s->D, s->H), S = expert_shard_opt_state_size(s->shard);
+    const size_t P = groups ? hmoe_groups_param_count(s->D, s->B)
+                            : expert_ffn_param_count(s->D, s->H);
+    const size_t S = groups ? hmoe_groups_state_count(s->D, s->B)
+                            : expert_shard_opt_state_size(s->shard);
     const size_t n = h->n_expert_ids, width = P + S;
     float *buf = moe_alloc_floats(n * width);
     uint32_t *ones = malloc(sizeof(uint32_t) * (n ? n : 1));
@@ -479,9 +508,15 @@ static void handle_fetch(expert_server_t *s, struct moe_wire_msg *m)
         return;
     }
     for (size_t j = 0; j < n; j++) {
-        int li = expert_shard_find(s->shard, h->expert_ids[j]);
-        memcpy(buf + j * width, expert_shard_params(s->shard, li), sizeof(float) * P);
-        memcpy(buf + j * width + P, expert_shard_opt_state(s->shard, li), sizeof(float) * S);
+        if (groups) {
+            const int gi = hmoe_groups_find(s->groups, h->expert_ids[j]);
+            memcpy(buf + j * width, hmoe_groups_params(s->groups, gi), sizeof(float) * P);
+            memcpy(buf + j * width + P, hmoe_groups_opt_state(s->groups, gi), sizeof(float) * S);
+        } else {
+            const int li = expert_shard_find(s->shard, h->expert_ids[j]);
+            memcpy(buf + j * width, expert_shard_params(s->shard, li), sizeof(float) * P);
+            memcpy(buf + j * width + P, expert_shard_opt_state(s->shard, li), sizeof(float) * S);
+        }
         ones[j] = 1;
     }
     struct moe_wire_out o = {0};
@@ -493,6 +528,7 @@ static void handle_fetch(expert_server_t *s, struct moe_wire_msg *m)
     o.expert_ids = h->expert_ids;
     o.row_counts = ones;
     o.n_experts = n;
+    o.flags = h->flags & MOE_FLAG_GROUPS;
     o.dtype = MOE__DTYPE__DTYPE_F32; /* exact bytes, whatever the wire setting */
     o.width = (uint32_t)width;
     char err[256];
@@ -518,7 +554,9 @@ void expert_server__dispatch(expert_server_t *s, struct moe_wire_msg *m)
     } else {
         switch (m->hdr->type) {
         case MOE__MSG_TYPE__MSG_EXPERT_FORWARD:
-        case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD: handle_step_request(s, m); break;
+        case MOE__MSG_TYPE__MSG_EXPERT_BACKWARD:
+        case MOE__MSG_TYPE__MSG_GROUP_FORWARD:
+        case MOE__MSG_TYPE__MSG_GROUP_BACKWARD: handle_step_request(s, m); break;
         case MOE__MSG_TYPE__MSG_EXPERT_FETCH: handle_fetch(s, m); break;
         default:
             snprintf(why, sizeof why, "message type %d is not served by an expert server",

@@ -12,6 +12,7 @@
 
 #include "data.h"
 #include "expert_shard.h"
+#include "hmoe_group.h"
 #include "moe_err.h"
 #include "moe_file.h"
 #include "moe_log.h"
@@ -162,6 +163,34 @@ static int check_experts(const struct xent *x, size_t n, const struct moe_manife
     return 0;
 }
 
+/* A hierarchical MoE: every group's secondary gate (moe.groups.I.w_gate,
+ * .w_noise, D x B, and their ".fadam" state unless params_only) is there,
+ * wherever it lies (the expert servers' files of a cluster checkpoint). */
+static int check_groups(const struct xent *x, size_t n, const struct moe_manifest *m,
+                        bool params_only, const char *folder, char *err, size_t errlen)
+{
+    const int B = expert_shard_group_size();
+    if (B <= 0)
+        return 0;
+    char name[96];
+    const int64_t shape[2] = {m->d_model, B}, st_shape[1] = {m->d_model + B};
+    for (int g = 0; g < m->n_experts / B; g++)
+        for (int part = 0; part < 2; part++)
+            for (int opt = 0; opt < (params_only ? 1 : 2); opt++) {
+                hmoe_groups_tensor_name(name, sizeof name, g, part, opt);
+                const struct xent *t = find_xent(x, n, name);
+                if (!t)
+                    return moe_err_fail(MOE_ERR_NOTFOUND, err, errlen,
+                                        "%s: group %d's gate is missing: no tensor %s", folder,
+                                        g, name);
+                int rc = check_shape(t, opt ? 1 : 2, opt ? st_shape : shape, folder, m, err,
+                                     errlen);
+                if (rc)
+                    return rc;
+            }
+    return 0;
+}
+
 /* x (sorted by name) names every tensor once. */
 static int check_unique(const struct xent *x, size_t n, const struct moe_manifest *m,
                         const char *folder, char *err, size_t errlen)
@@ -263,7 +292,9 @@ static int collect(const char *folder, struct source *src, bool params_only, cha
     /* a hierarchical model's experts are named by group */
     expert_shard_set_group_size(src->config ? moe_options_ini_group_size(src->config) : 0);
     int rc = check_unique(src->x, src->n, &src->m, folder, err, errlen);
-    return rc ? rc : check_experts(src->x, src->n, &src->m, params_only, folder, err, errlen);
+    if (!rc)
+        rc = check_experts(src->x, src->n, &src->m, params_only, folder, err, errlen);
+    return rc ? rc : check_groups(src->x, src->n, &src->m, params_only, folder, err, errlen);
 }
 
 /* Writes the sorted tensors with the description as metadata. */

@@ -10,9 +10,11 @@
  *   bits 1-2    the authenticated role: none, worker, server, coordinator
  *   bits 3-5    the peer's routing id (a worker's, a server's, a heartbeat
  *               thread's, with or without an incarnation, or junk)
- *   bit 6       with bit 0 clear: a second coordinator whose cluster trains
- *               a hierarchical MoE (3 groups of 2; its statistics rows carry
- *               the per-group factors of Load_H, issue 17)
+ *   bit 6       a hierarchical MoE (3 groups of 2, issue 17): with bit 0
+ *               clear a second coordinator (its statistics rows carry the
+ *               per-group factors of Load_H), with bit 0 set a second
+ *               expert server holding every group (its group messages run
+ *               the groups' secondary gates)
  * then the layout of fuzz_wire.c (frame count byte, lengths, frames), so
  * that its seeds, prefixed with byte 0, seed this target too. The daemons
  * live across inputs (their state is what is being fuzzed); the process
@@ -33,9 +35,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static struct moe_options cfg_coord, cfg_server, cfg_hcoord;
+static struct moe_options cfg_coord, cfg_server, cfg_hcoord, cfg_hserver;
 static coord_t *coord, *hcoord;
-static expert_server_t *server;
+static expert_server_t *server, *hserver;
 static double clock_s;
 
 static void configure(struct moe_options *c, const char *keys)
@@ -56,6 +58,16 @@ static void configure(struct moe_options *c, const char *keys)
     snprintf(c->workers, sizeof c->workers, "tcp://127.0.0.1:1,tcp://127.0.0.1:2");
 }
 
+/* 3 groups of 2 experts, 2 groups and 1 expert of each per row */
+static void hierarchical(struct moe_options *c)
+{
+    snprintf(c->moe, sizeof c->moe, "hierarchical");
+    c->groups = 3;
+    c->experts_per_group = 2;
+    c->k_primary = 2;
+    c->k = 1;
+}
+
 static void start(void)
 {
     moe_log_set_level(MOE_LOG_ERROR + 1); /* rejected messages are the point */
@@ -71,17 +83,17 @@ static void start(void)
     configure(&cfg_server, keys);
     snprintf(cfg_server.servers, sizeof cfg_server.servers, "tcp://127.0.0.1:*");
     configure(&cfg_hcoord, keys);
+    hierarchical(&cfg_hcoord);
     snprintf(cfg_hcoord.coordinator, sizeof cfg_hcoord.coordinator, "tcp://127.0.0.1:*");
     snprintf(cfg_hcoord.servers, sizeof cfg_hcoord.servers, "tcp://127.0.0.1:1");
-    snprintf(cfg_hcoord.moe, sizeof cfg_hcoord.moe, "hierarchical");
-    cfg_hcoord.groups = 3;
-    cfg_hcoord.experts_per_group = 2;
-    cfg_hcoord.k_primary = 2;
-    cfg_hcoord.k = 1;
+    configure(&cfg_hserver, keys);
+    hierarchical(&cfg_hserver);
+    snprintf(cfg_hserver.servers, sizeof cfg_hserver.servers, "tcp://127.0.0.1:*");
     coord = coord_new(&cfg_coord, err, sizeof err);
     hcoord = coord ? coord_new(&cfg_hcoord, err, sizeof err) : NULL;
     server = hcoord ? expert_server_new(&cfg_server, err, sizeof err) : NULL;
-    if (!coord || !hcoord || !server) {
+    hserver = server ? expert_server_new(&cfg_hserver, err, sizeof err) : NULL;
+    if (!coord || !hcoord || !server || !hserver) {
         fprintf(stderr, "fuzz_dispatch: %s\n", err);
         abort();
     }
@@ -116,7 +128,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *user = users[(who >> 1) & 3];
     clock_s += 0.01;
     if (who & 1)
-        expert_server_inject(server, frames, len, nframes, (const uint8_t *)id, strlen(id), user);
+        expert_server_inject(who & 64 ? hserver : server, frames, len, nframes,
+                             (const uint8_t *)id, strlen(id), user);
     else
         coord_inject(who & 64 ? hcoord : coord, frames, len, nframes, (const uint8_t *)id,
                      strlen(id), user, clock_s);

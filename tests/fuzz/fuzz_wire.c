@@ -26,7 +26,11 @@ static int fuzz_has_tensor(int type)
            type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ||
            type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY ||
            type == MOE__MSG_TYPE__MSG_EXPERT_FETCH_REPLY ||
-           type == MOE__MSG_TYPE__MSG_STATS || type == MOE__MSG_TYPE__MSG_STATS_REPLY;
+           type == MOE__MSG_TYPE__MSG_STATS || type == MOE__MSG_TYPE__MSG_STATS_REPLY ||
+           type == MOE__MSG_TYPE__MSG_GROUP_FORWARD ||
+           type == MOE__MSG_TYPE__MSG_GROUP_FORWARD_REPLY ||
+           type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD ||
+           type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY;
 }
 
 #define CHECK(cond)                                                                              \
@@ -54,6 +58,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(msg.rows <= lim.max_rows && msg.hdr->n_expert_ids <= lim.max_experts);
         const int tensor = fuzz_has_tensor(msg.hdr->type);
         CHECK((msg.data != NULL) == (tensor && msg.rows > 0));
+        /* a group forward: one row index and one gate per row; a group
+         * backward reply: one gate gradient per row (touched for ASan) */
+        const Moe__MsgType t = msg.hdr->type;
+        if (t == MOE__MSG_TYPE__MSG_GROUP_FORWARD)
+            CHECK(msg.hdr->n_row_index == msg.rows);
+        if (t == MOE__MSG_TYPE__MSG_GROUP_FORWARD || t == MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY) {
+            CHECK(msg.hdr->n_row_gate == msg.rows);
+            volatile float gsink = 0;
+            for (size_t i = 0; i < msg.rows; i++)
+                gsink += msg.hdr->row_gate[i] + (float)(t == MOE__MSG_TYPE__MSG_GROUP_FORWARD
+                                                            ? msg.hdr->row_index[i]
+                                                            : 0);
+            (void)gsink;
+        }
         if (msg.data) {
             CHECK(((uintptr_t)msg.data & 63) == 0);
             CHECK(lim.width == 0 || msg.hdr->width == lim.width);

@@ -99,6 +99,49 @@ int main(int argc, char **argv)
     rc |= write_seed("forward_reply_0rows", sel(2, WIDTH4), &h, NULL, 0, 2);
     rc |= write_seed("three_frames", sel(3, 0), &h, x, sizeof x, 3);
 
+    /* a hierarchical MoE's group messages (version 3): groups 0 and 2 of
+     * fuzz_dispatch.c's hierarchical server (3 groups of 2, d_model 16),
+     * from worker 0 at step 0; with width 4 for fuzz_wire's limit flag */
+    float x16[3 * 16];
+    for (int i = 0; i < 48; i++)
+        x16[i] = (float)(i % 7) * 0.125f - 0.4f;
+    int32_t gids[2] = {0, 2};
+    uint32_t grows[2] = {1, 2}, gindex[3] = {0, 3, 5};
+    float ggate[3] = {0.5f, 1.0f, 0.25f}, gstats[8] = {0.1f, -0.2f, 0.3f, 0, 0, 0.5f, -1, 2};
+    Moe__Header g = MOE__HEADER__INIT;
+    g.type = MOE__MSG_TYPE__MSG_GROUP_FORWARD;
+    g.version = MOE_WIRE_VERSION;
+    g.request_id = 5;
+    g.n_expert_ids = g.n_row_counts = 2;
+    g.expert_ids = gids;
+    g.row_counts = grows;
+    g.width = 16;
+    g.n_row_index = g.n_row_gate = 3;
+    g.row_index = gindex;
+    g.row_gate = ggate;
+    rc |= write_seed("group_forward_w16", sel(2, 0), &g, x16, sizeof x16, 2);
+    g.width = 4;
+    rc |= write_seed("group_forward", sel(2, WIDTH4), &g, x, sizeof x, 2);
+    g.eval = true;
+    g.width = 16;
+    rc |= write_seed("group_forward_eval_w16", sel(2, 0), &g, x16, sizeof x16, 2);
+    g.eval = false;
+    g.type = MOE__MSG_TYPE__MSG_GROUP_BACKWARD;
+    g.n_row_index = g.n_row_gate = 0;
+    g.n_group_stats = 8;
+    g.group_stats = gstats;
+    rc |= write_seed("group_backward_w16", sel(2, 0), &g, x16, sizeof x16, 2);
+    g.type = MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY;
+    g.n_group_stats = 0;
+    g.n_row_gate = 3;
+    g.width = 4;
+    rc |= write_seed("group_backward_reply", sel(2, WIDTH4), &g, x, sizeof x, 2);
+    g.type = MOE__MSG_TYPE__MSG_EXPERT_FETCH;
+    g.n_row_gate = 0;
+    g.flags = MOE_FLAG_GROUPS;
+    grows[0] = grows[1] = 0;
+    rc |= write_seed("fetch_groups", sel(1, 0), &g, NULL, 0, 1);
+
     Moe__Header e = MOE__HEADER__INIT;
     e.type = MOE__MSG_TYPE__MSG_ERROR;
     e.version = MOE_WIRE_VERSION;

@@ -13,6 +13,7 @@
 #include "expert_local.h"
 #include "expert_shard.h"
 #include "gate.h"
+#include "hmoe_group.h"
 #include "lstm.h"
 #include "model.h"
 #include "moe_layer.h"
@@ -456,17 +457,29 @@ static void model_case_cfg(const struct model_config *mcfg)
     int32_t ids[6] = {0, 1, 2, 3, 4, 5};
     struct moe_fadam_opts fo = {0.999, 0, 1e-8, 1e-30, 0, false, 1e-3};
     expert_shard_t *shard = expert_shard_new(cfg.D, cfg.H, E, ids, cfg.seed, &fo);
+    /* a hierarchical model's groups run where their experts are */
+    struct expert_local lg = {.shard = shard};
     struct moe_backend be;
-    expert_local_backend(&be, shard);
+    if (cfg.hierarchical) {
+        lg.groups = hmoe_groups_new(cfg.D, cfg.B, cfg.K, cfg.A, ids, cfg.seed, &fo);
+        ck_assert_ptr_nonnull(lg.groups);
+        expert_local_group_backend(&be, &lg);
+    } else {
+        expert_local_backend(&be, shard);
+    }
     struct model_ctx c = {.m = model_new(&cfg, &be), .E = E};
     ck_assert_ptr_nonnull(c.m);
     /* non-zero gate weights (moe.w_gate, moe.w_noise, and a hierarchical
      * model's moe.groups.I.*) so that every term is exercised */
-    for (int p = 0, n = 0; p < model_n_params(c.m); p++) {
+    int n_gates = 0;
+    for (int p = 0; p < model_n_params(c.m); p++) {
         const struct layer_param q = model_param_at(c.m, p);
         if (!strncmp(q.name, "moe.", 4))
-            tu_fill(q.w->data, q.w->numel, 70u + (uint32_t)n++, 0.8f);
+            tu_fill(q.w->data, q.w->numel, 70u + (uint32_t)n_gates++, 0.8f);
     }
+    const size_t ngp = hmoe_groups_param_count(cfg.D, cfg.B);
+    for (int i = 0; lg.groups && i < cfg.A; i++)
+        tu_fill(hmoe_groups_params(lg.groups, i), ngp, 70u + (uint32_t)n_gates++, 0.8f);
     tu_fill(model_param_named(c.m, "softmax.bias").w->data, (size_t)V, 72, 0.3f);
     /* carried state: lstm1's h and lstm2's c */
     tu_fill(model_state_at(c.m, false, 0).data, (size_t)B * cfg.D, 73, 0.3f);
@@ -501,6 +514,14 @@ static void model_case_cfg(const struct model_config *mcfg)
                                      (uint32_t)p + 1, 1e-3);
         ck_assert_msg(err_p < TOL, "%s: relative error %g", t->name, err_p);
     }
+    for (int i = 0; lg.groups && i < cfg.A; i++) {
+        float *g = malloc(sizeof(float) * ngp);
+        memcpy(g, hmoe_groups_grads(lg.groups, i), sizeof(float) * ngp);
+        double err_g = tu_grad_check(model_loss, &c, hmoe_groups_params(lg.groups, i), g, ngp,
+                                     1e-2, 3, 90u + (uint32_t)i, 1e-3);
+        ck_assert_msg(err_g < TOL, "moe.groups.%d gate: relative error %g", i, err_g);
+        free(g);
+    }
     for (int e = 0; e < E; e += 2) {
         double err_e = tu_grad_check(model_loss, &c, expert_shard_params(shard, e), eg + np * e,
                                      np, 1e-2, 3, 100u + (uint32_t)e, 1e-3);
@@ -512,6 +533,7 @@ static void model_case_cfg(const struct model_config *mcfg)
     free(eg);
     model_destroy(&c.m);
     expert_shard_destroy(&shard);
+    hmoe_groups_destroy(&lg.groups);
 }
 
 static void model_case(bool residual, bool sigmoid, double dropout)

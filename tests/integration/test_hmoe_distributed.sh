@@ -17,20 +17,33 @@ HT=$(echo "$TINY" | sed 's/--n-experts 6 //')
 K=40
 A="--train $WORK/train.txt --valid= $HT $H --steps $K"
 L="$IT_DIR/../../deploy/launch-local.sh"
-"$BIN/moe-worker" $A --checkpoint-dir "$WORK/local" >/dev/null || fail "in-process run"
+# (with a validation at step 20 and at the end: the groups' evaluation
+# forwards, which the servers answer at once, give the same perplexity)
+V="--valid $WORK/valid.txt --valid-every 20 --valid-max-tokens 200"
+"$BIN/moe-worker" $A $V --checkpoint-dir "$WORK/local" --report "$WORK/local.json" >"$WORK/local.out" ||
+    fail "in-process run"
+vppl() { /usr/bin/python3 -c "import json,sys; print(repr(json.load(open(sys.argv[1]))['valid_ppl']))" "$1"; }
 "$BIN/moectl" export "$WORK/local" "$WORK/local.export.safetensors" >/dev/null ||
     fail "export of the in-process checkpoint"
+grep "valid" "$WORK/local.out" >"$WORK/local.valid"
+[ "$(wc -l <"$WORK/local.valid")" = 2 ] || fail "in-process: not two validations: $(cat "$WORK/local.out")"
 for how in coordinator static; do
     opt=
     [ $how = static ] && opt=--no-coordinator
-    sh "$L" --bin "$BIN" --run-dir "$WORK/$how" --servers 2 --workers 1 $opt -- $A \
-        --checkpoint-dir "$WORK/$how/ck" >/dev/null 2>&1 || fail "2 servers + 1 worker ($how)"
+    sh "$L" --bin "$BIN" --run-dir "$WORK/$how" --servers 2 --workers 1 $opt -- $A $V \
+        --checkpoint-dir "$WORK/$how/ck" --report "$WORK/$how.json" >"$WORK/$how.out" 2>&1 ||
+        fail "2 servers + 1 worker ($how)"
     "$BIN/moectl" export "$WORK/$how/ck" "$WORK/$how.export.safetensors" >/dev/null ||
         fail "export ($how)"
     cmp "$WORK/local.export.safetensors" "$WORK/$how.export.safetensors" ||
         fail "2 servers + 1 worker ($how placement) differ from in-process in bytes"
+    grep "valid" "$WORK/$how.out" | cmp -s - "$WORK/local.valid" ||
+        fail "$how: validation differs from in-process: $(grep valid "$WORK/$how.out")"
+    [ "$(vppl "$WORK/$how.json")" = "$(vppl "$WORK/local.json")" ] ||
+        fail "$how: validation perplexity $(vppl "$WORK/$how.json"), in-process $(vppl "$WORK/local.json")"
 done
-echo "  ok: 2 servers + 1 worker (coordinator, static placement) are byte-identical to in-process"
+echo "  ok: 2 servers + 1 worker (coordinator, static placement) are byte-identical to in-process;" \
+    "validation perplexity the same to the last bit: $(vppl "$WORK/local.json")"
 # the shard each server wrote on SIGTERM names whole groups only
 for how in coordinator static; do
     /usr/bin/python3 - "$WORK/$how" <<'PYEOF' || fail "$how: the groups are not placed whole"

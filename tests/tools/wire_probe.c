@@ -181,6 +181,36 @@ int main(int argc, char **argv)
         h.type = MOE__MSG_TYPE__MSG_EXPERT_FORWARD;
         h.n_expert_ids = h.n_row_counts = 1;
     }
+    {   /* a hierarchical MoE's group messages (wire version 3): without
+         * their per-row fields, and well-formed to a flat MoE's server */
+        uint32_t index[2] = {0, 1};
+        float gate[2] = {0.5f, 1.0f}, stats[8] = {0};
+        h.type = MOE__MSG_TYPE__MSG_GROUP_FORWARD;
+        uint8_t *b = pack(&h, &len);
+        const void *f[2] = {b, payload};
+        size_t s[2] = {len, pbytes};
+        failures += !expect_error("group forward without rows", f, s, 2);
+        free(b);
+        h.n_row_index = h.n_row_gate = 2;
+        h.row_index = index;
+        h.row_gate = gate;
+        b = pack(&h, &len);
+        f[0] = b;
+        s[0] = len;
+        failures += !expect_error("group forward to a flat MoE", f, s, 2);
+        free(b);
+        h.type = MOE__MSG_TYPE__MSG_GROUP_BACKWARD;
+        h.n_row_index = h.n_row_gate = 0;
+        h.n_group_stats = 8;
+        h.group_stats = stats;
+        b = pack(&h, &len);
+        f[0] = b;
+        s[0] = len;
+        failures += !expect_error("group backward to a flat MoE", f, s, 2);
+        free(b);
+        h.n_group_stats = 0;
+        h.type = MOE__MSG_TYPE__MSG_EXPERT_FORWARD;
+    }
     {   /* oversized: more rows than the size limit allows */
         uint64_t big_rows = max_bytes / (sizeof(float) * (size_t)D) + 16;
         rows[0] = (uint32_t)big_rows;

@@ -68,6 +68,19 @@ START_TEST(contract_keys_by_role)
     moe_options_contract_get(wrk, "no_such_key", v, sizeof v);
     ck_assert_str_eq(v, "");
     ck_assert_int_eq(moe_options_contract(&c, MOE_ROLE_WORKER, wrk, 10), MOE_ERR_RANGE);
+    /* a hierarchical MoE's servers run the secondary gates: the shape of
+     * the groups and their top-k are theirs too (k once in a worker's) */
+    snprintf(c.moe, sizeof c.moe, "hierarchical");
+    c.groups = 2;
+    c.experts_per_group = 4;
+    ck_assert_int_gt(moe_options_contract(&c, MOE_ROLE_SERVER, srv, sizeof srv), 0);
+    ck_assert_int_gt(moe_options_contract(&c, MOE_ROLE_WORKER, wrk, sizeof wrk), 0);
+    static const char *const group_keys[] = {"moe", "groups", "experts_per_group", "k"};
+    for (size_t i = 0; i < sizeof group_keys / sizeof *group_keys; i++)
+        ck_assert_msg(has_key(srv, group_keys[i]), "hierarchical: no %s", group_keys[i]);
+    moe_options_contract_get(srv, "moe", v, sizeof v);
+    ck_assert_str_eq(v, "hierarchical");
+    ck_assert_ptr_null(strstr(strstr(wrk, "\nk=") + 1, "\nk="));
 }
 END_TEST
 

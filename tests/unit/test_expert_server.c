@@ -88,19 +88,6 @@ static struct srv SV;
  * two-layer test). */
 static uint32_t send_layer;
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    ck_assert_int_ge(fd, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0};
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof sa;
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static void *srv_thread(void *arg)
 {
     struct srv *v = arg;
@@ -148,7 +135,7 @@ static void srv_start_model(int64_t timeout_ms, bool translate)
         snprintf(SV.cfg.placement, sizeof SV.cfg.placement, "0,1,0,1,0,1,0,1");
     }
     for (int attempt = 0; attempt < 20 && !SV.s; attempt++) {
-        snprintf(SV.ep, sizeof SV.ep, "tcp://127.0.0.1:%d", free_port());
+        snprintf(SV.ep, sizeof SV.ep, "tcp://127.0.0.1:%d", tu_free_port());
         snprintf(SV.cfg.servers, sizeof SV.cfg.servers, "%s,tcp://127.0.0.1:3", SV.ep);
         SV.s = expert_server_new(&SV.cfg, err, sizeof err);
     }

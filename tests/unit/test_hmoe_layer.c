@@ -15,6 +15,7 @@
 #include "expert_local.h"
 #include "expert_shard.h"
 #include "gate.h"
+#include "hmoe_group.h"
 #include "hmoe_layer.h"
 #include "moe_par.h"
 #include "moe_tensor.h"
@@ -60,20 +61,63 @@ static int fake_backward(void *ctx, int64_t step, int n, const int32_t *ids, con
     return 0;
 }
 
-static struct layer *make_layer(struct fake *f, int K, double w)
+/* The fake experts behind the groups' code (hmoe_group.h). */
+static int fake_group_forward(void *ctx, bool train, int n, const int32_t *ids, const int *rows,
+                              const float *x, float *y)
+{
+    return fake_forward(ctx, 0, train, n, ids, rows, x, y, NULL, 0);
+}
+
+static int fake_group_backward(void *ctx, int n, const int32_t *ids, const int *rows,
+                               const float *dy, float *dx, int64_t t, double lr)
+{
+    (void)t, (void)lr;
+    return fake_backward(ctx, 0, n, ids, rows, dy, dx, NULL, 0);
+}
+
+/* A layer's groups: their gates (hmoe_group.h) over the fake experts or a
+ * shard, as the in-process backend runs them. */
+struct rig {
+    struct fake f;
+    struct expert_local lg;
+    struct moe_backend be;
+};
+
+static const struct moe_fadam_opts rig_fadam = {0.999, 0, 1e-8, 1e-30, 0, false, 1e-3};
+
+static void rig_init(struct rig *r, const struct hmoe_layer_config *c, expert_shard_t *shard)
+{
+    int32_t ids[64];
+    for (int i = 0; i < c->A; i++)
+        ids[i] = i;
+    r->f.D = c->D;
+    r->lg = (struct expert_local){.shard = shard,
+                                  .groups = hmoe_groups_new(c->D, c->B, c->K, c->A, ids, c->seed,
+                                                            &rig_fadam)};
+    ck_assert_ptr_nonnull(r->lg.groups);
+    if (!shard)
+        r->lg.ex = (struct hmoe_experts){&r->f, fake_group_forward, fake_group_backward};
+    expert_local_group_backend(&r->be, &r->lg);
+}
+
+static struct layer *make_layer(struct rig *r, int K, double w)
 {
     const struct hmoe_layer_config cfg = {.D = 2, .A = 2, .B = 2, .K1 = 1, .K = K,
                                           .w_importance = w, .w_load = w, .seed = 1, .N_max = 3};
-    const struct moe_backend be = {.ctx = f, .forward = fake_forward, .backward = fake_backward};
-    struct layer *l = hmoe_layer_new("moe", &cfg, &be);
+    rig_init(r, &cfg, NULL);
+    struct layer *l = hmoe_layer_new("moe", &cfg, &r->be);
     ck_assert_ptr_nonnull(l);
     /* primary W (D x A) = identity: row (1,0) -> group 0, (0,1) -> group 1,
      * (1,1) a tie -> group 0 (the lower index); G_p = 1 (top 1).
      * group 0's W = ln 3 * identity, group 1's = [[0, 0], [0, ln 4]] */
-    float *wp = l->ops->param(l, 0).w->data, *w0 = l->ops->param(l, 2).w->data;
-    float *w1 = l->ops->param(l, 4).w->data;
-    ck_assert_str_eq(l->ops->param(l, 2).name, "moe.groups.0.w_gate");
-    ck_assert_str_eq(l->ops->param(l, 5).name, "moe.groups.1.w_noise");
+    float *wp = l->ops->param(l, 0).w->data, *w0 = hmoe_groups_params(r->lg.groups, 0);
+    float *w1 = hmoe_groups_params(r->lg.groups, 1);
+    char name[64];
+    hmoe_groups_tensor_name(name, sizeof name, 0, 0, false);
+    ck_assert_str_eq(name, "moe.groups.0.w_gate");
+    hmoe_groups_tensor_name(name, sizeof name, 1, 1, true);
+    ck_assert_str_eq(name, "moe.groups.1.w_noise.fadam");
+    ck_assert_int_eq(l->n_params, 2);
     wp[0] = 1, wp[3] = 1;
     w0[0] = logf(3), w0[3] = logf(3);
     w1[3] = logf(4);
@@ -99,8 +143,9 @@ static const float X[6] = {1, 0, 0, 1, 1, 1};
  * loss = 0.1 (0.246667 + 0.111111) = 0.0357778. */
 START_TEST(hmoe_by_hand_k2)
 {
-    struct fake f = {.D = 2};
-    struct layer *l = make_layer(&f, 2, 0.1);
+    struct rig rg;
+    struct layer *l = make_layer(&rg, 2, 0.1);
+    struct fake *fk = &rg.f;
     struct layer_pass p = {.B = 1, .T = 3, .n_global = 3, .train = false};
     float y[6];
     char err[128];
@@ -118,19 +163,20 @@ START_TEST(hmoe_by_hand_k2)
     ck_assert_int_eq(hmoe_layer_group_rows(l)[1], 1);
     /* every expert once, its rows in global row order: experts 0 and 1 get
      * rows 0 then 2, experts 2 and 3 row 1 */
-    ck_assert_int_eq(f.n, 4);
+    ck_assert_int_eq(fk->n, 4);
     const float want_x[12] = {1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 0, 1};
     for (int a = 0; a < 4; a++)
-        ck_assert_int_eq(f.ids[a], a);
+        ck_assert_int_eq(fk->ids[a], a);
     for (int i = 0; i < 12; i++)
-        ck_assert_float_eq(f.x[i], want_x[i]);
-    /* the balancing loss of the backward */
-    p.imp_global = hmoe_layer_importance(l);
-    p.load_global = hmoe_layer_load(l);
-    float dx[6] = {0}, dy[6] = {0};
-    ck_assert_int_eq(l->ops->backward(l, &p, dx, dy, X, y, err, sizeof err), 0);
-    ck_assert_double_eq_tol(p.balance_loss, 0.1 * (0.246667 + 0.111111), 1e-6);
+        ck_assert_float_eq(fk->x[i], want_x[i]);
+    /* the balancing loss of these statistics (an evaluation pass has no
+     * backward: the groups keep nothing for one) */
+    float dimp[4], dload[4];
+    ck_assert_double_eq_tol(gate_balance_loss(hmoe_layer_importance(l), hmoe_layer_load(l), 4, 0.1,
+                                              0.1, dimp, dload),
+                            0.1 * (0.246667 + 0.111111), 1e-6);
     l->ops->destroy(l);
+    hmoe_groups_destroy(&rg.lg.groups);
 }
 END_TEST
 
@@ -142,8 +188,9 @@ END_TEST
  * loss = 1 * 1.222222 + 1 * 1.222222 = 2.444444. */
 START_TEST(hmoe_by_hand_k1)
 {
-    struct fake f = {.D = 2};
-    struct layer *l = make_layer(&f, 1, 1.0);
+    struct rig rg;
+    struct layer *l = make_layer(&rg, 1, 1.0);
+    struct fake *fk = &rg.f;
     struct layer_pass p = {.B = 1, .T = 3, .n_global = 3, .train = false};
     float y[6];
     char err[128];
@@ -155,15 +202,15 @@ START_TEST(hmoe_by_hand_k1)
         ck_assert_float_eq(hmoe_layer_importance(l)[e], want[e]);
         ck_assert_float_eq(hmoe_layer_load(l)[e], want[e]);
     }
-    ck_assert_int_eq(f.n, 2);
-    ck_assert_int_eq(f.ids[0], 0);
-    ck_assert_int_eq(f.ids[1], 3);
-    p.imp_global = hmoe_layer_importance(l);
-    p.load_global = hmoe_layer_load(l);
-    float dx[6] = {0}, dy[6] = {0};
-    ck_assert_int_eq(l->ops->backward(l, &p, dx, dy, X, y, err, sizeof err), 0);
-    ck_assert_double_eq_tol(p.balance_loss, 2.444444, 1e-5);
+    ck_assert_int_eq(fk->n, 2);
+    ck_assert_int_eq(fk->ids[0], 0);
+    ck_assert_int_eq(fk->ids[1], 3);
+    float dimp[4], dload[4];
+    ck_assert_double_eq_tol(gate_balance_loss(hmoe_layer_importance(l), hmoe_layer_load(l), 4, 1.0,
+                                              1.0, dimp, dload),
+                            2.444444, 1e-5);
     l->ops->destroy(l);
+    hmoe_groups_destroy(&rg.lg.groups);
 }
 END_TEST
 
@@ -174,16 +221,19 @@ END_TEST
 START_TEST(hmoe_train_load_formula)
 {
     enum { A = 3, B = 3, D = 4, N = 24 };
-    struct fake f = {.D = D};
     const struct hmoe_layer_config cfg = {.D = D, .A = A, .B = B, .K1 = 2, .K = 2,
                                           .w_importance = 0.1, .w_load = 0.1, .seed = 7,
                                           .N_max = N};
-    const struct moe_backend be = {.ctx = &f, .forward = fake_forward, .backward = fake_backward};
-    struct layer *l = hmoe_layer_new("moe", &cfg, &be);
+    struct rig rg;
+    rig_init(&rg, &cfg, NULL);
+    struct layer *l = hmoe_layer_new("moe", &cfg, &rg.be);
     ck_assert_ptr_nonnull(l);
     for (int i = 0; i < l->n_params; i++)
         tu_fill(l->ops->param(l, i).w->data, l->ops->param(l, i).w->numel, 200u + (uint32_t)i,
                 0.9f);
+    for (int i = 0; i < A; i++)
+        tu_fill(hmoe_groups_params(rg.lg.groups, i), hmoe_groups_param_count(D, B),
+                202u + (uint32_t)i, 0.9f);
     float x[N * D], y[N * D];
     tu_fill(x, N * D, 210, 1.0f);
     struct layer_pass p = {.B = 4, .T = 6, .n_global = N, .step = 3, .row0 = 10, .train = true};
@@ -207,6 +257,7 @@ START_TEST(hmoe_train_load_formula)
     ck_assert(smooth);
     ck_assert_double_eq_tol(imp_sum, N, 1e-4);
     l->ops->destroy(l);
+    hmoe_groups_destroy(&rg.lg.groups);
 }
 END_TEST
 
@@ -232,9 +283,9 @@ START_TEST(hmoe_threads_bitwise)
     size_t ng = 0;
     for (int k = 0; k < 2; k++) {
         expert_shard_t *shard = expert_shard_new(D, H, E, ids, 7, &fo);
-        struct moe_backend be;
-        expert_local_backend(&be, shard);
-        struct layer *l = hmoe_layer_new("moe", &cfg, &be);
+        struct rig rg;
+        rig_init(&rg, &cfg, shard);
+        struct layer *l = hmoe_layer_new("moe", &cfg, &rg.be);
         ck_assert_ptr_nonnull(l);
         ng = 0;
         for (int i = 0; i < l->n_params; i++) {
@@ -242,6 +293,10 @@ START_TEST(hmoe_threads_bitwise)
                     230u + (uint32_t)i, 0.5f);
             ng += l->ops->param(l, i).g->numel;
         }
+        const size_t ngp = hmoe_groups_param_count(D, B);
+        for (int i = 0; i < A; i++)
+            tu_fill(hmoe_groups_params(rg.lg.groups, i), ngp, 240u + (uint32_t)i, 0.5f);
+        ng += ngp * A;
         y[k] = moe_alloc_floats((size_t)N * D);
         dx[k] = moe_alloc_floats((size_t)N * D);
         st[k] = moe_alloc_floats(2 * (size_t)E);
@@ -262,11 +317,14 @@ START_TEST(hmoe_threads_bitwise)
             memcpy(grads[k] + o, g->data, sizeof(float) * g->numel);
             o += g->numel;
         }
+        for (int i = 0; i < A; i++, o += ngp)
+            memcpy(grads[k] + o, hmoe_groups_grads(rg.lg.groups, i), sizeof(float) * ngp);
         for (int e = 0; e < E; e++)
             memcpy(grads[k] + ng + np * (size_t)e, expert_shard_grads(shard, e),
                    sizeof(float) * np);
         l->ops->destroy(l);
         expert_shard_destroy(&shard);
+        hmoe_groups_destroy(&rg.lg.groups);
     }
     moe_par_set_threads(1);
     ck_assert_int_eq(memcmp(y[0], y[1], sizeof(float) * N * D), 0);
@@ -308,18 +366,21 @@ START_TEST(hmoe_two_workers_sum)
     const struct hmoe_layer_config cfg = {.D = D, .A = A, .B = B, .K1 = 2, .K = 2,
                                           .w_importance = 1.0, .w_load = 1.0, .seed = 11,
                                           .N_max = N};
-    struct fake f = {.D = D};
-    const struct moe_backend be = {.ctx = &f, .forward = fake_forward, .backward = fake_backward};
     float *x = moe_alloc_floats((size_t)N * D), *dy = moe_alloc_floats((size_t)N * D);
     tu_fill(x, (size_t)N * D, 310, 1.0f);
     tu_fill(dy, (size_t)N * D, 311, 1.0f);
     struct layer *l[3];
+    struct rig rg[3];
+    const size_t ngp = hmoe_groups_param_count(D, B);
     for (int k = 0; k < 3; k++) {
-        l[k] = hmoe_layer_new("moe", &cfg, &be);
+        rig_init(&rg[k], &cfg, NULL);
+        l[k] = hmoe_layer_new("moe", &cfg, &rg[k].be);
         ck_assert_ptr_nonnull(l[k]);
         for (int i = 0; i < l[k]->n_params; i++)
             tu_fill(l[k]->ops->param(l[k], i).w->data, l[k]->ops->param(l[k], i).w->numel,
                     320u + (uint32_t)i, 0.7f);
+        for (int i = 0; i < A; i++)
+            tu_fill(hmoe_groups_params(rg[k].lg.groups, i), ngp, 330u + (uint32_t)i, 0.7f);
     }
     float *y = moe_alloc_floats((size_t)N * D), *dx = moe_alloc_floats((size_t)N * D);
     float *dxs = moe_alloc_floats((size_t)N * D);
@@ -332,13 +393,14 @@ START_TEST(hmoe_two_workers_sum)
     ck_assert_int_eq(l[0]->ops->backward(l[0], &p, dx, dy, x, y, err, sizeof err), 0);
     /* l[1], l[2]: a worker's half each */
     struct layer_pass q[2];
-    for (int w = 0; w < 2; w++) {
-        q[w] = (struct layer_pass){.B = 1, .T = H, .n_global = N, .step = 3, .row0 = w * H,
-                                   .train = true};
-        ck_assert_int_eq(l[1 + w]->ops->forward(l[1 + w], &q[w], y + (size_t)w * H * D,
-                                                x + (size_t)w * H * D, err, sizeof err), 0);
-    }
     for (int wrong = 0; wrong < 2; wrong++) {
+        /* (a backward consumes its forward: each case runs its own) */
+        for (int w = 0; w < 2; w++) {
+            q[w] = (struct layer_pass){.B = 1, .T = H, .n_global = N, .step = 3, .row0 = w * H,
+                                       .train = true};
+            ck_assert_int_eq(l[1 + w]->ops->forward(l[1 + w], &q[w], y + (size_t)w * H * D,
+                                                    x + (size_t)w * H * D, err, sizeof err), 0);
+        }
         float imp[E], load[E], fx[2 * A];
         for (int e = 0; e < E; e++) {
             imp[e] = hmoe_layer_importance(l[1])[e] + hmoe_layer_importance(l[2])[e];
@@ -357,6 +419,8 @@ START_TEST(hmoe_two_workers_sum)
                 const moe_tensor *g = l[1 + w]->ops->param(l[1 + w], i).g;
                 memset(g->data, 0, sizeof(float) * g->numel);
             }
+            for (int i = 0; i < A; i++)
+                memset(hmoe_groups_grads(rg[1 + w].lg.groups, i), 0, sizeof(float) * ngp);
             ck_assert_int_eq(l[1 + w]->ops->backward(l[1 + w], &q[w], dxs + (size_t)w * H * D,
                                                      dy + (size_t)w * H * D, x + (size_t)w * H * D,
                                                      y + (size_t)w * H * D, err, sizeof err), 0);
@@ -375,14 +439,23 @@ START_TEST(hmoe_two_workers_sum)
             worst = fmax(worst, rel_diff(sum, g->data, g->numel));
             free(sum);
         }
+        for (int i = 0; i < A; i++) {
+            float sum[ngp];
+            for (size_t j = 0; j < ngp; j++)
+                sum[j] = hmoe_groups_grads(rg[1].lg.groups, i)[j] +
+                         hmoe_groups_grads(rg[2].lg.groups, i)[j];
+            worst = fmax(worst, rel_diff(sum, hmoe_groups_grads(rg[0].lg.groups, i), ngp));
+        }
         worst = fmax(worst, rel_diff(dxs, dx, (size_t)N * D));
         if (wrong)
             ck_assert_msg(worst > 1e-3, "summing Load_H itself went unnoticed (%g)", worst);
         else
             ck_assert_msg(worst <= 1e-6, "two workers' gradients differ from one's by %g", worst);
     }
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 3; k++) {
         l[k]->ops->destroy(l[k]);
+        hmoe_groups_destroy(&rg[k].lg.groups);
+    }
     free(x);
     free(dy);
     free(y);

@@ -201,6 +201,34 @@ static void m_error_text_long(struct wt *t)
     t->h.error_text = t->text;
 }
 
+/* a hierarchical MoE's group messages (version 3): one row index and one
+ * primary gate per row in a GROUP_FORWARD, one gate gradient per row in a
+ * GROUP_BACKWARD_REPLY */
+static uint32_t g_index[3] = {0, 4, 9};
+static float g_gate[3] = {0.5f, 0.25f, 1.0f};
+static void m_group_fwd(struct wt *t)
+{
+    t->h.type = MOE__MSG_TYPE__MSG_GROUP_FORWARD;
+    t->h.n_row_index = t->h.n_row_gate = 3;
+    t->h.row_index = g_index;
+    t->h.row_gate = g_gate;
+}
+static void m_group_fwd_no_index(struct wt *t)
+{
+    m_group_fwd(t);
+    t->h.n_row_index = 0;
+}
+static void m_group_fwd_short_gate(struct wt *t)
+{
+    m_group_fwd(t);
+    t->h.n_row_gate = 2;
+}
+static void m_group_bwd_reply_no_gate(struct wt *t)
+{
+    t->h.type = MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY;
+}
+static void m_version_2(struct wt *t) { t->h.version = 2; } /* a peer of the release before */
+
 enum kept { HDR_NULL, HDR_KEPT };
 
 static const struct wcase {
@@ -240,7 +268,29 @@ static const struct wcase {
     {"payload on EXPERT_FETCH", m_payload_on_fetch, MOE_ERR_SHAPE, HDR_KEPT},
     {"message over max_bytes", m_over_max_bytes, MOE_ERR_RANGE, HDR_KEPT},
     {"error_text too long", m_error_text_long, MOE_ERR_RANGE, HDR_KEPT},
+    {"version 2 (an old peer)", m_version_2, MOE_ERR_VERSION, HDR_KEPT},
+    {"GROUP_FORWARD without row indices", m_group_fwd_no_index, MOE_ERR_SHAPE, HDR_KEPT},
+    {"GROUP_FORWARD with a gate short", m_group_fwd_short_gate, MOE_ERR_SHAPE, HDR_KEPT},
+    {"GROUP_BACKWARD_REPLY without gates", m_group_bwd_reply_no_gate, MOE_ERR_SHAPE, HDR_KEPT},
 };
+
+/* A well-formed GROUP_FORWARD decodes with its indices and gates. */
+START_TEST(wire_decode_group_forward)
+{
+    struct wt t;
+    wt_init(&t);
+    m_group_fwd(&t);
+    struct moe_wire_msg msg;
+    memset(&msg, 0, sizeof msg);
+    char err[256] = "";
+    ck_assert_msg(wt_run(&t, &msg, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(msg.hdr->type, MOE__MSG_TYPE__MSG_GROUP_FORWARD);
+    ck_assert_uint_eq(msg.hdr->n_row_index, 3);
+    ck_assert_uint_eq(msg.hdr->row_index[2], 9);
+    ck_assert_float_eq(msg.hdr->row_gate[1], 0.25f);
+    moe_wire_msg_free(&msg);
+}
+END_TEST
 
 START_TEST(wire_decode_malformed_table)
 {
@@ -269,7 +319,7 @@ START_TEST(wire_decode_malformed_table)
 }
 END_TEST
 
-/* A peer of the previous schema (version 2, before Header.layer): refused
+/* A peer of the previous schema (version 3, before Header.layer): refused
  * with a sentence naming both versions. */
 START_TEST(wire_decode_previous_version)
 {
@@ -279,7 +329,7 @@ START_TEST(wire_decode_previous_version)
     struct moe_wire_msg msg;
     char err[256], want[64];
     ck_assert_int_eq(wt_run(&t, &msg, err, sizeof err), MOE_ERR_VERSION);
-    snprintf(want, sizeof want, "protocol version %d, expected %d (the sender runs another",
+    snprintf(want, sizeof want, "protocol version %d, expected %d (the peer runs another",
              MOE_WIRE_VERSION - 1, MOE_WIRE_VERSION);
     ck_assert_msg(strstr(err, want), "%s", err);
     moe_wire_msg_free(&msg);
@@ -1074,6 +1124,7 @@ Suite *test_wire_suite(void)
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, wire_decode_malformed_table);
     tcase_add_test(tc, wire_decode_previous_version);
+    tcase_add_test(tc, wire_decode_group_forward);
     tcase_add_test(tc, wire_decode_errors_fit_small_buffers);
     tcase_add_test(tc, wire_decode_valid_f32);
     tcase_add_test(tc, wire_decode_valid_zero_rows_and_control);

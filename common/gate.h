@@ -1,4 +1,6 @@
-/* Noisy top-k gating and the balancing losses (worker process), exactly as
+/* Noisy top-k gating and the balancing losses (common: the workers run the
+ * flat and primary gates, the expert servers a hierarchical MoE's secondary
+ * gates, issue 17), exactly as
  * the paper's authors coded them (tensor2tensor expert_utils.py; DESIGN §2):
  *
  *   clean = x W_g; std = softplus(x W_noise) + 1e-2 (0 at evaluation);

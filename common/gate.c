@@ -1,4 +1,4 @@
-/* Noisy top-k gating and balancing losses (see gate.h). Runs in workers. */
+/* Noisy top-k gating and balancing losses (see gate.h). Runs in workers and expert servers. */
 #include "gate.h"
 
 #include <math.h>
