@@ -21,17 +21,21 @@ struct expert_shard {
     bool *touched;      /* got a backward since its last update */
     bool keep_grads;    /* grads holds every expert's (else one scratch) */
     struct moe_fadam_opts opts;
-    /* cache of the last forward: its inputs x and, unless recompute, the
+    /* cache of the last forward of each MoE layer (c: the selected one,
+     * expert_shard_set_layer): its inputs x and, unless recompute, the
      * hidden activations z; dz (and with recompute the recomputed z) are
      * scratch for one expert at a time */
     bool recompute;
-    int c_n;
-    int32_t *c_ids;
-    int *c_rows;
-    float *c_x, *c_z, *dz, *z1;
-    size_t c_rows_cap;  /* rows the x (and z) buffers hold */
+    struct fwd_cache {
+        int n;
+        int32_t *ids;
+        int *rows;
+        float *x, *z;
+        size_t rows_cap; /* rows the x (and z) buffers hold */
+        int n_cap;
+    } caches[EXPERT_SHARD_LAYERS], *c;
+    float *dz, *z1;
     size_t e_rows_cap;  /* rows of one expert the dz (and z1) buffers hold */
-    int c_n_cap;
     float *i_z;         /* evaluation scratch (rows, H) */
     size_t i_rows_cap;
 };
@@ -65,6 +69,7 @@ expert_shard_t *expert_shard_new_ex(int D, int H, int n, const int32_t *ids, uin
     s->D = D;
     s->H = H;
     s->n = n;
+    s->c = &s->caches[0];
     s->opts = *opts;
     s->P = expert_ffn_param_count(D, H);
     s->S = moe_fadam_state_size((size_t)H, (size_t)D) + (size_t)H +
@@ -122,10 +127,12 @@ void expert_shard_destroy(expert_shard_t **sp)
     moe_free_floats(&s->params);
     moe_free_floats(&s->grads);
     moe_free_floats(&s->opt);
-    free(s->c_ids);
-    free(s->c_rows);
-    moe_free_floats(&s->c_x);
-    moe_free_floats(&s->c_z);
+    for (int l = 0; l < EXPERT_SHARD_LAYERS; l++) {
+        free(s->caches[l].ids);
+        free(s->caches[l].rows);
+        moe_free_floats(&s->caches[l].x);
+        moe_free_floats(&s->caches[l].z);
+    }
     moe_free_floats(&s->dz);
     moe_free_floats(&s->z1);
     moe_free_floats(&s->i_z);
@@ -171,13 +178,25 @@ void expert_shard_set_recompute(expert_shard_t *s, bool recompute)
     if (s->recompute == recompute)
         return;
     s->recompute = recompute;
-    s->c_n = 0;
     /* the buffers are sized for the other mode: sized again next forward */
-    moe_free_floats(&s->c_x);
-    moe_free_floats(&s->c_z);
+    for (int l = 0; l < EXPERT_SHARD_LAYERS; l++) {
+        struct fwd_cache *c = &s->caches[l];
+        c->n = 0;
+        moe_free_floats(&c->x);
+        moe_free_floats(&c->z);
+        c->rows_cap = 0;
+    }
     moe_free_floats(&s->dz);
     moe_free_floats(&s->z1);
-    s->c_rows_cap = s->e_rows_cap = 0;
+    s->e_rows_cap = 0;
+}
+
+int expert_shard_set_layer(expert_shard_t *s, int layer)
+{
+    if (layer < 0 || layer >= EXPERT_SHARD_LAYERS)
+        return MOE_ERR_RANGE;
+    s->c = &s->caches[layer];
+    return 0;
 }
 
 bool expert_shard_recompute(const expert_shard_t *s) { return s->recompute; }
@@ -222,23 +241,23 @@ static int grow(float **buf, size_t rows, size_t width)
  * per-expert scratch for `most` rows (dz, and the recomputed z). */
 static int reserve(expert_shard_t *s, int n, size_t rows, size_t most)
 {
-    if (n > s->c_n_cap) {
-        int32_t *ids = realloc(s->c_ids, sizeof(int32_t) * (size_t)n);
+    if (n > s->c->n_cap) {
+        int32_t *ids = realloc(s->c->ids, sizeof(int32_t) * (size_t)n);
         if (!ids)
             return MOE_ERR_NOMEM;
-        s->c_ids = ids;
-        int *r = realloc(s->c_rows, sizeof(int) * (size_t)n);
+        s->c->ids = ids;
+        int *r = realloc(s->c->rows, sizeof(int) * (size_t)n);
         if (!r)
             return MOE_ERR_NOMEM;
-        s->c_rows = r;
-        s->c_n_cap = n;
+        s->c->rows = r;
+        s->c->n_cap = n;
     }
     int rc;
-    if (rows > s->c_rows_cap) {
-        if ((rc = grow(&s->c_x, rows, (size_t)s->D)) ||
-            (!s->recompute && (rc = grow(&s->c_z, rows, (size_t)s->H))))
+    if (rows > s->c->rows_cap) {
+        if ((rc = grow(&s->c->x, rows, (size_t)s->D)) ||
+            (!s->recompute && (rc = grow(&s->c->z, rows, (size_t)s->H))))
             return rc;
-        s->c_rows_cap = rows;
+        s->c->rows_cap = rows;
     }
     if (most > s->e_rows_cap) {
         if ((rc = grow(&s->dz, most, (size_t)s->H)) ||
@@ -265,7 +284,7 @@ static inline const float *crow_at(const float *p, size_t off, int w)
 
 static float *hidden_of(expert_shard_t *s, size_t off)
 {
-    return s->recompute ? s->z1 : row_at(s->c_z, off, s->H);
+    return s->recompute ? s->z1 : row_at(s->c->z, off, s->H);
 }
 
 int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
@@ -275,26 +294,26 @@ int expert_shard_forward(expert_shard_t *s, int n, const int32_t *ids, const int
     int rc = check_batch(s, n, ids, rows, &total, &most);
     if (rc)
         return rc;
-    s->c_n = 0;
+    s->c->n = 0;
     if ((rc = reserve(s, n, total, most)))
         return rc;
     /* An empty batch leaves the cache buffers NULL; memcpy of 0 bytes
      * from or to NULL is still undefined behaviour. */
     if (total > 0)
-        memcpy(s->c_x, x, sizeof(float) * total * (size_t)s->D);
+        memcpy(s->c->x, x, sizeof(float) * total * (size_t)s->D);
     size_t off = 0;
     for (int e = 0; e < n; e++) {
         int li = expert_shard_find(s, ids[e]);
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
-        expert_ffn_forward(row_at(y, off, s->D), hidden_of(s, off), crow_at(s->c_x, off, s->D),
+        expert_ffn_forward(row_at(y, off, s->D), hidden_of(s, off), crow_at(s->c->x, off, s->D),
                            &p, rows[e], s->D, s->H);
         off += (size_t)rows[e];
     }
     if (n > 0) {
-        memcpy(s->c_ids, ids, sizeof(int32_t) * (size_t)n);
-        memcpy(s->c_rows, rows, sizeof(int) * (size_t)n);
+        memcpy(s->c->ids, ids, sizeof(int32_t) * (size_t)n);
+        memcpy(s->c->rows, rows, sizeof(int) * (size_t)n);
     }
-    s->c_n = n;
+    s->c->n = n;
     return 0;
 }
 
@@ -334,10 +353,10 @@ static void update_one(expert_shard_t *s, int i, int64_t t, double lr);
 static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                     const float *dy, float *dx, bool apply, int64_t t, double lr)
 {
-    if (n != s->c_n)
+    if (n != s->c->n)
         return MOE_ERR_STATE;
     for (int e = 0; e < n; e++)
-        if (ids[e] != s->c_ids[e] || rows[e] != s->c_rows[e])
+        if (ids[e] != s->c->ids[e] || rows[e] != s->c->rows[e])
             return MOE_ERR_STATE;
     size_t off = 0;
     for (int e = 0; e < n; e++) {
@@ -345,7 +364,7 @@ static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *row
         struct expert_ffn_params p = expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
         struct expert_ffn_params dp = expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
         s->touched[li] = true;
-        const float *x = crow_at(s->c_x, off, s->D);
+        const float *x = crow_at(s->c->x, off, s->D);
         if (s->recompute) /* the forward's operations again: the same bits */
             expert_ffn_hidden(s->z1, x, &p, rows[e], s->D, s->H);
         expert_ffn_backward(row_at(dx, off, s->D), &dp, s->dz, crow_at(dy, off, s->D), x,
@@ -355,7 +374,7 @@ static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *row
         off += (size_t)rows[e];
     }
     if (apply)
-        s->c_n = 0;
+        s->c->n = 0;
     return 0;
 }
 
@@ -456,7 +475,8 @@ void expert_shard_apply(expert_shard_t *s, int64_t t, double lr)
         if (s->touched[i])
             update_one(s, i, t, lr);
     }
-    s->c_n = 0;
+    for (int l = 0; l < EXPERT_SHARD_LAYERS; l++)
+        s->caches[l].n = 0;
 }
 
 int expert_shard_backward_apply(expert_shard_t *s, int n, const int32_t *ids, const int *rows,

@@ -45,6 +45,15 @@ double expert_shard_bytes(int D, int H, int n, bool keep_grads);
 void expert_shard_set_recompute(expert_shard_t *s, bool recompute);
 bool expert_shard_recompute(const expert_shard_t *s);
 
+/* A model with several MoE layers whose experts share a shard (an expert
+ * server of the translation model holds encoder and decoder experts):
+ * each layer's forward keeps its own cache until that layer's backward.
+ * expert_shard_set_layer selects the cache that the next forward fills and
+ * the next backward reads (layer 0 when never called). 0, or
+ * MOE_ERR_RANGE for a layer outside 0 .. EXPERT_SHARD_LAYERS-1. */
+#define EXPERT_SHARD_LAYERS 2
+int expert_shard_set_layer(expert_shard_t *s, int layer);
+
 int expert_shard_count(const expert_shard_t *s);
 /* Width D and hidden size H of the shard's experts. */
 void expert_shard_dims(const expert_shard_t *s, int *D, int *H);

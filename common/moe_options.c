@@ -97,14 +97,14 @@ const struct moe_opt moe_options_table[] = {
     OPT("strict_determinism", "compute", MOE_OPT_BOOL, strict_determinism, 1, 0, "false", "refuse to resume a checkpoint or join a cluster computed with other BLAS kernels (default: warn)", MOE_FOR_ALL),
     OPT("recompute", "compute", MOE_OPT_STRING, recompute, 1, 0, "none", "recompute in the backward pass instead of keeping: none, experts (their hidden activations) or all (also the LSTM gates and cells); the same results", MOE_FOR_WORKER | MOE_FOR_SERVER),
     /* translation (issue 19) */
-    OPT("task", "translate", MOE_OPT_STRING, task, 1, 0, "lm", "what moe-worker trains: lm (the language model of train/valid) or translate (the encoder-decoder of src_train -> tgt_train, paper 5.3; experts local for now; train, valid, vocab_max, unroll and eval_batch are the language model's)", MOE_FOR_WORKER),
+    OPT("task", "translate", MOE_OPT_STRING, task, 1, 0, "lm", "what moe-worker trains: lm (the language model of train/valid) or translate (the encoder-decoder of src_train -> tgt_train, paper 5.3: two MoE layers, the decoder's experts numbered after the encoder's; train, valid, vocab_max, unroll and eval_batch are the language model's)", MOE_FOR_ALL),
     OPT("src_train", "translate", MOE_OPT_STRING, src_train, 1, 0, "data/bible-en-es/train.en", "translate: source side of the training pairs (one sentence per line)", MOE_FOR_WORKER),
     OPT("tgt_train", "translate", MOE_OPT_STRING, tgt_train, 1, 0, "data/bible-en-es/train.es", "translate: target side of the training pairs (line i translates line i of src_train)", MOE_FOR_WORKER),
     OPT("src_valid", "translate", MOE_OPT_STRING, src_valid, 1, 0, "data/bible-en-es/valid.en", "translate: source side of the validation pairs (empty: none)", MOE_FOR_WORKER),
     OPT("tgt_valid", "translate", MOE_OPT_STRING, tgt_valid, 1, 0, "data/bible-en-es/valid.es", "translate: target side of the validation pairs", MOE_FOR_WORKER),
     OPT("src_vocab_max", "translate", MOE_OPT_INT, src_vocab_max, 0, 10000000, "8000", "translate: source vocabulary cap including <unk> and <eos> (0: no cap)", MOE_FOR_WORKER),
     OPT("tgt_vocab_max", "translate", MOE_OPT_INT, tgt_vocab_max, 0, 10000000, "8000", "translate: target vocabulary cap including <unk> and <eos> (0: no cap)", MOE_FOR_WORKER),
-    OPT("max_len", "translate", MOE_OPT_INT, max_len, 1, 100000, "150", "translate: most tokens a line of the corpora may hold (a longer line is an error)", MOE_FOR_WORKER),
+    OPT("max_len", "translate", MOE_OPT_INT, max_len, 1, 100000, "150", "translate: most tokens a line of the corpora may hold (a longer line is an error; bounds the rows of a message)", MOE_FOR_ALL),
 };
 _Static_assert(sizeof moe_options_table / sizeof moe_options_table[0] <= MOE_OPTIONS_MAX,
                "raise MOE_OPTIONS_MAX");
@@ -117,7 +117,7 @@ const size_t moe_options_count = sizeof moe_options_table / sizeof moe_options_t
 static const char *const contract_server_keys[] = {
     "d_model", "d_hidden", "n_experts", "seed", "lr", "warmup", "expert_beta2", "expert_eps",
     "expert_decay_pow", "expert_clip", "expert_relative_step", "wire_dtype", "workers",
-    "strict_determinism", "moe", "groups", "experts_per_group",
+    "strict_determinism", "moe", "groups", "experts_per_group", "task", "max_len",
 };
 /* The last line of every contract: compared on its own terms
  * (moe_options_contract_kernels), never by moe_options_contract_diff. */
@@ -325,10 +325,9 @@ int moe_options_contract_diff(const char *mine, const char *theirs, const char *
 
 size_t moe_options_message_limit(const struct moe_options *c, int receiver)
 {
-    const double E = c->n_experts, D = c->d_model;
+    const double E = moe_options_experts_total(c), D = c->d_model;
     const double header = 4096.0 + 16.0 * E + MOE_WIRE_ERROR_TEXT_MAX;
-    const double rows = (double)(c->batch > c->eval_batch ? c->batch : c->eval_batch) * c->unroll *
-                        moe_options_slots_per_row(c);
+    const double rows = moe_options_batch_rows(c) * moe_options_slots_per_row(c);
     double bytes;
     if (receiver == MOE_ROLE_COORDINATOR) {
         bytes = header + 65536.0 +
@@ -441,6 +440,20 @@ bool moe_options_translate(const struct moe_options *c)
     return strcmp(c->task, "translate") == 0;
 }
 
+int moe_options_moe_layers(const struct moe_options *c) { return moe_options_translate(c) ? 2 : 1; }
+
+int moe_options_experts_total(const struct moe_options *c)
+{
+    return c->n_experts * moe_options_moe_layers(c);
+}
+
+double moe_options_batch_rows(const struct moe_options *c)
+{
+    if (moe_options_translate(c))
+        return (double)c->batch * (c->max_len + 1.0);
+    return (double)(c->batch > c->eval_batch ? c->batch : c->eval_batch) * c->unroll;
+}
+
 /* --task: the word, and what the translation model does not run yet. */
 static int check_task(const struct moe_options *c, char *err, size_t errlen)
 {
@@ -448,16 +461,10 @@ static int check_task(const struct moe_options *c, char *err, size_t errlen)
     int rc = check_words(c->task, "task", tasks, 2, "lm or translate", err, errlen);
     if (rc || !moe_options_translate(c))
         return rc;
-    if (strcmp(c->experts, "local") || c->coordinator[0] || c->workers[0])
+    if (moe_options_hierarchical(c) || strcmp(c->dense_optimizer, "adam"))
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--task translate trains in one process for now: it needs "
-                            "--experts local, no --coordinator and no --workers");
-    if (moe_options_hierarchical(c) || strcmp(c->dense_optimizer, "adam") || c->resume[0] ||
-        c->report[0])
-        return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--task translate has flat MoE layers, dense Adam and no --resume "
-                            "or --report for now (not --moe hierarchical, --dense-optimizer "
-                            "factored)");
+                            "--task translate has flat MoE layers and dense Adam for now (not "
+                            "--moe hierarchical, --dense-optimizer factored)");
     return 0;
 }
 

@@ -110,9 +110,20 @@ int moe_options_check(const struct moe_options *c, unsigned role, char *err, siz
 bool moe_options_hierarchical(const struct moe_options *c);
 /* --task translate: the translation model of issue 19 (worker/s2s_train.h)
  * instead of the language model. moe_options_check refuses (for now)
- * remote experts, a coordinator, several workers and --moe hierarchical
- * with it. */
+ * --moe hierarchical and the factored dense optimizer with it. */
 bool moe_options_translate(const struct moe_options *c);
+/* MoE layers of the model: 2 for the translation model (encoder and
+ * decoder), else 1. Each layer's experts have their own global ids: layer
+ * l's expert e is expert l x n_experts + e on the wire, on the servers and
+ * in their files; a step runs each layer's forward in order, then their
+ * backwards in reverse order (DESIGN §3). */
+int moe_options_moe_layers(const struct moe_options *c);
+/* The experts of the whole model, what placements, shards, manifests and
+ * the coordinator's statistics count: n_experts x moe_options_moe_layers. */
+int moe_options_experts_total(const struct moe_options *c);
+/* Rows of one MoE layer's largest batch: batch x unroll for the language
+ * model (eval_batch when larger), batch x (max_len + 1) for translation. */
+double moe_options_batch_rows(const struct moe_options *c);
 /* Experts that a placement keeps together on one server: experts_per_group
  * for a hierarchical MoE (a whole group), else 1. */
 int moe_options_group_size(const struct moe_options *c);

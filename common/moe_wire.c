@@ -530,6 +530,7 @@ static int wire_send_checked(void *sock, const uint8_t *identity, size_t identit
     hdr.error_text = h->error_text ? (char *)h->error_text : (char *)protobuf_c_empty_string;
     hdr.placement_version = h->placement_version;
     hdr.eval = h->eval;
+    hdr.layer = h->layer;
     hdr.role = h->role;
     hdr.endpoint = h->endpoint ? (char *)h->endpoint : (char *)protobuf_c_empty_string;
     hdr.loss = h->loss;

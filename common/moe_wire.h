@@ -18,10 +18,11 @@
 
 #include "moe.pb-c.h"
 
-/* 3: a hierarchical MoE's group messages (issue 17); a peer of version 2
- * gets "protocol version 2, expected 3" and the sender the same sentence
- * back. */
-#define MOE_WIRE_VERSION 3
+/* 3: a hierarchical MoE's group messages (issue 17); 4: Header.layer, the
+ * MoE layer of a training call (the translation model, issue 19). A peer of
+ * another version gets "protocol version 3, expected 4 ..." and the sender
+ * the same sentence back. */
+#define MOE_WIRE_VERSION 4
 
 /* Longest error_text accepted, in bytes (without the terminating NUL). */
 #define MOE_WIRE_ERROR_TEXT_MAX 1024
@@ -69,6 +70,7 @@ struct moe_wire_out {
     const char *error_text;    /* NULL = empty; at most MOE_WIRE_ERROR_TEXT_MAX bytes */
     uint32_t placement_version;
     bool eval;                 /* EXPERT_FORWARD for evaluation (no barrier, nothing kept) */
+    uint32_t layer;            /* EXPERT_FORWARD/BACKWARD: the MoE layer of a training call */
     uint32_t role;             /* REGISTER / HEARTBEAT: 1 worker, 2 server, 3 tool */
     const char *endpoint;      /* REGISTER: where the sender serves; NULL = empty */
     double loss, tokens_per_sec; /* STATS */

@@ -37,10 +37,18 @@ struct group_io {
     bool backward;
 };
 
+/* The backend of one MoE layer (expert_remote_backend_layer). */
+struct remote_layer {
+    struct expert_remote *r;
+    uint32_t layer;
+};
+
 struct expert_remote {
     const struct moe_cluster *cl;
     int rank, D;
     uint32_t epoch, bwd_flags; /* stamped on every message; flags on backwards */
+    uint32_t layer;            /* stamped on training forwards and backwards */
+    struct remote_layer layers[EXPERT_REMOTE_LAYERS];
     int64_t timeout_ms;
     Moe__DType dtype;
     struct moe_wire_limits lim;
@@ -355,6 +363,7 @@ static int send_all(expert_remote_t *r, Moe__MsgType type, int64_t step, bool ev
         h.width = (uint32_t)D;
         h.row0 = (uint64_t)r->row0;
         h.eval = eval;
+        h.layer = r->layer;
         h.epoch = r->epoch;
         h.flags = type == MOE__MSG_TYPE__MSG_EXPERT_BACKWARD ||
                           type == MOE__MSG_TYPE__MSG_GROUP_BACKWARD
@@ -526,6 +535,31 @@ static int fetch_rows(expert_remote_t *r, int n, const int32_t *ids, int B, uint
         rc = MOE_ERR_STATE;
     }
     return rc;
+}
+
+static int layer_forward(void *ctx, int64_t step, bool train, int n, const int32_t *ids,
+                         const int *rows, const float *x, float *y, char *what, size_t what_len)
+{
+    struct remote_layer *l = ctx;
+    l->r->layer = l->layer;
+    return remote_forward(l->r, step, train, n, ids, rows, x, y, what, what_len);
+}
+
+static int layer_backward(void *ctx, int64_t step, int n, const int32_t *ids, const int *rows,
+                          const float *dy, float *dx, char *what, size_t what_len)
+{
+    struct remote_layer *l = ctx;
+    l->r->layer = l->layer;
+    return remote_backward(l->r, step, n, ids, rows, dy, dx, what, what_len);
+}
+
+void expert_remote_backend_layer(struct moe_backend *b, expert_remote_t *r, int layer)
+{
+    r->layers[layer] = (struct remote_layer){r, (uint32_t)layer};
+    b->ctx = &r->layers[layer];
+    b->forward = layer_forward;
+    b->backward = layer_backward;
+    b->apply = remote_apply;
 }
 
 int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, char *err,

@@ -34,6 +34,12 @@ void expert_remote_destroy(expert_remote_t **r);
  * worker's first row, sent in the headers. */
 void expert_remote_backend(struct moe_backend *b, expert_remote_t *r);
 void expert_remote_set_row0(expert_remote_t *r, int64_t row0);
+/* A model with several MoE layers (the translation model): the backend of
+ * layer `layer` (< EXPERT_REMOTE_LAYERS) over r, whose training forwards
+ * and backwards carry that layer in their headers (the servers' step
+ * barrier takes each layer's calls in turn); ids are global. */
+#define EXPERT_REMOTE_LAYERS 2
+void expert_remote_backend_layer(struct moe_backend *b, expert_remote_t *r, int layer);
 /* The epoch stamped on every message, and the flags of the next backwards
  * (MOE_FLAG_CHECKPOINT: the servers write their shards after the step). */
 void expert_remote_set_epoch(expert_remote_t *r, uint32_t epoch);

@@ -16,6 +16,7 @@
 #include "moe_err.h"
 #include "moe_kernels.h"
 #include "moe_mem.h"
+#include "moe_optim.h"
 #include "moe_safetensors.h"
 
 /* ------------------------------------------------------------------------ */
@@ -36,10 +37,12 @@ int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **v
         .moe_sigmoid = c->moe_sigmoid, .dropout = c->dropout, .w_importance = c->w_importance,
         .w_load = c->w_load, .seed = (uint64_t)c->seed, .B_max = B_max, .S_max = S_max,
         .T_max = T_max};
+    /* with expert servers this process holds no expert while it trains */
+    const int held = strcmp(c->experts, "remote") ? E : 0;
     if (c->memory_check) {
         /* the model, 2 x E experts, and (training) the dense Adam state */
         const double need = s2s_bytes(&sc) + (keep_grads ? 8 * s2s_dense_params(&sc) : 0) +
-                            2 * expert_shard_bytes(c->d_model, c->d_hidden, E, keep_grads);
+                            2 * expert_shard_bytes(c->d_model, c->d_hidden, held, keep_grads);
         char what[200];
         snprintf(what, sizeof what,
                  "the translation model (D=%d, %d + %d words, 2 x %d experts, batches of %d "
@@ -51,8 +54,8 @@ int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **v
             return rc;
         }
     }
-    x->shard[S2S_ENCODER] = model_experts_range(c, 0, E, keep_grads);
-    x->shard[S2S_DECODER] = model_experts_range(c, E, E, keep_grads);
+    x->shard[S2S_ENCODER] = model_experts_range(c, 0, held, keep_grads);
+    x->shard[S2S_DECODER] = model_experts_range(c, E, held, keep_grads);
     struct moe_backend be[S2S_N_MOE], dec;
     int rc = x->shard[0] && x->shard[1] ? 0 : MOE_ERR_NOMEM;
     if (!rc) {
@@ -88,32 +91,64 @@ void s2s_model_free(struct s2s_model *x)
 /* Calls fn for every tensor: name, shape and its floats in the model. */
 typedef int (*tensor_fn)(void *ctx, const char *name, int ndim, const int64_t *shape, float *data);
 
-static int for_each_tensor(const struct s2s_model *x, tensor_fn fn, void *ctx)
+/* What a file holds: the dense parameters, their Adam state (opt, one
+ * block per parameter, "NAME.adam"), the experts' parameters, their
+ * factored-Adam state ("...experts.E.w1.weight.fadam"). */
+struct file_parts {
+    bool dense;
+    float *const *opt;
+    bool experts, expert_state;
+};
+
+static const struct file_parts MODEL_FILE = {true, NULL, true, false};
+
+static int for_each_part(const struct s2s_model *x, const struct file_parts *fp, tensor_fn fn,
+                         void *ctx)
 {
     int rc = 0;
     for (int i = 0; i < s2s_n_params(x->m) && !rc; i++) {
         const struct layer_param p = s2s_param_at(x->m, i);
-        rc = fn(ctx, p.w->name, p.w->ndim, p.w->shape, p.w->data);
+        if (fp->dense)
+            rc = fn(ctx, p.w->name, p.w->ndim, p.w->shape, p.w->data);
+        if (!rc && fp->opt) {
+            char name[160];
+            snprintf(name, sizeof name, "%s.adam", p.w->name);
+            const int64_t n = (int64_t)moe_adam_state_size(p.w->numel);
+            rc = fn(ctx, name, 1, &n, fp->opt[i]);
+        }
     }
+    if (!fp->experts && !fp->expert_state)
+        return rc;
     static const char *const side[S2S_N_MOE] = {"encoder", "decoder"};
     const int D = x->cfg.d_model, H = x->cfg.d_hidden;
     for (int w = 0; w < S2S_N_MOE && !rc; w++)
         for (int e = 0; e < x->cfg.n_experts && !rc; e++) {
             float *blk = expert_shard_params(x->shard[w], e);
-            size_t off = 0;
+            float *st = expert_shard_opt_state(x->shard[w], e);
             for (int part = 0; part < EXPERT_PARTS && !rc; part++) {
                 const char *suffix;
                 int ndim;
                 int64_t shape[2];
                 size_t state;
                 expert_shard_part(part, D, H, &suffix, &ndim, shape, &state);
-                char name[96];
+                char name[112];
                 snprintf(name, sizeof name, "%s.moe.experts.%d.%s", side[w], e, suffix);
-                rc = fn(ctx, name, ndim, shape, blk + off);
-                off += (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
+                if (fp->experts)
+                    rc = fn(ctx, name, ndim, shape, blk);
+                if (!rc && fp->expert_state) {
+                    strcat(name, ".fadam");
+                    rc = fn(ctx, name, 1, &(int64_t){(int64_t)state}, st);
+                }
+                blk += (size_t)shape[0] * (ndim == 2 ? (size_t)shape[1] : 1);
+                st += state;
             }
         }
     return rc;
+}
+
+static int for_each_tensor(const struct s2s_model *x, tensor_fn fn, void *ctx)
+{
+    return for_each_part(x, &MODEL_FILE, fn, ctx);
 }
 
 struct entries {
@@ -164,12 +199,12 @@ static int config_text(const struct moe_options *c, char *out, size_t cap)
     return len;
 }
 
-int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
-                   size_t errlen)
+static int save_parts(const struct s2s_model *x, const struct file_parts *fp, const char *format,
+                      const char *path, int64_t step, char *err, size_t errlen)
 {
     struct entries l = {0};
     char *config = malloc(65536), *sv = NULL, *tv = NULL;
-    int rc = config ? for_each_tensor(x, add_entry, &l) : MOE_ERR_NOMEM;
+    int rc = config ? for_each_part(x, fp, add_entry, &l) : MOE_ERR_NOMEM;
     if (!rc && config_text(&x->cfg, config, 65536) < 0)
         rc = MOE_ERR_RANGE;
     if (!rc && (!(sv = vocab_to_text(x->vs)) || !(tv = vocab_to_text(x->vt))))
@@ -180,7 +215,7 @@ int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, ch
         char step_s[32], sum_s[32];
         snprintf(step_s, sizeof step_s, "%" PRId64, step);
         snprintf(sum_s, sizeof sum_s, "%016" PRIx64, l.checksum);
-        const char *meta[] = {"format", S2S_FORMAT, "step", step_s, "checksum", sum_s,
+        const char *meta[] = {"format", format, "step", step_s, "checksum", sum_s,
                               "blas_kernels", moe_kernels_effective(), "config", config,
                               "src_vocab", sv, "tgt_vocab", tv, NULL};
         rc = moe_safetensors_write(path, l.e, l.n, meta, err, errlen);
@@ -192,6 +227,21 @@ int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, ch
     free(sv);
     free(tv);
     return rc;
+}
+
+int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
+                   size_t errlen)
+{
+    return save_parts(x, &MODEL_FILE, S2S_FORMAT, path, step, err, errlen);
+}
+
+int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,
+                   char *err, size_t errlen)
+{
+    /* opt NULL: another worker's file, its step alone (worker 0's holds
+     * the dense state, the same on every worker) */
+    return save_parts(x, &(struct file_parts){opt != NULL, opt, false, false}, S2S_STATE_FORMAT,
+                      path, step, err, errlen);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -282,5 +332,136 @@ int s2s_model_load(struct s2s_model *x, const char *path, int B_max, int T_max, 
     vocab_destroy(&vs);
     vocab_destroy(&vt);
     moe_safetensors_close(&st);
+    return rc;
+}
+
+int s2s_state_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                   char *err, size_t errlen)
+{
+    moe_safetensors_t *st = moe_safetensors_open(path, err, errlen);
+    if (!st)
+        return MOE_ERR_FORMAT;
+    const char *fmt = moe_safetensors_meta(st, "format"), *s = moe_safetensors_meta(st, "step");
+    int rc = checkpoint_verify_checksum(st, err, errlen);
+    if (!rc && (!fmt || strcmp(fmt, S2S_STATE_FORMAT) || !s))
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s: not the training state of a translation worker (format %s, "
+                          "expected %s)", path, fmt ? fmt : "none", S2S_STATE_FORMAT);
+    if (!rc) {
+        struct reader r = {st, err, errlen};
+        rc = for_each_part(x, &(struct file_parts){true, opt, false, false}, read_entry, &r);
+    }
+    if (!rc)
+        *step = strtoll(s, NULL, 10);
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Resuming */
+
+/* The optimizer file beside a model file: DIR/optim.safetensors. */
+static void optim_file(const char *model_file, char *out, size_t cap)
+{
+    const char *slash = strrchr(model_file, '/');
+    const int dir = slash ? (int)(slash - model_file) : 0;
+    snprintf(out, cap, "%.*s%soptim.safetensors", dir, model_file, slash ? "/" : "");
+}
+
+int s2s_optim_save(struct s2s_model *x, float *const *opt, const char *dir, int64_t step,
+                   char *err, size_t errlen)
+{
+    for (int w = 0; w < S2S_N_MOE; w++) /* the decays the experts owe (expert_shard.h) */
+        expert_shard_flush(x->shard[w], step);
+    char path[MOE_PATH_MAX + 96];
+    snprintf(path, sizeof path, "%s/optim.safetensors", dir);
+    return save_parts(x, &(struct file_parts){false, opt, false, true}, S2S_OPTIM_FORMAT, path,
+                      step, err, errlen);
+}
+
+/* The "config", "src_vocab" and "tgt_vocab" of the model file at path
+ * (borrowed from *st, which the caller closes). */
+static int open_model(const char *path, moe_safetensors_t **st, char *file, size_t cap,
+                      char *err, size_t errlen)
+{
+    s2s_model_file(path, file, cap);
+    if (!(*st = moe_safetensors_open(file, err, errlen)))
+        return MOE_ERR_FORMAT;
+    const char *fmt = moe_safetensors_meta(*st, "format");
+    if (!fmt || strcmp(fmt, S2S_FORMAT))
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                            "%s: not a translation model (format %s, expected %s)", file,
+                            fmt ? fmt : "none", S2S_FORMAT);
+    if (!moe_safetensors_meta(*st, "config") || !moe_safetensors_meta(*st, "src_vocab") ||
+        !moe_safetensors_meta(*st, "tgt_vocab"))
+        return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                            "%s: the metadata lacks the configuration or a vocabulary", file);
+    return checkpoint_verify_checksum(*st, err, errlen);
+}
+
+int s2s_resume_adopt(struct moe_options *c, char *err, size_t errlen)
+{
+    moe_safetensors_t *st = NULL;
+    char file[MOE_PATH_MAX + 96];
+    int rc = open_model(c->resume, &st, file, sizeof file, err, errlen);
+    if (!rc)
+        rc = moe_options_adopt(c, moe_safetensors_meta(st, "config"), file, true, err, errlen);
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int s2s_resume_vocabs(const char *path, vocab_t **vs, vocab_t **vt, char *err, size_t errlen)
+{
+    moe_safetensors_t *st = NULL;
+    char file[MOE_PATH_MAX + 96];
+    int rc = open_model(path, &st, file, sizeof file, err, errlen);
+    if (!rc &&
+        (!(*vs = vocab_from_text(moe_safetensors_meta(st, "src_vocab"), "its source vocabulary",
+                                 err, errlen)) ||
+         !(*vt = vocab_from_text(moe_safetensors_meta(st, "tgt_vocab"), "its target vocabulary",
+                                 err, errlen))))
+        rc = MOE_ERR_FORMAT;
+    moe_safetensors_close(&st);
+    return rc;
+}
+
+int s2s_resume_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                    char *err, size_t errlen)
+{
+    moe_safetensors_t *st = NULL, *os = NULL;
+    char file[MOE_PATH_MAX + 96], ofile[MOE_PATH_MAX + 128];
+    int rc = open_model(path, &st, file, sizeof file, err, errlen);
+    struct reader r = {st, err, errlen};
+    if (!rc)
+        rc = for_each_tensor(x, read_entry, &r);
+    const char *s = st ? moe_safetensors_meta(st, "step") : NULL;
+    *step = s ? strtoll(s, NULL, 10) : 0;
+    optim_file(file, ofile, sizeof ofile);
+    if (!rc && !(os = moe_safetensors_open(ofile, err, errlen))) {
+        char why[1024];
+        snprintf(why, sizeof why, "%s", err);
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s has no optimizer state beside it (%s); --resume takes a "
+                          "checkpoint of a training run", file, why);
+    }
+    const char *fmt = os ? moe_safetensors_meta(os, "format") : NULL;
+    const char *os_step = os ? moe_safetensors_meta(os, "step") : NULL;
+    if (!rc && (!fmt || strcmp(fmt, S2S_OPTIM_FORMAT) || !os_step ||
+                strtoll(os_step, NULL, 10) != *step))
+        rc = moe_err_fail(MOE_ERR_FORMAT, err, errlen,
+                          "%s: not the optimizer state of %s (format %s, step %s; expected %s, "
+                          "step %" PRId64 ")", ofile, file, fmt ? fmt : "none",
+                          os_step ? os_step : "none", S2S_OPTIM_FORMAT, *step);
+    if (!rc)
+        rc = checkpoint_verify_checksum(os, err, errlen);
+    if (!rc) {
+        r.st = os;
+        rc = for_each_part(x, &(struct file_parts){false, opt, false, true}, read_entry, &r);
+    }
+    for (int w = 0; !rc && w < S2S_N_MOE; w++)
+        for (int e = 0; e < expert_shard_count(x->shard[w]); e++)
+            *expert_shard_opt_step(x->shard[w], e) = *step;
+    moe_safetensors_close(&st);
+    moe_safetensors_close(&os);
     return rc;
 }

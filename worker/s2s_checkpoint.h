@@ -23,8 +23,8 @@
  *   decoder.softmax.weight (Vt, D), decoder.softmax.bias (Vt)
  *
  * The decoder's expert E has global id n_experts + E (its initialisation,
- * and its id on the wire). No optimizer state is kept: such a file ends a
- * training run (resuming a translation run is not supported yet). */
+ * and its id on the wire). A training run writes its optimizer state
+ * beside it (s2s_optim_save), which --resume reads. */
 #ifndef S2S_CHECKPOINT_H
 #define S2S_CHECKPOINT_H
 
@@ -38,6 +38,8 @@
 #include "seq2seq.h"
 
 #define S2S_FORMAT "moe-translate-1"
+#define S2S_STATE_FORMAT "moe-translate-state-1"
+#define S2S_OPTIM_FORMAT "moe-translate-optim-1"
 
 struct s2s_model {
     struct moe_options cfg;
@@ -49,8 +51,10 @@ struct s2s_model {
 
 /* The model of configuration c for the two vocabularies (taken: *vs and
  * *vt become NULL) and batches up to B_max pairs of S_max source and T_max
- * target positions, freshly initialised. keep_grads: for training. 0, or
- * a negative code with a sentence; x is then empty. */
+ * target positions, freshly initialised. keep_grads: for training. With
+ * c->experts "remote" the shards hold no expert (they live on the
+ * servers; the caller fills shard[] with every expert before writing the
+ * model). 0, or a negative code with a sentence; x is then empty. */
 int s2s_model_init(struct s2s_model *x, const struct moe_options *c, vocab_t **vs, vocab_t **vt,
                    int B_max, int S_max, int T_max, bool keep_grads, char *err, size_t errlen);
 void s2s_model_free(struct s2s_model *x);
@@ -59,6 +63,37 @@ void s2s_model_free(struct s2s_model *x);
  * negative code with a sentence. */
 int s2s_model_save(const struct s2s_model *x, const char *path, int64_t step, char *err,
                    size_t errlen);
+
+/* The dense training state of a translation worker (its file of a cluster
+ * checkpoint, worker-0.safetensors, while the expert servers write the
+ * experts): the dense parameters as in s2s_model_save, each one's Adam
+ * state (opt[i] of parameter i, moe_adam_state_size floats) as
+ * "NAME.adam", and the same metadata with format "moe-translate-state-1";
+ * no experts (with opt NULL, the file of a worker other than 0: no tensor). s2s_state_load reads such a file into x and opt (the same
+ * configuration) and the step it holds, checking its checksum. 0, or a
+ * negative code with a sentence naming the file. */
+int s2s_state_save(const struct s2s_model *x, float *const *opt, const char *path, int64_t step,
+                   char *err, size_t errlen);
+int s2s_state_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                   char *err, size_t errlen);
+
+/* Resuming a run (moe-worker --task translate --resume PATH, PATH as for
+ * s2s_model_load). s2s_optim_save writes DIR/optim.safetensors: each
+ * dense parameter's Adam state ("NAME.adam"), each expert's factored-Adam
+ * state ("encoder.moe.experts.E.w1.weight.fadam" ...; the shards flushed
+ * to `step` first) and the step, format "moe-translate-optim-1".
+ * s2s_resume_adopt takes the model's configuration into c
+ * (moe_options_adopt: a flag given may not contradict its shape);
+ * s2s_resume_vocabs gives its vocabularies (the caller owns them);
+ * s2s_resume_load reads the parameters and the optimizer state beside
+ * them into x and opt (the model's configuration and vocabularies) and the
+ * step. 0, or a negative code with a sentence naming the file. */
+int s2s_optim_save(struct s2s_model *x, float *const *opt, const char *dir, int64_t step,
+                   char *err, size_t errlen);
+int s2s_resume_adopt(struct moe_options *c, char *err, size_t errlen);
+int s2s_resume_vocabs(const char *path, vocab_t **vs, vocab_t **vt, char *err, size_t errlen);
+int s2s_resume_load(struct s2s_model *x, float *const *opt, const char *path, int64_t *step,
+                    char *err, size_t errlen);
 
 /* Reads a file of s2s_model_save (PATH, PATH/model.safetensors, or that of
  * the newest PATH/step-NNNNNNNN folder of a checkpoint_dir) for

@@ -111,12 +111,17 @@ static int write_report(const struct trainer *t, double tokens_per_sec, double v
                             json_real(tok > 0 ? (double)expert_remote_wire_bytes(t->remote_be) / tok : 0));
         json_object_set_new(o, "wire_dtype", json_string(c->wire_dtype));
     }
+    return trainer__write_report(o, c->report, t->rank, err, errlen);
+}
+
+int trainer__write_report(json_t *o, const char *report, int rank, char *err, size_t errlen)
+{
     /* Worker 0 writes PATH; worker r > 0 writes PATH.rank<r>. */
     char path[MOE_PATH_MAX + 32], tmp[MOE_PATH_MAX + 48];
-    if (t->rank == 0)
-        snprintf(path, sizeof path, "%s", c->report);
+    if (rank == 0)
+        snprintf(path, sizeof path, "%s", report);
     else
-        snprintf(path, sizeof path, "%s.rank%d", c->report, t->rank);
+        snprintf(path, sizeof path, "%s.rank%d", report, rank);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int rc = json_dump_file(o, tmp, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
     json_decref(o);

@@ -94,8 +94,12 @@ static int save_cluster_checkpoint(struct trainer *t, char *err, size_t errlen)
                                       errlen);
     if (rc)
         return rc;
-    struct ckpt_state cs = trainer__ckpt_state(t);
-    rc = checkpoint_save_worker(folder, &cs, t->rank, file, sizeof file, err, errlen);
+    if (t->hooks) {
+        rc = t->hooks->save(t->hooks->ctx, t, folder, file, sizeof file, err, errlen);
+    } else {
+        struct ckpt_state cs = trainer__ckpt_state(t);
+        rc = checkpoint_save_worker(folder, &cs, t->rank, file, sizeof file, err, errlen);
+    }
     if (!rc)
         rc = coord_client_checkpoint_done(t->coord, t->step, file, err, errlen);
     if (!rc)
@@ -105,8 +109,13 @@ static int save_cluster_checkpoint(struct trainer *t, char *err, size_t errlen)
 
 static int load_cluster_checkpoint(struct trainer *t, char *err, size_t errlen)
 {
-    struct ckpt_state cs = trainer__ckpt_state(t);
-    int rc = checkpoint_load_worker(t->ep.checkpoint, &cs, t->rank, err, errlen);
+    int rc;
+    if (t->hooks) {
+        rc = t->hooks->load(t->hooks->ctx, t, t->ep.checkpoint, err, errlen);
+    } else {
+        struct ckpt_state cs = trainer__ckpt_state(t);
+        rc = checkpoint_load_worker(t->ep.checkpoint, &cs, t->rank, err, errlen);
+    }
     if (!rc)
         moe_info("loaded checkpoint %s (step %" PRId64 ")", t->ep.checkpoint, t->ep.step);
     return rc;
@@ -136,12 +145,16 @@ static int apply_epoch(struct trainer *t, bool reload, char *err, size_t errlen)
     expert_remote_destroy(&t->remote_be);
     moe_cluster_free(&t->cl);
     int rc = moe_cluster_parse_groups(&t->cl, t->ep.servers, c->workers, t->ep.placement,
-                                      c->n_experts, moe_options_group_size(c), err, errlen);
+                                      moe_options_experts_total(c), moe_options_group_size(c),
+                                      err, errlen);
     if (rc)
         return rc;
     if ((rc = trainer__make_remote(t, err, errlen)))
         return rc;
-    model_set_backend(t->model, &t->backend);
+    if (t->hooks && (rc = t->hooks->bind(t->hooks->ctx, t, err, errlen)))
+        return rc;
+    if (!t->hooks)
+        model_set_backend(t->model, &t->backend);
     coord_client_set_epoch(t->coord, t->ep.epoch);
     if ((reload || !t->ar) && t->world > 1) {
         /* after a failure the ring is rebuilt: a worker may have restarted */

@@ -6,6 +6,7 @@
 #ifndef TRAINER_INTERNAL_H
 #define TRAINER_INTERNAL_H
 
+#include <jansson.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -23,8 +24,25 @@
 #include "moe_guard.h"
 #include "trainer.h"
 
+struct trainer;
+
+/* A model other than the language model (the translation model,
+ * s2s_train.c) runs the same cluster logic (trainer_cluster.c) through
+ * these: binding its MoE layers to the expert backend of a new epoch
+ * (t->remote_be), and writing and reading this worker's files of a cluster
+ * checkpoint (file: the name written, reported to the coordinator). Each
+ * returns 0 or a negative code with a sentence. */
+struct trainer_hooks {
+    void *ctx;
+    int (*bind)(void *ctx, struct trainer *t, char *err, size_t errlen);
+    int (*save)(void *ctx, struct trainer *t, const char *folder, char *file, size_t cap,
+                char *err, size_t errlen);
+    int (*load)(void *ctx, struct trainer *t, const char *folder, char *err, size_t errlen);
+};
+
 struct trainer {
     const struct moe_options *cfg;
+    const struct trainer_hooks *hooks; /* NULL: the language model (t->model) */
     /* data parallelism: this worker's streams [b0, b0 + B) of the global batch */
     int rank, world, B, b0;
     bool remote;
@@ -78,8 +96,17 @@ struct trainer {
  * (0 or a negative code with a sentence), and its release. */
 int trainer__setup(struct trainer *t, char *err, size_t errlen);
 void trainer__teardown(struct trainer *t);
+/* The cluster part of trainer__setup (t->cfg set): keys, the coordinator's
+ * registration or the static server list, this worker's rank and streams
+ * (t->B of the global batch from t->b0); and of trainer__teardown. */
+int trainer__setup_cluster(struct trainer *t, char *err, size_t errlen);
+void trainer__teardown_cluster(struct trainer *t);
 /* A byte count computed in double, as an unsigned integer (saturating). */
 uint64_t trainer__bytes_of(double b);
+
+/* trainer.c: writes the report o (taken) as JSON to `report` (worker 0)
+ * or `report`.rank<r>, atomically. 0 or MOE_ERR_IO with a sentence. */
+int trainer__write_report(json_t *o, const char *report, int rank, char *err, size_t errlen);
 
 /* trainer_cluster.c: the coordinator's epochs. */
 int trainer__wait_epoch(struct trainer *t, uint32_t flags, const char *why, char *err,

@@ -14,6 +14,7 @@
 #include "moe_options.h"
 #include "moe_tensor.h"
 #include "model_source.h"
+#include "s2s_checkpoint.h"
 #include "s2s_train.h"
 #include "trainer.h"
 
@@ -25,7 +26,8 @@ static const char summary[] =
     "workers (see deploy/launch-local.sh). Prints a progress line every --log-every steps\n"
     "and the validation perplexity at the end. With --task translate it trains the\n"
     "encoder-decoder translation model (paper 5.3: 3 encoder and 2 decoder LSTMs, an MoE\n"
-    "layer in each, additive attention) on src_train -> tgt_train instead, in this process.";
+    "layer in each, additive attention) on src_train -> tgt_train instead (its experts in\n"
+    "this process or, with --experts remote, both layers' on the expert servers).";
 
 static const char also[] =
     "moe-server and moe-coordinator options are accepted too (one configuration file serves\n"
@@ -77,7 +79,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;
     }
-    if (cfg.resume[0] && (rc = adopt_model(&cfg, err, sizeof err))) {
+    if (cfg.resume[0] && (rc = moe_options_translate(&cfg) ? s2s_resume_adopt(&cfg, err, sizeof err)
+                                                           : adopt_model(&cfg, err, sizeof err))) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return moe_options_exit_code(rc);
     }
@@ -98,9 +101,9 @@ int main(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
+    coord_client_stop_on_signal(&signals_seen);
     moe_options_signals_ready();
     if (moe_options_translate(&cfg))
         return s2s_train_run(&cfg, &signals_seen);
-    coord_client_stop_on_signal(&signals_seen);
     return trainer_run(&cfg, &signals_seen);
 }

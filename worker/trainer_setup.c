@@ -85,7 +85,7 @@ static int setup_security(struct trainer *t, char *err, size_t errlen)
 /* Remote experts: the coordinator (registration with this worker's
  * configuration; the servers come with the epoch) or the static list; this
  * worker's streams of the global batch. */
-static int setup_cluster(struct trainer *t, char *err, size_t errlen)
+int trainer__setup_cluster(struct trainer *t, char *err, size_t errlen)
 {
     const struct moe_options *c = t->cfg;
     t->remote = strcmp(c->experts, "remote") == 0;
@@ -98,7 +98,8 @@ static int setup_cluster(struct trainer *t, char *err, size_t errlen)
         const char *servers = c->servers, *placement = c->placement;
         if (c->coordinator[0]) {
             t->coord = coord_client_new(t->zctx, &t->net, c->coordinator, 1, t->rank, NULL,
-                                        c->n_experts, c->timeout_ms, err, errlen);
+                                        moe_options_experts_total(c), c->timeout_ms, err,
+                                        errlen);
             if (!t->coord)
                 return MOE_ERR_IO;
             char contract[8192];
@@ -113,8 +114,9 @@ static int setup_cluster(struct trainer *t, char *err, size_t errlen)
             placement = "";
             t->elastic = c->checkpoint_dir[0] != 0;
         }
-        rc = moe_cluster_parse_groups(&t->cl, servers, c->workers, placement, c->n_experts,
-                                      moe_options_group_size(c), err, errlen);
+        rc = moe_cluster_parse_groups(&t->cl, servers, c->workers, placement,
+                                      moe_options_experts_total(c), moe_options_group_size(c),
+                                      err, errlen);
         if (rc)
             return rc;
         t->world = t->cl.n_workers;
@@ -281,7 +283,7 @@ int trainer__setup(struct trainer *t, char *err, size_t errlen)
     if (!rc)
         rc = check_expert_memory(t->cfg, err, errlen);
     if (!rc)
-        rc = setup_cluster(t, err, errlen);
+        rc = trainer__setup_cluster(t, err, errlen);
     if (!rc && t->cfg->resume[0]) {
         if (!(ms = malloc(sizeof *ms)))
             rc = MOE_ERR_NOMEM;
@@ -313,19 +315,25 @@ int trainer__setup(struct trainer *t, char *err, size_t errlen)
     return rc;
 }
 
-void trainer__teardown(struct trainer *t)
+void trainer__teardown_cluster(struct trainer *t)
 {
-    model_destroy(&t->model);
     moe_allreduce_destroy(&t->ar);
     coord_client_destroy(&t->coord);
     coord_epoch_free(&t->ep);
-    moe_free_floats(&t->gstats);
-    free(t->rows_routed);
     expert_remote_destroy(&t->remote_be);
     moe_guard_destroy(&t->guard); /* after every socket it guards */
     if (t->zctx)
         zmq_ctx_term(t->zctx);
+    t->zctx = NULL;
     moe_cluster_free(&t->cl);
+}
+
+void trainer__teardown(struct trainer *t)
+{
+    model_destroy(&t->model);
+    moe_free_floats(&t->gstats);
+    free(t->rows_routed);
+    trainer__teardown_cluster(t);
     moe_free_floats(&t->flat);
     moe_free_floats(&t->stats);
     expert_shard_destroy(&t->shard);

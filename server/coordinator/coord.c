@@ -143,7 +143,7 @@ coord_t *coord_new(const struct moe_options *cfg, char *err, size_t errlen)
     if (!c)
         return NULL;
     c->cfg = cfg;
-    c->E = cfg->n_experts;
+    c->E = moe_options_experts_total(cfg); /* every MoE layer's experts */
     c->W = count_list(cfg->workers);
     if (c->W == 0)
         c->W = 1;

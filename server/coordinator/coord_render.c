@@ -70,7 +70,7 @@ static void balance_json(json_t *o, const coord_t *c)
 
 char *coord_render_experts_json(const coord_t *c)
 {
-    const int E = c->cfg->n_experts, A = coord_stats_n_groups(c->stats), B = A ? E / A : 0;
+    const int E = c->E, A = coord_stats_n_groups(c->stats), B = A ? E / A : 0;
     json_t *o = json_object(), *arr = json_array();
     double total = 0;
     for (int e = 0; e < E; e++)
@@ -79,6 +79,13 @@ char *coord_render_experts_json(const coord_t *c)
         const struct coord_expert_stats *x = coord_stats_expert(c->stats, e);
         json_t *j = json_object();
         json_object_set_new(j, "id", json_integer(e));
+        if (moe_options_moe_layers(c->cfg) > 1) {
+            /* the translation model: experts 0..n-1 are the encoder's MoE
+             * layer, n..2n-1 the decoder's (its expert e - n) */
+            const int n = c->cfg->n_experts;
+            json_object_set_new(j, "layer", json_string(e < n ? "encoder" : "decoder"));
+            json_object_set_new(j, "layer_expert", json_integer(e % n));
+        }
         const int64_t sid = coord_server_of(c, e);
         json_object_set_new(j, "server", sid < 0 ? json_null() : json_integer(sid));
         json_object_set_new(j, "rows_routed_last", json_real(x->rows_last));
@@ -116,7 +123,7 @@ char *coord_render_cluster_json(const coord_t *c)
         if (!m->used)
             continue;
         int n = 0;
-        for (int e = 0; e < c->cfg->n_experts; e++)
+        for (int e = 0; e < c->E; e++)
             n += c->server_of[e] == s;
         json_t *j = json_object();
         json_object_set_new(j, "id", json_integer(m->id));
@@ -169,7 +176,8 @@ char *coord_render_cluster_json(const coord_t *c)
     json_object_set_new(o, "heartbeats_since_step", json_integer((json_int_t)coord_beats_since_step(c)));
     json_object_set_new(o, "stall_heartbeats", json_integer(c->cfg->stall_heartbeats));
     json_object_set_new(o, "stalled", json_boolean(coord_stalled(c)));
-    json_object_set_new(o, "n_experts", json_integer(c->cfg->n_experts));
+    json_object_set_new(o, "n_experts", json_integer(c->E));
+    json_object_set_new(o, "moe_layers", json_integer(moe_options_moe_layers(c->cfg)));
     const bool hier = moe_options_hierarchical(c->cfg);
     json_object_set_new(o, "groups", hier ? json_integer(c->cfg->groups) : json_null());
     json_object_set_new(o, "experts_per_group",
@@ -247,7 +255,7 @@ static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char 
                            enum moe_prom_type type, const char *help, int field)
 {
     int rc = moe_prom_family(b, name, type, help);
-    for (int e = 0; rc == 0 && e < c->cfg->n_experts; e++) {
+    for (int e = 0; rc == 0 && e < c->E; e++) {
         const struct coord_expert_stats *x = coord_stats_expert(c->stats, e);
         const double v[] = {x->rows_total, x->rows_last, x->importance_last, x->importance_avg,
                             x->load_last, x->load_avg};
@@ -264,7 +272,7 @@ static int prom_placement(struct moe_prom_buf *b, const coord_t *c)
     int rc = moe_prom_family(b, "moe_expert_placement_info", MOE_PROM_GAUGE,
                              "1 for the server that holds the expert now (experts not placed "
                              "yet are left out).");
-    for (int e = 0; rc == 0 && e < c->cfg->n_experts; e++) {
+    for (int e = 0; rc == 0 && e < c->E; e++) {
         const int64_t sid = coord_server_of(c, e);
         if (sid < 0)
             continue;
@@ -281,7 +289,7 @@ static int prom_placement(struct moe_prom_buf *b, const coord_t *c)
  * the lower id). */
 static int prom_top_experts(struct moe_prom_buf *b, const coord_t *c)
 {
-    const int E = c->cfg->n_experts, n = E < TOP_EXPERTS ? E : TOP_EXPERTS;
+    const int E = c->E, n = E < TOP_EXPERTS ? E : TOP_EXPERTS;
     int top[TOP_EXPERTS];
     for (int i = 0; i < n; i++) {
         int best = -1;
@@ -403,8 +411,8 @@ static int prom_experts(struct moe_prom_buf *b, const coord_t *c, bool all)
         {"moe_expert_load", "Load (the smooth estimate of rows routed) of the expert in the last step; Load_H for a hierarchical MoE.", MOE_PROM_GAUGE},
         {"moe_expert_load_avg", "Moving average (0.9) of the expert's Load.", MOE_PROM_GAUGE},
     };
-    const bool shown = all || c->cfg->n_experts <= c->cfg->metrics_max_experts;
-    int rc = prom_one(b, "moe_experts", MOE_PROM_GAUGE, "Experts of the model.", c->cfg->n_experts);
+    const bool shown = all || c->E <= c->cfg->metrics_max_experts;
+    int rc = prom_one(b, "moe_experts", MOE_PROM_GAUGE, "Experts of the model.", c->E);
     if (!rc)
         rc = prom_one(b, "moe_expert_series_shown", MOE_PROM_GAUGE,
                       "1 when this page has the per-expert series (n_experts <= "

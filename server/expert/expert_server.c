@@ -81,7 +81,8 @@ static void *heartbeat_main(void *arg)
     char err[256];
     coord_client_t *c = coord_client_new(s->ctx, &s->net, s->cfg->coordinator,
                                          COORD_ROLE_SERVER_HEARTBEAT,
-                                         0, s->own, s->cfg->n_experts, s->cfg->timeout_ms, err,
+                                         0, s->own, moe_options_experts_total(s->cfg),
+                                         s->cfg->timeout_ms, err,
                                          sizeof err);
     if (!c) {
         moe_error("heartbeat: %s", err);
@@ -225,7 +226,8 @@ static int join_coordinator(expert_server_t *s, char *err, size_t errlen)
     const struct moe_options *cfg = s->cfg;
     int handover = 1;
     zmq_setsockopt(s->sock, ZMQ_ROUTER_HANDOVER, &handover, sizeof handover);
-    s->coord = coord_client_new(s->ctx, &s->net, cfg->coordinator, 2, 0, s->own, cfg->n_experts,
+    s->coord = coord_client_new(s->ctx, &s->net, cfg->coordinator, 2, 0, s->own,
+                                moe_options_experts_total(cfg),
                                 cfg->timeout_ms, err, errlen);
     if (!s->coord)
         return MOE_ERR_IO;
@@ -253,7 +255,7 @@ static int join_coordinator(expert_server_t *s, char *err, size_t errlen)
 static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
 {
     const struct moe_options *cfg = s->cfg;
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)moe_options_experts_total(cfg));
     if (!ids)
         return MOE_ERR_NOMEM;
     /* a hierarchical model's experts are named by group in its files */
@@ -279,13 +281,14 @@ static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
     s->B = moe_options_hierarchical(cfg) ? cfg->experts_per_group : 0;
     if (!rc && (rc = expert_server__make_groups(s)))
         moe_err_set(err, errlen, "cannot allocate the gates of this server's groups");
+    s->layers = moe_options_moe_layers(cfg);
     s->parts = calloc((size_t)s->W, sizeof *s->parts);
-    s->fwd = calloc((size_t)s->W, sizeof *s->fwd);
+    s->fwd = calloc((size_t)s->W * (size_t)s->layers, sizeof *s->fwd);
     s->bwd = calloc((size_t)s->W, sizeof *s->bwd);
     /* room for every expert: an epoch may give this server any of them */
-    s->u_ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
-    s->u_rows = malloc(sizeof(int) * (size_t)cfg->n_experts);
-    s->u_base = malloc(sizeof(size_t) * (size_t)cfg->n_experts);
+    s->u_ids = malloc(sizeof(int32_t) * (size_t)moe_options_experts_total(cfg));
+    s->u_rows = malloc(sizeof(int) * (size_t)moe_options_experts_total(cfg));
+    s->u_base = malloc(sizeof(size_t) * (size_t)moe_options_experts_total(cfg));
     if (!rc && (!s->fwd || !s->bwd || !s->parts || !s->u_ids || !s->u_rows || !s->u_base))
         rc = MOE_ERR_NOMEM;
     *n_out = n;
@@ -307,11 +310,11 @@ expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, siz
     s->H = cfg->d_hidden;
     s->sched = (struct moe_lr_schedule){cfg->lr, cfg->warmup};
     /* a worker sends at most every row of its batch times k (DESIGN §5) */
-    const uint64_t max_rows = (uint64_t)(cfg->batch > cfg->eval_batch ? cfg->batch
-                                                                      : cfg->eval_batch) *
-                              (uint64_t)cfg->unroll * (uint64_t)moe_options_slots_per_row(cfg);
+    const uint64_t max_rows = (uint64_t)moe_options_batch_rows(cfg) *
+                              (uint64_t)moe_options_slots_per_row(cfg);
     s->lim = (struct moe_wire_limits){moe_options_message_limit(cfg, MOE_ROLE_SERVER),
-                                      (uint32_t)s->D, (uint32_t)cfg->n_experts, max_rows};
+                                      (uint32_t)s->D, (uint32_t)moe_options_experts_total(cfg),
+                                      max_rows};
     s->index = cfg->server_index;
     char bound[256];
     if (!bind_socket(s, bound, sizeof bound, err, errlen) ||
@@ -322,8 +325,9 @@ expert_server_t *expert_server_new(const struct moe_options *cfg, char *err, siz
     snprintf(s->workers, sizeof s->workers, "%s",
              s->coord && !cfg->workers[0] ? coord_client_workers(s->coord) : cfg->workers);
     if (moe_cluster_parse_groups(&s->cl, s->coord ? s->own : cfg->servers, s->workers,
-                                 s->coord ? "" : cfg->placement, cfg->n_experts,
-                                 moe_options_group_size(cfg), err, errlen))
+                                 s->coord ? "" : cfg->placement,
+                                 moe_options_experts_total(cfg), moe_options_group_size(cfg),
+                                 err, errlen))
         goto fail;
     if (!s->coord && cfg->server_index >= s->cl.n_servers) {
         moe_err_set(err, errlen, "server_index %d: only %d servers are listed in servers",
@@ -353,7 +357,7 @@ void expert_server_destroy(expert_server_t **sp)
         return;
     expert_server_t *s = *sp;
     if (s->fwd)
-        expert_server__clear_slots(s->fwd, s->W);
+        expert_server__clear_slots(s->fwd, s->W * s->layers);
     if (s->bwd)
         expert_server__clear_slots(s->bwd, s->W);
     free(s->fwd);
@@ -560,7 +564,7 @@ int expert_server_run(expert_server_t *s, volatile sig_atomic_t *stop)
             break;
         if ((*stop && !s->coord) || s->exit_after_step) {
             bool mid_step = s->phase == PH_BACKWARD;
-            for (int r = 0; r < s->W; r++)
+            for (int r = 0; r < s->W * s->layers; r++)
                 mid_step |= s->fwd[r].have;
             if (!mid_step)
                 break;

@@ -104,10 +104,10 @@ static int open_checkpoint_file(expert_server_t *s, const struct coord_epoch *ep
         if ((rc = moe_manifest_read(ep->checkpoint, man, err, errlen)))
             return rc;
         *have_man = true;
-        if (man->n_experts != cfg->n_experts || man->step != ep->step) {
+        if (man->n_experts != moe_options_experts_total(cfg) || man->step != ep->step) {
             moe_err_set(err, errlen, "%s: manifest of step %" PRId64 " with %d experts, "
                      "expected step %" PRId64 " with %d", ep->checkpoint, man->step,
-                     man->n_experts, ep->step, cfg->n_experts);
+                     man->n_experts, ep->step, moe_options_experts_total(cfg));
             return MOE_ERR_FORMAT;
         }
         if (!(*files = calloc((size_t)man->n_files, sizeof **files)))
@@ -137,7 +137,8 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
     struct moe_cluster cl;
     memset(&cl, 0, sizeof cl);
     int rc = moe_cluster_parse_groups(&cl, ep->servers, s->workers, ep->placement,
-                                      cfg->n_experts, moe_options_group_size(cfg), err, errlen);
+                                      moe_options_experts_total(cfg), moe_options_group_size(cfg), err,
+                                      errlen);
     if (rc)
         return rc;
     if (ep->index < 0 || ep->index >= cl.n_servers) {
@@ -146,7 +147,7 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
         moe_cluster_free(&cl);
         return MOE_ERR_FORMAT;
     }
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)cfg->n_experts);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)moe_options_experts_total(cfg));
     if (!ids) {
         moe_cluster_free(&cl);
         return MOE_ERR_NOMEM;
@@ -221,6 +222,7 @@ int expert_server__load_epoch(expert_server_t *s, const struct coord_epoch *ep, 
     }
     s->step = ep->step;
     s->phase = PH_FORWARD;
+    s->layer = 0;
     s->epoch = ep->epoch;
     s->index = ep->index;
     coord_client_set_epoch(s->coord, ep->epoch);

@@ -45,7 +45,11 @@ struct expert_server {
     struct moe_lr_schedule sched;
     int64_t step; /* the step being served (0-based); steps completed = step */
     enum phase phase;
-    struct slot *fwd, *bwd;
+    /* MoE layers of the model (moe_options_moe_layers) and the one whose
+     * forward or backward the step waits for: forwards of layers 0, 1, ...
+     * then backwards from the last layer down to 0 */
+    int layers, layer;
+    struct slot *fwd, *bwd; /* fwd: W slots per layer (layer l at fwd + l W); bwd: W */
     /* assembled layout of the step: union of experts over workers */
     int n_union;
     int32_t *u_ids;

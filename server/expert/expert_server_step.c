@@ -128,6 +128,12 @@ static bool check_identity(const struct moe_wire_msg *m, char *why, size_t len)
 /* ------------------------------------------------------------------------ */
 /* Step assembly */
 
+/* The forwards of MoE layer `layer` (one slot per worker). */
+static struct slot *fwd_slots(const expert_server_t *s, int layer)
+{
+    return s->fwd + (size_t)layer * (size_t)s->W;
+}
+
 static int grow(expert_server_t *s, size_t rows)
 {
     if (rows <= s->cap_rows)
@@ -209,19 +215,23 @@ static void move_rows(expert_server_t *s, struct slot *sl, float *all, bool to_a
     free(fill);
 }
 
+/* Every worker's forward of layer s->layer is in: computed, answered, and
+ * the step waits for the next layer's forwards or, after the last, for
+ * the backwards from the last layer down. */
 static int finish_forward(expert_server_t *s)
 {
     s->step_started = moe_now_sec();
-    int rc = build_union(s, s->fwd);
-    if (rc)
+    struct slot *fwd = fwd_slots(s, s->layer);
+    int rc = build_union(s, fwd);
+    if (rc || (rc = expert_shard_set_layer(s->shard, s->layer)))
         return rc;
-    move_rows(s, s->fwd, s->x_all, true);
+    move_rows(s, fwd, s->x_all, true);
     rc = expert_shard_forward(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all, s->y_all);
     if (rc)
         return rc;
-    move_rows(s, s->fwd, s->y_all, false);
+    move_rows(s, fwd, s->y_all, false);
     for (int r = 0; r < s->W; r++)
-        reply_tensor(s, &s->fwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, s->fwd[r].msg.data);
+        reply_tensor(s, &fwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, fwd[r].msg.data);
     size_t rows = 0;
     for (int u = 0; u < s->n_union; u++)
         rows += (size_t)s->u_rows[u];
@@ -231,21 +241,34 @@ static int finish_forward(expert_server_t *s)
     s->bytes_total += 2 * half;
     s->bytes_in += half; /* the forward's rows and the backward's gradients */
     s->bytes_out += half; /* their outputs and input gradients */
-    s->step_compute = moe_now_sec() - s->step_started;
-    s->compute_seconds += s->step_compute;
-    s->phase = PH_BACKWARD;
+    const double dt = moe_now_sec() - s->step_started;
+    s->step_compute = s->layer == 0 ? dt : s->step_compute + dt;
+    s->compute_seconds += dt;
+    if (s->layer + 1 < s->layers)
+        s->layer++;
+    else
+        s->phase = PH_BACKWARD;
     return 0;
 }
 
+/* Every worker's backward of layer s->layer is in: computed, applied and
+ * answered; then the layer below's backward, or after layer 0 the next
+ * step (and a checkpoint when the step carries the flag). */
 static int finish_backward(expert_server_t *s)
 {
     const double t0 = moe_now_sec();
+    int rc = 0;
+    /* with several layers the assembled layout is this layer's again */
+    if (s->layers > 1 && (rc = build_union(s, fwd_slots(s, s->layer))))
+        return rc;
+    if ((rc = expert_shard_set_layer(s->shard, s->layer)))
+        return rc;
     move_rows(s, s->bwd, s->x_all, true);
     /* Every worker's contribution is in: each expert's update is applied
      * as soon as its gradient exists, and only one expert's gradient is
      * ever held (DESIGN §3 step 7). */
     const int64_t t = s->step + 1;
-    int rc = expert_shard_backward_apply(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
+    rc = expert_shard_backward_apply(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
                                          s->y_all, t, moe_lr_at(&s->sched, t));
     if (rc)
         return rc;
@@ -259,10 +282,15 @@ static int finish_backward(expert_server_t *s)
 void expert_server__end_step(expert_server_t *s, double bwd)
 {
     s->compute_seconds += bwd;
-    moe_hist_observe(&s->compute, s->step_compute + bwd);
+    s->step_compute += bwd;
     const bool ckpt = (s->bwd[0].msg.hdr->flags & MOE_FLAG_CHECKPOINT) != 0;
-    expert_server__clear_slots(s->fwd, s->W);
+    expert_server__clear_slots(fwd_slots(s, s->layer), s->W);
     expert_server__clear_slots(s->bwd, s->W);
+    if (s->layer > 0) { /* the backward of the layer below comes next */
+        s->layer--;
+        return;
+    }
+    moe_hist_observe(&s->compute, s->step_compute);
     s->step++;
     s->phase = PH_FORWARD;
     /* a consistent cut: before any forward of the next step */
@@ -298,6 +326,21 @@ static void handle_eval(expert_server_t *s, struct moe_wire_msg *m)
         reply_tensor(s, m, MOE__MSG_TYPE__MSG_EXPERT_FORWARD_REPLY, y);
     free(rows);
     moe_free_floats(&y);
+}
+
+/* A training call of MoE layer l names experts of that layer only: ids
+ * l x n_experts .. (l + 1) x n_experts - 1. */
+static bool layer_ids(const expert_server_t *s, const Moe__Header *h, char *why, size_t len)
+{
+    const int64_t E = s->cfg->n_experts, lo = (int64_t)h->layer * E;
+    for (size_t i = 0; i < h->n_expert_ids; i++) {
+        if (h->expert_ids[i] < lo || h->expert_ids[i] >= lo + E) {
+            snprintf(why, len, "expert %d is not one of MoE layer %u (experts %" PRId64
+                     "..%" PRId64 ")", h->expert_ids[i], h->layer, lo, lo + E - 1);
+            return false;
+        }
+    }
+    return true;
 }
 
 static bool check_rows_fit(const Moe__Header *h, char *why, size_t len)
@@ -370,18 +413,32 @@ static int validate_step_request(const expert_server_t *s, const struct moe_wire
                  h->step, (int64_t)h->step < s->step ? "stale" : "from the future", s->step);
         return MOE_ERR_STATE;
     }
+    if (h->layer >= (uint32_t)s->layers) {
+        snprintf(why, len, "%s of MoE layer %u: the model has %d MoE layer(s)", what, h->layer,
+                 s->layers);
+        return MOE_ERR_STATE;
+    }
+    if (fwd && !group && !layer_ids(s, h, why, len))
+        return MOE_ERR_NOTFOUND;
     if (!fwd && s->phase != PH_BACKWARD) {
         snprintf(why, len, "backward of step %" PRIu64 " before every worker's forward", h->step);
         return MOE_ERR_STATE;
     }
-    const struct slot *sl = fwd ? s->fwd : s->bwd;
+    if (h->layer != (uint32_t)s->layer) {
+        /* forwards of layers 0, 1, ... then backwards from the last down */
+        snprintf(why, len, "%s of MoE layer %u of step %" PRIu64 " out of order: this server "
+                 "waits for the %s of layer %d", what, h->layer, h->step,
+                 s->phase == PH_FORWARD ? "forwards" : "backwards", s->layer);
+        return MOE_ERR_STATE;
+    }
+    const struct slot *sl = fwd ? fwd_slots(s, s->layer) : s->bwd;
     if ((fwd && s->phase != PH_FORWARD) || sl[h->rank].have) {
         snprintf(why, len, "duplicate %s of step %" PRIu64 " from worker %u", what, h->step,
                  h->rank);
         return MOE_ERR_STATE;
     }
     if (!fwd) {
-        const Moe__Header *f = s->fwd[h->rank].msg.hdr;
+        const Moe__Header *f = fwd_slots(s, s->layer)[h->rank].msg.hdr;
         bool same = f->n_expert_ids == h->n_expert_ids;
         for (size_t j = 0; same && j < h->n_expert_ids; j++)
             same = f->expert_ids[j] == h->expert_ids[j] && f->row_counts[j] == h->row_counts[j];
@@ -413,7 +470,8 @@ static void handle_step_request(expert_server_t *s, struct moe_wire_msg *m)
         else
             handle_eval(s, m);
     } else {
-        take_slot(s, s->fwd, m, group ? expert_server__finish_group_forward : finish_forward);
+        take_slot(s, fwd_slots(s, s->layer), m,
+                  group ? expert_server__finish_group_forward : finish_forward);
     }
 }
 
@@ -535,15 +593,19 @@ void expert_server__handle_message(expert_server_t *s)
 /* Held forward/backward messages of a step that will not complete. */
 void expert_server__abandon_step(expert_server_t *s, const char *why)
 {
+    /* the forwards of the layer being assembled are unanswered; those of
+     * earlier layers were answered and wait for their backward */
+    struct slot *fwd = fwd_slots(s, s->layer);
     for (int r = 0; r < s->W; r++) {
-        if (s->fwd[r].have && s->phase == PH_FORWARD)
-            expert_server__reply_error(s, &s->fwd[r].msg, MOE_ERR_STATE, why);
+        if (fwd[r].have && s->phase == PH_FORWARD)
+            expert_server__reply_error(s, &fwd[r].msg, MOE_ERR_STATE, why);
         if (s->bwd[r].have)
             expert_server__reply_error(s, &s->bwd[r].msg, MOE_ERR_STATE, why);
     }
-    expert_server__clear_slots(s->fwd, s->W);
+    expert_server__clear_slots(s->fwd, s->W * s->layers);
     expert_server__clear_slots(s->bwd, s->W);
     s->phase = PH_FORWARD;
+    s->layer = 0;
 }
 
 void expert_server_inject(expert_server_t *s, const void *const *frames, const size_t *sizes,

@@ -361,6 +361,17 @@ static int cmd_verify(const struct ctl *c)
     return rc ? 1 : 0;
 }
 
+/* eval, generate and export take the language model; a translation model
+ * gets a sentence pointing to translate. */
+static bool language_model(const struct ctl *c, const char *cmd)
+{
+    if (!moectl_is_translation(c->args[0]))
+        return true;
+    fprintf(stderr, "moectl: %s: %s is a translation model (moe-worker --task translate): use "
+                    "moectl translate\n", cmd, c->args[0]);
+    return false;
+}
+
 static int cmd_export(const struct ctl *c)
 {
     const char *arg = c->args[0], *out = c->args[1];
@@ -368,6 +379,8 @@ static int cmd_export(const struct ctl *c)
     char folder[4096], err[1024];
     struct moe_manifest m;
     bool verified;
+    if (!language_model(c, "export")) /* its model.safetensors is whole already */
+        return 1;
     if (resolve_checkpoint(arg, true, folder, sizeof folder, &m, &verified))
         return 1;
     (void)verified; /* export verifies again */
@@ -593,15 +606,22 @@ static int print_experts(const struct ctl *c, json_t *j)
         return MOE_EXIT_OK;
     }
     printf("step %lld; %zu experts, sorted by %s\n", jint(j, "step"), n, by);
-    printf("%-7s %-7s %12s %7s %13s %10s %10s\n", "EXPERT", "SERVER", "ROWS ROUTED", "SHARE",
-           "TOTAL ROUTED", "IMPORTANCE", "LOAD");
+    /* a model of several MoE layers (translation): which one, and its
+     * expert there */
+    const bool layered = n > 0 && json_is_string(json_object_get(e[0], "layer"));
+    printf("%-7s %-7s %12s %7s %13s %10s %10s%s\n", "EXPERT", "SERVER", "ROWS ROUTED", "SHARE",
+           "TOTAL ROUTED", "IMPORTANCE", "LOAD", layered ? "  LAYER" : "");
     for (size_t i = 0; i < shown; i++) {
-        json_t *server = json_object_get(e[i], "server");
-        printf("%-7lld %-7lld %12.0f %6.1f%% %13.0f %10.2f %10.2f\n", jint(e[i], "id"),
+        json_t *server = json_object_get(e[i], "server"), *layer = json_object_get(e[i], "layer");
+        printf("%-7lld %-7lld %12.0f %6.1f%% %13.0f %10.2f %10.2f", jint(e[i], "id"),
                json_is_integer(server) ? (long long)json_integer_value(server) : -1LL,
                jnum(e[i], "rows_routed_last"), 100 * jnum(e[i], "rows_routed_share"),
                jnum(e[i], "rows_routed_total"),
                jnum(e[i], "importance_last"), jnum(e[i], "load_last"));
+        if (layered)
+            printf("  %s %lld", json_is_string(layer) ? json_string_value(layer) : "?",
+                   jint(e[i], "layer_expert"));
+        printf("\n");
     }
     free(e);
     return MOE_EXIT_OK;
@@ -689,16 +709,6 @@ static int cmd_keygen(const struct ctl *c)
 }
 static int cmd_drain(const struct ctl *c) { return cmd_post(c, "drain", c->args[0]); }
 
-/* eval and generate run the language model; a translation model gets a
- * sentence pointing to translate. */
-static bool language_model(const struct ctl *c, const char *cmd)
-{
-    if (!moectl_is_translation(c->args[0]))
-        return true;
-    fprintf(stderr, "moectl: %s: %s is a translation model (moe-worker --task translate): use "
-                    "moectl translate\n", cmd, c->args[0]);
-    return false;
-}
 
 static int cmd_eval(const struct ctl *c)
 {

@@ -112,18 +112,28 @@ static int translate_file(struct s2s_model *x, FILE *in, const struct moectl_mod
     return rc;
 }
 
-bool moectl_is_translation(const char *ckpt)
+/* Whether `file` is a safetensors file of the given format. */
+static bool has_format(const char *file, const char *format)
 {
-    char file[4096];
     struct stat sb;
-    s2s_model_file(ckpt, file, sizeof file);
     if (stat(file, &sb) != 0 || !S_ISREG(sb.st_mode))
         return false;
     moe_safetensors_t *st = moe_safetensors_open(file, NULL, 0);
     const char *fmt = st ? moe_safetensors_meta(st, "format") : NULL;
-    const bool yes = fmt && !strcmp(fmt, S2S_FORMAT);
+    const bool yes = fmt && !strcmp(fmt, format);
     moe_safetensors_close(&st);
     return yes;
+}
+
+bool moectl_is_translation(const char *ckpt)
+{
+    char file[4096], w0[4200];
+    s2s_model_file(ckpt, file, sizeof file);
+    /* or a cluster checkpoint of one, whose worker 0 wrote its dense state */
+    const char *slash = strrchr(file, '/');
+    snprintf(w0, sizeof w0, "%.*s/worker-0.safetensors", slash ? (int)(slash - file) : 1,
+             slash ? file : ".");
+    return has_format(file, S2S_FORMAT) || has_format(w0, S2S_STATE_FORMAT);
 }
 
 int moectl_translate(const char *ckpt, const struct moectl_model_opts *o)

@@ -226,3 +226,12 @@ cl_finish() {
     wait "$WPID0" || fail "$CL: worker 0 failed: $(tail -n 3 "$CL/worker-0.log")"
     cl_stop
 }
+# mt_tiny K: MT = the options of a tiny translation model (issue 19) trained
+# K steps on the first 200 pairs of the bundled corpus, in $WORK.
+mt_tiny() {
+    head -n 200 "$IT_DIR/../../data/bible-en-es/train.en" >"$WORK/train.en"
+    head -n 200 "$IT_DIR/../../data/bible-en-es/train.es" >"$WORK/train.es"
+    MT="--task translate --src-train $WORK/train.en --tgt-train $WORK/train.es --src-valid= \
+--d-model 16 --d-hidden 24 --n-experts 4 --k 2 --batch 8 --steps $1 --warmup 5 --lr 0.01 \
+--threads 1 --src-vocab-max 400 --tgt-vocab-max 400 --max-len 150"
+}

@@ -113,8 +113,8 @@ expect_fail "moectl translate: a line over the model's max_len" \
 expect_fail "moectl eval of a translation model" "m1 is a translation model .*: use moectl translate" \
     "$BIN/moectl" eval "$WORK/m1" --corpus "$WORK/valid.es"
 # what --task translate does not run yet is a usage error (exit 2)
-for bad in "--experts remote --servers ipc:///nonexistent" \
-    "--moe hierarchical --groups 2 --experts-per-group 2 --k-primary 1" "--report r.json"; do
+for bad in "--moe hierarchical --groups 2 --experts-per-group 2 --k-primary 1" \
+    "--dense-optimizer factored"; do
     # shellcheck disable=SC2086
     "$BIN/moe-worker" $MT $bad >"$WORK/out.txt" 2>&1
     [ $? = 2 ] && grep -q "task translate" "$WORK/out.txt" ||
@@ -123,7 +123,7 @@ done
 "$BIN/moe-worker" --task translat >"$WORK/out.txt" 2>&1
 [ $? = 2 ] && grep -q -- '--task: expected lm or translate, got "translat"' "$WORK/out.txt" ||
     fail "--task translat: $(cat "$WORK/out.txt")"
-echo "  ok: remote experts, a hierarchical MoE, --report, a misspelt task: exit 2"
+echo "  ok: a hierarchical MoE, the factored dense optimizer, a misspelt task: exit 2"
 # the memory check before allocating (MOE_MEM_AVAILABLE stands for MemAvailable)
 # shellcheck disable=SC2086
 MOE_MEM_AVAILABLE=1000000 expect_fail "too little memory" \

@@ -84,6 +84,9 @@ struct srv {
 };
 
 static struct srv SV;
+/* The MoE layer stamped on the forwards and backwards sent (0 but in the
+ * two-layer test). */
+static uint32_t send_layer;
 
 static void *srv_thread(void *arg)
 {
@@ -105,10 +108,12 @@ static void *dealer(const char *identity)
 }
 
 /* Starts server 0 of two with two workers; timeout_ms bounds a stop
- * during a step. */
-static void srv_start(int64_t timeout_ms)
+ * during a step. With translate, the translation model's two MoE layers
+ * (2 x NE experts, placed alternately: this server holds 0, 2, 4, 6). */
+static void srv_start_model(int64_t timeout_ms, bool translate)
 {
     memset(&SV, 0, sizeof SV);
+    send_layer = 0;
     moe_log_set_level(MOE_LOG_ERROR); /* rejected messages are expected here */
     char err[512] = "";
     ck_assert_msg(moe_config_defaults(moe_options_table, moe_options_count, &SV.cfg, err,
@@ -125,6 +130,10 @@ static void srv_start(int64_t timeout_ms)
     SV.cfg.server_index = 0;
     SV.cfg.insecure = true; /* the protocol, not the keys (test_sec, test_security) */
     snprintf(SV.cfg.workers, sizeof SV.cfg.workers, "tcp://127.0.0.1:1,tcp://127.0.0.1:2");
+    if (translate) {
+        snprintf(SV.cfg.task, sizeof SV.cfg.task, "translate");
+        snprintf(SV.cfg.placement, sizeof SV.cfg.placement, "0,1,0,1,0,1,0,1");
+    }
     for (int attempt = 0; attempt < 20 && !SV.s; attempt++) {
         snprintf(SV.ep, sizeof SV.ep, "tcp://127.0.0.1:%d", tu_free_port());
         snprintf(SV.cfg.servers, sizeof SV.cfg.servers, "%s,tcp://127.0.0.1:3", SV.ep);
@@ -141,6 +150,8 @@ static void srv_start(int64_t timeout_ms)
     SV.wk[1] = dealer("moe-worker-1");
     SV.tool = dealer("moe-tool");
 }
+
+static void srv_start(int64_t timeout_ms) { srv_start_model(timeout_ms, false); }
 
 /* Stops the loop (the SIGTERM path of moe-server) and joins it. */
 static void srv_join(void)
@@ -190,6 +201,7 @@ static uint64_t send_msg(void *sock, Moe__MsgType type, uint64_t step, uint32_t 
     o.dtype = MOE__DTYPE__DTYPE_F32;
     o.width = width;
     o.eval = eval;
+    o.layer = send_layer;
     uint64_t total = 0;
     for (size_t j = 0; j < n; j++)
         total += rows[j];
@@ -347,21 +359,26 @@ static void sync_worker(int w)
 
 struct ref {
     expert_shard_t *sh;
+    const int32_t *own; /* its N_OWN experts */
     struct moe_lr_schedule sched;
     int64_t t;
 };
 
-static void ref_init(struct ref *r)
+/* A reference shard of experts own[0], own[1]. */
+static void ref_init_ids(struct ref *r, const int32_t *own)
 {
     const struct moe_options *c = &SV.cfg;
     /* the options expert_server_new derives from the configuration */
     const struct moe_fadam_opts fo = {c->expert_beta2, c->expert_decay_pow, c->expert_eps, 1e-30,
                                       c->expert_clip, c->expert_relative_step, 1e-3};
-    r->sh = expert_shard_new(D, H, N_OWN, own_ids, (uint64_t)c->seed, &fo);
+    r->sh = expert_shard_new(D, H, N_OWN, own, (uint64_t)c->seed, &fo);
     ck_assert_ptr_nonnull(r->sh);
+    r->own = own;
     r->sched = (struct moe_lr_schedule){c->lr, c->warmup};
     r->t = 0;
 }
+
+static void ref_init(struct ref *r) { ref_init_ids(r, own_ids); }
 
 static void ref_free(struct ref *r) { expert_shard_destroy(&r->sh); }
 
@@ -376,7 +393,8 @@ struct layout {
     size_t src_r[W * MAXR];
 };
 
-static void layout_build(struct layout *L, struct wb *const *b, const int *order)
+static void layout_build(struct layout *L, const int32_t *own, struct wb *const *b,
+                         const int *order)
 {
     memset(L, 0, sizeof *L);
     for (int e = 0; e < N_OWN; e++) {
@@ -385,7 +403,7 @@ static void layout_build(struct layout *L, struct wb *const *b, const int *order
             const int w = order[k];
             size_t off = 0;
             for (size_t j = 0; j < b[w]->n; j++) {
-                if (b[w]->ids[j] == own_ids[e]) {
+                if (b[w]->ids[j] == own[e]) {
                     for (uint32_t q = 0; q < b[w]->rows[j]; q++) {
                         L->src_w[L->total] = w;
                         L->src_r[L->total] = off + q;
@@ -397,7 +415,7 @@ static void layout_build(struct layout *L, struct wb *const *b, const int *order
             }
         }
         if (cnt > 0) {
-            L->ids[L->n] = own_ids[e];
+            L->ids[L->n] = own[e];
             L->rows[L->n] = cnt;
             L->n++;
         }
@@ -414,7 +432,7 @@ static void ref_step(struct ref *r, struct wb *const *b, const int *order, bool 
     static float xa[W * MAXR * D], ya[W * MAXR * D], ys[W * MAXR * D], dxa[W * MAXR * D],
         za[W * MAXR * H];
     struct layout L;
-    layout_build(&L, b, order);
+    layout_build(&L, r->own, b, order);
     for (size_t i = 0; i < L.total; i++)
         memcpy(xa + i * D, b[L.src_w[i]]->x + L.src_r[i] * D, sizeof(float) * D);
     /* the outputs: expert_ffn_forward on each expert's rows, with the
@@ -1236,6 +1254,60 @@ START_TEST(expert_server_shard_file)
 }
 END_TEST
 
+/* The translation model's two MoE layers (issue 19): this server holds
+ * encoder experts 0, 2 and decoder experts 4, 6. A step is the forwards
+ * of layer 0, then of layer 1, then the backwards of layer 1, then of
+ * layer 0; a call of another layer is refused without a change (the
+ * layer the step waits for, a layer the model lacks, an expert of the
+ * other layer), and every reply of
+ * two steps equals one reference shard per layer (as in-process), so the
+ * shard's per-layer caches keep the encoder's forward through the
+ * decoder's. */
+START_TEST(expert_server_two_layers)
+{
+    srv_start_model(30000, true);
+    static const int32_t enc[N_OWN] = {0, 2}, dec[N_OWN] = {4, 6};
+    struct ref r[2];
+    ref_init_ids(&r[0], enc);
+    ref_init_ids(&r[1], dec);
+    static struct wb b[2][W];
+    int errors = 0;
+    for (int step = 0; step < 2; step++) {
+        const uint32_t r0[] = {3, 2}, r1[] = {2, 4};
+        for (int l = 0; l < 2; l++) {
+            wb_set(&b[l][0], 2, l ? dec : enc, r0, 40 + 10 * (uint32_t)step + (uint32_t)l);
+            wb_set(&b[l][1], 2, l ? dec : enc, r1, 60 + 10 * (uint32_t)step + (uint32_t)l);
+            struct wb *bl[W] = {&b[l][0], &b[l][1]};
+            ref_step(&r[l], bl, rank_order, true);
+        }
+        if (step == 0) { /* waits for layer 0's forwards */
+            send_layer = 1;
+            errors += expect_error(SV.wk[0], MOE_ERR_STATE, send_fwd(0, 0, &b[1][0]));
+            send_layer = 2;
+            errors += expect_error(SV.wk[0], MOE_ERR_STATE, send_fwd(0, 0, &b[0][0]));
+            send_layer = 0; /* a decoder expert in the encoder's call */
+            errors += expect_error(SV.wk[0], MOE_ERR_NOTFOUND, send_fwd(0, 0, &b[1][0]));
+        }
+        send_layer = 0;
+        forwards_ok((uint64_t)step, &b[0][0], &b[0][1]);
+        send_layer = 1;
+        forwards_ok((uint64_t)step, &b[1][0], &b[1][1]);
+        if (step == 0) { /* waits for layer 1's backwards */
+            send_layer = 0;
+            errors += expect_error(SV.wk[0], MOE_ERR_STATE, send_bwd(0, 0, &b[0][0]));
+        }
+        send_layer = 1;
+        backwards_ok((uint64_t)step, &b[1][0], &b[1][1]);
+        ck_assert_int_eq(expert_server_step(SV.s), step); /* not before layer 0's */
+        send_layer = 0;
+        backwards_ok((uint64_t)step, &b[0][0], &b[0][1]);
+    }
+    ref_free(&r[0]);
+    ref_free(&r[1]);
+    finish_expect(2, errors);
+}
+END_TEST
+
 Suite *test_expert_server_suite(void)
 {
     Suite *s = suite_create("expert_server");
@@ -1245,6 +1317,7 @@ Suite *test_expert_server_suite(void)
     tcase_add_test(ts, expert_server_rank_order);
     tcase_add_loop_test(ts, expert_server_zero_rows, 0, 3);
     tcase_add_test(ts, expert_server_eval_forward);
+    tcase_add_test(ts, expert_server_two_layers);
     suite_add_tcase(s, ts);
     TCase *tr = tcase_create("rejected");
     tcase_set_timeout(tr, 60);

@@ -319,6 +319,23 @@ START_TEST(wire_decode_malformed_table)
 }
 END_TEST
 
+/* A peer of the previous schema (version 3, before Header.layer): refused
+ * with a sentence naming both versions. */
+START_TEST(wire_decode_previous_version)
+{
+    struct wt t;
+    wt_init(&t);
+    t.h.version = MOE_WIRE_VERSION - 1;
+    struct moe_wire_msg msg;
+    char err[256], want[64];
+    ck_assert_int_eq(wt_run(&t, &msg, err, sizeof err), MOE_ERR_VERSION);
+    snprintf(want, sizeof want, "protocol version %d, expected %d (the peer runs another",
+             MOE_WIRE_VERSION - 1, MOE_WIRE_VERSION);
+    ck_assert_msg(strstr(err, want), "%s", err);
+    moe_wire_msg_free(&msg);
+}
+END_TEST
+
 START_TEST(wire_decode_errors_fit_small_buffers)
 {
     /* err may be NULL, or too small for the sentence: truncated, no overflow */
@@ -540,7 +557,8 @@ static struct moe_wire_out out_forward(Moe__DType dtype)
                                  .dtype = dtype,
                                  .width = 6,
                                  .row0 = 1234567,
-                                 .placement_version = 300};
+                                 .placement_version = 300,
+                                 .layer = 1};
 }
 
 static void check_header(const Moe__Header *h, const struct moe_wire_out *o)
@@ -562,6 +580,7 @@ static void check_header(const Moe__Header *h, const struct moe_wire_out *o)
     ck_assert_int_eq(h->error_code, o->error_code);
     ck_assert_str_eq(h->error_text, o->error_text ? o->error_text : "");
     ck_assert_uint_eq(h->placement_version, o->placement_version);
+    ck_assert_uint_eq(h->layer, o->layer); /* the MoE layer (version 3) */
 }
 
 /* 5 rows x 6: random values plus the awkward bit patterns. */
@@ -1104,6 +1123,7 @@ Suite *test_wire_suite(void)
     TCase *tc = tcase_create("decode");
     tcase_set_timeout(tc, 10);
     tcase_add_test(tc, wire_decode_malformed_table);
+    tcase_add_test(tc, wire_decode_previous_version);
     tcase_add_test(tc, wire_decode_group_forward);
     tcase_add_test(tc, wire_decode_errors_fit_small_buffers);
     tcase_add_test(tc, wire_decode_valid_f32);
