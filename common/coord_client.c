@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -66,8 +67,14 @@ static bool stop_waiting(const coord_client_t *c, double t0, double now, const c
 
 
 /* A number no other process is likely to draw (the kernel's randomness,
- * else the clock and the pid). */
-static uint64_t random_incarnation(void)
+ * else the clock and the pid), drawn once per process: a server's main
+ * socket and its heartbeat thread carry the same one, so the coordinator
+ * can tell the heartbeats of the process it registered from those of
+ * another process claiming the same endpoint. */
+static uint64_t process_incarnation;
+static pthread_once_t incarnation_once = PTHREAD_ONCE_INIT;
+
+static void draw_incarnation(void)
 {
     uint64_t v = 0;
     FILE *f = fopen("/dev/urandom", "rb");
@@ -81,7 +88,13 @@ static uint64_t random_incarnation(void)
         clock_gettime(CLOCK_REALTIME, &ts);
         v = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
     }
-    return v ? v : 1;
+    process_incarnation = v ? v : 1;
+}
+
+static uint64_t random_incarnation(void)
+{
+    pthread_once(&incarnation_once, draw_incarnation);
+    return process_incarnation;
 }
 
 coord_client_t *coord_client_new(void *zmq_ctx, const struct moe_net *net, const char *endpoint,
@@ -297,8 +310,8 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
                 char text[MOE_WIRE_ERROR_TEXT_MAX + 1];
                 const char *t = m->hdr->error_text ? m->hdr->error_text : "";
                 moe_log_sanitize(text, sizeof text, t, strlen(t));
-                moe_err_set(err, errlen, "the coordinator (%s) refused %s: %s", c->endpoint,
-                         type_name(asked), text);
+                moe_err_set(err, errlen, "the coordinator (%s) %s %s: %s", c->endpoint,
+                         rc == MOE_ERR_AGAIN ? "holds back" : "refused", type_name(asked), text);
             }
             moe_wire_msg_free(m);
             return rc;
@@ -392,12 +405,23 @@ int coord_client_register(coord_client_t *c, const char *endpoint_served, const 
         return MOE_ERR_NOMEM;
     }
     const double t0 = moe_now_sec();
+    bool told = false;
     for (;;) {
         int rc = do_register(c, err, errlen);
-        if (rc != MOE_ERR_IO || moe_now_sec() - t0 >= (double)patience_s ||
+        if ((rc != MOE_ERR_IO && rc != MOE_ERR_AGAIN) || moe_now_sec() - t0 >= (double)patience_s ||
             (stop_signals && *stop_signals))
             return rc;
-        moe_warn("%s; asking again", err);
+        if (rc == MOE_ERR_IO) {
+            moe_warn("%s; asking again", err);
+            continue;
+        }
+        /* The coordinator is deciding (e.g. whether the server registered
+         * at our endpoint is still alive): ask again in a moment. */
+        if (!told)
+            moe_info("%s; asking again", err);
+        told = true;
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
     }
 }
 

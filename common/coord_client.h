@@ -28,7 +28,8 @@ typedef struct coord_client coord_client_t;
  * "moe-worker-INDEX/INC"), 2 (expert server serving on `served`, routing id
  * "moe-server/INC@SERVED") or COORD_ROLE_SERVER_HEARTBEAT (that server's
  * heartbeat thread, "moe-heart/INC@SERVED", speaking as role 2); INC is a
- * random 64-bit number of this client in 16 hex digits. zmq_ctx and net
+ * random 64-bit number of this process (the same for all its clients) in
+ * 16 hex digits. zmq_ctx and net
  * (the process's keys and guard; NULL: plain) are borrowed. NULL with a
  * sentence. */
 #define COORD_ROLE_SERVER_HEARTBEAT 4
@@ -50,7 +51,8 @@ void coord_client_destroy(coord_client_t **c);
 
 /* Sends REGISTER with the endpoint served ("" for workers) and the
  * training configuration (moe_options_contract text, copied), and waits for the
- * reply, asking again while the coordinator cannot be reached, for at most
+ * reply, asking again while the coordinator cannot be reached or answers
+ * MOE_ERR_AGAIN (it is still deciding: every 0.2 s), for at most
  * `patience_s` seconds. A server that already has an id (it registered
  * before) claims it. 0, MOE_ERR_CONFIG (the configuration differs: the
  * sentence names the keys), or another negative code with a sentence. */

@@ -394,7 +394,8 @@ void coord__send_out(coord_t *c, const uint8_t *id, size_t id_len, struct moe_wi
 void coord__reply_error_flags(coord_t *c, const struct moe_wire_msg *m, int code, const char *text,
                               uint32_t flags)
 {
-    if (!(flags & (MOE_FLAG_FAILED | MOE_FLAG_STOP)) && code != MOE_ERR_UNREGISTERED) {
+    if (!(flags & (MOE_FLAG_FAILED | MOE_FLAG_STOP)) && code != MOE_ERR_UNREGISTERED &&
+        code != MOE_ERR_AGAIN) {
         c->errors++;
         c->reasons[moe_reason_index(code)]++;
         if (c->errors <= 20 || c->errors % 100 == 0) {

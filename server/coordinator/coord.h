@@ -93,6 +93,8 @@ struct coord_member {
     char ckpt_file[128];    /* ... named this */
     bool told;              /* was told that the cluster stopped or failed */
     uint64_t incarnation;   /* of the process registered (the same again: not a restart) */
+    double rival_since;     /* server: when another process began to claim its endpoint
+                             * while it was alive (0: none); see coord_members.c */
     /* for /metrics: servers from their heartbeats, workers from their statistics */
     uint64_t bytes_in, bytes_out;     /* server: tensor bytes by direction */
     uint64_t reasons[MOE_REASONS];    /* server: rejected messages by reason */

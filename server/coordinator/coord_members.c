@@ -44,6 +44,22 @@ static const uint8_t *server_endpoint_of(const struct moe_wire_msg *m, size_t *l
     return ep ? ep : id_after(m, HEART_ID_PREFIX, len);
 }
 
+/* The incarnation (INC) in a server's routing id, 0 when it has none. */
+static uint64_t server_incarnation_of(const struct moe_wire_msg *m)
+{
+    size_t el = 0;
+    const size_t pl = id_after(m, SERVER_ID_PREFIX, &el) ? strlen(SERVER_ID_PREFIX)
+                      : id_after(m, HEART_ID_PREFIX, &el) ? strlen(HEART_ID_PREFIX) : 0;
+    if (!pl)
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < INC_DIGITS; i++) {
+        const uint8_t d = m->identity[pl + i];
+        v = v << 4 | (uint64_t)(d <= '9' ? d - '0' : d - 'a' + 10);
+    }
+    return v;
+}
+
 static int slot_of_endpoint(const coord_t *c, const char *ep, size_t len)
 {
     for (int s = 0; s < c->n_slots; s++) {
@@ -160,6 +176,14 @@ static struct coord_member *server_of_msg(coord_t *c, const struct moe_wire_msg 
                  "\"%sINC@ENDPOINT\"", SERVER_ID_PREFIX);
         return NULL;
     }
+    /* Another process at the same endpoint (the one registered restarted,
+     * or two claim it): not the member, whose liveness it must not keep. */
+    if (c->servers[s].incarnation && server_incarnation_of(m) != c->servers[s].incarnation) {
+        *code = MOE_ERR_UNREGISTERED;
+        snprintf(why, len, "this process is not the expert server registered at %.200s: "
+                 "register first", c->servers[s].endpoint);
+        return NULL;
+    }
     return &c->servers[s];
 }
 
@@ -221,6 +245,55 @@ static bool registers_again(coord_t *c, const struct moe_wire_msg *m, struct coo
         reply_registered(c, m, mem);
     else
         coord__ack(c, m, MOE__MSG_TYPE__MSG_REGISTER);
+    return true;
+}
+
+/* A registration at the endpoint of a live server by another process
+ * (another incarnation): either the registered server restarted (it is
+ * dead, its heartbeats stopped) or two live servers claim one endpoint (an
+ * operator copied --advertise or --bind to a second machine). The
+ * newcomer is told to ask again (MOE_ERR_AGAIN) while the coordinator
+ * watches the registered process: a message of it after the claim began
+ * means both live, and the newcomer is refused for good (MOE_ERR_CONFIG,
+ * it exits); silence for half the heartbeat timeout (at least 0.75 s:
+ * three heartbeats) means a restart, which goes on as before. The
+ * registered server and the training are untouched while it is decided.
+ * true once answered (held off or refused). */
+static bool rival_held_off(coord_t *c, const struct moe_wire_msg *m, struct coord_member *mem,
+                           double now)
+{
+    const Moe__Header *h = m->hdr;
+    if (!mem->registered || !mem->alive || !mem->incarnation ||
+        h->incarnation == mem->incarnation) {
+        mem->rival_since = 0;
+        return false;
+    }
+    double grace = (double)c->cfg->heartbeat_timeout_ms / 2000.0;
+    if (grace < 0.75)
+        grace = 0.75;
+    char why[600];
+    if (mem->rival_since <= 0 || now - mem->rival_since > 3 * grace) {
+        mem->rival_since = now;
+        moe_info("another process registers as the server at %s (server %u): waiting %.2f s "
+                 "for a heartbeat of server %u", mem->endpoint, mem->id, grace, mem->id);
+    } else if (mem->last_seen > mem->rival_since) {
+        mem->rival_since = 0;
+        snprintf(why, sizeof why, "another expert server is already serving at %.200s "
+                 "(server %u, alive): each server needs its own --advertise (or --bind) address",
+                 mem->endpoint, mem->id);
+        moe_warn("refused a second server registering at %s: server %u there is alive",
+                 mem->endpoint, mem->id);
+        coord__reply_error(c, m, MOE_ERR_CONFIG, why);
+        return true;
+    } else if (now - mem->rival_since >= grace) {
+        moe_info("server %u at %s was silent for %.2f s: the newcomer there is its restart",
+                 mem->id, mem->endpoint, now - mem->rival_since);
+        mem->rival_since = 0;
+        return false;
+    }
+    snprintf(why, sizeof why, "a server is registered at %.200s: waiting to see whether it is "
+             "still alive", mem->endpoint);
+    coord__reply_error(c, m, MOE_ERR_AGAIN, why);
     return true;
 }
 
@@ -299,9 +372,10 @@ void coord__handle_register(coord_t *c, struct moe_wire_msg *m, double now)
         }
         size_t el = 0;
         const uint8_t *idep = server_endpoint_of(m, &el);
-        if (!idep || el != strlen(ep) || memcmp(idep, ep, el) != 0) {
-            snprintf(why, sizeof why, "server %.200s must connect as \"%sINC@%.200s\"", ep,
-                     SERVER_ID_PREFIX, ep);
+        if (!idep || el != strlen(ep) || memcmp(idep, ep, el) != 0 || !h->incarnation ||
+            server_incarnation_of(m) != h->incarnation) {
+            snprintf(why, sizeof why, "server %.200s must connect as \"%sINC@%.200s\", INC "
+                     "being the incarnation it registers with", ep, SERVER_ID_PREFIX, ep);
             coord__reply_error(c, m, MOE_ERR_STATE, why);
             return;
         }
@@ -325,6 +399,8 @@ void coord__handle_register(coord_t *c, struct moe_wire_msg *m, double now)
                      c->servers[s].id);
         }
         mem = &c->servers[s];
+        if (rival_held_off(c, m, mem, now))
+            return;
         coord__catch_up_epoch(c, h->epoch);
         if (registers_again(c, m, mem, now))
             return;
