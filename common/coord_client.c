@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,6 +46,12 @@ struct coord_client {
     char failure[1024];
     double born, last_answer; /* seconds, monotonic */
     double wait_log;          /* seconds between "waiting" lines (WAIT_LOG_SECONDS) */
+    /* a worker's activity, told by its own thread (coord_client_activity_begin) */
+    pthread_t act_thread;
+    bool act_running;
+    atomic_bool act_stop;
+    int64_t act_step;
+    char act_what[64];
 };
 
 /* The process's count of SIGTERM/SIGINT (coord_client_stop_on_signal). */
@@ -156,6 +163,7 @@ void coord_client_destroy(coord_client_t **cp)
     if (!cp || !*cp)
         return;
     coord_client_t *c = *cp;
+    coord_client_activity_end(c, NULL);
     if (c->sock)
         zmq_close(c->sock);
     moe_free_floats(&c->buf);
@@ -499,6 +507,7 @@ int coord_client_heartbeat(coord_client_t *c, const struct coord_heartbeat *hb, 
         o.compute_seconds_sum = hb->compute->sum;
     }
     moe_proc_usage(&o.cpu_seconds, &o.rss_bytes);
+    o.error_text = hb->activity;
     zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
     if (zmq_poll(&it, 1, 0) <= 0 || !(it.revents & ZMQ_POLLOUT))
         return 0; /* not connected: the silence tells */
@@ -629,4 +638,55 @@ int coord_client_checkpoint_done(coord_client_t *c, int64_t step, const char *fi
     if (!rc)
         moe_wire_msg_free(&m);
     return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* A worker's activity outside its steps */
+
+static void tell_activity(coord_client_t *c, const char *what)
+{
+    char err[256];
+    const struct coord_heartbeat hb = {.step = c->act_step, .activity = what};
+    if (coord_client_heartbeat(c, &hb, err, sizeof err))
+        moe_warn("telling the coordinator that this worker is %s: %s", what, err);
+}
+
+static void *activity_main(void *arg)
+{
+    coord_client_t *c = arg;
+    do { /* told at least once, however short the activity */
+        tell_activity(c, c->act_what);
+        for (int i = 0; i < 10 && !atomic_load(&c->act_stop); i++) {
+            moe_sleep_ms(50);
+            coord_client_drain(c);
+        }
+    } while (!atomic_load(&c->act_stop));
+    return NULL;
+}
+
+int coord_client_activity_begin(coord_client_t *c, int64_t step, const char *what)
+{
+    coord_client_activity_end(c, NULL);
+    c->act_step = step;
+    snprintf(c->act_what, sizeof c->act_what, "%s", what);
+    atomic_store(&c->act_stop, false);
+    if (pthread_create(&c->act_thread, NULL, activity_main, c) != 0)
+        return MOE_ERR_IO;
+    c->act_running = true;
+    return 0;
+}
+
+void coord_client_activity_end(coord_client_t *c, const char *next)
+{
+    if (c->act_running) {
+        atomic_store(&c->act_stop, true);
+        pthread_join(c->act_thread, NULL);
+        c->act_running = false;
+    }
+    if (!next)
+        return;
+    tell_activity(c, next);
+    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 500) > 0)
+        coord_client_drain(c);
 }

@@ -95,7 +95,24 @@ struct coord_heartbeat {
     uint64_t bytes_in, bytes_out;
     const uint64_t *errors_by_reason; /* MOE_REASONS counts, or NULL */
     const struct moe_hist *compute;
+    const char *activity; /* a worker's: what it does outside steps (below), NULL: none */
 };
+
+/* What a worker does outside its steps, told with its heartbeats (the
+ * coordinator shows it in moectl status, /api/v1/cluster and the
+ * dashboard, and does not call the cluster stalled meanwhile). */
+#define COORD_ACTIVITY_VALIDATING "validating"
+#define COORD_ACTIVITY_WRITING "writing the final model"
+#define COORD_ACTIVITY_FINISHED "finished" /* its last word: it exits next */
+
+/* A worker's activity, told every 0.5 s by a thread until
+ * coord_client_activity_end (which tells `next`, NULL: nothing, and waits
+ * up to 0.5 s for its answer, so that a last word reaches the coordinator
+ * before the process exits). Between the two calls the client is the
+ * thread's: the caller must not use it. 0, or MOE_ERR_IO when the thread
+ * cannot start (nothing is told then). */
+int coord_client_activity_begin(coord_client_t *c, int64_t step, const char *what);
+void coord_client_activity_end(coord_client_t *c, const char *next);
 
 /* Sends a HEARTBEAT without waiting (servers call it from their heartbeat
  * thread). An unreachable coordinator is not an error here (see

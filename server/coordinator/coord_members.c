@@ -9,6 +9,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "coord_client.h"
 #include "coord_internal.h"
 #include "moe_err.h"
 #include "moe_log.h"
@@ -304,6 +305,7 @@ static void mark_registered(struct coord_member *mem, const Moe__Header *h, doub
     mem->alive = true;
     mem->last_seen = now;
     mem->told = false;
+    mem->activity[0] = '\0';
 }
 
 /* Checks the registrant's configuration against the cluster's. false (with
@@ -474,12 +476,50 @@ static void take_metrics(struct coord_member *mem, const Moe__Header *h)
     mem->rss_bytes = h->rss_bytes;
 }
 
+/* The activities a worker's heartbeat may name, and the state word each
+ * shows as. */
+static const char *const worker_activities[][2] = {
+    {COORD_ACTIVITY_VALIDATING, "validating"},
+    {COORD_ACTIVITY_WRITING, "writing"},
+    {COORD_ACTIVITY_FINISHED, "done"},
+};
+#define N_ACTIVITIES (sizeof worker_activities / sizeof worker_activities[0])
+
+/* The index of `what` in worker_activities, -1 for none ("" or NULL), -2
+ * for one it does not know. */
+static int activity_index(const char *what)
+{
+    if (!what || !what[0])
+        return -1;
+    for (size_t i = 0; i < N_ACTIVITIES; i++)
+        if (strcmp(what, worker_activities[i][0]) == 0)
+            return (int)i;
+    return -2;
+}
+
 void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
 {
     const Moe__Header *h = m->hdr;
     struct coord_member *mem = coord__sender(c, m);
     if (!mem)
         return;
+    const int act = h->role == 1 ? activity_index(h->error_text) : -1;
+    if (act == -2) {
+        coord__reply_error(c, m, MOE_ERR_FORMAT, "a worker's heartbeat names an activity this "
+                           "coordinator does not know (\"" COORD_ACTIVITY_VALIDATING "\", \""
+                           COORD_ACTIVITY_WRITING "\" or \"" COORD_ACTIVITY_FINISHED "\")");
+        return;
+    }
+    if (h->role == 1) {
+        const char *was = mem->activity;
+        const char *is = act >= 0 ? worker_activities[act][0] : "";
+        if (strcmp(was, is) != 0) {
+            if (is[0])
+                moe_info("worker %u is %s", h->rank, is);
+            snprintf(mem->activity, sizeof mem->activity, "%s", is);
+            c->generation++;
+        }
+    }
     if (h->role == 2 && !mem->alive) {
         /* back after being declared dead: its state is stale, it joins anew */
         mem->loaded_epoch = 0;
@@ -584,12 +624,22 @@ const char *coord_server_state(const coord_t *c, const struct coord_member *m)
     return m->loaded_epoch == c->epoch ? "serving" : "loading";
 }
 
+const char *coord_worker_activity(const struct coord_member *m)
+{
+    return m->registered && m->activity[0] ? m->activity : NULL;
+}
+
 const char *coord_worker_state(const coord_t *c, const struct coord_member *m)
 {
     if (!m->registered)
         return "absent";
+    const int act = activity_index(m->activity);
+    if (act >= 0 && strcmp(m->activity, COORD_ACTIVITY_FINISHED) == 0)
+        return "done"; /* its last word: the silence after it is its exit */
     if (!m->alive)
         return "down";
+    if (act >= 0)
+        return worker_activities[act][1];
     if (c->failed || c->phase == COORD_FINISHED || c->phase == COORD_STOPPED)
         return "done";
     if (c->phase == COORD_RUNNING && m->started_epoch == c->epoch)
@@ -610,6 +660,14 @@ uint64_t coord_beats_since_step(const coord_t *c)
 
 bool coord_stalled(const coord_t *c)
 {
-    return !c->failed && (c->phase == COORD_LOADING || c->phase == COORD_RUNNING) &&
-           coord_beats_since_step(c) >= (uint64_t)c->cfg->stall_heartbeats;
+    if (c->failed || (c->phase != COORD_LOADING && c->phase != COORD_RUNNING) ||
+        coord_beats_since_step(c) < (uint64_t)c->cfg->stall_heartbeats)
+        return false;
+    /* a worker validating or writing the final model (or done) is busy,
+     * not stuck: the servers wait for it */
+    for (int r = 0; r < c->W; r++)
+        if (coord_worker_activity(&c->workers[r]) &&
+            (c->workers[r].alive || strcmp(c->workers[r].activity, COORD_ACTIVITY_FINISHED) == 0))
+            return false;
+    return true;
 }
