@@ -99,6 +99,10 @@ static int describe(struct model_source *ms, char *err, size_t errlen)
             vocab = moe_safetensors_meta(ms->st[i], "vocab");
         if (!step)
             step = moe_safetensors_meta(ms->st[i], "step");
+        if (!ms->train)
+            ms->train = moe_safetensors_meta(ms->st[i], "train");
+        if (!ms->valid)
+            ms->valid = moe_safetensors_meta(ms->st[i], "valid");
     }
     char p[MOE_PATH_MAX + 96];
     snprintf(p, sizeof p, "%s/config.ini", ms->path);
@@ -178,6 +182,7 @@ void model_source_close(struct model_source *ms)
     for (int i = 0; i < ms->n_files; i++)
         moe_safetensors_close(&ms->st[i]);
     ms->n_files = 0;
+    ms->train = ms->valid = NULL;
     free(ms->config);
     ms->config = NULL;
     vocab_destroy(&ms->vocab);
