@@ -300,14 +300,7 @@ echo "  ok: a server without memory for its experts: $(grep -c "rolling back" "$
 # which must exit non-zero (the tmpfs stays mounted: umount it after).
 disk_cluster() {
     mount -t tmpfs -o size=$2 tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err" || return 1
-    base_args "$1"
-    A="$A --checkpoint-dir $WORK/tmpfs/ck"
-    cl_init "$1" 1
-    cl_server_endpoints 0 1
-    cl_coord --servers "$CLSV"
-    cl_server 0
-    cl_server 1
-    cl_worker 0
+    cl_start_pair "$1" --checkpoint-dir "$WORK/tmpfs/ck"
     for p in $WPID0 $SPID0 $SPID1 $CPID; do
         exits_within "$p" 60
         [ $EXIT -ne 0 ] || { umount "$WORK/tmpfs"; fail "$1: process $p exited 0"; }
