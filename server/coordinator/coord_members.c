@@ -658,16 +658,20 @@ uint64_t coord_beats_since_step(const coord_t *c)
     return most;
 }
 
-bool coord_stalled(const coord_t *c)
+int coord__busy_worker(const coord_t *c)
 {
-    if (c->failed || (c->phase != COORD_LOADING && c->phase != COORD_RUNNING) ||
-        coord_beats_since_step(c) < (uint64_t)c->cfg->stall_heartbeats)
-        return false;
-    /* a worker validating or writing the final model (or done) is busy,
-     * not stuck: the servers wait for it */
     for (int r = 0; r < c->W; r++)
         if (coord_worker_activity(&c->workers[r]) &&
             (c->workers[r].alive || strcmp(c->workers[r].activity, COORD_ACTIVITY_FINISHED) == 0))
-            return false;
-    return true;
+            return r;
+    return -1;
+}
+
+bool coord_stalled(const coord_t *c)
+{
+    /* a worker validating or writing the final model (or done) is busy,
+     * not stuck: the servers wait for it */
+    return !c->failed && (c->phase == COORD_LOADING || c->phase == COORD_RUNNING) &&
+           coord_beats_since_step(c) >= (uint64_t)c->cfg->stall_heartbeats &&
+           coord__busy_worker(c) < 0;
 }

@@ -117,6 +117,9 @@ done
 grep -q "STALLED" "$WORK/status.txt" && { kill $coord $s0; fail "a finished run shows as stalled: $(cat "$WORK/status.txt")"; }
 grep -Eq "^0 +(yes|no) +done +4 +[0-9]+ +[0-9.]+  \(finished\)$" "$WORK/status.txt" ||
     { kill $coord $s0; fail "moectl status does not show worker 0 done: $(cat "$WORK/status.txt")"; }
+# nor in the log (a stall while loading, before the worker came, may be)
+[ "$(grep -c "stalled: no step completed for [0-9]* heartbeats while running" "$WORK/coord.out")" = 0 ] ||
+    { kill $coord $s0; fail "the coordinator logged a stall: $(grep stalled "$WORK/coord.out")"; }
 echo "  ok: the coordinator heard: $said moectl status: $(grep -E "^0 +(yes|no) +done" "$WORK/status.txt"), not stalled"
 kill -TERM $coord
 wait $coord
