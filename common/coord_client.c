@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +46,12 @@ struct coord_client {
     char failure[1024];
     double born, last_answer; /* seconds, monotonic */
     double wait_log;          /* seconds between "waiting" lines (WAIT_LOG_SECONDS) */
+    /* a worker's activity, told by its own thread (coord_client_activity_begin) */
+    pthread_t act_thread;
+    bool act_running;
+    atomic_bool act_stop;
+    int64_t act_step;
+    char act_what[64];
 };
 
 /* The process's count of SIGTERM/SIGINT (coord_client_stop_on_signal). */
@@ -66,8 +74,14 @@ static bool stop_waiting(const coord_client_t *c, double t0, double now, const c
 
 
 /* A number no other process is likely to draw (the kernel's randomness,
- * else the clock and the pid). */
-static uint64_t random_incarnation(void)
+ * else the clock and the pid), drawn once per process: a server's main
+ * socket and its heartbeat thread carry the same one, so the coordinator
+ * can tell the heartbeats of the process it registered from those of
+ * another process claiming the same endpoint. */
+static uint64_t process_incarnation;
+static pthread_once_t incarnation_once = PTHREAD_ONCE_INIT;
+
+static void draw_incarnation(void)
 {
     uint64_t v = 0;
     FILE *f = fopen("/dev/urandom", "rb");
@@ -81,7 +95,13 @@ static uint64_t random_incarnation(void)
         clock_gettime(CLOCK_REALTIME, &ts);
         v = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 16);
     }
-    return v ? v : 1;
+    process_incarnation = v ? v : 1;
+}
+
+static uint64_t random_incarnation(void)
+{
+    pthread_once(&incarnation_once, draw_incarnation);
+    return process_incarnation;
 }
 
 coord_client_t *coord_client_new(void *zmq_ctx, const struct moe_net *net, const char *endpoint,
@@ -143,6 +163,7 @@ void coord_client_destroy(coord_client_t **cp)
     if (!cp || !*cp)
         return;
     coord_client_t *c = *cp;
+    coord_client_activity_end(c, NULL);
     if (c->sock)
         zmq_close(c->sock);
     moe_free_floats(&c->buf);
@@ -297,8 +318,8 @@ static int await(coord_client_t *c, uint64_t req, Moe__MsgType asked, Moe__MsgTy
                 char text[MOE_WIRE_ERROR_TEXT_MAX + 1];
                 const char *t = m->hdr->error_text ? m->hdr->error_text : "";
                 moe_log_sanitize(text, sizeof text, t, strlen(t));
-                moe_err_set(err, errlen, "the coordinator (%s) refused %s: %s", c->endpoint,
-                         type_name(asked), text);
+                moe_err_set(err, errlen, "the coordinator (%s) %s %s: %s", c->endpoint,
+                         rc == MOE_ERR_AGAIN ? "holds back" : "refused", type_name(asked), text);
             }
             moe_wire_msg_free(m);
             return rc;
@@ -392,12 +413,23 @@ int coord_client_register(coord_client_t *c, const char *endpoint_served, const 
         return MOE_ERR_NOMEM;
     }
     const double t0 = moe_now_sec();
+    bool told = false;
     for (;;) {
         int rc = do_register(c, err, errlen);
-        if (rc != MOE_ERR_IO || moe_now_sec() - t0 >= (double)patience_s ||
+        if ((rc != MOE_ERR_IO && rc != MOE_ERR_AGAIN) || moe_now_sec() - t0 >= (double)patience_s ||
             (stop_signals && *stop_signals))
             return rc;
-        moe_warn("%s; asking again", err);
+        if (rc == MOE_ERR_IO) {
+            moe_warn("%s; asking again", err);
+            continue;
+        }
+        /* The coordinator is deciding (e.g. whether the server registered
+         * at our endpoint is still alive): ask again in a moment. */
+        if (!told)
+            moe_info("%s; asking again", err);
+        told = true;
+        struct timespec ts = {0, 200 * 1000000L};
+        nanosleep(&ts, NULL);
     }
 }
 
@@ -475,6 +507,7 @@ int coord_client_heartbeat(coord_client_t *c, const struct coord_heartbeat *hb, 
         o.compute_seconds_sum = hb->compute->sum;
     }
     moe_proc_usage(&o.cpu_seconds, &o.rss_bytes);
+    o.error_text = hb->activity;
     zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLOUT, 0};
     if (zmq_poll(&it, 1, 0) <= 0 || !(it.revents & ZMQ_POLLOUT))
         return 0; /* not connected: the silence tells */
@@ -605,4 +638,55 @@ int coord_client_checkpoint_done(coord_client_t *c, int64_t step, const char *fi
     if (!rc)
         moe_wire_msg_free(&m);
     return rc;
+}
+
+/* ---------------------------------------------------------------------- */
+/* A worker's activity outside its steps */
+
+static void tell_activity(coord_client_t *c, const char *what)
+{
+    char err[256];
+    const struct coord_heartbeat hb = {.step = c->act_step, .activity = what};
+    if (coord_client_heartbeat(c, &hb, err, sizeof err))
+        moe_warn("telling the coordinator that this worker is %s: %s", what, err);
+}
+
+static void *activity_main(void *arg)
+{
+    coord_client_t *c = arg;
+    do { /* told at least once, however short the activity */
+        tell_activity(c, c->act_what);
+        for (int i = 0; i < 10 && !atomic_load(&c->act_stop); i++) {
+            moe_sleep_ms(50);
+            coord_client_drain(c);
+        }
+    } while (!atomic_load(&c->act_stop));
+    return NULL;
+}
+
+int coord_client_activity_begin(coord_client_t *c, int64_t step, const char *what)
+{
+    coord_client_activity_end(c, NULL);
+    c->act_step = step;
+    snprintf(c->act_what, sizeof c->act_what, "%s", what);
+    atomic_store(&c->act_stop, false);
+    if (pthread_create(&c->act_thread, NULL, activity_main, c) != 0)
+        return MOE_ERR_IO;
+    c->act_running = true;
+    return 0;
+}
+
+void coord_client_activity_end(coord_client_t *c, const char *next)
+{
+    if (c->act_running) {
+        atomic_store(&c->act_stop, true);
+        pthread_join(c->act_thread, NULL);
+        c->act_running = false;
+    }
+    if (!next)
+        return;
+    tell_activity(c, next);
+    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+    if (zmq_poll(&it, 1, 500) > 0)
+        coord_client_drain(c);
 }

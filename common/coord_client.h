@@ -28,7 +28,8 @@ typedef struct coord_client coord_client_t;
  * "moe-worker-INDEX/INC"), 2 (expert server serving on `served`, routing id
  * "moe-server/INC@SERVED") or COORD_ROLE_SERVER_HEARTBEAT (that server's
  * heartbeat thread, "moe-heart/INC@SERVED", speaking as role 2); INC is a
- * random 64-bit number of this client in 16 hex digits. zmq_ctx and net
+ * random 64-bit number of this process (the same for all its clients) in
+ * 16 hex digits. zmq_ctx and net
  * (the process's keys and guard; NULL: plain) are borrowed. NULL with a
  * sentence. */
 #define COORD_ROLE_SERVER_HEARTBEAT 4
@@ -50,7 +51,8 @@ void coord_client_destroy(coord_client_t **c);
 
 /* Sends REGISTER with the endpoint served ("" for workers) and the
  * training configuration (moe_options_contract text, copied), and waits for the
- * reply, asking again while the coordinator cannot be reached, for at most
+ * reply, asking again while the coordinator cannot be reached or answers
+ * MOE_ERR_AGAIN (it is still deciding: every 0.2 s), for at most
  * `patience_s` seconds. A server that already has an id (it registered
  * before) claims it. 0, MOE_ERR_CONFIG (the configuration differs: the
  * sentence names the keys), or another negative code with a sentence. */
@@ -93,7 +95,24 @@ struct coord_heartbeat {
     uint64_t bytes_in, bytes_out;
     const uint64_t *errors_by_reason; /* MOE_REASONS counts, or NULL */
     const struct moe_hist *compute;
+    const char *activity; /* a worker's: what it does outside steps (below), NULL: none */
 };
+
+/* What a worker does outside its steps, told with its heartbeats (the
+ * coordinator shows it in moectl status, /api/v1/cluster and the
+ * dashboard, and does not call the cluster stalled meanwhile). */
+#define COORD_ACTIVITY_VALIDATING "validating"
+#define COORD_ACTIVITY_WRITING "writing the final model"
+#define COORD_ACTIVITY_FINISHED "finished" /* its last word: it exits next */
+
+/* A worker's activity, told every 0.5 s by a thread until
+ * coord_client_activity_end (which tells `next`, NULL: nothing, and waits
+ * up to 0.5 s for its answer, so that a last word reaches the coordinator
+ * before the process exits). Between the two calls the client is the
+ * thread's: the caller must not use it. 0, or MOE_ERR_IO when the thread
+ * cannot start (nothing is told then). */
+int coord_client_activity_begin(coord_client_t *c, int64_t step, const char *what);
+void coord_client_activity_end(coord_client_t *c, const char *next);
 
 /* Sends a HEARTBEAT without waiting (servers call it from their heartbeat
  * thread). An unreachable coordinator is not an error here (see

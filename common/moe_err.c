@@ -21,6 +21,7 @@ const char *moe_strerror(int err)
     case MOE_ERR_UNREGISTERED: return "not registered with the coordinator";
     case MOE_ERR_STOPPED: return "the cluster was stopped";
     case MOE_ERR_FAILED: return "the cluster failed";
+    case MOE_ERR_AGAIN: return "not decided yet: ask again shortly";
     }
     return "unknown error";
 }

@@ -23,6 +23,7 @@ enum moe_err {
     MOE_ERR_UNREGISTERED = -11, /* the coordinator does not know the sender: register first */
     MOE_ERR_STOPPED = -12,   /* the operator stopped the cluster: exit cleanly */
     MOE_ERR_FAILED = -13,    /* the cluster stopped on a failure it cannot recover from */
+    MOE_ERR_AGAIN = -14,     /* not decided yet: ask again shortly */
 };
 
 /* A static sentence describing `err`; never NULL. */

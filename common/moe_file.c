@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -111,4 +112,52 @@ int moe_file_check_file_writable(const char *path, const char *what, char *err, 
     char parent[4096];
     parent_of(path, parent, sizeof parent);
     return check_folder(path, parent, what, err, errlen);
+}
+
+char *moe_file_read_text(const char *path, size_t *len, char *err, size_t errlen)
+{
+    /* O_NONBLOCK: a FIFO given as a corpus is refused below instead of
+     * blocking the open until a writer comes (no effect on regular files). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) {
+        moe_err_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        moe_err_set(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        moe_err_set(err, errlen, "%s: out of memory reading %lld bytes", path, (long long)st.st_size);
+        close(fd);
+        return NULL;
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            moe_err_set(err, errlen, "%s: read failed: %s", path, r < 0 ? strerror(errno) : "file shrank");
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    /* Words are C strings from here on: a NUL byte would cut them. */
+    const char *nul = memchr(buf, '\0', got);
+    if (nul) {
+        moe_err_set(err, errlen, "%s: not a text file (a NUL byte at offset %zu)", path,
+                    (size_t)(nul - buf));
+        free(buf);
+        return NULL;
+    }
+    *len = got;
+    return buf;
 }

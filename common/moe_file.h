@@ -30,6 +30,12 @@ int moe_file_check_dir_writable(const char *path, const char *what, char *err, s
  * be writable; an existing folder at path itself is refused). */
 int moe_file_check_file_writable(const char *path, const char *what, char *err, size_t errlen);
 
+/* A whole text file (a corpus, config.ini, vocab.txt), NUL-terminated,
+ * its length in *len: NULL with a sentence naming the path when it cannot
+ * be opened, is not a regular file (a FIFO is refused, never waited on),
+ * cannot be read or holds a NUL byte. Caller frees. */
+char *moe_file_read_text(const char *path, size_t *len, char *err, size_t errlen);
+
 /* Whether s ends with suffix. */
 bool moe_has_suffix(const char *s, const char *suffix);
 

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "expert_ffn.h"
 #include "moe_checksum.h"
@@ -402,12 +403,18 @@ int moe_options_group_size(const struct moe_options *c)
     return moe_options_hierarchical(c) ? c->experts_per_group : 1;
 }
 
-void moe_options_derive(struct moe_options *c)
+/* Whether the user gave `key` (on the command line or in --config). */
+static bool given(const struct moe_options *c, const char *key)
 {
     size_t i = 0;
-    while (i < moe_options_count && strcmp(moe_options_table[i].key, "n_experts") != 0)
+    while (i < moe_options_count && strcmp(moe_options_table[i].key, key) != 0)
         i++;
-    if (moe_options_hierarchical(c) && i < moe_options_count && !c->given[i] &&
+    return i < moe_options_count && c->given[i];
+}
+
+void moe_options_derive(struct moe_options *c)
+{
+    if (moe_options_hierarchical(c) && !given(c, "n_experts") &&
         (int64_t)c->groups * c->experts_per_group <= (1 << 20))
         c->n_experts = c->groups * c->experts_per_group;
 }
@@ -586,6 +593,43 @@ int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *
             moe_config_set(moe_options_table, moe_options_count, c, o->key, theirs, from, err,
                            errlen);
     }
+    return 0;
+}
+
+int moe_options_adopt_corpus(struct moe_options *c, const char *train, const char *valid,
+                             const char *from, char *note, size_t notelen, char *err,
+                             size_t errlen)
+{
+    note[0] = '\0';
+    const bool take_train = train && !given(c, "train");
+    const bool take_valid = valid && !given(c, "valid");
+    if (!take_train && !take_valid)
+        return 0;
+    struct stat sb;
+    const char *missing = take_train && stat(train, &sb) != 0   ? train
+                          : take_valid && valid[0] && stat(valid, &sb) != 0 ? valid
+                                                                          : NULL;
+    if (missing)
+        return moe_err_fail(MOE_ERR_NOTFOUND, err, errlen,
+                            "%s was %s on %s, which does not exist here: give --train "
+                            "(and --valid) with the corpus to train on", from,
+                            missing == train ? "trained" : "validated", missing);
+    if (strlen(take_train ? train : "") >= sizeof c->train ||
+        strlen(take_valid ? valid : "") >= sizeof c->valid)
+        return moe_err_fail(MOE_ERR_RANGE, err, errlen, "%s: a corpus path is too long", from);
+    if (take_train)
+        snprintf(c->train, sizeof c->train, "%s", train);
+    if (take_valid)
+        snprintf(c->valid, sizeof c->valid, "%s", valid);
+    char what[2 * MOE_PATH_MAX + 64];
+    int k = 0;
+    if (take_train)
+        k = snprintf(what, sizeof what, "--train %s", train);
+    if (take_valid)
+        snprintf(what + k, sizeof what - (size_t)k, "%s%s%s", take_train ? ", " : "",
+                 valid[0] ? "--valid " : "no validation corpus", valid);
+    snprintf(note, notelen, "training on the corpora recorded in %s: %s (give --train and "
+             "--valid to train on others)", from, what);
     return 0;
 }
 

@@ -158,6 +158,16 @@ int moe_options_model_ini(const struct moe_options *c, char *out, size_t cap);
 int moe_options_adopt(struct moe_options *c, const char *model_ini, const char *from,
                       bool strict_shape_only, char *err, size_t errlen);
 
+/* --resume without --train or --valid: the corpora the model was trained
+ * and validated on, as its checkpoint records them (NULL: not recorded, as
+ * by earlier versions; valid "": none), instead of the defaults; a corpus
+ * the user gave stays. 0 with `note` the one line to log (`""` when
+ * nothing was taken), or MOE_ERR_NOTFOUND when a recorded file does not
+ * exist here, with a sentence naming it and telling to give --train. */
+int moe_options_adopt_corpus(struct moe_options *c, const char *train, const char *valid,
+                             const char *from, char *note, size_t notelen, char *err,
+                             size_t errlen);
+
 /* The option table (every key is also a --flag). */
 extern const struct moe_opt moe_options_table[];
 extern const size_t moe_options_count;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,17 +172,29 @@ int checkpoint_verify_checksum(const moe_safetensors_t *st, char *err, size_t er
 
 /* What makes a checkpoint self-describing, in the metadata of the file
  * with the dense model (model.safetensors; a cluster's worker-0): the
- * model's configuration (moe_options_model_ini) and its vocabulary
- * (vocab_to_text). */
+ * model's configuration (moe_options_model_ini), its vocabulary
+ * (vocab_to_text) and the corpora it was trained and validated on
+ * ("train", "valid": absolute paths when they resolve; "" no validation),
+ * which --resume takes when not given others. */
 struct self_desc {
     char config[8192];
     char *vocab;
+    char train[MOE_PATH_MAX], valid[MOE_PATH_MAX];
 };
+
+/* `path` made absolute (as given when it does not resolve). */
+static void absolute_path(char *out, size_t cap, const char *path)
+{
+    char buf[PATH_MAX];
+    snprintf(out, cap, "%s", path[0] && realpath(path, buf) ? buf : path);
+}
 
 static int describe(const struct ckpt_state *s, struct self_desc *d, char *err, size_t errlen)
 {
     if (moe_options_model_ini(s->cfg, d->config, sizeof d->config) < 0)
         return moe_err_fail(MOE_ERR_RANGE, err, errlen, "the configuration is too long to store");
+    absolute_path(d->train, sizeof d->train, s->cfg->train);
+    absolute_path(d->valid, sizeof d->valid, s->cfg->valid);
     if (!(d->vocab = vocab_to_text(s->vocab)))
         return moe_err_fail(MOE_ERR_NOMEM, err, errlen, "out of memory for the vocabulary");
     return 0;
@@ -277,7 +290,7 @@ int checkpoint_save(const char *dir, const struct ckpt_state *s, char *out, size
     snprintf(sum_s, sizeof sum_s, "%016" PRIx64, tlist_checksum(&model));
     const char *meta[] = {"format", "moe-checkpoint-1", "step", step_s, "checksum", sum_s,
                           "blas_kernels", moe_kernels_effective(), "config", d.config, "vocab",
-                          d.vocab, NULL};
+                          d.vocab, "train", d.train, "valid", d.valid, NULL};
     snprintf(p, sizeof p, "%s/model.safetensors", tmp);
     if ((rc = moe_safetensors_write(p, model.e, model.n, meta, err, errlen)))
         goto fail;
@@ -435,7 +448,7 @@ int checkpoint_save_worker(const char *folder, const struct ckpt_state *s, int r
     }
     const char *meta[] = {"format", "moe-worker-1", "step", step_s, "rank", rank_s,
                           "checksum", sum_s, "blas_kernels", moe_kernels_effective(), "config",
-                          d.config, "vocab", d.vocab, NULL};
+                          d.config, "vocab", d.vocab, "train", d.train, "valid", d.valid, NULL};
     if (rank != 0)
         meta[10] = NULL; /* the description once, with the dense model */
     snprintf(file, cap, "worker-%d.safetensors", rank);

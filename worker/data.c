@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "moe_err.h"
+#include "moe_file.h"
 
 struct vocab {
     int n, cap_slots;
@@ -131,55 +132,6 @@ static int table_add(struct table *t, const char *w, size_t len)
     return id;
 }
 
-/* Reads a whole file; NUL-terminated. */
-static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
-{
-    /* O_NONBLOCK: a FIFO given as a corpus is refused below instead of
-     * blocking the open until a writer comes (no effect on regular files). */
-    int fd = open(path, O_RDONLY | O_NONBLOCK);
-    if (fd < 0) {
-        moe_err_set(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        moe_err_set(err, errlen, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        moe_err_set(err, errlen, "%s: out of memory reading %lld bytes", path, (long long)st.st_size);
-        close(fd);
-        return NULL;
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            moe_err_set(err, errlen, "%s: read failed: %s", path, r < 0 ? strerror(errno) : "file shrank");
-            free(buf);
-            close(fd);
-            return NULL;
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[got] = '\0';
-    /* Words are C strings from here on: a NUL byte would cut them. */
-    const char *nul = memchr(buf, '\0', got);
-    if (nul) {
-        moe_err_set(err, errlen, "%s: not a text file (a NUL byte at offset %zu)", path,
-                    (size_t)(nul - buf));
-        free(buf);
-        return NULL;
-    }
-    *len = got;
-    return buf;
-}
-
 /* Calls fn(word, len) for each token and fn(NULL, 0) at each line end. */
 typedef int (*token_fn)(void *ctx, const char *w, size_t len);
 static int for_each_token(const char *buf, size_t len, token_fn fn, void *ctx)
@@ -275,7 +227,7 @@ vocab_t *vocab_build(const char *path, int max_size, char *err, size_t errlen)
         return NULL;
     }
     size_t len;
-    char *buf = read_file(path, &len, err, errlen);
+    char *buf = moe_file_read_text(path, &len, err, errlen);
     if (!buf)
         return NULL;
     struct table t;
@@ -420,7 +372,7 @@ out:
 vocab_t *vocab_load(const char *path, char *err, size_t errlen)
 {
     size_t len;
-    char *buf = read_file(path, &len, err, errlen);
+    char *buf = moe_file_read_text(path, &len, err, errlen);
     if (!buf)
         return NULL;
     vocab_t *v = vocab_parse(buf, len, path, false, err, errlen);
@@ -562,7 +514,7 @@ int corpus_load(struct corpus *c, const char *path, const vocab_t *v, char *err,
 {
     memset(c, 0, sizeof *c);
     size_t len;
-    char *buf = read_file(path, &len, err, errlen);
+    char *buf = moe_file_read_text(path, &len, err, errlen);
     if (!buf)
         return MOE_ERR_IO;
     struct load_ctx lc = {v, NULL, 0, 0, 0, 0, 0};

@@ -26,32 +26,6 @@ static int open_file(struct model_source *ms, const char *path, char *err, size_
     return moe_safetensors_meta(st, "checksum") ? checkpoint_verify_checksum(st, err, errlen) : 0;
 }
 
-/* Reads a whole small text file (config.ini, vocab.txt) into a string. */
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4097 > cap) {
-            char *b = realloc(buf, cap = cap * 2 + 8192);
-            if (!b)
-                break;
-            buf = b;
-        }
-        size_t r = fread(buf + len, 1, cap - len - 1, f);
-        len += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    if (buf)
-        buf[len] = '\0';
-    return buf;
-}
-
 /* A step folder: verified against its manifest when it has one. */
 static int open_folder(struct model_source *ms, const char *folder, char *err, size_t errlen)
 {
@@ -99,10 +73,16 @@ static int describe(struct model_source *ms, char *err, size_t errlen)
             vocab = moe_safetensors_meta(ms->st[i], "vocab");
         if (!step)
             step = moe_safetensors_meta(ms->st[i], "step");
+        if (!ms->train)
+            ms->train = moe_safetensors_meta(ms->st[i], "train");
+        if (!ms->valid)
+            ms->valid = moe_safetensors_meta(ms->st[i], "valid");
     }
     char p[MOE_PATH_MAX + 96];
     snprintf(p, sizeof p, "%s/config.ini", ms->path);
-    ms->config = config ? strdup(config) : ms->is_export ? NULL : read_text(p);
+    size_t len = 0;
+    ms->config = config ? strdup(config)
+                 : ms->is_export ? NULL : moe_file_read_text(p, &len, err, errlen);
     if (!ms->config)
         return moe_err_fail(MOE_ERR_FORMAT, err, errlen,
                             "%s: holds no model configuration (written by an older version?)",
@@ -178,6 +158,7 @@ void model_source_close(struct model_source *ms)
     for (int i = 0; i < ms->n_files; i++)
         moe_safetensors_close(&ms->st[i]);
     ms->n_files = 0;
+    ms->train = ms->valid = NULL;
     free(ms->config);
     ms->config = NULL;
     vocab_destroy(&ms->vocab);

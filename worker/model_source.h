@@ -24,6 +24,10 @@ struct model_source {
     bool is_export;
     int64_t step;                 /* steps the model was trained */
     char *config;                 /* its configuration, INI text (malloc'd) */
+    const char *train, *valid;    /* the corpora it was trained and validated on, as the
+                                   * checkpoint records them ("" valid: none), NULL when it
+                                   * does not (exports, earlier versions); borrowed from
+                                   * the files, until model_source_close */
     vocab_t *vocab;
     int n_files;
     moe_safetensors_t *st[MODEL_SOURCE_FILES]; /* its tensor files */

@@ -282,6 +282,16 @@ static int save_checkpoint(struct trainer *t, char *err, size_t errlen)
     return save_checkpoint_in(t, t->cfg->checkpoint_dir, err, errlen);
 }
 
+/* Tells the coordinator (when there is one) what this worker does outside
+ * its steps, until the next activity or coord_client_activity_end: without
+ * it, a worker validating or writing the final model looks gone and the
+ * cluster stalled. */
+static void tell_activity(struct trainer *t, const char *what)
+{
+    if (t->coord && coord_client_activity_begin(t->coord, t->step, what))
+        moe_warn("cannot tell the coordinator that this worker is %s", what);
+}
+
 /* The final model of a run without checkpoint_dir (option final_model):
  * a checkpoint folder like any other, which moectl and --resume take. With
  * a coordinator, worker 0 fetches every expert from the servers for it
@@ -293,6 +303,7 @@ static int save_final_model(struct trainer *t, bool stopped, char *err, size_t e
     if (t->rank != 0 || c->checkpoint_dir[0] || !dir[0] || !strcmp(dir, "none") ||
         (t->coord && stopped))
         return 0;
+    tell_activity(t, COORD_ACTIVITY_WRITING);
     expert_shard_t *held = t->shard, *all = NULL;
     if (t->coord) {
         char why[512];
@@ -386,7 +397,11 @@ static int run_steps(struct trainer *t, struct run_clock *k, bool *stopped, char
         if (c->valid[0] && c->valid_every > 0 && t->step % c->valid_every == 0 &&
             t->step < c->steps && t->rank == 0) {
             double vp, up;
-            if ((rc = evaluate(t, &vp, &up, err, errlen)))
+            tell_activity(t, COORD_ACTIVITY_VALIDATING);
+            rc = evaluate(t, &vp, &up, err, errlen);
+            if (t->coord)
+                coord_client_activity_end(t->coord, NULL); /* its next statistics end it */
+            if (rc)
                 return rc;
             printf("step %6" PRId64 " | valid ppl %.2f\n", t->step, vp);
             fflush(stdout);
@@ -418,14 +433,18 @@ static int finish_run(struct trainer *t, const struct run_clock *k, bool stopped
             rc = save_final_model(t, true, err, errlen);
         fflush(stdout);
     } else {
-        if (c->valid[0] && t->rank == 0 &&
-            !(rc = evaluate(t, &valid_ppl, &uni, err, errlen)))
-            printf("validation perplexity %.2f after %" PRId64 " steps (unigram baseline %.2f)\n",
-                   valid_ppl, t->step, uni);
+        if (c->valid[0] && t->rank == 0) {
+            tell_activity(t, COORD_ACTIVITY_VALIDATING);
+            if (!(rc = evaluate(t, &valid_ppl, &uni, err, errlen)))
+                printf("validation perplexity %.2f after %" PRId64 " steps (unigram baseline "
+                       "%.2f)\n", valid_ppl, t->step, uni);
+        }
         if (!rc && !t->coord && c->checkpoint_dir[0] && !last_saved)
             rc = save_checkpoint(t, err, errlen);
         if (!rc)
             rc = save_final_model(t, false, err, errlen);
+        if (t->coord) /* its last word: the silence that follows is its exit */
+            coord_client_activity_end(t->coord, rc ? NULL : COORD_ACTIVITY_FINISHED);
     }
     const int64_t tokens = (t->step - t->start_step) * (int64_t)c->batch * c->unroll;
     const double tps = k->train_time > 0 ? (double)tokens / k->train_time : 0;

@@ -49,13 +49,19 @@ static void on_signal(int sig)
 }
 
 /* --resume: the model's configuration comes from the checkpoint; flags
- * may change how it trains on (rate, steps, data), not its shape. */
-static int adopt_model(struct moe_options *cfg, char *err, size_t errlen)
+ * may change how it trains on (rate, steps, data), not its shape. Without
+ * --train or --valid it trains on the corpora the checkpoint records
+ * (note: the line saying so, logged once the log level is set). */
+static int adopt_model(struct moe_options *cfg, char *note, size_t notelen, char *err,
+                       size_t errlen)
 {
     struct model_source ms;
     int rc = model_source_open(&ms, cfg->resume, err, errlen);
     if (!rc)
         rc = moe_options_adopt(cfg, ms.config, ms.path, true, err, errlen);
+    if (!rc)
+        rc = moe_options_adopt_corpus(cfg, ms.train, ms.valid, ms.path, note, notelen, err,
+                                      errlen);
     model_source_close(&ms);
     return rc;
 }
@@ -79,8 +85,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return 2;
     }
-    if (cfg.resume[0] && (rc = moe_options_translate(&cfg) ? s2s_resume_adopt(&cfg, err, sizeof err)
-                                                           : adopt_model(&cfg, err, sizeof err))) {
+    char adopted[3 * MOE_PATH_MAX] = "";
+    if (cfg.resume[0] &&
+        (rc = moe_options_translate(&cfg)
+                  ? s2s_resume_adopt(&cfg, err, sizeof err)
+                  : adopt_model(&cfg, adopted, sizeof adopted, err, sizeof err))) {
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return moe_options_exit_code(rc);
     }
@@ -95,6 +104,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "moe-worker: error: %s\n", err);
         return rc == MOE_ERR_CONFIG ? 2 : 1;
     }
+    if (adopted[0])
+        moe_info("%s", adopted);
     moe_malloc_keep_freed();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

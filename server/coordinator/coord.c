@@ -394,7 +394,8 @@ void coord__send_out(coord_t *c, const uint8_t *id, size_t id_len, struct moe_wi
 void coord__reply_error_flags(coord_t *c, const struct moe_wire_msg *m, int code, const char *text,
                               uint32_t flags)
 {
-    if (!(flags & (MOE_FLAG_FAILED | MOE_FLAG_STOP)) && code != MOE_ERR_UNREGISTERED) {
+    if (!(flags & (MOE_FLAG_FAILED | MOE_FLAG_STOP)) && code != MOE_ERR_UNREGISTERED &&
+        code != MOE_ERR_AGAIN) {
         c->errors++;
         c->reasons[moe_reason_index(code)]++;
         if (c->errors <= 20 || c->errors % 100 == 0) {
@@ -584,9 +585,15 @@ void coord_tick(coord_t *c, double now)
         moe_warn("stalled: no step completed for %" PRIu64 " heartbeats while %s (moectl status "
                  "shows each member's state)", coord_beats_since_step(c),
                  c->phase == COORD_LOADING ? "loading" : "running");
-    else if (!stalled && c->stall_logged && !c->failed)
+    else if (!stalled && c->stall_logged && !c->failed) {
+        const int busy = coord__busy_worker(c);
+        char why[96];
+        snprintf(why, sizeof why, "worker %d is %s", busy,
+                 busy >= 0 ? coord_worker_activity(coord_worker(c, busy)) : "");
         moe_warn("no longer stalled: %s", c->phase == COORD_STOPPED ? "the cluster stopped"
                                           : coord_beats_since_step(c) == 0 ? "a step completed"
+                                          : busy >= 0                      ? why
                                                                            : "a new epoch began");
+    }
     c->stall_logged = stalled;
 }

@@ -93,6 +93,8 @@ struct coord_member {
     char ckpt_file[128];    /* ... named this */
     bool told;              /* was told that the cluster stopped or failed */
     uint64_t incarnation;   /* of the process registered (the same again: not a restart) */
+    double rival_since;     /* server: when another process began to claim its endpoint
+                             * while it was alive (0: none); see coord_members.c */
     /* for /metrics: servers from their heartbeats, workers from their statistics */
     uint64_t bytes_in, bytes_out;     /* server: tensor bytes by direction */
     uint64_t reasons[MOE_REASONS];    /* server: rejected messages by reason */
@@ -101,6 +103,8 @@ struct coord_member {
     uint64_t rss_bytes;               /* ... and resident memory */
     uint64_t tokens_total;            /* worker: tokens trained (replayed steps again) */
     uint64_t beats_since_step;        /* server: heartbeats since a step last completed */
+    char activity[32];      /* worker: what it does outside steps, from its heartbeats
+                             * (COORD_ACTIVITY_*; "" none; cleared by its statistics) */
 };
 
 enum coord_phase {
@@ -196,8 +200,14 @@ bool coord_stalled(const coord_t *c);
  * "draining", "spare" (alive, not in the epoch), "registering" or "down"; a
  * worker "training", "waiting" (for the epoch's servers and the other
  * workers), "loading" (has not asked for the epoch yet: loading a checkpoint,
- * finishing a step), "done", "absent" (never registered) or "down". */
+ * finishing a step), "validating" or "writing" (the final model: it said
+ * so with its heartbeats), "done" (also once it said it finished, even
+ * after it exited), "absent" (never registered) or "down". The cluster is
+ * not stalled while a worker tells an activity. */
 const char *coord_server_state(const coord_t *c, const struct coord_member *m);
+/* A worker's activity outside its steps as it told it ("validating",
+ * "writing the final model", "finished"), or NULL. */
+const char *coord_worker_activity(const struct coord_member *m);
 const char *coord_worker_state(const coord_t *c, const struct coord_member *m);
 uint64_t coord_errors(const coord_t *c);
 

@@ -630,6 +630,7 @@ void coord__handle_stats(coord_t *c, struct moe_wire_msg *m, double now)
     }
     w->last_seen = now;
     w->alive = true;
+    w->activity[0] = '\0'; /* training again */
     w->step = (int64_t)h->step;
     w->messages++;
     w->tokens_total += h->tokens;

@@ -123,6 +123,9 @@ void coord__member_name(const coord_t *c, const struct coord_member *mem, char *
 void coord__handle_register(coord_t *c, struct moe_wire_msg *m, double now);
 void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now);
 void coord__handle_leave(coord_t *c, struct moe_wire_msg *m);
+/* The first worker telling an activity (validating, writing the final
+ * model, finished: the cluster is not stalled meanwhile), or -1. */
+int coord__busy_worker(const coord_t *c);
 
 /* coord_epochs.c: epochs, rollbacks and the livelock guard, stopping,
  * checkpoints, drains, the statistics of each step and EPOCH_WAIT */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <zmq.h>
 
+#include "coord_client.h"
 #include "coord_internal.h"
 #include "moe_err.h"
 #include "moe_log.h"
@@ -42,6 +43,22 @@ static const uint8_t *server_endpoint_of(const struct moe_wire_msg *m, size_t *l
 {
     const uint8_t *ep = id_after(m, SERVER_ID_PREFIX, len);
     return ep ? ep : id_after(m, HEART_ID_PREFIX, len);
+}
+
+/* The incarnation (INC) in a server's routing id, 0 when it has none. */
+static uint64_t server_incarnation_of(const struct moe_wire_msg *m)
+{
+    size_t el = 0;
+    const size_t pl = id_after(m, SERVER_ID_PREFIX, &el) ? strlen(SERVER_ID_PREFIX)
+                      : id_after(m, HEART_ID_PREFIX, &el) ? strlen(HEART_ID_PREFIX) : 0;
+    if (!pl)
+        return 0;
+    uint64_t v = 0;
+    for (size_t i = 0; i < INC_DIGITS; i++) {
+        const uint8_t d = m->identity[pl + i];
+        v = v << 4 | (uint64_t)(d <= '9' ? d - '0' : d - 'a' + 10);
+    }
+    return v;
 }
 
 static int slot_of_endpoint(const coord_t *c, const char *ep, size_t len)
@@ -160,6 +177,14 @@ static struct coord_member *server_of_msg(coord_t *c, const struct moe_wire_msg 
                  "\"%sINC@ENDPOINT\"", SERVER_ID_PREFIX);
         return NULL;
     }
+    /* Another process at the same endpoint (the one registered restarted,
+     * or two claim it): not the member, whose liveness it must not keep. */
+    if (c->servers[s].incarnation && server_incarnation_of(m) != c->servers[s].incarnation) {
+        *code = MOE_ERR_UNREGISTERED;
+        snprintf(why, len, "this process is not the expert server registered at %.200s: "
+                 "register first", c->servers[s].endpoint);
+        return NULL;
+    }
     return &c->servers[s];
 }
 
@@ -224,6 +249,55 @@ static bool registers_again(coord_t *c, const struct moe_wire_msg *m, struct coo
     return true;
 }
 
+/* A registration at the endpoint of a live server by another process
+ * (another incarnation): either the registered server restarted (it is
+ * dead, its heartbeats stopped) or two live servers claim one endpoint (an
+ * operator copied --advertise or --bind to a second machine). The
+ * newcomer is told to ask again (MOE_ERR_AGAIN) while the coordinator
+ * watches the registered process: a message of it after the claim began
+ * means both live, and the newcomer is refused for good (MOE_ERR_CONFIG,
+ * it exits); silence for half the heartbeat timeout (at least 0.75 s:
+ * three heartbeats) means a restart, which goes on as before. The
+ * registered server and the training are untouched while it is decided.
+ * true once answered (held off or refused). */
+static bool rival_held_off(coord_t *c, const struct moe_wire_msg *m, struct coord_member *mem,
+                           double now)
+{
+    const Moe__Header *h = m->hdr;
+    if (!mem->registered || !mem->alive || !mem->incarnation ||
+        h->incarnation == mem->incarnation) {
+        mem->rival_since = 0;
+        return false;
+    }
+    double grace = (double)c->cfg->heartbeat_timeout_ms / 2000.0;
+    if (grace < 0.75)
+        grace = 0.75;
+    char why[600];
+    if (mem->rival_since <= 0 || now - mem->rival_since > 3 * grace) {
+        mem->rival_since = now;
+        moe_info("another process registers as the server at %s (server %u): waiting %.2f s "
+                 "for a heartbeat of server %u", mem->endpoint, mem->id, grace, mem->id);
+    } else if (mem->last_seen > mem->rival_since) {
+        mem->rival_since = 0;
+        snprintf(why, sizeof why, "another expert server is already serving at %.200s "
+                 "(server %u, alive): each server needs its own --advertise (or --bind) address",
+                 mem->endpoint, mem->id);
+        moe_warn("refused a second server registering at %s: server %u there is alive",
+                 mem->endpoint, mem->id);
+        coord__reply_error(c, m, MOE_ERR_CONFIG, why);
+        return true;
+    } else if (now - mem->rival_since >= grace) {
+        moe_info("server %u at %s was silent for %.2f s: the newcomer there is its restart",
+                 mem->id, mem->endpoint, now - mem->rival_since);
+        mem->rival_since = 0;
+        return false;
+    }
+    snprintf(why, sizeof why, "a server is registered at %.200s: waiting to see whether it is "
+             "still alive", mem->endpoint);
+    coord__reply_error(c, m, MOE_ERR_AGAIN, why);
+    return true;
+}
+
 static void mark_registered(struct coord_member *mem, const Moe__Header *h, double now)
 {
     mem->incarnation = h->incarnation;
@@ -231,6 +305,7 @@ static void mark_registered(struct coord_member *mem, const Moe__Header *h, doub
     mem->alive = true;
     mem->last_seen = now;
     mem->told = false;
+    mem->activity[0] = '\0';
 }
 
 /* Checks the registrant's configuration against the cluster's. false (with
@@ -299,9 +374,10 @@ void coord__handle_register(coord_t *c, struct moe_wire_msg *m, double now)
         }
         size_t el = 0;
         const uint8_t *idep = server_endpoint_of(m, &el);
-        if (!idep || el != strlen(ep) || memcmp(idep, ep, el) != 0) {
-            snprintf(why, sizeof why, "server %.200s must connect as \"%sINC@%.200s\"", ep,
-                     SERVER_ID_PREFIX, ep);
+        if (!idep || el != strlen(ep) || memcmp(idep, ep, el) != 0 || !h->incarnation ||
+            server_incarnation_of(m) != h->incarnation) {
+            snprintf(why, sizeof why, "server %.200s must connect as \"%sINC@%.200s\", INC "
+                     "being the incarnation it registers with", ep, SERVER_ID_PREFIX, ep);
             coord__reply_error(c, m, MOE_ERR_STATE, why);
             return;
         }
@@ -325,6 +401,8 @@ void coord__handle_register(coord_t *c, struct moe_wire_msg *m, double now)
                      c->servers[s].id);
         }
         mem = &c->servers[s];
+        if (rival_held_off(c, m, mem, now))
+            return;
         coord__catch_up_epoch(c, h->epoch);
         if (registers_again(c, m, mem, now))
             return;
@@ -398,12 +476,50 @@ static void take_metrics(struct coord_member *mem, const Moe__Header *h)
     mem->rss_bytes = h->rss_bytes;
 }
 
+/* The activities a worker's heartbeat may name, and the state word each
+ * shows as. */
+static const char *const worker_activities[][2] = {
+    {COORD_ACTIVITY_VALIDATING, "validating"},
+    {COORD_ACTIVITY_WRITING, "writing"},
+    {COORD_ACTIVITY_FINISHED, "done"},
+};
+#define N_ACTIVITIES (sizeof worker_activities / sizeof worker_activities[0])
+
+/* The index of `what` in worker_activities, -1 for none ("" or NULL), -2
+ * for one it does not know. */
+static int activity_index(const char *what)
+{
+    if (!what || !what[0])
+        return -1;
+    for (size_t i = 0; i < N_ACTIVITIES; i++)
+        if (strcmp(what, worker_activities[i][0]) == 0)
+            return (int)i;
+    return -2;
+}
+
 void coord__handle_heartbeat(coord_t *c, struct moe_wire_msg *m, double now)
 {
     const Moe__Header *h = m->hdr;
     struct coord_member *mem = coord__sender(c, m);
     if (!mem)
         return;
+    const int act = h->role == 1 ? activity_index(h->error_text) : -1;
+    if (act == -2) {
+        coord__reply_error(c, m, MOE_ERR_FORMAT, "a worker's heartbeat names an activity this "
+                           "coordinator does not know (\"" COORD_ACTIVITY_VALIDATING "\", \""
+                           COORD_ACTIVITY_WRITING "\" or \"" COORD_ACTIVITY_FINISHED "\")");
+        return;
+    }
+    if (h->role == 1) {
+        const char *was = mem->activity;
+        const char *is = act >= 0 ? worker_activities[act][0] : "";
+        if (strcmp(was, is) != 0) {
+            if (is[0])
+                moe_info("worker %u is %s", h->rank, is);
+            snprintf(mem->activity, sizeof mem->activity, "%s", is);
+            c->generation++;
+        }
+    }
     if (h->role == 2 && !mem->alive) {
         /* back after being declared dead: its state is stale, it joins anew */
         mem->loaded_epoch = 0;
@@ -508,12 +624,22 @@ const char *coord_server_state(const coord_t *c, const struct coord_member *m)
     return m->loaded_epoch == c->epoch ? "serving" : "loading";
 }
 
+const char *coord_worker_activity(const struct coord_member *m)
+{
+    return m->registered && m->activity[0] ? m->activity : NULL;
+}
+
 const char *coord_worker_state(const coord_t *c, const struct coord_member *m)
 {
     if (!m->registered)
         return "absent";
+    const int act = activity_index(m->activity);
+    if (act >= 0 && strcmp(m->activity, COORD_ACTIVITY_FINISHED) == 0)
+        return "done"; /* its last word: the silence after it is its exit */
     if (!m->alive)
         return "down";
+    if (act >= 0)
+        return worker_activities[act][1];
     if (c->failed || c->phase == COORD_FINISHED || c->phase == COORD_STOPPED)
         return "done";
     if (c->phase == COORD_RUNNING && m->started_epoch == c->epoch)
@@ -532,8 +658,20 @@ uint64_t coord_beats_since_step(const coord_t *c)
     return most;
 }
 
+int coord__busy_worker(const coord_t *c)
+{
+    for (int r = 0; r < c->W; r++)
+        if (coord_worker_activity(&c->workers[r]) &&
+            (c->workers[r].alive || strcmp(c->workers[r].activity, COORD_ACTIVITY_FINISHED) == 0))
+            return r;
+    return -1;
+}
+
 bool coord_stalled(const coord_t *c)
 {
+    /* a worker validating or writing the final model (or done) is busy,
+     * not stuck: the servers wait for it */
     return !c->failed && (c->phase == COORD_LOADING || c->phase == COORD_RUNNING) &&
-           coord_beats_since_step(c) >= (uint64_t)c->cfg->stall_heartbeats;
+           coord_beats_since_step(c) >= (uint64_t)c->cfg->stall_heartbeats &&
+           coord__busy_worker(c) < 0;
 }

@@ -151,6 +151,8 @@ char *coord_render_cluster_json(const coord_t *c)
         json_object_set_new(j, "rank", json_integer(r));
         json_object_set_new(j, "alive", json_boolean(m->alive));
         json_object_set_new(j, "state", json_string(coord_worker_state(c, m)));
+        const char *act = coord_worker_activity(m);
+        json_object_set_new(j, "activity", act ? json_string(act) : json_null());
         json_object_set_new(j, "step", json_integer(w->seen ? w->step : -1));
         json_object_set_new(j, "tokens_per_sec", json_real(w->tokens_per_sec));
         json_object_set_new(j, "loss", json_real(w->loss));

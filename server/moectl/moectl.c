@@ -519,9 +519,11 @@ static void print_status(json_t *j)
            "LOSS");
     json_array_foreach(json_object_get(j, "workers"), i, v) {
         const char *state = json_string_value(json_object_get(v, "state"));
-        printf("%-7lld %-6s %-11s %8lld %12.0f %8.4f\n", jint(v, "rank"),
+        const char *act = json_string_value(json_object_get(v, "activity"));
+        printf("%-7lld %-6s %-11s %8lld %12.0f %8.4f%s%s%s\n", jint(v, "rank"),
                json_is_true(json_object_get(v, "alive")) ? "yes" : "no", state ? state : "?",
-               jint(v, "step"), jnum(v, "tokens_per_sec"), jnum(v, "loss"));
+               jint(v, "step"), jnum(v, "tokens_per_sec"), jnum(v, "loss"), act ? "  (" : "",
+               act ? act : "", act ? ")" : "");
     }
 }
 

@@ -210,11 +210,15 @@ cl_same_as_base() {
         fail "$2: the export at step $K differs from the undisturbed run"
     grep -q "^step *$K/$K" "$CL/worker-0.log" || fail "$2: worker 0 did not finish"
 }
-# cl_start_pair NAME: coordinator (expecting servers 0 and 1 as its ids 0
-# and 1), servers 0 and 1, worker 0.
+# cl_start_pair NAME [OPTION...]: coordinator (expecting servers 0 and 1 as
+# its ids 0 and 1), servers 0 and 1, worker 0; the OPTIONs go to every
+# process, after base_args' (a later flag wins).
 cl_start_pair() {
     base_args "$1"
-    cl_init "$1" 1
+    _sp_name=$1
+    shift
+    [ $# -gt 0 ] && A="$A $*"
+    cl_init "$_sp_name" 1
     cl_server_endpoints 0 1
     cl_coord --servers "$CLSV"
     cl_server 0

@@ -1,7 +1,8 @@
 # One command-line grammar for every binary: --help lists only the
 # program's own options, grouped; --flag=value and --flag value; an unknown
 # flag names the nearest one; numbers are validated; usage errors exit 2,
-# failures 1 (moectl's own grammar: test_moectl.sh).
+# failures 1 (moectl's own grammar: test_moectl.sh). --resume takes the
+# model's flags and, without --train/--valid, its recorded corpora.
 make_corpora
 T="--train $WORK/train.txt --valid $WORK/valid.txt"
 # status WANT PATTERN CMD...: exit status WANT and PATTERN (grep -E) in its output
@@ -61,6 +62,31 @@ status 0 "resumed from .*step-00000004 at step 4" "$BIN/moe-worker" $T --steps 8
 cmp "$WORK/ck0/step-00000008/model.safetensors" "$WORK/ck1/step-00000008/model.safetensors" ||
     fail "a resume without the model's flags trained another model"
 echo "  ok: --resume adopts the checkpoint's model: the same bytes without its flags"
+# ... and, without --train and --valid, the corpora it records (here not
+# the default WikiText-2: other lines, another vocabulary), saying so in
+# one line: the same bytes as an uninterrupted run. When they are gone, one
+# sentence names the file and asks for --train.
+mkdir "$WORK/corp"
+sed -n 401,700p "$DATA/wiki.train.tokens" >"$WORK/corp/tr.txt"
+sed -n 61,120p "$DATA/wiki.valid.tokens" >"$WORK/corp/va.txt"
+TR=$(readlink -f "$WORK/corp/tr.txt")
+VA=$(readlink -f "$WORK/corp/va.txt")
+C2="--train $WORK/corp/tr.txt --valid $WORK/corp/va.txt"
+"$BIN/moe-worker" $C2 $TINY --steps 8 --checkpoint-dir "$WORK/ra" >/dev/null 2>&1 || fail "the uninterrupted run"
+"$BIN/moe-worker" $C2 $TINY --steps 4 --checkpoint-dir "$WORK/rb" >/dev/null 2>&1 || fail "the first 4 steps"
+status 0 "resumed from .*step-00000004 at step 4" "$BIN/moe-worker" --steps 8 --threads 1 \
+    --resume "$WORK/rb" --checkpoint-dir "$WORK/rb" --log-level info
+said="I moe-worker: training on the corpora recorded in $WORK/rb/step-00000004: --train $TR, --valid $VA (give --train and --valid to train on others)"
+[ "$(grep -cF "$said" "$WORK/out.txt")" = 1 ] || fail "--resume without --train does not say which corpora: $(head -c 600 "$WORK/out.txt")"
+cmp "$WORK/ra/step-00000008/model.safetensors" "$WORK/rb/step-00000008/model.safetensors" ||
+    fail "a resume on the recorded corpora trained another model"
+mv "$WORK/corp" "$WORK/corp-gone"
+status 1 "" "$BIN/moe-worker" --steps 8 --threads 1 --resume "$WORK/rb/step-00000004" \
+    --checkpoint-dir "$WORK/rc"
+[ "$(cat "$WORK/out.txt")" = "moe-worker: error: $WORK/rb/step-00000004 was trained on $TR, which does not exist here: give --train (and --valid) with the corpus to train on" ] ||
+    fail "--resume of a checkpoint whose corpus is gone: $(cat "$WORK/out.txt")"
+[ -e "$WORK/rc" ] && fail "the refused resume created its checkpoint folder"
+echo "  ok: --resume without --train takes the recorded corpora (one line; bytes of an uninterrupted run); when gone: $(cut -c1-80 "$WORK/out.txt")..."
 # A SIGTERM while a daemon waits for a coordinator that is not there (a
 # wrong address, or it is down) stops it within one "still trying" interval
 # (a quarter of --timeout-ms), exit 0, with a sentence naming the coordinator.

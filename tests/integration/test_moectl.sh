@@ -5,13 +5,18 @@
 #     suggest the nearest; numbers are validated, never a silent 0)
 #   - runtime failures exit 1 with one sentence, never raw JSON; --json
 #     prints the coordinator's JSON
+#   - at the end a server and a worker train 5 steps without a checkpoint
+#     folder (the cluster stays "running"): the worker tells its final
+#     validation, the writing of its final model and its end; moectl status
+#     shows it done, never the cluster stalled (--stall-heartbeats 2)
 make_corpora
 free_ports 4
 C="tcp://127.0.0.1:$P1"
 HTTP="127.0.0.1:$P2"
 A="--train $WORK/train.txt --valid $WORK/valid.txt $TINY --steps 5 --servers tcp://127.0.0.1:$P3 \
 --coordinator $C"
-"$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret >"$WORK/coord.out" 2>&1 &
+"$BIN/moe-coordinator" $A --http "$HTTP" --http-token secret --stall-heartbeats 2 --log-level info \
+    >"$WORK/coord.out" 2>&1 &
 coord=$!
 wait_up $coord "$WORK/coord.out" "dashboard at" "the coordinator"
 M="$BIN/moectl"
@@ -94,8 +99,31 @@ MOE_HTTP_TOKEN=secret expect 1 "there is no server 7 .*\(HTTP 409\)" --http "$HT
 expect 2 "cannot read the token file" --http "$HTTP" --token-file "$WORK/none" drain 7
 expect 1 "keygen: .*already exists" keygen "$KEYS"
 expect 0 "wrote the cluster's keys into" keygen "$WORK/newkeys"
+# a finished run without --checkpoint-dir: the worker's activities, then no stall
+"$BIN/moe-server" $A --server-index 0 >"$WORK/s0.out" 2>&1 &
+s0=$!
+wait_up $s0 "$WORK/s0.out" "moe-server: server .* serving on" "server 0"
+"$BIN/moe-worker" $A --experts remote >"$WORK/w.out" 2>&1 || { kill $coord $s0; fail "the worker: $(tail -n 2 "$WORK/w.out")"; }
+said=$(sed -n 's/.* I moe-coordinator: \(worker 0 is .*\)/\1/p' "$WORK/coord.out" | tr '\n' ';')
+[ "$said" = "worker 0 is validating;worker 0 is writing the final model;worker 0 is finished;" ] ||
+    { kill $coord $s0; fail "the worker's activities as the coordinator heard them: $said"; }
+n=0
+until "$M" --json --http "$HTTP" status | grep -q '"heartbeats_since_step": *[3-9]'; do
+    [ $n -lt 100 ] || { kill $coord $s0; fail "server 0 sent no heartbeats after the run"; }
+    sleep 0.05
+    n=$((n + 1))
+done
+"$M" --http "$HTTP" status >"$WORK/status.txt" 2>&1 || { kill $coord $s0; fail "moectl status"; }
+grep -q "STALLED" "$WORK/status.txt" && { kill $coord $s0; fail "a finished run shows as stalled: $(cat "$WORK/status.txt")"; }
+grep -Eq "^0 +(yes|no) +done +4 +[0-9]+ +[0-9.]+  \(finished\)$" "$WORK/status.txt" ||
+    { kill $coord $s0; fail "moectl status does not show worker 0 done: $(cat "$WORK/status.txt")"; }
+# nor in the log (a stall while loading, before the worker came, may be)
+[ "$(grep -c "stalled: no step completed for [0-9]* heartbeats while running" "$WORK/coord.out")" = 0 ] ||
+    { kill $coord $s0; fail "the coordinator logged a stall: $(grep stalled "$WORK/coord.out")"; }
+echo "  ok: the coordinator heard: $said moectl status: $(grep -E "^0 +(yes|no) +done" "$WORK/status.txt"), not stalled"
 kill -TERM $coord
 wait $coord
+wait $s0 || fail "server 0 exited $? after the coordinator's stop"
 # the coordinator takes its token from a file or MOE_HTTP_TOKEN; an unreadable file is a usage error
 "$BIN/moe-coordinator" $A --http-token-file "$WORK/none" >"$WORK/c2.out" 2>&1
 [ $? -eq 2 ] && grep -q "cannot read the token file" "$WORK/c2.out" ||

@@ -103,6 +103,37 @@ no_rollback "refused processes"
 echo "  ok: refused: $(grep -o 'configuration differs.*' "$WORK/bad-server.log" | head -n 1)"
 echo "  ok: refused: $(grep -o 'unroll is [^;]*' "$WORK/bad-worker.log" | head -n 1); the cluster trained on, export identical, no rollback"
 
+# 1b. Two servers claiming one endpoint: a second server advertising
+# server 1's address (a config copied to another machine) is refused with a
+# sentence and exits non-zero; server 1 and the training go on, no rollback.
+# Then server 1 is killed and started again at once (its heartbeats stop):
+# that is a restart, accepted after a short wait, rolled back and replayed.
+start dup 1
+cl_wait_step 0 50
+kill -STOP "$WPID0"
+free_ports 1
+"$BIN/moe-server" $A --workers "$CLWS" --coordinator "$CLC" --bind "tcp://127.0.0.1:$P1" \
+    --advertise "tcp://127.0.0.1:$CLSP_1" >"$WORK/dup-server.log" 2>&1 &
+dup=$!
+exits_within $dup 20
+kill -CONT "$WPID0"
+[ $EXIT -ne 0 ] || fail "a second server at server 1's endpoint exited 0"
+said="another expert server is already serving at tcp://127.0.0.1:$CLSP_1 (server 1, alive): each server needs its own --advertise (or --bind) address"
+grep -qF "$said" "$WORK/dup-server.log" ||
+    fail "the second server's refusal: $(tail -n 2 "$WORK/dup-server.log")"
+no_rollback "a second server at server 1's endpoint"
+grep -q "registering again\|refused" "$CL/server-1.log" && fail "server 1 was disturbed: $(tail -n 3 "$CL/server-1.log")"
+cl_wait_step 0 100
+kill -9 "$SPID1"
+wait "$SPID1" 2>/dev/null
+cl_server 1
+finish
+same_as dup base "a second server at server 1's endpoint, then server 1 restarted"
+grep -q "server 1 (tcp://127.0.0.1:$CLSP_1) restarted and lost its experts" "$CL/coordinator.log" ||
+    fail "the restart of server 1 was not seen as one: $(grep -i "server 1\|rolling" "$CL/coordinator.log" | tail -n 4)"
+echo "  ok: refused: $(grep -oF "$said" "$WORK/dup-server.log" | head -n 1); no rollback;" \
+    "server 1 killed and started again: a restart, export identical"
+
 # 2. A server that joins the README's way, without --workers, in a 2-worker
 # cluster: it takes the worker list from the coordinator.
 start join2 2
@@ -269,14 +300,7 @@ echo "  ok: a server without memory for its experts: $(grep -c "rolling back" "$
 # which must exit non-zero (the tmpfs stays mounted: umount it after).
 disk_cluster() {
     mount -t tmpfs -o size=$2 tmpfs "$WORK/tmpfs" 2>"$WORK/mount.err" || return 1
-    base_args "$1"
-    A="$A --checkpoint-dir $WORK/tmpfs/ck"
-    cl_init "$1" 1
-    cl_server_endpoints 0 1
-    cl_coord --servers "$CLSV"
-    cl_server 0
-    cl_server 1
-    cl_worker 0
+    cl_start_pair "$1" --checkpoint-dir "$WORK/tmpfs/ck"
     for p in $WPID0 $SPID0 $SPID1 $CPID; do
         exits_within "$p" 60
         [ $EXIT -ne 0 ] || { umount "$WORK/tmpfs"; fail "$1: process $p exited 0"; }
