@@ -120,7 +120,8 @@ esp=$!
 "$BIN/moe-coordinator" $T $TINY --coordinator "tcp://127.0.0.1:$P1" --http "127.0.0.1:$P3" \
     --checkpoint-dir "$WORK/early-ck" >"$WORK/early-c.log" 2>&1 &
 ecp=$!
-held() { # PID: SIGTERM (bit 14) is blocked (by the program: the shell's child does not)
+held() { # PID: the program runs (not the shell's child before exec) and blocks SIGTERM (bit 14)
+    case $(readlink "/proc/$1/exe" 2>/dev/null) in */moe-*) ;; *) return 1 ;; esac
     m=$(sed -n 's/^SigBlk:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null)
     [ -n "$m" ] && [ $((0x$m & 0x4000)) -ne 0 ]
 }
