@@ -87,6 +87,12 @@ int hmoe_groups_find(const hmoe_groups_t *g, int32_t id)
     return -1;
 }
 
+double hmoe_groups_bytes(int D, int B, int n)
+{
+    return 4.0 * (double)n *
+           (2.0 * (double)hmoe_groups_param_count(D, B) + (double)hmoe_groups_state_count(D, B));
+}
+
 float *hmoe_groups_params(hmoe_groups_t *g, int i)
 {
     return g->w + (size_t)i * hmoe_groups_param_count(g->D, g->B);

@@ -87,6 +87,11 @@ int hmoe_groups_find(const hmoe_groups_t *g, int32_t id); /* local index, or -1 
  * migration. */
 size_t hmoe_groups_param_count(int D, int B);
 size_t hmoe_groups_state_count(int D, int B);
+/* Bytes hmoe_groups_new allocates for n groups' gates (parameters, their
+ * gradients and factored-Adam state: 4 D B + 2 (D + B) floats a group),
+ * without allocating: a size check before it, as expert_shard_bytes. The
+ * per-step buffers come on top. */
+double hmoe_groups_bytes(int D, int B, int n);
 float *hmoe_groups_params(hmoe_groups_t *g, int i);
 float *hmoe_groups_opt_state(hmoe_groups_t *g, int i);
 /* Gradient block of group i (same layout as the parameters): tests. */

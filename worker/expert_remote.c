@@ -256,9 +256,11 @@ static int gather_replies(expert_remote_t *r, Moe__MsgType want, uint64_t req, s
                     if ((int64_t)m.hdr->step > r->max_reply_step)
                         r->max_reply_step = (int64_t)m.hdr->step;
                     size_t off = 0;
+                    /* (a reply of no rows has no data frame: m.data is NULL) */
                     for (int j = 0; j < io->n; j++) {
-                        memcpy(out + io->src[j] * width, m.data + off * width,
-                               sizeof(float) * io->rows[j] * width);
+                        if (io->rows[j])
+                            memcpy(out + io->src[j] * width, m.data + off * width,
+                                   sizeof(float) * io->rows[j] * width);
                         off += io->rows[j];
                     }
                     io->done = true;

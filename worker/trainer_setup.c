@@ -49,11 +49,16 @@ static int check_expert_memory(const struct moe_options *c, char *err, size_t er
     const int held = experts_held(c);
     if (!c->memory_check || held == 0)
         return 0;
+    /* (a hierarchical model's rows go to k_primary x k experts, and the
+     * worker holds every group's secondary gate) */
+    const bool h = moe_options_hierarchical(c);
     const double bytes = expert_shard_bytes(c->d_model, c->d_hidden, held, true) +
-                         4.0 * c->batch * c->unroll * c->k * (c->d_model + 2.0 * c->d_hidden);
-    char what[160];
-    snprintf(what, sizeof what, "%d experts of %d -> %d -> %d (with their optimizer state)", held,
-             c->d_model, c->d_hidden, c->d_model);
+                         4.0 * c->batch * c->unroll * moe_options_slots_per_row(c) *
+                             (c->d_model + 2.0 * c->d_hidden) +
+                         (h ? hmoe_groups_bytes(c->d_model, c->experts_per_group, c->groups) : 0);
+    char what[200];
+    snprintf(what, sizeof what, "%d experts of %d -> %d -> %d (with their optimizer state%s)", held,
+             c->d_model, c->d_hidden, c->d_model, h ? " and the secondary gates" : "");
     return moe_mem_check(trainer__bytes_of(bytes), what, err, errlen);
 }
 

@@ -159,13 +159,20 @@ static void publish(expert_server_t *s)
     pthread_mutex_unlock(&s->hb_lock);
 }
 
-/* Whether a shard of n experts fits in the machine's memory now (with a
- * sentence naming this server, the experts and the bytes when it does not). */
+/* Whether a shard of n experts (of a hierarchical model: with the
+ * secondary gates of their n / B groups) fits in the machine's memory now
+ * (with a sentence naming this server, the experts and the bytes when it
+ * does not). */
 int expert_server__check_shard_memory(const expert_server_t *s, int n, char *err, size_t errlen)
 {
-    char what[200];
-    snprintf(what, sizeof what, "its %d experts of %d -> %d -> %d", n, s->D, s->H, s->D);
-    const double b = expert_shard_bytes(s->D, s->H, n, false);
+    char what[240];
+    int len = snprintf(what, sizeof what, "its %d experts of %d -> %d -> %d", n, s->D, s->H, s->D);
+    double b = expert_shard_bytes(s->D, s->H, n, false);
+    if (s->B > 0) {
+        b += hmoe_groups_bytes(s->D, s->B, n / s->B);
+        snprintf(what + len, sizeof what - (size_t)len, " (in %d group%s, with the secondary gates)",
+                 n / s->B, n / s->B == 1 ? "" : "s");
+    }
     return moe_mem_check(b >= 1.8e19 ? UINT64_MAX : (uint64_t)b, what, err, errlen);
 }
 
@@ -264,6 +271,7 @@ static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
     const struct moe_fadam_opts fo = {cfg->expert_beta2, cfg->expert_decay_pow, cfg->expert_eps,
                                       1e-30, cfg->expert_clip, cfg->expert_relative_step, 1e-3};
     int rc = 0;
+    s->B = moe_options_hierarchical(cfg) ? cfg->experts_per_group : 0;
     if (cfg->memory_check && n > 0 &&
         (rc = expert_server__check_shard_memory(s, n, err, errlen))) {
         char e2[1200];
@@ -278,7 +286,6 @@ static int make_shard(expert_server_t *s, int *n_out, char *err, size_t errlen)
                                    moe_options_recompute_mode(cfg) != MOE_RECOMPUTE_NONE);
     }
     free(ids);
-    s->B = moe_options_hierarchical(cfg) ? cfg->experts_per_group : 0;
     if (!rc && (rc = expert_server__make_groups(s)))
         moe_err_set(err, errlen, "cannot allocate the gates of this server's groups");
     s->layers = moe_options_moe_layers(cfg);

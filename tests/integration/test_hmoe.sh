@@ -33,6 +33,24 @@ refuse "k larger than a group" "--k 3 is larger than --experts-per-group 2" $H -
 refuse "k_primary larger than the groups" "--k-primary 4 is larger than --groups 3" $H --k-primary 4
 refuse "an unknown --moe" "--moe: expected flat or hierarchical" --moe tree
 
+# the memory check before allocating counts the secondary gates: 6 experts
+# (parameters, factored Adam, gradients), a batch's rows at k_primary x k
+# experts each, and the 3 groups' gates (4 D B + 2 (D + B) floats each):
+# one byte less is refused with that figure, the figure itself passes on to
+# the dense model's check
+need=$($PY -c "
+D, H, n, A, B = 16, 24, 6, 3, 2
+P, S = 2 * D * H + H + D, 3 * H + 3 * D
+print(4 * n * (2 * P + S) + 4 * 4 * 8 * 2 * 1 * (D + 2 * H) + 4 * A * (4 * D * B + 2 * (D + B)))")
+MOE_MEM_AVAILABLE=$((need - 1)) "$BIN/moe-worker" $T $S $H --steps 1 --final-model none >/dev/null 2>"$WORK/err.txt" &&
+    fail "too little memory for the experts and gates was not refused"
+grep -q "6 experts of 16 -> 24 -> 16 (with their optimizer state and the secondary gates) needs about .* ($need bytes)" \
+    "$WORK/err.txt" || fail "the memory check: $(cat "$WORK/err.txt")"
+MOE_MEM_AVAILABLE=$need "$BIN/moe-worker" $T $S $H --steps 1 --final-model none >/dev/null 2>"$WORK/err.txt"
+grep -q "^moe-worker: error: the dense model .* needs about" "$WORK/err.txt" ||
+    fail "with $need bytes, the experts and gates should fit: $(cat "$WORK/err.txt")"
+echo "  ok: the memory check counts the experts, the rows and the groups' gates: $need bytes"
+
 # rerun and resume: the same bytes
 run() { "$BIN/moe-worker" $T $S $H "$@" >/dev/null || fail "training: $*"; }
 run --steps 8 --checkpoint-dir "$WORK/a" --report "$WORK/report.json"

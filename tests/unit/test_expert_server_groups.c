@@ -64,13 +64,15 @@ static void *srv_thread(void *arg)
     return NULL;
 }
 
-static void srv_start(void)
+/* The server's configuration in SV.cfg, and the server made of it (bound
+ * to a free port, tried again if another process took it): NULL with err
+ * when it refuses to start. */
+static expert_server_t *srv_new(char *err, size_t errlen)
 {
     memset(&SV, 0, sizeof SV);
     moe_log_set_level(MOE_LOG_ERROR);
-    char err[512] = "";
     ck_assert_int_eq(moe_config_defaults(moe_options_table, moe_options_count, &SV.cfg, err,
-                                         sizeof err), 0);
+                                         errlen), 0);
     SV.cfg.d_model = D;
     SV.cfg.d_hidden = H;
     SV.cfg.n_experts = A * B;
@@ -85,11 +87,22 @@ static void srv_start(void)
     SV.cfg.timeout_ms = 30000;
     SV.cfg.insecure = true;
     snprintf(SV.cfg.workers, sizeof SV.cfg.workers, "tcp://127.0.0.1:1,tcp://127.0.0.1:2");
-    for (int attempt = 0; attempt < 20 && !SV.s; attempt++) {
+    expert_server_t *s = NULL;
+    for (int attempt = 0; attempt < 20 && !s; attempt++) {
         snprintf(SV.ep, sizeof SV.ep, "tcp://127.0.0.1:%d", tu_free_port());
         snprintf(SV.cfg.servers, sizeof SV.cfg.servers, "%s,tcp://127.0.0.1:3", SV.ep);
-        SV.s = expert_server_new(&SV.cfg, err, sizeof err);
+        err[0] = 0;
+        s = expert_server_new(&SV.cfg, err, errlen);
+        if (!s && strstr(err, "needs about"))
+            break;
     }
+    return s;
+}
+
+static void srv_start(void)
+{
+    char err[512] = "";
+    SV.s = srv_new(err, sizeof err);
     ck_assert_msg(SV.s != NULL, "expert_server_new: %s", err);
     ck_assert_int_eq(pthread_create(&SV.th, NULL, srv_thread, NULL), 0);
     SV.ctx = zmq_ctx_new();
@@ -422,6 +435,34 @@ START_TEST(groups_malformed)
 }
 END_TEST
 
+/* The memory check before the shard is allocated counts the secondary
+ * gates of the server's groups (parameters, gradients, factored-Adam
+ * state: 4 D B + 2 (D + B) floats a group) with its experts: with one byte
+ * less than that figure the server refuses to start, naming it; with the
+ * figure it starts. */
+START_TEST(groups_memory_check)
+{
+    const double want = expert_shard_bytes(D, H, B, false) + 4.0 * (4 * D * B + 2 * (D + B));
+    ck_assert(hmoe_groups_bytes(D, B, 1) == 4.0 * (4 * D * B + 2 * (D + B)));
+    char avail[32], err[512] = "", msg[200];
+    snprintf(avail, sizeof avail, "%.0f", want - 1);
+    setenv("MOE_MEM_AVAILABLE", avail, 1);
+    expert_server_t *s = srv_new(err, sizeof err);
+    ck_assert_ptr_null(s);
+    snprintf(msg, sizeof msg,
+             "server 0: its 2 experts of 4 -> 5 -> 4 (in 1 group, with the secondary gates) "
+             "needs about %.1f KB (%.0f bytes), but only",
+             want / 1e3, want);
+    ck_assert_msg(strstr(err, msg), "%s (expected %s)", err, msg);
+    snprintf(avail, sizeof avail, "%.0f", want);
+    setenv("MOE_MEM_AVAILABLE", avail, 1);
+    s = srv_new(err, sizeof err);
+    unsetenv("MOE_MEM_AVAILABLE");
+    ck_assert_msg(s != NULL, "with %s bytes: %s", avail, err);
+    expert_server_destroy(&s);
+}
+END_TEST
+
 Suite *test_expert_server_groups_suite(void)
 {
     Suite *s = suite_create("expert_server_groups");
@@ -429,6 +470,7 @@ Suite *test_expert_server_groups_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, groups_steps_bitwise);
     tcase_add_test(tc, groups_malformed);
+    tcase_add_test(tc, groups_memory_check);
     suite_add_tcase(s, tc);
     return s;
 }
