@@ -704,6 +704,17 @@ char *coord_render_metrics_live(const coord_t *c, double now)
     rc = rc ? rc : prom_one(&b, "moe_step_age_seconds", MOE_PROM_GAUGE,
                             "Seconds since a step last completed (since the coordinator "
                             "started when none has).", origin > 0 && now > origin ? now - origin : 0);
+    /* the dashboard's stall banner: heartbeats change no generation of the
+     * cached page, so these are rendered with every scrape */
+    rc = rc ? rc : prom_one(&b, "moe_heartbeats_since_step", MOE_PROM_GAUGE,
+                            "Heartbeats (4 a second) from the live expert server that sent the "
+                            "most since a step last completed.", (double)coord_beats_since_step(c));
+    rc = rc ? rc : prom_one(&b, "moe_stall_heartbeats", MOE_PROM_GAUGE,
+                            "stall_heartbeats: moe_heartbeats_since_step at which the cluster "
+                            "counts as stalled.", c->cfg->stall_heartbeats);
+    rc = rc ? rc : prom_one(&b, "moe_stalled", MOE_PROM_GAUGE,
+                            "1 while the cluster loads or runs and moe_heartbeats_since_step >= "
+                            "moe_stall_heartbeats (the dashboard's banner).", coord_stalled(c) ? 1 : 0);
     if (c->cfg->checkpoint_dir[0]) {
         const double ck = c->committed_at > 0 ? c->committed_at : c->born;
         rc = rc ? rc : prom_one(&b, "moe_checkpoint_age_seconds", MOE_PROM_GAUGE,

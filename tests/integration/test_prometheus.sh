@@ -139,6 +139,7 @@ assert m['moe_checkpoints_committed_total'] == ckpts == 2, (m['moe_checkpoints_c
 assert m['moe_checkpoint_duration_seconds_count'] == 2
 assert m['moe_rollbacks_total'] == 0 and m['moe_servers_lost_total'] == 0
 assert m['moe_phase{phase="finished"}'] == 1 and m['moe_phase{phase="running"}'] == 0
+assert m['moe_stalled'] == 0 and m['moe_stall_heartbeats'] == 40  # finished: not stalled
 assert m['moe_worker_up{rank="0"}'] in (0, 1) and m['moe_server_up{server="0"}'] == 1
 for k in ('process_resident_memory_bytes', 'moe_server_process_resident_memory_bytes{server="0"}',
           'moe_worker_process_resident_memory_bytes{rank="0"}'):
@@ -200,7 +201,7 @@ get "127.0.0.1:$PP" /api/v1/rules >"$WORK/rules.json" || { stop_all; fail "GET /
 import json, sys
 r = json.load(open(sys.argv[1]))
 names = {rule["name"]: rule.get("health") for g in r["data"]["groups"] for rule in g["rules"]}
-want = {"MoEStepStalled", "MoEServerDown", "MoEServerLost", "MoELoadImbalance", "MoERollbackLoop",
+want = {"MoEStepStalled", "MoEClusterStalled", "MoEServerDown", "MoEServerLost", "MoELoadImbalance", "MoERollbackLoop",
         "MoECheckpointStale"}
 assert want <= set(names), (sorted(names), sorted(want))
 print("  ok: prometheus loaded the alert rules:", ", ".join(sorted(names)))
