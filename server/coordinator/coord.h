@@ -245,9 +245,10 @@ char *coord_render_cluster_json(const coord_t *c);
 char *coord_render_history_json(const coord_t *c, bool load);
 /* /metrics: the part that changes with the state (cached by the caller
  * until coord_generation changes); per-expert series when all_experts or
- * when n_experts <= metrics_max_experts. coord_render_metrics_live: the
- * part that changes with time (process CPU and memory, ages), `now` on
- * the coordinator's clock. Both NULL when out of memory. */
+ * when n_experts <= metrics_max_experts, labelled expert, layer and
+ * layer_expert. coord_render_metrics_live: the part rendered with every
+ * scrape (process CPU and memory, ages, heartbeats since a step and the
+ * stall), `now` on the coordinator's clock. Both NULL when out of memory. */
 char *coord_render_metrics(const coord_t *c, bool all_experts);
 char *coord_render_metrics_live(const coord_t *c, double now);
 

@@ -251,8 +251,32 @@ static int prom_one(struct moe_prom_buf *b, const char *name, enum moe_prom_type
     return rc ? rc : moe_prom_sample(b, NULL, NULL, v);
 }
 
-/* One gauge or counter sample per expert, labelled by the expert only (its
- * server is moe_expert_placement_info's: a migration starts no new series). */
+/* The labels that name an expert in every per-expert series: its global id
+ * (`expert`, 0 .. moe_experts-1), its MoE layer (`layer`: 0 for the language
+ * model; the translation model's 0 encoder, 1 decoder, as Header.layer) and
+ * its id within that layer (`layer_expert`), then up to two more pairs
+ * (k1, v1, k2, v2; NULL to stop). Not its server: that is
+ * moe_expert_placement_info's, so that a migration starts no new series. */
+struct prom_expert_labels {
+    char id[16], layer[16], layer_expert[16];
+    const char *labels[11];
+};
+
+static const char *const *prom_expert_labels(struct prom_expert_labels *l, const coord_t *c,
+                                             int e, const char *k1, const char *v1,
+                                             const char *k2, const char *v2)
+{
+    const int n = c->cfg->n_experts; /* experts per MoE layer */
+    snprintf(l->id, sizeof l->id, "%d", e);
+    snprintf(l->layer, sizeof l->layer, "%d", e / n);
+    snprintf(l->layer_expert, sizeof l->layer_expert, "%d", e % n);
+    const char *pairs[] = {"expert", l->id, "layer", l->layer, "layer_expert", l->layer_expert,
+                           k1, v1, k2, v2, NULL};
+    memcpy(l->labels, pairs, sizeof pairs);
+    return l->labels;
+}
+
+/* One gauge or counter sample per expert (labels: prom_expert_labels). */
 static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char *name,
                            enum moe_prom_type type, const char *help, int field)
 {
@@ -261,10 +285,9 @@ static int prom_per_expert(struct moe_prom_buf *b, const coord_t *c, const char 
         const struct coord_expert_stats *x = coord_stats_expert(c->stats, e);
         const double v[] = {x->rows_total, x->rows_last, x->importance_last, x->importance_avg,
                             x->load_last, x->load_avg};
-        char id[16];
-        snprintf(id, sizeof id, "%d", e);
-        const char *labels[] = {"expert", id, NULL};
-        rc = moe_prom_sample(b, NULL, labels, v[field]);
+        struct prom_expert_labels l;
+        rc = moe_prom_sample(b, NULL, prom_expert_labels(&l, c, e, NULL, NULL, NULL, NULL),
+                             v[field]);
     }
     return rc;
 }
@@ -278,11 +301,10 @@ static int prom_placement(struct moe_prom_buf *b, const coord_t *c)
         const int64_t sid = coord_server_of(c, e);
         if (sid < 0)
             continue;
-        char id[16], srv[24];
-        snprintf(id, sizeof id, "%d", e);
+        char srv[24];
         snprintf(srv, sizeof srv, "%" PRId64, sid);
-        const char *labels[] = {"expert", id, "server", srv, NULL};
-        rc = moe_prom_sample(b, NULL, labels, 1);
+        struct prom_expert_labels l;
+        rc = moe_prom_sample(b, NULL, prom_expert_labels(&l, c, e, "server", srv, NULL, NULL), 1);
     }
     return rc;
 }
@@ -309,11 +331,11 @@ static int prom_top_experts(struct moe_prom_buf *b, const coord_t *c)
                              "Rows routed in the last step to the experts with the most (position "
                              "1 = most), shown whatever metrics_max_experts says.");
     for (int i = 0; rc == 0 && i < n; i++) {
-        char pos[16], id[16];
+        char pos[16];
         snprintf(pos, sizeof pos, "%d", i + 1);
-        snprintf(id, sizeof id, "%d", top[i]);
-        const char *labels[] = {"position", pos, "expert", id, NULL};
-        rc = moe_prom_sample(b, NULL, labels, coord_stats_expert(c->stats, top[i])->rows_last);
+        struct prom_expert_labels l;
+        rc = moe_prom_sample(b, NULL, prom_expert_labels(&l, c, top[i], "position", pos, NULL, NULL),
+                             coord_stats_expert(c->stats, top[i])->rows_last);
     }
     return rc;
 }
@@ -327,22 +349,20 @@ static int prom_experts_in_groups(struct moe_prom_buf *b, const coord_t *c)
                              "1, labelled with the expert's group and its index in the group "
                              "(hierarchical MoE: expert = group x experts_per_group + index).");
     for (int e = 0; rc == 0 && e < E; e++) {
-        char id[16], g[16], j[16];
-        snprintf(id, sizeof id, "%d", e);
+        char g[16], j[16];
         snprintf(g, sizeof g, "%d", e / B);
         snprintf(j, sizeof j, "%d", e % B);
-        const char *labels[] = {"expert", id, "group", g, "index", j, NULL};
-        rc = moe_prom_sample(b, NULL, labels, 1);
+        struct prom_expert_labels l;
+        rc = moe_prom_sample(b, NULL, prom_expert_labels(&l, c, e, "group", g, "index", j), 1);
     }
     if (!rc)
         rc = moe_prom_family(b, "moe_expert_load_in_group", MOE_PROM_GAUGE,
                              "The group's secondary Load of the expert in the last step, "
                              "Load_i(X^(i))_j summed over the workers (moe_expert_load is Load_H).");
     for (int e = 0; rc == 0 && e < E; e++) {
-        char id[16];
-        snprintf(id, sizeof id, "%d", e);
-        const char *labels[] = {"expert", id, NULL};
-        rc = moe_prom_sample(b, NULL, labels, coord_stats_expert(c->stats, e)->load_group_last);
+        struct prom_expert_labels l;
+        rc = moe_prom_sample(b, NULL, prom_expert_labels(&l, c, e, NULL, NULL, NULL, NULL),
+                             coord_stats_expert(c->stats, e)->load_group_last);
     }
     return rc;
 }
@@ -686,6 +706,17 @@ char *coord_render_metrics_live(const coord_t *c, double now)
     rc = rc ? rc : prom_one(&b, "moe_step_age_seconds", MOE_PROM_GAUGE,
                             "Seconds since a step last completed (since the coordinator "
                             "started when none has).", origin > 0 && now > origin ? now - origin : 0);
+    /* the dashboard's stall banner: heartbeats change no generation of the
+     * cached page, so these are rendered with every scrape */
+    rc = rc ? rc : prom_one(&b, "moe_heartbeats_since_step", MOE_PROM_GAUGE,
+                            "Heartbeats (4 a second) from the live expert server that sent the "
+                            "most since a step last completed.", (double)coord_beats_since_step(c));
+    rc = rc ? rc : prom_one(&b, "moe_stall_heartbeats", MOE_PROM_GAUGE,
+                            "stall_heartbeats: moe_heartbeats_since_step at which the cluster "
+                            "counts as stalled.", c->cfg->stall_heartbeats);
+    rc = rc ? rc : prom_one(&b, "moe_stalled", MOE_PROM_GAUGE,
+                            "1 while the cluster loads or runs and moe_heartbeats_since_step >= "
+                            "moe_stall_heartbeats (the dashboard's banner).", coord_stalled(c) ? 1 : 0);
     if (c->cfg->checkpoint_dir[0]) {
         const double ck = c->committed_at > 0 ? c->committed_at : c->born;
         rc = rc ? rc : prom_one(&b, "moe_checkpoint_age_seconds", MOE_PROM_GAUGE,

@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
 """Structural check of the Grafana dashboard (deploy/grafana/moe-dashboard.json).
 
-    grafana_check.py DASHBOARD METRICS [PROMETHEUS_URL]
+    grafana_check.py DASHBOARD METRICS METRICS_HIERARCHICAL [PROMETHEUS_URL]
 
 DASHBOARD must be valid JSON with a title, a uid, a schemaVersion and panels;
-each panel a unique id, a type, a title, a Prometheus data source and a
-gridPos inside the 24 columns; each target an expr and a unique refId. Every
-metric an expr names must be a family of METRICS (a /metrics page of the
-coordinator, a histogram's _bucket/_sum/_count counted as its family). The
-dashboard must have what issue 18 asks of it: a heatmap of
+each panel a unique id, a type, a title and a gridPos inside the 24 columns;
+each panel but a row a Prometheus data source and targets, each target an
+expr and a unique refId. Every metric an expr names must be a family of
+METRICS or METRICS_HIERARCHICAL (/metrics pages of the coordinator of a flat
+and of a hierarchical model; a histogram's _bucket/_sum/_count counted as its
+family). The dashboard must have what issue 18 asks of it: a heatmap of
 moe_expert_rows_routed_total, the throughput (moe_worker_tokens_total), the
-servers (moe_server_up) and the checkpoints (moe_checkpoint_age_seconds).
-With PROMETHEUS_URL, each expr ($__rate_interval as 1m) is also evaluated by
-that Prometheus (/api/v1/query) and must succeed, and the heatmap's must
-return one series per expert of METRICS. Exit 0 with a summary line, 1 with
-every problem. Standard library only.
+servers (moe_server_up) and the checkpoints (moe_checkpoint_age_seconds);
+and a row titled "Groups" whose panels (those after it, up to the next row)
+show the hierarchical model's series of GROUP_REQUIRED, each exported by
+METRICS_HIERARCHICAL.
+With PROMETHEUS_URL (scraping both coordinators), each expr
+($__rate_interval as 1m) is also evaluated by that Prometheus
+(/api/v1/query) and must succeed, the heatmap's must return one series per
+expert (the larger count of the two pages), and each of the Groups row's
+must return at least one series (so it matches the hierarchical
+coordinator's series). Exit 0 with a summary line, 1 with every problem.
+Standard library only.
 """
 
 import json
@@ -30,6 +37,10 @@ REQUIRED = {
     "servers": "moe_server_up",
     "checkpoints": "moe_checkpoint_age_seconds",
 }
+# The Groups row: per-group rows routed, Load_p, the CVs over the groups and
+# the balancing loss's cv^2 of Importance_H and Load_H.
+GROUP_REQUIRED = ("moe_group_rows_routed_total", "moe_group_load", "moe_group_importance_cv",
+                  "moe_group_load_cv", "moe_importance_cv_squared", "moe_load_cv_squared")
 
 
 def families(path):
@@ -58,15 +69,17 @@ def query(url, expr):
         return json.load(r)
 
 
-def check(dash, fams, n_experts, prom):
+def check(dash, fams, hfams, n_experts, prom):
     errors = []
     for key in ("title", "uid", "schemaVersion", "panels"):
         if key not in dash:
             errors.append("the dashboard has no %s" % key)
-    ids, exprs, used = set(), [], set()
+    ids, exprs, used, row, group_used = set(), [], set(), None, set()
+    all_fams = dict(fams, **hfams)
     for p in dash.get("panels", []):
         where = "panel %r" % p.get("title")
-        for key in ("id", "type", "title", "gridPos", "targets", "datasource"):
+        is_row = p.get("type") == "row"
+        for key in ("id", "type", "title", "gridPos") + (() if is_row else ("targets", "datasource")):
             if key not in p:
                 errors.append("%s has no %s" % (where, key))
         if p.get("id") in ids:
@@ -75,6 +88,9 @@ def check(dash, fams, n_experts, prom):
         g = p.get("gridPos", {})
         if not all(isinstance(g.get(k), int) for k in "xywh") or g.get("x", 0) + g.get("w", 0) > 24:
             errors.append("%s: gridPos %r is not inside 24 columns" % (where, g))
+        if is_row:
+            row = p.get("title")
+            continue
         if p.get("datasource", {}).get("type") != "prometheus":
             errors.append("%s: the data source is not Prometheus" % where)
         refs = set()
@@ -86,17 +102,24 @@ def check(dash, fams, n_experts, prom):
             if t.get("refId") in refs:
                 errors.append("%s: refId %r twice" % (where, t.get("refId")))
             refs.add(t.get("refId"))
-            names = metric_names(expr, fams)
+            names = metric_names(expr, all_fams)
             if not names:
                 errors.append("%s: %r names no metric of the coordinator" % (where, expr))
-            for n in sorted(names - set(fams)):
-                errors.append("%s: %r names %s, which /metrics does not export" % (where, expr, n))
+            in_groups = row == "Groups"
+            for n in sorted(names - set(hfams if in_groups else all_fams)):
+                errors.append("%s: %r names %s, which /metrics%s does not export" % (
+                    where, expr, n, " of a hierarchical model" if in_groups else ""))
             used |= {(p.get("type"), n) for n in names}
-            exprs.append((where, p.get("type"), expr))
+            if in_groups:
+                group_used |= names
+            exprs.append((where, p.get("type") if not in_groups else "groups", expr))
     for what, metric in REQUIRED.items():
         want_type = "heatmap" if what == "heatmap" else None
         if not any(n == metric and (want_type is None or t == want_type) for t, n in used):
             errors.append("no %s panel (%s%s)" % (what, metric, " in a heatmap" if want_type else ""))
+    for metric in GROUP_REQUIRED:
+        if metric not in group_used:
+            errors.append("no panel of %s in the Groups row" % metric)
     if prom:
         experts = None
         for where, typ, expr in exprs:
@@ -105,13 +128,16 @@ def check(dash, fams, n_experts, prom):
                 errors.append("%s: prometheus cannot evaluate %r: %s" % (where, expr, r.get("error")))
             elif typ == "heatmap":
                 experts = len(r["data"]["result"])
+            elif typ == "groups" and not r["data"]["result"]:
+                errors.append("%s: %r has no series in prometheus (the hierarchical coordinator's "
+                              "are not matched)" % (where, expr))
         if experts is not None and experts != n_experts:
             errors.append("the heatmap has %d series, /metrics %s experts" % (experts, n_experts))
     return errors, len(exprs)
 
 
 def main(argv):
-    if len(argv) not in (3, 4):
+    if len(argv) not in (4, 5):
         print(__doc__.strip(), file=sys.stderr)
         return 2
     try:
@@ -119,18 +145,19 @@ def main(argv):
     except (OSError, ValueError) as e:
         print("grafana_check: %s: %s" % (argv[1], e))
         return 1
-    fams = families(argv[2])
+    fams, hfams = families(argv[2]), families(argv[3])
     n_experts = None
-    for line in open(argv[2], encoding="utf-8"):
-        if line.startswith("moe_experts "):
-            n_experts = int(float(line.split()[1]))
-    errors, n = check(dash, fams, n_experts, argv[3] if len(argv) == 4 else None)
+    for path in argv[2:4]:
+        for line in open(path, encoding="utf-8"):
+            if line.startswith("moe_experts "):
+                n_experts = max(n_experts or 0, int(float(line.split()[1])))
+    errors, n = check(dash, fams, hfams, n_experts, argv[4] if len(argv) == 5 else None)
     for e in errors:
         print("grafana_check: " + e)
     if errors:
         return 1
-    print("  ok: grafana dashboard: %d panels, %d expressions, every metric exported%s" % (
-        len(dash["panels"]), n, ", each evaluated by prometheus" if len(argv) == 4 else ""))
+    print("  ok: grafana dashboard: %d panels, %d expressions, every metric exported, a Groups row%s" % (
+        len(dash["panels"]), n, ", each evaluated by prometheus" if len(argv) == 5 else ""))
     return 0
 
 

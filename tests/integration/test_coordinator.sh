@@ -48,7 +48,12 @@ while True:
 states = sorted(s["state"] for s in c["servers"]), [w["state"] for w in c["workers"]]
 assert states == (["serving", "serving"], ["absent", "absent"]), states
 assert c["step"] == -1 and c["phase"] == "loading", c
-print("  ok: stalled after %d heartbeats without a step (%s), servers %s, workers %s"
+# /metrics says so too (no step can complete before a worker joins)
+m = dict(l.rsplit(" ", 1) for l in urllib.request.urlopen("http://%s/metrics" % sys.argv[1], timeout=10)
+         .read().decode().splitlines() if l and not l.startswith("#"))
+assert m["moe_stalled"] == "1" and m["moe_stall_heartbeats"] == "2", m
+assert int(m["moe_heartbeats_since_step"]) >= beats, (m["moe_heartbeats_since_step"], beats)
+print("  ok: stalled after %d heartbeats without a step (%s; moe_stalled 1), servers %s, workers %s"
       % (beats, phase, *states))
 PY
 "$BIN/moectl" --http "$HTTP" status >"$WORK/stalled.txt" || { kill $coord $s0 $s1; fail "moectl status"; }

@@ -178,9 +178,10 @@ for g in groups:
     assert f32(m['moe_group_load{group="%d"}' % i]) == f32(g["load_last"])
 for e in experts:
     i = e["id"]
-    assert m['moe_expert_group_info{expert="%d",group="%d",index="%d"}' % (i, e["group"], e["expert_in_group"])] == 1
-    assert f32(m['moe_expert_load{expert="%d"}' % i]) == f32(e["load_last"])
-    assert f32(m['moe_expert_load_in_group{expert="%d"}' % i]) == f32(e["load_in_group_last"])
+    x = 'expert="%d",layer="0",layer_expert="%d"' % (i, i)  # one MoE layer
+    assert m['moe_expert_group_info{%s,group="%d",index="%d"}' % (x, e["group"], e["expert_in_group"])] == 1
+    assert f32(m['moe_expert_load{%s}' % x]) == f32(e["load_last"])
+    assert f32(m['moe_expert_load_in_group{%s}' % x]) == f32(e["load_in_group_last"])
 assert sum(1 for k in m if k.startswith("moe_expert_group_info{")) == A * B
 assert abs(m["moe_load_cv_squared"] - ex["cv2_load"]) <= 1e-8 * max(1, ex["cv2_load"])
 # moectl experts --groups: 3 group lines with their servers and rows, 2 experts under each
