@@ -581,19 +581,22 @@ void coord_tick(coord_t *c, double now)
     coord__try_form(c);
     /* a stall and its end, once each in the log (the dashboard's banner) */
     const bool stalled = coord_stalled(c);
-    if (stalled && !c->stall_logged)
+    if (stalled && !c->stall_logged) {
+        c->stall_since = now;
         moe_warn("stalled: no step completed for %" PRIu64 " heartbeats while %s (moectl status "
                  "shows each member's state)", coord_beats_since_step(c),
                  c->phase == COORD_LOADING ? "loading" : "running");
-    else if (!stalled && c->stall_logged && !c->failed) {
+    } else if (!stalled && c->stall_logged && !c->failed) {
         const int busy = coord__busy_worker(c);
         char why[96];
         snprintf(why, sizeof why, "worker %d is %s", busy,
                  busy >= 0 ? coord_worker_activity(coord_worker(c, busy)) : "");
-        moe_warn("no longer stalled: %s", c->phase == COORD_STOPPED ? "the cluster stopped"
-                                          : coord_beats_since_step(c) == 0 ? "a step completed"
-                                          : busy >= 0                      ? why
-                                                                           : "a new epoch began");
+        /* the first cause that applies (a step may complete and the run
+         * finish between two ticks) */
+        moe_warn("no longer stalled: %s", c->last_step_at >= c->stall_since ? "a step completed"
+                                          : c->phase == COORD_STOPPED        ? "the cluster stopped"
+                                          : busy >= 0                        ? why
+                                                                             : "a new epoch began");
     }
     c->stall_logged = stalled;
 }

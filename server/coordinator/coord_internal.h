@@ -85,6 +85,7 @@ struct coord {
     bool stop_requested;          /* stop after the next checkpoint */
     bool trained;                 /* the last step was committed: the workers are done */
     bool stall_logged;            /* the stall now going on was logged */
+    double stall_since;           /* when it was */
     char stop_why[256];
     double now, forming_logged;
     /* for /metrics */
