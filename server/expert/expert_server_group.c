@@ -148,18 +148,9 @@ static void reply_part(expert_server_t *s, const struct moe_wire_msg *m, const s
                        Moe__MsgType type)
 {
     const Moe__Header *h = m->hdr;
-    struct moe_wire_out o = {0};
-    o.type = type;
-    o.step = h->step;
+    struct moe_wire_out o;
+    expert_server__reply_header(s, m, type, &o);
     o.rank = (uint32_t)(s->index < 0 ? 0 : s->index);
-    o.epoch = s->epoch;
-    o.request_id = h->request_id;
-    o.expert_ids = h->expert_ids;
-    o.row_counts = h->row_counts;
-    o.n_experts = h->n_expert_ids;
-    o.dtype = s->dtype;
-    o.width = (uint32_t)s->D;
-    o.row0 = h->row0;
     if (type == MOE__MSG_TYPE__MSG_GROUP_FORWARD_REPLY) {
         o.group_stats = p->stats;
         o.n_group_stats = 3 * (size_t)s->B * h->n_expert_ids;

@@ -113,6 +113,11 @@ void expert_server__handle_message(expert_server_t *s);
 void expert_server__dispatch(expert_server_t *s, struct moe_wire_msg *m);
 void expert_server__reply_error(expert_server_t *s, const struct moe_wire_msg *m, int code,
                                 const char *text);
+/* The header of a data reply to m: its step, request id, experts, row
+ * counts and first row; this server's index as rank, epoch, wire dtype and
+ * width D. */
+void expert_server__reply_header(const expert_server_t *s, const struct moe_wire_msg *m,
+                                 Moe__MsgType type, struct moe_wire_out *o);
 void expert_server__abandon_step(expert_server_t *s, const char *why);
 void expert_server__clear_slots(struct slot *sl, int W);
 /* The end of a step's backward (bwd_seconds its compute): the slots

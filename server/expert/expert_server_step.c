@@ -53,25 +53,32 @@ void expert_server__reply_error(expert_server_t *s, const struct moe_wire_msg *m
         moe_warn("cannot send an error reply: %s", err);
 }
 
+void expert_server__reply_header(const expert_server_t *s, const struct moe_wire_msg *m,
+                                 Moe__MsgType type, struct moe_wire_out *o)
+{
+    const Moe__Header *h = m->hdr;
+    *o = (struct moe_wire_out){0};
+    o->type = type;
+    o->step = h->step;
+    o->rank = (uint32_t)s->index;
+    o->epoch = s->epoch;
+    o->request_id = h->request_id;
+    o->expert_ids = h->expert_ids;
+    o->row_counts = h->row_counts;
+    o->n_experts = h->n_expert_ids;
+    o->dtype = s->dtype;
+    o->width = (uint32_t)s->D;
+    o->row0 = h->row0;
+}
+
 /* Answers m with data (m->rows rows). When data is m's own payload,
  * overwritten with the results, it goes out in the frame the request came
  * in (no copy) if the wire dtype is float32. */
 static int reply_tensor(expert_server_t *s, const struct moe_wire_msg *m, Moe__MsgType type,
                         const float *data)
 {
-    const Moe__Header *h = m->hdr;
-    struct moe_wire_out o = {0};
-    o.type = type;
-    o.step = h->step;
-    o.rank = (uint32_t)s->index;
-    o.epoch = s->epoch;
-    o.request_id = h->request_id;
-    o.expert_ids = h->expert_ids;
-    o.row_counts = h->row_counts;
-    o.n_experts = h->n_expert_ids;
-    o.dtype = s->dtype;
-    o.width = (uint32_t)s->D;
-    o.row0 = h->row0;
+    struct moe_wire_out o;
+    expert_server__reply_header(s, m, type, &o);
     char err[256];
     int rc = data == m->data
                  ? moe_wire_send_in_place(s->sock, m->identity, m->identity_len, &o, m, err,
@@ -79,7 +86,7 @@ static int reply_tensor(expert_server_t *s, const struct moe_wire_msg *m, Moe__M
                  : moe_wire_send(s->sock, m->identity, m->identity_len, &o, data, m->rows, err,
                                  sizeof err);
     if (rc)
-        moe_warn("cannot reply to worker %u: %s", h->rank, err);
+        moe_warn("cannot reply to worker %u: %s", m->hdr->rank, err);
     return rc;
 }
 
