@@ -65,18 +65,24 @@ cmp "$WORK/ringa/$M" "$WORK/coord/ck/step-$(printf %08d $K)/$M" ||
     fail "worker 1 wrote no file of the cluster checkpoint"
 echo "  ok: 2 workers x 2 servers through the coordinator: the ring's bytes"
 
+# paused_after_15 NAME: a one-worker cluster on servers 0 and 1, its
+# worker stopped (SIGSTOP) once it logged step 15
+paused_after_15() {
+    base_args "$1"
+    cl_init "$1" 1
+    cl_server_endpoints 0 1
+    cl_coord --servers "$CLSV"
+    cl_server 0
+    cl_server 1
+    cl_worker 0
+    cl_wait_step 0 15
+    kill -STOP "$WPID0"
+}
+
 # every process of a one-worker cluster killed (-9) after step 15, then
 # started again: the coordinator resumes from the last checkpoint, and the
 # model is the in-process one byte for byte
-base_args restart
-cl_init restart 1
-cl_server_endpoints 0 1
-cl_coord --servers "$CLSV"
-cl_server 0
-cl_server 1
-cl_worker 0
-cl_wait_step 0 15
-kill -STOP "$WPID0"
+paused_after_15 restart
 cl_kill_all
 cl_coord --servers "$CLSV"
 cl_server 0
@@ -92,15 +98,7 @@ echo "  ok: the whole cluster killed after step 15 and started again: resumed fr
 
 # a third server joins a one-worker cluster after step 15: experts of both
 # layers move to it with their optimizer state, the model is the same bytes
-base_args join
-cl_init join 1
-cl_server_endpoints 0 1
-cl_coord --servers "$CLSV"
-cl_server 0
-cl_server 1
-cl_worker 0
-cl_wait_step 0 15
-kill -STOP "$WPID0"
+paused_after_15 join
 cl_server 2
 kill -CONT "$WPID0"
 cl_finish
