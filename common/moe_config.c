@@ -350,7 +350,7 @@ static bool is_bool_word(const char *s)
 
 /* One option getopt_long found: index i of the table (or n + i: --no-). */
 static int take_option(const struct moe_opt *table, size_t n, void *cfg, int i, int argc,
-                       char **argv, bool *given, char *err, size_t errlen)
+                       char **argv, bool *given, bool *flagged, char *err, size_t errlen)
 {
     const bool negated = (size_t)i >= n;
     const struct moe_opt *o = &table[negated ? (size_t)i - n : (size_t)i];
@@ -371,14 +371,19 @@ static int take_option(const struct moe_opt *table, size_t n, void *cfg, int i, 
     }
     if (given)
         given[o - table] = true;
+    if (flagged)
+        flagged[o - table] = true;
     return parse_value(o, cfg, value, where, err, errlen);
 }
 
 int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int argc,
-                          char **argv, unsigned roles, bool *given, char *err, size_t errlen)
+                          char **argv, unsigned roles, bool *given, bool *flagged, char *err,
+                          size_t errlen)
 {
     if (given)
         memset(given, 0, sizeof(bool) * n);
+    if (flagged)
+        memset(flagged, 0, sizeof(bool) * n);
     int rc = moe_config_defaults(table, n, cfg, err, errlen);
     if (rc)
         return rc;
@@ -407,7 +412,7 @@ int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int 
         else if (c == ':')
             rc = moe_err_fail(MOE_ERR_CONFIG, err, errlen, "%s: missing value", argv[optind - 1]);
         else if (c >= VAL0 && c < VAL0 + 2 * (int)n)
-            rc = take_option(table, n, cfg, c - VAL0, argc, argv, given, err, errlen);
+            rc = take_option(table, n, cfg, c - VAL0, argc, argv, given, flagged, err, errlen);
         /* VAL0 + 2n: --config, loaded above; 'h': --help, seen above */
     }
     if (rc == 0 && optind < argc)

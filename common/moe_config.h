@@ -54,9 +54,11 @@ int moe_config_load_ini_text(const struct moe_opt *table, size_t n, void *cfg, c
  * alone means true, `--no-key` false). Returns 0, 1 when --help was asked
  * for, or a negative code. Positional arguments are errors. An unknown flag
  * names the nearest known one, among the options of `roles` first (0: all).
- * `given` (n entries, may be NULL) marks the keys the file or a flag set. */
+ * `given` (n entries, may be NULL) marks the keys the file or a flag set,
+ * `flagged` (n entries, may be NULL) those a flag set. */
 int moe_config_parse_args(const struct moe_opt *table, size_t n, void *cfg, int argc,
-                          char **argv, unsigned roles, bool *given, char *err, size_t errlen);
+                          char **argv, unsigned roles, bool *given, bool *flagged, char *err,
+                          size_t errlen);
 
 /* Writes the whole configuration as INI, grouped by section. 0 or MOE_ERR_IO. */
 int moe_config_write_ini(const struct moe_opt *table, size_t n, const void *cfg, FILE *out);

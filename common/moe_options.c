@@ -404,17 +404,36 @@ int moe_options_group_size(const struct moe_options *c)
 }
 
 /* Whether the user gave `key` (on the command line or in --config). */
-static bool given(const struct moe_options *c, const char *key)
+static size_t key_index(const char *key)
 {
     size_t i = 0;
     while (i < moe_options_count && strcmp(moe_options_table[i].key, key) != 0)
         i++;
+    return i;
+}
+
+static bool given(const struct moe_options *c, const char *key)
+{
+    const size_t i = key_index(key);
     return i < moe_options_count && c->given[i];
 }
 
+static bool flagged(const struct moe_options *c, const char *key)
+{
+    const size_t i = key_index(key);
+    return i < moe_options_count && c->flagged[i];
+}
+
+/* A hierarchical layer has groups x experts_per_group experts. n_experts
+ * is that product unless set, and a flag's shape overrides the file's
+ * n_experts (a flag overrides the file): `--config default.ini --moe
+ * hierarchical --groups 16 --experts-per-group 16` is 256 experts, not the
+ * file's 16. */
 void moe_options_derive(struct moe_options *c)
 {
-    if (moe_options_hierarchical(c) && !given(c, "n_experts") &&
+    const bool flag_shape = flagged(c, "groups") || flagged(c, "experts_per_group");
+    if (moe_options_hierarchical(c) &&
+        (!given(c, "n_experts") || (flag_shape && !flagged(c, "n_experts"))) &&
         (int64_t)c->groups * c->experts_per_group <= (1 << 20))
         c->n_experts = c->groups * c->experts_per_group;
 }
@@ -428,9 +447,12 @@ static int check_hierarchical(const struct moe_options *c, char *err, size_t err
         return rc;
     if ((int64_t)c->groups * c->experts_per_group != c->n_experts)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
-                            "--n-experts %d is not --groups %d x --experts-per-group %d (with "
-                            "--moe hierarchical leave --n-experts out: it is their product)",
-                            c->n_experts, c->groups, c->experts_per_group);
+                            "%s %d%s is not --groups %d x --experts-per-group %d (with --moe "
+                            "hierarchical leave %s out: it is their product)",
+                            flagged(c, "n_experts") ? "--n-experts" : "n_experts", c->n_experts,
+                            flagged(c, "n_experts") ? "" : " (from the configuration file)",
+                            c->groups, c->experts_per_group,
+                            flagged(c, "n_experts") ? "--n-experts" : "n_experts");
     if (c->k_primary > c->groups)
         return moe_err_fail(MOE_ERR_CONFIG, err, errlen,
                             "--k-primary %d is larger than --groups %d", c->k_primary, c->groups);

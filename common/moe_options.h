@@ -72,6 +72,8 @@ struct moe_options {
     bool memory_check;          /* compare the memory needed with MemAvailable before allocating */
     /* which keys the INI file or a flag set (moe_config_parse_args), by table index */
     bool given[MOE_OPTIONS_MAX];
+    /* of those, the keys a flag set (a flag overrides the file) */
+    bool flagged[MOE_OPTIONS_MAX];
     /* compute: BLAS kernels, determinism, memory (DESIGN §4, §10) */
     char blas_kernels[32];      /* auto, keep or an OpenBLAS kernel set (moe_kernels_decide) */
     bool strict_determinism;    /* other kernels on resume or join: refuse, not warn */

@@ -75,7 +75,7 @@ int main(int argc, char **argv)
     char err[1024];
     moe_log_set_name("moe-worker");
     int rc = moe_config_parse_args(moe_options_table, moe_options_count, &cfg, argc, argv,
-                                   MOE_FOR_WORKER, cfg.given, err, sizeof err);
+                                   MOE_FOR_WORKER, cfg.given, cfg.flagged, err, sizeof err);
     if (rc == 1) {
         moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-worker", summary,
                               MOE_FOR_WORKER, also);

@@ -347,7 +347,7 @@ int main(int argc, char **argv)
     char err[1024];
     moe_log_set_name("moe-coordinator");
     int rc = moe_config_parse_args(moe_options_table, moe_options_count, &a.cfg, argc, argv,
-                                   MOE_FOR_COORDINATOR, a.cfg.given, err, sizeof err);
+                                   MOE_FOR_COORDINATOR, a.cfg.given, a.cfg.flagged, err, sizeof err);
     if (rc == 1) {
         moe_config_print_help(moe_options_table, moe_options_count, stdout, "moe-coordinator",
                               summary, MOE_FOR_COORDINATOR, coord_also);

@@ -29,6 +29,20 @@ refuse() {
 }
 refuse "n_experts other than groups x experts_per_group" \
     "--n-experts 7 is not --groups 3 x --experts-per-group 2" $H --n-experts 7
+# a flag's shape overrides the configuration file's n_experts (16 there):
+# --groups 3 --experts-per-group 2 is 6 experts; a file that contradicts
+# itself is named as the file
+printf '[model]\nn_experts = 16\n' >"$WORK/e16.ini"
+"$BIN/moe-worker" --config "$WORK/e16.ini" $T $S $H --steps 1 --final-model none \
+    --report "$WORK/e16.json" >/dev/null 2>"$WORK/err.txt" ||
+    fail "a config file's n_experts with --groups 3 --experts-per-group 2: $(cat "$WORK/err.txt")"
+[ "$(json_field "$WORK/e16.json" n_experts)" = 6 ] ||
+    fail "--groups 3 --experts-per-group 2 over a file's n_experts 16 trained $(json_field "$WORK/e16.json" n_experts) experts"
+echo "  ok: --groups 3 --experts-per-group 2 over a file's n_experts = 16: 6 experts"
+printf '[model]\nn_experts = 7\nmoe = hierarchical\ngroups = 3\nexperts_per_group = 2\n' >"$WORK/e7.ini"
+refuse "a file whose n_experts is not groups x experts_per_group" \
+    "n_experts 7 \\(from the configuration file\\) is not --groups 3 x --experts-per-group 2" \
+    --config "$WORK/e7.ini" --k-primary 2 --k 1
 refuse "k larger than a group" "--k 3 is larger than --experts-per-group 2" $H --k 3
 refuse "k_primary larger than the groups" "--k-primary 4 is larger than --groups 3" $H --k-primary 4
 refuse "an unknown --moe" "--moe: expected flat or hierarchical" --moe tree

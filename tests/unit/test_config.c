@@ -76,12 +76,12 @@ static const char *put(const char *name, const char *text)
     return path;
 }
 
-static bool given[NT];
+static bool given[NT], flagged[NT];
 
 static int parse(struct tcfg *c, int argc, char **argv)
 {
     memset(c, 0xA5, sizeof *c);
-    return moe_config_parse_args(table, NT, c, argc, argv, 1u, given, err, sizeof err);
+    return moe_config_parse_args(table, NT, c, argc, argv, 1u, given, flagged, err, sizeof err);
 }
 
 static void check_defaults(const struct tcfg *c)
