@@ -564,6 +564,13 @@ void expert_remote_backend_layer(struct moe_backend *b, expert_remote_t *r, int 
     b->apply = remote_apply;
 }
 
+int expert_remote_fetch_chunk(int D, int H)
+{
+    const size_t bytes = sizeof(float) * (expert_ffn_param_count(D, H) + 3 * (size_t)(D + H));
+    const size_t per = EXPERT_REMOTE_FETCH_BYTES / (bytes ? bytes : 1);
+    return per < 1 ? 1 : per > 4096 ? 4096 : (int)per;
+}
+
 int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, char *err,
                         size_t errlen)
 {
@@ -572,18 +579,24 @@ int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, c
     expert_shard_dims(dst, &D, &H);
     const size_t P = expert_ffn_param_count(D, H);
     const size_t S = expert_shard_opt_state_size(dst), width = P + S;
+    const int per = expert_remote_fetch_chunk(D, H);
     int32_t *ids = calloc((size_t)(n ? n : 1), sizeof(int32_t));
-    float *all = moe_alloc_floats((size_t)n * width);
+    float *all = moe_alloc_floats((size_t)(n < per ? n : per) * width);
     int rc = MOE_ERR_NOMEM;
     if (!ids || !all)
         goto out;
     for (int i = 0; i < n; i++)
         ids[i] = expert_shard_id(dst, i);
-    if ((rc = fetch_rows(r, n, ids, 1, 0, width, all, step, err, errlen)))
-        goto out;
-    for (int i = 0; i < n; i++) {
-        memcpy(expert_shard_params(dst, i), all + (size_t)i * width, sizeof(float) * P);
-        memcpy(expert_shard_opt_state(dst, i), all + (size_t)i * width + P, sizeof(float) * S);
+    rc = 0;
+    for (int i0 = 0; i0 < n && !rc; i0 += per) {
+        const int m = n - i0 < per ? n - i0 : per;
+        if ((rc = fetch_rows(r, m, ids + i0, 1, 0, width, all, step, err, errlen)))
+            break;
+        for (int i = 0; i < m; i++) {
+            memcpy(expert_shard_params(dst, i0 + i), all + (size_t)i * width, sizeof(float) * P);
+            memcpy(expert_shard_opt_state(dst, i0 + i), all + (size_t)i * width + P,
+                   sizeof(float) * S);
+        }
     }
 out:
     free(ids);

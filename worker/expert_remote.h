@@ -51,7 +51,13 @@ uint64_t expert_remote_wire_bytes(const expert_remote_t *r);
 
 /* Copies parameters and optimizer state of every expert of `dst` (a shard
  * with the same D, H) from the servers that own them, and checks that they
- * are those after `step` steps (MOE_ERR_STATE otherwise). */
+ * are those after `step` steps (MOE_ERR_STATE otherwise). It asks for
+ * expert_remote_fetch_chunk(D, H) experts at a time (about
+ * EXPERT_REMOTE_FETCH_BYTES of replies), so that neither the worker nor a
+ * server holds a second copy of a whole shard: a server's share of
+ * MoE-4096 is 8.6 GB. */
+#define EXPERT_REMOTE_FETCH_BYTES ((size_t)64 << 20)
+int expert_remote_fetch_chunk(int D, int H);
 int expert_remote_fetch(expert_remote_t *r, expert_shard_t *dst, int64_t step, char *err,
                         size_t errlen);
 

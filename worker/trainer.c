@@ -307,15 +307,20 @@ static int save_final_model(struct trainer *t, bool stopped, char *err, size_t e
     expert_shard_t *held = t->shard, *all = NULL;
     if (t->coord) {
         char why[512];
-        if (c->memory_check &&
-            moe_mem_check(trainer__bytes_of(expert_shard_bytes(c->d_model, c->d_hidden,
-                                                               c->n_experts, true)),
-                          "every expert, to write the final model", why, sizeof why)) {
+        /* the experts without gradients, and one fetch's replies (as
+         * received, and unpacked) */
+        const double need =
+            expert_shard_bytes(c->d_model, c->d_hidden, c->n_experts, false) +
+            2 * expert_shard_bytes(c->d_model, c->d_hidden,
+                                   expert_remote_fetch_chunk(c->d_model, c->d_hidden), false);
+        if (c->memory_check && moe_mem_check(trainer__bytes_of(need),
+                                             "every expert, to write the final model", why,
+                                             sizeof why)) {
             moe_warn("the final model is not written: %s; give --checkpoint-dir to keep the "
                      "cluster's model", why);
             return 0;
         }
-        all = model_experts_from_options(c, c->n_experts, true);
+        all = model_experts_from_options(c, c->n_experts, false);
         if (!all)
             return moe_err_fail(MOE_ERR_NOMEM, err, errlen,
                                 "out of memory for the experts of the final model");
