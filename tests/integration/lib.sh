@@ -65,13 +65,28 @@ count() {
     echo "${_cn_c:-0}"
 }
 
+# died PID WHAT LOG: fails, saying how the process ended (its exit status,
+# or the signal that killed it) and the whole of its log (the last 40 lines)
+# since a rare failure to start must be explainable from CI's output alone.
+died() {
+    wait "$1" 2>/dev/null
+    _dd_st=$?
+    case $_dd_st in
+    127) _dd_how="status unknown: not a child of this shell" ;;
+    129|13[0-9]|14[0-9]|15[0-9]) _dd_how="killed by signal $((_dd_st - 128))" ;;
+    *) _dd_how="exit $_dd_st" ;;
+    esac
+    fail "$2 did not start ($_dd_how); its log $3:
+$(tail -n 40 "$3" 2>/dev/null)"
+}
+
 # wait_up PID LOG PATTERN WHAT [SECONDS]: until LOG matches PATTERN (grep
 # -E): the process is up and answering. Fails, naming WHAT and the end of
 # its log, when the process dies first or after SECONDS (default 30).
 wait_up() {
     _h_n=0
     until grep -Eq -- "$3" "$2" 2>/dev/null; do
-        kill -0 "$1" 2>/dev/null || fail "$4 did not start: $(tail -n 3 "$2" 2>/dev/null)"
+        kill -0 "$1" 2>/dev/null || died "$1" "$4" "$2"
         [ $_h_n -lt $((${5:-30} * 20)) ] || fail "$4 not up after ${5:-30} s: $(tail -n 3 "$2" 2>/dev/null)"
         sleep 0.05
         _h_n=$((_h_n + 1))
@@ -127,7 +142,7 @@ cl_coord() { # [OPTIONS]: waits until it is up
     CL_PIDS="$CL_PIDS $!"
     _h_n=0
     until [ "$(count "dashboard at" "$CL/coordinator.log")" -gt "$start_lines" ]; do
-        kill -0 "$CPID" 2>/dev/null || fail "the coordinator did not start: $(tail -n 3 "$CL/coordinator.log")"
+        kill -0 "$CPID" 2>/dev/null || died "$CPID" "the coordinator" "$CL/coordinator.log"
         [ $_h_n -lt 600 ] || fail "the coordinator is not up after 30 s"
         sleep 0.05
         _h_n=$((_h_n + 1))
@@ -138,7 +153,7 @@ cl_server() {
     cl_server_bg "$@"
     _h_n=0
     until [ "$(count "moe-server: server .* serving on" "$CL/server-$1.log")" -gt "$start_lines" ]; do
-        kill -0 "$SPID" 2>/dev/null || fail "server $1 did not start: $(tail -n 3 "$CL/server-$1.log")"
+        kill -0 "$SPID" 2>/dev/null || died "$SPID" "server $1" "$CL/server-$1.log"
         [ $_h_n -lt 600 ] || fail "server $1 is not up after 30 s"
         sleep 0.05
         _h_n=$((_h_n + 1))
@@ -169,8 +184,7 @@ cl_worker() {
     CL_PIDS="$CL_PIDS $!"
     _h_n=0
     until [ "$(count "worker $_cw_r registered" "$CL/coordinator.log")" -gt "$before" ]; do
-        kill -0 "$WPID" 2>/dev/null ||
-            fail "worker $_cw_r did not start: $(tail -n 3 "$CL/worker-$_cw_r.log")"
+        kill -0 "$WPID" 2>/dev/null || died "$WPID" "worker $_cw_r" "$CL/worker-$_cw_r.log"
         [ $_h_n -lt 600 ] || fail "worker $_cw_r did not register within 30 s"
         sleep 0.05
         _h_n=$((_h_n + 1))
