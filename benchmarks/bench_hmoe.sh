@@ -88,7 +88,7 @@ cluster() {
     sh deploy/launch-local.sh --bin "$build/bin" --run-dir "$runs/$name" --servers 2 --workers 1 -- \
         --config deploy/default.ini --d-model "$D" --d-hidden "$H" --batch "$BATCH" \
         --unroll "$UNROLL" --steps "$STEPS" --valid= --vocab-max "$VOCAB" --threads "$THREADS" \
-        --log-every 1 --log-level info --dropout 0 --timeout-ms 1800000 "$@" \
+        --log-every 1 --log-level info --dropout 0 --timeout-ms 1800000 --final-model none "$@" \
         --report "$runs/$name/report.json" >"$runs/$name.out" 2>&1 ||
         { echo "bench_hmoe: $name failed: $(tail -n 5 "$runs/$name.out")" >&2; exit 1; }
 }
@@ -105,7 +105,7 @@ for size in $SIZES; do
         --groups "$A" --experts-per-group "$B" --k-primary "$K1" --k-secondary "$K2" \
         --threads 2 --seconds "$GATE_SECONDS" --json "$runs/gate-$E.json" 2>/dev/null >&2
     cluster "flat-$E" --n-experts "$E" --k "$K_FLAT"
-    cluster "hier-$E" --moe hierarchical --groups "$A" --experts-per-group "$B" --k-primary "$K1" \
+    cluster "hier-$E" --n-experts "$E" --moe hierarchical --groups "$A" --experts-per-group "$B" --k-primary "$K1" \
         --k "$K2"
 done
 [ "$FLAT_REF" -gt 0 ] && cluster "flat-$FLAT_REF-ref" --n-experts "$FLAT_REF" --k "$((K1 * K2))"
