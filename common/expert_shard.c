@@ -448,10 +448,9 @@ static void update_part(void *ctx, int task)
     expert_shard_t *s = j->s;
     const struct part_place pl = place_of(s, order[task]);
     float *g = expert_shard_grads(s, j->i) + pl.off;
-    moe_fadam_update(expert_shard_params(s, j->i) + pl.off, g,
-                     expert_shard_opt_state(s, j->i) + pl.soff, pl.rows, pl.cols, j->t, j->lr,
-                     &s->opts);
-    memset(g, 0, sizeof(float) * pl.rows * (pl.cols ? pl.cols : 1));
+    moe_fadam_update_zero(expert_shard_params(s, j->i) + pl.off, g,
+                          expert_shard_opt_state(s, j->i) + pl.soff, pl.rows, pl.cols, j->t,
+                          j->lr, &s->opts);
 }
 
 /* Factored Adam on expert i with its gradients at step t, after the

@@ -4,6 +4,8 @@
 #include "moe_optim.h"
 
 #include <math.h>
+#include <stdbool.h>
+#include <string.h>
 
 #include "moe_par.h"
 
@@ -134,8 +136,10 @@ void moe_fadam_decay(float *state, size_t rows, size_t cols, int64_t t,
             C[j] += omb2 * (float)o->eps1;
 }
 
-void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_t cols, int64_t t,
-                      double lr, const struct moe_fadam_opts *o)
+/* moe_fadam_update, and with `zero` the gradient is set to zero in the
+ * pass that reads it last (one memory pass fewer than a memset after). */
+static void fadam_update(float *w, float *g, bool zero, float *state, size_t rows, size_t cols,
+                         int64_t t, double lr, const struct moe_fadam_opts *o)
 {
     const double b2 = fadam_beta2(o, t);
     /* With a fixed beta2 the running averages start at zero and are
@@ -158,16 +162,15 @@ void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_
         for (size_t i = 0; i < rows; i++)
             R[i] = fb2 * R[i] + omb2 * (g[i] * g[i] + (float)o->eps1);
     } else {
-        for (size_t i = 0; i < rows; i++) {
-            double s = sumsq(g + i * cols, cols);
-            R[i] = fb2 * R[i] + omb2 * (float)(s / (double)cols + o->eps1);
-        }
-        /* Column means: accumulate rows in order into C's update. */
+        /* Row means, and column means accumulated row after row into C's
+         * update, in one pass over g (the row is in cache for the second) */
         const float scale = omb2 / (float)rows;
         for (size_t j = 0; j < cols; j++)
             C[j] *= fb2;
         for (size_t i = 0; i < rows; i++) {
             const float *gr = g + i * cols;
+            double s = sumsq(gr, cols);
+            R[i] = fb2 * R[i] + omb2 * (float)(s / (double)cols + o->eps1);
             for (size_t j = 0; j < cols; j++)
                 C[j] += scale * (gr[j] * gr[j]);
         }
@@ -201,6 +204,8 @@ void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_
     if (cols == 0) {
         for (size_t i = 0; i < rows; i++)
             w[i] -= step * g[i] / (sqrtf(R[i] * inv_bc) + eps);
+        if (zero)
+            memset(g, 0, sizeof(float) * rows);
         return;
     }
     double rm = 0;
@@ -210,8 +215,28 @@ void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_
     for (size_t i = 0; i < rows; i++) {
         float ri = (rm > 0 ? (float)(R[i] / rm) : 0.0f) * inv_bc;
         float *wr = w + i * cols;
-        const float *gr = g + i * cols;
-        for (size_t j = 0; j < cols; j++)
-            wr[j] -= step * gr[j] / (sqrtf(ri * C[j]) + eps);
+        float *gr = g + i * cols;
+        if (zero) {
+            for (size_t j = 0; j < cols; j++) {
+                wr[j] -= step * gr[j] / (sqrtf(ri * C[j]) + eps);
+                gr[j] = 0.0f;
+            }
+        } else {
+            for (size_t j = 0; j < cols; j++)
+                wr[j] -= step * gr[j] / (sqrtf(ri * C[j]) + eps);
+        }
     }
+}
+
+void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_t cols, int64_t t,
+                      double lr, const struct moe_fadam_opts *o)
+{
+    /* g is only read (zero is false) */
+    fadam_update(w, (float *)g, false, state, rows, cols, t, lr, o);
+}
+
+void moe_fadam_update_zero(float *w, float *g, float *state, size_t rows, size_t cols, int64_t t,
+                           double lr, const struct moe_fadam_opts *o)
+{
+    fadam_update(w, g, true, state, rows, cols, t, lr, o);
 }

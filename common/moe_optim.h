@@ -51,6 +51,11 @@ size_t moe_fadam_state_size(size_t rows, size_t cols);
  * relative_step). */
 void moe_fadam_update(float *w, const float *g, float *state, size_t rows, size_t cols, int64_t t,
                       double lr, const struct moe_fadam_opts *o);
+/* The same, and g is all zeros afterwards (set in the pass that reads it
+ * last): the expert shards' update, whose gradients start the next step
+ * at zero. */
+void moe_fadam_update_zero(float *w, float *g, float *state, size_t rows, size_t cols, int64_t t,
+                           double lr, const struct moe_fadam_opts *o);
 
 /* The part of moe_fadam_update(..., g = 0, t, ...) that changes anything:
  * the decay of the second moments (parameters stay). Bitwise the same
