@@ -33,7 +33,7 @@
 #   Q_EXPERTS=16 Q_GROUPS=4 Q_PER=4 Q_STEPS=5 Q_ARGS="--d-model 32 --d-hidden 64" \
 #   Q_VALID_TOKENS=2000 sh benchmarks/bench_hmoe.sh build /tmp/out
 # Environment (defaults): SIZES ("256:16x16 1024:32x32 4096:64x64"), D (512),
-# H (1024), BATCH (256), UNROLL (32), STEPS (6), VOCAB (10000), THREADS (1
+# H (1024), BATCH (256), UNROLL (32), STEPS (6), ROUNDS (1), VOCAB (10000), THREADS (1
 # per process: 3 processes on 2 cores), K_FLAT (4), K1 (2), K2 (2),
 # FLAT_REF (16; 0 skips it), GATE_SECONDS (0.5), QUALITY (1), Q_EXPERTS
 # (256), Q_GROUPS (16), Q_PER (16), Q_STEPS (3000), Q_ARGS (""),
@@ -43,7 +43,7 @@
 # Usage: bench_hmoe.sh BUILD_DIR [OUT_DIR]   (OUT_DIR: benchmarks/results)
 set -eu
 if [ "${SMOKE:-0}" = 1 ]; then
-    : "${SIZES:=16:4x4}" "${D:=32}" "${H:=64}" "${BATCH:=4}" "${UNROLL:=8}" "${STEPS:=3}"
+    : "${SIZES:=16:4x4}" "${D:=32}" "${H:=64}" "${BATCH:=4}" "${UNROLL:=8}" "${STEPS:=3}" "${ROUNDS:=2}"
     : "${VOCAB:=2000}" "${GATE_SECONDS:=0.02}" "${FLAT_REF:=4}" "${Q_EXPERTS:=16}" "${Q_GROUPS:=4}"
     : "${Q_PER:=4}" "${Q_STEPS:=5}" "${Q_VALID_TOKENS:=2000}"
     : "${Q_ARGS:=--d-model 32 --d-hidden 64 --batch 4 --unroll 8}"
@@ -60,6 +60,7 @@ H=${H:-1024}
 BATCH=${BATCH:-256}
 UNROLL=${UNROLL:-32}
 STEPS=${STEPS:-6}
+ROUNDS=${ROUNDS:-1}
 VOCAB=${VOCAB:-10000}
 THREADS=${THREADS:-1}
 K_FLAT=${K_FLAT:-4}
@@ -93,7 +94,9 @@ cluster() {
         { echo "bench_hmoe: $name failed: $(tail -n 5 "$runs/$name.out")" >&2; exit 1; }
 }
 
-# (a) speed, memory and the gate, flat and hierarchical at each size
+# (a) speed, memory and the gate, flat and hierarchical at each size; the
+# cluster runs in ROUNDS rounds, each running every model once in the same
+# order, so that all see the same machine (medians count)
 for size in $SIZES; do
     E=${size%%:*}
     shape=${size#*:}
@@ -104,11 +107,21 @@ for size in $SIZES; do
     "$build/bin/bench_gate" --d-model "$D" --rows "$((BATCH * UNROLL))" --experts "$E" --k "$K_FLAT" \
         --groups "$A" --experts-per-group "$B" --k-primary "$K1" --k-secondary "$K2" \
         --threads 2 --seconds "$GATE_SECONDS" --json "$runs/gate-$E.json" 2>/dev/null >&2
-    cluster "flat-$E" --n-experts "$E" --k "$K_FLAT"
-    cluster "hier-$E" --n-experts "$E" --moe hierarchical --groups "$A" --experts-per-group "$B" --k-primary "$K1" \
-        --k "$K2"
 done
-[ "$FLAT_REF" -gt 0 ] && cluster "flat-$FLAT_REF-ref" --n-experts "$FLAT_REF" --k "$((K1 * K2))"
+r=1
+while [ $r -le "$ROUNDS" ]; do
+    for size in $SIZES; do
+        E=${size%%:*}
+        shape=${size#*:}
+        A=${shape%%x*}
+        B=${shape#*x}
+        cluster "flat-$E-r$r" --n-experts "$E" --k "$K_FLAT"
+        cluster "hier-$E-r$r" --n-experts "$E" --moe hierarchical --groups "$A" --experts-per-group "$B" \
+            --k-primary "$K1" --k "$K2"
+    done
+    [ "$FLAT_REF" -gt 0 ] && cluster "flat-$FLAT_REF-ref-r$r" --n-experts "$FLAT_REF" --k "$((K1 * K2))"
+    r=$((r + 1))
+done
 
 # (b) quality: equal steps, equal expert compute per token, in one process
 if [ "$QUALITY" = 1 ]; then
@@ -127,28 +140,46 @@ if [ "$QUALITY" = 1 ]; then
     done
 fi
 
-python3 - "$here" "$runs" "$out" "$SIZES" "$D" "$H" "$BATCH" "$UNROLL" "$STEPS" "$K_FLAT" "$K1" "$K2" \
+python3 - "$here" "$runs" "$out" "$SIZES" "$D" "$H" "$BATCH" "$UNROLL" "$STEPS" "$ROUNDS" "$K_FLAT" "$K1" "$K2" \
     "$FLAT_REF" "$QUALITY" "$Q_EXPERTS" "$Q_GROUPS" "$Q_PER" "$Q_STEPS" "$Q_ARGS" <<'PY'
 import json, os, sys
-(here, runs, out, sizes, D, H, B, T, steps, kf, k1, k2, ref, quality, qe, qg, qp, qsteps,
+(here, runs, out, sizes, D, H, B, T, steps, rounds, kf, k1, k2, ref, quality, qe, qg, qp, qsteps,
  qargs) = sys.argv[1:]
-D, H, B, T, steps, kf, k1, k2, ref = map(int, (D, H, B, T, steps, kf, k1, k2, ref))
+D, H, B, T, steps, rounds, kf, k1, k2, ref = map(int, (D, H, B, T, steps, rounds, kf, k1, k2, ref))
 rows = B * T
 
 sys.dont_write_bytecode = True  # nothing written into benchmarks/
 sys.path.insert(0, here)
 import cluster_log
 
-def run(name):
-    """tokens/s, peak RSS of every process and the kernel sets of a cluster run."""
-    c = cluster_log.read(os.path.join(runs, name), os.path.join(runs, name + ".out"))
-    rss = dict(c["peak_rss_mb"], worker=c["worker_peak_rss_mb"])
-    return {"tokens_per_sec": c["tokens_per_sec"], "tokens_per_sec_mean": c["tokens_per_sec_mean"],
-            "timed_steps": c["timed_steps"], "peak_rss_mb": rss,
-            "total_peak_rss_mb": sum(v for v in rss.values() if v),
-            "blas_kernels": c["blas_kernels"], "train_ppl": c["report"].get("train_ppl")}
+def median(v):
+    v = sorted(v)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
 
-res = {"d_model": D, "d_hidden": H, "rows_per_step": rows, "steps": steps, "k_flat": kf,
+def run(name):
+    """A model's cluster runs, one a round: tokens/s (the median of the
+    rounds' fastest step, and of their means), the peak RSS of every
+    process (the largest of the rounds) and the kernel sets."""
+    cs = [cluster_log.read(os.path.join(runs, "%s-r%d" % (name, r)),
+                           os.path.join(runs, "%s-r%d.out" % (name, r))) for r in range(1, rounds + 1)]
+    rss = {}
+    for c in cs:
+        for k, v in dict(c["peak_rss_mb"], worker=c["worker_peak_rss_mb"]).items():
+            rss[k] = max(rss.get(k) or 0, v or 0)
+    return {"tokens_per_sec": median([c["tokens_per_sec"] for c in cs]),
+            "tokens_per_sec_mean": median([c["tokens_per_sec_mean"] for c in cs]),
+            "rounds_tokens_per_sec": [c["tokens_per_sec"] for c in cs],
+            "timed_steps": cs[0]["timed_steps"], "peak_rss_mb": rss,
+            "total_peak_rss_mb": max(sum(v for v in dict(c["peak_rss_mb"], worker=c["worker_peak_rss_mb"]).values() if v)
+                                     for c in cs),
+            "blas_kernels": "/".join(sorted({c["blas_kernels"] for c in cs})),
+            "train_ppl": cs[0]["report"].get("train_ppl")}
+
+def ratio(a, b):
+    """The median over the rounds of a's tokens/s over b's (same round)."""
+    return median([x / y for x, y in zip(a["rounds_tokens_per_sec"], b["rounds_tokens_per_sec"])])
+
+res = {"d_model": D, "d_hidden": H, "rows_per_step": rows, "steps": steps, "rounds": rounds, "k_flat": kf,
        "k_primary": k1, "k": k2, "servers": 2, "workers": 1, "sizes": []}
 for size in sizes.split():
     E, shape = size.split(":")
@@ -159,7 +190,7 @@ for size in sizes.split():
     res["sizes"].append({
         "experts": E, "groups": A, "experts_per_group": Bg,
         "expert_params": E * (2 * D * H + D + H), "flat": f, "hierarchical": h,
-        "tokens_per_sec_ratio": h["tokens_per_sec"] / f["tokens_per_sec"],
+        "tokens_per_sec_ratio": ratio(h, f),
         "gate": g,
         "gate_flops_per_row_flat": g["flat"]["gemm_flops_per_row"],
         "gate_flops_per_row_hier": g["hierarchical"]["gemm_flops_per_row"],
@@ -183,9 +214,10 @@ json.dump(res, open(os.path.join(out, "hmoe.json"), "w"), indent=1)
 L = ["# Hierarchical MoE against flat (benchmarks/bench_hmoe.sh)", "",
      "Experts of %d -> %d -> %d; %d rows a step; 2 expert servers and 1 worker; flat k = %d, "
      "hierarchical k_primary %d x k %d (the same experts per token). tokens/s: the fastest of "
-     "%d timed steps (mean beside it). Gate: bench_gate on the step's rows, time per step and "
-     "GEMM FLOPs per row, each with its fraction of sgemm on the same shapes (same run)."
-     % (D, H, D, rows, kf, k1, k2, steps - 1), "",
+     "%d timed steps (mean beside it), the median of %d round(s) that each ran every model; "
+     "ratios are the medians of the rounds' ratios. Gate: bench_gate on the step's rows, time "
+     "per step and GEMM FLOPs per row, each with its fraction of sgemm on the same shapes "
+     "(same run)." % (D, H, D, rows, kf, k1, k2, steps - 1, rounds), "",
      "| experts | model | tokens/s (mean) | peak RSS, all processes | gate ms/step (of sgemm) "
      "| gate GEMM FLOP/row | BLAS kernels |", "|---|---|---|---|---|---|---|"]
 for s in res["sizes"]:
@@ -207,7 +239,7 @@ if "flat_ref" in res:
                 r["total_peak_rss_mb"], r["blas_kernels"]))
     L.append("")
     L.append("Hierarchical tokens/s over the flat-%d reference (k %d): " % (r["experts"], r["k"]) +
-             ", ".join("%d-h %.3f" % (s["experts"], s["hierarchical"]["tokens_per_sec"] / r["tokens_per_sec"])
+             ", ".join("%d-h %.3f" % (s["experts"], ratio(s["hierarchical"], r))
                        for s in res["sizes"]) + ".")
 if "quality" in res:
     q = res["quality"]
