@@ -45,7 +45,8 @@ static void relu_rows(void *ctx, int task)
         z[i] = z[i] > 0.0f ? z[i] : 0.0f;
 }
 
-/* dz = dz * [z > 0], then db += its column sums, for the task's columns. */
+/* dz = dz * [z > 0], then db += its column sums (rows in order; none
+ * when db is NULL), for the task's columns. */
 static void relu_back_cols(void *ctx, int task)
 {
     const struct ffn_job *j = ctx;
@@ -54,6 +55,11 @@ static void relu_back_cols(void *ctx, int task)
     for (int r = 0; r < j->R; r++) {
         float *d = j->dz + (size_t)r * j->C;
         const float *z = j->zc + (size_t)r * j->C;
+        if (!j->db) {
+            for (int c = c0; c < c1; c++)
+                d[c] = z[c] > 0.0f ? d[c] : 0.0f;
+            continue;
+        }
         for (int c = c0; c < c1; c++) {
             d[c] = z[c] > 0.0f ? d[c] : 0.0f;
             j->db[c] += d[c];
@@ -101,6 +107,31 @@ void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *d
     /* dW1 += dz^T x; dx = dz W1 */
     moe_sgemm(true, false, H, D, R, 1.0f, dz_work, H, x, D, 1.0f, dp->w1, D);
     moe_sgemm(false, false, R, D, H, 1.0f, dz_work, H, p->w1, D, 0.0f, dx, D);
+}
+
+/* The two halves below do expert_ffn_backward's arithmetic, each output
+ * computed by the same operations in the same order: the same bits. */
+void expert_ffn_backward_input(float *dx, float *dz, const float *dy, const float *z,
+                               const struct expert_ffn_params *p, int R, int D, int H)
+{
+    if (R <= 0)
+        return;
+    moe_sgemm(false, false, R, H, D, 1.0f, dy, D, p->w2, H, 0.0f, dz, H);
+    struct ffn_job j1 = {.dz = dz, .zc = z, .db = NULL, .R = R, .C = H};
+    moe_par_for(moe_par_tasks(H, FFN_COLS), relu_back_cols, &j1);
+    moe_sgemm(false, false, R, D, H, 1.0f, dz, H, p->w1, D, 0.0f, dx, D);
+}
+
+void expert_ffn_backward_weights(const struct expert_ffn_params *dp, const float *dy,
+                                 const float *x, const float *z, const float *dz, int R, int D,
+                                 int H)
+{
+    if (R <= 0)
+        return;
+    moe_sgemm(true, false, D, H, R, 1.0f, dy, D, z, H, 1.0f, dp->w2, H);
+    moe_par_colsum_acc(dp->b2, dy, R, D);
+    moe_par_colsum_acc(dp->b1, dz, R, H);
+    moe_sgemm(true, false, H, D, R, 1.0f, dz, H, x, D, 1.0f, dp->w1, D);
 }
 
 void expert_ffn_forward_ref(float *y, float *z, const float *x, const struct expert_ffn_params *p,

@@ -41,6 +41,17 @@ void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *d
                          const float *dy, const float *x, const float *z,
                          const struct expert_ffn_params *p, int R, int D, int H);
 
+/* expert_ffn_backward in two halves, with the same bits: the input's
+ * gradient dx (R,D) and dz (R,H) = (dy W2) * [z > 0], which the second
+ * half needs; then the parameter gradients (+= into dp) from dy, x, z and
+ * dz. A server answers with dx before the second half and the optimizer
+ * step, which then overlap the worker's work. */
+void expert_ffn_backward_input(float *dx, float *dz, const float *dy, const float *z,
+                               const struct expert_ffn_params *p, int R, int D, int H);
+void expert_ffn_backward_weights(const struct expert_ffn_params *dp, const float *dy,
+                                 const float *x, const float *z, const float *dz, int R, int D,
+                                 int H);
+
 /* Plain-loop references of the two passes, for tests. */
 void expert_ffn_forward_ref(float *y, float *z, const float *x, const struct expert_ffn_params *p,
                             int R, int D, int H);

@@ -36,6 +36,8 @@ struct expert_shard {
     } caches[EXPERT_SHARD_LAYERS], *c;
     float *dz, *z1;
     size_t e_rows_cap;  /* rows of one expert the dz (and z1) buffers hold */
+    float *dz_all;      /* every row's dz between expert_shard_backward_input and _finish */
+    size_t dz_all_cap;  /* rows it holds */
     float *i_z;         /* evaluation scratch (rows, H) */
     size_t i_rows_cap;
 };
@@ -135,6 +137,8 @@ void expert_shard_destroy(expert_shard_t **sp)
     }
     moe_free_floats(&s->dz);
     moe_free_floats(&s->z1);
+    moe_free_floats(&s->dz_all);
+    s->dz_all_cap = 0;
     moe_free_floats(&s->i_z);
     free(s);
     *sp = NULL;
@@ -188,6 +192,8 @@ void expert_shard_set_recompute(expert_shard_t *s, bool recompute)
     }
     moe_free_floats(&s->dz);
     moe_free_floats(&s->z1);
+    moe_free_floats(&s->dz_all);
+    s->dz_all_cap = 0;
     s->e_rows_cap = 0;
 }
 
@@ -350,14 +356,22 @@ static void update_one(expert_shard_t *s, int i, int64_t t, double lr);
 
 /* Backward of the last forward's batch; with `apply`, each expert's update
  * at step t follows its gradient at once (expert_shard_backward_apply). */
+/* Whether (n, ids, rows) is the batch of the cached forward. */
+static bool is_cached_batch(const expert_shard_t *s, int n, const int32_t *ids, const int *rows)
+{
+    if (n != s->c->n)
+        return false;
+    for (int e = 0; e < n; e++)
+        if (ids[e] != s->c->ids[e] || rows[e] != s->c->rows[e])
+            return false;
+    return true;
+}
+
 static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                     const float *dy, float *dx, bool apply, int64_t t, double lr)
 {
-    if (n != s->c->n)
+    if (!is_cached_batch(s, n, ids, rows))
         return MOE_ERR_STATE;
-    for (int e = 0; e < n; e++)
-        if (ids[e] != s->c->ids[e] || rows[e] != s->c->rows[e])
-            return MOE_ERR_STATE;
     size_t off = 0;
     for (int e = 0; e < n; e++) {
         int li = expert_shard_find(s, ids[e]);
@@ -375,6 +389,56 @@ static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *row
     }
     if (apply)
         s->c->n = 0;
+    return 0;
+}
+
+bool expert_shard_can_split_backward(const expert_shard_t *s) { return !s->recompute; }
+
+int expert_shard_backward_input(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                                const float *dy, float *dx)
+{
+    if (s->recompute || !is_cached_batch(s, n, ids, rows))
+        return MOE_ERR_STATE;
+    size_t total = 0;
+    for (int e = 0; e < n; e++)
+        total += (size_t)rows[e];
+    if (total > s->dz_all_cap) {
+        int rc = grow(&s->dz_all, total, (size_t)s->H);
+        if (rc)
+            return rc;
+        s->dz_all_cap = total;
+    }
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        const int li = expert_shard_find(s, ids[e]);
+        const struct expert_ffn_params p =
+            expert_ffn_view(expert_shard_params(s, li), s->D, s->H);
+        expert_ffn_backward_input(row_at(dx, off, s->D), row_at(s->dz_all, off, s->H),
+                                  crow_at(dy, off, s->D), hidden_of(s, off), &p, rows[e], s->D,
+                                  s->H);
+        off += (size_t)rows[e];
+    }
+    return 0;
+}
+
+int expert_shard_backward_finish(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                                 const float *dy, int64_t t, double lr)
+{
+    if (s->recompute || !is_cached_batch(s, n, ids, rows))
+        return MOE_ERR_STATE;
+    size_t off = 0;
+    for (int e = 0; e < n; e++) {
+        const int li = expert_shard_find(s, ids[e]);
+        const struct expert_ffn_params dp =
+            expert_ffn_view(expert_shard_grads(s, li), s->D, s->H);
+        s->touched[li] = true;
+        expert_ffn_backward_weights(&dp, crow_at(dy, off, s->D), crow_at(s->c->x, off, s->D),
+                                    hidden_of(s, off), row_at(s->dz_all, off, s->H), rows[e],
+                                    s->D, s->H);
+        update_one(s, li, t, lr);
+        off += (size_t)rows[e];
+    }
+    s->c->n = 0;
     return 0;
 }
 

@@ -108,6 +108,20 @@ void expert_shard_apply(expert_shard_t *s, int64_t t, double lr);
 int expert_shard_backward_apply(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                                 const float *dy, float *dx, int64_t t, double lr);
 
+/* expert_shard_backward_apply in two halves, with the same bits: the input
+ * gradients dx of every expert (keeping each row's dz), then the weight
+ * gradients and the update at step t of each expert, which drops the
+ * forward cache. A server answers with dx between the two, so that the
+ * second half overlaps the worker's work. Not with recompute (the hidden
+ * activations are not kept): expert_shard_can_split_backward says. The
+ * batch is the cached forward's, or MOE_ERR_STATE; dy must be the same
+ * (unchanged) in both calls. MOE_ERR_NOMEM when dz cannot be kept. */
+bool expert_shard_can_split_backward(const expert_shard_t *s);
+int expert_shard_backward_input(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                                const float *dy, float *dx);
+int expert_shard_backward_finish(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
+                                 const float *dy, int64_t t, double lr);
+
 /* Brings every expert's optimizer state up to step `step` (the pending
  * decays): call before reading the state (checkpoints, fetches); the
  * expert_shard_opt_step of each is then `step`. */

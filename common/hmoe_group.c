@@ -42,6 +42,7 @@ struct hmoe_groups {
     int *u_rows, *fill;   /* (n B) */
     size_t *u_base;       /* (n B) first union row of each expert (by local expert) */
     bool have_forward;
+    bool finish_pending;  /* hmoe_groups_backward_input done, _finish not yet */
 };
 
 static int shard_forward(void *ctx, bool train, int n, const int32_t *ids, const int *rows,
@@ -58,9 +59,24 @@ static int shard_backward(void *ctx, int n, const int32_t *ids, const int *rows,
                  : expert_shard_backward(ctx, n, ids, rows, dy, dx);
 }
 
+static bool shard_can_split(void *ctx) { return expert_shard_can_split_backward(ctx); }
+
+static int shard_backward_input(void *ctx, int n, const int32_t *ids, const int *rows,
+                                const float *dy, float *dx)
+{
+    return expert_shard_backward_input(ctx, n, ids, rows, dy, dx);
+}
+
+static int shard_backward_finish(void *ctx, int n, const int32_t *ids, const int *rows,
+                                 const float *dy, int64_t t, double lr)
+{
+    return expert_shard_backward_finish(ctx, n, ids, rows, dy, t, lr);
+}
+
 struct hmoe_experts hmoe_experts_of_shard(expert_shard_t *shard)
 {
-    return (struct hmoe_experts){shard, shard_forward, shard_backward};
+    return (struct hmoe_experts){shard, shard_forward, shard_backward, shard_can_split,
+                                 shard_backward_input, shard_backward_finish};
 }
 
 size_t hmoe_groups_param_count(int D, int B) { return 2 * (size_t)D * (size_t)B; }
@@ -477,10 +493,12 @@ size_t hmoe_groups_expert_rows(const hmoe_groups_t *g)
 /* ------------------------------------------------------------------------ */
 /* Backward */
 
-int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
-                         struct hmoe_part *parts, int64_t t, double lr)
+/* hmoe_groups_backward, or with `split` its first half (the experts'
+ * ex->backward_input; no update). */
+static int backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
+                    struct hmoe_part *parts, int64_t t, double lr, bool split)
 {
-    if (!g->have_forward || W != g->W)
+    if (!g->have_forward || W != g->W || g->finish_pending)
         return MOE_ERR_STATE;
     const size_t D = (size_t)g->D, B = (size_t)g->B;
     const int K = g->K;
@@ -513,7 +531,8 @@ int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
             pt->dgp[sg->local + (size_t)r] = (float)dgp;
         }
     }
-    int rc = ex->backward(ex->ctx, g->n_active, g->u_ids, g->u_rows, g->xe, g->ye, t, lr);
+    int rc = split ? ex->backward_input(ex->ctx, g->n_active, g->u_ids, g->u_rows, g->xe, g->ye)
+                   : ex->backward(ex->ctx, g->n_active, g->u_ids, g->u_rows, g->xe, g->ye, t, lr);
     if (rc)
         return rc;
     /* the rows' gradients (written after every dy was read: a part's dx may
@@ -544,9 +563,42 @@ int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
                       &sg->d);
     }
     g->have_forward = false;
-    if (t > 0)
+    if (split)
+        g->finish_pending = true;
+    else if (t > 0)
         hmoe_groups_apply(g, t, lr);
     return 0;
+}
+
+int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
+                         struct hmoe_part *parts, int64_t t, double lr)
+{
+    return backward(g, ex, W, parts, t, lr, false);
+}
+
+bool hmoe_groups_can_split_backward(const struct hmoe_experts *ex)
+{
+    return ex->can_split && ex->can_split(ex->ctx);
+}
+
+int hmoe_groups_backward_input(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
+                               struct hmoe_part *parts)
+{
+    if (!hmoe_groups_can_split_backward(ex))
+        return MOE_ERR_STATE;
+    return backward(g, ex, W, parts, 0, 0, true);
+}
+
+int hmoe_groups_backward_finish(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t t,
+                                double lr)
+{
+    if (!g->finish_pending || t <= 0)
+        return MOE_ERR_STATE;
+    g->finish_pending = false;
+    int rc = ex->backward_finish(ex->ctx, g->n_active, g->u_ids, g->u_rows, g->xe, t, lr);
+    /* the gates' gradients are complete either way: their update follows */
+    hmoe_groups_apply(g, t, lr);
+    return rc;
 }
 
 void hmoe_groups_apply(hmoe_groups_t *g, int64_t t, double lr)

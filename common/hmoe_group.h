@@ -62,6 +62,13 @@ struct hmoe_experts {
                    const float *x, float *y);
     int (*backward)(void *ctx, int n, const int32_t *ids, const int *rows, const float *dy,
                     float *dx, int64_t t, double lr);
+    /* the backward in two halves (expert_shard_backward_input, _finish),
+     * when can_split says the experts can; all three may be NULL */
+    bool (*can_split)(void *ctx);
+    int (*backward_input)(void *ctx, int n, const int32_t *ids, const int *rows,
+                          const float *dy, float *dx);
+    int (*backward_finish)(void *ctx, int n, const int32_t *ids, const int *rows,
+                           const float *dy, int64_t t, double lr);
 };
 struct hmoe_experts hmoe_experts_of_shard(expert_shard_t *shard);
 
@@ -125,6 +132,20 @@ size_t hmoe_groups_expert_rows(const hmoe_groups_t *g);
  * training forward (or with another count of parts). */
 int hmoe_groups_backward(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
                          struct hmoe_part *parts, int64_t t, double lr);
+
+/* hmoe_groups_backward at step t in two halves with the same bits: the
+ * parts' dx and dgp (the experts' input gradients, then the combine and the
+ * gates' backward), then the experts' weight gradients and update and the
+ * gates' update (hmoe_groups_apply). A server answers between the two.
+ * Only when hmoe_groups_can_split_backward(ex); the finish needs the
+ * experts' dy (kept in g) untouched, and MOE_ERR_STATE without a pending
+ * first half (or t <= 0); the gates are updated even when the experts'
+ * half fails (its code returned). */
+bool hmoe_groups_can_split_backward(const struct hmoe_experts *ex);
+int hmoe_groups_backward_input(hmoe_groups_t *g, const struct hmoe_experts *ex, int W,
+                               struct hmoe_part *parts);
+int hmoe_groups_backward_finish(hmoe_groups_t *g, const struct hmoe_experts *ex, int64_t t,
+                                double lr);
 
 /* Factored Adam on every group's gate at step t (all groups, every step: a
  * group that got no rows only decays its second moments), then zeroes the

@@ -204,11 +204,18 @@ int expert_server__finish_group_backward(expert_server_t *s)
     /* every worker's gradients are in: the experts' and the gates' update
      * of step t come with the backward (DESIGN §3 step 7) */
     const int64_t t = s->step + 1;
+    const double lr = moe_lr_at(&s->sched, t);
     const struct hmoe_experts ex = hmoe_experts_of_shard(s->shard);
-    if ((rc = hmoe_groups_backward(s->groups, &ex, s->W, s->parts, t, moe_lr_at(&s->sched, t))))
+    /* without recompute the workers get their answers first and the
+     * updates follow (as in the flat layer's finish_backward) */
+    const bool split = hmoe_groups_can_split_backward(&ex);
+    if ((rc = split ? hmoe_groups_backward_input(s->groups, &ex, s->W, s->parts)
+                    : hmoe_groups_backward(s->groups, &ex, s->W, s->parts, t, lr)))
         return rc;
     for (int r = 0; r < s->W; r++)
         reply_part(s, &s->bwd[r].msg, &s->parts[r], MOE__MSG_TYPE__MSG_GROUP_BACKWARD_REPLY);
+    if (split && hmoe_groups_backward_finish(s->groups, &ex, t, lr))
+        expert_server__update_failed(s, "groups'", t);
     expert_server__end_step(s, moe_now_sec() - t0);
     return 0;
 }

@@ -123,6 +123,11 @@ void expert_server__clear_slots(struct slot *sl, int W);
 /* The end of a step's backward (bwd_seconds its compute): the slots
  * cleared, the step counted, a checkpoint when the step carries the flag. */
 void expert_server__end_step(expert_server_t *s, double bwd_seconds);
+/* The second half of a split backward (the update after the workers had
+ * their answers) failed, which only a broken state can cause: an error
+ * line, and trouble reported to the coordinator (a rollback) when there
+ * is one. whose: "experts'" or "groups'". */
+void expert_server__update_failed(expert_server_t *s, const char *whose, int64_t t);
 
 /* expert_server_group.c: a hierarchical MoE's group messages. The checks
  * of a GROUP_FORWARD or GROUP_BACKWARD beyond validate_step_request's (0,

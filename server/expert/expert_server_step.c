@@ -273,17 +273,41 @@ static int finish_backward(expert_server_t *s)
     move_rows(s, s->bwd, s->x_all, true);
     /* Every worker's contribution is in: each expert's update is applied
      * as soon as its gradient exists, and only one expert's gradient is
-     * ever held (DESIGN §3 step 7). */
+     * ever held (DESIGN §3 step 7). Without recompute the workers get
+     * their dx first (the experts' input gradients), and the weight
+     * gradients and updates follow while the workers go on: the same bits,
+     * and the next forward waits for them as messages are taken in order. */
     const int64_t t = s->step + 1;
-    rc = expert_shard_backward_apply(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
-                                         s->y_all, t, moe_lr_at(&s->sched, t));
+    const double lr = moe_lr_at(&s->sched, t);
+    const bool split = expert_shard_can_split_backward(s->shard);
+    rc = split ? expert_shard_backward_input(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
+                                             s->y_all)
+               : expert_shard_backward_apply(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
+                                             s->y_all, t, lr);
     if (rc)
         return rc;
     move_rows(s, s->bwd, s->y_all, false);
     for (int r = 0; r < s->W; r++)
         reply_tensor(s, &s->bwd[r].msg, MOE__MSG_TYPE__MSG_EXPERT_BACKWARD_REPLY, s->bwd[r].msg.data);
+    /* the second half checks what the first did and allocates nothing: it
+     * cannot fail unless the server's own state is broken; the workers have
+     * their answers, so that goes to the coordinator (a rollback) */
+    if (split && expert_shard_backward_finish(s->shard, s->n_union, s->u_ids, s->u_rows, s->x_all,
+                                              t, lr))
+        expert_server__update_failed(s, "experts'", t);
     expert_server__end_step(s, moe_now_sec() - t0);
     return 0;
+}
+
+void expert_server__update_failed(expert_server_t *s, const char *whose, int64_t t)
+{
+    char why[160];
+    snprintf(why, sizeof why, "server %u: the %s update of step %" PRId64
+             " failed after the workers had their gradients", s->id, whose, t);
+    if (s->coord)
+        expert_server__report_trouble(s, why);
+    else
+        moe_error("%s", why);
 }
 
 void expert_server__end_step(expert_server_t *s, double bwd)

@@ -436,6 +436,66 @@ START_TEST(shard_recompute_same_bits)
 }
 END_TEST
 
+/* The server's backward in two halves (dx first, then weight gradients and
+ * the update): outputs, input gradients, parameters and optimizer state are
+ * the bits of backward_apply, for shards with one gradient scratch (as the
+ * servers hold them), with the threaded BLAS at sizes where it blocks and
+ * splits. A batch other than the forward's, a finish without the first
+ * half's batch, and a recomputing shard are refused with MOE_ERR_STATE. */
+START_TEST(shard_split_backward_same_bits)
+{
+    enum { RD = 96, RH = 160, RN = 3, RMAX = 300 };
+    const int32_t ids[RN] = {2, 5, 11};
+    expert_shard_t *one = expert_shard_new_ex(RD, RH, RN, ids, SEED, &opts, false);
+    expert_shard_t *two = expert_shard_new_ex(RD, RH, RN, ids, SEED, &opts, false);
+    ck_assert_ptr_nonnull(one);
+    ck_assert_ptr_nonnull(two);
+    ck_assert(expert_shard_can_split_backward(two));
+    const size_t nmax = (size_t)RN * RMAX * RD;
+    float *x = moe_alloc_floats(nmax), *dy = moe_alloc_floats(nmax);
+    float *y[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
+    float *dx[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
+    moe_blas_set_threads(2);
+    static const int rows_of[4][RN] = {{300, 7, 129}, {0, 64, 1}, {33, 300, 250}, {5, 0, 0}};
+    for (int t = 1; t <= 4; t++) {
+        const int *rows = rows_of[t - 1];
+        const size_t n = (size_t)(rows[0] + rows[1] + rows[2]) * RD;
+        tu_fill(x, n, 700 + t, 1.0f);
+        tu_fill(dy, n, 800 + t, 0.1f);
+        ck_assert_int_eq(expert_shard_forward(one, RN, ids, rows, x, y[0]), 0);
+        ck_assert_int_eq(expert_shard_backward_apply(one, RN, ids, rows, dy, dx[0], t, 1e-2), 0);
+        ck_assert_int_eq(expert_shard_forward(two, RN, ids, rows, x, y[1]), 0);
+        const int other[RN] = {rows[0] + 1, rows[1], rows[2]};
+        ck_assert_int_eq(expert_shard_backward_input(two, RN, ids, other, dy, dx[1]),
+                         MOE_ERR_STATE);
+        ck_assert_int_eq(expert_shard_backward_input(two, RN, ids, rows, dy, dx[1]), 0);
+        ck_assert_int_eq(memcmp(dx[0], dx[1], sizeof(float) * n), 0);
+        ck_assert_int_eq(expert_shard_backward_finish(two, RN, ids, rows, dy, t, 1e-2), 0);
+        /* the cache is dropped: a second finish has no batch */
+        ck_assert_int_eq(expert_shard_backward_finish(two, RN, ids, rows, dy, t, 1e-2),
+                         MOE_ERR_STATE);
+        ck_assert_int_eq(memcmp(y[0], y[1], sizeof(float) * n), 0);
+    }
+    moe_blas_set_threads(1);
+    expert_shard_flush(one, 4);
+    expert_shard_flush(two, 4);
+    assert_shards_equal(one, two, RN);
+    expert_shard_set_recompute(two, true);
+    ck_assert(!expert_shard_can_split_backward(two));
+    const int rows1[RN] = {1, 1, 1};
+    ck_assert_int_eq(expert_shard_forward(two, RN, ids, rows1, x, y[1]), 0);
+    ck_assert_int_eq(expert_shard_backward_input(two, RN, ids, rows1, dy, dx[1]), MOE_ERR_STATE);
+    moe_free_floats(&x);
+    moe_free_floats(&dy);
+    for (int k = 0; k < 2; k++) {
+        moe_free_floats(&y[k]);
+        moe_free_floats(&dx[k]);
+    }
+    expert_shard_destroy(&one);
+    expert_shard_destroy(&two);
+}
+END_TEST
+
 START_TEST(shard_apply_zero_grad)
 {
     const int32_t ids[] = {4, 9};
@@ -596,6 +656,7 @@ Suite *test_expert_shard_suite(void)
     tcase_add_test(tb, shard_threads_same_bits);
     tcase_add_test(tb, shard_migration_is_exact);
     tcase_add_test(tb, shard_recompute_same_bits);
+    tcase_add_test(tb, shard_split_backward_same_bits);
     suite_add_tcase(s, tb);
     return s;
 }

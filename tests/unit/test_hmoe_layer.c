@@ -96,7 +96,8 @@ static void rig_init(struct rig *r, const struct hmoe_layer_config *c, expert_sh
                                                             &rig_fadam)};
     ck_assert_ptr_nonnull(r->lg.groups);
     if (!shard)
-        r->lg.ex = (struct hmoe_experts){&r->f, fake_group_forward, fake_group_backward};
+        r->lg.ex = (struct hmoe_experts){&r->f, fake_group_forward, fake_group_backward, NULL, NULL,
+                                         NULL};
     expert_local_group_backend(&r->be, &r->lg);
 }
 
