@@ -28,8 +28,18 @@ void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx);
  * thread before any product. It also reads MOE_BLAS from the environment:
  * "reference" makes every moe_sgemm run moe_sgemm_ref instead of OpenBLAS,
  * so that results do not depend on the kernels OpenBLAS picks for the CPU
- * (slow: the golden-file tests of small models use it). */
+ * (slow: the golden-file tests of small models use it). MOE_BLAS_SPLIT=1
+ * (opt-in, measured by benchmarks/bench_step) splits each large product
+ * into one single-threaded OpenBLAS call per thread, run by moe_par: no
+ * OpenBLAS thread then spins beside the elementwise work. Results are
+ * deterministic for a given thread count, as with OpenBLAS's threads. */
 void moe_blas_set_threads(int n);
+
+/* Whether products are split into one single-threaded OpenBLAS call per
+ * thread (run by moe_par), and switching it (OpenBLAS then runs 1 thread,
+ * else moe_par_threads()); benchmarks compare the two. */
+bool moe_blas_split(void);
+void moe_blas_set_split(bool on);
 
 /* Whether MOE_BLAS=reference is in effect. */
 bool moe_blas_reference(void);

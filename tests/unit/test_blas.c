@@ -232,6 +232,51 @@ START_TEST(blas_exact_small_product)
 }
 END_TEST
 
+/* Products split into one single-threaded OpenBLAS call per thread
+ * (MOE_BLAS_SPLIT=1): against the reference for every transpose, with
+ * strides, split by rows and by columns, with 2 and 3 threads; and a
+ * rerun with the same thread count gives the same bits (the blocks follow
+ * the thread count, which is part of the determinism contract: OpenBLAS's
+ * kernels may round an element differently in another block). */
+START_TEST(blas_split_products)
+{
+    static const struct gemm_case cases[] = {
+        {false, true, 70, 300, 130, 3, 1, 2, 1.0f, 1.0f},   /* m <= n: by columns */
+        {true, false, 300, 70, 130, 0, 5, 1, 0.5f, 0.0f},   /* m > n: by rows */
+        {false, false, 129, 257, 64, 1, 0, 3, -1.0f, 2.0f},
+        {true, true, 257, 33, 96, 2, 2, 0, 1.0f, 1.0f},
+    };
+    setenv("MOE_BLAS_SPLIT", "1", 1);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int t = 2; t <= 3; t++) {
+            moe_blas_set_threads(t);
+            ck_assert(moe_blas_split());
+            run_case(&cases[i], 900u + (uint32_t)i * 7u);
+        }
+        const struct gemm_case *g = &cases[i];
+        const int ar = g->ta ? g->k : g->m, ac = g->ta ? g->m : g->k;
+        const int br = g->tb ? g->n : g->k, bc = g->tb ? g->k : g->n;
+        const int lda = ac + g->pad_a, ldb = bc + g->pad_b, ldc = g->n + g->pad_c;
+        float *a = stored(ar, ac, lda, 50), *b = stored(br, bc, ldb, 51);
+        float *c[2];
+        moe_blas_set_threads(2);
+        for (int r = 0; r < 2; r++) {
+            c[r] = stored(g->m, g->n, ldc, 52);
+            moe_sgemm(g->ta, g->tb, g->m, g->n, g->k, g->alpha, a, lda, b, ldb, g->beta, c[r],
+                      ldc);
+        }
+        ck_assert_int_eq(memcmp(c[0], c[1], sizeof(float) * (size_t)g->m * (size_t)ldc), 0);
+        free(c[0]);
+        free(c[1]);
+        free(a);
+        free(b);
+    }
+    unsetenv("MOE_BLAS_SPLIT");
+    moe_blas_set_threads(1);
+    ck_assert(!moe_blas_split());
+}
+END_TEST
+
 Suite *test_blas_suite(void)
 {
     Suite *s = suite_create("blas");
@@ -241,6 +286,7 @@ Suite *test_blas_suite(void)
     tcase_add_loop_test(tc, blas_submatrix_views, 0, 4);
     tcase_add_test(tc, blas_views_into_larger_matrix);
     tcase_add_test(tc, blas_exact_small_product);
+    tcase_add_test(tc, blas_split_products);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("edges");
     tcase_set_timeout(te, 10);
