@@ -46,7 +46,7 @@ echo "  ok: a cluster without --checkpoint-dir writes its final model, byte for 
 # experts of 512 -> 1024 -> 512 (4.2 MB each): worker 0 fetches 15 at a time
 # (64 MiB of replies), so the final model of 20 takes two fetches, the second
 # of 5, and nobody holds a second copy of a shard: the same bytes again
-B="--train $WORK/train.txt --valid= $TINY --d-model 512 --d-hidden 1024 --n-experts 20 --steps 3"
+B="--train $WORK/train.txt --valid= $TINY --d-model 512 --d-hidden 1024 --n-experts 20 --steps 1"
 "$BIN/moe-worker" $B --final-model "$WORK/big-local" >/dev/null || fail "in-process run, 512 -> 1024 -> 512"
 sh "$L" --bin "$BIN" --run-dir "$WORK/big" --servers 2 --workers 1 -- $B \
     --final-model "$WORK/big/model" >"$WORK/big.out" 2>&1 || fail "a cluster of experts of 512 -> 1024 -> 512"
