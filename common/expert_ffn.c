@@ -30,7 +30,7 @@ struct expert_ffn_params expert_ffn_view(float *block, int D, int H)
 #define FFN_COLS 256
 
 struct ffn_job {
-    float *z, *dz, *db;
+    float *z, *dz;
     const float *zc;
     int R, C;
 };
@@ -45,8 +45,7 @@ static void relu_rows(void *ctx, int task)
         z[i] = z[i] > 0.0f ? z[i] : 0.0f;
 }
 
-/* dz = dz * [z > 0], then db += its column sums (rows in order; none
- * when db is NULL), for the task's columns. */
+/* dz = dz * [z > 0] for the task's columns. */
 static void relu_back_cols(void *ctx, int task)
 {
     const struct ffn_job *j = ctx;
@@ -55,15 +54,8 @@ static void relu_back_cols(void *ctx, int task)
     for (int r = 0; r < j->R; r++) {
         float *d = j->dz + (size_t)r * j->C;
         const float *z = j->zc + (size_t)r * j->C;
-        if (!j->db) {
-            for (int c = c0; c < c1; c++)
-                d[c] = z[c] > 0.0f ? d[c] : 0.0f;
-            continue;
-        }
-        for (int c = c0; c < c1; c++) {
+        for (int c = c0; c < c1; c++)
             d[c] = z[c] > 0.0f ? d[c] : 0.0f;
-            j->db[c] += d[c];
-        }
     }
 }
 
@@ -95,33 +87,24 @@ void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *d
                          const float *dy, const float *x, const float *z,
                          const struct expert_ffn_params *p, int R, int D, int H)
 {
-    if (R <= 0)
-        return;
-    /* dW2 += dy^T z; db2 += sum_r dy */
-    moe_sgemm(true, false, D, H, R, 1.0f, dy, D, z, H, 1.0f, dp->w2, H);
-    moe_par_colsum_acc(dp->b2, dy, R, D);
-    /* dz = (dy W2) * [z > 0]; db1 += sum_r dz */
-    moe_sgemm(false, false, R, H, D, 1.0f, dy, D, p->w2, H, 0.0f, dz_work, H);
-    struct ffn_job j1 = {.dz = dz_work, .zc = z, .db = dp->b1, .R = R, .C = H};
-    moe_par_for(moe_par_tasks(H, FFN_COLS), relu_back_cols, &j1);
-    /* dW1 += dz^T x; dx = dz W1 */
-    moe_sgemm(true, false, H, D, R, 1.0f, dz_work, H, x, D, 1.0f, dp->w1, D);
-    moe_sgemm(false, false, R, D, H, 1.0f, dz_work, H, p->w1, D, 0.0f, dx, D);
+    expert_ffn_backward_input(dx, dz_work, dy, z, p, R, D, H);
+    expert_ffn_backward_weights(dp, dy, x, z, dz_work, R, D, H);
 }
 
-/* The two halves below do expert_ffn_backward's arithmetic, each output
- * computed by the same operations in the same order: the same bits. */
+/* dz = (dy W2) * [z > 0]; dx = dz W1 */
 void expert_ffn_backward_input(float *dx, float *dz, const float *dy, const float *z,
                                const struct expert_ffn_params *p, int R, int D, int H)
 {
     if (R <= 0)
         return;
     moe_sgemm(false, false, R, H, D, 1.0f, dy, D, p->w2, H, 0.0f, dz, H);
-    struct ffn_job j1 = {.dz = dz, .zc = z, .db = NULL, .R = R, .C = H};
+    struct ffn_job j1 = {.dz = dz, .zc = z, .R = R, .C = H};
     moe_par_for(moe_par_tasks(H, FFN_COLS), relu_back_cols, &j1);
     moe_sgemm(false, false, R, D, H, 1.0f, dz, H, p->w1, D, 0.0f, dx, D);
 }
 
+/* dW2 += dy^T z; db2 += sum_r dy; db1 += sum_r dz; dW1 += dz^T x (column
+ * sums with rows in order, as moe_par_colsum_acc adds them) */
 void expert_ffn_backward_weights(const struct expert_ffn_params *dp, const float *dy,
                                  const float *x, const float *z, const float *dz, int R, int D,
                                  int H)

@@ -36,12 +36,12 @@ void expert_ffn_forward(float *y, float *z, const float *x, const struct expert_
 
 /* Given dy (R,D): accumulates parameter gradients into dp (+=), writes
  * dx (R,D) (overwrites). dz_work needs R*H floats. x and z are the
- * forward's input and cache. */
+ * forward's input and cache. The two halves below, one after the other. */
 void expert_ffn_backward(float *dx, const struct expert_ffn_params *dp, float *dz_work,
                          const float *dy, const float *x, const float *z,
                          const struct expert_ffn_params *p, int R, int D, int H);
 
-/* expert_ffn_backward in two halves, with the same bits: the input's
+/* expert_ffn_backward in two halves: the input's
  * gradient dx (R,D) and dz (R,H) = (dy W2) * [z > 0], which the second
  * half needs; then the parameter gradients (+= into dp) from dy, x, z and
  * dz. A server answers with dx before the second half and the optimizer
