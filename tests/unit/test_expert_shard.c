@@ -380,6 +380,48 @@ START_TEST(shard_threads_same_bits)
 }
 END_TEST
 
+/* Two shards run side by side on the same batches (the recompute and the
+ * split-backward tests): experts of RD -> RH -> RD, four steps' rows per
+ * expert (up to RMAX: sizes where the threaded BLAS blocks and splits the
+ * products), and the steps' buffers. */
+enum { RD = 96, RH = 160, RN = 3, RMAX = 300 };
+static const int32_t pair_ids[RN] = {2, 5, 11};
+static const int pair_rows[4][RN] = {{300, 7, 129}, {0, 64, 1}, {33, 300, 250}, {5, 0, 0}};
+
+struct pair_bufs {
+    float *x, *dy, *y[2], *dx[2];
+};
+
+static struct pair_bufs pair_bufs_new(void)
+{
+    const size_t nmax = (size_t)RN * RMAX * RD;
+    struct pair_bufs b = {moe_alloc_floats(nmax), moe_alloc_floats(nmax),
+                          {moe_alloc_floats(nmax), moe_alloc_floats(nmax)},
+                          {moe_alloc_floats(nmax), moe_alloc_floats(nmax)}};
+    return b;
+}
+
+static void pair_bufs_free(struct pair_bufs *b)
+{
+    moe_free_floats(&b->x);
+    moe_free_floats(&b->dy);
+    for (int k = 0; k < 2; k++) {
+        moe_free_floats(&b->y[k]);
+        moe_free_floats(&b->dx[k]);
+    }
+}
+
+/* Step t's rows (*rows), x and dy filled from streams xs + t and dys + t;
+ * returns the floats of the batch. */
+static size_t pair_step(struct pair_bufs *b, int t, uint32_t xs, uint32_t dys, const int **rows)
+{
+    *rows = pair_rows[t - 1];
+    const size_t n = (size_t)((*rows)[0] + (*rows)[1] + (*rows)[2]) * RD;
+    tu_fill(b->x, n, xs + (uint32_t)t, 1.0f);
+    tu_fill(b->dy, n, dys + (uint32_t)t, 0.1f);
+    return n;
+}
+
 /* --recompute experts: the shard keeps only the forward's inputs and the
  * backward recomputes each expert's hidden activations. Outputs, input
  * gradients, parameters and optimizer state are the same bits as keeping
@@ -388,25 +430,19 @@ END_TEST
  * 300 rows an expert). */
 START_TEST(shard_recompute_same_bits)
 {
-    enum { RD = 96, RH = 160, RN = 3, RMAX = 300 };
-    const int32_t ids[RN] = {2, 5, 11};
+    const int32_t *ids = pair_ids;
     expert_shard_t *keep = expert_shard_new(RD, RH, RN, ids, SEED, &opts);
     expert_shard_t *redo = expert_shard_new(RD, RH, RN, ids, SEED, &opts);
     ck_assert_ptr_nonnull(keep);
     ck_assert_ptr_nonnull(redo);
     expert_shard_set_recompute(redo, true);
     ck_assert(expert_shard_recompute(redo) && !expert_shard_recompute(keep));
-    const size_t nmax = (size_t)RN * RMAX * RD;
-    float *x = moe_alloc_floats(nmax), *dy = moe_alloc_floats(nmax);
-    float *y[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
-    float *dx[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
+    struct pair_bufs b = pair_bufs_new();
+    float *x = b.x, *dy = b.dy, **y = b.y, **dx = b.dx;
     moe_blas_set_threads(2);
-    static const int rows_of[4][RN] = {{300, 7, 129}, {0, 64, 1}, {33, 300, 250}, {5, 0, 0}};
     for (int t = 1; t <= 4; t++) {
-        const int *rows = rows_of[t - 1];
-        const size_t n = (size_t)(rows[0] + rows[1] + rows[2]) * RD;
-        tu_fill(x, n, 500 + t, 1.0f);
-        tu_fill(dy, n, 600 + t, 0.1f);
+        const int *rows;
+        const size_t n = pair_step(&b, t, 500, 600, &rows);
         for (int k = 0; k < 2; k++) {
             expert_shard_t *sh = k ? redo : keep;
             ck_assert_int_eq(expert_shard_forward(sh, RN, ids, rows, x, y[k]), 0);
@@ -425,12 +461,7 @@ START_TEST(shard_recompute_same_bits)
     expert_shard_flush(keep, 4);
     expert_shard_flush(redo, 4);
     assert_shards_equal(keep, redo, RN);
-    moe_free_floats(&x);
-    moe_free_floats(&dy);
-    for (int k = 0; k < 2; k++) {
-        moe_free_floats(&y[k]);
-        moe_free_floats(&dx[k]);
-    }
+    pair_bufs_free(&b);
     expert_shard_destroy(&keep);
     expert_shard_destroy(&redo);
 }
@@ -444,24 +475,18 @@ END_TEST
  * half's batch, and a recomputing shard are refused with MOE_ERR_STATE. */
 START_TEST(shard_split_backward_same_bits)
 {
-    enum { RD = 96, RH = 160, RN = 3, RMAX = 300 };
-    const int32_t ids[RN] = {2, 5, 11};
+    const int32_t *ids = pair_ids;
     expert_shard_t *one = expert_shard_new_ex(RD, RH, RN, ids, SEED, &opts, false);
     expert_shard_t *two = expert_shard_new_ex(RD, RH, RN, ids, SEED, &opts, false);
     ck_assert_ptr_nonnull(one);
     ck_assert_ptr_nonnull(two);
     ck_assert(expert_shard_can_split_backward(two));
-    const size_t nmax = (size_t)RN * RMAX * RD;
-    float *x = moe_alloc_floats(nmax), *dy = moe_alloc_floats(nmax);
-    float *y[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
-    float *dx[2] = {moe_alloc_floats(nmax), moe_alloc_floats(nmax)};
+    struct pair_bufs b = pair_bufs_new();
+    float *x = b.x, *dy = b.dy, **y = b.y, **dx = b.dx;
     moe_blas_set_threads(2);
-    static const int rows_of[4][RN] = {{300, 7, 129}, {0, 64, 1}, {33, 300, 250}, {5, 0, 0}};
     for (int t = 1; t <= 4; t++) {
-        const int *rows = rows_of[t - 1];
-        const size_t n = (size_t)(rows[0] + rows[1] + rows[2]) * RD;
-        tu_fill(x, n, 700 + t, 1.0f);
-        tu_fill(dy, n, 800 + t, 0.1f);
+        const int *rows;
+        const size_t n = pair_step(&b, t, 700, 800, &rows);
         ck_assert_int_eq(expert_shard_forward(one, RN, ids, rows, x, y[0]), 0);
         ck_assert_int_eq(expert_shard_backward_apply(one, RN, ids, rows, dy, dx[0], t, 1e-2), 0);
         ck_assert_int_eq(expert_shard_forward(two, RN, ids, rows, x, y[1]), 0);
@@ -485,12 +510,7 @@ START_TEST(shard_split_backward_same_bits)
     const int rows1[RN] = {1, 1, 1};
     ck_assert_int_eq(expert_shard_forward(two, RN, ids, rows1, x, y[1]), 0);
     ck_assert_int_eq(expert_shard_backward_input(two, RN, ids, rows1, dy, dx[1]), MOE_ERR_STATE);
-    moe_free_floats(&x);
-    moe_free_floats(&dy);
-    for (int k = 0; k < 2; k++) {
-        moe_free_floats(&y[k]);
-        moe_free_floats(&dx[k]);
-    }
+    pair_bufs_free(&b);
     expert_shard_destroy(&one);
     expert_shard_destroy(&two);
 }
