@@ -403,7 +403,7 @@ int moe_options_group_size(const struct moe_options *c)
     return moe_options_hierarchical(c) ? c->experts_per_group : 1;
 }
 
-/* Whether the user gave `key` (on the command line or in --config). */
+/* The table index of `key` (moe_options_count when there is none). */
 static size_t key_index(const char *key)
 {
     size_t i = 0;
@@ -412,6 +412,8 @@ static size_t key_index(const char *key)
     return i;
 }
 
+/* Whether the user gave `key` (on the command line or in --config), and
+ * whether a flag did. */
 static bool given(const struct moe_options *c, const char *key)
 {
     const size_t i = key_index(key);
