@@ -135,9 +135,8 @@ void moe_blas_set_threads(int n)
     const char *e = getenv("MOE_BLAS");
     use_reference = e && strcmp(e, "reference") == 0;
     const char *sp = getenv("MOE_BLAS_SPLIT");
-    split_on = sp && strcmp(sp, "1") == 0;
-    openblas_set_num_threads(split_on || n < 1 ? 1 : n);
     moe_par_set_threads(n);
+    moe_blas_set_split(sp && strcmp(sp, "1") == 0);
 }
 
 bool moe_blas_split(void) { return split_on; }
