@@ -162,16 +162,16 @@ def run(name):
     process (the largest of the rounds) and the kernel sets."""
     cs = [cluster_log.read(os.path.join(runs, "%s-r%d" % (name, r)),
                            os.path.join(runs, "%s-r%d.out" % (name, r))) for r in range(1, rounds + 1)]
+    per = [dict(c["peak_rss_mb"], worker=c["worker_peak_rss_mb"]) for c in cs]
     rss = {}
-    for c in cs:
-        for k, v in dict(c["peak_rss_mb"], worker=c["worker_peak_rss_mb"]).items():
+    for p in per:
+        for k, v in p.items():
             rss[k] = max(rss.get(k) or 0, v or 0)
     return {"tokens_per_sec": median([c["tokens_per_sec"] for c in cs]),
             "tokens_per_sec_mean": median([c["tokens_per_sec_mean"] for c in cs]),
             "rounds_tokens_per_sec": [c["tokens_per_sec"] for c in cs],
             "timed_steps": cs[0]["timed_steps"], "peak_rss_mb": rss,
-            "total_peak_rss_mb": max(sum(v for v in dict(c["peak_rss_mb"], worker=c["worker_peak_rss_mb"]).values() if v)
-                                     for c in cs),
+            "total_peak_rss_mb": max(sum(v for v in p.values() if v) for p in per),
             "blas_kernels": "/".join(sorted({c["blas_kernels"] for c in cs})),
             "train_ppl": cs[0]["report"].get("train_ppl")}
 
