@@ -8,8 +8,8 @@
 # byte-identical to an undisturbed run's; no attack got anything but error
 # replies; the refusals are counted in /api/v1/cluster and /metrics.
 make_corpora
-K=15000
-[ -n "${MOE_SANITIZE:-}" ] && K=6000 # about as long under the sanitizers
+K=20000
+[ -n "${MOE_SANITIZE:-}" ] && K=8000 # about as long under the sanitizers
 base_args() { # NAME
     A="--train $WORK/train.txt --valid= $TINY --log-level info --log-every 1000 --vocab-max 1000 --steps $K \
 --checkpoint-dir $WORK/$1/ck --checkpoint-every 3000 --timeout-ms 4000 --heartbeat-timeout-ms 3000 \
@@ -24,16 +24,19 @@ finish() {
     cl_stop
 }
 
-# The undisturbed run.
-base_args base
-cl_init base 1
-cl_server_endpoints 0 1
-cl_coord --servers "$CLSV"
-cl_server 0
-cl_server 1
-cl_worker 0
-finish
-export_of base
+# The undisturbed run, beside the attacked one (a cluster of its own).
+(
+    base_args base
+    cl_init base 1
+    cl_server_endpoints 0 1
+    cl_coord --servers "$CLSV"
+    cl_server 0
+    cl_server 1
+    cl_worker 0
+    finish
+    export_of base
+) >"$WORK/base.out" 2>&1 &
+BASE_PID=$!
 
 # The attacked run: server 0 behind the proxy (workers reach it there).
 base_args att
@@ -111,6 +114,7 @@ get /api/v1/cluster >"$WORK/cluster.json" || fail "GET /api/v1/cluster"
 get /metrics >"$WORK/metrics.txt" || fail "GET /metrics"
 finish
 export_of att
+wait "$BASE_PID" || fail "the undisturbed run failed: $(tail -n 5 "$WORK/base.out")"
 cmp -s "$WORK/base.export.safetensors" "$WORK/att.export.safetensors" ||
     fail "the export after the attacks differs from the undisturbed run's"
 echo "  ok: the export at step $K is byte-identical to the undisturbed run's"

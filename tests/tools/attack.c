@@ -74,7 +74,9 @@ static bool open_dealer(struct attack *a, const char *id, int peer_role)
     return true;
 }
 
-/* Sends one message and reads what comes back within wait_ms. */
+/* Sends one message and reads what comes back within wait_ms (then 200 ms
+ * after each reply). A loop of messages waits only after its last one:
+ * the replies to the earlier ones are read then. */
 static void send_and_read(struct attack *a, const struct moe_wire_out *o, const float *data,
                           uint64_t rows, int wait_ms)
 {
@@ -134,7 +136,7 @@ static void attack_coordinator(struct attack *a, const char *mode)
         o.n_experts = 1;
         for (long s = a->step; s < a->step + a->count; s++) {
             o.step = (uint64_t)s;
-            send_and_read(a, &o, v, 1, 300);
+            send_and_read(a, &o, v, 1, s + 1 < a->step + a->count ? 0 : 300);
         }
         return;
     }
@@ -146,7 +148,7 @@ static void attack_coordinator(struct attack *a, const char *mode)
         o.flags = MOE_FLAG_TROUBLE;
         for (uint32_t e = 1; e <= (uint32_t)a->epochs; e++) {
             o.epoch = e;
-            send_and_read(a, &o, NULL, 0, 300);
+            send_and_read(a, &o, NULL, 0, e < (uint32_t)a->epochs ? 0 : 300);
         }
     }
 }
@@ -168,7 +170,7 @@ static void attack_server(struct attack *a, const char *mode)
         o.n_experts = n;
         for (long e = 1; e <= a->epochs; e++) {
             o.epoch = (uint32_t)e;
-            send_and_read(a, &o, NULL, 0, 300);
+            send_and_read(a, &o, NULL, 0, e < a->epochs ? 0 : 300);
         }
         return;
     }
