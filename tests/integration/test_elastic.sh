@@ -12,7 +12,7 @@
 #   - a flipped byte in a shard file (moectl verify and the coordinator's
 #     restart name the file; the previous checkpoint is used)
 #   - kill -9 of the coordinator mid-run, restarted with the same flags after
-#     a gap (61 s; 5 s in the sanitizer build): servers and workers ride it
+#     a gap (20 s; 5 s in the sanitizer build): servers and workers ride it
 #     out, logging what they wait for, and training continues without
 #     restarting any of them
 make_corpora
@@ -184,7 +184,7 @@ echo "  ok: worker 1 of 2 killed at step 100 and restarted: $(sed -n 's/.*W moe-
 # 9. kill -9 of the coordinator at step 100; after a gap it is started again
 # with the same flags. Nothing else is restarted: the servers register again,
 # everyone rolls back to the last checkpoint, and the export is identical.
-GAP=61
+GAP=20
 [ -n "${MOE_SANITIZE:-}" ] && GAP=5
 cl_start_pair ckdead
 cl_wait_step 0 100
