@@ -2,6 +2,7 @@
 #include "moe_blas.h"
 
 #include <cblas.h>
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -130,11 +131,50 @@ void moe_sgemm_ref(bool trans_a, bool trans_b, int m, int n, int k, float alpha,
 
 bool moe_blas_reference(void) { return use_reference; }
 
+/* OpenBLAS's threads spin (sched_yield) for 2^OPENBLAS_THREAD_TIMEOUT
+ * cycles after each product before they sleep: 2^28, about 0.1 s, unless
+ * the variable says otherwise. Between two products the moe_par pool runs
+ * the elementwise work on the same cores, and a spinning OpenBLAS thread
+ * takes a share of them. So, unless the user set the variable, OpenBLAS's
+ * threads are restarted once with BLAS_THREAD_TIMEOUT: they then sleep
+ * soon after a product (waking one costs microseconds, next to products
+ * of milliseconds). Results do not change: only how threads wait. The
+ * functions are OpenBLAS's own (exported by its pthread builds, read
+ * through dlsym); where one is missing nothing changes. */
+#define BLAS_THREAD_TIMEOUT "14"
+
+int moe_blas_thread_timeout(void)
+{
+    int (*timeout)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "openblas_thread_timeout");
+    return timeout ? timeout() : -1;
+}
+
+static void blas_quiet_threads(void)
+{
+    static bool done;
+    if (done || getenv("OPENBLAS_THREAD_TIMEOUT"))
+        return;
+    done = true;
+    void (*read_env)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "openblas_read_env");
+    int (*shutdown)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+    int (*init)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_init");
+    if (!read_env || !shutdown || !init || moe_blas_thread_timeout() < 0)
+        return;
+    if (setenv("OPENBLAS_THREAD_TIMEOUT", BLAS_THREAD_TIMEOUT, 1) != 0)
+        return;
+    read_env();
+    /* ours: children decide for themselves, as for a variable never set */
+    unsetenv("OPENBLAS_THREAD_TIMEOUT");
+    shutdown();
+    init();
+}
+
 void moe_blas_set_threads(int n)
 {
     const char *e = getenv("MOE_BLAS");
     use_reference = e && strcmp(e, "reference") == 0;
     const char *sp = getenv("MOE_BLAS_SPLIT");
+    blas_quiet_threads();
     moe_par_set_threads(n);
     moe_blas_set_split(sp && strcmp(sp, "1") == 0);
 }

@@ -32,7 +32,9 @@ void moe_blas_set_trace(moe_sgemm_trace_fn fn, void *ctx);
  * (opt-in, measured by benchmarks/bench_step) splits each large product
  * into one single-threaded OpenBLAS call per thread, run by moe_par: no
  * OpenBLAS thread then spins beside the elementwise work. Results are
- * deterministic for a given thread count, as with OpenBLAS's threads. */
+ * deterministic for a given thread count, as with OpenBLAS's threads.
+ * The first call also makes OpenBLAS's threads sleep soon after a product
+ * instead of spinning (moe_blas_thread_timeout). */
 void moe_blas_set_threads(int n);
 
 /* Whether products are split into one single-threaded OpenBLAS call per
@@ -40,6 +42,12 @@ void moe_blas_set_threads(int n);
  * else moe_par_threads()); benchmarks compare the two. */
 bool moe_blas_split(void);
 void moe_blas_set_split(bool on);
+
+/* OpenBLAS's thread timeout (log2 of the cycles its threads spin after a
+ * product before sleeping; 0: its default, 2^28), or -1 where OpenBLAS
+ * does not tell. moe_blas_set_threads lowers it once, unless
+ * OPENBLAS_THREAD_TIMEOUT is set in the environment (see moe_blas.c). */
+int moe_blas_thread_timeout(void);
 
 /* Whether MOE_BLAS=reference is in effect. */
 bool moe_blas_reference(void);

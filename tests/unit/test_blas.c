@@ -277,6 +277,32 @@ START_TEST(blas_split_products)
 }
 END_TEST
 
+/* OpenBLAS's threads sleep soon after a product: moe_blas_set_threads
+ * sets a timeout of 2^14 cycles unless OPENBLAS_THREAD_TIMEOUT was given
+ * (then it is OpenBLAS's reading of it, untouched); products on 2 threads
+ * are still right after the threads' restart. Where OpenBLAS does not tell
+ * its timeout (-1) the call changes nothing. */
+START_TEST(blas_thread_timeout)
+{
+    const char *given = getenv("OPENBLAS_THREAD_TIMEOUT");
+    const int before = moe_blas_thread_timeout();
+    moe_blas_set_threads(2);
+    const int after = moe_blas_thread_timeout();
+    if (before < 0)
+        ck_assert_int_eq(after, -1);
+    else if (given)
+        ck_assert_int_eq(after, before);
+    else
+        ck_assert_int_eq(after, 14);
+    static const struct gemm_case c = {false, true, 300, 200, 130, 1, 2, 3, 1.0f, 0.5f};
+    run_case(&c, 77u);
+    moe_blas_set_threads(2); /* a second call restarts nothing */
+    ck_assert_int_eq(moe_blas_thread_timeout(), after);
+    run_case(&c, 78u);
+    moe_blas_set_threads(1);
+}
+END_TEST
+
 Suite *test_blas_suite(void)
 {
     Suite *s = suite_create("blas");
@@ -287,6 +313,7 @@ Suite *test_blas_suite(void)
     tcase_add_test(tc, blas_views_into_larger_matrix);
     tcase_add_test(tc, blas_exact_small_product);
     tcase_add_test(tc, blas_split_products);
+    tcase_add_test(tc, blas_thread_timeout);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("edges");
     tcase_set_timeout(te, 10);
