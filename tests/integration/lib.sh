@@ -50,8 +50,25 @@ TINY="--d-model 16 --d-hidden 24 --n-experts 6 --k 2 --batch 4 --unroll 8 --eval
 # free_ports N: PORTS = N distinct TCP ports of 127.0.0.1 that nothing
 # listens on now (a bind test, moectl free-ports); P1 .. PN name them. Other
 # suites may run on this machine at the same time: never assume a port.
+# Ports are bound only when a process starts, so a port handed out earlier
+# in this test (listed in $WORK/ports, shared with the test's subshells) is
+# never handed out again: two picks could otherwise both find it free.
 free_ports() {
-    PORTS=$("$BIN/moectl" free-ports "$1") || fail "cannot find $1 free ports"
+    PORTS=""
+    _fp_n=0
+    _fp_tries=0
+    while [ $_fp_n -lt "$1" ]; do
+        [ $_fp_tries -lt 50 ] || fail "cannot find $1 free ports"
+        _fp_tries=$((_fp_tries + 1))
+        _fp_new=$("$BIN/moectl" free-ports "$1") || fail "cannot find $1 free ports"
+        for _fp_p in $_fp_new; do
+            [ $_fp_n -lt "$1" ] || break
+            grep -qx "$_fp_p" "$WORK/ports" 2>/dev/null && continue
+            echo "$_fp_p" >>"$WORK/ports"
+            PORTS="$PORTS${PORTS:+ }$_fp_p"
+            _fp_n=$((_fp_n + 1))
+        done
+    done
     _fp_i=1
     for _fp_p in $PORTS; do
         eval "P$_fp_i=$_fp_p"
