@@ -136,12 +136,14 @@ bool moe_blas_reference(void) { return use_reference; }
  * the variable says otherwise. Between two products the moe_par pool runs
  * the elementwise work on the same cores, and a spinning OpenBLAS thread
  * takes a share of them. So, unless the user set the variable, OpenBLAS's
- * threads are restarted once with BLAS_THREAD_TIMEOUT: they then sleep
- * soon after a product (waking one costs microseconds, next to products
- * of milliseconds). Results do not change: only how threads wait. The
- * functions are OpenBLAS's own (exported by its pthread builds, read
- * through dlsym); where one is missing nothing changes. */
-#define BLAS_THREAD_TIMEOUT "14"
+ * threads are restarted once with BLAS_THREAD_TIMEOUT, OpenBLAS's least
+ * (2^4 cycles): they sleep as soon as a product is done, and waking one
+ * costs microseconds, next to products of milliseconds (2^4 and 2^14 were
+ * within the noise of each other; deploy/ sets 4 for clusters too).
+ * Results do not change: only how threads wait. The functions are
+ * OpenBLAS's own (exported by its pthread builds, read through dlsym);
+ * where one is missing nothing changes. */
+#define BLAS_THREAD_TIMEOUT "4"
 
 int moe_blas_thread_timeout(void)
 {
