@@ -354,8 +354,6 @@ int expert_shard_infer(expert_shard_t *s, int n, const int32_t *ids, const int *
 
 static void update_one(expert_shard_t *s, int i, int64_t t, double lr);
 
-/* Backward of the last forward's batch; with `apply`, each expert's update
- * at step t follows its gradient at once (expert_shard_backward_apply). */
 /* Whether (n, ids, rows) is the batch of the cached forward. */
 static bool is_cached_batch(const expert_shard_t *s, int n, const int32_t *ids, const int *rows)
 {
@@ -367,6 +365,8 @@ static bool is_cached_batch(const expert_shard_t *s, int n, const int32_t *ids, 
     return true;
 }
 
+/* Backward of the last forward's batch; with `apply`, each expert's update
+ * at step t follows its gradient at once (expert_shard_backward_apply). */
 static int backward(expert_shard_t *s, int n, const int32_t *ids, const int *rows,
                     const float *dy, float *dx, bool apply, int64_t t, double lr)
 {
